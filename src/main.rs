@@ -1,1 +1,429 @@
-fn main(){}
+//! The `overlayd` binary: command line, logging and role dispatch.
+//!
+//! `overlayd --role ROLE [options]` runs one device of the overlay; `overlayd keygen` and
+//! `overlayd check-topology` are tools. Each role has its own option set (and its own
+//! `--help`), so the role is picked out of the arguments first and the rest is parsed by that
+//! role's parser. Every argument error is one line on stderr and exit status 2.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use overlayd::net::bootstrap_client::DEFAULT_BOOTSTRAP_PORT;
+use overlayd::roles;
+
+const DEFAULT_OVERLAY_PORT: u16 = 7701;
+const DEFAULT_EDGE_PORT: u16 = 7702;
+const DEFAULT_CLIENT_PORT: u16 = 7703;
+const DEFAULT_KEY_FILE: &str = "overlayd.key";
+
+const ROLES_HELP: &str = "\
+Roles (run `overlayd --role ROLE --help` for each role's options):
+  bootstrapper  serves each device its entry of a topology JSON file
+  server        streams the videos of a folder into the overlay
+  node          overlay relay; an edge if the topology says \"edge\": true
+  edge          overlay relay forced to be an edge (serves clients over UDP)
+  client        asks an edge for a video and plays or records it
+
+Examples:
+  overlayd keygen --out overlayd.key
+  overlayd check-topology topology/loopback-diamond.json
+  overlayd --role bootstrapper --topology topology/loopback-diamond.json --bind 127.0.1.100
+  overlayd --role node --name O1 --bootstrap 127.0.1.100 --bind 127.0.1.1
+
+Default ports: bootstrapper 7700/tcp, overlay 7701/tcp, edge 7702/udp, client 7703/udp.
+Logging: --log-level or RUST_LOG (e.g. RUST_LOG=overlayd=debug).";
+
+/// Top-level command line (no role given).
+#[derive(Parser, Debug)]
+#[command(
+    name = "overlayd",
+    version,
+    about = "Application-layer multicast overlay for live video",
+    after_help = ROLES_HELP
+)]
+struct Cli {
+    /// Which device to run (see the list below).
+    #[arg(long, value_enum)]
+    role: Option<RoleName>,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum RoleName {
+    Bootstrapper,
+    Server,
+    Node,
+    Edge,
+    Client,
+}
+
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Write a new random pre-shared overlay key (hex, mode 0600).
+    Keygen {
+        /// Where to write it.
+        #[arg(long, default_value = DEFAULT_KEY_FILE)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a topology file: print errors and warnings, exit non-zero on errors.
+    CheckTopology {
+        /// The topology JSON file.
+        file: PathBuf,
+    },
+}
+
+/// Logging options shared by every role.
+#[derive(Args, Debug, Clone)]
+struct LogArgs {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
+}
+
+/// Options every overlay device (server, node, edge) shares.
+#[derive(Args, Debug, Clone)]
+struct OverlayArgs {
+    /// This device's name in the topology file.
+    #[arg(long)]
+    name: String,
+    /// Bootstrapper address, IP or IP:PORT (default port 7700).
+    #[arg(long, value_name = "IP[:PORT]")]
+    bootstrap: String,
+    /// Local address to bind (and to dial from). On one machine give each device its own
+    /// 127.x address.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// TCP port for overlay links, the same on every device unless the topology says IP:PORT.
+    #[arg(long, default_value_t = DEFAULT_OVERLAY_PORT)]
+    overlay_port: u16,
+    /// Pre-shared overlay key (see `overlayd keygen`).
+    #[arg(long, default_value = DEFAULT_KEY_FILE)]
+    key_file: PathBuf,
+    /// Keepalive ping interval in milliseconds.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    ping_ms: u64,
+    /// A neighbour silent this long (milliseconds) is dead.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    dead_ms: u64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "overlayd --role bootstrapper", about = "Serve each device its topology entry")]
+struct BootstrapperArgs {
+    /// Topology JSON file; edits are picked up without a restart.
+    #[arg(long)]
+    topology: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = DEFAULT_BOOTSTRAP_PORT)]
+    port: u16,
+    /// How often to look for edits of the topology file, in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    reload_ms: u64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "overlayd --role server", about = "Stream the videos of a folder into the overlay")]
+struct ServerArgs {
+    #[command(flatten)]
+    overlay: OverlayArgs,
+    /// Folder of video files to stream.
+    #[arg(long)]
+    videos: PathBuf,
+    /// Flood interval in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    flood_ms: u64,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "overlayd --role node", about = "Overlay relay (an edge if the topology says so)")]
+struct NodeArgs {
+    #[command(flatten)]
+    overlay: OverlayArgs,
+    /// UDP port for clients, used when this node is an edge.
+    #[arg(long, default_value_t = DEFAULT_EDGE_PORT)]
+    edge_port: u16,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Player {
+    Ffplay,
+    None,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "overlayd --role client", about = "Watch or record a video from an edge")]
+struct ClientArgs {
+    /// This device's name in the topology file.
+    #[arg(long)]
+    name: String,
+    /// Bootstrapper address, IP or IP:PORT (default port 7700).
+    #[arg(long, value_name = "IP[:PORT]")]
+    bootstrap: String,
+    /// Video to play; without it the client lists the videos and asks.
+    #[arg(long)]
+    video: Option<String>,
+    /// Edge to use: `auto` (best measured) or an address.
+    #[arg(long, default_value = "auto")]
+    edge: String,
+    /// Player for the stream.
+    #[arg(long, value_enum, default_value_t = Player::Ffplay)]
+    player: Player,
+    /// Record the received MPEG-TS stream to this file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Stop after this many seconds (headless runs).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Local address to bind.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// Local UDP port the edge streams to.
+    #[arg(long, default_value_t = DEFAULT_CLIENT_PORT)]
+    client_port: u16,
+    /// The edges' UDP port.
+    #[arg(long, default_value_t = DEFAULT_EDGE_PORT)]
+    edge_port: u16,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain of causes joined, never a backtrace.
+            eprintln!("overlayd: {:#}", e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Parse with clap; argument errors become one line and exit status 2.
+fn parse<T: Parser>(args: Vec<OsString>) -> Result<T, ExitCode> {
+    match T::command().try_get_matches_from(args) {
+        Ok(m) => T::from_arg_matches(&m).map_err(|e| arg_error(&e)),
+        Err(e) => Err(arg_error(&e)),
+    }
+}
+
+fn arg_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("overlayd: {first} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Take `--role X` / `--role=X` out of the arguments.
+fn take_role(args: &mut Vec<OsString>) -> Result<Option<String>, ExitCode> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        if a == "--" {
+            break;
+        }
+        if a == "--role" {
+            if i + 1 >= args.len() {
+                eprintln!("overlayd: --role needs a value: bootstrapper, server, node, edge or client");
+                return Err(ExitCode::from(2));
+            }
+            let v = args[i + 1].to_string_lossy().into_owned();
+            args.drain(i..i + 2);
+            return Ok(Some(v));
+        }
+        if let Some(v) = a.strip_prefix("--role=") {
+            let v = v.to_string();
+            args.remove(i);
+            return Ok(Some(v));
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
+fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let role = match take_role(&mut args) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let Some(role) = role else {
+        let cli: Cli = match parse(args) {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        };
+        return match cli.command {
+            Some(Tool::Keygen { out, force }) => {
+                overlayd::keyfile::write_new(&out, force)
+                    .with_context(|| format!("cannot write key file '{}'", out.display()))?;
+                println!(
+                    "wrote a new overlay key to {} (mode 0600); copy it to every overlay host",
+                    out.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(Tool::CheckTopology { file }) => {
+                let ok = overlayd::topology::run_check(&file, &mut std::io::stdout());
+                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            }
+            None => {
+                eprintln!("overlayd: give --role ROLE or a command (see --help)");
+                Ok(ExitCode::from(2))
+            }
+        };
+    };
+    let role = match RoleName::from_str(&role, true) {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!(
+                "overlayd: unknown role '{role}': expected bootstrapper, server, node, edge or client"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let role_name = format!("{role:?}").to_lowercase();
+    args[0] = format!("overlayd --role {role_name}").into();
+
+    match role {
+        RoleName::Bootstrapper => {
+            let a: BootstrapperArgs = match parse(args) {
+                Ok(a) => a,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&a.log);
+            let cfg = roles::bootstrapper::BootstrapperConfig {
+                topology: a.topology,
+                bind: (a.bind, a.port).into(),
+                reload_interval: Duration::from_millis(a.reload_ms),
+                ..Default::default()
+            };
+            runtime()?.block_on(roles::bootstrapper::run_until_signal(cfg))?;
+        }
+        RoleName::Server => {
+            let a: ServerArgs = match parse(args) {
+                Ok(a) => a,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&a.overlay.log);
+            let mut cfg = overlay_config(&a.overlay, roles::overlay::Kind::Server)?;
+            cfg.videos = Some(a.videos);
+            cfg.flood_interval = Duration::from_millis(a.flood_ms);
+            runtime()?.block_on(roles::overlay::run(cfg))?;
+        }
+        RoleName::Node | RoleName::Edge => {
+            let a: NodeArgs = match parse(args) {
+                Ok(a) => a,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&a.overlay.log);
+            let kind = if role == RoleName::Edge {
+                roles::overlay::Kind::Edge
+            } else {
+                roles::overlay::Kind::Node
+            };
+            let mut cfg = overlay_config(&a.overlay, kind)?;
+            cfg.edge_port = a.edge_port;
+            runtime()?.block_on(roles::overlay::run(cfg))?;
+        }
+        RoleName::Client => {
+            let a: ClientArgs = match parse(args) {
+                Ok(a) => a,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&a.log);
+            let bootstrap = parse_bootstrap(&a.bootstrap)?;
+            let cfg = roles::client::ClientConfig {
+                name: a.name,
+                bootstrap,
+                video: a.video,
+                edge: a.edge,
+                player: a.player == Player::Ffplay,
+                record: a.record,
+                duration: a.duration.map(Duration::from_secs_f64),
+                bind: a.bind,
+                client_port: a.client_port,
+                edge_port: a.edge_port,
+            };
+            return runtime()?.block_on(roles::client::run(cfg)).map(|()| ExitCode::SUCCESS);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_bootstrap(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    overlayd::net::bootstrap_client::parse_bootstrap_addr(s, DEFAULT_BOOTSTRAP_PORT)
+        .with_context(|| format!("bad --bootstrap '{s}'"))
+}
+
+fn overlay_config(
+    a: &OverlayArgs,
+    kind: roles::overlay::Kind,
+) -> anyhow::Result<roles::overlay::OverlayRoleConfig> {
+    Ok(roles::overlay::OverlayRoleConfig {
+        name: a.name.clone(),
+        kind,
+        bootstrap: parse_bootstrap(&a.bootstrap)?,
+        bind: a.bind,
+        overlay_port: a.overlay_port,
+        key_file: a.key_file.clone(),
+        liveness: overlayd::overlay::LivenessConfig {
+            ping_interval: Duration::from_millis(a.ping_ms),
+            dead_after: Duration::from_millis(a.dead_ms),
+            ..Default::default()
+        },
+        videos: None,
+        flood_interval: Duration::from_secs(1),
+        edge_port: DEFAULT_EDGE_PORT,
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

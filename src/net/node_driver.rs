@@ -1,0 +1,404 @@
+//! The tokio driver of an overlay [`Node`]: it only moves bytes and time.
+//!
+//! It owns the overlay listener, one task per dial, and per link a reader task and a writer
+//! task. Every link has two bounded outgoing queues: control (floods, requests, keepalives) and
+//! media (video data). The writer always drains control first, so keepalives are never stuck
+//! behind video; a full media queue drops the chunk and counts it rather than blocking the
+//! node, and a full control queue means the peer stopped reading, so the link is closed.
+//! All protocol decisions are the node's: this loop feeds it link events, decoded messages and
+//! timer expiries, and carries out its outputs.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::crypto::Side;
+use crate::keyfile::Psk;
+use crate::net::transport::{self, SecureReader, SecureWriter, TransportError};
+use crate::overlay::{LinkId, Node, Output};
+use crate::wire::overlay::{Hello, OverlayMsg};
+
+/// Queue depths per link.
+const CONTROL_QUEUE: usize = 1024;
+const MEDIA_QUEUE: usize = 256;
+/// Events from all link tasks into the node loop.
+const EVENT_QUEUE: usize = 4096;
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Address to listen on for overlay links (IP and port).
+    pub listen: SocketAddr,
+    /// Source address for outgoing links; a specific IP matters on one machine, where every
+    /// device has its own 127.x address and peers learn ours from the connection.
+    pub dial_from: Option<IpAddr>,
+    pub psk: Psk,
+    /// Time allowed for TCP connect, encrypted handshake and hello exchange together.
+    pub handshake_timeout: Duration,
+}
+
+/// Counters the driver keeps (shared, readable while it runs).
+#[derive(Debug, Default)]
+pub struct DriverCounters {
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_refused: AtomicU64,
+    pub media_dropped_queue_full: AtomicU64,
+    pub frames_undecodable: AtomicU64,
+}
+
+enum Event {
+    LinkUp {
+        link: LinkId,
+        remote: SocketAddr,
+        dialled: Option<SocketAddr>,
+        hello: Hello,
+        reader: SecureReader,
+        writer: SecureWriter,
+    },
+    DialFailed {
+        addr: SocketAddr,
+        reason: String,
+    },
+    Message {
+        link: LinkId,
+        msg: OverlayMsg,
+    },
+    LinkDown {
+        link: LinkId,
+        reason: String,
+    },
+}
+
+struct LinkHandle {
+    control: mpsc::Sender<OverlayMsg>,
+    media: mpsc::Sender<OverlayMsg>,
+    reader: JoinHandle<()>,
+    peer: String,
+}
+
+/// A bound overlay driver, ready to run.
+pub struct NodeDriver {
+    cfg: DriverConfig,
+    listener: TcpListener,
+    counters: Arc<DriverCounters>,
+}
+
+impl NodeDriver {
+    /// Bind the overlay listener.
+    pub async fn bind(cfg: DriverConfig) -> std::io::Result<NodeDriver> {
+        let listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen for overlay links on {}: {e}", cfg.listen),
+            )
+        })?;
+        Ok(NodeDriver {
+            cfg,
+            listener,
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.cfg.listen)
+    }
+
+    pub fn counters(&self) -> Arc<DriverCounters> {
+        self.counters.clone()
+    }
+
+    /// Run the node until `shutdown` completes.
+    pub async fn run(self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
+        let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+        let next_link = Arc::new(AtomicU64::new(1));
+        let mut links: HashMap<LinkId, LinkHandle> = HashMap::new();
+        let hello = node.hello();
+        tokio::pin!(shutdown);
+
+        loop {
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Dial(addr) => {
+                        let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
+                        tokio::spawn(dial(
+                            addr,
+                            link,
+                            self.cfg.clone(),
+                            hello.clone(),
+                            events_tx.clone(),
+                            self.counters.clone(),
+                        ));
+                    }
+                    Output::Send { link, msg } => {
+                        let Some(h) = links.get(&link) else { continue };
+                        if msg.is_media() {
+                            if h.media.try_send(msg).is_err() {
+                                self.counters
+                                    .media_dropped_queue_full
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else if h.control.try_send(msg).is_err() {
+                            let reason = "control queue full (peer not reading)";
+                            warn!(%link, peer = %h.peer, reason, "closing link");
+                            close_link(&mut links, link);
+                            node.handle_link_down(Instant::now(), link, reason);
+                        }
+                    }
+                    Output::Close { link, reason } => {
+                        if let Some(h) = links.get(&link) {
+                            info!(%link, peer = %h.peer, reason, "closing link");
+                        }
+                        close_link(&mut links, link);
+                        node.handle_link_down(Instant::now(), link, &reason);
+                    }
+                }
+            }
+
+            let deadline = node
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(ev) = events.recv() => match ev {
+                    Event::LinkUp { link, remote, dialled, hello, reader, writer } => {
+                        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+                        let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
+                        tokio::spawn(write_loop(link, writer, control_rx, media_rx));
+                        let reader = tokio::spawn(read_loop(
+                            link, reader, events_tx.clone(), self.counters.clone(),
+                        ));
+                        links.insert(link, LinkHandle {
+                            control: control_tx,
+                            media: media_tx,
+                            reader,
+                            peer: hello.name.clone(),
+                        });
+                        node.handle_link_up(Instant::now(), link, remote, dialled, hello);
+                    }
+                    Event::DialFailed { addr, reason } => {
+                        node.handle_dial_failed(Instant::now(), addr, &reason);
+                    }
+                    Event::Message { link, msg } => {
+                        node.handle_message(Instant::now(), link, msg);
+                    }
+                    Event::LinkDown { link, reason } => {
+                        if links.contains_key(&link) {
+                            close_link(&mut links, link);
+                            node.handle_link_down(Instant::now(), link, &reason);
+                        }
+                    }
+                },
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
+                        tokio::spawn(accept(
+                            stream,
+                            remote,
+                            link,
+                            self.cfg.clone(),
+                            hello.clone(),
+                            events_tx.clone(),
+                            self.counters.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    node.handle_timeout(Instant::now());
+                }
+            }
+        }
+        for (_, h) in links.drain() {
+            h.reader.abort();
+        }
+    }
+}
+
+/// Forget a link: dropping the queue senders ends its writer (which flushes what is queued and
+/// shuts the socket down), and the reader is stopped so no late event arrives.
+fn close_link(links: &mut HashMap<LinkId, LinkHandle>, link: LinkId) {
+    if let Some(h) = links.remove(&link) {
+        h.reader.abort();
+    }
+}
+
+async fn dial(
+    addr: SocketAddr,
+    link: LinkId,
+    cfg: DriverConfig,
+    hello: Hello,
+    events: mpsc::Sender<Event>,
+    counters: Arc<DriverCounters>,
+) {
+    let attempt = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(ip) = cfg.dial_from.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("cannot bind {ip} for dialling: {e}"))?;
+        }
+        let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        establish(stream, Side::Initiator, &cfg, hello, &counters)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let result = tokio::time::timeout(cfg.handshake_timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_string()));
+    let ev = match result {
+        Ok((peer_hello, reader, writer)) => Event::LinkUp {
+            link,
+            remote: addr,
+            dialled: Some(addr),
+            hello: peer_hello,
+            reader,
+            writer,
+        },
+        Err(reason) => Event::DialFailed { addr, reason },
+    };
+    let _ = events.send(ev).await;
+}
+
+async fn accept(
+    stream: TcpStream,
+    remote: SocketAddr,
+    link: LinkId,
+    cfg: DriverConfig,
+    hello: Hello,
+    events: mpsc::Sender<Event>,
+    counters: Arc<DriverCounters>,
+) {
+    let attempt = establish(stream, Side::Responder, &cfg, hello, &counters);
+    match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
+        Ok(Ok((peer_hello, reader, writer))) => {
+            let _ = events
+                .send(Event::LinkUp {
+                    link,
+                    remote,
+                    dialled: None,
+                    hello: peer_hello,
+                    reader,
+                    writer,
+                })
+                .await;
+        }
+        Ok(Err(e)) => warn!(%remote, reason = %e, "inbound overlay link refused"),
+        Err(_) => warn!(%remote, reason = "timed out", "inbound overlay link refused"),
+    }
+}
+
+/// Why a link could not be established.
+#[derive(Debug, thiserror::Error)]
+enum EstablishError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("peer closed before its hello")]
+    NoHello,
+    #[error("first message was {0}, not hello")]
+    NotHello(&'static str),
+    #[error("undecodable hello: {0}")]
+    BadHello(#[from] crate::wire::DecodeError),
+    #[error("cannot encode our hello: {0}")]
+    Encode(#[from] crate::wire::EncodeError),
+}
+
+/// Encrypted handshake, then hello both ways.
+async fn establish(
+    stream: TcpStream,
+    side: Side,
+    cfg: &DriverConfig,
+    hello: Hello,
+    counters: &DriverCounters,
+) -> Result<(Hello, SecureReader, SecureWriter), EstablishError> {
+    let _ = stream.set_nodelay(true);
+    let conn = match transport::handshake(stream, side, &cfg.psk, cfg.handshake_timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            counters.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+    };
+    counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+    let (mut reader, mut writer) = conn.into_split();
+    let mut buf = BytesMut::new();
+    OverlayMsg::Hello(hello).encode(&mut buf)?;
+    writer.send(buf).await?;
+    let frame = reader.recv().await?.ok_or(EstablishError::NoHello)?;
+    match OverlayMsg::decode(frame.freeze())? {
+        OverlayMsg::Hello(h) => Ok((h, reader, writer)),
+        other => Err(EstablishError::NotHello(other.kind())),
+    }
+}
+
+async fn read_loop(
+    link: LinkId,
+    mut reader: SecureReader,
+    events: mpsc::Sender<Event>,
+    counters: Arc<DriverCounters>,
+) {
+    let reason = loop {
+        match reader.recv().await {
+            Ok(Some(frame)) => match OverlayMsg::decode(frame.freeze()) {
+                Ok(msg) => {
+                    if events.send(Event::Message { link, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The record authenticated, so the peer holds the key: this is a bug or a
+                    // version skew, not an attack. Close rather than guess.
+                    counters.frames_undecodable.fetch_add(1, Ordering::Relaxed);
+                    break format!("undecodable message: {e}");
+                }
+            },
+            Ok(None) => break "connection closed by peer".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    debug!(%link, reason, "link reader ends");
+    let _ = events.send(Event::LinkDown { link, reason }).await;
+}
+
+async fn write_loop(
+    link: LinkId,
+    mut writer: SecureWriter,
+    mut control: mpsc::Receiver<OverlayMsg>,
+    mut media: mpsc::Receiver<OverlayMsg>,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = control.recv() => m,
+            m = media.recv() => m,
+        };
+        let Some(msg) = msg else { break };
+        let mut buf = BytesMut::new();
+        if let Err(e) = msg.encode(&mut buf) {
+            warn!(%link, error = %e, kind = msg.kind(), "cannot encode message; dropped");
+            continue;
+        }
+        if let Err(e) = writer.send(buf).await {
+            debug!(%link, error = %e, "link writer ends");
+            break;
+        }
+    }
+}
