@@ -532,3 +532,834 @@ impl_from_for_msg!(
     Pong,
     Trace,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{MAX_LIST_LEN, MAX_STR_LEN};
+    use proptest::prelude::*;
+
+    fn enc(msg: &OverlayMsg) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        msg.encode(&mut buf).expect("encode");
+        buf.to_vec()
+    }
+
+    fn dec(bytes: &[u8]) -> Result<OverlayMsg, DecodeError> {
+        OverlayMsg::decode(Bytes::copy_from_slice(bytes))
+    }
+
+    /// Parses hex digits, ignoring whitespace.
+    fn hex(s: &str) -> Vec<u8> {
+        let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        assert!(digits.len() % 2 == 0, "odd hex digit count");
+        digits
+            .chunks(2)
+            .map(|pair| {
+                let pair = std::str::from_utf8(pair).unwrap();
+                u8::from_str_radix(pair, 16).unwrap()
+            })
+            .collect()
+    }
+
+    fn to_hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    // ---- sample messages, one (or two) per type --------------------------------------------
+
+    fn hello() -> OverlayMsg {
+        OverlayMsg::Hello(Hello {
+            name: "O1".into(),
+            role: OverlayRole::Node,
+            version: OVERLAY_VERSION,
+            listen_port: 7000,
+        })
+    }
+
+    fn flood() -> OverlayMsg {
+        OverlayMsg::Flood(Flood {
+            server: "S1".into(),
+            seq: 7,
+            sent_at_us: 0x1122_3344_5566_7788,
+            link_sum_us: 1500,
+            visited: strings(&["S1", "O1"]),
+            videos: strings(&["a.ts"]),
+        })
+    }
+
+    fn grandfather_request() -> OverlayMsg {
+        OverlayMsg::GrandfatherRequest(GrandfatherRequest {
+            video: "vídeo".into(),
+        })
+    }
+
+    fn grandfather_reply() -> OverlayMsg {
+        OverlayMsg::GrandfatherReply(Grandfathers {
+            video: "v".into(),
+            grandfathers: vec![
+                PeerAddr {
+                    name: "O2".into(),
+                    addr: addr("10.0.2.2:7000"),
+                },
+                PeerAddr {
+                    name: "O3".into(),
+                    addr: addr("[2001:db8::1]:7001"),
+                },
+            ],
+        })
+    }
+
+    fn grandfather_update() -> OverlayMsg {
+        OverlayMsg::GrandfatherUpdate(Grandfathers {
+            video: "v".into(),
+            grandfathers: vec![],
+        })
+    }
+
+    fn video_request() -> OverlayMsg {
+        OverlayMsg::VideoRequest(VideoRequest {
+            video: "movie".into(),
+            path: strings(&["O5", "O3"]),
+        })
+    }
+
+    fn video_cancel() -> OverlayMsg {
+        OverlayMsg::VideoCancel(VideoCancel {
+            video: "movie".into(),
+        })
+    }
+
+    fn video_data() -> OverlayMsg {
+        OverlayMsg::VideoData(VideoData {
+            video: "v".into(),
+            epoch: 3,
+            seq: 256,
+            flags: FLAG_KEYFRAME,
+            payload: Bytes::from_static(&[0x47, 0x00, 0x11]),
+        })
+    }
+
+    fn video_data_empty() -> OverlayMsg {
+        OverlayMsg::VideoData(VideoData {
+            video: String::new(),
+            epoch: 0,
+            seq: u64::MAX,
+            flags: 0x80,
+            payload: Bytes::new(),
+        })
+    }
+
+    fn ping() -> OverlayMsg {
+        OverlayMsg::Ping(Ping { token: 0xdead_beef })
+    }
+
+    fn pong() -> OverlayMsg {
+        OverlayMsg::Pong(Pong { token: u64::MAX })
+    }
+
+    fn trace() -> OverlayMsg {
+        OverlayMsg::Trace(Trace {
+            id: 42,
+            video: "v".into(),
+            reply: true,
+            hops: vec![
+                TraceHop {
+                    name: "S1".into(),
+                    at_us: 1000,
+                },
+                TraceHop {
+                    name: "O1".into(),
+                    at_us: 0x0102_0304_0506_0708,
+                },
+            ],
+        })
+    }
+
+    // ---- round trips -------------------------------------------------------------------------
+
+    fn assert_round_trip(msg: OverlayMsg) {
+        let bytes = enc(&msg);
+        assert_eq!(bytes[0], msg.tag(), "{}", msg.kind());
+        assert_eq!(dec(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn round_trip_hello() {
+        assert_round_trip(hello());
+        for role in [OverlayRole::Server, OverlayRole::Node, OverlayRole::Edge] {
+            assert_round_trip(OverlayMsg::Hello(Hello {
+                name: String::new(),
+                role,
+                version: u16::MAX,
+                listen_port: 0,
+            }));
+        }
+    }
+
+    #[test]
+    fn round_trip_flood() {
+        assert_round_trip(flood());
+        assert_round_trip(OverlayMsg::Flood(Flood {
+            server: "S2".into(),
+            seq: u64::MAX,
+            sent_at_us: 1_700_000_000_000_000,
+            link_sum_us: 0,
+            visited: vec![],
+            videos: vec![],
+        }));
+    }
+
+    #[test]
+    fn round_trip_grandfather_request() {
+        assert_round_trip(grandfather_request());
+        assert_round_trip(OverlayMsg::GrandfatherRequest(GrandfatherRequest {
+            video: String::new(),
+        }));
+    }
+
+    #[test]
+    fn round_trip_grandfather_reply_and_update() {
+        // IPv4 and IPv6 addresses, non-empty and empty lists, both tags.
+        assert_round_trip(grandfather_reply());
+        assert_round_trip(grandfather_update());
+        if let OverlayMsg::GrandfatherReply(g) = grandfather_reply() {
+            assert_round_trip(OverlayMsg::GrandfatherUpdate(g));
+        }
+        assert_round_trip(OverlayMsg::GrandfatherReply(Grandfathers {
+            video: "v".into(),
+            grandfathers: vec![],
+        }));
+    }
+
+    #[test]
+    fn round_trip_video_request_and_cancel() {
+        assert_round_trip(video_request());
+        assert_round_trip(OverlayMsg::VideoRequest(VideoRequest {
+            video: "movie".into(),
+            path: vec![],
+        }));
+        assert_round_trip(video_cancel());
+    }
+
+    #[test]
+    fn round_trip_video_data() {
+        assert_round_trip(video_data());
+        assert_round_trip(video_data_empty());
+        let big = OverlayMsg::VideoData(VideoData {
+            video: "movie".into(),
+            epoch: 9,
+            seq: 10,
+            flags: 0,
+            payload: Bytes::from(vec![0x47; 188 * 7]),
+        });
+        assert_round_trip(big);
+    }
+
+    #[test]
+    fn round_trip_ping_pong() {
+        assert_round_trip(ping());
+        assert_round_trip(pong());
+        assert_round_trip(OverlayMsg::Ping(Ping { token: 0 }));
+    }
+
+    #[test]
+    fn round_trip_trace() {
+        assert_round_trip(trace());
+        assert_round_trip(OverlayMsg::Trace(Trace {
+            id: 0,
+            video: String::new(),
+            reply: false,
+            hops: vec![],
+        }));
+    }
+
+    // ---- golden bytes: written by hand from the layout table ---------------------------------
+
+    fn assert_golden(msg: OverlayMsg, expected_hex: &str) {
+        let expected = hex(expected_hex);
+        assert_eq!(to_hex(&enc(&msg)), to_hex(&expected), "{}", msg.kind());
+        assert_eq!(dec(&expected), Ok(msg));
+    }
+
+    #[test]
+    fn golden_hello() {
+        assert_golden(
+            hello(),
+            concat!(
+                "01",        // tag
+                "0001",      // version 1
+                "02",        // role node
+                "1b58",      // listen_port 7000
+                "0002 4f31", // name "O1"
+            ),
+        );
+    }
+
+    #[test]
+    fn golden_flood() {
+        assert_golden(
+            flood(),
+            concat!(
+                "02",               // tag
+                "0002 5331",        // server "S1"
+                "0000000000000007", // seq 7
+                "1122334455667788", // sent_at_us
+                "00000000000005dc", // link_sum_us 1500
+                "0002",             // visited: 2 items
+                "0002 5331",        //   "S1"
+                "0002 4f31",        //   "O1"
+                "0001",             // videos: 1 item
+                "0004 612e7473",    //   "a.ts"
+            ),
+        );
+    }
+
+    #[test]
+    fn golden_grandfather_request() {
+        // video "vídeo": í is c3 ad in UTF-8, 6 bytes in all.
+        assert_golden(grandfather_request(), "03 0006 76c3ad64656f");
+    }
+
+    #[test]
+    fn golden_grandfather_reply() {
+        assert_golden(
+            grandfather_reply(),
+            concat!(
+                "04",                                  // tag
+                "0001 76",                             // video "v"
+                "0002",                                // 2 grandfathers
+                "0002 4f32",                           //   name "O2"
+                "04 0a000202 1b58",                    //   10.0.2.2:7000
+                "0002 4f33",                           //   name "O3"
+                "06 20010db8000000000000000000000001", //   2001:db8::1
+                "1b59",                                //   port 7001
+            ),
+        );
+    }
+
+    #[test]
+    fn golden_grandfather_update() {
+        assert_golden(grandfather_update(), "05 0001 76 0000");
+    }
+
+    #[test]
+    fn golden_video_request() {
+        assert_golden(
+            video_request(),
+            "06 0005 6d6f766965 0002 0002 4f35 0002 4f33",
+        );
+    }
+
+    #[test]
+    fn golden_video_cancel() {
+        assert_golden(video_cancel(), "07 0005 6d6f766965");
+    }
+
+    #[test]
+    fn golden_video_data() {
+        assert_golden(
+            video_data(),
+            concat!(
+                "08",               // tag
+                "0001 76",          // video "v"
+                "0000000000000003", // epoch 3
+                "0000000000000100", // seq 256
+                "01",               // flags: keyframe
+                "470011",           // payload, to the end of the record
+            ),
+        );
+        assert_golden(
+            video_data_empty(),
+            "08 0000 0000000000000000 ffffffffffffffff 80",
+        );
+    }
+
+    #[test]
+    fn golden_ping_pong() {
+        assert_golden(ping(), "09 00000000deadbeef");
+        assert_golden(pong(), "0a ffffffffffffffff");
+    }
+
+    #[test]
+    fn golden_trace() {
+        assert_golden(
+            trace(),
+            concat!(
+                "0b",               // tag
+                "000000000000002a", // id 42
+                "0001 76",          // video "v"
+                "01",               // reply
+                "0002",             // 2 hops
+                "0002 5331",        //   "S1"
+                "00000000000003e8", //   at 1000
+                "0002 4f31",        //   "O1"
+                "0102030405060708", //   at
+            ),
+        );
+    }
+
+    // ---- fast path, helpers ------------------------------------------------------------------
+
+    #[test]
+    fn video_data_fast_path_matches_encode() {
+        let msg = video_data();
+        let OverlayMsg::VideoData(data) = &msg else {
+            unreachable!()
+        };
+        let mut fast = BytesMut::new();
+        encode_video_data_header(&data.video, data.epoch, data.seq, data.flags, &mut fast).unwrap();
+        assert_eq!(fast.len(), video_data_header_len(&data.video));
+        fast.put_slice(&data.payload);
+        assert_eq!(fast.to_vec(), enc(&msg));
+        assert_eq!(data.encoded_len(), fast.len());
+        assert!(data.is_keyframe());
+        assert!(msg.is_media());
+        assert!(!ping().is_media());
+    }
+
+    #[test]
+    fn decoded_payload_is_a_slice_of_the_frame() {
+        let frame = Bytes::from(enc(&video_data()));
+        let OverlayMsg::VideoData(data) = OverlayMsg::decode(frame.clone()).unwrap() else {
+            panic!("not video data")
+        };
+        let offset = frame.len() - 3;
+        assert_eq!(data.payload.as_ptr(), frame[offset..].as_ptr());
+    }
+
+    #[test]
+    fn kinds_and_tags_are_distinct() {
+        let all = [
+            hello(),
+            flood(),
+            grandfather_request(),
+            grandfather_reply(),
+            grandfather_update(),
+            video_request(),
+            video_cancel(),
+            video_data(),
+            ping(),
+            pong(),
+            trace(),
+        ];
+        let tags: std::collections::BTreeSet<u8> = all.iter().map(OverlayMsg::tag).collect();
+        let kinds: std::collections::BTreeSet<&str> = all.iter().map(OverlayMsg::kind).collect();
+        assert_eq!(tags.len(), all.len());
+        assert_eq!(kinds.len(), all.len());
+        assert_eq!(tags, (0x01..=0x0b).collect());
+    }
+
+    #[test]
+    fn video_data_debug_summarises_payload() {
+        let shown = format!("{:?}", video_data());
+        assert!(shown.contains("payload_len: 3"), "{shown}");
+    }
+
+    // ---- encode errors -----------------------------------------------------------------------
+
+    #[test]
+    fn encode_over_cap_fails_and_leaves_buffer_untouched() {
+        let long = "x".repeat(MAX_STR_LEN + 1);
+        let mut buf = BytesMut::from(&b"keep"[..]);
+
+        let msg = OverlayMsg::Hello(Hello {
+            name: long.clone(),
+            role: OverlayRole::Edge,
+            version: 1,
+            listen_port: 1,
+        });
+        assert_eq!(
+            msg.encode(&mut buf),
+            Err(EncodeError::TooLong {
+                what: "hello.name",
+                len: MAX_STR_LEN + 1,
+                max: MAX_STR_LEN
+            })
+        );
+        assert_eq!(&buf[..], b"keep");
+
+        // Failure deep inside a list, after earlier fields were written.
+        let msg = OverlayMsg::Flood(Flood {
+            server: "S1".into(),
+            seq: 1,
+            sent_at_us: 2,
+            link_sum_us: 3,
+            visited: vec!["ok".into(), long.clone()],
+            videos: vec![],
+        });
+        assert_eq!(
+            msg.encode(&mut buf),
+            Err(EncodeError::TooLong {
+                what: "flood.visited",
+                len: MAX_STR_LEN + 1,
+                max: MAX_STR_LEN
+            })
+        );
+        assert_eq!(&buf[..], b"keep");
+
+        let msg = OverlayMsg::VideoRequest(VideoRequest {
+            video: "v".into(),
+            path: vec![String::new(); MAX_LIST_LEN + 1],
+        });
+        assert_eq!(
+            msg.encode(&mut buf),
+            Err(EncodeError::TooLong {
+                what: "video_request.path",
+                len: MAX_LIST_LEN + 1,
+                max: MAX_LIST_LEN
+            })
+        );
+        assert_eq!(&buf[..], b"keep");
+
+        assert!(encode_video_data_header(&long, 0, 0, 0, &mut buf).is_err());
+        let msg = OverlayMsg::VideoData(VideoData {
+            video: long,
+            epoch: 0,
+            seq: 0,
+            flags: 0,
+            payload: Bytes::from_static(b"data"),
+        });
+        assert!(msg.encode(&mut buf).is_err());
+        assert_eq!(&buf[..], b"keep");
+    }
+
+    #[test]
+    fn encode_at_cap_succeeds() {
+        let msg = OverlayMsg::VideoRequest(VideoRequest {
+            video: "v".repeat(MAX_STR_LEN),
+            path: vec!["O".into(); MAX_LIST_LEN],
+        });
+        assert_round_trip(msg);
+    }
+
+    // ---- decode errors -----------------------------------------------------------------------
+
+    #[test]
+    fn decode_rejects_empty_and_unknown_tags() {
+        assert_eq!(
+            dec(&[]),
+            Err(DecodeError::Truncated {
+                what: "message tag"
+            })
+        );
+        for tag in [0x00, 0x0c, 0x7f, 0xff] {
+            assert_eq!(dec(&[tag]), Err(DecodeError::UnknownTag(tag)));
+            assert_eq!(dec(&[tag, 0, 0, 0]), Err(DecodeError::UnknownTag(tag)));
+        }
+    }
+
+    #[test]
+    fn decode_rejects_trailing_bytes() {
+        let mut bytes = enc(&ping());
+        bytes.push(0);
+        assert_eq!(dec(&bytes), Err(DecodeError::TrailingBytes(1)));
+        let mut bytes = enc(&trace());
+        bytes.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(dec(&bytes), Err(DecodeError::TrailingBytes(3)));
+    }
+
+    #[test]
+    fn decode_rejects_bad_utf8() {
+        // VideoCancel with a 2-byte video name that is not UTF-8.
+        assert_eq!(
+            dec(&hex("07 0002 c328")),
+            Err(DecodeError::BadUtf8 {
+                what: "video_cancel.video"
+            })
+        );
+        // Inside a list item.
+        assert_eq!(
+            dec(&hex("06 0001 76 0001 0001 ff")),
+            Err(DecodeError::BadUtf8 {
+                what: "video_request.path"
+            })
+        );
+    }
+
+    #[test]
+    fn decode_rejects_string_over_cap() {
+        // Length 0x0401 = 1025, followed by that many valid bytes: the cap, not the input
+        // length, is what fails.
+        let mut bytes = hex("03 0401");
+        bytes.extend_from_slice(&[b'a'; 1025]);
+        assert_eq!(
+            dec(&bytes),
+            Err(DecodeError::TooLong {
+                what: "grandfather_request.video",
+                len: 1025,
+                max: MAX_STR_LEN
+            })
+        );
+    }
+
+    #[test]
+    fn decode_rejects_list_count_over_cap_or_input() {
+        // Count 0xffff is over the cap.
+        assert_eq!(
+            dec(&hex("05 0001 76 ffff")),
+            Err(DecodeError::TooLong {
+                what: "grandfathers.list",
+                len: 0xffff,
+                max: MAX_LIST_LEN
+            })
+        );
+        // Count 4096 is under the cap, but 4096 peers need at least 4096 * 9 bytes and only
+        // 9 follow: rejected before any item is read or allocated.
+        assert_eq!(
+            dec(&hex("05 0001 76 1000 0000 04 7f000001 0001")),
+            Err(DecodeError::Truncated {
+                what: "grandfathers.list"
+            })
+        );
+        // Same for string lists and trace hops.
+        assert_eq!(
+            dec(&hex("06 0001 76 0fff 0000")),
+            Err(DecodeError::Truncated {
+                what: "video_request.path"
+            })
+        );
+        assert_eq!(
+            dec(&hex(
+                "0b 0000000000000001 0000 00 0002 0000 0000000000000000"
+            )),
+            Err(DecodeError::Truncated { what: "trace.hops" })
+        );
+    }
+
+    #[test]
+    fn decode_rejects_unknown_role_family_and_bool() {
+        for role in [0u8, 4, 0xff] {
+            let bytes = [0x01, 0x00, 0x01, role, 0x1b, 0x58, 0x00, 0x00];
+            assert_eq!(
+                dec(&bytes),
+                Err(DecodeError::BadValue {
+                    what: "hello.role",
+                    value: u64::from(role)
+                })
+            );
+        }
+        assert_eq!(
+            dec(&hex("04 0001 76 0001 0002 4f32 05 0a000202 1b58")),
+            Err(DecodeError::BadValue {
+                what: "peer_addr.addr",
+                value: 5
+            })
+        );
+        assert_eq!(
+            dec(&hex("0b 0000000000000001 0000 02 0000")),
+            Err(DecodeError::BadValue {
+                what: "trace.reply",
+                value: 2
+            })
+        );
+    }
+
+    #[test]
+    fn decode_reports_the_truncated_field() {
+        assert_eq!(
+            dec(&hex("02 0002 5331 00000000")),
+            Err(DecodeError::Truncated { what: "flood.seq" })
+        );
+        assert_eq!(
+            dec(&hex("08 0001 76 0000000000000003 0000000000000100")),
+            Err(DecodeError::Truncated {
+                what: "video_data.flags"
+            })
+        );
+    }
+
+    // ---- properties --------------------------------------------------------------------------
+
+    fn arb_str() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-zA-Z0-9_.-]{1,12}", "\\PC{0,6}"]
+    }
+
+    fn arb_strs() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(arb_str(), 0..5)
+    }
+
+    fn arb_socket_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        ]
+    }
+
+    fn arb_grandfathers() -> impl Strategy<Value = Grandfathers> {
+        (
+            arb_str(),
+            prop::collection::vec(
+                (arb_str(), arb_socket_addr()).prop_map(|(name, addr)| PeerAddr { name, addr }),
+                0..4,
+            ),
+        )
+            .prop_map(|(video, grandfathers)| Grandfathers {
+                video,
+                grandfathers,
+            })
+    }
+
+    fn arb_role() -> impl Strategy<Value = OverlayRole> {
+        prop_oneof![
+            Just(OverlayRole::Server),
+            Just(OverlayRole::Node),
+            Just(OverlayRole::Edge),
+        ]
+    }
+
+    fn arb_msg() -> impl Strategy<Value = OverlayMsg> {
+        prop_oneof![
+            (arb_str(), arb_role(), any::<u16>(), any::<u16>()).prop_map(
+                |(name, role, version, listen_port)| OverlayMsg::Hello(Hello {
+                    name,
+                    role,
+                    version,
+                    listen_port,
+                })
+            ),
+            (
+                arb_str(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                arb_strs(),
+                arb_strs()
+            )
+                .prop_map(|(server, seq, sent_at_us, link_sum_us, visited, videos)| {
+                    OverlayMsg::Flood(Flood {
+                        server,
+                        seq,
+                        sent_at_us,
+                        link_sum_us,
+                        visited,
+                        videos,
+                    })
+                }),
+            arb_str()
+                .prop_map(|video| OverlayMsg::GrandfatherRequest(GrandfatherRequest { video })),
+            arb_grandfathers().prop_map(OverlayMsg::GrandfatherReply),
+            arb_grandfathers().prop_map(OverlayMsg::GrandfatherUpdate),
+            (arb_str(), arb_strs())
+                .prop_map(|(video, path)| OverlayMsg::VideoRequest(VideoRequest { video, path })),
+            arb_str().prop_map(|video| OverlayMsg::VideoCancel(VideoCancel { video })),
+            (
+                arb_str(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u8>(),
+                prop::collection::vec(any::<u8>(), 0..400)
+            )
+                .prop_map(|(video, epoch, seq, flags, payload)| {
+                    OverlayMsg::VideoData(VideoData {
+                        video,
+                        epoch,
+                        seq,
+                        flags,
+                        payload: Bytes::from(payload),
+                    })
+                }),
+            any::<u64>().prop_map(|token| OverlayMsg::Ping(Ping { token })),
+            any::<u64>().prop_map(|token| OverlayMsg::Pong(Pong { token })),
+            (
+                any::<u64>(),
+                arb_str(),
+                any::<bool>(),
+                prop::collection::vec(
+                    (arb_str(), any::<u64>()).prop_map(|(name, at_us)| TraceHop { name, at_us }),
+                    0..4
+                )
+            )
+                .prop_map(|(id, video, reply, hops)| OverlayMsg::Trace(Trace {
+                    id,
+                    video,
+                    reply,
+                    hops,
+                })),
+        ]
+    }
+
+    /// Decodes; whenever that succeeds, the encoding must give the input back (canonical form).
+    fn decode_is_canonical(bytes: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok(msg) = dec(bytes) {
+            prop_assert_eq!(enc(&msg), bytes.to_vec());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn prop_round_trip(msg in arb_msg()) {
+            let bytes = enc(&msg);
+            if let OverlayMsg::VideoData(data) = &msg {
+                prop_assert_eq!(data.encoded_len(), bytes.len());
+            }
+            prop_assert_eq!(dec(&bytes), Ok(msg));
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            decode_is_canonical(&bytes)?;
+        }
+
+        #[test]
+        fn prop_bytes_after_a_known_tag_never_panic(
+            tag in 0x01u8..=0x0b,
+            body in prop::collection::vec(any::<u8>(), 0..128),
+        ) {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&body);
+            decode_is_canonical(&bytes)?;
+        }
+
+        #[test]
+        fn prop_strict_prefixes_fail(msg in arb_msg()) {
+            let bytes = enc(&msg);
+            for cut in 0..bytes.len() {
+                let result = dec(&bytes[..cut]);
+                match &msg {
+                    // The payload runs to the end of the record, so a cut inside it is still a
+                    // well-formed (shorter) chunk; detecting that is the record layer's job.
+                    OverlayMsg::VideoData(data) if cut >= video_data_header_len(&data.video) => {
+                        let mut shorter = data.clone();
+                        shorter.payload = data.payload.slice(..cut - video_data_header_len(&data.video));
+                        prop_assert_eq!(result, Ok(OverlayMsg::VideoData(shorter)));
+                    }
+                    _ => prop_assert!(result.is_err(), "prefix {} of {:?} decoded", cut, msg),
+                }
+            }
+        }
+
+        #[test]
+        fn prop_flipped_byte_never_panics(msg in arb_msg(), index in any::<prop::sample::Index>(), mask in 1u8..) {
+            let mut bytes = enc(&msg);
+            let i = index.index(bytes.len());
+            bytes[i] ^= mask;
+            decode_is_canonical(&bytes)?;
+        }
+
+        #[test]
+        fn prop_appended_bytes_are_trailing(msg in arb_msg(), extra in prop::collection::vec(any::<u8>(), 1..16)) {
+            let mut bytes = enc(&msg);
+            bytes.extend_from_slice(&extra);
+            let result = dec(&bytes);
+            match msg {
+                OverlayMsg::VideoData(mut data) => {
+                    let mut payload = data.payload.to_vec();
+                    payload.extend_from_slice(&extra);
+                    data.payload = Bytes::from(payload);
+                    prop_assert_eq!(result, Ok(OverlayMsg::VideoData(data)));
+                }
+                _ => prop_assert_eq!(result, Err(DecodeError::TrailingBytes(extra.len()))),
+            }
+        }
+    }
+}
