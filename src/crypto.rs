@@ -141,9 +141,10 @@ pub struct Handshake {
 
 enum State {
     AwaitingHello,
+    // Boxed: the ciphers carry expanded keys and GHASH tables (kilobytes).
     AwaitingFinished {
-        sealer: Sealer,
-        opener: Opener,
+        sealer: Box<Sealer>,
+        opener: Box<Opener>,
         transcript_hash: [u8; 32],
     },
     Failed,
@@ -214,8 +215,8 @@ impl Handshake {
             .expect("a fresh sealer always seals a 59-byte record");
 
         self.state = State::AwaitingFinished {
-            sealer,
-            opener: Opener::new(&recv_key),
+            sealer: Box::new(sealer),
+            opener: Box::new(Opener::new(&recv_key)),
             transcript_hash,
         };
         Ok(finished)
@@ -246,7 +247,7 @@ impl Handshake {
         if label != self.side.peer().finished_label() || hash != transcript_hash {
             return Err(HandshakeError::TranscriptMismatch);
         }
-        Ok((sealer, opener))
+        Ok((*sealer, *opener))
     }
 }
 
