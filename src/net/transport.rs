@@ -432,6 +432,16 @@ mod tests {
         (raw, reader, writer)
     }
 
+    /// Compile-time check: the futures can be spawned onto a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn futures_are_send(stream: TcpStream, r: &mut SecureReader, w: &mut SecureWriter) {
+        fn is_send<T: Send>(_: &T) {}
+        let key = psk(0);
+        is_send(&handshake(stream, Side::Initiator, &key, GUARD));
+        is_send(&r.recv());
+        is_send(&w.send(BytesMut::new()));
+    }
+
     #[tokio::test]
     async fn same_key_messages_flow_both_ways() {
         guarded(async {
