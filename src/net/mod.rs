@@ -1,1 +1,3 @@
-//! todo
+//! Thin tokio drivers: the sockets, tasks and timers that feed the sans-IO state machines.
+
+pub mod transport;
