@@ -1,1 +1,2 @@
-//! todo
+//! Message types and their encode/decode.
+pub mod bootstrap;
