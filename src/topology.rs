@@ -710,17 +710,22 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
         file: file.clone(),
         source,
     })?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
+    parse_bytes(&bytes, &file)
+}
+
+/// Parses a topology file's raw content; invalid UTF-8 is a syntax error at its position.
+pub fn parse_bytes(bytes: &[u8], file: &str) -> Result<Topology, TopologyError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         let valid = String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned();
         let (line, column) = line_col(&valid, valid.len());
         TopologyError::Syntax {
-            file: file.clone(),
+            file: file.to_string(),
             line,
             column,
             reason: "the file is not valid UTF-8 text".into(),
         }
     })?;
-    parse(text, &file)
+    parse(text, file)
 }
 
 /// 1-based line and character column of a byte offset.
@@ -1724,6 +1729,13 @@ mod tests {
         assert_eq!(t.len(), 1);
         let (_, line, col, _) = parse_err("\u{feff}{\r\n  \"O1\": {\"neighbours\": [1]}\r\n}");
         assert_eq!((line, col), (2, 25));
+    }
+
+    #[test]
+    fn invalid_utf8_position() {
+        let e = parse_bytes(b"{\n  \"O\xff\": {}}", "t.json").unwrap_err();
+        assert_eq!(e.position(), Some((2, 5)));
+        assert!(e.to_string().contains("not valid UTF-8"), "{e}");
     }
 
     #[test]

@@ -1,1 +1,2 @@
-//! todo
+//! Role wiring: what each `--role` runs.
+pub mod bootstrapper;
