@@ -661,7 +661,9 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
 
     // serde_json keeps the last of duplicate keys silently; a repeated device name is almost
     // always a copy-paste slip, so it is an error pointing at the second one.
+    // Everything in one pass, so the error reported is the first one in the file.
     let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut out = BTreeMap::new();
     for m in members {
         if let Some(&first) = first_seen.get(m.key.as_str()) {
             return Err(schema(
@@ -674,10 +676,6 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
             ));
         }
         first_seen.insert(&m.key, m.key_at);
-    }
-
-    let mut out = BTreeMap::new();
-    for m in members {
         validate_name(&m.key).map_err(|r| schema(m.key_at, r))?;
         if let Some((at, reason)) = find_duplicate_key(text, &m.value) {
             return Err(schema(
@@ -1402,6 +1400,7 @@ mod tests {
     fn parses_the_report_example_file() {
         let t = parse_ok(include_str!("../topology/report-example.json"));
         assert_eq!(t.len(), 5);
+        assert_eq!(check(&t), vec![]);
         assert_eq!(t.get("server1").unwrap().role, DeviceRole::Server);
         assert_eq!(t.get("client1").unwrap().role, DeviceRole::Client);
         assert_eq!(t.get("O3").unwrap().role, DeviceRole::Edge);
@@ -1710,6 +1709,13 @@ mod tests {
             reason,
             "duplicate device name 'O1' (first defined at line 2)"
         );
+    }
+
+    #[test]
+    fn first_error_in_the_file_wins() {
+        let text = "{\"O1\": {\"neighbours\": [\"x\"]},\n \"O2\": {}, \"O2\": {}}";
+        let (_, line, col, reason) = parse_err(text);
+        assert_eq!((line, col), (1, 24), "{reason}");
     }
 
     #[test]

@@ -1,1 +1,2 @@
-//! todo
+//! Thin tokio drivers that move bytes between sockets and the protocol logic.
+pub mod bootstrap_client;
