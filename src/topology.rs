@@ -1578,6 +1578,13 @@ mod tests {
     }
 
     #[test]
+    fn syntax_error_inside_a_multibyte_character() {
+        // Found by proptest: serde_json's position fell inside "\u{f99}" (3 bytes).
+        let (kind, line, col, _) = parse_err("\"\u{f99}");
+        assert_eq!((kind, line, col), ("syntax", 1, 2));
+    }
+
+    #[test]
     fn syntax_error_columns_count_characters() {
         // "é" is two bytes; the column is in characters, as editors show it.
         let (_, line, col, _) = parse_err("{\"é\": {\"neighbours\": []} x}");

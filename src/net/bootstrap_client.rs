@@ -24,6 +24,9 @@ use crate::wire::bootstrap::{
 
 pub use crate::wire::bootstrap::DEFAULT_BOOTSTRAP_PORT;
 
+/// Shortest delay between two attempts.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(10);
+
 /// How a device keeps trying to reach the bootstrapper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -59,7 +62,9 @@ impl RetryPolicy {
     /// started together (a whole emulated network) do not retry in lockstep.
     fn jittered(&self, failures: u32) -> Duration {
         let base = self.backoff(failures);
+        // A floor, so a zero `initial` cannot turn retrying into a busy loop.
         base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+            .max(MIN_RETRY_DELAY)
     }
 }
 
@@ -561,6 +566,11 @@ mod tests {
             let d = p.jittered(n);
             assert!(d >= p.backoff(n) / 2 && d <= p.backoff(n), "{d:?}");
         }
+        let zero = RetryPolicy {
+            initial: Duration::ZERO,
+            ..p
+        };
+        assert_eq!(zero.jittered(1), MIN_RETRY_DELAY);
     }
 
     #[test]

@@ -38,6 +38,8 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_DRAIN: usize = 64 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Lower bound of the reload interval.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(10);
 /// How long in-flight connections may finish after shutdown before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -156,8 +158,12 @@ impl Bootstrapper {
             watcher,
         } = self;
         let rx = current.subscribe();
-        let reload = tokio::spawn(watcher.run(current, cfg.reload_interval));
-        let permits = Arc::new(Semaphore::new(cfg.max_connections));
+        // tokio's interval panics on a zero period; a few milliseconds is "as fast as possible".
+        let interval = cfg.reload_interval.max(MIN_RELOAD_INTERVAL);
+        let reload = tokio::spawn(watcher.run(current, interval));
+        let permits = Arc::new(Semaphore::new(
+            cfg.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
         let mut conns = JoinSet::new();
         let mut rejected = RejectLog::default();
         tokio::pin!(shutdown);
@@ -1000,6 +1006,17 @@ mod tests {
             BootstrapperConfig::new(dir.0.join("missing.json"), "127.0.0.1:0".parse().unwrap());
         let err = bind(cfg).await.err().expect("a missing file is fatal");
         assert!(err.to_string().contains("missing.json"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn degenerate_settings_do_not_panic() {
+        let b = start_with("zero", TOPO, |c| {
+            c.reload_interval = Duration::ZERO;
+            c.max_connections = usize::MAX;
+        })
+        .await;
+        assert!(matches!(ask(b.addr, "S1").await, Reply::Found { .. }));
+        b.stop().await;
     }
 
     #[tokio::test]
