@@ -178,16 +178,21 @@ impl fmt::Display for DeviceRole {
     }
 }
 
-impl FromStr for DeviceRole {
-    type Err = AddrError;
+/// A `"role"` that is not one of the four.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseRoleError(String);
 
-    fn from_str(s: &str) -> Result<Self, AddrError> {
+impl FromStr for DeviceRole {
+    type Err = ParseRoleError;
+
+    fn from_str(s: &str) -> Result<Self, ParseRoleError> {
         match s.to_ascii_lowercase().as_str() {
             "server" => Ok(DeviceRole::Server),
             "node" => Ok(DeviceRole::Node),
             "edge" => Ok(DeviceRole::Edge),
             "client" => Ok(DeviceRole::Client),
-            _ => Err(AddrError(format!(
+            _ => Err(ParseRoleError(format!(
                 "unknown role '{}' (expected \"server\", \"node\", \"edge\" or \"client\")",
                 s.escape_debug()
             ))),

@@ -405,7 +405,7 @@ mod tests {
         let err = fetch_entry(addr, "X", RetryPolicy::default())
             .await
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(started.elapsed() < Duration::from_secs(3));
         assert!(
             matches!(err, BootstrapClientError::UnknownName { .. }),
             "{err:?}"
@@ -431,7 +431,7 @@ mod tests {
         let err = fetch_entry(addr, "S1", policy).await.unwrap_err();
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(700), "{took:?}");
-        assert!(took < Duration::from_millis(1200), "{took:?}");
+        assert!(took < Duration::from_millis(2000), "{took:?}");
         match &err {
             BootstrapClientError::GaveUp {
                 attempts,
@@ -466,7 +466,7 @@ mod tests {
         };
         let started = Instant::now();
         let err = fetch_entry(addr, "S1", policy).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(1300));
+        assert!(started.elapsed() < Duration::from_millis(2500));
         assert!(
             matches!(&err, BootstrapClientError::GaveUp { last_error, .. } if last_error.starts_with("no reply within")),
             "{err:?}"
