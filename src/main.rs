@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use overlayd::net::bootstrap_client::DEFAULT_BOOTSTRAP_PORT;
 use overlayd::roles;
@@ -121,7 +121,10 @@ struct OverlayArgs {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "overlayd --role bootstrapper", about = "Serve each device its topology entry")]
+#[command(
+    name = "overlayd --role bootstrapper",
+    about = "Serve each device its topology entry"
+)]
 struct BootstrapperArgs {
     /// Topology JSON file; edits are picked up without a restart.
     #[arg(long)]
@@ -140,7 +143,10 @@ struct BootstrapperArgs {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "overlayd --role server", about = "Stream the videos of a folder into the overlay")]
+#[command(
+    name = "overlayd --role server",
+    about = "Stream the videos of a folder into the overlay"
+)]
 struct ServerArgs {
     #[command(flatten)]
     overlay: OverlayArgs,
@@ -153,7 +159,10 @@ struct ServerArgs {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "overlayd --role node", about = "Overlay relay (an edge if the topology says so)")]
+#[command(
+    name = "overlayd --role node",
+    about = "Overlay relay (an edge if the topology says so)"
+)]
 struct NodeArgs {
     #[command(flatten)]
     overlay: OverlayArgs,
@@ -169,7 +178,10 @@ enum Player {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "overlayd --role client", about = "Watch or record a video from an edge")]
+#[command(
+    name = "overlayd --role client",
+    about = "Watch or record a video from an edge"
+)]
 struct ClientArgs {
     /// This device's name in the topology file.
     #[arg(long)]
@@ -257,7 +269,9 @@ fn take_role(args: &mut Vec<OsString>) -> Result<Option<String>, ExitCode> {
         }
         if a == "--role" {
             if i + 1 >= args.len() {
-                eprintln!("overlayd: --role needs a value: bootstrapper, server, node, edge or client");
+                eprintln!(
+                    "overlayd: --role needs a value: bootstrapper, server, node, edge or client"
+                );
                 return Err(ExitCode::from(2));
             }
             let v = args[i + 1].to_string_lossy().into_owned();
@@ -296,7 +310,11 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             }
             Some(Tool::CheckTopology { file }) => {
                 let ok = overlayd::topology::run_check(&file, &mut std::io::stdout());
-                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
             }
             None => {
                 eprintln!("overlayd: give --role ROLE or a command (see --help)");
@@ -323,13 +341,14 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             init_logging(&a.log);
-            let cfg = roles::bootstrapper::BootstrapperConfig {
-                topology: a.topology,
-                bind: (a.bind, a.port).into(),
-                reload_interval: Duration::from_millis(a.reload_ms),
-                ..Default::default()
-            };
-            runtime()?.block_on(roles::bootstrapper::run_until_signal(cfg))?;
+            let mut cfg =
+                roles::bootstrapper::BootstrapperConfig::new(a.topology, (a.bind, a.port).into());
+            cfg.reload_interval = Duration::from_millis(a.reload_ms);
+            runtime()?.block_on(async {
+                let b = roles::bootstrapper::bind(cfg).await?;
+                b.run(roles::shutdown_signal()).await;
+                anyhow::Ok(())
+            })?;
         }
         RoleName::Server => {
             let a: ServerArgs = match parse(args) {
@@ -376,7 +395,9 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 client_port: a.client_port,
                 edge_port: a.edge_port,
             };
-            return runtime()?.block_on(roles::client::run(cfg)).map(|()| ExitCode::SUCCESS);
+            return runtime()?
+                .block_on(roles::client::run(cfg))
+                .map(|()| ExitCode::SUCCESS);
         }
     }
     Ok(ExitCode::SUCCESS)

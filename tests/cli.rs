@@ -21,13 +21,22 @@ fn help_lists_roles_and_each_role_has_its_own_help() {
     }
     let (code, out, _) = run(&["--role", "node", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--bootstrap") && out.contains("--key-file"), "{out}");
+    assert!(
+        out.contains("--bootstrap") && out.contains("--key-file"),
+        "{out}"
+    );
     let (code, out, _) = run(&["--role=bootstrapper", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--topology") && !out.contains("--key-file"), "{out}");
+    assert!(
+        out.contains("--topology") && !out.contains("--key-file"),
+        "{out}"
+    );
     let (code, out, _) = run(&["--role", "client", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--record") && out.contains("--player"), "{out}");
+    assert!(
+        out.contains("--record") && out.contains("--player"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -37,10 +46,43 @@ fn bad_arguments_give_one_line_and_exit_2() {
         &["--role"],
         &["--role", "toaster"],
         &["--role", "node"],
-        &["--role", "node", "--name", "O1", "--bootstrap", "10.0.0.1", "--bogus"],
-        &["--role", "bootstrapper", "--topology", "t.json", "--port", "99999"],
-        &["--role", "node", "--name", "O1", "--bootstrap", "x", "--ping-ms", "abc"],
-        &["--role", "node", "--name", "O1", "--bootstrap", "x", "--log-level", "loud"],
+        &[
+            "--role",
+            "node",
+            "--name",
+            "O1",
+            "--bootstrap",
+            "10.0.0.1",
+            "--bogus",
+        ],
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            "t.json",
+            "--port",
+            "99999",
+        ],
+        &[
+            "--role",
+            "node",
+            "--name",
+            "O1",
+            "--bootstrap",
+            "x",
+            "--ping-ms",
+            "abc",
+        ],
+        &[
+            "--role",
+            "node",
+            "--name",
+            "O1",
+            "--bootstrap",
+            "x",
+            "--log-level",
+            "loud",
+        ],
         &["frobnicate"],
     ];
     for args in cases {
@@ -89,7 +131,11 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
     let (code, _, _) = run(&["keygen", "--out", key.to_str().unwrap(), "--force"]);
     assert_eq!(code, 0);
-    assert_ne!(std::fs::read_to_string(&key).unwrap(), text, "not a new key");
+    assert_ne!(
+        std::fs::read_to_string(&key).unwrap(),
+        text,
+        "not a new key"
+    );
 }
 
 #[test]
@@ -124,14 +170,22 @@ fn check_topology_reports_errors_with_position_and_exit_code() {
     assert_eq!(code, 0, "{out}{err}");
 
     let broken = dir.path("broken.json");
-    std::fs::write(&broken, "{\n  \"O1\": { \"neighbours\": [\"10.0.0.1\",] }\n}\n").unwrap();
+    std::fs::write(
+        &broken,
+        "{\n  \"O1\": { \"neighbours\": [\"10.0.0.1\",] }\n}\n",
+    )
+    .unwrap();
     let (code, out, err) = run(&["check-topology", broken.to_str().unwrap()]);
     assert_ne!(code, 0);
     let all = format!("{out}{err}");
     assert!(all.contains("broken.json:2:"), "no file:line in {all}");
 
     let bad_addr = dir.path("badaddr.json");
-    std::fs::write(&bad_addr, "{\n  \"O1\": {\n    \"neighbours\": [\"10.0.0.300\"] }\n}\n").unwrap();
+    std::fs::write(
+        &bad_addr,
+        "{\n  \"O1\": {\n    \"neighbours\": [\"10.0.0.300\"] }\n}\n",
+    )
+    .unwrap();
     let (code, out, err) = run(&["check-topology", bad_addr.to_str().unwrap()]);
     assert_ne!(code, 0);
     let all = format!("{out}{err}");
@@ -156,7 +210,14 @@ fn unknown_name_exits_naming_the_name_and_the_bootstrapper() {
     keygen(&key);
     let b = Daemon::spawn(
         "bootstrapper",
-        &["--role", "bootstrapper", "--topology", topo.to_str().unwrap(), "--bind", "127.71.1.100"],
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--bind",
+            "127.71.1.100",
+        ],
     );
     b.wait_for(&["listening"], WAIT);
     for role in ["node", "server", "client"] {
@@ -209,7 +270,14 @@ fn device_started_before_the_bootstrapper_waits_for_it() {
     std::thread::sleep(Duration::from_millis(700));
     let _b = Daemon::spawn(
         "bootstrapper",
-        &["--role", "bootstrapper", "--topology", topo.to_str().unwrap(), "--bind", "127.71.2.100"],
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--bind",
+            "127.71.2.100",
+        ],
     );
     o1.wait_for(&["overlay listening"], WAIT);
     // It now dials its (absent) neighbour with backoff instead of dying.
@@ -223,10 +291,24 @@ fn client_says_honestly_that_it_is_not_implemented() {
     std::fs::write(&path, r#"{ "C1": { "neighbours": ["127.71.3.2"] } }"#).unwrap();
     let b = Daemon::spawn(
         "bootstrapper",
-        &["--role", "bootstrapper", "--topology", path.to_str().unwrap(), "--bind", "127.71.3.100"],
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            path.to_str().unwrap(),
+            "--bind",
+            "127.71.3.100",
+        ],
     );
     b.wait_for(&["listening"], WAIT);
-    let (code, _, err) = run(&["--role", "client", "--name", "C1", "--bootstrap", "127.71.3.100"]);
+    let (code, _, err) = run(&[
+        "--role",
+        "client",
+        "--name",
+        "C1",
+        "--bootstrap",
+        "127.71.3.100",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("not implemented yet"), "{err}");
     assert!(err.contains("127.71.3.2:7702"), "{err}");

@@ -129,7 +129,8 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<BytesMut> {
 
 /// True when the daemon closes the connection within `timeout` (whatever it sent before).
 fn disconnected(s: &mut TcpStream, timeout: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
@@ -160,7 +161,9 @@ impl RawPeer {
     fn connect(addr: SocketAddr, key: &std::path::Path) -> RawPeer {
         let psk = overlayd::keyfile::load(key).unwrap().psk;
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut hs = Handshake::new(Side::Initiator, &psk, rand::random());
         write_frame(&mut stream, &hs.hello());
         let their_hello = read_frame(&mut stream).unwrap();
@@ -220,7 +223,10 @@ fn hostile_raw_connections_are_disconnected() {
     // ...until it replays a record it sent before.
     let captured = peer.sent[1].clone();
     write_frame(&mut peer.stream, &captured);
-    assert!(disconnected(&mut peer.stream, WAIT), "replayed record accepted");
+    assert!(
+        disconnected(&mut peer.stream, WAIT),
+        "replayed record accepted"
+    );
 
     // A flipped bit in an otherwise valid record.
     let mut peer = RawPeer::connect(addr, &key);
@@ -231,7 +237,10 @@ fn hostile_raw_connections_are_disconnected() {
     peer.sealer.seal(&mut buf).unwrap();
     buf[3] ^= 0x10;
     write_frame(&mut peer.stream, &buf);
-    assert!(disconnected(&mut peer.stream, WAIT), "tampered record accepted");
+    assert!(
+        disconnected(&mut peer.stream, WAIT),
+        "tampered record accepted"
+    );
 
     // A record cut short by the end of the connection.
     let mut peer = RawPeer::connect(addr, &key);
@@ -244,7 +253,10 @@ fn hostile_raw_connections_are_disconnected() {
     frame.extend_from_slice(&buf[..buf.len() / 2]);
     peer.stream.write_all(&frame).unwrap();
     peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(disconnected(&mut peer.stream, WAIT), "truncated record kept open");
+    assert!(
+        disconnected(&mut peer.stream, WAIT),
+        "truncated record kept open"
+    );
 
     // The daemon logged each refusal and is still serving.
     o1.wait_for(&["inbound overlay link refused"], WAIT);

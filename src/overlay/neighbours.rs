@@ -54,11 +54,27 @@ impl Default for LivenessConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Dial(SocketAddr),
-    Ping { link: LinkId, token: u64 },
-    Pong { link: LinkId, token: u64 },
-    Close { link: LinkId, reason: String },
-    Up { link: LinkId, name: String },
-    Down { link: LinkId, name: String, reason: String },
+    Ping {
+        link: LinkId,
+        token: u64,
+    },
+    Pong {
+        link: LinkId,
+        token: u64,
+    },
+    Close {
+        link: LinkId,
+        reason: String,
+    },
+    Up {
+        link: LinkId,
+        name: String,
+    },
+    Down {
+        link: LinkId,
+        name: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,7 +446,10 @@ mod tests {
         assert_eq!(t.dial_failed(t0, b), Some(Duration::from_millis(200)));
         assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_millis(200)));
         t.handle_timeout(t0 + Duration::from_millis(199));
-        assert!(drain(&mut t).is_empty(), "no dial before the backoff elapses");
+        assert!(
+            drain(&mut t).is_empty(),
+            "no dial before the backoff elapses"
+        );
         let t1 = t0 + Duration::from_millis(200);
         t.handle_timeout(t1);
         assert_eq!(drain(&mut t), vec![Action::Dial(b)]);
@@ -449,7 +468,13 @@ mod tests {
         t.handle_timeout(now);
         drain(&mut t);
         assert!(t.link_up(now, LinkId(1), b, Some(b), &hello("B", 7701)));
-        assert!(matches!(drain(&mut t)[..], [Action::Up { link: LinkId(1), .. }]));
+        assert!(matches!(
+            drain(&mut t)[..],
+            [Action::Up {
+                link: LinkId(1),
+                ..
+            }]
+        ));
         assert!(t.pending_dials().is_empty());
     }
 
@@ -463,7 +488,13 @@ mod tests {
         drain(&mut t);
         t.dial_failed(t0, b);
         // B starts later and dials us from an ephemeral port.
-        assert!(t.link_up(t0, LinkId(7), addr("127.0.0.2:40000"), None, &hello("B", 7701)));
+        assert!(t.link_up(
+            t0,
+            LinkId(7),
+            addr("127.0.0.2:40000"),
+            None,
+            &hello("B", 7701)
+        ));
         t.handle_timeout(t0 + Duration::from_secs(1) - Duration::from_millis(1));
         let actions = drain(&mut t);
         assert!(
@@ -481,10 +512,22 @@ mod tests {
         let (aa, ba) = (addr("127.0.0.1:7701"), addr("127.0.0.2:7701"));
         // At A: link 1 = A->B (outbound), link 2 = B->A (inbound).
         assert!(a.link_up(t0, LinkId(1), ba, Some(ba), &hello("B", 7701)));
-        assert!(!a.link_up(t0, LinkId(2), addr("127.0.0.2:5555"), None, &hello("B", 7701)));
+        assert!(!a.link_up(
+            t0,
+            LinkId(2),
+            addr("127.0.0.2:5555"),
+            None,
+            &hello("B", 7701)
+        ));
         // At B: link 10 = B->A (outbound), link 11 = A->B (inbound).
         assert!(b.link_up(t0, LinkId(10), aa, Some(aa), &hello("A", 7701)));
-        assert!(b.link_up(t0, LinkId(11), addr("127.0.0.1:6666"), None, &hello("A", 7701)));
+        assert!(b.link_up(
+            t0,
+            LinkId(11),
+            addr("127.0.0.1:6666"),
+            None,
+            &hello("A", 7701)
+        ));
         assert_eq!(a.by_name("B").unwrap().link, LinkId(1));
         assert!(a.by_name("B").unwrap().outbound);
         assert!(!b.by_name("A").unwrap().outbound);
@@ -492,7 +535,13 @@ mod tests {
             .into_iter()
             .filter(|x| matches!(x, Action::Close { .. }))
             .collect();
-        assert!(matches!(closes[..], [Action::Close { link: LinkId(10), .. }]));
+        assert!(matches!(
+            closes[..],
+            [Action::Close {
+                link: LinkId(10),
+                ..
+            }]
+        ));
         // Only one Up at each end.
         let ups = drain(&mut a)
             .into_iter()
@@ -520,7 +569,10 @@ mod tests {
         assert!(t.get(LinkId(1)).is_some(), "900 ms of silence is not death");
         drain(&mut t);
         let dead_at = t0 + Duration::from_millis(1500);
-        assert_eq!(t.poll_timeout().unwrap().min(dead_at), t.poll_timeout().unwrap());
+        assert_eq!(
+            t.poll_timeout().unwrap().min(dead_at),
+            t.poll_timeout().unwrap()
+        );
         t.handle_timeout(dead_at);
         let actions = drain(&mut t);
         assert!(actions.iter().any(|x| matches!(x, Action::Close { .. })));
@@ -535,7 +587,13 @@ mod tests {
         let t0 = Instant::now();
         let mut t = NeighbourTable::new("A", LivenessConfig::default(), t0);
         // An inbound child that never sends anything but pongs stays alive.
-        t.link_up(t0, LinkId(3), addr("127.0.0.9:1"), None, &hello("Child", 7701));
+        t.link_up(
+            t0,
+            LinkId(3),
+            addr("127.0.0.9:1"),
+            None,
+            &hello("Child", 7701),
+        );
         let mut now = t0;
         for _ in 0..20 {
             t.handle_timeout(now);

@@ -132,8 +132,7 @@ impl Node {
             }
             return;
         }
-        self.neighbours
-            .link_up(now, link, remote, dialled, &hello);
+        self.neighbours.link_up(now, link, remote, dialled, &hello);
         self.flush_actions();
     }
 

@@ -28,8 +28,8 @@ pub struct ClientConfig {
 }
 
 pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
-    let entry = bootstrap_client::fetch_entry(cfg.bootstrap, &cfg.name, RetryPolicy::default())
-        .await?;
+    let entry =
+        bootstrap_client::fetch_entry(cfg.bootstrap, &cfg.name, RetryPolicy::default()).await?;
     let edges: Vec<String> = entry
         .device
         .neighbours

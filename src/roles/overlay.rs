@@ -52,8 +52,8 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read --videos folder '{}'", dir.display()))?;
     }
 
-    let entry = bootstrap_client::fetch_entry(cfg.bootstrap, &cfg.name, RetryPolicy::default())
-        .await?;
+    let entry =
+        bootstrap_client::fetch_entry(cfg.bootstrap, &cfg.name, RetryPolicy::default()).await?;
     let device = entry.device;
     let edge = cfg.kind == Kind::Edge || (cfg.kind == Kind::Node && device.edge);
     let role = match cfg.kind {
@@ -84,7 +84,11 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     warn!(
         "this version keeps encrypted overlay links and keepalives only: floods, routing, \
          streaming{} are not implemented yet",
-        if edge { " and the edge's client service" } else { "" }
+        if edge {
+            " and the edge's client service"
+        } else {
+            ""
+        }
     );
 
     let node = Node::new(
@@ -97,23 +101,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         },
         Instant::now(),
     );
-    driver.run(node, shutdown_signal()).await;
+    driver.run(node, super::shutdown_signal()).await;
     info!("shut down");
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -21,6 +21,7 @@
 //! actually left in the input *before* allocating, so a hostile length field cannot make the
 //! decoder reserve more memory than the input could justify.
 
+pub mod bootstrap;
 pub mod overlay;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
