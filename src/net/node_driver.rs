@@ -54,27 +54,21 @@ pub struct DriverCounters {
     pub frames_undecodable: AtomicU64,
 }
 
+/// A link that passed the handshake and the hello exchange.
+struct Established {
+    link: LinkId,
+    remote: SocketAddr,
+    dialled: Option<SocketAddr>,
+    hello: Hello,
+    reader: SecureReader,
+    writer: SecureWriter,
+}
+
 enum Event {
-    LinkUp {
-        link: LinkId,
-        remote: SocketAddr,
-        dialled: Option<SocketAddr>,
-        hello: Hello,
-        reader: SecureReader,
-        writer: SecureWriter,
-    },
-    DialFailed {
-        addr: SocketAddr,
-        reason: String,
-    },
-    Message {
-        link: LinkId,
-        msg: OverlayMsg,
-    },
-    LinkDown {
-        link: LinkId,
-        reason: String,
-    },
+    LinkUp(Box<Established>),
+    DialFailed { addr: SocketAddr, reason: String },
+    Message { link: LinkId, msg: OverlayMsg },
+    LinkDown { link: LinkId, reason: String },
 }
 
 struct LinkHandle {
@@ -170,7 +164,8 @@ impl NodeDriver {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(ev) = events.recv() => match ev {
-                    Event::LinkUp { link, remote, dialled, hello, reader, writer } => {
+                    Event::LinkUp(up) => {
+                        let Established { link, remote, dialled, hello, reader, writer } = *up;
                         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
                         let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
                         tokio::spawn(write_loop(link, writer, control_rx, media_rx));
@@ -265,14 +260,14 @@ async fn dial(
         .await
         .unwrap_or_else(|_| Err("timed out".to_string()));
     let ev = match result {
-        Ok((peer_hello, reader, writer)) => Event::LinkUp {
+        Ok((peer_hello, reader, writer)) => Event::LinkUp(Box::new(Established {
             link,
             remote: addr,
             dialled: Some(addr),
             hello: peer_hello,
             reader,
             writer,
-        },
+        })),
         Err(reason) => Event::DialFailed { addr, reason },
     };
     let _ = events.send(ev).await;
@@ -291,14 +286,14 @@ async fn accept(
     match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
         Ok(Ok((peer_hello, reader, writer))) => {
             let _ = events
-                .send(Event::LinkUp {
+                .send(Event::LinkUp(Box::new(Established {
                     link,
                     remote,
                     dialled: None,
                     hello: peer_hello,
                     reader,
                     writer,
-                })
+                })))
                 .await;
         }
         Ok(Err(e)) => warn!(%remote, reason = %e, "inbound overlay link refused"),
