@@ -334,5 +334,5 @@ fn world_readable_key_file_is_warned_about() {
             key.to_str().unwrap(),
         ],
     );
-    d.wait_for(&["WARN", "readable"], WAIT);
+    d.wait_for(&["WARN", "accessible by other users", "chmod 600"], WAIT);
 }

@@ -70,6 +70,12 @@ pub enum Action {
         link: LinkId,
         name: String,
     },
+    /// The neighbour moved from `old` to `new` (duplicate links resolved); still up.
+    Replaced {
+        old: LinkId,
+        new: LinkId,
+        name: String,
+    },
     Down {
         link: LinkId,
         name: String,
@@ -220,32 +226,51 @@ impl NeighbourTable {
                 }
                 return false;
             }
-            // The new link is the keeper. Retire the old one as a down-then-up, so that
-            // whatever the protocol bound to the old link is rebuilt on the new one.
-            let reason = format!("duplicate link to {}", hello.name);
-            self.close(old.link, &reason);
-            self.link_down(now, old.link, &reason);
-        }
-        self.actions.push_back(Action::Up {
-            link,
-            name: hello.name.clone(),
-        });
-
-        self.links.insert(
-            link,
-            Neighbour {
+            // The new link is the keeper: the neighbour moves onto it (its RTT and history
+            // stay), and the old link is closed. The neighbour never went away, so this is a
+            // replacement, not a down and up.
+            self.links.remove(&old.link);
+            self.close(old.link, &format!("duplicate link to {}", hello.name));
+            for d in self.dials.values_mut() {
+                if d.state == DialState::Linked(old.link) {
+                    d.state = DialState::Linked(link);
+                }
+            }
+            self.actions.push_back(Action::Replaced {
+                old: old.link,
+                new: link,
+                name: hello.name.clone(),
+            });
+            self.links.insert(
+                link,
+                Neighbour {
+                    link,
+                    outbound,
+                    last_heard: now,
+                    ..old
+                },
+            );
+        } else {
+            self.actions.push_back(Action::Up {
                 link,
                 name: hello.name.clone(),
-                role: hello.role,
-                listen_addr,
-                outbound,
-                up_since: now,
-                last_heard: now,
-                rtt: None,
-                rtt_samples: 0,
-                next_ping: now,
-            },
-        );
+            });
+            self.links.insert(
+                link,
+                Neighbour {
+                    link,
+                    name: hello.name.clone(),
+                    role: hello.role,
+                    listen_addr,
+                    outbound,
+                    up_since: now,
+                    last_heard: now,
+                    rtt: None,
+                    rtt_samples: 0,
+                    next_ping: now,
+                },
+            );
+        }
         if let Some(addr) = dialled {
             self.mark_linked(addr, link, &hello.name);
         }
@@ -542,12 +567,14 @@ mod tests {
                 ..
             }]
         ));
-        // Only one Up at each end.
+        // Only one Up at each end, and B moved its neighbour onto the kept link.
         let ups = drain(&mut a)
             .into_iter()
             .filter(|x| matches!(x, Action::Up { .. }))
             .count();
         assert_eq!(ups, 1);
+        assert_eq!(b.by_name("A").unwrap().link, LinkId(11));
+        assert_eq!(b.neighbours().len(), 1);
     }
 
     #[test]

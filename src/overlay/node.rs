@@ -200,6 +200,9 @@ impl Node {
                         "neighbour up"
                     );
                 }
+                Action::Replaced { old, new, name } => {
+                    debug!(%old, %new, neighbour = %name, "duplicate link resolved");
+                }
                 Action::Down { link, name, reason } => {
                     self.counters.links_down += 1;
                     info!(%link, neighbour = %name, reason, "neighbour down");
