@@ -1,0 +1,13 @@
+//! Overlay message decoder: never panics, and whatever decodes re-encodes to the same bytes.
+#![no_main]
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use overlayd::wire::overlay::OverlayMsg;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = OverlayMsg::decode(Bytes::copy_from_slice(data)) {
+        let mut out = BytesMut::new();
+        msg.encode(&mut out).expect("a decoded message re-encodes");
+        assert_eq!(&out[..], data, "encoding is canonical");
+    }
+});
