@@ -379,21 +379,45 @@ async fn write_loop(
     mut control: mpsc::Receiver<OverlayMsg>,
     mut media: mpsc::Receiver<OverlayMsg>,
 ) {
+    // Up to this many queued messages are sealed into the socket buffer before one flush.
+    const BATCH: usize = 64;
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             biased;
             m = control.recv() => m,
             m = media.recv() => m,
         };
-        let Some(msg) = msg else { break };
-        let mut buf = BytesMut::new();
-        if let Err(e) = msg.encode(&mut buf) {
-            warn!(%link, error = %e, kind = msg.kind(), "cannot encode message; dropped");
-            continue;
+        let Some(mut msg) = first else { break };
+        let mut batched = 0;
+        loop {
+            let mut buf = BytesMut::new();
+            match msg.encode(&mut buf) {
+                Ok(()) => {
+                    if let Err(e) = writer.feed(buf).await {
+                        debug!(%link, error = %e, "link writer ends");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(%link, error = %e, kind = msg.kind(), "cannot encode message; dropped")
+                }
+            }
+            batched += 1;
+            // Whatever is already queued goes out with this flush, control first.
+            let next = if batched < BATCH {
+                control.try_recv().or_else(|_| media.try_recv()).ok()
+            } else {
+                None
+            };
+            match next {
+                Some(m) => msg = m,
+                None => break,
+            }
         }
-        if let Err(e) = writer.send(buf).await {
+        if let Err(e) = writer.flush().await {
             debug!(%link, error = %e, "link writer ends");
-            break;
+            return;
         }
     }
+    let _ = writer.shutdown().await;
 }
