@@ -2,6 +2,8 @@
 //! files, and daemons whose stderr is collected so a test can wait for a log line.
 #![allow(dead_code)]
 
+pub mod consumer;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,192 @@
+//! A test consumer: an overlay peer holding the key that connects to a running node, asks for
+//! a video like a child would, answers keepalives, and records every chunk it receives.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use overlayd::crypto::Side;
+use overlayd::keyfile::Psk;
+use overlayd::net::transport;
+use overlayd::wire::overlay::{
+    Hello, OverlayMsg, OverlayRole, Pong, VideoCancel, VideoRequest, OVERLAY_VERSION,
+};
+
+/// One received chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub epoch: u64,
+    pub seq: u64,
+    pub at: Instant,
+}
+
+/// Per-stream delivery analysis.
+#[derive(Debug, Default, Clone)]
+pub struct Delivery {
+    pub chunks: usize,
+    pub duplicates: usize,
+    pub reorderings: usize,
+    /// Sequence numbers skipped (within one epoch).
+    pub missing: u64,
+    /// Longest time between two consecutive chunks.
+    pub max_gap: Duration,
+}
+
+pub fn analyse(rx: &[Received]) -> Delivery {
+    let mut d = Delivery {
+        chunks: rx.len(),
+        ..Default::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Option<Received> = None;
+    for r in rx {
+        if !seen.insert((r.epoch, r.seq)) {
+            d.duplicates += 1;
+            continue;
+        }
+        if let Some(l) = last {
+            d.max_gap = d.max_gap.max(r.at.duration_since(l.at));
+            if r.epoch == l.epoch {
+                if r.seq < l.seq {
+                    d.reorderings += 1;
+                } else {
+                    d.missing += r.seq - l.seq - 1;
+                }
+            } else if r.epoch < l.epoch {
+                d.reorderings += 1;
+            }
+        }
+        last = Some(*r);
+    }
+    d
+}
+
+pub struct Consumer {
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Consumer {
+    /// Connect to the node at `addr` as `name` and request `video`.
+    pub fn start(addr: SocketAddr, psk: Psk, name: &str, video: &str) -> Consumer {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (name, video) = (name.to_string(), video.to_string());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(run(addr, psk, name, video, sink, stop_rx))
+        });
+        Consumer {
+            received,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Wait until at least `n` chunks arrived.
+    pub fn wait_chunks(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.received.lock().unwrap().len() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Cancel the video and disconnect; returns the consumer task's error, if any.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err("consumer panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+async fn send(w: &mut transport::SecureWriter, msg: OverlayMsg) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    msg.encode(&mut buf).map_err(|e| e.to_string())?;
+    w.send(buf).await.map_err(|e| e.to_string())
+}
+
+async fn run(
+    addr: SocketAddr,
+    psk: Psk,
+    name: String,
+    video: String,
+    sink: Arc<Mutex<Vec<Received>>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = transport::handshake(stream, Side::Initiator, &psk, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut r, mut w) = conn.into_split();
+    send(
+        &mut w,
+        OverlayMsg::Hello(Hello {
+            name: name.clone(),
+            role: OverlayRole::Node,
+            version: OVERLAY_VERSION,
+            listen_port: 1,
+        }),
+    )
+    .await?;
+    send(
+        &mut w,
+        OverlayMsg::VideoRequest(VideoRequest {
+            video: video.clone(),
+            path: vec![name],
+        }),
+    )
+    .await?;
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                let _ = send(&mut w, OverlayMsg::VideoCancel(VideoCancel { video })).await;
+                return Ok(());
+            }
+            frame = r.recv() => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Err("node closed the link".into()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                match OverlayMsg::decode(frame.freeze()).map_err(|e| e.to_string())? {
+                    OverlayMsg::Ping(p) => send(&mut w, OverlayMsg::Pong(Pong { token: p.token })).await?,
+                    OverlayMsg::VideoData(d) if d.video == video => {
+                        sink.lock().unwrap().push(Received { epoch: d.epoch, seq: d.seq, at: Instant::now() });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
