@@ -325,7 +325,12 @@ impl Sim {
     /// Define a node (not started). Servers list their videos.
     pub fn add(&mut self, name: &str, role: OverlayRole, videos: &[&str]) -> usize {
         let i = self.nodes.len();
-        let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, (i & 0xff) as u8 + 1);
+        let ip = Ipv4Addr::new(
+            10,
+            (i / 62_500) as u8,
+            (i / 250 % 250) as u8,
+            (i % 250) as u8 + 1,
+        );
         let addr = SocketAddr::new(IpAddr::V4(ip), PORT);
         let mut config = self.cfg.node.clone();
         config.name = name.to_string();

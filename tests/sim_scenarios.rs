@@ -51,3 +51,406 @@ fn chain_streams_in_order() {
     clean(&s, "B", Duration::ZERO);
     assert_eq!(r.missing, 0);
 }
+
+/// S feeds C through A (fast) or B (slower).
+fn diamond(seed: u64) -> Sim {
+    let mut s = sim(seed);
+    s.add_server("S", &[V]);
+    for n in ["A", "B", "C"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(5));
+    s.link("A", "C", LinkParams::ms(5));
+    s.link("S", "B", LinkParams::ms(12));
+    s.link("B", "C", LinkParams::ms(12));
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("C", V), vec!["C", "A", "S"]);
+    s
+}
+
+#[test]
+fn diamond_path_slows_and_stream_moves() {
+    let mut s = diamond(2);
+    let t = s.now();
+    s.set_link("S", "A", LinkParams::ms(40).jitter(ms(2)));
+    s.set_link("A", "C", LinkParams::ms(40).jitter(ms(2)));
+    let moved = s
+        .run_until_cond(ms(50), secs(20), |s| s.chain("C", V) == ["C", "B", "S"])
+        .expect("stream moved to the faster path");
+    s.run_for(secs(2));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "S"]);
+    let gap = clean(&s, "C", Duration::ZERO);
+    let r = seq_report(s.delivered("C", V), Duration::ZERO);
+    println!(
+        "diamond slowdown: moved {:?} after the slowdown, max gap {gap:?}, missing {}",
+        moved - t,
+        r.missing
+    );
+    assert_eq!(r.missing, 0, "make-before-break loses nothing: {r:?}");
+    assert!(gap < ms(150), "gap {gap:?}");
+    assert_eq!(s.node("C").stream_counters(V).unwrap().switches, 1);
+    assert_eq!(s.max_crossings(), 1);
+}
+
+#[test]
+fn chain_failover_on_crash() {
+    let mut s = diamond(3);
+    s.crash("A");
+    let t = s.now();
+    s.run_for(secs(3));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "S"]);
+    let gap = clean(&s, "C", t - ms(100));
+    let r = seq_report(s.delivered("C", V), t - ms(100));
+    println!("crash failover: max gap {gap:?}, missing {}", r.missing);
+    assert!(gap < ms(200), "gap {gap:?}");
+}
+
+#[test]
+fn hung_parent_is_detected_by_keepalive() {
+    let mut s = diamond(4);
+    s.hang("A");
+    let t = s.now();
+    s.run_for(secs(4));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "S"]);
+    let gap = clean(&s, "C", t - ms(100));
+    println!("hang failover: max gap {gap:?}");
+    assert!(gap < ms(1500), "gap {gap:?}");
+    // The hung node wakes up to a network that moved on; no duplicate reaches C.
+    s.resume("A");
+    s.run_for(secs(3));
+    clean(&s, "C", Duration::ZERO);
+    assert_eq!(s.chain("C", V).last().map(String::as_str), Some("S"));
+}
+
+#[test]
+fn catastrophic_chain_keeps_streaming_through_grandfathers() {
+    // S -> A -> B -> C -> D, no alternative path.
+    let mut s = sim(5);
+    s.add_server("S", &[V]);
+    for n in ["A", "B", "C", "D"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(5));
+    s.link("A", "B", LinkParams::ms(5));
+    s.link("B", "C", LinkParams::ms(5));
+    s.link("C", "D", LinkParams::ms(5));
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("D", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("D", V), vec!["D", "C", "B", "A", "S"]);
+    let gf = |s: &Sim, n: &str| -> Vec<String> {
+        s.node(n)
+            .grandfathers(V)
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(gf(&s, "C"), vec!["A"]);
+    assert_eq!(gf(&s, "D"), vec!["B"]);
+
+    s.crash("B");
+    let t1 = s.now();
+    s.run_for(secs(3));
+    assert_eq!(s.chain("D", V), vec!["D", "C", "A", "S"]);
+    assert_eq!(gf(&s, "D"), vec!["A"], "C told D its new parent");
+    let gap1 = clean(&s, "D", t1 - ms(100));
+
+    s.crash("C");
+    let t2 = s.now();
+    s.run_for(secs(3));
+    assert_eq!(s.chain("D", V), vec!["D", "A", "S"]);
+    let gap2 = clean(&s, "D", t2 - ms(100));
+    println!("catastrophic: gap after B died {gap1:?}, after C died {gap2:?}");
+    assert!(gap1 < ms(300) && gap2 < ms(300));
+    clean(&s, "D", Duration::ZERO);
+}
+
+#[test]
+fn late_node_with_faster_path_attracts_the_stream() {
+    let mut s = sim(6);
+    s.add_server("S", &[V]);
+    for n in ["A", "X", "C"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(30));
+    s.link("A", "C", LinkParams::ms(30));
+    s.link("S", "X", LinkParams::ms(5));
+    s.link("X", "C", LinkParams::ms(5));
+    for n in ["S", "A", "C"] {
+        s.start(n);
+    }
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.run_for(secs(3));
+    assert_eq!(s.chain("C", V), vec!["C", "A", "S"]);
+    let t = s.now();
+    s.start("X");
+    let moved = s
+        .run_until_cond(ms(50), secs(20), |s| s.chain("C", V) == ["C", "X", "S"])
+        .expect("stream moved to the late node");
+    s.run_for(secs(1));
+    let gap = clean(&s, "C", Duration::ZERO);
+    let r = seq_report(s.delivered("C", V), Duration::ZERO);
+    println!(
+        "late node: stream moved {:?} after X started, max gap {gap:?}, missing {}",
+        moved - t,
+        r.missing
+    );
+    assert_eq!(r.missing, 0);
+    assert!(gap < ms(150));
+}
+
+#[test]
+fn second_server_joining_nearer_takes_the_stream() {
+    let mut s = sim(7);
+    s.add_server("S1", &[V]);
+    s.add_server("S2", &[V]);
+    s.add_node("A");
+    s.add_node("C");
+    s.link("S1", "A", LinkParams::ms(30));
+    s.link("A", "C", LinkParams::ms(30));
+    s.link("S2", "C", LinkParams::ms(5));
+    for n in ["S1", "A", "C"] {
+        s.start(n);
+    }
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("C", V), vec!["C", "A", "S1"]);
+    let t = s.now();
+    s.start("S2");
+    let moved = s
+        .run_until_cond(ms(50), secs(20), |s| s.chain("C", V) == ["C", "S2"])
+        .expect("nearer server took over");
+    s.run_for(secs(2));
+    let r = seq_report(s.delivered("C", V), Duration::ZERO);
+    println!(
+        "second server: moved {:?} after S2 started, {r:?}",
+        moved - t
+    );
+    clean(&s, "C", Duration::ZERO);
+    assert_eq!(r.epoch_changes, 1);
+    assert!(r.max_gap < ms(150));
+    // S1's source stops once nobody needs it.
+    assert!(s.node("S1").route_table().is_empty());
+}
+
+#[test]
+fn server_death_with_the_same_video_elsewhere() {
+    // S1 - A - B - C and S2 - D - B: B takes S1 (nearer) until S1 dies.
+    let mut s = sim(8);
+    s.add_server("S1", &[V]);
+    s.add_server("S2", &[V]);
+    for n in ["A", "B", "C", "D"] {
+        s.add_node(n);
+    }
+    s.link("S1", "A", LinkParams::ms(5));
+    s.link("A", "B", LinkParams::ms(5));
+    s.link("B", "C", LinkParams::ms(5));
+    s.link("S2", "D", LinkParams::ms(20));
+    s.link("D", "B", LinkParams::ms(20));
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "A", "S1"]);
+    s.crash("S1");
+    let t = s.now();
+    s.run_for(secs(5));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "D", "S2"]);
+    let gap = clean(&s, "C", t - ms(100));
+    let r = seq_report(s.delivered("C", V), Duration::ZERO);
+    println!("server death: gap {gap:?}, {r:?}");
+    assert_eq!(r.epoch_changes, 1);
+    assert!(gap < ms(300), "gap {gap:?}");
+}
+
+#[test]
+fn cancellation_stops_at_the_shared_node() {
+    let mut s = sim(9);
+    s.add_server("S", &[V]);
+    for n in ["A", "B", "C1", "C2"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(5));
+    s.link("A", "B", LinkParams::ms(5));
+    s.link("B", "C1", LinkParams::ms(5));
+    s.link("B", "C2", LinkParams::ms(5));
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C1", V);
+    s.subscribe("C2", V);
+    s.run_for(secs(2));
+    let dest = |s: &Sim, n: &str| -> Vec<String> {
+        s.node(n)
+            .route_table()
+            .into_iter()
+            .flat_map(|r| r.destinations)
+            .collect()
+    };
+    assert_eq!(dest(&s, "B"), vec!["C1", "C2"]);
+    assert_eq!(dest(&s, "A"), vec!["B"]);
+    s.unsubscribe("C1", V);
+    s.run_for(secs(1));
+    assert!(s.node("C1").route_table().is_empty());
+    assert_eq!(dest(&s, "B"), vec!["C2"]);
+    assert_eq!(dest(&s, "A"), vec!["B"], "the cancel stopped at B");
+    let c1_links = s.links_carrying(V);
+    s.run_for(secs(1));
+    let later = s.links_carrying(V);
+    assert_eq!(
+        c1_links.get(&("B".into(), "C1".into())),
+        later.get(&("B".into(), "C1".into())),
+        "nothing more crosses B-C1"
+    );
+    s.unsubscribe("C2", V);
+    s.run_for(secs(1));
+    for n in ["S", "A", "B", "C2"] {
+        assert!(s.node(n).route_table().is_empty(), "{n} still has a stream");
+    }
+    let before = s.links_carrying(V);
+    s.run_for(secs(1));
+    assert_eq!(before, s.links_carrying(V), "the source stopped");
+    clean(&s, "C2", Duration::ZERO);
+}
+
+#[test]
+fn clock_skew_between_servers_does_not_fool_the_choice() {
+    for (skew_s1, skew_s2) in [(0, 500_000), (-500_000, 0), (300_000, -300_000)] {
+        let mut s = sim(10);
+        s.add_server("S1", &[V]);
+        s.add_server("S2", &[V]);
+        s.add_node("A");
+        s.add_node("C");
+        s.link("S1", "C", LinkParams::ms(5));
+        s.link("S2", "A", LinkParams::ms(10));
+        s.link("A", "C", LinkParams::ms(10));
+        s.set_skew("S1", skew_s1);
+        s.set_skew("S2", skew_s2);
+        s.start_all();
+        s.run_for(secs(3));
+        s.subscribe("C", V);
+        s.run_for(secs(3));
+        assert_eq!(
+            s.chain("C", V),
+            vec!["C", "S1"],
+            "skews S1 {skew_s1} µs, S2 {skew_s2} µs"
+        );
+        clean(&s, "C", Duration::ZERO);
+    }
+}
+
+#[test]
+fn thousand_node_overlay_with_hundred_consumers_converges() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    const N: usize = 1000;
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut s = sim(11);
+    let names: Vec<String> = (0..N).map(|i| format!("N{i}")).collect();
+    s.add_server("S1", &[V]);
+    s.add_server("S2", &[V]);
+    for n in &names {
+        s.add_node(n);
+    }
+    let mut edges = std::collections::BTreeSet::new();
+    // A random tree for connectivity, then extra random edges (average degree about 4).
+    for i in 1..N {
+        let j = rng.gen_range(0..i);
+        edges.insert((j, i));
+    }
+    while edges.len() < 2 * N {
+        let (a, b) = (rng.gen_range(0..N), rng.gen_range(0..N));
+        if a != b {
+            edges.insert((a.min(b), a.max(b)));
+        }
+    }
+    for (a, b) in &edges {
+        let d = rng.gen_range(2..20);
+        s.link(&names[*a], &names[*b], LinkParams::ms(d));
+    }
+    for (server, attach) in [("S1", [0, 1]), ("S2", [500, 900])] {
+        for a in attach {
+            s.link(server, &names[a], LinkParams::ms(5));
+        }
+    }
+    let wall = std::time::Instant::now();
+    s.start_all();
+    s.run_for(secs(3));
+    let consumers: Vec<String> = {
+        let mut picked = std::collections::BTreeSet::new();
+        while picked.len() < 100 {
+            picked.insert(rng.gen_range(0..N));
+        }
+        picked.into_iter().map(|i| names[i].clone()).collect()
+    };
+    let t0 = s.now();
+    for c in &consumers {
+        s.subscribe(c, V);
+    }
+    let all_fed = s
+        .run_until_cond(ms(20), secs(10), |s| {
+            consumers.iter().all(|c| !s.delivered(c, V).is_empty())
+        })
+        .expect("every consumer receives the stream");
+    // Stable: no switch in progress and no switch for a whole second.
+    let switches = |s: &Sim| -> u64 {
+        s.names()
+            .iter()
+            .filter_map(|n| s.node(n).stream_counters(V).map(|c| c.switches))
+            .sum()
+    };
+    let mut last = switches(&s);
+    let mut stable_since = s.now();
+    while s.now() - stable_since < secs(1) && s.now() - t0 < secs(20) {
+        s.run_for(ms(100));
+        let now = switches(&s);
+        if now != last {
+            last = now;
+            stable_since = s.now();
+        }
+    }
+    let converged = stable_since;
+    s.reset_crossings();
+    s.run_for(secs(2));
+    let mut tree_links = 0;
+    for c in &consumers {
+        let chain = s.chain(c, V);
+        let top = chain.last().unwrap();
+        assert!(top == "S1" || top == "S2", "{c}: chain {chain:?}");
+        clean(&s, c, Duration::ZERO);
+    }
+    for n in s.names() {
+        tree_links += s
+            .node(&n)
+            .route_table()
+            .iter()
+            .filter(|r| r.parent.is_some())
+            .count();
+    }
+    let carrying = s.links_carrying(V);
+    println!(
+        "1000 nodes, {} links, 100 consumers: all fed {:?} after subscribing, stable (no switch \
+         for 1 s) {:?} after subscribing, {} switches in total; {} overlay links carry the \
+         stream ({} tree edges), max copies of one chunk on one link = {}; {} events in {:?} real time",
+        edges.len() + 4,
+        all_fed - t0,
+        converged - t0,
+        last,
+        carrying.len(),
+        tree_links,
+        s.max_crossings(),
+        s.events,
+        wall.elapsed()
+    );
+    assert_eq!(
+        s.max_crossings(),
+        1,
+        "each link carries each chunk at most once"
+    );
+    assert_eq!(carrying.len(), tree_links);
+}
