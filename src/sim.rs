@@ -318,7 +318,8 @@ impl Sim {
         self.now
     }
 
-    fn instant(&self) -> Instant {
+    /// The `Instant` nodes see now (for views that take `now`).
+    pub fn instant(&self) -> Instant {
         self.base + self.now
     }
 

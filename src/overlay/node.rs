@@ -365,6 +365,7 @@ impl Node {
             .on_flood(now, &self.config.name, from, wall, half_rtt_us, &flood)
         {
             Ok(rec) => {
+                self.streams.flood_from(from, &flood.videos);
                 if let Some(fwd) = rec.forward {
                     let targets: Vec<LinkId> = self
                         .neighbours

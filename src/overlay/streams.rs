@@ -54,6 +54,10 @@ pub struct StreamConfig {
     pub switch_timeout: Duration,
     /// How long a neighbour that refused a video (or failed a switch) is skipped for it.
     pub refuse_hold: Duration,
+    /// A server keeps a source running this long after its last consumer left, so a
+    /// consumer that moves (a failover whose cancel overtakes the new request) continues the
+    /// same epoch instead of restarting the video from the beginning.
+    pub source_linger: Duration,
 }
 
 impl Default for StreamConfig {
@@ -65,6 +69,7 @@ impl Default for StreamConfig {
             stall_timeout: Duration::from_millis(500),
             switch_timeout: Duration::from_secs(2),
             refuse_hold: Duration::from_secs(3),
+            source_linger: Duration::from_secs(2),
         }
     }
 }
@@ -188,6 +193,8 @@ struct Stream {
     local: u32,
     /// Our own source run: (epoch, next seq).
     source: Option<(u64, u64)>,
+    /// A source without consumers stops at this instant.
+    linger_until: Option<Instant>,
     parent: Option<Upstream>,
     pending: Option<Upstream>,
     /// Last (epoch, seq) forwarded.
@@ -211,6 +218,7 @@ impl Stream {
             children: BTreeMap::new(),
             local: 0,
             source: None,
+            linger_until: None,
             parent: None,
             pending: None,
             last: None,
@@ -558,6 +566,7 @@ impl Streams {
         if st.consumers() == 0 {
             return;
         }
+        st.linger_until = None;
         if local {
             if st.source.is_none() {
                 let last = self.last_epoch.get(video).copied().unwrap_or(0);
@@ -646,6 +655,17 @@ impl Streams {
         };
         if st.consumers() > 0 {
             return;
+        }
+        if st.source.is_some() {
+            let until = *self
+                .streams
+                .get_mut(video)
+                .expect("checked")
+                .linger_until
+                .get_or_insert(ctx.now + ctx.cfg.source_linger);
+            if ctx.now < until {
+                return;
+            }
         }
         let st = self.streams.remove(video).expect("checked");
         for up in [st.parent, st.pending].into_iter().flatten() {
@@ -900,6 +920,16 @@ impl Streams {
         }
     }
 
+    /// A neighbour forwarded a flood offering these videos: it has a route that does not run
+    /// through us, so an earlier refusal no longer holds.
+    pub(crate) fn flood_from(&mut self, name: &str, videos: &[String]) {
+        for v in videos {
+            if let Some(st) = self.streams.get_mut(v) {
+                st.refused.remove(name);
+            }
+        }
+    }
+
     pub(crate) fn neighbour_up(&mut self, ctx: &mut Ctx<'_>, name: &str) {
         let videos: Vec<String> = self
             .streams
@@ -1098,13 +1128,22 @@ impl Streams {
     pub(crate) fn maintain(&mut self, ctx: &mut Ctx<'_>) {
         let videos: Vec<String> = self.streams.keys().cloned().collect();
         for video in &videos {
+            self.release_if_unused(ctx, video);
             let Some(st) = self.streams.get_mut(video) else {
                 continue;
             };
             st.refused.retain(|_, until| *until > ctx.now);
             if let Some(p) = &st.pending {
-                if p.last_data.is_none() && ctx.now >= p.since + ctx.cfg.switch_timeout {
+                let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
+                if p.last_data.is_none() && timed_out {
                     self.abandon_switch(ctx, video);
+                    continue;
+                }
+                if timed_out {
+                    // The new path delivers but stays behind the old one: it would never
+                    // catch up. Move now; its chunks are dropped as duplicates until they pass
+                    // the last one forwarded (a pause of the lag, nothing lost or repeated).
+                    self.complete_switch(ctx, video);
                     continue;
                 }
                 let old_silent = st.parent.as_ref().map_or(true, |o| {
@@ -1211,4 +1250,51 @@ fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> {
         neighbour: neighbour.clone(),
         server: server.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(epoch: u64, seq: u64) -> VideoData {
+        VideoData {
+            video: "v".into(),
+            epoch,
+            seq,
+            flags: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    fn verdict(last: Option<(u64, u64)>, epoch: u64, seq: u64) -> Option<(u64, bool)> {
+        match order(last, &chunk(epoch, seq)) {
+            Order::Forward { gap, new_epoch } => Some((gap, new_epoch)),
+            Order::Duplicate => None,
+        }
+    }
+
+    #[test]
+    fn first_chunk_after_a_gap_is_forwarded_not_dropped_as_old() {
+        assert_eq!(verdict(Some((7, 10)), 7, 11), Some((0, false)));
+        assert_eq!(verdict(Some((7, 10)), 7, 15), Some((4, false)));
+        assert_eq!(verdict(Some((7, 10)), 7, 10), None);
+        assert_eq!(verdict(Some((7, 10)), 7, 3), None);
+    }
+
+    #[test]
+    fn any_other_epoch_is_a_new_stream_start() {
+        assert_eq!(verdict(None, 7, 500), Some((0, true)));
+        // A restarted server (larger epoch) or another server (any epoch) starts afresh.
+        assert_eq!(verdict(Some((7, 10)), 9, 0), Some((0, true)));
+        assert_eq!(verdict(Some((7, 10)), 2, 0), Some((0, true)));
+    }
+
+    #[test]
+    fn path_lists_the_subtree_then_ourselves() {
+        let mut st = Stream::new();
+        st.children.insert("C".into(), vec!["E".into(), "C".into()]);
+        st.children.insert("D".into(), vec!["D".into()]);
+        assert_eq!(st.path("B"), vec!["C", "D", "E", "B"]);
+        assert_eq!(st.consumers(), 2);
+    }
 }
