@@ -15,7 +15,9 @@
 //! (epoch, seq); the sequencer forwards a chunk only if it is the next one, or after a gap the
 //! old path can no longer fill, so nothing is delivered twice or out of order downstream. A new
 //! epoch from the current parent is a new stream start (server restart, or another server for
-//! the same name).
+//! the same name). A server's source lingers a little after its last consumer leaves, so a
+//! consumer moving to another branch (whose cancel may overtake its new request) continues
+//! the same epoch instead of restarting the video.
 //!
 //! Failover: a dead parent is replaced at once by the next-best one; with none left, the
 //! node dials its grandfathers (its parent's own providers, learnt by grandfather request and
