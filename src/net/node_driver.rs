@@ -153,6 +153,12 @@ impl NodeDriver {
                         close_link(&mut links, link);
                         node.handle_link_down(Instant::now(), link, &reason);
                     }
+                    // Placeholder until the driver wires sources and local consumers.
+                    other @ (Output::SourceStart { .. }
+                    | Output::SourceStop { .. }
+                    | Output::Deliver { .. }) => {
+                        debug!(?other, "node output not handled by this driver yet");
+                    }
                 }
             }
 

@@ -10,7 +10,7 @@
 //! silent for `dead_after` is declared dead, which catches hung processes and silently cut links
 //! that TCP alone would notice only after minutes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,8 @@ pub struct NeighbourTable {
     /// Monotonic origin for ping tokens.
     epoch: Instant,
     dials: BTreeMap<SocketAddr, Dial>,
-    links: HashMap<LinkId, Neighbour>,
+    // Ordered, so pings and closes come out in the same order on every run (simulator).
+    links: BTreeMap<LinkId, Neighbour>,
     actions: VecDeque<Action>,
 }
 
@@ -140,7 +141,7 @@ impl NeighbourTable {
             config,
             epoch: now,
             dials: BTreeMap::new(),
-            links: HashMap::new(),
+            links: BTreeMap::new(),
             actions: VecDeque::new(),
         }
     }

@@ -1,21 +1,33 @@
 //! The node: the one state machine an overlay daemon (server, node or edge) runs.
 //!
-//! Inputs are link events and decoded overlay messages, each stamped with `now`; outputs are
-//! dials, messages to send on a link and links to close, plus the next instant it wants to be
-//! woken. This layer keeps the neighbour table and answers keepalives; floods, parent tables,
-//! streams and grandfathers are added on top of it by the overlay-core work, through the same
-//! `handle_*` / `poll_*` surface, so drivers and the simulator never change shape.
+//! Inputs are link events, decoded overlay messages, source chunks and local subscriptions,
+//! each stamped with `now`; outputs are dials, messages to send on a link, links to close,
+//! source start/stop and chunks for local consumers, plus the next instant it wants to be
+//! woken. It composes the neighbour table (links and liveness), the flood [`Routing`] table
+//! (parents per server) and the [`Streams`] (distribution tree, switching, grandfathers), and
+//! is the only place where they meet: a neighbour's death, for instance, withdraws its routes
+//! first and then fails its streams over, so the failover already sees the routes that remain.
+//!
+//! Wall time (flood timestamps) is never read from the system: the driver anchors it with
+//! [`Node::set_wall_clock`] and the node derives it from the monotonic `now`. Without an anchor
+//! wall time counts from the node's creation, which keeps rankings for one server correct
+//! (they are skew-free) but makes one-way delays meaningless.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
-use crate::wire::overlay::{Hello, OverlayMsg, OverlayRole, Ping, Pong, OVERLAY_VERSION};
+use super::routing::{FloodIgnored, Routing};
+use super::streams::{Ctx, RouteView, StreamConfig, StreamCounters, Streams};
+use crate::wire::overlay::{
+    Flood, Hello, OverlayMsg, OverlayRole, PeerAddr, Ping, Pong, VideoData, OVERLAY_VERSION,
+};
 
-/// Static configuration of a node.
+/// Configuration of a node. Build it with [`NodeConfig::new`] and change what you need.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
@@ -25,6 +37,56 @@ pub struct NodeConfig {
     /// Overlay neighbours from the topology.
     pub neighbours: Vec<SocketAddr>,
     pub liveness: LivenessConfig,
+    /// Videos this node serves itself (servers).
+    pub videos: Vec<String>,
+    /// How often a server floods (default 1 s).
+    pub flood_interval: Duration,
+    /// Routes not refreshed for this many flood intervals expire (default 3, plus half an
+    /// interval of slack for jitter).
+    pub missed_floods: u32,
+    /// How often switches, held chunks and route expiry are looked at (default 100 ms).
+    pub maintenance_interval: Duration,
+    /// Switching, reordering and refusal timings.
+    pub streams: StreamConfig,
+}
+
+impl NodeConfig {
+    pub fn new(
+        name: impl Into<String>,
+        role: OverlayRole,
+        listen_port: u16,
+        neighbours: Vec<SocketAddr>,
+    ) -> Self {
+        NodeConfig {
+            name: name.into(),
+            role,
+            listen_port,
+            neighbours,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// How long a route lives without a fresh flood.
+    pub fn flood_expiry(&self) -> Duration {
+        self.flood_interval * self.missed_floods.max(1) + self.flood_interval / 2
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: String::new(),
+            role: OverlayRole::Node,
+            listen_port: 0,
+            neighbours: Vec::new(),
+            liveness: LivenessConfig::default(),
+            videos: Vec::new(),
+            flood_interval: Duration::from_secs(1),
+            missed_floods: 3,
+            maintenance_interval: Duration::from_millis(100),
+            streams: StreamConfig::default(),
+        }
+    }
 }
 
 /// What the node wants its driver to do.
@@ -36,6 +98,13 @@ pub enum Output {
     Send { link: LinkId, msg: OverlayMsg },
     /// Close a link; the driver then reports `handle_link_down`.
     Close { link: LinkId, reason: String },
+    /// Someone wants a video we serve: start reading it and feed
+    /// [`Node::handle_source_chunk`]. Emitted once per source run.
+    SourceStart { video: String },
+    /// The last consumer of a video we serve left: stop reading it.
+    SourceStop { video: String },
+    /// A chunk for local consumers ([`Node::subscribe_local`]), in order and at most once.
+    Deliver { video: String, data: VideoData },
 }
 
 /// Counters a driver or a test can read.
@@ -45,8 +114,29 @@ pub struct NodeCounters {
     pub links_down: u64,
     pub dials: u64,
     pub dial_failures: u64,
-    /// Messages this layer does not handle yet, or that make no sense after the hello.
+    /// Messages that make no sense here (a hello after the hello, a trace).
     pub messages_ignored: u64,
+    pub floods_sent: u64,
+    pub floods_received: u64,
+    pub floods_forwarded: u64,
+    /// Floods that carried our own name (went round a loop) or a forged sender.
+    pub floods_dropped: u64,
+    /// Source chunks for a video nobody is consuming (raced with a stop).
+    pub source_chunks_dropped: u64,
+}
+
+/// One parent-table line: a route to a server through a neighbour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentView {
+    pub server: String,
+    pub neighbour: String,
+    /// EWMA one-way delay, µs (includes clock skew: ranks parents of this server only).
+    pub delay_us: i64,
+    pub samples: u64,
+    pub age: Duration,
+    /// Skew-free metric: summed per-link RTT/2 along the path, µs (ranks servers).
+    pub link_sum_us: u64,
+    pub videos: Vec<String>,
 }
 
 /// See module docs.
@@ -54,8 +144,17 @@ pub struct NodeCounters {
 pub struct Node {
     config: NodeConfig,
     neighbours: NeighbourTable,
+    routing: Routing,
+    streams: Streams,
     outputs: VecDeque<Output>,
     counters: NodeCounters,
+    copies: BTreeMap<(String, String), u64>,
+    /// (monotonic, wall µs) anchor.
+    wall_anchor: (Instant, u64),
+    /// Next flood (when we flood) and its sequence number.
+    next_flood: Option<Instant>,
+    flood_seq: Option<u64>,
+    next_maintenance: Instant,
 }
 
 impl Node {
@@ -64,18 +163,33 @@ impl Node {
         for addr in &config.neighbours {
             neighbours.want(now, *addr, true);
         }
+        let streams = Streams::new(config.videos.clone());
         let mut node = Node {
-            config,
             neighbours,
+            routing: Routing::new(),
+            streams,
             outputs: VecDeque::new(),
             counters: NodeCounters::default(),
+            copies: BTreeMap::new(),
+            wall_anchor: (now, 0),
+            next_flood: None,
+            flood_seq: None,
+            next_maintenance: now + config.maintenance_interval,
+            config,
         };
+        if node.floods() {
+            node.next_flood = Some(now);
+        }
         node.handle_timeout(now);
         node
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
     }
 
     /// The hello this node sends first on every link.
@@ -92,8 +206,69 @@ impl Node {
         &self.neighbours
     }
 
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
     pub fn counters(&self) -> &NodeCounters {
         &self.counters
+    }
+
+    /// Anchor wall time: at monotonic `now` the wall clock reads `wall_us` (µs since the UNIX
+    /// epoch). Flood timestamps and delays derive from it.
+    pub fn set_wall_clock(&mut self, now: Instant, wall_us: u64) {
+        self.wall_anchor = (now, wall_us);
+    }
+
+    /// Our wall clock at `now`, µs since the UNIX epoch.
+    pub fn wall_us(&self, now: Instant) -> u64 {
+        let (at, wall) = self.wall_anchor;
+        if now >= at {
+            wall.saturating_add((now - at).as_micros() as u64)
+        } else {
+            wall.saturating_sub((at - now).as_micros() as u64)
+        }
+    }
+
+    fn floods(&self) -> bool {
+        self.config.role == OverlayRole::Server || !self.config.videos.is_empty()
+    }
+
+    /// Change the videos we serve (files added or removed). Announced in the next flood.
+    pub fn set_videos(&mut self, now: Instant, videos: Vec<String>) {
+        self.config.videos = videos.clone();
+        if self.floods() && self.next_flood.is_none() {
+            self.next_flood = Some(now);
+        }
+        self.with_streams(now, |s, ctx| s.set_local_videos(ctx, videos));
+        self.flush_actions(now);
+    }
+
+    /// A local consumer (an edge's client, a test) wants `video`; counted like one child.
+    pub fn subscribe_local(&mut self, now: Instant, video: &str) {
+        self.with_streams(now, |s, ctx| s.subscribe_local(ctx, video));
+        self.flush_actions(now);
+    }
+
+    /// A local consumer left.
+    pub fn unsubscribe_local(&mut self, now: Instant, video: &str) {
+        self.with_streams(now, |s, ctx| s.unsubscribe_local(ctx, video));
+        self.flush_actions(now);
+    }
+
+    /// A chunk read from a video we serve (after [`Output::SourceStart`]). The node numbers
+    /// it and sends it to every consumer.
+    pub fn handle_source_chunk(
+        &mut self,
+        now: Instant,
+        video: &str,
+        payload: Bytes,
+        keyframe: bool,
+    ) {
+        let sent = self.with_streams(now, |s, ctx| s.source_chunk(ctx, video, payload, keyframe));
+        if !sent {
+            self.counters.source_chunks_dropped += 1;
+        }
     }
 
     pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
@@ -105,7 +280,8 @@ impl Node {
             ),
             None => debug!(%addr, reason, "dial failed for an address no longer wanted"),
         }
-        self.flush_actions();
+        self.with_streams(now, |s, ctx| s.dial_failed(ctx, addr));
+        self.flush_actions(now);
     }
 
     /// A link passed the encrypted handshake and the hello exchange. `dialled` is the address
@@ -133,35 +309,148 @@ impl Node {
             return;
         }
         self.neighbours.link_up(now, link, remote, dialled, &hello);
-        self.flush_actions();
+        self.flush_actions(now);
     }
 
     pub fn handle_link_down(&mut self, now: Instant, link: LinkId, reason: &str) {
         self.neighbours.link_down(now, link, reason);
-        self.flush_actions();
+        self.flush_actions(now);
     }
 
     pub fn handle_message(&mut self, now: Instant, link: LinkId, msg: OverlayMsg) {
-        if self.neighbours.get(link).is_none() {
+        let Some(from) = self.neighbours.get(link).map(|n| n.name.clone()) else {
             // A late frame on a link we already retired.
             self.counters.messages_ignored += 1;
             return;
-        }
+        };
         self.neighbours.heard(now, link);
         match msg {
             OverlayMsg::Ping(Ping { token }) => self.neighbours.handle_ping(link, token),
             OverlayMsg::Pong(Pong { token }) => self.neighbours.handle_pong(now, link, token),
-            other => {
+            OverlayMsg::Flood(f) => self.handle_flood(now, link, &from, f),
+            OverlayMsg::VideoRequest(r) => {
+                self.with_streams(now, |s, ctx| s.on_request(ctx, &from, r))
+            }
+            OverlayMsg::VideoCancel(c) => {
+                self.with_streams(now, |s, ctx| s.on_cancel(ctx, &from, &c.video))
+            }
+            OverlayMsg::VideoUnavailable(u) => {
+                self.with_streams(now, |s, ctx| s.on_unavailable(ctx, &from, &u.video))
+            }
+            OverlayMsg::VideoData(d) => self.with_streams(now, |s, ctx| s.on_data(ctx, &from, d)),
+            OverlayMsg::GrandfatherRequest(r) => {
+                self.with_streams(now, |s, ctx| s.on_grandfather_request(ctx, &from, &r.video))
+            }
+            OverlayMsg::GrandfatherReply(g) | OverlayMsg::GrandfatherUpdate(g) => {
+                self.with_streams(now, |s, ctx| s.on_grandfathers(ctx, &from, g))
+            }
+            other @ (OverlayMsg::Hello(_) | OverlayMsg::Trace(_)) => {
                 self.counters.messages_ignored += 1;
                 debug!(%link, kind = other.kind(), "message not handled by this node");
             }
         }
-        self.flush_actions();
+        self.flush_actions(now);
+    }
+
+    fn handle_flood(&mut self, now: Instant, link: LinkId, from: &str, flood: Flood) {
+        self.counters.floods_received += 1;
+        let half_rtt_us = self
+            .neighbours
+            .get(link)
+            .and_then(|n| n.rtt)
+            .map_or(0, |rtt| rtt.as_micros() as u64 / 2);
+        let wall = self.wall_us(now);
+        match self
+            .routing
+            .on_flood(now, &self.config.name, from, wall, half_rtt_us, &flood)
+        {
+            Ok(rec) => {
+                self.streams.flood_from(from, &flood.videos);
+                if let Some(fwd) = rec.forward {
+                    let targets: Vec<LinkId> = self
+                        .neighbours
+                        .neighbours()
+                        .into_iter()
+                        .filter(|n| n.link != link && !fwd.visited.contains(&n.name))
+                        .map(|n| n.link)
+                        .collect();
+                    for t in targets {
+                        self.counters.floods_forwarded += 1;
+                        self.outputs.push_back(Output::Send {
+                            link: t,
+                            msg: OverlayMsg::Flood(fwd.clone()),
+                        });
+                    }
+                }
+                if rec.routes_changed {
+                    self.with_streams(now, |s, ctx| s.reconcile(ctx));
+                }
+            }
+            Err(why) => {
+                self.counters.floods_dropped += 1;
+                if why == FloodIgnored::Malformed {
+                    debug!(%link, server = %flood.server, "flood with a forged visited list dropped");
+                }
+            }
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbours.handle_timeout(now);
-        self.flush_actions();
+        self.flush_actions(now);
+        if self.next_flood.is_some_and(|t| t <= now) {
+            if self.floods() {
+                self.send_flood(now, None);
+                self.next_flood = Some(now + self.config.flood_interval);
+            } else {
+                self.next_flood = None;
+            }
+        }
+        if self.next_maintenance <= now {
+            self.next_maintenance = now + self.config.maintenance_interval;
+            let expiry = self.config.flood_expiry();
+            if self.routing.expire(now, expiry) {
+                self.with_streams(now, |s, ctx| s.reconcile(ctx));
+            }
+            self.with_streams(now, |s, ctx| s.maintain(ctx));
+            self.flush_actions(now);
+        }
+    }
+
+    /// Flood to every neighbour (a new sequence number), or re-send the current flood to one
+    /// new neighbour so it learns our routes without waiting an interval.
+    fn send_flood(&mut self, now: Instant, only: Option<LinkId>) {
+        let seq = match (self.flood_seq, only) {
+            (Some(s), Some(_)) => s,
+            (Some(s), None) => s + 1,
+            // Start from wall milliseconds so a restarted server's floods are newer.
+            (None, _) => self.wall_us(now) / 1000,
+        };
+        self.flood_seq = Some(seq);
+        let flood = Flood {
+            server: self.config.name.clone(),
+            seq,
+            sent_at_us: self.wall_us(now),
+            link_sum_us: 0,
+            visited: vec![self.config.name.clone()],
+            videos: self.config.videos.clone(),
+        };
+        let links: Vec<LinkId> = match only {
+            Some(l) => vec![l],
+            None => self
+                .neighbours
+                .neighbours()
+                .iter()
+                .map(|n| n.link)
+                .collect(),
+        };
+        for link in links {
+            self.counters.floods_sent += 1;
+            self.outputs.push_back(Output::Send {
+                link,
+                msg: OverlayMsg::Flood(flood.clone()),
+            });
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -169,10 +458,87 @@ impl Node {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.neighbours.poll_timeout()
+        let mut t = self.next_maintenance;
+        if let Some(n) = self.neighbours.poll_timeout() {
+            t = t.min(n);
+        }
+        if let Some(f) = self.next_flood {
+            t = t.min(f);
+        }
+        Some(t)
     }
 
-    fn flush_actions(&mut self) {
+    // ---- read-only views -------------------------------------------------------------------
+
+    /// The parent table: every route to every server, sorted by server then neighbour.
+    pub fn parent_table(&self, now: Instant) -> Vec<ParentView> {
+        self.routing
+            .servers()
+            .iter()
+            .flat_map(|(server, s)| {
+                s.parents.iter().map(move |(n, r)| ParentView {
+                    server: server.clone(),
+                    neighbour: n.clone(),
+                    delay_us: r.delay_us as i64,
+                    samples: r.samples,
+                    age: now.saturating_duration_since(r.last_heard),
+                    link_sum_us: r.link_sum_us,
+                    videos: s.videos.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The route table: one line per stream.
+    pub fn route_table(&self) -> Vec<RouteView> {
+        self.streams.route_table(&self.routing)
+    }
+
+    /// Our current parent for a video.
+    pub fn parent_of(&self, video: &str) -> Option<&str> {
+        self.streams.parent(video)
+    }
+
+    /// Our grandfathers for a video (our parent's providers).
+    pub fn grandfathers(&self, video: &str) -> &[PeerAddr] {
+        self.streams.grandfathers(video)
+    }
+
+    pub fn stream_counters(&self, video: &str) -> Option<&StreamCounters> {
+        self.streams.counters(video)
+    }
+
+    pub fn all_stream_counters(&self) -> &BTreeMap<String, StreamCounters> {
+        self.streams.all_counters()
+    }
+
+    /// Chunks sent per (neighbour, video).
+    pub fn link_copies(&self) -> &BTreeMap<(String, String), u64> {
+        &self.copies
+    }
+
+    // ---- plumbing --------------------------------------------------------------------------
+
+    fn with_streams<R>(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut Streams, &mut Ctx<'_>) -> R,
+    ) -> R {
+        let wall_us = self.wall_us(now);
+        let mut ctx = Ctx {
+            now,
+            me: &self.config.name,
+            wall_us,
+            cfg: &self.config.streams,
+            routing: &self.routing,
+            neighbours: &mut self.neighbours,
+            out: &mut self.outputs,
+            copies: &mut self.copies,
+        };
+        f(&mut self.streams, &mut ctx)
+    }
+
+    fn flush_actions(&mut self, now: Instant) {
         while let Some(action) = self.neighbours.poll_action() {
             match action {
                 Action::Dial(addr) => {
@@ -199,6 +565,10 @@ impl Node {
                         addr = %n.map(|n| n.listen_addr.to_string()).unwrap_or_default(),
                         "neighbour up"
                     );
+                    if self.flood_seq.is_some() && self.floods() {
+                        self.send_flood(now, Some(link));
+                    }
+                    self.with_streams(now, |s, ctx| s.neighbour_up(ctx, &name));
                 }
                 Action::Replaced { old, new, name } => {
                     debug!(%old, %new, neighbour = %name, "duplicate link resolved");
@@ -206,6 +576,12 @@ impl Node {
                 Action::Down { link, name, reason } => {
                     self.counters.links_down += 1;
                     info!(%link, neighbour = %name, reason, "neighbour down");
+                    // Routes first, so the failover sees only what remains.
+                    self.routing.neighbour_down(&name);
+                    self.with_streams(now, |s, ctx| {
+                        s.neighbour_down(ctx, &name);
+                        s.reconcile(ctx);
+                    });
                 }
             }
         }

@@ -98,6 +98,8 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
             listen_port: driver.local_addr().port(),
             neighbours,
             liveness: cfg.liveness.clone(),
+            flood_interval: cfg.flood_interval,
+            ..NodeConfig::default()
         },
         Instant::now(),
     );

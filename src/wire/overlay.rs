@@ -29,6 +29,7 @@
 //! | `0x09` | [`Ping`]             | `token: u64`                                                                       |
 //! | `0x0A` | [`Pong`]             | `token: u64`                                                                       |
 //! | `0x0B` | [`Trace`]            | `id: u64`, `video: str`, `reply: bool`, `hops: list<TraceHop>`                     |
+//! | `0x0C` | [`VideoUnavailable`] | `video: str`                                                                       |
 //!
 //! | Item         | Fields in order                   |
 //! |--------------|-----------------------------------|
@@ -77,6 +78,8 @@ pub const TAG_PING: u8 = 0x09;
 pub const TAG_PONG: u8 = 0x0A;
 /// Tag byte of [`OverlayMsg::Trace`].
 pub const TAG_TRACE: u8 = 0x0B;
+/// Tag byte of [`OverlayMsg::VideoUnavailable`].
+pub const TAG_VIDEO_UNAVAILABLE: u8 = 0x0C;
 
 /// [`VideoData::flags`] bit: the chunk starts with a keyframe (a random access point).
 pub const FLAG_KEYFRAME: u8 = 0x01;
@@ -202,6 +205,15 @@ pub struct VideoCancel {
     pub video: String,
 }
 
+/// A parent's answer to a child it cannot (or can no longer) feed a video: it has no route
+/// to a server offering the video except through the child's own subtree. The child drops the
+/// sender as a parent of that video for a while and asks its next-best parent at once, instead
+/// of waiting for the sender's routes to expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoUnavailable {
+    pub video: String,
+}
+
 /// One chunk of a live stream.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VideoData {
@@ -301,6 +313,7 @@ pub enum OverlayMsg {
     Ping(Ping),
     Pong(Pong),
     Trace(Trace),
+    VideoUnavailable(VideoUnavailable),
 }
 
 impl OverlayMsg {
@@ -378,6 +391,9 @@ impl OverlayMsg {
                 reply: r.bool("trace.reply")?,
                 hops: r.list("trace.hops", 2 + 8, TraceHop::read)?,
             }),
+            TAG_VIDEO_UNAVAILABLE => OverlayMsg::VideoUnavailable(VideoUnavailable {
+                video: r.str_u16("video_unavailable.video")?,
+            }),
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -398,6 +414,7 @@ impl OverlayMsg {
             OverlayMsg::Ping(_) => TAG_PING,
             OverlayMsg::Pong(_) => TAG_PONG,
             OverlayMsg::Trace(_) => TAG_TRACE,
+            OverlayMsg::VideoUnavailable(_) => TAG_VIDEO_UNAVAILABLE,
         }
     }
 
@@ -415,6 +432,7 @@ impl OverlayMsg {
             OverlayMsg::Ping(_) => "ping",
             OverlayMsg::Pong(_) => "pong",
             OverlayMsg::Trace(_) => "trace",
+            OverlayMsg::VideoUnavailable(_) => "video_unavailable",
         }
     }
 
@@ -469,6 +487,9 @@ impl OverlayMsg {
                 put_str(dst, "trace.video", &m.video)?;
                 put_bool(dst, m.reply);
                 put_list(dst, "trace.hops", &m.hops, |dst, h| h.put(dst))?;
+            }
+            OverlayMsg::VideoUnavailable(m) => {
+                put_str(dst, "video_unavailable.video", &m.video)?;
             }
             // Written above, before the tag.
             OverlayMsg::VideoData(_) => {}
@@ -531,6 +552,7 @@ impl_from_for_msg!(
     Ping,
     Pong,
     Trace,
+    VideoUnavailable,
 );
 
 #[cfg(test)]
@@ -634,6 +656,12 @@ mod tests {
 
     fn video_cancel() -> OverlayMsg {
         OverlayMsg::VideoCancel(VideoCancel {
+            video: "movie".into(),
+        })
+    }
+
+    fn video_unavailable() -> OverlayMsg {
+        OverlayMsg::VideoUnavailable(VideoUnavailable {
             video: "movie".into(),
         })
     }
@@ -751,6 +779,14 @@ mod tests {
     }
 
     #[test]
+    fn round_trip_video_unavailable() {
+        assert_round_trip(video_unavailable());
+        assert_round_trip(OverlayMsg::VideoUnavailable(VideoUnavailable {
+            video: String::new(),
+        }));
+    }
+
+    #[test]
     fn round_trip_video_data() {
         assert_round_trip(video_data());
         assert_round_trip(video_data_empty());
@@ -865,6 +901,11 @@ mod tests {
     }
 
     #[test]
+    fn golden_video_unavailable() {
+        assert_golden(video_unavailable(), "0c 0005 6d6f766965");
+    }
+
+    #[test]
     fn golden_video_data() {
         assert_golden(
             video_data(),
@@ -950,12 +991,13 @@ mod tests {
             ping(),
             pong(),
             trace(),
+            video_unavailable(),
         ];
         let tags: std::collections::BTreeSet<u8> = all.iter().map(OverlayMsg::tag).collect();
         let kinds: std::collections::BTreeSet<&str> = all.iter().map(OverlayMsg::kind).collect();
         assert_eq!(tags.len(), all.len());
         assert_eq!(kinds.len(), all.len());
-        assert_eq!(tags, (0x01..=0x0b).collect());
+        assert_eq!(tags, (0x01..=0x0c).collect());
     }
 
     #[test]
@@ -1051,7 +1093,7 @@ mod tests {
                 what: "message tag"
             })
         );
-        for tag in [0x00, 0x0c, 0x7f, 0xff] {
+        for tag in [0x00, 0x0d, 0x7f, 0xff] {
             assert_eq!(dec(&[tag]), Err(DecodeError::UnknownTag(tag)));
             assert_eq!(dec(&[tag, 0, 0, 0]), Err(DecodeError::UnknownTag(tag)));
         }
@@ -1251,6 +1293,7 @@ mod tests {
             (arb_str(), arb_strs())
                 .prop_map(|(video, path)| OverlayMsg::VideoRequest(VideoRequest { video, path })),
             arb_str().prop_map(|video| OverlayMsg::VideoCancel(VideoCancel { video })),
+            arb_str().prop_map(|video| OverlayMsg::VideoUnavailable(VideoUnavailable { video })),
             (
                 arb_str(),
                 any::<u64>(),
@@ -1312,7 +1355,7 @@ mod tests {
 
         #[test]
         fn prop_bytes_after_a_known_tag_never_panic(
-            tag in 0x01u8..=0x0b,
+            tag in 0x01u8..=0x0c,
             body in prop::collection::vec(any::<u8>(), 0..128),
         ) {
             let mut bytes = vec![tag];

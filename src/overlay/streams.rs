@@ -1,0 +1,1302 @@
+//! Streams: per video, who we feed (children, local consumers), who feeds us (the parent),
+//! and every chunk that passes, in order and at most once.
+//!
+//! It owns the distribution tree as one node sees it. A request climbs along each node's best
+//! parent (chosen from the flood [`Routing`] table); a node already receiving or requesting a
+//! video only adds the child (fan-out); when its last consumer leaves it cancels upstream, so a
+//! cancellation travels exactly as far as it should. Requests carry the requester's whole
+//! subtree for that video (its `path`), and a node re-sends its request when its subtree
+//! changes; a node never takes as parent a member of its own subtree, which is what keeps a
+//! failover or a switch from closing a forwarding loop.
+//!
+//! Switching is make-before-break: the new parent is asked while the old one keeps feeding;
+//! chunks from the new parent that are ahead of the old path are held in a small bounded
+//! reorder buffer until the old path catches up, then the old parent is cancelled. Chunks carry
+//! (epoch, seq); the sequencer forwards a chunk only if it is the next one, or after a gap the
+//! old path can no longer fill, so nothing is delivered twice or out of order downstream. A new
+//! epoch from the current parent is a new stream start (server restart, or another server for
+//! the same name). A server's source lingers a little after its last consumer leaves, so a
+//! consumer moving to another branch (whose cancel may overtake its new request) continues
+//! the same epoch instead of restarting the video.
+//!
+//! Failover: a dead parent is replaced at once by the next-best one; with none left, the
+//! node dials its grandfathers (its parent's own providers, learnt by grandfather request and
+//! kept current by updates) and asks them. A node that cannot feed a child any more tells it
+//! ([`VideoUnavailable`]) so the child moves on without waiting for routes to expire.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::neighbours::NeighbourTable;
+use super::node::Output;
+use super::routing::Routing;
+use crate::wire::overlay::{
+    GrandfatherRequest, Grandfathers, OverlayMsg, PeerAddr, VideoCancel, VideoData, VideoRequest,
+    VideoUnavailable, FLAG_KEYFRAME,
+};
+use crate::wire::MAX_LIST_LEN;
+
+/// Tunables of streaming (see [`crate::overlay::NodeConfig`] for defaults).
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Hysteresis: a candidate parent must be better by this fraction of the current path's
+    /// skew-free delay (`link_sum_us`) before we switch.
+    pub switch_margin: f64,
+    /// ... and by at least this much, so sub-millisecond jitter never flaps the tree.
+    pub switch_floor: Duration,
+    /// Chunks held from a new parent that is ahead of the old one.
+    pub reorder_capacity: usize,
+    /// An old parent silent this long while the new one delivers is taken as dead: the held
+    /// chunks are released and the gap accepted.
+    pub stall_timeout: Duration,
+    /// A new parent that delivers nothing within this is abandoned.
+    pub switch_timeout: Duration,
+    /// How long a neighbour that refused a video (or failed a switch) is skipped for it.
+    pub refuse_hold: Duration,
+    /// A server keeps a source running this long after its last consumer left, so a
+    /// consumer that moves (a failover whose cancel overtakes the new request) continues the
+    /// same epoch instead of restarting the video from the beginning.
+    pub source_linger: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            switch_margin: 0.2,
+            switch_floor: Duration::from_millis(1),
+            reorder_capacity: 128,
+            stall_timeout: Duration::from_millis(500),
+            switch_timeout: Duration::from_secs(2),
+            refuse_hold: Duration::from_secs(3),
+            source_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Per-video counters; they outlive the stream so tests can read them after a cancel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamCounters {
+    /// Chunks received from any neighbour (or produced by our source).
+    pub chunks_in: u64,
+    /// Copies sent to children.
+    pub chunks_out: u64,
+    /// Chunks handed to local consumers.
+    pub delivered_local: u64,
+    /// Chunks dropped because they were already forwarded (make-before-break overlap).
+    pub duplicates: u64,
+    /// Chunks from a neighbour that is not our parent for that video (in flight after a cancel).
+    pub stray: u64,
+    /// Sequence gaps accepted (chunks that never came), summed.
+    pub gap_chunks: u64,
+    /// Epoch changes (stream restarts) forwarded.
+    pub epochs: u64,
+    /// Completed make-before-break switches.
+    pub switches: u64,
+    /// Parent losses (death, refusal) handled.
+    pub failovers: u64,
+    /// Chunks that waited in the reorder buffer.
+    pub held: u64,
+    /// Requests that would have closed a loop (we are in their path).
+    pub loops_refused: u64,
+    /// Grandfather dials started.
+    pub grandfather_dials: u64,
+}
+
+/// What a stream is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// We are the server of this video.
+    Source,
+    /// Fed by one parent.
+    Streaming,
+    /// Fed by the old parent while the new one catches up.
+    Switching,
+    /// Dialling grandfathers after the only parent died.
+    Grandfathers,
+    /// Consumers wait; no parent yet.
+    Pending,
+}
+
+/// One line of the route table, in the course's form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteView {
+    pub stream: String,
+    /// Server the parent was chosen for (our own name when we are the source).
+    pub origin: Option<String>,
+    pub parent: Option<String>,
+    pub switching_to: Option<String>,
+    /// Delay to the origin through the parent (EWMA, µs). Includes clock skew: it ranks
+    /// parents of one server only.
+    pub delay_us: Option<i64>,
+    /// Skew-free summed RTT/2 to the origin through the parent (µs): ranks servers.
+    pub link_sum_us: Option<u64>,
+    /// Children by name, then `local×N` for local consumers.
+    pub destinations: Vec<String>,
+    pub state: StreamState,
+    /// Last (epoch, seq) forwarded.
+    pub last: Option<(u64, u64)>,
+}
+
+/// Everything a stream operation needs from the rest of the node.
+pub(crate) struct Ctx<'a> {
+    pub now: Instant,
+    pub me: &'a str,
+    pub wall_us: u64,
+    pub cfg: &'a StreamConfig,
+    pub routing: &'a Routing,
+    pub neighbours: &'a mut NeighbourTable,
+    pub out: &'a mut VecDeque<Output>,
+    /// Per (neighbour, video) copies of chunks sent.
+    pub copies: &'a mut BTreeMap<(String, String), u64>,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, to: &str, msg: OverlayMsg) -> bool {
+        match self.neighbours.by_name(to) {
+            Some(n) => {
+                self.out.push_back(Output::Send { link: n.link, msg });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn linked(&self, name: &str) -> bool {
+        self.neighbours.by_name(name).is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Upstream {
+    name: String,
+    server: Option<String>,
+    since: Instant,
+    last_data: Option<Instant>,
+}
+
+impl Upstream {
+    fn new(name: &str, server: Option<String>, now: Instant) -> Self {
+        Upstream {
+            name: name.to_string(),
+            server,
+            since: now,
+            last_data: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Children by name, with the subtree each one announced.
+    children: BTreeMap<String, Vec<String>>,
+    local: u32,
+    /// Our own source run: (epoch, next seq).
+    source: Option<(u64, u64)>,
+    /// A source without consumers stops at this instant.
+    linger_until: Option<Instant>,
+    parent: Option<Upstream>,
+    pending: Option<Upstream>,
+    /// Last (epoch, seq) forwarded.
+    last: Option<(u64, u64)>,
+    /// Chunks from `pending` ahead of the old path, in order.
+    held: VecDeque<VideoData>,
+    /// The path last sent upstream.
+    sent_path: Vec<String>,
+    grandfathers: Vec<PeerAddr>,
+    /// The parent we asked for grandfathers.
+    gf_asked: Option<String>,
+    /// Grandfathers being dialled, by name.
+    gf_dialing: BTreeMap<String, SocketAddr>,
+    /// Neighbours skipped for this video until the instant.
+    refused: BTreeMap<String, Instant>,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            children: BTreeMap::new(),
+            local: 0,
+            source: None,
+            linger_until: None,
+            parent: None,
+            pending: None,
+            last: None,
+            held: VecDeque::new(),
+            sent_path: Vec::new(),
+            grandfathers: Vec::new(),
+            gf_asked: None,
+            gf_dialing: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        }
+    }
+
+    fn consumers(&self) -> usize {
+        self.children.len() + self.local as usize
+    }
+
+    /// Every node we feed, directly or not, as far as requests told us.
+    fn downstream(&self) -> BTreeSet<&str> {
+        let mut d: BTreeSet<&str> = self.children.keys().map(String::as_str).collect();
+        for p in self.children.values() {
+            d.extend(p.iter().map(String::as_str));
+        }
+        d
+    }
+
+    /// The path we send up: our subtree, then ourselves last.
+    fn path(&self, me: &str) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .downstream()
+            .into_iter()
+            .filter(|n| *n != me)
+            .map(str::to_string)
+            .collect();
+        // Over the wire cap the far end of the subtree is left out: loop prevention degrades
+        // for it, nothing breaks.
+        p.truncate(MAX_LIST_LEN - 1);
+        p.push(me.to_string());
+        p
+    }
+
+    fn is_parent(&self, name: &str) -> bool {
+        self.parent.as_ref().is_some_and(|p| p.name == name)
+    }
+
+    fn is_pending(&self, name: &str) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.name == name)
+    }
+
+    fn state(&self) -> StreamState {
+        if self.source.is_some() {
+            StreamState::Source
+        } else if self.pending.is_some() {
+            StreamState::Switching
+        } else if self.parent.is_some() {
+            StreamState::Streaming
+        } else if !self.gf_dialing.is_empty() {
+            StreamState::Grandfathers
+        } else {
+            StreamState::Pending
+        }
+    }
+}
+
+/// How a chunk relates to the last one forwarded.
+enum Order {
+    /// Forward it (next in sequence, after a gap of `gap` chunks, or a new epoch).
+    Forward {
+        gap: u64,
+        new_epoch: bool,
+    },
+    Duplicate,
+}
+
+fn order(last: Option<(u64, u64)>, data: &VideoData) -> Order {
+    match last {
+        None => Order::Forward {
+            gap: 0,
+            new_epoch: true,
+        },
+        Some((e, _)) if e != data.epoch => Order::Forward {
+            gap: 0,
+            new_epoch: true,
+        },
+        // The first chunk after a gap is ahead, not old: only `<=` is a duplicate.
+        Some((_, s)) if data.seq <= s => Order::Duplicate,
+        Some((_, s)) => Order::Forward {
+            gap: data.seq - s - 1,
+            new_epoch: false,
+        },
+    }
+}
+
+/// A chosen parent: neighbour and the server it leads to.
+struct Choice {
+    neighbour: String,
+    server: String,
+}
+
+/// Grandfather bookkeeping on the parent side: who asked, and what they were told last.
+#[derive(Debug, Default)]
+struct GfWatch {
+    told: BTreeMap<String, Vec<PeerAddr>>,
+}
+
+/// All streams of a node (see module docs).
+#[derive(Debug, Default)]
+pub struct Streams {
+    streams: BTreeMap<String, Stream>,
+    counters: BTreeMap<String, StreamCounters>,
+    gf_watch: BTreeMap<String, GfWatch>,
+    /// Videos we serve ourselves.
+    local_videos: Vec<String>,
+    /// Last epoch used per video, so a restarted source run always gets a larger one.
+    last_epoch: BTreeMap<String, u64>,
+}
+
+impl Streams {
+    pub fn new(local_videos: Vec<String>) -> Self {
+        Streams {
+            local_videos,
+            ..Default::default()
+        }
+    }
+
+    pub fn local_videos(&self) -> &[String] {
+        &self.local_videos
+    }
+
+    pub fn counters(&self, video: &str) -> Option<&StreamCounters> {
+        self.counters.get(video)
+    }
+
+    pub fn all_counters(&self) -> &BTreeMap<String, StreamCounters> {
+        &self.counters
+    }
+
+    pub fn grandfathers(&self, video: &str) -> &[PeerAddr] {
+        self.streams
+            .get(video)
+            .map(|s| s.grandfathers.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn parent(&self, video: &str) -> Option<&str> {
+        self.streams
+            .get(video)
+            .and_then(|s| s.parent.as_ref())
+            .map(|p| p.name.as_str())
+    }
+
+    pub fn route_table(&self, routing: &Routing) -> Vec<RouteView> {
+        self.streams
+            .iter()
+            .map(|(video, st)| {
+                let route = st.parent.as_ref().and_then(|p| {
+                    let server = p.server.as_deref()?;
+                    routing.servers().get(server)?.parents.get(&p.name)
+                });
+                let mut destinations: Vec<String> = st.children.keys().cloned().collect();
+                if st.local > 0 {
+                    destinations.push(format!("local×{}", st.local));
+                }
+                let (origin, delay_us, link_sum_us) = if st.source.is_some() {
+                    (None, Some(0), Some(0))
+                } else {
+                    (
+                        st.parent.as_ref().and_then(|p| p.server.clone()),
+                        route.map(|r| r.delay_us as i64),
+                        route.map(|r| r.link_sum_us),
+                    )
+                };
+                RouteView {
+                    stream: video.clone(),
+                    origin,
+                    parent: st.parent.as_ref().map(|p| p.name.clone()),
+                    switching_to: st.pending.as_ref().map(|p| p.name.clone()),
+                    delay_us,
+                    link_sum_us,
+                    destinations,
+                    state: st.state(),
+                    last: st.last,
+                }
+            })
+            .collect()
+    }
+
+    // ---- consumers -------------------------------------------------------------------------
+
+    pub(crate) fn subscribe_local(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let st = self
+            .streams
+            .entry(video.to_string())
+            .or_insert_with(Stream::new);
+        st.local += 1;
+        self.activate(ctx, video, false);
+    }
+
+    pub(crate) fn unsubscribe_local(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        st.local = st.local.saturating_sub(1);
+        self.release_if_unused(ctx, video);
+    }
+
+    pub(crate) fn on_request(&mut self, ctx: &mut Ctx<'_>, from: &str, req: VideoRequest) {
+        let video = req.video;
+        if req.path.iter().any(|n| n == ctx.me) {
+            // We are already below the asker: feeding it would close a loop.
+            self.counters
+                .entry(video.clone())
+                .or_default()
+                .loops_refused += 1;
+            ctx.send(
+                from,
+                OverlayMsg::VideoUnavailable(VideoUnavailable { video }),
+            );
+            return;
+        }
+        let st = self
+            .streams
+            .entry(video.clone())
+            .or_insert_with(Stream::new);
+        let mut path = req.path;
+        if !path.iter().any(|n| n == from) {
+            path.push(from.to_string());
+        }
+        st.children.insert(from.to_string(), path);
+        // A child leaving the pending switch target in our subtree: the switch would loop.
+        if st
+            .pending
+            .as_ref()
+            .is_some_and(|p| st.downstream().contains(p.name.as_str()))
+        {
+            self.abandon_switch(ctx, &video);
+        }
+        let st = self.streams.get_mut(&video).expect("just inserted");
+        if st
+            .parent
+            .as_ref()
+            .is_some_and(|p| st.downstream().contains(p.name.as_str()))
+        {
+            // Our parent turned out to be fed by us: no data can come from it.
+            let old = st.parent.take().expect("checked");
+            ctx.send(
+                &old.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.clone(),
+                }),
+            );
+            self.failover(ctx, &video);
+            return;
+        }
+        if st.parent.is_some() || st.source.is_some() || !st.gf_dialing.is_empty() {
+            self.send_path_update(ctx, &video);
+        }
+        self.activate(ctx, &video, true);
+    }
+
+    pub(crate) fn on_cancel(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        if st.children.remove(from).is_some() {
+            if st.consumers() == 0 {
+                self.release_if_unused(ctx, video);
+            } else {
+                self.send_path_update(ctx, video);
+            }
+        }
+    }
+
+    /// Our source produced a chunk (servers only).
+    pub(crate) fn source_chunk(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        video: &str,
+        payload: Bytes,
+        keyframe: bool,
+    ) -> bool {
+        let Some(st) = self.streams.get_mut(video) else {
+            return false;
+        };
+        let Some((epoch, seq)) = st.source.as_mut().map(|(e, s)| {
+            let out = (*e, *s);
+            *s += 1;
+            out
+        }) else {
+            return false;
+        };
+        let data = VideoData {
+            video: video.to_string(),
+            epoch,
+            seq,
+            flags: if keyframe { FLAG_KEYFRAME } else { 0 },
+            payload,
+        };
+        self.counters
+            .entry(video.to_string())
+            .or_default()
+            .chunks_in += 1;
+        self.forward(ctx, video, data);
+        true
+    }
+
+    /// Change the videos we serve ourselves.
+    pub(crate) fn set_local_videos(&mut self, ctx: &mut Ctx<'_>, videos: Vec<String>) {
+        self.local_videos = videos;
+        let names: Vec<String> = self.streams.keys().cloned().collect();
+        for video in names {
+            let local = self.local_videos.contains(&video);
+            let st = self.streams.get_mut(&video).expect("listed");
+            if !local && st.source.is_some() {
+                st.source = None;
+                ctx.out.push_back(Output::SourceStop {
+                    video: video.clone(),
+                });
+                self.failover(ctx, &video);
+            } else if local && st.source.is_none() {
+                // Our own copy beats any path: drop the upstream and serve it.
+                for up in [st.parent.take(), st.pending.take()].into_iter().flatten() {
+                    ctx.send(
+                        &up.name,
+                        OverlayMsg::VideoCancel(VideoCancel {
+                            video: video.clone(),
+                        }),
+                    );
+                }
+                st.held.clear();
+                self.activate(ctx, &video, false);
+            }
+        }
+    }
+
+    // ---- upstream --------------------------------------------------------------------------
+
+    /// Make sure a stream with consumers is fed: start our source, or ask the best parent.
+    /// `refuse` answers children with [`VideoUnavailable`] when servers offer the video but
+    /// no usable parent leads to one.
+    fn activate(&mut self, ctx: &mut Ctx<'_>, video: &str, refuse: bool) {
+        let local = self.local_videos.iter().any(|v| v == video);
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        if st.consumers() == 0 {
+            return;
+        }
+        st.linger_until = None;
+        if local {
+            if st.source.is_none() {
+                let last = self.last_epoch.get(video).copied().unwrap_or(0);
+                let epoch = ctx.wall_us.max(last + 1);
+                self.last_epoch.insert(video.to_string(), epoch);
+                st.source = Some((epoch, 0));
+                ctx.out.push_back(Output::SourceStart {
+                    video: video.to_string(),
+                });
+            }
+            return;
+        }
+        if st.parent.is_some() || !st.gf_dialing.is_empty() {
+            return;
+        }
+        match choose(ctx, video, st) {
+            Some(c) => {
+                st.parent = Some(Upstream::new(&c.neighbour, Some(c.server), ctx.now));
+                st.gf_asked = None;
+                st.grandfathers.clear();
+                self.request(ctx, video, &c.neighbour);
+                self.ask_grandfathers(ctx, video);
+            }
+            None => {
+                let offered = ctx.routing.offers(video).next().is_some();
+                if refuse && offered {
+                    self.refuse_children(ctx, video);
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, ctx: &mut Ctx<'_>, video: &str, to: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let path = st.path(ctx.me);
+        st.sent_path.clone_from(&path);
+        ctx.send(
+            to,
+            OverlayMsg::VideoRequest(VideoRequest {
+                video: video.to_string(),
+                path,
+            }),
+        );
+    }
+
+    /// Our subtree changed: tell the parents (a repeated request only updates the path).
+    fn send_path_update(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let path = st.path(ctx.me);
+        if path == st.sent_path {
+            return;
+        }
+        let ups: Vec<String> = [&st.parent, &st.pending]
+            .into_iter()
+            .flatten()
+            .map(|u| u.name.clone())
+            .collect();
+        for up in ups {
+            self.request(ctx, video, &up);
+        }
+    }
+
+    fn refuse_children(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        for child in std::mem::take(&mut st.children).into_keys() {
+            ctx.send(
+                &child,
+                OverlayMsg::VideoUnavailable(VideoUnavailable {
+                    video: video.to_string(),
+                }),
+            );
+        }
+        self.release_if_unused(ctx, video);
+    }
+
+    /// No consumer left: cancel upstream and forget the stream.
+    fn release_if_unused(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get(video) else {
+            return;
+        };
+        if st.consumers() > 0 {
+            return;
+        }
+        if st.source.is_some() {
+            let until = *self
+                .streams
+                .get_mut(video)
+                .expect("checked")
+                .linger_until
+                .get_or_insert(ctx.now + ctx.cfg.source_linger);
+            if ctx.now < until {
+                return;
+            }
+        }
+        let st = self.streams.remove(video).expect("checked");
+        for up in [st.parent, st.pending].into_iter().flatten() {
+            ctx.send(
+                &up.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.to_string(),
+                }),
+            );
+        }
+        if st.source.is_some() {
+            ctx.out.push_back(Output::SourceStop {
+                video: video.to_string(),
+            });
+        }
+        for addr in st.gf_dialing.values() {
+            ctx.neighbours.unwant(*addr);
+        }
+    }
+
+    /// The parent is gone (death, refusal, loop): the switch target takes over, else the
+    /// next-best parent, else the grandfathers; with none, children are told.
+    fn failover(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        st.parent = None;
+        if st.source.is_some() || st.consumers() == 0 {
+            self.release_if_unused(ctx, video);
+            return;
+        }
+        self.counters
+            .entry(video.to_string())
+            .or_default()
+            .failovers += 1;
+        if st.pending.is_some() {
+            self.complete_switch(ctx, video);
+            return;
+        }
+        if let Some(c) = choose(ctx, video, st) {
+            st.parent = Some(Upstream::new(&c.neighbour, Some(c.server), ctx.now));
+            st.gf_asked = None;
+            st.grandfathers.clear();
+            self.request(ctx, video, &c.neighbour);
+            self.ask_grandfathers(ctx, video);
+            return;
+        }
+        // Catastrophic: our only provider died. Its own providers are our grandfathers.
+        let gfs = std::mem::take(&mut st.grandfathers);
+        let down = st
+            .downstream()
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        for gf in gfs {
+            if gf.name == ctx.me || down.contains(&gf.name) {
+                continue;
+            }
+            if ctx.linked(&gf.name) {
+                st.gf_dialing.clear();
+                st.parent = Some(Upstream::new(&gf.name, None, ctx.now));
+                self.request(ctx, video, &gf.name);
+                return;
+            }
+            ctx.neighbours.want(ctx.now, gf.addr, false);
+            st.gf_dialing.insert(gf.name, gf.addr);
+            self.counters
+                .entry(video.to_string())
+                .or_default()
+                .grandfather_dials += 1;
+        }
+        if st.gf_dialing.is_empty() {
+            self.refuse_children(ctx, video);
+        }
+    }
+
+    /// Start a make-before-break switch to `to`.
+    fn start_switch(&mut self, ctx: &mut Ctx<'_>, video: &str, to: Choice) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        st.pending = Some(Upstream::new(&to.neighbour, Some(to.server), ctx.now));
+        self.request(ctx, video, &to.neighbour);
+    }
+
+    fn abandon_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        if let Some(p) = st.pending.take() {
+            ctx.send(
+                &p.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.to_string(),
+                }),
+            );
+            st.refused.insert(p.name, ctx.now + ctx.cfg.refuse_hold);
+        }
+        st.held.clear();
+    }
+
+    /// The switch target becomes the parent; the old parent (if still linked) is cancelled
+    /// and the held chunks go out in order.
+    fn complete_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let Some(new) = st.pending.take() else {
+            return;
+        };
+        if let Some(old) = st.parent.replace(new) {
+            ctx.send(
+                &old.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.to_string(),
+                }),
+            );
+        }
+        st.gf_asked = None;
+        st.grandfathers.clear();
+        let held = std::mem::take(&mut st.held);
+        self.counters.entry(video.to_string()).or_default().switches += 1;
+        for data in held {
+            self.forward_if_in_order(ctx, video, data);
+        }
+        self.ask_grandfathers(ctx, video);
+    }
+
+    // ---- data ------------------------------------------------------------------------------
+
+    pub(crate) fn on_data(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
+        let video = data.video.clone();
+        let c = self.counters.entry(video.clone()).or_default();
+        c.chunks_in += 1;
+        let Some(st) = self.streams.get_mut(&video) else {
+            c.stray += 1;
+            return;
+        };
+        if st.is_parent(from) {
+            if let Some(p) = st.parent.as_mut() {
+                p.last_data = Some(ctx.now);
+            }
+            if let Order::Forward {
+                new_epoch: true, ..
+            } = order(st.last, &data)
+            {
+                // The held chunks belong to the epoch that just ended.
+                c.duplicates += st.held.len() as u64;
+                st.held.clear();
+            }
+            self.forward_if_in_order(ctx, &video, data);
+            // Has the old path caught up with what the new one holds?
+            let st = self.streams.get_mut(&video).expect("present");
+            let c = self.counters.entry(video.clone()).or_default();
+            if let (Some((e, s)), true) = (st.last, st.pending.is_some()) {
+                while st.held.front().is_some_and(|h| h.epoch == e && h.seq <= s) {
+                    st.held.pop_front();
+                    c.duplicates += 1;
+                }
+                if st
+                    .held
+                    .front()
+                    .is_some_and(|h| h.epoch == e && h.seq == s + 1)
+                {
+                    self.complete_switch(ctx, &video);
+                }
+            }
+        } else if st.is_pending(from) {
+            if let Some(p) = st.pending.as_mut() {
+                p.last_data = Some(ctx.now);
+            }
+            match st.last {
+                Some((e, s)) if data.epoch == e && data.seq <= s => {
+                    // The new path is behind: keep the old one until it catches up.
+                    c.duplicates += 1;
+                }
+                Some((e, s))
+                    if data.epoch == e
+                        && data.seq > s + 1
+                        && st.held.len() < ctx.cfg.reorder_capacity =>
+                {
+                    // The new path is ahead: hold until the old path fills the gap.
+                    c.held += 1;
+                    st.held.push_back(data);
+                }
+                _ => {
+                    // Next in sequence, a new epoch (nothing to align with), the first chunk
+                    // ever, or a full buffer: the new parent takes over now.
+                    self.complete_switch(ctx, &video);
+                    self.forward_if_in_order(ctx, &video, data);
+                }
+            }
+        } else {
+            c.stray += 1;
+        }
+    }
+
+    fn forward_if_in_order(&mut self, ctx: &mut Ctx<'_>, video: &str, data: VideoData) {
+        let Some(st) = self.streams.get(video) else {
+            return;
+        };
+        let c = self.counters.entry(video.to_string()).or_default();
+        match order(st.last, &data) {
+            Order::Duplicate => c.duplicates += 1,
+            Order::Forward { gap, new_epoch } => {
+                c.gap_chunks += gap;
+                if new_epoch {
+                    c.epochs += 1;
+                }
+                self.forward(ctx, video, data);
+            }
+        }
+    }
+
+    /// Send a chunk to every child and local consumer.
+    fn forward(&mut self, ctx: &mut Ctx<'_>, video: &str, data: VideoData) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        st.last = Some((data.epoch, data.seq));
+        let c = self.counters.entry(video.to_string()).or_default();
+        for child in st.children.keys() {
+            if ctx.send(child, OverlayMsg::VideoData(data.clone())) {
+                c.chunks_out += 1;
+                *ctx.copies
+                    .entry((child.clone(), video.to_string()))
+                    .or_default() += 1;
+            }
+        }
+        if st.local > 0 {
+            c.delivered_local += 1;
+            ctx.out.push_back(Output::Deliver {
+                video: video.to_string(),
+                data,
+            });
+        }
+    }
+
+    // ---- refusals and neighbours -----------------------------------------------------------
+
+    pub(crate) fn on_unavailable(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        st.refused
+            .insert(from.to_string(), ctx.now + ctx.cfg.refuse_hold);
+        if st.is_pending(from) {
+            st.pending = None;
+            st.held.clear();
+        } else if st.is_parent(from) {
+            self.failover(ctx, video);
+        }
+    }
+
+    /// A neighbour forwarded a flood offering these videos: it has a route that does not run
+    /// through us, so an earlier refusal no longer holds.
+    pub(crate) fn flood_from(&mut self, name: &str, videos: &[String]) {
+        for v in videos {
+            if let Some(st) = self.streams.get_mut(v) {
+                st.refused.remove(name);
+            }
+        }
+    }
+
+    pub(crate) fn neighbour_up(&mut self, ctx: &mut Ctx<'_>, name: &str) {
+        let videos: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.gf_dialing.contains_key(name))
+            .map(|(v, _)| v.clone())
+            .collect();
+        for video in videos {
+            let st = self.streams.get_mut(&video).expect("listed");
+            for addr in std::mem::take(&mut st.gf_dialing).into_values() {
+                ctx.neighbours.unwant(addr);
+            }
+            if st.parent.is_none() {
+                st.parent = Some(Upstream::new(name, None, ctx.now));
+                self.request(ctx, &video, name);
+            }
+        }
+        self.reconcile(ctx);
+    }
+
+    pub(crate) fn neighbour_down(&mut self, ctx: &mut Ctx<'_>, name: &str) {
+        for w in self.gf_watch.values_mut() {
+            w.told.remove(name);
+        }
+        let videos: Vec<String> = self.streams.keys().cloned().collect();
+        for video in videos {
+            let Some(st) = self.streams.get_mut(&video) else {
+                continue;
+            };
+            if st.children.remove(name).is_some() {
+                if st.consumers() == 0 {
+                    self.release_if_unused(ctx, &video);
+                    continue;
+                }
+                self.send_path_update(ctx, &video);
+            }
+            let st = self.streams.get_mut(&video).expect("present");
+            if st.is_pending(name) {
+                st.pending = None;
+                st.held.clear();
+            }
+            if st.is_parent(name) {
+                self.failover(ctx, &video);
+            }
+        }
+    }
+
+    pub(crate) fn dial_failed(&mut self, ctx: &mut Ctx<'_>, addr: SocketAddr) {
+        let videos: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.gf_dialing.values().any(|a| *a == addr))
+            .map(|(v, _)| v.clone())
+            .collect();
+        for video in videos {
+            let st = self.streams.get_mut(&video).expect("listed");
+            st.gf_dialing.retain(|_, a| *a != addr);
+            ctx.neighbours.unwant(addr);
+            if st.gf_dialing.is_empty() && st.parent.is_none() {
+                // Every grandfather failed: perhaps a route came meanwhile; else tell children.
+                self.activate(ctx, &video, true);
+                if self.streams.get(&video).is_some_and(|s| s.parent.is_none()) {
+                    self.refuse_children(ctx, &video);
+                }
+            }
+        }
+    }
+
+    // ---- grandfathers ----------------------------------------------------------------------
+
+    /// Our providers of `video` as grandfathers for `asker`.
+    fn providers_for(&self, ctx: &Ctx<'_>, video: &str, asker: &str) -> Vec<PeerAddr> {
+        let mut names: Vec<&str> = Vec::new();
+        let st = self.streams.get(video);
+        if st.is_some_and(|s| s.source.is_some()) {
+            return Vec::new();
+        }
+        if let Some(st) = st {
+            names.extend(
+                [&st.parent, &st.pending]
+                    .into_iter()
+                    .flatten()
+                    .map(|u| u.name.as_str()),
+            );
+        }
+        names.extend(ctx.routing.providers(video));
+        let mut seen = BTreeSet::new();
+        names
+            .into_iter()
+            .filter(|n| *n != asker && *n != ctx.me && seen.insert(*n))
+            .filter_map(|n| {
+                ctx.neighbours.by_name(n).map(|nb| PeerAddr {
+                    name: n.to_string(),
+                    addr: nb.listen_addr,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn on_grandfather_request(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
+        let list = self.providers_for(ctx, video, from);
+        self.gf_watch
+            .entry(video.to_string())
+            .or_default()
+            .told
+            .insert(from.to_string(), list.clone());
+        ctx.send(
+            from,
+            OverlayMsg::GrandfatherReply(Grandfathers {
+                video: video.to_string(),
+                grandfathers: list,
+            }),
+        );
+    }
+
+    pub(crate) fn on_grandfathers(&mut self, ctx: &mut Ctx<'_>, from: &str, gf: Grandfathers) {
+        let Some(st) = self.streams.get_mut(&gf.video) else {
+            return;
+        };
+        if st.is_parent(from) {
+            st.grandfathers = gf
+                .grandfathers
+                .into_iter()
+                .filter(|p| p.name != ctx.me)
+                .collect();
+        }
+    }
+
+    /// Ask the parent for its providers when it is our only one.
+    fn ask_grandfathers(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let Some(parent) = st.parent.as_ref().map(|p| p.name.clone()) else {
+            return;
+        };
+        if st.gf_asked.as_deref() == Some(parent.as_str()) {
+            return;
+        }
+        let others = ctx
+            .routing
+            .providers(video)
+            .into_iter()
+            .any(|n| n != parent && ctx.neighbours.by_name(n).is_some());
+        if others {
+            return;
+        }
+        st.gf_asked = Some(parent.clone());
+        ctx.send(
+            &parent,
+            OverlayMsg::GrandfatherRequest(GrandfatherRequest {
+                video: video.to_string(),
+            }),
+        );
+    }
+
+    /// Tell children that asked whenever our providers changed.
+    fn update_grandchildren(&mut self, ctx: &mut Ctx<'_>) {
+        let videos: Vec<String> = self.gf_watch.keys().cloned().collect();
+        for video in videos {
+            let askers: Vec<String> = self.gf_watch[&video].told.keys().cloned().collect();
+            for asker in askers {
+                let list = self.providers_for(ctx, &video, &asker);
+                // An empty list helps nobody: the asker keeps the stale one until we know better.
+                if list.is_empty() || self.gf_watch[&video].told[&asker] == list {
+                    continue;
+                }
+                ctx.send(
+                    &asker,
+                    OverlayMsg::GrandfatherUpdate(Grandfathers {
+                        video: video.clone(),
+                        grandfathers: list.clone(),
+                    }),
+                );
+                if let Some(w) = self.gf_watch.get_mut(&video) {
+                    w.told.insert(asker, list);
+                }
+            }
+        }
+    }
+
+    // ---- periodic and route-driven work ----------------------------------------------------
+
+    /// Routes changed: feed waiting streams, refresh grandfathers.
+    pub(crate) fn reconcile(&mut self, ctx: &mut Ctx<'_>) {
+        let videos: Vec<String> = self.streams.keys().cloned().collect();
+        for video in &videos {
+            self.activate(ctx, video, false);
+            self.ask_grandfathers(ctx, video);
+        }
+        self.update_grandchildren(ctx);
+    }
+
+    /// Periodic: expire refusals, time out switches and held chunks, and switch to a clearly
+    /// better parent.
+    pub(crate) fn maintain(&mut self, ctx: &mut Ctx<'_>) {
+        let videos: Vec<String> = self.streams.keys().cloned().collect();
+        for video in &videos {
+            self.release_if_unused(ctx, video);
+            let Some(st) = self.streams.get_mut(video) else {
+                continue;
+            };
+            st.refused.retain(|_, until| *until > ctx.now);
+            if let Some(p) = &st.pending {
+                let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
+                if p.last_data.is_none() && timed_out {
+                    self.abandon_switch(ctx, video);
+                    continue;
+                }
+                if timed_out {
+                    // The new path delivers but stays behind the old one: it would never
+                    // catch up. Move now; its chunks are dropped as duplicates until they pass
+                    // the last one forwarded (a pause of the lag, nothing lost or repeated).
+                    self.complete_switch(ctx, video);
+                    continue;
+                }
+                let old_silent = st.parent.as_ref().map_or(true, |o| {
+                    ctx.now
+                        .saturating_duration_since(o.last_data.unwrap_or(o.since))
+                        >= ctx.cfg.stall_timeout
+                });
+                if p.last_data.is_some() && old_silent {
+                    // The old path died without its link closing: accept the gap.
+                    self.complete_switch(ctx, video);
+                }
+                continue;
+            }
+            self.consider_switch(ctx, video);
+        }
+        self.reconcile(ctx);
+    }
+
+    fn consider_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get(video) else {
+            return;
+        };
+        if st.source.is_some() {
+            return;
+        }
+        let Some(cur) = st.parent.as_ref() else {
+            return;
+        };
+        let Some(cand) = choose(ctx, video, st) else {
+            return;
+        };
+        if cand.neighbour == cur.name {
+            return;
+        }
+        let servers = ctx.routing.servers();
+        let margin = |cur_us: f64| {
+            (ctx.cfg.switch_margin * cur_us).max(ctx.cfg.switch_floor.as_micros() as f64)
+        };
+        let cand_route = &servers[&cand.server].parents[&cand.neighbour];
+        let better = if let Some(cur_route) = servers[&cand.server].parents.get(&cur.name) {
+            // Same server: delays share its clock skew, so their difference is skew-free.
+            cur_route.delay_us - cand_route.delay_us > margin(cur_route.link_sum_us as f64)
+        } else {
+            // Another server: compare skew-free path sums.
+            let cur_ls = ctx
+                .routing
+                .offers(video)
+                .filter_map(|(_, s)| s.parents.get(&cur.name))
+                .map(|r| r.link_sum_us)
+                .min();
+            match cur_ls {
+                Some(cur_ls) => {
+                    cur_ls as f64 - cand_route.link_sum_us as f64 > margin(cur_ls as f64)
+                }
+                // The parent offers no route any more (withdrawn): move.
+                None => true,
+            }
+        };
+        if better {
+            self.start_switch(ctx, video, cand);
+        }
+    }
+}
+
+/// The best usable parent for a stream: among servers offering the video, the one with the
+/// smallest skew-free `link_sum_us`; towards it, the neighbour with the smallest delay.
+fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> {
+    let down = st.downstream();
+    let usable = |n: &str| {
+        n != ctx.me
+            && !down.contains(n)
+            && !st.refused.get(n).is_some_and(|until| *until > ctx.now)
+            && ctx.neighbours.by_name(n).is_some()
+    };
+    let mut best_server: Option<(u64, &str)> = None;
+    for (server, routes) in ctx.routing.offers(video) {
+        let Some(ls) = routes
+            .parents
+            .iter()
+            .filter(|(n, _)| usable(n))
+            .map(|(_, r)| r.link_sum_us)
+            .min()
+        else {
+            continue;
+        };
+        if best_server.map_or(true, |(b, _)| ls < b) {
+            best_server = Some((ls, server));
+        }
+    }
+    let (_, server) = best_server?;
+    let routes = &ctx.routing.servers()[server];
+    let (neighbour, _) =
+        routes
+            .parents
+            .iter()
+            .filter(|(n, _)| usable(n))
+            .min_by(|(an, a), (bn, b)| {
+                a.delay_us
+                    .total_cmp(&b.delay_us)
+                    .then(a.link_sum_us.cmp(&b.link_sum_us))
+                    .then(an.cmp(bn))
+            })?;
+    Some(Choice {
+        neighbour: neighbour.clone(),
+        server: server.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(epoch: u64, seq: u64) -> VideoData {
+        VideoData {
+            video: "v".into(),
+            epoch,
+            seq,
+            flags: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    fn verdict(last: Option<(u64, u64)>, epoch: u64, seq: u64) -> Option<(u64, bool)> {
+        match order(last, &chunk(epoch, seq)) {
+            Order::Forward { gap, new_epoch } => Some((gap, new_epoch)),
+            Order::Duplicate => None,
+        }
+    }
+
+    #[test]
+    fn first_chunk_after_a_gap_is_forwarded_not_dropped_as_old() {
+        assert_eq!(verdict(Some((7, 10)), 7, 11), Some((0, false)));
+        assert_eq!(verdict(Some((7, 10)), 7, 15), Some((4, false)));
+        assert_eq!(verdict(Some((7, 10)), 7, 10), None);
+        assert_eq!(verdict(Some((7, 10)), 7, 3), None);
+    }
+
+    #[test]
+    fn any_other_epoch_is_a_new_stream_start() {
+        assert_eq!(verdict(None, 7, 500), Some((0, true)));
+        // A restarted server (larger epoch) or another server (any epoch) starts afresh.
+        assert_eq!(verdict(Some((7, 10)), 9, 0), Some((0, true)));
+        assert_eq!(verdict(Some((7, 10)), 2, 0), Some((0, true)));
+    }
+
+    #[test]
+    fn path_lists_the_subtree_then_ourselves() {
+        let mut st = Stream::new();
+        st.children.insert("C".into(), vec!["E".into(), "C".into()]);
+        st.children.insert("D".into(), vec!["D".into()]);
+        assert_eq!(st.path("B"), vec!["C", "D", "E", "B"]);
+        assert_eq!(st.consumers(), 2);
+    }
+}
