@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,13 +24,67 @@ use crate::crypto::Side;
 use crate::keyfile::Psk;
 use crate::net::transport::{self, SecureReader, SecureWriter, TransportError};
 use crate::overlay::{LinkId, Node, Output};
-use crate::wire::overlay::{Hello, OverlayMsg};
+use crate::wire::overlay::{Hello, OverlayMsg, VideoData};
 
 /// Queue depths per link.
 const CONTROL_QUEUE: usize = 1024;
 const MEDIA_QUEUE: usize = 256;
 /// Events from all link tasks into the node loop.
 const EVENT_QUEUE: usize = 4096;
+/// Local inputs (source chunks, subscriptions) into the node loop.
+const LOCAL_INPUT_QUEUE: usize = 256;
+/// Chunks delivered to local consumers (an edge's clients).
+const DELIVERED_QUEUE: usize = 512;
+/// How often the wall clock is re-anchored to the monotonic one.
+const WALL_CLOCK_REANCHOR: Duration = Duration::from_secs(10);
+
+/// What the daemon's own parts (video sources, the edge's client service, tests) tell the node.
+#[derive(Debug)]
+pub enum LocalInput {
+    /// A chunk of a video this server is streaming (after `LocalEvent::SourceStart`).
+    SourceChunk {
+        video: String,
+        payload: Bytes,
+        keyframe: bool,
+    },
+    /// A local consumer wants this video (counted like one child).
+    Subscribe(String),
+    /// A local consumer of this video left.
+    Unsubscribe(String),
+    /// The videos this server offers changed.
+    SetVideos(Vec<String>),
+}
+
+/// Control events from the node for the daemon's own parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalEvent {
+    /// Start reading this video (somebody asked for it).
+    SourceStart(String),
+    /// Stop reading it (the last consumer left).
+    SourceStop(String),
+}
+
+/// A chunk for local consumers, deduplicated and in order.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub video: String,
+    pub data: VideoData,
+}
+
+/// The daemon's side of the node's local channels.
+pub struct LocalPort {
+    pub input: mpsc::Sender<LocalInput>,
+    /// Unbounded because these are rare control events that must never be dropped.
+    pub events: mpsc::UnboundedReceiver<LocalEvent>,
+    /// Bounded: when the consumer falls behind, chunks are dropped and counted.
+    pub delivered: mpsc::Receiver<Delivered>,
+}
+
+struct LocalChannels {
+    input: mpsc::Receiver<LocalInput>,
+    events: mpsc::UnboundedSender<LocalEvent>,
+    delivered: mpsc::Sender<Delivered>,
+}
 
 /// Driver settings.
 #[derive(Debug, Clone)]
@@ -51,6 +105,7 @@ pub struct DriverCounters {
     pub handshakes_ok: AtomicU64,
     pub handshakes_refused: AtomicU64,
     pub media_dropped_queue_full: AtomicU64,
+    pub delivered_dropped_queue_full: AtomicU64,
     pub frames_undecodable: AtomicU64,
 }
 
@@ -83,6 +138,8 @@ pub struct NodeDriver {
     cfg: DriverConfig,
     listener: TcpListener,
     counters: Arc<DriverCounters>,
+    local: LocalChannels,
+    port: Option<LocalPort>,
 }
 
 impl NodeDriver {
@@ -94,11 +151,30 @@ impl NodeDriver {
                 format!("cannot listen for overlay links on {}: {e}", cfg.listen),
             )
         })?;
+        let (input_tx, input_rx) = mpsc::channel(LOCAL_INPUT_QUEUE);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (delivered_tx, delivered_rx) = mpsc::channel(DELIVERED_QUEUE);
         Ok(NodeDriver {
             cfg,
             listener,
             counters: Arc::default(),
+            local: LocalChannels {
+                input: input_rx,
+                events: events_tx,
+                delivered: delivered_tx,
+            },
+            port: Some(LocalPort {
+                input: input_tx,
+                events: events_rx,
+                delivered: delivered_rx,
+            }),
         })
+    }
+
+    /// The local channels (sources, local consumers). Can be taken once; when nobody takes
+    /// them, source events and deliveries are simply dropped.
+    pub fn take_local_port(&mut self) -> Option<LocalPort> {
+        self.port.take()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -110,8 +186,10 @@ impl NodeDriver {
     }
 
     /// Run the node until `shutdown` completes.
-    pub async fn run(self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+        let mut anchored = Instant::now();
+        node.set_wall_clock(anchored, wall_clock_us());
         let next_link = Arc::new(AtomicU64::new(1));
         let mut links: HashMap<LinkId, LinkHandle> = HashMap::new();
         let hello = node.hello();
@@ -153,11 +231,18 @@ impl NodeDriver {
                         close_link(&mut links, link);
                         node.handle_link_down(Instant::now(), link, &reason);
                     }
-                    // Placeholder until the driver wires sources and local consumers.
-                    other @ (Output::SourceStart { .. }
-                    | Output::SourceStop { .. }
-                    | Output::Deliver { .. }) => {
-                        debug!(?other, "node output not handled by this driver yet");
+                    Output::SourceStart { video } => {
+                        let _ = self.local.events.send(LocalEvent::SourceStart(video));
+                    }
+                    Output::SourceStop { video } => {
+                        let _ = self.local.events.send(LocalEvent::SourceStop(video));
+                    }
+                    Output::Deliver { video, data } => {
+                        if self.local.delivered.try_send(Delivered { video, data }).is_err() {
+                            self.counters
+                                .delivered_dropped_queue_full
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -218,8 +303,24 @@ impl NodeDriver {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                Some(input) = self.local.input.recv() => {
+                    let now = Instant::now();
+                    match input {
+                        LocalInput::SourceChunk { video, payload, keyframe } => {
+                            node.handle_source_chunk(now, &video, payload, keyframe)
+                        }
+                        LocalInput::Subscribe(video) => node.subscribe_local(now, &video),
+                        LocalInput::Unsubscribe(video) => node.unsubscribe_local(now, &video),
+                        LocalInput::SetVideos(videos) => node.set_videos(now, videos),
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
-                    node.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    if now.duration_since(anchored) >= WALL_CLOCK_REANCHOR {
+                        anchored = now;
+                        node.set_wall_clock(now, wall_clock_us());
+                    }
+                    node.handle_timeout(now);
                 }
             }
         }
@@ -227,6 +328,14 @@ impl NodeDriver {
             h.reader.abort();
         }
     }
+}
+
+/// Wall clock in microseconds since the UNIX epoch (flood timestamps).
+fn wall_clock_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Forget a link: dropping the queue senders ends its writer (which flushes what is queued and
