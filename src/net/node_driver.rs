@@ -238,7 +238,12 @@ impl NodeDriver {
                         let _ = self.local.events.send(LocalEvent::SourceStop(video));
                     }
                     Output::Deliver { video, data } => {
-                        if self.local.delivered.try_send(Delivered { video, data }).is_err() {
+                        if self
+                            .local
+                            .delivered
+                            .try_send(Delivered { video, data })
+                            .is_err()
+                        {
                             self.counters
                                 .delivered_dropped_queue_full
                                 .fetch_add(1, Ordering::Relaxed);

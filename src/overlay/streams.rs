@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::info;
 
 use super::neighbours::NeighbourTable;
 use super::node::Output;
@@ -575,6 +576,7 @@ impl Streams {
                 let epoch = ctx.wall_us.max(last + 1);
                 self.last_epoch.insert(video.to_string(), epoch);
                 st.source = Some((epoch, 0));
+                info!(video, epoch, "stream started at its source");
                 ctx.out.push_back(Output::SourceStart {
                     video: video.to_string(),
                 });
@@ -586,6 +588,7 @@ impl Streams {
         }
         match choose(ctx, video, st) {
             Some(c) => {
+                info!(video, parent = %c.neighbour, server = %c.server, "parent chosen");
                 st.parent = Some(Upstream::new(&c.neighbour, Some(c.server), ctx.now));
                 st.gf_asked = None;
                 st.grandfathers.clear();
@@ -670,6 +673,7 @@ impl Streams {
             }
         }
         let st = self.streams.remove(video).expect("checked");
+        info!(video, "stream stopped: no consumer left");
         for up in [st.parent, st.pending].into_iter().flatten() {
             ctx.send(
                 &up.name,
@@ -708,6 +712,7 @@ impl Streams {
             return;
         }
         if let Some(c) = choose(ctx, video, st) {
+            info!(video, parent = %c.neighbour, server = %c.server, "failover: parent lost, next-best parent asked");
             st.parent = Some(Upstream::new(&c.neighbour, Some(c.server), ctx.now));
             st.gf_asked = None;
             st.grandfathers.clear();
@@ -727,11 +732,13 @@ impl Streams {
                 continue;
             }
             if ctx.linked(&gf.name) {
+                info!(video, grandfather = %gf.name, "failover: only parent lost, asking a grandfather");
                 st.gf_dialing.clear();
                 st.parent = Some(Upstream::new(&gf.name, None, ctx.now));
                 self.request(ctx, video, &gf.name);
                 return;
             }
+            info!(video, grandfather = %gf.name, addr = %gf.addr, "failover: only parent lost, dialling a grandfather");
             ctx.neighbours.want(ctx.now, gf.addr, false);
             st.gf_dialing.insert(gf.name, gf.addr);
             self.counters
@@ -740,6 +747,10 @@ impl Streams {
                 .grandfather_dials += 1;
         }
         if st.gf_dialing.is_empty() {
+            info!(
+                video,
+                "failover: no parent and no grandfather left; children told"
+            );
             self.refuse_children(ctx, video);
         }
     }
@@ -749,6 +760,10 @@ impl Streams {
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
+        info!(
+            video, from = ?st.parent.as_ref().map(|p| p.name.clone()), to = %to.neighbour,
+            server = %to.server, "switching parent (make-before-break)"
+        );
         st.pending = Some(Upstream::new(&to.neighbour, Some(to.server), ctx.now));
         self.request(ctx, video, &to.neighbour);
     }
@@ -778,6 +793,7 @@ impl Streams {
         let Some(new) = st.pending.take() else {
             return;
         };
+        info!(video, parent = %new.name, "parent switch complete");
         if let Some(old) = st.parent.replace(new) {
             ctx.send(
                 &old.name,

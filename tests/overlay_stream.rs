@@ -1,0 +1,190 @@
+//! Real processes on loopback: a server streams a real clip through a diamond of nodes to a
+//! test consumer; kill -9 of the active middle node moves the stream to the other branch with
+//! no duplicate and no reordering. The measured gap is printed (timing goals are the
+//! benchmarks' business; the bounds here are generous liveness bounds).
+//!
+//! Addresses: 127.72.N.x per test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::consumer::{analyse, Consumer};
+use common::{keygen, Daemon, TempDir};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// S1 - O1 - {O2, O3} - O4 on 127.72.`net`.x.
+fn diamond(dir: &TempDir, net: u8) -> std::path::PathBuf {
+    let a = |i: u8| format!("\"127.72.{net}.{i}\"");
+    let text = format!(
+        r#"{{
+  "S1": {{ "neighbours": [{o1}], "addresses": [{s1}] }},
+  "O1": {{ "neighbours": [{s1}, {o2}, {o3}], "addresses": [{o1}] }},
+  "O2": {{ "neighbours": [{o1}, {o4}], "addresses": [{o2}] }},
+  "O3": {{ "neighbours": [{o1}, {o4}], "addresses": [{o3}] }},
+  "O4": {{ "neighbours": [{o2}, {o3}], "addresses": [{o4}] }}
+}}"#,
+        s1 = a(1),
+        o1 = a(2),
+        o2 = a(3),
+        o3 = a(4),
+        o4 = a(5)
+    );
+    let path = dir.path("topology.json");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn repo_videos() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
+}
+
+/// The first video the server offers: a `.ts` clip of videos/.
+fn some_video() -> String {
+    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ts"))
+        .collect();
+    names.sort();
+    names.into_iter().next().expect("a .ts clip in videos/")
+}
+
+struct Overlay {
+    _dir: TempDir,
+    key: std::path::PathBuf,
+    _bootstrapper: Daemon,
+    daemons: Vec<Daemon>,
+}
+
+impl Overlay {
+    fn daemon(&mut self, name: &str) -> &mut Daemon {
+        self.daemons.iter_mut().find(|d| d.name == name).unwrap()
+    }
+}
+
+fn start_diamond(net: u8) -> Overlay {
+    let dir = TempDir::new("stream");
+    let topo = diamond(&dir, net);
+    let key = dir.path("k");
+    keygen(&key);
+    let boot_ip = format!("127.72.{net}.100");
+    let b = Daemon::spawn(
+        "bootstrapper",
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--bind",
+            &boot_ip,
+        ],
+    );
+    b.wait_for(&["listening"], WAIT);
+    let videos = repo_videos();
+    let mut daemons = Vec::new();
+    for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {
+        let ip = format!("127.72.{net}.{}", i + 1);
+        let mut args = vec![
+            "--role",
+            if *name == "S1" { "server" } else { "node" },
+            "--name",
+            name,
+            "--bind",
+            &ip,
+            "--bootstrap",
+            &boot_ip,
+            "--key-file",
+            key.to_str().unwrap(),
+        ];
+        if *name == "S1" {
+            args.extend(["--videos", videos.to_str().unwrap()]);
+        }
+        daemons.push(Daemon::spawn(name, &args));
+    }
+    Overlay {
+        _dir: dir,
+        key,
+        _bootstrapper: b,
+        daemons,
+    }
+}
+
+#[test]
+fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
+    let net = 1;
+    let mut ov = start_diamond(net);
+    let video = some_video();
+    let psk = overlayd::keyfile::load(&ov.key).unwrap().psk;
+    let o4_addr = format!("127.72.{net}.5:7701").parse().unwrap();
+    ov.daemon("O4").wait_for(&["neighbour up", "O2"], WAIT);
+    ov.daemon("O4").wait_for(&["neighbour up", "O3"], WAIT);
+
+    let consumer = Consumer::start(o4_addr, psk, "TestConsumer", &video);
+    assert!(
+        consumer.wait_chunks(50, WAIT),
+        "no stream reached the consumer; O4 log:\n{}",
+        ov.daemon("O4").log().join("\n")
+    );
+    let chosen = ov.daemon("O4").wait_for(&["parent chosen"], WAIT);
+    let middle = if chosen.contains("O2") { "O2" } else { "O3" };
+    let other = if middle == "O2" { "O3" } else { "O2" };
+    assert!(chosen.contains(middle), "{chosen}");
+
+    let before = consumer.received().len();
+    let killed_at = Instant::now();
+    ov.daemon(middle).kill();
+    assert!(
+        consumer.wait_chunks(before + 100, WAIT),
+        "stream did not resume after killing {middle}; O4 log:\n{}",
+        ov.daemon("O4").log().join("\n")
+    );
+    let failover = ov.daemon("O4").wait_for(&["failover"], WAIT);
+    assert!(failover.contains(other), "{failover}");
+
+    let rx = consumer.received();
+    let d = analyse(&rx);
+    let first_after = rx.iter().find(|r| r.at > killed_at).map(|r| r.at);
+    let last_before = rx.iter().rev().find(|r| r.at <= killed_at).map(|r| r.at);
+    let gap = match (last_before, first_after) {
+        (Some(a), Some(b)) => b.duration_since(a),
+        _ => Duration::ZERO,
+    };
+    println!(
+        "kill -9 of {middle}: gap at the consumer {:.1} ms, chunks {}, missing {}, duplicates {}, reorderings {}, longest gap overall {:.1} ms",
+        gap.as_secs_f64() * 1e3,
+        d.chunks,
+        d.missing,
+        d.duplicates,
+        d.reorderings,
+        d.max_gap.as_secs_f64() * 1e3
+    );
+    assert_eq!(d.duplicates, 0);
+    assert_eq!(d.reorderings, 0);
+    assert!(gap < Duration::from_secs(5), "gap {gap:?}");
+    consumer.stop().unwrap();
+}
+
+#[test]
+fn cancel_stops_the_stream_all_the_way_to_the_server() {
+    let net = 2;
+    let mut ov = start_diamond(net);
+    let video = some_video();
+    let psk = overlayd::keyfile::load(&ov.key).unwrap().psk;
+    let o4_addr = format!("127.72.{net}.5:7701").parse().unwrap();
+    ov.daemon("O4").wait_for(&["neighbour up", "O2"], WAIT);
+    ov.daemon("O4").wait_for(&["neighbour up", "O3"], WAIT);
+    let consumer = Consumer::start(o4_addr, psk, "TestConsumer", &video);
+    assert!(consumer.wait_chunks(20, WAIT));
+    consumer.stop().unwrap();
+    // The cancel climbs to the server, which stops reading the file.
+    for name in ["O4", "O1"] {
+        ov.daemon(name)
+            .wait_for(&["stream stopped", &video], WAIT);
+    }
+    ov.daemon("S1").wait_for(&["stream stopped", &video], WAIT);
+    ov.daemon("S1").wait_for(&["source stopped", &video], WAIT);
+}
