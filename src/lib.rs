@@ -9,5 +9,6 @@ pub mod keyfile;
 pub mod net;
 pub mod overlay;
 pub mod roles;
+pub mod service;
 pub mod topology;
 pub mod wire;
