@@ -1791,6 +1791,27 @@ mod tests {
         assert_eq!(c.stats(now).malformed, 1);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn prop_arbitrary_datagrams_never_panic(
+            datagrams in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..20),
+            header in proptest::collection::vec(proptest::prelude::any::<u8>(), 26),
+        ) {
+            let (mut c, e, now) = playing();
+            for d in datagrams {
+                c.handle_datagram(now, e, Bytes::from(d));
+            }
+            // Framed headers with arbitrary fields and one packet of payload.
+            let mut d = header;
+            d[0] = crate::wire::client::TAG_VIDEO_DATA;
+            d.extend_from_slice(&chunk(1, 1));
+            c.handle_datagram(now, e, Bytes::from(d));
+            c.handle_timeout(now + Duration::from_secs(1));
+            while c.poll_output().is_some() {}
+        }
+    }
+
     #[test]
     fn raw_ts_is_taken_from_the_session_edge_only() {
         let (mut c, e, now) = playing();

@@ -1077,6 +1077,27 @@ mod tests {
         assert_eq!(k.unexpected_kind, 1);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn prop_arbitrary_datagrams_never_panic(
+            datagrams in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(),
+                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)), 0..30),
+        ) {
+            let mut h = Harness::new();
+            let c = addr("127.0.0.1:1");
+            h.request(c, "v1", 1, 0);
+            for (tag, body) in datagrams {
+                let mut d = vec![tag % 12];
+                d.extend_from_slice(&body);
+                h.edge.handle_datagram(h.now, c, Bytes::from(d));
+            }
+            h.chunk("v1", 1, true);
+            h.advance(Duration::from_secs(5));
+            h.outputs();
+        }
+    }
+
     #[test]
     fn new_client_waits_for_a_keyframe_when_there_is_no_cache() {
         let mut h = Harness::new();
