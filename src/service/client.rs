@@ -10,9 +10,10 @@
 //! the player until the new one delivers, then it is cancelled.
 //!
 //! What reaches the player: framed datagrams are ordered by `(epoch, seq, part)`. A datagram
-//! at or behind the last one delivered is dropped (duplicate or late), an epoch left behind is
-//! never returned to, so across any number of switches the player sees each TS packet at most
-//! once and in order; holes are counted as gaps. Raw-TS datagrams (an edge relaying through
+//! at or behind the last one delivered is dropped (duplicate or late), and an epoch left behind
+//! is not returned to while the new one flows (only a sustained run of it, when the overlay went
+//! back to that source, brings it back), so across any number of switches the player sees each
+//! TS packet at most once and in order; holes are counted as gaps. Raw-TS datagrams (an edge relaying through
 //! ffmpeg) carry no numbers: they are taken only from the session's edge (or, until it
 //! delivers, the edge being left), so a switch can repeat or skip a little video there.
 //!
@@ -35,7 +36,10 @@ use crate::wire::client::{
 const RECENT_KEYS: usize = 8192;
 /// Most datagrams held back during a switch.
 const MAX_HELD: usize = 2048;
-/// How many abandoned epochs are remembered (never returned to).
+/// Datagrams of an abandoned epoch in a row, with nothing delivered in between, after which
+/// that epoch is taken back (about half a second of video).
+const STALE_EPOCH_ADOPT: u32 = 64;
+/// How many abandoned epochs are remembered (not returned to while another one flows).
 const RETIRED_EPOCHS: usize = 16;
 
 /// Tunables of the client.
@@ -301,11 +305,24 @@ struct Sequencer {
     epoch: Option<u64>,
     last: (u64, u16, u16),
     retired: VecDeque<u64>,
+    /// An abandoned epoch seen again, and how many datagrams of it in a row.
+    stale: Option<(u64, u32)>,
     recent: HashSet<(u64, u64, u16)>,
     recent_order: VecDeque<(u64, u64, u16)>,
 }
 
 impl Sequencer {
+    /// Counts one more datagram of abandoned `epoch` with nothing delivered in between; true
+    /// once there have been [`STALE_EPOCH_ADOPT`] of them in a row.
+    fn stale_run(&mut self, epoch: u64) -> bool {
+        let run = match self.stale {
+            Some((e, n)) if e == epoch => n + 1,
+            _ => 1,
+        };
+        self.stale = Some((epoch, run));
+        run >= STALE_EPOCH_ADOPT
+    }
+
     /// True when `d` would be delivered after a hole.
     fn would_gap(&self, d: &VideoData) -> bool {
         match self.epoch {
@@ -327,7 +344,8 @@ impl Sequencer {
         if self.recent.contains(&key) {
             return Verdict::Duplicate;
         }
-        let verdict = match self.epoch {
+        let current = self.epoch;
+        let verdict = match current {
             Some(e) if e == d.epoch => {
                 let (seq, part, parts) = self.last;
                 if (d.seq, d.part) <= (seq, part) {
@@ -344,7 +362,11 @@ impl Sequencer {
                     new_chunk: d.seq != seq,
                 }
             }
-            _ if self.retired.contains(&d.epoch) => return Verdict::StaleEpoch,
+            // An abandoned epoch is not returned to while the current one flows; but if only
+            // it arrives (the overlay went back to that source for good), it is adopted.
+            _ if self.retired.contains(&d.epoch) && !self.stale_run(d.epoch) => {
+                return Verdict::StaleEpoch
+            }
             previous => {
                 if let Some(old) = previous {
                     self.retired.push_back(old);
@@ -360,6 +382,8 @@ impl Sequencer {
                 }
             }
         };
+        self.stale = None;
+        self.retired.retain(|&e| e != d.epoch);
         self.last = (d.seq, d.part, d.parts);
         self.recent.insert(key);
         self.recent_order.push_back(key);
@@ -1786,6 +1810,13 @@ mod tests {
         assert_eq!(st.epoch_changes, 1);
         assert_eq!(st.chunks, 4);
         assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        // Only the abandoned epoch keeps coming (the overlay went back to that source):
+        // after a run of it, it is taken back.
+        for seq in 20..20 + u64::from(STALE_EPOCH_ADOPT) + 5 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        assert_eq!(delivered(&mut c), 6);
+        assert_eq!(c.stats(now).epoch_changes, 2);
         // A malformed datagram is counted, not fatal.
         c.handle_datagram(now, e, Bytes::from_static(&[0x10, 1, 2]));
         assert_eq!(c.stats(now).malformed, 1);
