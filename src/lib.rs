@@ -9,6 +9,7 @@ pub mod keyfile;
 pub mod net;
 pub mod overlay;
 pub mod roles;
+pub mod service;
 pub mod sim;
 pub mod topology;
 pub mod wire;

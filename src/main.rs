@@ -213,6 +213,12 @@ struct ClientArgs {
     /// The edges' UDP port.
     #[arg(long, default_value_t = DEFAULT_EDGE_PORT)]
     edge_port: u16,
+    /// With --video: write the final statistics as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Local port (on 127.0.0.1) ffplay listens on; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    player_port: u16,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -383,6 +389,13 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             };
             init_logging(&a.log);
             let bootstrap = parse_bootstrap(&a.bootstrap)?;
+            let duration = match a.duration.map(Duration::try_from_secs_f64).transpose() {
+                Ok(d) => d,
+                Err(_) => {
+                    eprintln!("overlayd: --duration must be a non-negative number of seconds");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let cfg = roles::client::ClientConfig {
                 name: a.name,
                 bootstrap,
@@ -390,10 +403,12 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 edge: a.edge,
                 player: a.player == Player::Ffplay,
                 record: a.record,
-                duration: a.duration.map(Duration::from_secs_f64),
+                duration,
                 bind: a.bind,
                 client_port: a.client_port,
                 edge_port: a.edge_port,
+                stats_json: a.stats_json,
+                player_port: a.player_port,
             };
             return runtime()?
                 .block_on(roles::client::run(cfg))

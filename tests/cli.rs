@@ -285,36 +285,6 @@ fn device_started_before_the_bootstrapper_waits_for_it() {
 }
 
 #[test]
-fn client_says_honestly_that_it_is_not_implemented() {
-    let dir = TempDir::new("client");
-    let path = dir.path("topology.json");
-    std::fs::write(&path, r#"{ "C1": { "neighbours": ["127.71.3.2"] } }"#).unwrap();
-    let b = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            path.to_str().unwrap(),
-            "--bind",
-            "127.71.3.100",
-        ],
-    );
-    b.wait_for(&["listening"], WAIT);
-    let (code, _, err) = run(&[
-        "--role",
-        "client",
-        "--name",
-        "C1",
-        "--bootstrap",
-        "127.71.3.100",
-    ]);
-    assert_ne!(code, 0);
-    assert!(err.contains("not implemented yet"), "{err}");
-    assert!(err.contains("127.71.3.2:7702"), "{err}");
-}
-
-#[test]
 fn world_readable_key_file_is_warned_about() {
     let dir = TempDir::new("perm");
     let key = dir.path("k");

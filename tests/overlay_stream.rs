@@ -182,8 +182,7 @@ fn cancel_stops_the_stream_all_the_way_to_the_server() {
     consumer.stop().unwrap();
     // The cancel climbs to the server, which stops reading the file.
     for name in ["O4", "O1"] {
-        ov.daemon(name)
-            .wait_for(&["stream stopped", &video], WAIT);
+        ov.daemon(name).wait_for(&["stream stopped", &video], WAIT);
     }
     ov.daemon("S1").wait_for(&["stream stopped", &video], WAIT);
     ov.daemon("S1").wait_for(&["source stopped", &video], WAIT);

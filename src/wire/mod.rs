@@ -22,6 +22,7 @@
 //! decoder reserve more memory than the input could justify.
 
 pub mod bootstrap;
+pub mod client;
 pub mod overlay;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,0 +1,320 @@
+//! The tokio driver of an edge's client service: the edge's UDP socket, its timer, and the
+//! channels to the overlay node.
+//!
+//! It owns one UDP socket (the edge port) and runs an [`EdgeService`] over it. The overlay
+//! side talks to it through an [`EdgeHandle`]: chunks and video lists go in
+//! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
+//! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
+//! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
+//! socket through one bounded queue (a full queue drops and counts, never blocks the loop); an
+//! ffmpeg relay (the media module's) plugs in as [`Relay::Custom`]. All decisions are the
+//! service's.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::service::edge::{EdgeConfig, EdgeCounters, EdgeOutput, EdgeService};
+
+/// Largest datagram read from a client; every valid client message is far smaller.
+const RECV_BUF: usize = 2048;
+/// Depth of the input channel from the overlay node.
+const INPUT_QUEUE: usize = 1024;
+
+/// What the overlay node gives the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeInput {
+    /// One chunk of a video (whole TS packets); `keyframe` when it starts with one.
+    Chunk {
+        video: String,
+        epoch: u64,
+        seq: u64,
+        keyframe: bool,
+        payload: Bytes,
+    },
+    /// The videos the edge can reach now (from its route table).
+    Videos(Vec<String>),
+}
+
+/// What the edge asks of the overlay node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeEvent {
+    /// The first client of a video arrived (`Node::subscribe_local`).
+    Subscribe { video: String },
+    /// The last client of a video left (`Node::unsubscribe_local`).
+    Unsubscribe { video: String },
+}
+
+/// Where a session's video goes. Called from the driver loop: implementations must not block.
+pub trait VideoSink: Send {
+    /// A session starts (an ffmpeg relay would start its child for this client here).
+    fn open(&mut self, _client: SocketAddr, _video: &str, _stream: u32) {}
+    /// One framed video datagram ([`crate::wire::client::VideoData`]) for `client`.
+    fn send(&mut self, client: SocketAddr, datagram: Bytes);
+    /// The session ended.
+    fn close(&mut self, _client: SocketAddr) {}
+    /// Datagrams dropped so far (queue full, send errors).
+    fn dropped(&self) -> u64;
+}
+
+/// The built-in relay: framed datagrams from the edge's own socket.
+pub struct NativeSink {
+    queue: mpsc::Sender<(SocketAddr, Bytes)>,
+    dropped: Arc<AtomicU64>,
+    sender: JoinHandle<()>,
+}
+
+impl NativeSink {
+    /// A sink sending from `socket` through a queue of `depth` datagrams.
+    pub fn new(socket: Arc<UdpSocket>, depth: usize) -> NativeSink {
+        let (queue, mut rx) = mpsc::channel::<(SocketAddr, Bytes)>(depth.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let errors = dropped.clone();
+        let sender = tokio::spawn(async move {
+            while let Some((to, bytes)) = rx.recv().await {
+                if let Err(e) = socket.send_to(&bytes, to).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(%to, error = %e, "video datagram not sent");
+                }
+            }
+        });
+        NativeSink {
+            queue,
+            dropped,
+            sender,
+        }
+    }
+}
+
+impl VideoSink for NativeSink {
+    fn send(&mut self, client: SocketAddr, datagram: Bytes) {
+        if self.queue.try_send((client, datagram)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for NativeSink {
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
+}
+
+/// Builds a sink once the edge socket is bound.
+pub type SinkFactory = Box<dyn FnOnce(Arc<UdpSocket>) -> Box<dyn VideoSink> + Send>;
+
+/// How the edge relays video to its clients.
+pub enum Relay {
+    /// [`NativeSink`] with a queue of this many datagrams.
+    Native { queue: usize },
+    /// Another sink, e.g. the ffmpeg relay of `crate::media` (raw TS to the client).
+    Custom(SinkFactory),
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay::Native { queue: 4096 }
+    }
+}
+
+/// Driver settings.
+pub struct EdgeDriverConfig {
+    /// The edge's UDP address (IP and port) for clients.
+    pub bind: SocketAddr,
+    pub service: EdgeConfig,
+    pub relay: Relay,
+}
+
+/// Counters of the driver itself (the service's are in [`EdgeHandle::counters`]).
+#[derive(Debug, Default)]
+pub struct EdgeDriverCounters {
+    pub recv_errors: AtomicU64,
+    pub control_send_errors: AtomicU64,
+    /// Video datagrams the sink dropped (updated as the loop runs).
+    pub video_dropped: AtomicU64,
+}
+
+/// The overlay side of a running edge driver.
+pub struct EdgeHandle {
+    /// Chunks and video lists in. Use `try_send` from a busy loop: a full queue means the
+    /// edge is behind.
+    pub input: mpsc::Sender<EdgeInput>,
+    /// Subscribe/Unsubscribe out.
+    pub events: mpsc::UnboundedReceiver<EdgeEvent>,
+    /// The service's counters, refreshed after every input.
+    pub counters: watch::Receiver<EdgeCounters>,
+    pub driver_counters: Arc<EdgeDriverCounters>,
+    local_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl EdgeHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the driver and waits for it (its socket is closed when this returns).
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Kills the driver at once, like a crashed process (tests of edge death).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for EdgeHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds the edge socket and starts the driver.
+pub async fn spawn(cfg: EdgeDriverConfig) -> std::io::Result<EdgeHandle> {
+    let socket = Arc::new(UdpSocket::bind(cfg.bind).await?);
+    let local_addr = socket.local_addr()?;
+    let sink: Box<dyn VideoSink> = match cfg.relay {
+        Relay::Native { queue } => Box::new(NativeSink::new(socket.clone(), queue)),
+        Relay::Custom(factory) => factory(socket.clone()),
+    };
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (counters_tx, counters_rx) = watch::channel(EdgeCounters::default());
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let driver_counters = Arc::new(EdgeDriverCounters::default());
+    let service = EdgeService::new(cfg.service, Instant::now());
+    info!(listen = %local_addr, "edge listening for clients");
+    let task = tokio::spawn(run(
+        Loop {
+            socket,
+            service,
+            sink,
+            events: events_tx,
+            counters: counters_tx,
+            driver_counters: driver_counters.clone(),
+        },
+        input_rx,
+        shutdown_rx,
+    ));
+    Ok(EdgeHandle {
+        input: input_tx,
+        events: events_rx,
+        counters: counters_rx,
+        driver_counters,
+        local_addr,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+struct Loop {
+    socket: Arc<UdpSocket>,
+    service: EdgeService,
+    sink: Box<dyn VideoSink>,
+    events: mpsc::UnboundedSender<EdgeEvent>,
+    counters: watch::Sender<EdgeCounters>,
+    driver_counters: Arc<EdgeDriverCounters>,
+}
+
+async fn run(
+    mut l: Loop,
+    mut inputs: mpsc::Receiver<EdgeInput>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut inputs_open = true;
+    loop {
+        let deadline = l.service.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = l.socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let datagram = Bytes::copy_from_slice(&buf[..n]);
+                    l.service.handle_datagram(Instant::now(), from, datagram);
+                }
+                Err(e) => {
+                    // ICMP errors surface here on some systems; the socket stays usable.
+                    l.driver_counters.recv_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, "edge socket receive error");
+                }
+            },
+            input = inputs.recv(), if inputs_open => match input {
+                Some(EdgeInput::Chunk { video, epoch, seq, keyframe, payload }) => {
+                    l.service.handle_chunk(Instant::now(), &video, epoch, seq, keyframe, payload);
+                }
+                Some(EdgeInput::Videos(videos)) => l.service.set_videos(Instant::now(), videos),
+                None => inputs_open = false,
+            },
+            _ = sleep => l.service.handle_timeout(Instant::now()),
+        }
+        l.flush().await;
+    }
+    info!("edge driver stopped");
+}
+
+impl Loop {
+    async fn flush(&mut self) {
+        while let Some(out) = self.service.poll_output() {
+            match out {
+                EdgeOutput::Control { to, bytes } => {
+                    if let Err(e) = self.socket.send_to(&bytes, to).await {
+                        self.driver_counters
+                            .control_send_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(%to, error = %e, "control datagram not sent");
+                    }
+                }
+                EdgeOutput::Video { to, bytes } => self.sink.send(to, bytes),
+                EdgeOutput::SessionOpened {
+                    client,
+                    video,
+                    stream,
+                } => self.sink.open(client, &video, stream),
+                EdgeOutput::SessionClosed { client, .. } => self.sink.close(client),
+                EdgeOutput::Subscribe { video } => {
+                    if self.events.send(EdgeEvent::Subscribe { video }).is_err() {
+                        warn!("nobody listens to the edge's subscribe events");
+                    }
+                }
+                EdgeOutput::Unsubscribe { video } => {
+                    let _ = self.events.send(EdgeEvent::Unsubscribe { video });
+                }
+            }
+        }
+        self.driver_counters
+            .video_dropped
+            .store(self.sink.dropped(), Ordering::Relaxed);
+        let counters = self.service.counters();
+        self.counters.send_if_modified(|c| {
+            if c != counters {
+                c.clone_from(counters);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

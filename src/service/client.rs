@@ -1,0 +1,1881 @@
+//! The client side of the edge ↔ client service: edge measurement and choice, the video
+//! session, edge switching, and the in-order, duplicate-free stream handed to the player.
+//!
+//! [`ClientService`] owns every decision a client makes. It probes each of its edges
+//! continuously (round-trip time as an EWMA, loss over a window of recent probes), picks the
+//! best edge (`auto`) or the user's, asks for the video list and for a video (echoing the
+//! edge's cookie), keeps the session alive, and moves the session to another edge when its edge
+//! goes silent (no data and no probe acks for `dead_after`) or stays worse than another by a
+//! margin for a hold time (hysteresis). A move is make-before-break: the old edge keeps feeding
+//! the player until the new one delivers, then it is cancelled.
+//!
+//! What reaches the player: framed datagrams are ordered by `(epoch, seq, part)`. A datagram
+//! at or behind the last one delivered is dropped (duplicate or late), and an epoch left behind
+//! is not returned to while the new one flows (only a sustained run of it, when the overlay went
+//! back to that source, brings it back), so across any number of switches the player sees each
+//! TS packet at most once and in order; holes are counted as gaps. Raw-TS datagrams (an edge relaying through
+//! ffmpeg) carry no numbers: they are taken only from the session's edge (or, until it
+//! delivers, the edge being left), so a switch can repeat or skip a little video there.
+//!
+//! Inputs carry `now`; outputs ([`ClientOutput`]) are polled. No clock, no socket, no panics on
+//! network input.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use crate::wire::client::{
+    is_raw_ts, ClientMsg, ErrorCode, Keepalive, ListRequest, Probe, VideoCancel, VideoData,
+    VideoRequest, REQUEST_FLAG_CONTINUE,
+};
+
+/// How many recent datagram positions are remembered to tell duplicates from late arrivals.
+const RECENT_KEYS: usize = 8192;
+/// Most datagrams held back during a switch.
+const MAX_HELD: usize = 2048;
+/// Datagrams of an abandoned epoch in a row, with nothing delivered in between, after which
+/// that epoch is taken back (about half a second of video).
+const STALE_EPOCH_ADOPT: u32 = 64;
+/// How many abandoned epochs are remembered (not returned to while another one flows).
+const RETIRED_EPOCHS: usize = 16;
+
+/// Tunables of the client.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Interval between probes to each edge.
+    pub probe_interval: Duration,
+    /// A probe unanswered this long counts as lost.
+    pub probe_timeout: Duration,
+    /// Loss is measured over this many recent probes.
+    pub loss_window: usize,
+    /// Weight of a new RTT sample in the EWMA (the rest stays on the old value).
+    pub rtt_alpha: f64,
+    /// An edge with no probe ack and no data for this long is dead.
+    pub dead_after: Duration,
+    /// Interval between keepalives of a session.
+    pub keepalive_interval: Duration,
+    /// Interval between retransmissions of an unanswered request.
+    pub request_retry: Duration,
+    /// Added to an edge's score at 100 % loss (proportionally below).
+    pub loss_penalty: Duration,
+    /// Another edge must score below `switch_ratio` × the current edge's score...
+    pub switch_ratio: f64,
+    /// ...and at least this much below it...
+    pub switch_min_gain: Duration,
+    /// ...for this long, before a degradation switch.
+    pub switch_hold: Duration,
+    /// No degradation switch sooner than this after the previous choice.
+    pub min_dwell: Duration,
+    /// `auto` waits this long after the first edge answers for the others, unless all answer.
+    pub settle: Duration,
+    /// No edge answering within this long is reported ([`ClientEvent::NoEdge`]).
+    pub no_edge_timeout: Duration,
+    /// An edge that says "unknown video" is asked again for this long (it may still be
+    /// learning routes) before the error is reported.
+    pub unknown_video_grace: Duration,
+    /// A busy edge is avoided for this long.
+    pub busy_backoff: Duration,
+    /// The edge being left is cancelled after this long even if the new one has not delivered.
+    pub drain_limit: Duration,
+    /// During a make-before-break switch, datagrams of the new edge that are ahead of the old
+    /// edge wait at most this long for the old edge to catch up.
+    pub reorder_hold: Duration,
+    /// The first stream id; give each run a different one (random) so an edge never mistakes
+    /// a new run's request for a retransmission of an old one.
+    pub first_stream: u32,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            probe_interval: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(1000),
+            loss_window: 20,
+            rtt_alpha: 0.2,
+            dead_after: Duration::from_millis(1000),
+            keepalive_interval: Duration::from_millis(500),
+            request_retry: Duration::from_millis(300),
+            loss_penalty: Duration::from_millis(1000),
+            switch_ratio: 0.7,
+            switch_min_gain: Duration::from_millis(10),
+            switch_hold: Duration::from_millis(1500),
+            min_dwell: Duration::from_secs(3),
+            settle: Duration::from_millis(300),
+            no_edge_timeout: Duration::from_secs(5),
+            unknown_video_grace: Duration::from_secs(3),
+            busy_backoff: Duration::from_secs(5),
+            drain_limit: Duration::from_secs(2),
+            reorder_hold: Duration::from_millis(300),
+            first_stream: 1,
+        }
+    }
+}
+
+/// Which edge to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeChoice {
+    /// The best measured edge; moves on death or degradation.
+    Auto,
+    /// This edge; left only when it dies (for the best live one), never for degradation.
+    Pinned(SocketAddr),
+}
+
+/// Why the client (re)chose an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchReason {
+    Initial,
+    /// The edge went silent.
+    Dead,
+    /// Another edge was better by the margin for the hold time.
+    Degraded,
+    /// The user picked it.
+    User,
+    /// The edge said it is busy.
+    Busy,
+}
+
+impl SwitchReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchReason::Initial => "initial",
+            SwitchReason::Dead => "edge dead",
+            SwitchReason::Degraded => "edge degraded",
+            SwitchReason::User => "user choice",
+            SwitchReason::Busy => "edge busy",
+        }
+    }
+}
+
+/// Things the user interface and the role want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    EdgeChosen {
+        edge: SocketAddr,
+        previous: Option<SocketAddr>,
+        reason: SwitchReason,
+    },
+    /// No edge answered within `no_edge_timeout` (reported once; probing continues).
+    NoEdge { waited: Duration },
+    /// The current edge died and no other edge is alive.
+    EdgeLost { edge: SocketAddr },
+    VideoList {
+        edge: SocketAddr,
+        videos: Vec<String>,
+    },
+    /// An edge accepted the video request.
+    Accepted { video: String, edge: SocketAddr },
+    /// The first datagram of the session on this edge arrived.
+    FirstData { video: String, edge: SocketAddr },
+    /// The video request failed for good (the session is dropped for `UnknownVideo`).
+    VideoError {
+        video: String,
+        edge: SocketAddr,
+        code: ErrorCode,
+    },
+}
+
+/// What the service wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOutput {
+    /// A datagram for an edge.
+    Send {
+        to: SocketAddr,
+        bytes: Bytes,
+    },
+    /// Raw MPEG-TS for the player / recording, in order.
+    Deliver(Bytes),
+    Event(ClientEvent),
+}
+
+/// One row of the edge table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeStatus {
+    pub addr: SocketAddr,
+    /// RTT EWMA; `None` before the first ack.
+    pub rtt: Option<Duration>,
+    /// Fraction of the recent probes lost (0..=1).
+    pub loss: f64,
+    /// Probes in the loss window.
+    pub samples: usize,
+    /// Answered a probe within `dead_after`.
+    pub alive: bool,
+    /// The edge the client uses.
+    pub chosen: bool,
+    /// RTT plus the loss penalty: lower is better.
+    pub score: Option<Duration>,
+    /// Time spent as the session's edge.
+    pub time_used: Duration,
+    pub bytes: u64,
+}
+
+/// Time and bytes one edge served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeUse {
+    pub edge: SocketAddr,
+    pub time: Duration,
+    pub bytes: u64,
+}
+
+/// Statistics of what the client received and handed to the player.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// TS bytes handed to the player.
+    pub bytes: u64,
+    /// Datagrams handed to the player.
+    pub datagrams: u64,
+    /// Distinct chunks (epoch, seq) handed to the player (framed mode).
+    pub chunks: u64,
+    /// Raw-TS datagrams handed to the player (ffmpeg relay mode).
+    pub raw_datagrams: u64,
+    /// Holes in the sequence of what was handed over.
+    pub gaps: u64,
+    /// Whole chunks missing in those holes.
+    pub missing_chunks: u64,
+    /// Datagrams dropped because they were already handed over.
+    pub duplicates_dropped: u64,
+    /// Datagrams dropped because they arrived behind what was handed over.
+    pub reordered_dropped: u64,
+    /// Datagrams of another stream, another edge or an abandoned epoch.
+    pub stale_dropped: u64,
+    /// Checked independently on the output: must stay 0.
+    pub delivered_duplicates: u64,
+    /// Checked independently on the output: must stay 0.
+    pub delivered_reorderings: u64,
+    pub epoch_changes: u64,
+    pub edge_switches: u64,
+    pub malformed: u64,
+    /// Edges that served the session, in first-use order.
+    pub edges: Vec<EdgeUse>,
+}
+
+#[derive(Debug)]
+struct EdgeState {
+    addr: SocketAddr,
+    cookie: Option<u64>,
+    pending: VecDeque<(u64, Instant)>,
+    /// Recent probe outcomes, `true` = lost.
+    window: VecDeque<bool>,
+    rtt: Option<Duration>,
+    last_ack: Option<Instant>,
+    last_data: Option<Instant>,
+    next_probe: Instant,
+    busy_until: Option<Instant>,
+    used: Duration,
+    bytes: u64,
+    first_used: Option<u64>,
+}
+
+/// The session as it stands on one edge.
+#[derive(Debug, Clone)]
+struct Attachment {
+    edge: usize,
+    accepted: bool,
+    got_data: bool,
+    last_request: Option<Instant>,
+    last_keepalive: Option<Instant>,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Want {
+    video: String,
+    stream: u32,
+    since: Instant,
+    delivered: bool,
+    busy_reported: bool,
+}
+
+enum Verdict {
+    Deliver {
+        gap: bool,
+        missing: u64,
+        new_chunk: bool,
+    },
+    Duplicate,
+    Late,
+    StaleEpoch,
+}
+
+/// Orders framed datagrams by (epoch, seq, part); see the module docs.
+#[derive(Debug, Default)]
+struct Sequencer {
+    epoch: Option<u64>,
+    last: (u64, u16, u16),
+    retired: VecDeque<u64>,
+    /// An abandoned epoch seen again, and how many datagrams of it in a row.
+    stale: Option<(u64, u32)>,
+    recent: HashSet<(u64, u64, u16)>,
+    recent_order: VecDeque<(u64, u64, u16)>,
+}
+
+impl Sequencer {
+    /// Counts one more datagram of abandoned `epoch` with nothing delivered in between; true
+    /// once there have been [`STALE_EPOCH_ADOPT`] of them in a row.
+    fn stale_run(&mut self, epoch: u64) -> bool {
+        let run = match self.stale {
+            Some((e, n)) if e == epoch => n + 1,
+            _ => 1,
+        };
+        self.stale = Some((epoch, run));
+        run >= STALE_EPOCH_ADOPT
+    }
+
+    /// True when `d` would be delivered after a hole.
+    fn would_gap(&self, d: &VideoData) -> bool {
+        match self.epoch {
+            Some(e) if e == d.epoch => {
+                let (seq, part, parts) = self.last;
+                let next = if part + 1 < parts {
+                    (seq, part + 1)
+                } else {
+                    (seq.saturating_add(1), 0)
+                };
+                (d.seq, d.part) > next
+            }
+            _ => false,
+        }
+    }
+
+    fn check(&mut self, d: &VideoData) -> Verdict {
+        let key = (d.epoch, d.seq, d.part);
+        if self.recent.contains(&key) {
+            return Verdict::Duplicate;
+        }
+        let current = self.epoch;
+        let verdict = match current {
+            Some(e) if e == d.epoch => {
+                let (seq, part, parts) = self.last;
+                if (d.seq, d.part) <= (seq, part) {
+                    return Verdict::Late;
+                }
+                let next = if part + 1 < parts {
+                    (seq, part + 1)
+                } else {
+                    (seq.saturating_add(1), 0)
+                };
+                Verdict::Deliver {
+                    gap: (d.seq, d.part) != next,
+                    missing: d.seq.saturating_sub(seq).saturating_sub(1),
+                    new_chunk: d.seq != seq,
+                }
+            }
+            // An abandoned epoch is not returned to while the current one flows; but if only
+            // it arrives (the overlay went back to that source for good), it is adopted.
+            _ if self.retired.contains(&d.epoch) && !self.stale_run(d.epoch) => {
+                return Verdict::StaleEpoch
+            }
+            previous => {
+                if let Some(old) = previous {
+                    self.retired.push_back(old);
+                    if self.retired.len() > RETIRED_EPOCHS {
+                        self.retired.pop_front();
+                    }
+                }
+                self.epoch = Some(d.epoch);
+                Verdict::Deliver {
+                    gap: false,
+                    missing: 0,
+                    new_chunk: true,
+                }
+            }
+        };
+        self.stale = None;
+        self.retired.retain(|&e| e != d.epoch);
+        self.last = (d.seq, d.part, d.parts);
+        self.recent.insert(key);
+        self.recent_order.push_back(key);
+        if self.recent_order.len() > RECENT_KEYS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+        verdict
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct ClientService {
+    settings: ClientSettings,
+    choice: EdgeChoice,
+    edges: Vec<EdgeState>,
+    start: Instant,
+    current: Option<usize>,
+    chosen_at: Instant,
+    first_ack_at: Option<Instant>,
+    no_edge_reported: bool,
+    lost_reported: bool,
+    /// A better edge and since when it has been better.
+    better: Option<(usize, Instant)>,
+    want: Option<Want>,
+    next_stream: u32,
+    session: Option<Attachment>,
+    draining: Option<Attachment>,
+    list_wanted: bool,
+    list_last: Option<Instant>,
+    next_token: u64,
+    seq: Sequencer,
+    /// New edge's datagrams waiting for the old edge to catch up during a switch.
+    held: VecDeque<VideoData>,
+    hold_until: Option<Instant>,
+    /// Output audit: the last framed position handed over.
+    audit: Option<(u64, u64, u16)>,
+    stats: ClientStats,
+    accounted_at: Instant,
+    outputs: VecDeque<ClientOutput>,
+}
+
+impl ClientService {
+    /// A client of `edges` (duplicates ignored). Nothing is sent until the first
+    /// [`ClientService::handle_timeout`].
+    pub fn new(
+        settings: ClientSettings,
+        edges: Vec<SocketAddr>,
+        choice: EdgeChoice,
+        now: Instant,
+    ) -> ClientService {
+        let mut states: Vec<EdgeState> = Vec::new();
+        for addr in edges {
+            if states.iter().any(|e| e.addr == addr) {
+                continue;
+            }
+            states.push(EdgeState {
+                addr,
+                cookie: None,
+                pending: VecDeque::new(),
+                window: VecDeque::new(),
+                rtt: None,
+                last_ack: None,
+                last_data: None,
+                next_probe: now,
+                busy_until: None,
+                used: Duration::ZERO,
+                bytes: 0,
+                first_used: None,
+            });
+        }
+        ClientService {
+            next_stream: settings.first_stream,
+            settings,
+            choice,
+            edges: states,
+            start: now,
+            current: None,
+            chosen_at: now,
+            first_ack_at: None,
+            no_edge_reported: false,
+            lost_reported: false,
+            better: None,
+            want: None,
+            session: None,
+            draining: None,
+            list_wanted: false,
+            list_last: None,
+            next_token: 1,
+            seq: Sequencer::default(),
+            held: VecDeque::new(),
+            hold_until: None,
+            audit: None,
+            stats: ClientStats::default(),
+            accounted_at: now,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The edge in use, if any.
+    pub fn current_edge(&self) -> Option<SocketAddr> {
+        self.current.map(|i| self.edges[i].addr)
+    }
+
+    /// The video wanted, if any.
+    pub fn video(&self) -> Option<&str> {
+        self.want.as_ref().map(|w| w.video.as_str())
+    }
+
+    pub fn choice(&self) -> EdgeChoice {
+        self.choice
+    }
+
+    /// The edge table.
+    pub fn edges(&self, now: Instant) -> Vec<EdgeStatus> {
+        self.edges
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EdgeStatus {
+                addr: e.addr,
+                rtt: e.rtt,
+                loss: loss(e),
+                samples: e.window.len(),
+                alive: self.alive(i, now),
+                chosen: self.current == Some(i),
+                score: self.score(i),
+                time_used: e.used + self.unaccounted(i, now),
+                bytes: e.bytes,
+            })
+            .collect()
+    }
+
+    /// Statistics so far, time on the current edge included.
+    pub fn stats(&self, now: Instant) -> ClientStats {
+        let mut stats = self.stats.clone();
+        let mut used: Vec<(u64, usize)> = self
+            .edges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.first_used.map(|order| (order, i)))
+            .collect();
+        used.sort();
+        stats.edges = used
+            .into_iter()
+            .map(|(_, i)| EdgeUse {
+                edge: self.edges[i].addr,
+                time: self.edges[i].used + self.unaccounted(i, now),
+                bytes: self.edges[i].bytes,
+            })
+            .collect();
+        stats
+    }
+
+    /// Asks the current edge (once one is chosen) for its video list.
+    pub fn request_list(&mut self, now: Instant) {
+        self.list_wanted = true;
+        self.list_last = None;
+        self.drive(now);
+    }
+
+    /// Plays `video` (stopping any other); returns the stream id.
+    pub fn play(&mut self, now: Instant, video: &str) -> u32 {
+        self.stop(now);
+        let stream = self.next_stream;
+        self.next_stream = self.next_stream.wrapping_add(1);
+        self.want = Some(Want {
+            video: video.to_owned(),
+            stream,
+            since: now,
+            delivered: false,
+            busy_reported: false,
+        });
+        // A new stream starts a new sequence: an old video's epochs mean nothing to it.
+        self.seq = Sequencer::default();
+        self.audit = None;
+        self.drive(now);
+        stream
+    }
+
+    /// Stops the video: cancels it on every edge that serves it.
+    pub fn stop(&mut self, now: Instant) {
+        self.account(now);
+        self.held.clear();
+        self.hold_until = None;
+        if let Some(want) = self.want.take() {
+            for att in [self.session.take(), self.draining.take()]
+                .into_iter()
+                .flatten()
+            {
+                self.send_cancel(att.edge, want.stream);
+            }
+        }
+    }
+
+    /// Changes the edge choice. Pinning an address that is not one of the edges is refused.
+    pub fn set_choice(&mut self, now: Instant, choice: EdgeChoice) -> Result<(), UnknownEdge> {
+        if let EdgeChoice::Pinned(addr) = choice {
+            let idx = self
+                .edges
+                .iter()
+                .position(|e| e.addr == addr)
+                .ok_or(UnknownEdge(addr))?;
+            self.choice = choice;
+            if self.current != Some(idx) {
+                self.switch_to(now, idx, SwitchReason::User);
+            }
+        } else {
+            self.choice = choice;
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`ClientService::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let s = &self.settings;
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for e in &self.edges {
+            at(e.next_probe);
+            if let Some((_, sent)) = e.pending.front() {
+                at(*sent + s.probe_timeout);
+            }
+        }
+        if let Some(c) = self.current {
+            at(self.heard(c) + s.dead_after);
+        } else if self.first_ack_at.is_none() && !self.no_edge_reported {
+            at(self.start + s.no_edge_timeout);
+        }
+        if let Some(first) = self.first_ack_at {
+            if self.current.is_none() {
+                at(first + s.settle);
+            }
+        }
+        if let Some((_, since)) = self.better {
+            at(since + s.switch_hold);
+        }
+        for att in [&self.session, &self.draining].into_iter().flatten() {
+            match (att.accepted, att.last_request) {
+                (false, Some(t)) => at(t + s.request_retry),
+                (false, None) => {}
+                (true, _) => at(att
+                    .last_keepalive
+                    .map_or(att.since, |t| t + s.keepalive_interval)),
+            }
+        }
+        if let Some(d) = &self.draining {
+            at(d.since + s.drain_limit);
+        }
+        if let Some(t) = self.hold_until {
+            at(t);
+        }
+        if self.list_wanted {
+            if let Some(t) = self.list_last {
+                at(t + s.request_retry);
+            }
+        }
+        next
+    }
+
+    /// Timers: probes, liveness, edge choice, retransmissions, keepalives.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.probe(now);
+        self.drive(now);
+    }
+
+    /// One datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        let Some(e) = self.edges.iter().position(|e| e.addr == from) else {
+            self.stats.stale_dropped += 1;
+            return;
+        };
+        if is_raw_ts(&datagram) {
+            self.raw_video(now, e, datagram);
+            return;
+        }
+        let msg = match ClientMsg::decode(datagram) {
+            Ok(m) => m,
+            Err(err) => {
+                self.stats.malformed += 1;
+                debug!(%from, error = %err, "malformed datagram from edge dropped");
+                return;
+            }
+        };
+        match msg {
+            ClientMsg::ProbeAck(ack) => {
+                let edge = &mut self.edges[e];
+                let Some(i) = edge.pending.iter().position(|(t, _)| *t == ack.token) else {
+                    // Late (already counted lost) or not ours: no sample, no cookie.
+                    return;
+                };
+                let (_, sent) = edge.pending.remove(i).unwrap_or((0, now));
+                let sample = now.saturating_duration_since(sent);
+                let a = self.settings.rtt_alpha;
+                edge.rtt = Some(match edge.rtt {
+                    Some(old) => old.mul_f64(1.0 - a) + sample.mul_f64(a),
+                    None => sample,
+                });
+                push_outcome(edge, false, self.settings.loss_window);
+                edge.last_ack = Some(now);
+                edge.cookie = Some(ack.cookie);
+                self.first_ack_at.get_or_insert(now);
+            }
+            ClientMsg::Challenge(c) => {
+                self.edges[e].cookie = Some(c.cookie);
+                // Whatever was refused goes again at the next tick, with the new cookie.
+                for att in [&mut self.session, &mut self.draining]
+                    .into_iter()
+                    .flatten()
+                {
+                    if att.edge == e {
+                        att.last_request = None;
+                        att.last_keepalive = None;
+                    }
+                }
+                if self.current == Some(e) {
+                    self.list_last = None;
+                }
+                self.drive(now);
+            }
+            ClientMsg::ListReply(reply) => {
+                if self.list_wanted && self.current == Some(e) {
+                    self.list_wanted = false;
+                    self.event(ClientEvent::VideoList {
+                        edge: from,
+                        videos: reply.videos,
+                    });
+                }
+            }
+            ClientMsg::VideoOk(ok) => {
+                let Some(want) = &self.want else { return };
+                if ok.stream != want.stream {
+                    return;
+                }
+                let video = want.video.clone();
+                if let Some(att) = self.session.as_mut().filter(|a| a.edge == e) {
+                    if !att.accepted {
+                        att.accepted = true;
+                        att.last_keepalive = Some(now);
+                        info!(%video, edge = %from, "video accepted by edge");
+                        self.event(ClientEvent::Accepted { video, edge: from });
+                    }
+                }
+            }
+            ClientMsg::Error(err) => self.edge_error(now, e, err.code, err.stream),
+            ClientMsg::VideoData(d) => self.framed_video(now, e, d),
+            other => {
+                self.stats.malformed += 1;
+                debug!(%from, kind = other.kind(), "edge sent a client-only message");
+            }
+        }
+    }
+
+    fn edge_error(&mut self, now: Instant, e: usize, code: ErrorCode, stream: u32) {
+        let Some(want) = &mut self.want else { return };
+        if stream != want.stream {
+            return;
+        }
+        let edge = self.edges[e].addr;
+        let video = want.video.clone();
+        let on_session = self.session.as_ref().is_some_and(|a| a.edge == e);
+        match code {
+            // Within the grace the retry timer asks again: the edge may be learning routes.
+            ErrorCode::UnknownVideo
+                if on_session
+                    && now.saturating_duration_since(want.since)
+                        >= self.settings.unknown_video_grace =>
+            {
+                info!(%video, %edge, "edge does not know the video");
+                self.want = None;
+                self.session = None;
+                if let Some(d) = self.draining.take() {
+                    self.send_cancel(d.edge, stream);
+                }
+                self.event(ClientEvent::VideoError { video, edge, code });
+            }
+            ErrorCode::Busy if on_session => {
+                let already_reported = std::mem::replace(&mut want.busy_reported, true);
+                self.edges[e].busy_until = Some(now + self.settings.busy_backoff);
+                match self.best(now, Some(e)) {
+                    Some(alt) if self.choice == EdgeChoice::Auto => {
+                        self.switch_to(now, alt, SwitchReason::Busy);
+                        self.drive(now);
+                    }
+                    _ if !already_reported => {
+                        self.event(ClientEvent::VideoError { video, edge, code })
+                    }
+                    _ => {}
+                }
+            }
+            ErrorCode::UnknownStream => {
+                // The edge lost our session (lease ran out, edge restarted): ask again.
+                if let Some(att) = self.session.as_mut().filter(|a| a.edge == e) {
+                    att.accepted = false;
+                    att.last_request = None;
+                    self.drive(now);
+                } else if self.draining.as_ref().is_some_and(|d| d.edge == e) {
+                    self.draining = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn framed_video(&mut self, now: Instant, e: usize, d: VideoData) {
+        self.edges[e].last_data = Some(now);
+        if self.want.as_ref().is_none_or_stream(d.stream) {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        let session = self.session.as_ref().map(|a| (a.edge, a.got_data));
+        let draining = self.draining.as_ref().map(|a| a.edge);
+        match (session, draining) {
+            (Some((s, false)), Some(_)) if s == e => {
+                // Make-before-break: the new edge is ahead of the old one. Its datagrams wait
+                // (a little) for the old edge to fill the hole, so a switch to a faster edge
+                // loses nothing.
+                if self.hold_until.is_some() || self.seq.would_gap(&d) {
+                    self.hold_until
+                        .get_or_insert(now + self.settings.reorder_hold);
+                    self.held.push_back(d);
+                    if self.held.len() >= MAX_HELD {
+                        self.release_held(now);
+                    }
+                    return;
+                }
+                // At or behind the old edge: it has everything that follows, take it now.
+                self.mark_session_data(e);
+                self.sequence(now, e, d);
+            }
+            (Some((s, _)), _) if s == e => self.sequence(now, e, d),
+            (Some((_, false)) | None, Some(dr)) if dr == e => {
+                self.sequence(now, e, d);
+                if self.held.front().is_some_and(|h| !self.seq.would_gap(h)) {
+                    self.release_held(now);
+                }
+            }
+            _ => self.stats.stale_dropped += 1,
+        }
+    }
+
+    /// Hands the datagrams held during a switch to the sequencer (the new edge takes over).
+    fn release_held(&mut self, now: Instant) {
+        self.hold_until = None;
+        let Some(e) = self.session.as_ref().map(|a| a.edge) else {
+            self.held.clear();
+            return;
+        };
+        for d in std::mem::take(&mut self.held) {
+            self.sequence(now, e, d);
+        }
+    }
+
+    /// Orders one datagram from an edge allowed to feed the player.
+    fn sequence(&mut self, now: Instant, e: usize, d: VideoData) {
+        let verdict = self.seq.check(&d);
+        match verdict {
+            Verdict::Duplicate => self.stats.duplicates_dropped += 1,
+            Verdict::Late => self.stats.reordered_dropped += 1,
+            Verdict::StaleEpoch => self.stats.stale_dropped += 1,
+            Verdict::Deliver {
+                gap,
+                missing,
+                new_chunk,
+            } => {
+                let key = (d.epoch, d.seq, d.part);
+                match self.audit {
+                    Some(last) if last.0 == key.0 && key == last => {
+                        self.stats.delivered_duplicates += 1
+                    }
+                    Some(last) if last.0 == key.0 && key < last => {
+                        self.stats.delivered_reorderings += 1
+                    }
+                    Some(last) if last.0 != key.0 => self.stats.epoch_changes += 1,
+                    _ => {}
+                }
+                self.audit = Some(key);
+                if gap {
+                    self.stats.gaps += 1;
+                    self.stats.missing_chunks += missing;
+                }
+                if new_chunk {
+                    self.stats.chunks += 1;
+                }
+                self.mark_session_data(e);
+                self.deliver(now, e, d.payload);
+            }
+        }
+    }
+
+    /// The session's edge delivered to the player: from now on it alone feeds it.
+    fn mark_session_data(&mut self, e: usize) {
+        let Some(att) = self.session.as_mut().filter(|a| a.edge == e) else {
+            return;
+        };
+        if att.got_data {
+            return;
+        }
+        att.got_data = true;
+        let edge = self.edges[e].addr;
+        let video = self
+            .want
+            .as_ref()
+            .map(|w| w.video.clone())
+            .unwrap_or_default();
+        info!(%video, %edge, "receiving video from edge");
+        self.event(ClientEvent::FirstData { video, edge });
+    }
+
+    fn raw_video(&mut self, now: Instant, e: usize, datagram: Bytes) {
+        self.edges[e].last_data = Some(now);
+        let Some(stream) = self.want.as_ref().map(|w| w.stream) else {
+            self.stats.stale_dropped += 1;
+            return;
+        };
+        if !self.accepts_from(e, stream) {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        self.stats.raw_datagrams += 1;
+        self.deliver(now, e, datagram);
+    }
+
+    /// Video of `stream` from edge `e` may reach the player: the session's edge, or the edge
+    /// being left while the new one has delivered nothing.
+    fn accepts_from(&mut self, e: usize, stream: u32) -> bool {
+        if self.want.as_ref().is_none_or_stream(stream) {
+            return false;
+        }
+        let session_delivers = self.session.as_ref().is_some_and(|a| a.got_data);
+        if self.session.as_ref().is_some_and(|a| a.edge == e) {
+            self.mark_session_data(e);
+            return true;
+        }
+        self.draining.as_ref().is_some_and(|d| d.edge == e) && !session_delivers
+    }
+
+    fn deliver(&mut self, now: Instant, e: usize, payload: Bytes) {
+        self.account(now);
+        let edge = &mut self.edges[e];
+        if edge.first_used.is_none() {
+            // Datagram count only grows: it orders edges by first use.
+            edge.first_used = Some(self.stats.datagrams);
+        }
+        edge.bytes += payload.len() as u64;
+        self.stats.bytes += payload.len() as u64;
+        self.stats.datagrams += 1;
+        if let Some(w) = &mut self.want {
+            w.delivered = true;
+        }
+        self.outputs.push_back(ClientOutput::Deliver(payload));
+    }
+
+    fn send(&mut self, e: usize, msg: ClientMsg) {
+        match msg.to_bytes() {
+            Ok(bytes) => self.outputs.push_back(ClientOutput::Send {
+                to: self.edges[e].addr,
+                bytes,
+            }),
+            Err(err) => debug!(error = %err, "cannot encode request"),
+        }
+    }
+
+    fn send_cancel(&mut self, e: usize, stream: u32) {
+        // Without a cookie the edge would only challenge: the lease ends the session then.
+        if let Some(cookie) = self.edges[e].cookie {
+            self.send(e, ClientMsg::VideoCancel(VideoCancel { cookie, stream }));
+        }
+    }
+
+    fn event(&mut self, ev: ClientEvent) {
+        self.outputs.push_back(ClientOutput::Event(ev));
+    }
+
+    fn alive(&self, e: usize, now: Instant) -> bool {
+        self.edges[e]
+            .last_ack
+            .is_some_and(|t| now.saturating_duration_since(t) <= self.settings.dead_after)
+    }
+
+    /// Last sign of life of an edge in use: an ack, data, or the moment it was chosen.
+    fn heard(&self, e: usize) -> Instant {
+        let edge = &self.edges[e];
+        [edge.last_ack, edge.last_data, Some(self.chosen_at)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(self.chosen_at)
+    }
+
+    fn score(&self, e: usize) -> Option<Duration> {
+        let edge = &self.edges[e];
+        edge.rtt
+            .map(|rtt| rtt + self.settings.loss_penalty.mul_f64(loss(edge)))
+    }
+
+    /// The best live, not busy edge other than `except`.
+    fn best(&self, now: Instant, except: Option<usize>) -> Option<usize> {
+        (0..self.edges.len())
+            .filter(|&i| Some(i) != except && self.alive(i, now))
+            .filter(|&i| self.edges[i].busy_until.map_or(true, |t| now >= t))
+            .filter_map(|i| self.score(i).map(|s| (s, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    fn unaccounted(&self, e: usize, now: Instant) -> Duration {
+        match (&self.session, &self.want) {
+            (Some(att), Some(_)) if att.edge == e && att.got_data => {
+                now.saturating_duration_since(self.accounted_at)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Adds the time since the last call to the session edge's usage.
+    fn account(&mut self, now: Instant) {
+        if let Some(att) = &self.session {
+            let extra = self.unaccounted(att.edge, now);
+            self.edges[att.edge].used += extra;
+        }
+        self.accounted_at = now;
+    }
+
+    fn switch_to(&mut self, now: Instant, idx: usize, reason: SwitchReason) {
+        let previous = self.current.map(|i| self.edges[i].addr);
+        if previous.is_some() {
+            self.stats.edge_switches += 1;
+        }
+        self.current = Some(idx);
+        self.chosen_at = now;
+        self.better = None;
+        self.lost_reported = false;
+        let edge = self.edges[idx].addr;
+        info!(%edge, previous = ?previous, reason = reason.as_str(), "edge chosen");
+        self.event(ClientEvent::EdgeChosen {
+            edge,
+            previous,
+            reason,
+        });
+    }
+
+    fn probe(&mut self, now: Instant) {
+        for e in 0..self.edges.len() {
+            let timeout = self.settings.probe_timeout;
+            let window = self.settings.loss_window;
+            let edge = &mut self.edges[e];
+            while let Some(&(_, sent)) = edge.pending.front() {
+                if now.saturating_duration_since(sent) < timeout {
+                    break;
+                }
+                edge.pending.pop_front();
+                push_outcome(edge, true, window);
+            }
+            if now >= edge.next_probe {
+                let token = self.next_token;
+                self.next_token += 1;
+                edge.pending.push_back((token, now));
+                edge.next_probe = now + self.settings.probe_interval;
+                self.send(e, ClientMsg::Probe(Probe { token }));
+            }
+        }
+    }
+
+    /// Edge choice, session placement, retransmissions and keepalives.
+    fn drive(&mut self, now: Instant) {
+        self.account(now);
+        if self.hold_until.is_some_and(|t| now >= t) {
+            self.release_held(now);
+        }
+        self.choose(now);
+        self.place_session(now);
+        self.retransmit(now);
+    }
+
+    fn choose(&mut self, now: Instant) {
+        let s = self.settings.clone();
+        match self.current {
+            None => {
+                let pick = match self.choice {
+                    EdgeChoice::Auto => {
+                        let all_answered = self.edges.iter().all(|e| e.last_ack.is_some());
+                        let settled = self.first_ack_at.is_some_and(|t| now >= t + s.settle);
+                        if all_answered || settled {
+                            self.best(now, None)
+                        } else {
+                            None
+                        }
+                    }
+                    EdgeChoice::Pinned(addr) => self
+                        .edges
+                        .iter()
+                        .position(|e| e.addr == addr)
+                        .filter(|&i| self.alive(i, now)),
+                };
+                if let Some(i) = pick {
+                    self.switch_to(now, i, SwitchReason::Initial);
+                } else if !self.no_edge_reported
+                    && self.first_ack_at.is_none()
+                    && now >= self.start + s.no_edge_timeout
+                {
+                    self.no_edge_reported = true;
+                    self.event(ClientEvent::NoEdge {
+                        waited: now.saturating_duration_since(self.start),
+                    });
+                }
+            }
+            Some(c) => {
+                if now.saturating_duration_since(self.heard(c)) > s.dead_after {
+                    match self.best(now, Some(c)) {
+                        Some(alt) => self.switch_to(now, alt, SwitchReason::Dead),
+                        None if !self.lost_reported => {
+                            self.lost_reported = true;
+                            let edge = self.edges[c].addr;
+                            info!(%edge, "edge silent and no other edge alive");
+                            self.event(ClientEvent::EdgeLost { edge });
+                        }
+                        None => {}
+                    }
+                    return;
+                }
+                self.lost_reported = false;
+                if self.choice != EdgeChoice::Auto
+                    || now.saturating_duration_since(self.chosen_at) < s.min_dwell
+                {
+                    self.better = None;
+                    return;
+                }
+                let candidate =
+                    self.best(now, Some(c))
+                        .filter(|&alt| match (self.score(alt), self.score(c)) {
+                            (Some(a), Some(cur)) => {
+                                a < cur.mul_f64(s.switch_ratio) && a + s.switch_min_gain < cur
+                            }
+                            _ => false,
+                        });
+                match (candidate, self.better) {
+                    (Some(alt), Some((b, since))) if alt == b => {
+                        if now >= since + s.switch_hold {
+                            self.switch_to(now, alt, SwitchReason::Degraded);
+                        }
+                    }
+                    (Some(alt), _) => self.better = Some((alt, now)),
+                    (None, _) => self.better = None,
+                }
+            }
+        }
+    }
+
+    fn place_session(&mut self, now: Instant) {
+        let (Some(c), Some(want)) = (self.current, &self.want) else {
+            return;
+        };
+        let stream = want.stream;
+        if self.session.as_ref().is_some_and(|a| a.edge == c) {
+            return;
+        }
+        // Datagrams held for the session being left go out before it changes role.
+        if !self.held.is_empty() {
+            self.release_held(now);
+        }
+        if let Some(old) = self.session.take() {
+            // Make-before-break: an old edge still alive keeps feeding until the new one
+            // delivers; a dead one is cancelled at once (in case it is only mute).
+            if old.got_data && self.alive(old.edge, now) {
+                if let Some(d) = self.draining.replace(Attachment { since: now, ..old }) {
+                    self.send_cancel(d.edge, stream);
+                }
+            } else {
+                self.send_cancel(old.edge, stream);
+            }
+        }
+        if self.draining.as_ref().is_some_and(|d| d.edge == c) {
+            // Coming back to the edge being left: it is the session again.
+            self.session = self.draining.take();
+            return;
+        }
+        self.session = Some(Attachment {
+            edge: c,
+            accepted: false,
+            got_data: false,
+            last_request: None,
+            last_keepalive: None,
+            since: now,
+        });
+    }
+
+    fn retransmit(&mut self, now: Instant) {
+        let s = self.settings.clone();
+        if let Some(want) = &self.want {
+            let (stream, video, continuing) = (want.stream, want.video.clone(), want.delivered);
+            if let Some(mut att) = self.session.take() {
+                let cookie = self.edges[att.edge].cookie;
+                if !att.accepted {
+                    let due = att
+                        .last_request
+                        .map_or(true, |t| now >= t + s.request_retry);
+                    if let (true, Some(cookie)) = (due, cookie) {
+                        att.last_request = Some(now);
+                        let flags = if continuing { REQUEST_FLAG_CONTINUE } else { 0 };
+                        self.send(
+                            att.edge,
+                            ClientMsg::VideoRequest(VideoRequest {
+                                cookie,
+                                stream,
+                                flags,
+                                video,
+                            }),
+                        );
+                    }
+                } else {
+                    self.keepalive(now, &mut att, stream);
+                }
+                self.session = Some(att);
+            }
+            if let Some(mut d) = self.draining.take() {
+                let new_delivers = self.session.as_ref().is_some_and(|a| a.got_data);
+                if new_delivers || now >= d.since + s.drain_limit {
+                    self.send_cancel(d.edge, stream);
+                    self.release_held(now);
+                } else {
+                    self.keepalive(now, &mut d, stream);
+                    self.draining = Some(d);
+                }
+            }
+        }
+        if self.list_wanted {
+            if let Some(c) = self.current {
+                let due = self.list_last.map_or(true, |t| now >= t + s.request_retry);
+                if let (true, Some(cookie)) = (due, self.edges[c].cookie) {
+                    self.list_last = Some(now);
+                    self.send(c, ClientMsg::ListRequest(ListRequest { cookie }));
+                }
+            }
+        }
+    }
+
+    fn keepalive(&mut self, now: Instant, att: &mut Attachment, stream: u32) {
+        let due = att
+            .last_keepalive
+            .map_or(true, |t| now >= t + self.settings.keepalive_interval);
+        if let (true, Some(cookie)) = (due, self.edges[att.edge].cookie) {
+            att.last_keepalive = Some(now);
+            self.send(att.edge, ClientMsg::Keepalive(Keepalive { cookie, stream }));
+        }
+    }
+}
+
+trait WantExt {
+    /// True when there is no wanted video or `stream` is not its stream.
+    fn is_none_or_stream(&self, stream: u32) -> bool;
+}
+
+impl WantExt for Option<&Want> {
+    fn is_none_or_stream(&self, stream: u32) -> bool {
+        self.map_or(true, |w| w.stream != stream)
+    }
+}
+
+/// Pinning an address that is not one of the client's edges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not one of this client's edges")]
+pub struct UnknownEdge(pub SocketAddr);
+
+fn loss(e: &EdgeState) -> f64 {
+    if e.window.is_empty() {
+        0.0
+    } else {
+        e.window.iter().filter(|&&lost| lost).count() as f64 / e.window.len() as f64
+    }
+}
+
+fn push_outcome(e: &mut EdgeState, lost: bool, window: usize) {
+    e.window.push_back(lost);
+    while e.window.len() > window.max(1) {
+        e.window.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::edge::{EdgeConfig, EdgeOutput, EdgeService};
+    use crate::wire::client::{put_video_header, TS_PACKET_LEN, TS_SYNC};
+    use bytes::BytesMut;
+
+    const TICK: Duration = Duration::from_millis(5);
+    const CHUNK_EVERY: Duration = Duration::from_millis(40);
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A chunk of `packets` TS packets, each stamped with (seq, packet index) so the output
+    /// order can be checked packet by packet.
+    fn chunk(seq: u64, packets: usize) -> Bytes {
+        let mut v = Vec::new();
+        for i in 0..packets {
+            let mut p = vec![0u8; TS_PACKET_LEN];
+            p[0] = TS_SYNC;
+            p[1..9].copy_from_slice(&seq.to_be_bytes());
+            p[9] = i as u8;
+            v.extend_from_slice(&p);
+        }
+        Bytes::from(v)
+    }
+
+    /// (seq, packet index) of every TS packet handed to the player.
+    fn stamps(delivered: &[Bytes]) -> Vec<(u64, u8)> {
+        delivered
+            .iter()
+            .flat_map(|d| d.chunks(TS_PACKET_LEN))
+            .map(|p| (u64::from_be_bytes(p[1..9].try_into().unwrap()), p[9]))
+            .collect()
+    }
+
+    struct SimEdge {
+        addr: SocketAddr,
+        svc: EdgeService,
+        up: bool,
+        delay: Duration,
+    }
+
+    /// A deterministic network: one client, real edge services, per-edge one-way delay, a
+    /// source feeding every edge's subscribed videos like the overlay would.
+    struct Net {
+        now: Instant,
+        client: ClientService,
+        me: SocketAddr,
+        edges: Vec<SimEdge>,
+        flights: Vec<(Instant, SocketAddr, SocketAddr, Bytes)>,
+        delivered: Vec<Bytes>,
+        events: Vec<ClientEvent>,
+        next_chunk: Instant,
+        seq: u64,
+        subscribes: Vec<(SocketAddr, String)>,
+        unsubscribes: Vec<(SocketAddr, String)>,
+    }
+
+    impl Net {
+        fn new(delays_ms: &[u64], choice: EdgeChoice, settings: ClientSettings) -> Net {
+            let now = Instant::now();
+            let edges: Vec<SimEdge> = delays_ms
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut svc = EdgeService::new(
+                        EdgeConfig {
+                            cookie_secret: [i as u8; 32],
+                            ..EdgeConfig::default()
+                        },
+                        now,
+                    );
+                    svc.set_videos(now, vec!["v1".into(), "v2".into()]);
+                    SimEdge {
+                        addr: SocketAddr::new([10, 0, i as u8 + 1, 1].into(), 7702),
+                        svc,
+                        up: true,
+                        delay: Duration::from_millis(*d),
+                    }
+                })
+                .collect();
+            let client = ClientService::new(
+                settings,
+                edges.iter().map(|e| e.addr).collect(),
+                choice,
+                now,
+            );
+            Net {
+                now,
+                client,
+                me: addr("10.0.9.1:7703"),
+                edges,
+                flights: Vec::new(),
+                delivered: Vec::new(),
+                events: Vec::new(),
+                next_chunk: now,
+                seq: 0,
+                subscribes: Vec::new(),
+                unsubscribes: Vec::new(),
+            }
+        }
+
+        fn edge_index(&self, a: SocketAddr) -> Option<usize> {
+            self.edges.iter().position(|e| e.addr == a)
+        }
+
+        fn collect(&mut self) {
+            while let Some(o) = self.client.poll_output() {
+                match o {
+                    ClientOutput::Send { to, bytes } => {
+                        if let Some(i) = self.edge_index(to) {
+                            let at = self.now + self.edges[i].delay;
+                            self.flights.push((at, self.me, to, bytes));
+                        }
+                    }
+                    ClientOutput::Deliver(b) => self.delivered.push(b),
+                    ClientOutput::Event(e) => self.events.push(e),
+                }
+            }
+            for i in 0..self.edges.len() {
+                while let Some(o) = self.edges[i].svc.poll_output() {
+                    let from = self.edges[i].addr;
+                    match o {
+                        EdgeOutput::Control { to, bytes } | EdgeOutput::Video { to, bytes }
+                            if self.edges[i].up =>
+                        {
+                            let at = self.now + self.edges[i].delay;
+                            self.flights.push((at, from, to, bytes));
+                        }
+                        EdgeOutput::Subscribe { video } => self.subscribes.push((from, video)),
+                        EdgeOutput::Unsubscribe { video } => self.unsubscribes.push((from, video)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        fn step(&mut self) {
+            self.now += TICK;
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.flights.drain(..).partition(|(at, ..)| *at <= now);
+            self.flights = later;
+            for (_, from, to, bytes) in due {
+                if to == self.me {
+                    self.client.handle_datagram(now, from, bytes);
+                } else if let Some(i) = self.edge_index(to) {
+                    if self.edges[i].up {
+                        self.edges[i].svc.handle_datagram(now, from, bytes);
+                    }
+                }
+            }
+            if now >= self.next_chunk {
+                self.next_chunk = now + CHUNK_EVERY;
+                let keyframe = self.seq % 25 == 0;
+                for e in self.edges.iter_mut().filter(|e| e.up) {
+                    for v in ["v1", "v2"] {
+                        e.svc
+                            .handle_chunk(now, v, 1, self.seq, keyframe, chunk(self.seq, 10));
+                    }
+                }
+                self.seq += 1;
+            }
+            if self.client.poll_timeout().is_some_and(|t| t <= now) {
+                self.client.handle_timeout(now);
+            }
+            for e in self.edges.iter_mut().filter(|e| e.up) {
+                if e.svc.poll_timeout().is_some_and(|t| t <= now) {
+                    e.svc.handle_timeout(now);
+                }
+            }
+            self.collect();
+        }
+
+        fn run(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.step();
+            }
+        }
+
+        fn play(&mut self, video: &str) {
+            self.client.play(self.now, video);
+            self.collect();
+        }
+
+        fn switches(&self) -> Vec<(SocketAddr, SwitchReason)> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    ClientEvent::EdgeChosen { edge, reason, .. } => Some((*edge, *reason)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// The output must be strictly increasing, packet by packet.
+        fn assert_in_order(&self) -> usize {
+            let s = stamps(&self.delivered);
+            for w in s.windows(2) {
+                assert!(
+                    w[0] < w[1],
+                    "out of order or duplicate: {:?} then {:?}",
+                    w[0],
+                    w[1]
+                );
+            }
+            s.len()
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_fastest_edge_and_plays_from_a_keyframe_in_order() {
+        let mut net = Net::new(&[30, 5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        assert_eq!(net.switches(), [(net.edges[1].addr, SwitchReason::Initial)]);
+        net.client.request_list(net.now);
+        net.run(Duration::from_millis(100));
+        assert!(net.events.contains(&ClientEvent::VideoList {
+            edge: net.edges[1].addr,
+            videos: vec!["v1".into(), "v2".into()]
+        }));
+        net.play("v1");
+        net.run(Duration::from_secs(3));
+        assert!(net
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Accepted { .. })));
+        let packets = net.assert_in_order();
+        assert!(packets > 300, "{packets}");
+        // The first chunk the player gets starts a GOP (seq multiple of 25).
+        assert_eq!(stamps(&net.delivered)[0].0 % 25, 0);
+        let st = net.client.stats(net.now);
+        assert_eq!(
+            (st.gaps, st.delivered_duplicates, st.delivered_reorderings),
+            (0, 0, 0)
+        );
+        assert_eq!(st.edges.len(), 1);
+        assert_eq!(st.edges[0].edge, net.edges[1].addr);
+        assert!(st.edges[0].time >= Duration::from_millis(1500));
+        let table = net.client.edges(net.now);
+        assert!(table[1].chosen && table.iter().all(|e| e.alive && e.loss == 0.0));
+        let rtt = table[0].rtt.unwrap();
+        assert!(
+            rtt >= Duration::from_millis(60) && rtt <= Duration::from_millis(70),
+            "{rtt:?}"
+        );
+        // Only the chosen edge subscribed.
+        assert_eq!(net.subscribes, [(net.edges[1].addr, "v1".to_string())]);
+    }
+
+    #[test]
+    fn edge_death_mid_stream_moves_to_the_next_edge_without_duplicates_or_reordering() {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(3));
+        let before = net.assert_in_order();
+        net.edges[0].up = false; // silent death: nothing in or out
+        let died = net.now;
+        net.run(Duration::from_secs(3));
+        let switches = net.switches();
+        assert_eq!(
+            switches.last(),
+            Some(&(net.edges[1].addr, SwitchReason::Dead))
+        );
+        let after = net.assert_in_order();
+        assert!(after > before + 300, "{before} -> {after}");
+        let st = net.client.stats(net.now);
+        assert_eq!(st.edges.len(), 2);
+        assert_eq!(st.edge_switches, 1);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        // What was lost while the dead edge was silent is one hole of about a second.
+        assert_eq!(st.gaps, 1, "{st:?}");
+        assert!(st.missing_chunks <= 35, "{st:?}");
+        // Switch within about dead_after (+ a probe interval).
+        let first_from_b = net.events.iter().any(
+            |e| matches!(e, ClientEvent::FirstData { edge, .. } if *edge == net.edges[1].addr),
+        );
+        assert!(first_from_b);
+        let _ = died;
+    }
+
+    #[test]
+    fn switch_happens_within_about_a_second_of_silence() {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        net.edges[0].up = false;
+        let t0 = net.now;
+        while net.switches().len() < 2 {
+            net.step();
+            assert!(net.now < t0 + Duration::from_secs(3), "no switch");
+        }
+        let took = net.now - t0;
+        assert!(took <= Duration::from_millis(1300), "{took:?}");
+    }
+
+    #[test]
+    fn degradation_switches_after_the_hold_and_spikes_do_not() {
+        let mut net = Net::new(&[5, 20], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(4));
+        // Slightly worse than the other edge, inside the margin: stays.
+        net.edges[0].delay = Duration::from_millis(25);
+        net.run(Duration::from_secs(4));
+        assert_eq!(net.switches().len(), 1);
+        // A short spike (shorter than the hold): the EWMA rises, then falls back; no switch.
+        net.edges[0].delay = Duration::from_millis(200);
+        net.run(Duration::from_millis(400));
+        net.edges[0].delay = Duration::from_millis(5);
+        net.run(Duration::from_secs(4));
+        assert_eq!(net.switches().len(), 1, "{:?}", net.switches());
+        // (The spike's end reorders datagrams in flight: the late ones are dropped.)
+        let gaps_before = net.client.stats(net.now).gaps;
+        // Lasting degradation: switch.
+        net.edges[0].delay = Duration::from_millis(150);
+        net.run(Duration::from_secs(5));
+        assert_eq!(
+            net.switches().last(),
+            Some(&(net.edges[1].addr, SwitchReason::Degraded))
+        );
+        net.assert_in_order();
+        let st = net.client.stats(net.now);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        // Make-before-break: the old edge was cancelled once the new one delivered.
+        net.run(Duration::from_secs(4));
+        assert!(net
+            .unsubscribes
+            .contains(&(net.edges[0].addr, "v1".to_string())));
+        // The new edge is ahead of the old one: its first datagrams waited for the old edge,
+        // so the switch itself left no hole.
+        assert_eq!(st.gaps, gaps_before, "{st:?}");
+    }
+
+    #[test]
+    fn pinned_edge_is_kept_when_worse_but_left_when_dead() {
+        let mut net = Net::new(
+            &[30, 5],
+            EdgeChoice::Pinned(addr("10.0.1.1:7702")),
+            ClientSettings::default(),
+        );
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(6));
+        assert_eq!(net.switches(), [(net.edges[0].addr, SwitchReason::Initial)]);
+        net.edges[0].up = false;
+        net.run(Duration::from_secs(2));
+        assert_eq!(
+            net.switches().last(),
+            Some(&(net.edges[1].addr, SwitchReason::Dead))
+        );
+        assert!(net
+            .client
+            .set_choice(net.now, EdgeChoice::Pinned(addr("1.2.3.4:5")))
+            .is_err());
+    }
+
+    #[test]
+    fn user_pick_moves_the_session() {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        let b = net.edges[1].addr;
+        net.client
+            .set_choice(net.now, EdgeChoice::Pinned(b))
+            .unwrap();
+        net.run(Duration::from_secs(2));
+        assert_eq!(net.switches().last(), Some(&(b, SwitchReason::User)));
+        assert_eq!(net.client.stats(net.now).edges.len(), 2);
+        net.assert_in_order();
+    }
+
+    #[test]
+    fn no_edge_answering_is_reported() {
+        let mut net = Net::new(&[5, 5], EdgeChoice::Auto, ClientSettings::default());
+        for e in &mut net.edges {
+            e.up = false;
+        }
+        net.run(Duration::from_secs(6));
+        assert!(matches!(
+            net.events.as_slice(),
+            [ClientEvent::NoEdge { .. }]
+        ));
+        let table = net.client.edges(net.now);
+        assert!(table.iter().all(|e| !e.alive && e.loss == 1.0));
+    }
+
+    #[test]
+    fn unknown_video_is_retried_during_the_grace_then_reported() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("nope");
+        net.run(Duration::from_secs(2));
+        assert!(!net
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::VideoError { .. })));
+        // The edge learns the video within the grace: it plays.
+        let now = net.now;
+        net.edges[0].svc.set_videos(now, vec!["nope".into()]);
+        net.run(Duration::from_secs(2));
+        assert!(net
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Accepted { .. })));
+
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("nope");
+        net.run(Duration::from_secs(4));
+        assert!(net.events.iter().any(|e| matches!(
+            e,
+            ClientEvent::VideoError {
+                code: ErrorCode::UnknownVideo,
+                ..
+            }
+        )));
+        assert_eq!(net.client.video(), None);
+    }
+
+    #[test]
+    fn stop_and_switch_video() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        net.play("v2");
+        net.run(Duration::from_secs(2));
+        assert!(net
+            .unsubscribes
+            .contains(&(net.edges[0].addr, "v1".to_string())));
+        net.client.stop(net.now);
+        net.collect();
+        net.run(Duration::from_millis(200));
+        assert!(net
+            .unsubscribes
+            .contains(&(net.edges[0].addr, "v2".to_string())));
+        assert_eq!(net.edges[0].svc.sessions().count(), 0);
+    }
+
+    #[test]
+    fn keepalives_hold_the_lease_and_a_vanished_client_is_expired() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(10));
+        assert_eq!(net.edges[0].svc.sessions().count(), 1);
+        assert!(net.unsubscribes.is_empty());
+        // The client vanishes: only the edge keeps running.
+        let end = net.now + Duration::from_secs(4);
+        while net.now < end {
+            net.now += TICK;
+            let now = net.now;
+            net.edges[0].svc.handle_timeout(now);
+        }
+        net.collect();
+        assert_eq!(net.unsubscribes, [(net.edges[0].addr, "v1".to_string())]);
+    }
+
+    #[test]
+    fn an_edge_that_forgot_the_session_is_asked_again() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(1));
+        // The edge restarts (new secret, no sessions).
+        let now = net.now;
+        net.edges[0].svc = EdgeService::new(EdgeConfig::default(), now);
+        net.edges[0].svc.set_videos(now, vec!["v1".into()]);
+        net.run(Duration::from_secs(2));
+        assert_eq!(net.edges[0].svc.sessions().count(), 1);
+        let before = net.delivered.len();
+        net.run(Duration::from_secs(1));
+        assert!(net.delivered.len() > before);
+        net.assert_in_order();
+    }
+
+    fn framed(stream: u32, epoch: u64, seq: u64, part: u16, parts: u16) -> Bytes {
+        let mut b = BytesMut::new();
+        put_video_header(&mut b, stream, 0, epoch, seq, part, parts);
+        b.extend_from_slice(&chunk(seq, 1));
+        b.freeze()
+    }
+
+    /// A client already playing stream 1 on its only edge, with a cookie.
+    fn playing() -> (ClientService, SocketAddr, Instant) {
+        let now = Instant::now();
+        let e = addr("10.0.0.1:7702");
+        let mut c = ClientService::new(ClientSettings::default(), vec![e], EdgeChoice::Auto, now);
+        c.handle_timeout(now);
+        let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+            token: 1,
+            cookie: 9,
+        });
+        c.handle_datagram(now, e, ack.to_bytes().unwrap());
+        c.handle_timeout(now);
+        assert_eq!(c.play(now, "v1"), 1);
+        while c.poll_output().is_some() {}
+        (c, e, now)
+    }
+
+    fn delivered(c: &mut ClientService) -> usize {
+        std::iter::from_fn(|| c.poll_output())
+            .filter(|o| matches!(o, ClientOutput::Deliver(_)))
+            .count()
+    }
+
+    #[test]
+    fn sequencer_drops_duplicates_late_datagrams_and_abandoned_epochs() {
+        let (mut c, e, now) = playing();
+        for (epoch, seq, part, parts) in [
+            (1, 10, 0, 2),
+            (1, 10, 1, 2),
+            (1, 10, 1, 2), // duplicate
+            (1, 12, 0, 1), // gap: 11 missing
+            (1, 11, 0, 1), // late
+            (2, 0, 0, 1),  // new epoch
+            (1, 13, 0, 1), // abandoned epoch
+            (2, 1, 0, 1),
+        ] {
+            c.handle_datagram(now, e, framed(1, epoch, seq, part, parts));
+        }
+        // Another stream (an old video still in flight) is not for the player.
+        c.handle_datagram(now, e, framed(7, 2, 5, 0, 1));
+        // Nor is video from an address that is not an edge.
+        c.handle_datagram(now, addr("10.9.9.9:1"), framed(1, 2, 6, 0, 1));
+        assert_eq!(delivered(&mut c), 5);
+        let st = c.stats(now);
+        assert_eq!(st.duplicates_dropped, 1);
+        assert_eq!(st.reordered_dropped, 1);
+        assert_eq!(st.stale_dropped, 3);
+        assert_eq!((st.gaps, st.missing_chunks), (1, 1));
+        assert_eq!(st.epoch_changes, 1);
+        assert_eq!(st.chunks, 4);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        // Only the abandoned epoch keeps coming (the overlay went back to that source):
+        // after a run of it, it is taken back.
+        for seq in 20..20 + u64::from(STALE_EPOCH_ADOPT) + 5 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        assert_eq!(delivered(&mut c), 6);
+        assert_eq!(c.stats(now).epoch_changes, 2);
+        // A malformed datagram is counted, not fatal.
+        c.handle_datagram(now, e, Bytes::from_static(&[0x10, 1, 2]));
+        assert_eq!(c.stats(now).malformed, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_arbitrary_datagrams_never_panic(
+            datagrams in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..20),
+            header in proptest::collection::vec(proptest::prelude::any::<u8>(), 26),
+        ) {
+            let (mut c, e, now) = playing();
+            for d in datagrams {
+                c.handle_datagram(now, e, Bytes::from(d));
+            }
+            // Framed headers with arbitrary fields and one packet of payload.
+            let mut d = header;
+            d[0] = crate::wire::client::TAG_VIDEO_DATA;
+            d.extend_from_slice(&chunk(1, 1));
+            c.handle_datagram(now, e, Bytes::from(d));
+            c.handle_timeout(now + Duration::from_secs(1));
+            while c.poll_output().is_some() {}
+        }
+    }
+
+    #[test]
+    fn raw_ts_is_taken_from_the_session_edge_only() {
+        let (mut c, e, now) = playing();
+        c.handle_datagram(now, e, chunk(1, 7));
+        c.handle_datagram(now, addr("10.9.9.9:1"), chunk(1, 7));
+        assert_eq!(delivered(&mut c), 1);
+        assert_eq!(c.stats(now).raw_datagrams, 1);
+        c.stop(now);
+        c.handle_datagram(now, e, chunk(2, 7));
+        assert_eq!(delivered(&mut c), 0);
+    }
+
+    #[test]
+    fn a_challenge_makes_the_request_go_again_with_the_new_cookie() {
+        let (mut c, e, now) = playing();
+        let later = now + Duration::from_millis(10);
+        c.handle_datagram(
+            later,
+            e,
+            ClientMsg::Challenge(crate::wire::client::Challenge { cookie: 77 })
+                .to_bytes()
+                .unwrap(),
+        );
+        let sent: Vec<ClientMsg> = std::iter::from_fn(|| c.poll_output())
+            .filter_map(|o| match o {
+                ClientOutput::Send { bytes, .. } => ClientMsg::decode(bytes).ok(),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            sent.iter()
+                .any(|m| matches!(m, ClientMsg::VideoRequest(r) if r.cookie == 77)),
+            "{sent:?}"
+        );
+    }
+}

@@ -1,0 +1,1238 @@
+//! The edge's client service: sessions, leases, cookies, rate limits and the GOP cache.
+//!
+//! [`EdgeService`] owns everything an edge decides about its UDP clients. Inputs are datagrams
+//! from clients ([`EdgeService::handle_datagram`]), chunks of the videos the overlay delivers
+//! ([`EdgeService::handle_chunk`]), the list of videos the edge can reach
+//! ([`EdgeService::set_videos`]) and timer expiries; outputs ([`EdgeOutput`]) are datagrams to
+//! send and the `Subscribe`/`Unsubscribe` events the overlay node acts on. It never reads a
+//! clock and never panics on network input: what it cannot use it counts and drops.
+//!
+//! Rules it enforces:
+//! - **Cookies before data.** Anything larger than what was received (lists, video) goes only
+//!   to an address that echoed a cookie. A cookie is a keyed hash of (client address, time
+//!   bucket), so the edge keeps no state for an address until it has proven it receives; a
+//!   cookie stays valid for the current and the previous bucket.
+//! - **Rate limits.** Every datagram spends a token of its source IP's bucket; empty bucket,
+//!   dropped datagram. The table of buckets is bounded.
+//! - **Leases.** A session lives while keepalives (each carrying a valid cookie) arrive; a
+//!   silent client is expired, and the last session of a video leaving unsubscribes it.
+//! - **GOP cache.** Per subscribed video, the chunks since the last keyframe (bounded in
+//!   bytes): a client joining a running stream gets them first, so its player starts on a
+//!   keyframe at once; a client joining before any cache waits for the next keyframe.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use tracing::{debug, info};
+
+use crate::wire::client::{
+    put_video_header, Challenge, ClientMsg, ErrorCode, ErrorMsg, ListReply, ProbeAck, VideoOk,
+    MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN, VIDEO_FLAG_CACHED,
+    VIDEO_FLAG_KEYFRAME,
+};
+use crate::wire::DecodeError;
+
+/// Largest list reply, in bytes: one datagram under a 1500-byte MTU.
+const MAX_LIST_REPLY_LEN: usize = 1400;
+
+/// Tunables of the edge service.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Key of the cookie hash; random per process (a restarted edge simply re-challenges).
+    pub cookie_secret: [u8; 32],
+    /// Length of a cookie time bucket; a cookie is valid for one to two periods.
+    pub cookie_period: Duration,
+    /// A session without a valid keepalive for this long is expired.
+    pub lease: Duration,
+    /// Most sessions at once; more get [`ErrorCode::Busy`].
+    pub max_sessions: usize,
+    /// Datagrams per second each source IP may send, sustained.
+    pub rate_per_sec: f64,
+    /// Datagrams a source IP may send in a burst.
+    pub rate_burst: f64,
+    /// Most source IPs tracked by the rate limiter.
+    pub max_sources: usize,
+    /// Bound of one video's GOP cache, in payload bytes; a longer GOP is not cached.
+    pub gop_cache_bytes: usize,
+    /// A new session waits at most this long for a keyframe before it gets whatever flows.
+    pub keyframe_wait: Duration,
+    /// TS packets per video datagram (chunks are split at packet boundaries).
+    pub ts_per_datagram: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            cookie_secret: rand::random(),
+            cookie_period: Duration::from_secs(10),
+            lease: Duration::from_secs(3),
+            max_sessions: 512,
+            rate_per_sec: 100.0,
+            rate_burst: 200.0,
+            max_sources: 4096,
+            gop_cache_bytes: 4 << 20,
+            keyframe_wait: Duration::from_secs(3),
+            ts_per_datagram: MAX_TS_PER_DATAGRAM,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a cancel.
+    Cancelled,
+    /// No valid keepalive within the lease.
+    Expired,
+    /// The client asked for another video (or a new stream id) from the same address.
+    Replaced,
+}
+
+/// What the service wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeOutput {
+    /// A control datagram for a client (send it before queued video).
+    Control { to: SocketAddr, bytes: Bytes },
+    /// One framed video datagram for a client, through its video sink.
+    Video { to: SocketAddr, bytes: Bytes },
+    /// A session started: a sink that needs per-client state (an ffmpeg relay) sets it up.
+    SessionOpened {
+        client: SocketAddr,
+        video: String,
+        stream: u32,
+    },
+    /// A session ended; its sink state can go.
+    SessionClosed {
+        client: SocketAddr,
+        video: String,
+        reason: CloseReason,
+    },
+    /// The first client of `video` arrived: the overlay node should subscribe.
+    Subscribe { video: String },
+    /// The last client of `video` left: the overlay node should unsubscribe.
+    Unsubscribe { video: String },
+}
+
+/// Counters, by what happened (dropped datagrams by reason).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EdgeCounters {
+    pub datagrams_in: u64,
+    pub rate_limited: u64,
+    /// Dropped because the rate limiter's table was full of active sources.
+    pub rate_table_full: u64,
+    pub malformed_truncated: u64,
+    pub malformed_unknown_tag: u64,
+    pub malformed_bad_value: u64,
+    pub malformed_trailing: u64,
+    pub malformed_other: u64,
+    /// Well-formed, but a message only an edge sends.
+    pub unexpected_kind: u64,
+    pub probes: u64,
+    pub list_requests: u64,
+    pub video_requests: u64,
+    pub keepalives: u64,
+    pub cancels: u64,
+    /// Requests whose cookie was missing, stale or issued to another address.
+    pub cookie_rejected: u64,
+    pub unknown_video: u64,
+    pub busy: u64,
+    pub unknown_stream: u64,
+    pub sessions_opened: u64,
+    pub sessions_cancelled: u64,
+    pub sessions_expired: u64,
+    pub sessions_replaced: u64,
+    pub chunks_in: u64,
+    /// Chunks of a video no client watches.
+    pub chunks_unsubscribed: u64,
+    /// Chunks with no whole TS packet or too many parts.
+    pub chunks_bad_payload: u64,
+    /// Per-session chunks held back while waiting for a keyframe.
+    pub chunks_held_for_keyframe: u64,
+    pub cache_replays: u64,
+    /// A GOP outgrew the cache bound and was not cached.
+    pub cache_overflows: u64,
+    pub video_datagrams_out: u64,
+    pub video_bytes_out: u64,
+}
+
+impl EdgeCounters {
+    /// Datagrams dropped as malformed, all reasons together.
+    pub fn malformed(&self) -> u64 {
+        self.malformed_truncated
+            + self.malformed_unknown_tag
+            + self.malformed_bad_value
+            + self.malformed_trailing
+            + self.malformed_other
+    }
+}
+
+/// A snapshot of one session, for status displays and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub client: SocketAddr,
+    pub video: String,
+    pub stream: u32,
+    pub lease_until: Instant,
+    pub datagrams_sent: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    video: String,
+    stream: u32,
+    lease_until: Instant,
+    /// Until a keyframe (or this deadline) the session gets no live chunks.
+    wait_keyframe_until: Option<Instant>,
+    datagrams_sent: u64,
+}
+
+#[derive(Debug, Clone)]
+struct CachedChunk {
+    epoch: u64,
+    seq: u64,
+    flags: u8,
+    payload: Bytes,
+}
+
+/// The chunks since the last keyframe of one video. Empty (and not filling) until a keyframe.
+#[derive(Debug, Default)]
+struct GopCache {
+    chunks: Vec<CachedChunk>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct VideoState {
+    clients: BTreeSet<SocketAddr>,
+    cache: GopCache,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct EdgeService {
+    config: EdgeConfig,
+    /// Origin of the cookie time buckets.
+    start: Instant,
+    available: BTreeSet<String>,
+    sessions: HashMap<SocketAddr, Session>,
+    videos: HashMap<String, VideoState>,
+    buckets: HashMap<IpAddr, TokenBucket>,
+    outputs: VecDeque<EdgeOutput>,
+    counters: EdgeCounters,
+}
+
+impl EdgeService {
+    pub fn new(config: EdgeConfig, now: Instant) -> EdgeService {
+        EdgeService {
+            config,
+            start: now,
+            available: BTreeSet::new(),
+            sessions: HashMap::new(),
+            videos: HashMap::new(),
+            buckets: HashMap::new(),
+            outputs: VecDeque::new(),
+            counters: EdgeCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &EdgeCounters {
+        &self.counters
+    }
+
+    /// The videos this edge offers (as last set).
+    pub fn videos(&self) -> impl Iterator<Item = &str> {
+        self.available.iter().map(String::as_str)
+    }
+
+    /// Videos with at least one session (what the overlay should be subscribed to).
+    pub fn subscribed(&self) -> impl Iterator<Item = &str> {
+        self.videos.keys().map(String::as_str)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
+        self.sessions.iter().map(|(client, s)| SessionInfo {
+            client: *client,
+            video: s.video.clone(),
+            stream: s.stream,
+            lease_until: s.lease_until,
+            datagrams_sent: s.datagrams_sent,
+        })
+    }
+
+    /// Bytes held by a video's GOP cache (0 when none).
+    pub fn cache_bytes(&self, video: &str) -> usize {
+        self.videos.get(video).map_or(0, |v| v.cache.bytes)
+    }
+
+    /// The videos the edge can reach, from its route table. Sessions of a video that
+    /// disappears are kept: a server may come back, and the lease ends them otherwise.
+    pub fn set_videos(&mut self, _now: Instant, videos: Vec<String>) {
+        self.available = videos.into_iter().collect();
+    }
+
+    /// The cookie this edge issues to `addr` at `now`.
+    pub fn cookie_for(&self, addr: SocketAddr, now: Instant) -> u64 {
+        self.cookie_in_bucket(addr, self.bucket(now))
+    }
+
+    fn bucket(&self, now: Instant) -> u64 {
+        let period = self.config.cookie_period.as_millis().max(1);
+        (now.saturating_duration_since(self.start).as_millis() / period) as u64
+    }
+
+    fn cookie_in_bucket(&self, addr: SocketAddr, bucket: u64) -> u64 {
+        let mut data = [0u8; 1 + 16 + 2 + 8];
+        match addr.ip() {
+            IpAddr::V4(ip) => {
+                data[0] = 4;
+                data[1..5].copy_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                data[0] = 6;
+                data[1..17].copy_from_slice(&ip.octets());
+            }
+        }
+        data[17..19].copy_from_slice(&addr.port().to_be_bytes());
+        data[19..].copy_from_slice(&bucket.to_be_bytes());
+        // HKDF-Extract is HMAC(salt = secret, data): a keyed hash from a crate we already have.
+        let (mac, _) = Hkdf::<Sha256>::extract(Some(&self.config.cookie_secret), &data);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&mac[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    fn cookie_ok(&self, addr: SocketAddr, now: Instant, cookie: u64) -> bool {
+        let b = self.bucket(now);
+        cookie == self.cookie_in_bucket(addr, b)
+            || (b > 0 && cookie == self.cookie_in_bucket(addr, b - 1))
+    }
+
+    /// True when `from` may send one more datagram now.
+    fn admit(&mut self, now: Instant, from: IpAddr) -> bool {
+        let (rate, burst) = (self.config.rate_per_sec, self.config.rate_burst);
+        if !self.buckets.contains_key(&from) && self.buckets.len() >= self.config.max_sources {
+            // Forget sources whose bucket has refilled: they are idle, a fresh bucket is the same.
+            self.buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= self.config.max_sources {
+                self.counters.rate_table_full += 1;
+                return false;
+            }
+        }
+        let b = self.buckets.entry(from).or_insert(TokenBucket {
+            tokens: burst,
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            self.counters.rate_limited += 1;
+            false
+        }
+    }
+
+    fn control(&mut self, to: SocketAddr, msg: ClientMsg) {
+        match msg.to_bytes() {
+            Ok(bytes) => self.outputs.push_back(EdgeOutput::Control { to, bytes }),
+            // Only over-long names can fail, and those were decoded from a datagram of ours
+            // or set by the overlay; nothing sensible to send.
+            Err(e) => debug!(%to, error = %e, "cannot encode reply"),
+        }
+    }
+
+    /// One datagram from a client.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        self.counters.datagrams_in += 1;
+        if !self.admit(now, from.ip()) {
+            return;
+        }
+        let msg = match ClientMsg::decode(datagram) {
+            Ok(m) => m,
+            Err(e) => {
+                let c = &mut self.counters;
+                match e {
+                    DecodeError::Truncated { .. } => c.malformed_truncated += 1,
+                    DecodeError::UnknownTag(_) => c.malformed_unknown_tag += 1,
+                    DecodeError::BadValue { .. } => c.malformed_bad_value += 1,
+                    DecodeError::TrailingBytes(_) => c.malformed_trailing += 1,
+                    DecodeError::TooLong { .. } | DecodeError::BadUtf8 { .. } => {
+                        c.malformed_other += 1
+                    }
+                }
+                debug!(%from, error = %e, "malformed client datagram dropped");
+                return;
+            }
+        };
+        match msg {
+            ClientMsg::Probe(p) => {
+                self.counters.probes += 1;
+                let cookie = self.cookie_for(from, now);
+                self.control(
+                    from,
+                    ClientMsg::ProbeAck(ProbeAck {
+                        token: p.token,
+                        cookie,
+                    }),
+                );
+            }
+            ClientMsg::ListRequest(r) => {
+                self.counters.list_requests += 1;
+                if self.check_cookie(now, from, r.cookie) {
+                    let reply = self.list_reply();
+                    self.control(from, reply);
+                }
+            }
+            ClientMsg::VideoRequest(r) => {
+                self.counters.video_requests += 1;
+                if self.check_cookie(now, from, r.cookie) {
+                    self.video_request(now, from, r.stream, r.flags, r.video);
+                }
+            }
+            ClientMsg::Keepalive(k) => {
+                self.counters.keepalives += 1;
+                if !self.check_cookie(now, from, k.cookie) {
+                    return;
+                }
+                match self.sessions.get_mut(&from) {
+                    Some(s) if s.stream == k.stream => s.lease_until = now + self.config.lease,
+                    _ => {
+                        self.counters.unknown_stream += 1;
+                        self.control(
+                            from,
+                            ClientMsg::Error(ErrorMsg {
+                                code: ErrorCode::UnknownStream,
+                                stream: k.stream,
+                            }),
+                        );
+                    }
+                }
+            }
+            ClientMsg::VideoCancel(c) => {
+                self.counters.cancels += 1;
+                if !self.check_cookie(now, from, c.cookie) {
+                    return;
+                }
+                if self
+                    .sessions
+                    .get(&from)
+                    .is_some_and(|s| s.stream == c.stream)
+                {
+                    self.close_session(from, CloseReason::Cancelled);
+                }
+                // A cancel for a session we do not have (a retransmission) needs no answer.
+            }
+            other => {
+                self.counters.unexpected_kind += 1;
+                debug!(%from, kind = other.kind(), "client sent an edge-only message");
+            }
+        }
+    }
+
+    /// Checks a request's cookie; a bad one is answered with a challenge (no larger than the
+    /// request, so an unproven address gains no amplification).
+    fn check_cookie(&mut self, now: Instant, from: SocketAddr, cookie: u64) -> bool {
+        if self.cookie_ok(from, now, cookie) {
+            return true;
+        }
+        self.counters.cookie_rejected += 1;
+        let cookie = self.cookie_for(from, now);
+        self.control(from, ClientMsg::Challenge(Challenge { cookie }));
+        false
+    }
+
+    fn list_reply(&self) -> ClientMsg {
+        // Names that would push the reply past one datagram are left out.
+        let mut size = 3;
+        let mut videos = Vec::new();
+        for v in &self.available {
+            size += 2 + v.len();
+            if size > MAX_LIST_REPLY_LEN {
+                break;
+            }
+            videos.push(v.clone());
+        }
+        ClientMsg::ListReply(ListReply { videos })
+    }
+
+    fn video_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        stream: u32,
+        flags: u8,
+        video: String,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&from) {
+            if s.stream == stream && s.video == video {
+                // A retransmitted request: renew and confirm again.
+                s.lease_until = now + self.config.lease;
+                self.control(from, ClientMsg::VideoOk(VideoOk { stream, video }));
+                return;
+            }
+        }
+        if !self.available.contains(&video) {
+            self.counters.unknown_video += 1;
+            self.control(
+                from,
+                ClientMsg::Error(ErrorMsg {
+                    code: ErrorCode::UnknownVideo,
+                    stream,
+                }),
+            );
+            return;
+        }
+        if self.sessions.contains_key(&from) {
+            self.close_session(from, CloseReason::Replaced);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            self.counters.busy += 1;
+            self.control(
+                from,
+                ClientMsg::Error(ErrorMsg {
+                    code: ErrorCode::Busy,
+                    stream,
+                }),
+            );
+            return;
+        }
+        self.counters.sessions_opened += 1;
+        info!(client = %from, %video, stream, "client session opened");
+        self.control(
+            from,
+            ClientMsg::VideoOk(VideoOk {
+                stream,
+                video: video.clone(),
+            }),
+        );
+        self.outputs.push_back(EdgeOutput::SessionOpened {
+            client: from,
+            video: video.clone(),
+            stream,
+        });
+        if !self.videos.contains_key(&video) {
+            self.outputs.push_back(EdgeOutput::Subscribe {
+                video: video.clone(),
+            });
+        }
+        let state = self.videos.entry(video.clone()).or_default();
+        state.clients.insert(from);
+        let cached = state.cache.chunks.clone();
+        let continuing = flags & REQUEST_FLAG_CONTINUE != 0;
+        let mut session = Session {
+            video,
+            stream,
+            lease_until: now + self.config.lease,
+            wait_keyframe_until: None,
+            datagrams_sent: 0,
+        };
+        if !cached.is_empty() {
+            // The cache starts on a keyframe: the player can start at once.
+            self.counters.cache_replays += 1;
+            for c in &cached {
+                self.send_chunk(
+                    from,
+                    &mut session,
+                    c.epoch,
+                    c.seq,
+                    c.flags | VIDEO_FLAG_CACHED,
+                    &c.payload,
+                );
+            }
+        } else if !continuing {
+            session.wait_keyframe_until = Some(now + self.config.keyframe_wait);
+        }
+        self.sessions.insert(from, session);
+    }
+
+    fn close_session(&mut self, client: SocketAddr, reason: CloseReason) {
+        let Some(session) = self.sessions.remove(&client) else {
+            return;
+        };
+        match reason {
+            CloseReason::Cancelled => self.counters.sessions_cancelled += 1,
+            CloseReason::Expired => self.counters.sessions_expired += 1,
+            CloseReason::Replaced => self.counters.sessions_replaced += 1,
+        }
+        info!(%client, video = %session.video, ?reason, "client session closed");
+        self.outputs.push_back(EdgeOutput::SessionClosed {
+            client,
+            video: session.video.clone(),
+            reason,
+        });
+        if let Some(state) = self.videos.get_mut(&session.video) {
+            state.clients.remove(&client);
+            if state.clients.is_empty() {
+                // The cache goes too: when the video comes back it is a new stream.
+                self.videos.remove(&session.video);
+                self.outputs.push_back(EdgeOutput::Unsubscribe {
+                    video: session.video,
+                });
+            }
+        }
+    }
+
+    /// One chunk of `video` from the overlay: whole TS packets, `keyframe` when it starts
+    /// with one.
+    pub fn handle_chunk(
+        &mut self,
+        now: Instant,
+        video: &str,
+        epoch: u64,
+        seq: u64,
+        keyframe: bool,
+        payload: Bytes,
+    ) {
+        self.counters.chunks_in += 1;
+        let whole = payload.len() - payload.len() % TS_PACKET_LEN;
+        let parts = whole.div_ceil(TS_PACKET_LEN * self.config.ts_per_datagram.max(1));
+        if whole == 0 || parts > usize::from(u16::MAX) {
+            self.counters.chunks_bad_payload += 1;
+            return;
+        }
+        // A stray partial packet at the end cannot be played; it is cut off.
+        let payload = payload.slice(..whole);
+        let Some(state) = self.videos.get_mut(video) else {
+            self.counters.chunks_unsubscribed += 1;
+            return;
+        };
+        let flags = if keyframe { VIDEO_FLAG_KEYFRAME } else { 0 };
+        let cache = &mut state.cache;
+        let new_source = cache.chunks.first().is_some_and(|c| c.epoch != epoch);
+        if keyframe || new_source {
+            cache.chunks.clear();
+            cache.bytes = 0;
+        }
+        // Only a cache that starts on a keyframe is worth replaying.
+        if keyframe || !cache.chunks.is_empty() {
+            if cache.bytes + payload.len() > self.config.gop_cache_bytes {
+                self.counters.cache_overflows += u64::from(!cache.chunks.is_empty() || keyframe);
+                cache.chunks.clear();
+                cache.bytes = 0;
+            } else {
+                cache.bytes += payload.len();
+                cache.chunks.push(CachedChunk {
+                    epoch,
+                    seq,
+                    flags,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        let clients: Vec<SocketAddr> = state.clients.iter().copied().collect();
+        for client in clients {
+            let Some(mut session) = self.sessions.remove(&client) else {
+                continue;
+            };
+            let held = matches!(session.wait_keyframe_until,
+                Some(deadline) if !keyframe && now < deadline);
+            let send = !held;
+            if send {
+                session.wait_keyframe_until = None;
+                self.send_chunk(client, &mut session, epoch, seq, flags, &payload);
+            } else {
+                self.counters.chunks_held_for_keyframe += 1;
+            }
+            self.sessions.insert(client, session);
+        }
+    }
+
+    fn send_chunk(
+        &mut self,
+        to: SocketAddr,
+        session: &mut Session,
+        epoch: u64,
+        seq: u64,
+        flags: u8,
+        payload: &Bytes,
+    ) {
+        let part_len = TS_PACKET_LEN * self.config.ts_per_datagram.max(1);
+        let parts = payload.len().div_ceil(part_len);
+        // handle_chunk checked that `parts` fits a u16.
+        let parts16 = u16::try_from(parts).unwrap_or(u16::MAX);
+        for (i, piece) in payload.chunks(part_len).enumerate() {
+            let mut buf =
+                BytesMut::with_capacity(crate::wire::client::VIDEO_HEADER_LEN + piece.len());
+            put_video_header(
+                &mut buf,
+                session.stream,
+                flags,
+                epoch,
+                seq,
+                u16::try_from(i).unwrap_or(u16::MAX),
+                parts16,
+            );
+            buf.extend_from_slice(piece);
+            self.counters.video_datagrams_out += 1;
+            self.counters.video_bytes_out += buf.len() as u64;
+            session.datagrams_sent += 1;
+            self.outputs.push_back(EdgeOutput::Video {
+                to,
+                bytes: buf.freeze(),
+            });
+        }
+    }
+
+    /// Expires sessions whose lease ran out.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<SocketAddr> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.lease_until <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for client in expired {
+            self.close_session(client, CloseReason::Expired);
+        }
+    }
+
+    /// When [`EdgeService::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.values().map(|s| s.lease_until).min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<EdgeOutput> {
+        self.outputs.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::client::{
+        Keepalive, ListRequest, Probe, VideoCancel, VideoData, VideoRequest,
+    };
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn config() -> EdgeConfig {
+        EdgeConfig {
+            cookie_secret: [7; 32],
+            ..EdgeConfig::default()
+        }
+    }
+
+    fn ts(n: usize, tag: u8) -> Bytes {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(0x47);
+            v.extend(std::iter::repeat(tag).take(TS_PACKET_LEN - 1));
+        }
+        Bytes::from(v)
+    }
+
+    struct Harness {
+        edge: EdgeService,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let now = Instant::now();
+            let mut edge = EdgeService::new(config(), now);
+            edge.set_videos(now, vec!["v1".into(), "v2".into()]);
+            Harness { edge, now }
+        }
+
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            self.edge.handle_timeout(self.now);
+        }
+
+        fn send(&mut self, from: SocketAddr, msg: ClientMsg) {
+            self.edge
+                .handle_datagram(self.now, from, msg.to_bytes().unwrap());
+        }
+
+        fn outputs(&mut self) -> Vec<EdgeOutput> {
+            std::iter::from_fn(|| self.edge.poll_output()).collect()
+        }
+
+        fn control_to(&mut self, to: SocketAddr) -> Vec<ClientMsg> {
+            self.outputs()
+                .into_iter()
+                .filter_map(|o| match o {
+                    EdgeOutput::Control { to: t, bytes } if t == to => {
+                        Some(ClientMsg::decode(bytes).unwrap())
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn cookie(&mut self, from: SocketAddr) -> u64 {
+            self.send(from, ClientMsg::Probe(Probe { token: 1 }));
+            match self.control_to(from).as_slice() {
+                [ClientMsg::ProbeAck(a)] => a.cookie,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn request(&mut self, from: SocketAddr, video: &str, stream: u32, flags: u8) {
+            let cookie = self.cookie(from);
+            self.send(
+                from,
+                ClientMsg::VideoRequest(VideoRequest {
+                    cookie,
+                    stream,
+                    flags,
+                    video: video.into(),
+                }),
+            );
+        }
+
+        fn chunk(&mut self, video: &str, seq: u64, keyframe: bool) {
+            self.edge
+                .handle_chunk(self.now, video, 1, seq, keyframe, ts(3, seq as u8));
+        }
+    }
+
+    fn video_of(outputs: &[EdgeOutput], to: SocketAddr) -> Vec<VideoData> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                EdgeOutput::Video { to: t, bytes } if *t == to => {
+                    match ClientMsg::decode(bytes.clone()).unwrap() {
+                        ClientMsg::VideoData(d) => Some(d),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn probe_gets_an_ack_of_the_same_size_with_a_cookie() {
+        let mut h = Harness::new();
+        let c = addr("127.0.0.1:5000");
+        let probe = ClientMsg::Probe(Probe { token: 99 }).to_bytes().unwrap();
+        h.edge.handle_datagram(h.now, c, probe.clone());
+        let out = h.outputs();
+        let [EdgeOutput::Control { to, bytes }] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*to, c);
+        assert_eq!(bytes.len(), probe.len());
+        let ClientMsg::ProbeAck(ack) = ClientMsg::decode(bytes.clone()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ack.token, 99);
+        assert_eq!(ack.cookie, h.edge.cookie_for(c, h.now));
+        // Cookies are per address.
+        assert_ne!(ack.cookie, h.edge.cookie_for(addr("127.0.0.1:5001"), h.now));
+    }
+
+    #[test]
+    fn requests_without_a_valid_cookie_get_only_a_challenge() {
+        let mut h = Harness::new();
+        let victim = addr("10.0.0.9:5000");
+        let attacker = addr("10.0.0.66:5000");
+        h.send(attacker, ClientMsg::Probe(Probe { token: 1 }));
+        let attacker_cookie = match h.control_to(attacker).as_slice() {
+            [ClientMsg::ProbeAck(a)] => a.cookie,
+            o => panic!("{o:?}"),
+        };
+        // A spoofed request "from" the victim with no cookie, or with the attacker's cookie.
+        for cookie in [0, attacker_cookie] {
+            h.send(
+                victim,
+                ClientMsg::VideoRequest(VideoRequest {
+                    cookie,
+                    stream: 1,
+                    flags: 0,
+                    video: "v1".into(),
+                }),
+            );
+            let out = h.outputs();
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(matches!(
+                &out[0],
+                EdgeOutput::Control { to, bytes } if *to == victim && bytes.len() == 9
+            ));
+        }
+        h.chunk("v1", 0, true);
+        assert!(video_of(&h.outputs(), victim).is_empty());
+        assert_eq!(h.edge.counters().cookie_rejected, 2);
+        assert_eq!(h.edge.sessions().count(), 0);
+        // The list needs a cookie too.
+        h.send(victim, ClientMsg::ListRequest(ListRequest { cookie: 5 }));
+        assert!(matches!(
+            h.control_to(victim).as_slice(),
+            [ClientMsg::Challenge(_)]
+        ));
+    }
+
+    #[test]
+    fn cookies_survive_one_bucket_change_but_not_two() {
+        let mut h = Harness::new();
+        let c = addr("127.0.0.1:5000");
+        let cookie = h.cookie(c);
+        h.now += Duration::from_secs(12);
+        h.send(c, ClientMsg::ListRequest(ListRequest { cookie }));
+        assert!(
+            matches!(h.control_to(c).as_slice(), [ClientMsg::ListReply(l)] if l.videos == ["v1", "v2"])
+        );
+        h.now += Duration::from_secs(10);
+        h.send(c, ClientMsg::ListRequest(ListRequest { cookie }));
+        assert!(matches!(
+            h.control_to(c).as_slice(),
+            [ClientMsg::Challenge(_)]
+        ));
+    }
+
+    #[test]
+    fn first_client_subscribes_last_one_unsubscribes() {
+        let mut h = Harness::new();
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "v1", 1, 0);
+        let out = h.outputs();
+        assert!(out.contains(&EdgeOutput::Subscribe { video: "v1".into() }));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, EdgeOutput::Control { bytes, .. }
+            if matches!(ClientMsg::decode(bytes.clone()), Ok(ClientMsg::VideoOk(_))))));
+        h.request(b, "v1", 1, 0);
+        assert!(!h
+            .outputs()
+            .iter()
+            .any(|o| matches!(o, EdgeOutput::Subscribe { .. })));
+        let cookie = h.edge.cookie_for(a, h.now);
+        h.send(a, ClientMsg::VideoCancel(VideoCancel { cookie, stream: 1 }));
+        let out = h.outputs();
+        assert!(!out
+            .iter()
+            .any(|o| matches!(o, EdgeOutput::Unsubscribe { .. })));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            EdgeOutput::SessionClosed {
+                reason: CloseReason::Cancelled,
+                ..
+            }
+        )));
+        let cookie = h.edge.cookie_for(b, h.now);
+        h.send(b, ClientMsg::VideoCancel(VideoCancel { cookie, stream: 1 }));
+        assert!(h
+            .outputs()
+            .contains(&EdgeOutput::Unsubscribe { video: "v1".into() }));
+        assert_eq!(h.edge.subscribed().count(), 0);
+    }
+
+    #[test]
+    fn silent_client_is_expired_by_lease_and_keepalives_renew_it() {
+        let mut h = Harness::new();
+        let c = addr("127.0.0.1:1");
+        h.request(c, "v1", 3, 0);
+        h.outputs();
+        assert_eq!(h.edge.poll_timeout(), Some(h.now + Duration::from_secs(3)));
+        for _ in 0..5 {
+            h.advance(Duration::from_secs(2));
+            let cookie = h.edge.cookie_for(c, h.now);
+            h.send(c, ClientMsg::Keepalive(Keepalive { cookie, stream: 3 }));
+        }
+        assert_eq!(h.edge.sessions().count(), 1);
+        // A keepalive with a bad cookie does not renew.
+        h.advance(Duration::from_secs(2));
+        h.send(
+            c,
+            ClientMsg::Keepalive(Keepalive {
+                cookie: 1,
+                stream: 3,
+            }),
+        );
+        h.outputs();
+        h.advance(Duration::from_millis(1001));
+        let out = h.outputs();
+        assert!(
+            out.contains(&EdgeOutput::Unsubscribe { video: "v1".into() }),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            EdgeOutput::SessionClosed {
+                reason: CloseReason::Expired,
+                ..
+            }
+        )));
+        assert_eq!(h.edge.counters().sessions_expired, 1);
+        assert_eq!(h.edge.poll_timeout(), None);
+        // Its next keepalive learns the session is gone.
+        let cookie = h.edge.cookie_for(c, h.now);
+        h.send(c, ClientMsg::Keepalive(Keepalive { cookie, stream: 3 }));
+        assert!(matches!(
+            h.control_to(c).as_slice(),
+            [ClientMsg::Error(ErrorMsg {
+                code: ErrorCode::UnknownStream,
+                stream: 3
+            })]
+        ));
+    }
+
+    #[test]
+    fn unknown_video_and_busy_are_refused() {
+        let mut h = Harness::new();
+        h.edge.config.max_sessions = 1;
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "nope", 1, 0);
+        assert!(matches!(
+            h.control_to(a).as_slice(),
+            [ClientMsg::Error(ErrorMsg {
+                code: ErrorCode::UnknownVideo,
+                stream: 1
+            })]
+        ));
+        h.request(a, "v1", 1, 0);
+        h.outputs();
+        h.request(b, "v2", 1, 0);
+        assert!(matches!(
+            h.control_to(b).as_slice(),
+            [ClientMsg::Error(ErrorMsg {
+                code: ErrorCode::Busy,
+                ..
+            })]
+        ));
+        assert_eq!(h.edge.counters().busy, 1);
+        assert_eq!(h.edge.counters().unknown_video, 1);
+    }
+
+    #[test]
+    fn rate_limit_drops_a_flood_from_one_source_only() {
+        let mut h = Harness::new();
+        h.edge.config.rate_burst = 10.0;
+        h.edge.config.rate_per_sec = 10.0;
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        for i in 0..50 {
+            h.send(a, ClientMsg::Probe(Probe { token: i }));
+        }
+        assert_eq!(h.control_to(a).len(), 10);
+        assert_eq!(h.edge.counters().rate_limited, 40);
+        h.send(b, ClientMsg::Probe(Probe { token: 1 }));
+        assert_eq!(h.control_to(b).len(), 1);
+        // Tokens come back with time.
+        h.now += Duration::from_millis(500);
+        for i in 0..10 {
+            h.send(a, ClientMsg::Probe(Probe { token: i }));
+        }
+        assert_eq!(h.control_to(a).len(), 5);
+    }
+
+    #[test]
+    fn rate_table_is_bounded() {
+        let mut h = Harness::new();
+        h.edge.config.max_sources = 4;
+        h.edge.config.rate_burst = 2.0;
+        for i in 1..=4u8 {
+            let a = SocketAddr::new(IpAddr::from([10, 0, 0, i]), 1);
+            h.send(a, ClientMsg::Probe(Probe { token: 1 }));
+        }
+        let fifth = addr("10.0.0.5:1");
+        h.send(fifth, ClientMsg::Probe(Probe { token: 1 }));
+        assert_eq!(h.edge.counters().rate_table_full, 1);
+        // Once the others are idle (bucket full again), there is room.
+        h.now += Duration::from_secs(1);
+        h.send(fifth, ClientMsg::Probe(Probe { token: 1 }));
+        assert_eq!(h.control_to(fifth).len(), 1);
+    }
+
+    #[test]
+    fn malformed_datagrams_are_counted_by_reason_and_dropped() {
+        let mut h = Harness::new();
+        let c = addr("127.0.0.1:1");
+        for bad in [
+            &[][..],
+            &[0x42][..],
+            &[0x47, 1, 2][..],
+            &[0x01, 0, 0][..],
+            &[0x0a, 9, 0, 0, 0, 1][..],
+            &[0x08, 0, 0, 0, 0, 0, 0, 0, 0, 9][..],
+        ] {
+            h.edge
+                .handle_datagram(h.now, c, Bytes::copy_from_slice(bad));
+        }
+        // Well-formed but only an edge sends it.
+        h.send(c, ClientMsg::Challenge(Challenge { cookie: 1 }));
+        assert!(h.outputs().is_empty());
+        let k = h.edge.counters();
+        assert_eq!(k.malformed_truncated, 2);
+        assert_eq!(k.malformed_unknown_tag, 2);
+        assert_eq!(k.malformed_bad_value, 1);
+        assert_eq!(k.malformed_trailing, 1);
+        assert_eq!(k.malformed(), 6);
+        assert_eq!(k.unexpected_kind, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_arbitrary_datagrams_never_panic(
+            datagrams in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(),
+                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)), 0..30),
+        ) {
+            let mut h = Harness::new();
+            let c = addr("127.0.0.1:1");
+            h.request(c, "v1", 1, 0);
+            for (tag, body) in datagrams {
+                let mut d = vec![tag % 12];
+                d.extend_from_slice(&body);
+                h.edge.handle_datagram(h.now, c, Bytes::from(d));
+            }
+            h.chunk("v1", 1, true);
+            h.advance(Duration::from_secs(5));
+            h.outputs();
+        }
+    }
+
+    #[test]
+    fn new_client_waits_for_a_keyframe_when_there_is_no_cache() {
+        let mut h = Harness::new();
+        let c = addr("127.0.0.1:1");
+        h.request(c, "v1", 1, 0);
+        h.outputs();
+        h.chunk("v1", 10, false);
+        h.chunk("v1", 11, false);
+        assert!(video_of(&h.outputs(), c).is_empty());
+        assert_eq!(h.edge.counters().chunks_held_for_keyframe, 2);
+        h.chunk("v1", 12, true);
+        h.chunk("v1", 13, false);
+        let seqs: Vec<u64> = video_of(&h.outputs(), c).iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [12, 13]);
+    }
+
+    #[test]
+    fn keyframe_wait_is_bounded_and_continue_skips_it() {
+        let mut h = Harness::new();
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "v1", 1, 0);
+        h.request(b, "v1", 1, REQUEST_FLAG_CONTINUE);
+        h.outputs();
+        h.chunk("v1", 1, false);
+        let out = h.outputs();
+        assert!(video_of(&out, a).is_empty());
+        assert_eq!(video_of(&out, b).len(), 1);
+        h.now += Duration::from_secs(4);
+        h.chunk("v1", 2, false);
+        assert_eq!(video_of(&h.outputs(), a).len(), 1);
+    }
+
+    #[test]
+    fn gop_cache_gives_a_joining_client_the_last_keyframe_first() {
+        let mut h = Harness::new();
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "v1", 1, 0);
+        h.outputs();
+        h.chunk("v1", 0, false); // before any keyframe: not cached
+        h.chunk("v1", 1, true);
+        h.chunk("v1", 2, false);
+        h.chunk("v1", 3, true); // new GOP: cache restarts here
+        h.chunk("v1", 4, false);
+        h.outputs();
+        assert_eq!(h.edge.cache_bytes("v1"), 2 * 3 * TS_PACKET_LEN);
+        h.request(b, "v1", 9, 0);
+        let got = video_of(&h.outputs(), b);
+        let seqs: Vec<u64> = got.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [3, 4]);
+        assert!(got[0].is_keyframe());
+        assert!(got
+            .iter()
+            .all(|d| d.flags & VIDEO_FLAG_CACHED != 0 && d.stream == 9));
+        // Then live chunks follow in order, not flagged as cached.
+        h.chunk("v1", 5, false);
+        let live = video_of(&h.outputs(), b);
+        assert_eq!((live[0].seq, live[0].flags), (5, 0));
+        assert_eq!(h.edge.counters().cache_replays, 1);
+    }
+
+    #[test]
+    fn gop_cache_is_bounded_and_reset_by_a_new_epoch() {
+        let mut h = Harness::new();
+        h.edge.config.gop_cache_bytes = 5 * 3 * TS_PACKET_LEN;
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 1, 0);
+        h.chunk("v1", 1, true);
+        for s in 2..=5 {
+            h.chunk("v1", s, false);
+        }
+        assert_eq!(h.edge.cache_bytes("v1"), 5 * 3 * TS_PACKET_LEN);
+        h.chunk("v1", 6, false);
+        assert_eq!(h.edge.cache_bytes("v1"), 0);
+        assert_eq!(h.edge.counters().cache_overflows, 1);
+        h.chunk("v1", 7, false);
+        assert_eq!(h.edge.cache_bytes("v1"), 0);
+        h.chunk("v1", 8, true);
+        assert_eq!(h.edge.cache_bytes("v1"), 3 * TS_PACKET_LEN);
+        // Another source (epoch) without a keyframe: the old GOP is useless.
+        h.edge.handle_chunk(h.now, "v1", 2, 0, false, ts(3, 0));
+        assert_eq!(h.edge.cache_bytes("v1"), 0);
+    }
+
+    #[test]
+    fn big_chunks_are_split_at_packet_boundaries_and_bad_ones_dropped() {
+        let mut h = Harness::new();
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 1, REQUEST_FLAG_CONTINUE);
+        h.outputs();
+        // 16 packets plus 10 stray bytes: 7 + 7 + 2 packets, the stray bytes cut.
+        let mut big = ts(16, 1).to_vec();
+        big.extend_from_slice(&[0; 10]);
+        h.edge
+            .handle_chunk(h.now, "v1", 1, 5, true, Bytes::from(big));
+        let got = video_of(&h.outputs(), a);
+        let shape: Vec<(u16, u16, usize)> = got
+            .iter()
+            .map(|d| (d.part, d.parts, d.payload.len() / TS_PACKET_LEN))
+            .collect();
+        assert_eq!(shape, [(0, 3, 7), (1, 3, 7), (2, 3, 2)]);
+        assert!(got.iter().all(|d| d.is_keyframe() && d.seq == 5));
+        h.edge
+            .handle_chunk(h.now, "v1", 1, 6, false, Bytes::from_static(&[0x47; 100]));
+        assert!(h.outputs().is_empty());
+        assert_eq!(h.edge.counters().chunks_bad_payload, 1);
+        h.edge.handle_chunk(h.now, "v2", 1, 6, false, ts(1, 0));
+        assert_eq!(h.edge.counters().chunks_unsubscribed, 1);
+    }
+
+    #[test]
+    fn switching_video_from_one_address_replaces_the_session() {
+        let mut h = Harness::new();
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 1, 0);
+        h.outputs();
+        // A retransmitted request changes nothing.
+        h.request(a, "v1", 1, 0);
+        let out = h.outputs();
+        assert!(!out
+            .iter()
+            .any(|o| matches!(o, EdgeOutput::SessionOpened { .. })));
+        h.request(a, "v2", 2, 0);
+        let out = h.outputs();
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|o| match o {
+                EdgeOutput::SessionClosed { .. } => "closed",
+                EdgeOutput::Unsubscribe { .. } => "unsub",
+                EdgeOutput::Subscribe { .. } => "sub",
+                EdgeOutput::SessionOpened { .. } => "opened",
+                EdgeOutput::Control { .. } => "control",
+                EdgeOutput::Video { .. } => "video",
+            })
+            .collect();
+        assert_eq!(kinds, ["closed", "unsub", "control", "opened", "sub"]);
+        assert_eq!(h.edge.counters().sessions_replaced, 1);
+    }
+}
