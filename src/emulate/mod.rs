@@ -73,6 +73,9 @@ impl Net {
 
 impl std::fmt::Display for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix == 0 {
+            return f.write_str("default");
+        }
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
@@ -246,6 +249,9 @@ impl Underlay {
 
         // Neighbours that are not on a shared subnet are reached through routes; say so.
         for (h, d) in devices.iter().enumerate() {
+            if !d.role.is_overlay() {
+                continue; // clients reach their edges through routing by design
+            }
             for n in &d.neighbours {
                 let on_link = hosts[h]
                     .ifaces
@@ -409,8 +415,33 @@ fn compute_routes(hosts: &mut [Host], subnets: &[Subnet], notes: &mut Vec<String
                 dev,
             });
         }
-        hosts[h].routes = routes;
+        hosts[h].routes = collapse_to_default(routes);
     }
+}
+
+/// A host whose routes of one address family all leave through one next hop gets a single
+/// default route for that family instead (the usual shape for leaf hosts).
+fn collapse_to_default(routes: Vec<Route>) -> Vec<Route> {
+    let mut out = Vec::new();
+    for v4 in [true, false] {
+        let fam: Vec<&Route> = routes.iter().filter(|r| r.dest.is_v4() == v4).collect();
+        let Some(first) = fam.first() else { continue };
+        if fam.len() > 1 && fam.iter().all(|r| r.via == first.via) {
+            let addr = if v4 {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            };
+            out.push(Route {
+                dest: Net { addr, prefix: 0 },
+                via: first.via,
+                dev: first.dev.clone(),
+            });
+        } else {
+            out.extend(fam.into_iter().cloned());
+        }
+    }
+    out
 }
 
 /// `DeviceRole` as its lower-case name in state files.
@@ -462,9 +493,10 @@ mod tests {
         let (c1, c) = u.host("C1").unwrap();
         assert_eq!(c.ifaces.len(), 1);
         assert_eq!(c.ifaces[0].name, "eth0");
-        // C1 reaches 10.0.1.0/24 and 10.0.2.0/24 via O2 (10.0.3.1).
-        assert_eq!(c.routes.len(), 2);
-        assert!(c.routes.iter().all(|r| r.via.to_string() == "10.0.3.1"));
+        // C1 reaches 10.0.1.0/24 and 10.0.2.0/24 via O2 (10.0.3.1): a default route.
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].dest.to_string(), "default");
+        assert_eq!(c.routes[0].via.to_string(), "10.0.3.1");
         let (s1, s) = u.host("S1").unwrap();
         assert!(s.routes.iter().all(|r| r.via.to_string() == "10.0.1.1"));
         assert_eq!(u.bootstrapper, s1);

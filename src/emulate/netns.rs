@@ -990,9 +990,16 @@ fn up(
 fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
     let t = crate::topology::load(topology).map_err(|e| anyhow!("{e}"))?;
     let u = Underlay::from_topology(&t).map_err(|e| anyhow!("{}: {e}", topology.display()))?;
+    let mut out = String::new();
+    macro_rules! outln {
+        ($o:expr, $($t:tt)*) => {{
+            $o.push_str(&format!($($t)*));
+            $o.push('\n');
+        }};
+    }
     let hub = hub_ns(run_id);
     let host_ns = host_namespaces(run_id, &u);
-    println!(
+    outln!(out, 
         "bootstrapper on {} at {}",
         u.hosts[u.bootstrapper].name, u.bootstrap_ip
     );
@@ -1003,24 +1010,24 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
             .map(|&(h, i)| format!("{}:{}", u.hosts[h].name, u.hosts[h].ifaces[i].name))
             .collect();
         let kind = if sub.is_lan() { "LAN " } else { "link" };
-        println!("{kind} {} ({}): {}", sub.net, bridge(s), members.join(" "));
+        outln!(out, "{kind} {} ({}): {}", sub.net, bridge(s), members.join(" "));
     }
     for (h, host) in u.hosts.iter().enumerate() {
-        println!("{} ({}) in {}", host.name, host.role, host_ns[h]);
+        outln!(out, "{} ({}) in {}", host.name, host.role, host_ns[h]);
         for f in &host.ifaces {
             let a: Vec<String> = f.addrs.iter().map(|a| a.to_string()).collect();
-            println!("  {} {}", f.name, a.join(" "));
+            outln!(out, "  {} {}", f.name, a.join(" "));
         }
         for r in &host.routes {
-            println!("  route {} via {} dev {}", r.dest, r.via, r.dev);
+            outln!(out, "  route {} via {} dev {}", r.dest, r.via, r.dev);
         }
     }
     for n in &u.notes {
-        println!("note: {n}");
+        outln!(out, "note: {n}");
     }
-    println!("commands:");
+    outln!(out, "commands:");
     for c in build_commands(&u, &hub, &host_ns) {
-        println!(
+        outln!(out, 
             "  {}",
             c.iter()
                 .map(|a| super::shell_quote(a))
@@ -1028,6 +1035,8 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
                 .join(" ")
         );
     }
+    // Ignore a closed pipe (`| head`).
+    let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
 }
 
