@@ -56,10 +56,7 @@ impl El {
 }
 
 fn unescape(s: &str) -> String {
-    assert!(
-        !s.contains('<'),
-        "raw '<' in attribute or text: {s}"
-    );
+    assert!(!s.contains('<'), "raw '<' in attribute or text: {s}");
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find('&') {
@@ -132,7 +129,10 @@ fn parse_xml(s: &str) -> El {
                 assert!(q == '"' || q == '\'', "unquoted attribute {key}");
                 let close = after[1..].find(q).expect("unterminated attribute") + 1;
                 let val = unescape(&after[1..close]);
-                assert!(el.attrs.insert(key.clone(), val).is_none(), "duplicate attribute {key}");
+                assert!(
+                    el.attrs.insert(key.clone(), val).is_none(),
+                    "duplicate attribute {key}"
+                );
                 rest = after[close + 1..].trim_start();
             }
             if self_closing {
@@ -151,7 +151,12 @@ fn parse_xml(s: &str) -> El {
             i = end;
         }
     }
-    assert_eq!(stack.len(), 1, "unclosed element {}", stack.last().unwrap().name);
+    assert_eq!(
+        stack.len(),
+        1,
+        "unclosed element {}",
+        stack.last().unwrap().name
+    );
     let mut doc = stack.pop().unwrap();
     assert_eq!(doc.children.len(), 1, "one root element");
     doc.children.pop().unwrap()
@@ -174,7 +179,10 @@ fn addresses_of(t: &Topology, name: &str) -> BTreeSet<IpAddr> {
 #[test]
 fn xml_scenarios_are_well_formed_and_match_their_topologies() {
     let files = topologies();
-    assert!(files.len() >= 3, "scenario1, scenario2, complex at least: {files:?}");
+    assert!(
+        files.len() >= 3,
+        "scenario1, scenario2, complex at least: {files:?}"
+    );
     for f in files {
         let (text, t, u) = load(&f);
         let s = core::generate(&u, "x", &text, &CoreOptions::default()).unwrap();
@@ -187,20 +195,30 @@ fn xml_scenarios_are_well_formed_and_match_their_topologies() {
         let mut devices = BTreeMap::new();
         for d in root.child("devices").all("device") {
             let id: u32 = d.attr("id").parse().unwrap();
-            assert!(ids.insert(id, d.attr("name").to_string()).is_none(), "{ctx}: id {id} twice");
+            assert!(
+                ids.insert(id, d.attr("name").to_string()).is_none(),
+                "{ctx}: id {id} twice"
+            );
             assert!(matches!(d.attr("type"), "router" | "PC"), "{ctx}");
             devices.insert(d.attr("name").to_string(), (id, d));
         }
         let mut switches = BTreeSet::new();
         for n in root.child("networks").all("network") {
             let id: u32 = n.attr("id").parse().unwrap();
-            assert!(ids.insert(id, n.attr("name").to_string()).is_none(), "{ctx}: id {id} twice");
+            assert!(
+                ids.insert(id, n.attr("name").to_string()).is_none(),
+                "{ctx}: id {id} twice"
+            );
             assert_eq!(n.attr("type"), "SWITCH");
             switches.insert(id);
         }
         // Every topology device is a device, and nothing else is.
         let names: BTreeSet<String> = t.names().map(str::to_string).collect();
-        assert_eq!(names, devices.keys().cloned().collect::<BTreeSet<_>>(), "{ctx}");
+        assert_eq!(
+            names,
+            devices.keys().cloned().collect::<BTreeSet<_>>(),
+            "{ctx}"
+        );
         // The bootstrapper's host is node 1.
         assert_eq!(ids[&1], u.hosts[u.bootstrapper].name, "{ctx}");
 
@@ -211,7 +229,10 @@ fn xml_scenarios_are_well_formed_and_match_their_topologies() {
         for l in root.child("links").all("link") {
             let n1: u32 = l.attr("node1").parse().unwrap();
             let n2: u32 = l.attr("node2").parse().unwrap();
-            assert!(ids.contains_key(&n1) && ids.contains_key(&n2), "{ctx}: dangling link");
+            assert!(
+                ids.contains_key(&n1) && ids.contains_key(&n2),
+                "{ctx}: dangling link"
+            );
             assert_ne!(n1, n2);
             assert!(pairs.insert((n1.min(n2), n1.max(n2))), "{ctx}: link twice");
             for (tag, node) in [("iface1", n1), ("iface2", n2)] {
@@ -219,16 +240,29 @@ fn xml_scenarios_are_well_formed_and_match_their_topologies() {
                     assert!(switches.contains(&node), "{ctx}: device end without {tag}");
                     continue;
                 };
-                assert!(!switches.contains(&node), "{ctx}: switch ends have no interface");
+                assert!(
+                    !switches.contains(&node),
+                    "{ctx}: switch ends have no interface"
+                );
                 let dev = ids[&node].clone();
-                assert!(iface_names.insert((dev.clone(), i.attr("name").to_string())), "{ctx}: {dev} iface twice");
+                assert!(
+                    iface_names.insert((dev.clone(), i.attr("name").to_string())),
+                    "{ctx}: {dev} iface twice"
+                );
                 let ip: IpAddr = i.attr("ip4").parse().unwrap();
                 assert_eq!(i.attr("ip4_mask"), "24");
-                assert!(addrs.entry(dev).or_default().insert(ip), "{ctx}: {ip} twice");
+                assert!(
+                    addrs.entry(dev).or_default().insert(ip),
+                    "{ctx}: {ip} twice"
+                );
             }
         }
         for name in t.names() {
-            assert_eq!(addrs.get(name).cloned().unwrap_or_default(), addresses_of(&t, name), "{ctx}: {name}");
+            assert_eq!(
+                addrs.get(name).cloned().unwrap_or_default(),
+                addresses_of(&t, name),
+                "{ctx}: {name}"
+            );
         }
 
         // Every device runs the Overlayd service with its own start command.
@@ -243,7 +277,9 @@ fn xml_scenarios_are_well_formed_and_match_their_topologies() {
         for d in t.devices() {
             let (_, el) = devices[&d.name];
             assert!(
-                el.child("services").all("service").any(|s| s.attr("name") == core::SERVICE_NAME),
+                el.child("services")
+                    .all("service")
+                    .any(|s| s.attr("name") == core::SERVICE_NAME),
                 "{ctx}: {} lacks the service",
                 d.name
             );
@@ -261,7 +297,12 @@ fn xml_scenarios_are_well_formed_and_match_their_topologies() {
                 assert!(line.contains("--key-file $KEY"), "{line}");
             }
             let runs_bootstrapper = script.contains("--role bootstrapper --topology topology.json");
-            assert_eq!(runs_bootstrapper, d.name == u.hosts[u.bootstrapper].name, "{ctx}: {}", d.name);
+            assert_eq!(
+                runs_bootstrapper,
+                d.name == u.hosts[u.bootstrapper].name,
+                "{ctx}: {}",
+                d.name
+            );
             if runs_bootstrapper {
                 // The embedded topology is the file itself.
                 let start = script.find("OVERLAYD_TOPOLOGY_EOF'\n").unwrap() + 23;
@@ -312,7 +353,10 @@ fn imn_blocks(s: &str) -> Vec<(String, String)> {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
-            assert!(line.ends_with('{'), "top-level line must open a block: {line}");
+            assert!(
+                line.ends_with('{'),
+                "top-level line must open a block: {line}"
+            );
             head = line.trim_end_matches('{').trim().to_string();
             body.clear();
             depth = 1;
@@ -351,7 +395,10 @@ fn imn_scenarios_are_balanced_and_match_their_topologies() {
         for (head, body) in &blocks {
             let mut w = head.split_whitespace();
             match (w.next(), w.next()) {
-                (Some("node"), Some(n)) => assert!(nodes.insert(n.to_string(), body.clone()).is_none(), "{ctx}: {n} twice"),
+                (Some("node"), Some(n)) => assert!(
+                    nodes.insert(n.to_string(), body.clone()).is_none(),
+                    "{ctx}: {n} twice"
+                ),
                 (Some("link"), Some(_)) => links.push(body.clone()),
                 (Some("canvas" | "option"), _) => {}
                 other => panic!("{ctx}: unexpected block {other:?}"),
@@ -369,49 +416,94 @@ fn imn_scenarios_are_balanced_and_match_their_topologies() {
             for l in body.lines() {
                 if let Some(p) = l.trim().strip_prefix("interface-peer {") {
                     let peer = p.trim_end_matches('}').split_whitespace().nth(1).unwrap();
-                    assert!(nodes.contains_key(peer), "{ctx}: {n} peers with missing {peer}");
+                    assert!(
+                        nodes.contains_key(peer),
+                        "{ctx}: {n} peers with missing {peer}"
+                    );
                     peers.insert((n.clone(), peer.to_string()));
                 }
             }
             by_host.insert(host, (n.clone(), body.clone()));
         }
         for (a, b) in &peers {
-            assert!(peers.contains(&(b.clone(), a.clone())), "{ctx}: {a}–{b} one-sided");
+            assert!(
+                peers.contains(&(b.clone(), a.clone())),
+                "{ctx}: {a}–{b} one-sided"
+            );
         }
         let mut link_pairs = BTreeSet::new();
         for l in &links {
-            let inner = l.trim().strip_prefix("nodes {").unwrap().split('}').next().unwrap();
+            let inner = l
+                .trim()
+                .strip_prefix("nodes {")
+                .unwrap()
+                .split('}')
+                .next()
+                .unwrap();
             let v: Vec<&str> = inner.split_whitespace().collect();
             assert_eq!(v.len(), 2);
-            assert!(nodes.contains_key(v[0]) && nodes.contains_key(v[1]), "{ctx}: dangling link");
-            assert!(peers.contains(&(v[0].to_string(), v[1].to_string())), "{ctx}: link without peers");
+            assert!(
+                nodes.contains_key(v[0]) && nodes.contains_key(v[1]),
+                "{ctx}: dangling link"
+            );
+            assert!(
+                peers.contains(&(v[0].to_string(), v[1].to_string())),
+                "{ctx}: link without peers"
+            );
             assert!(link_pairs.insert((v[0].min(v[1]).to_string(), v[0].max(v[1]).to_string())));
         }
-        assert_eq!(link_pairs.len() * 2, peers.len(), "{ctx}: every peering is a link");
+        assert_eq!(
+            link_pairs.len() * 2,
+            peers.len(),
+            "{ctx}: every peering is a link"
+        );
         for d in t.devices() {
-            let (_, body) = by_host.get(&d.name).unwrap_or_else(|| panic!("{ctx}: no node {}", d.name));
+            let (_, body) = by_host
+                .get(&d.name)
+                .unwrap_or_else(|| panic!("{ctx}: no node {}", d.name));
             let got: BTreeSet<IpAddr> = body
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("ip address "))
                 .map(|a| a.split('/').next().unwrap().parse().unwrap())
                 .collect();
             assert_eq!(got, addresses_of(&t, &d.name), "{ctx}: {}", d.name);
-            assert!(body.contains("UserDefined}"), "{ctx}: {} lacks UserDefined", d.name);
-            assert!(body.contains("cmdup=('sh overlayd.sh', )"), "{ctx}: {}", d.name);
-            assert!(body.contains(&expected_command(&u, d)), "{ctx}: {} not started right", d.name);
+            assert!(
+                body.contains("UserDefined}"),
+                "{ctx}: {} lacks UserDefined",
+                d.name
+            );
+            assert!(
+                body.contains("cmdup=('sh overlayd.sh', )"),
+                "{ctx}: {}",
+                d.name
+            );
+            assert!(
+                body.contains(&expected_command(&u, d)),
+                "{ctx}: {} not started right",
+                d.name
+            );
             if d.name == u.hosts[u.bootstrapper].name {
                 assert!(body.contains("--role bootstrapper"));
-                let start = body.find("base64 -d > topology.json <<-'OVERLAYD_TOPOLOGY_EOF'\n").unwrap();
+                let start = body
+                    .find("base64 -d > topology.json <<-'OVERLAYD_TOPOLOGY_EOF'\n")
+                    .unwrap();
                 let rest = &body[start..];
                 let b64: String = rest
                     .lines()
                     .skip(1)
                     .take_while(|l| l.trim() != "OVERLAYD_TOPOLOGY_EOF")
                     .collect();
-                assert_eq!(String::from_utf8(decode_base64(&b64)).unwrap(), text, "{ctx}");
+                assert_eq!(
+                    String::from_utf8(decode_base64(&b64)).unwrap(),
+                    text,
+                    "{ctx}"
+                );
             }
         }
-        let device_nodes = nodes.values().filter(|b| b.contains("hostname") && b.contains("type router")).count();
+        let device_nodes = nodes
+            .values()
+            .filter(|b| b.contains("hostname") && b.contains("type router"))
+            .count();
         assert_eq!(device_nodes, t.len(), "{ctx}");
     }
 }
@@ -419,10 +511,7 @@ fn imn_scenarios_are_balanced_and_match_their_topologies() {
 #[test]
 fn committed_scenarios_equal_the_generator_output() {
     let dir = repo().join("core-scenarios");
-    let mut expected = BTreeSet::from([
-        "README.md".to_string(),
-        "overlayd_service.py".to_string(),
-    ]);
+    let mut expected = BTreeSet::from(["README.md".to_string(), "overlayd_service.py".to_string()]);
     for f in topologies() {
         let s = core::generate_file(&f, &CoreOptions::default()).unwrap();
         for (ext, body) in [("xml", &s.xml), ("imn", &s.imn)] {
@@ -439,7 +528,10 @@ fn committed_scenarios_equal_the_generator_output() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(present, expected, "core-scenarios/ holds exactly the generated files");
+    assert_eq!(
+        present, expected,
+        "core-scenarios/ holds exactly the generated files"
+    );
 }
 
 #[test]
@@ -447,7 +539,13 @@ fn the_cli_writes_the_chosen_formats() {
     let out = std::env::temp_dir().join(format!("overlayd-core-{}", std::process::id()));
     let topo = repo().join("topology/scenario1.json");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
-        .args(["core-scenario", topo.to_str().unwrap(), "--format", "xml", "--out-dir"])
+        .args([
+            "core-scenario",
+            topo.to_str().unwrap(),
+            "--format",
+            "xml",
+            "--out-dir",
+        ])
         .arg(&out)
         .output()
         .unwrap();

@@ -999,9 +999,11 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
     }
     let hub = hub_ns(run_id);
     let host_ns = host_namespaces(run_id, &u);
-    outln!(out, 
+    outln!(
+        out,
         "bootstrapper on {} at {}",
-        u.hosts[u.bootstrapper].name, u.bootstrap_ip
+        u.hosts[u.bootstrapper].name,
+        u.bootstrap_ip
     );
     for (s, sub) in u.subnets.iter().enumerate() {
         let members: Vec<String> = sub
@@ -1010,7 +1012,13 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
             .map(|&(h, i)| format!("{}:{}", u.hosts[h].name, u.hosts[h].ifaces[i].name))
             .collect();
         let kind = if sub.is_lan() { "LAN " } else { "link" };
-        outln!(out, "{kind} {} ({}): {}", sub.net, bridge(s), members.join(" "));
+        outln!(
+            out,
+            "{kind} {} ({}): {}",
+            sub.net,
+            bridge(s),
+            members.join(" ")
+        );
     }
     for (h, host) in u.hosts.iter().enumerate() {
         outln!(out, "{} ({}) in {}", host.name, host.role, host_ns[h]);
@@ -1027,7 +1035,8 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
     }
     outln!(out, "commands:");
     for c in build_commands(&u, &hub, &host_ns) {
-        outln!(out, 
+        outln!(
+            out,
             "  {}",
             c.iter()
                 .map(|a| super::shell_quote(a))
