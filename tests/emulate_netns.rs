@@ -557,3 +557,53 @@ fn legacy_imn_start_scripts_start_every_device_in_namespaces() {
     }
     core_scripts_start_every_device("scenario2.json", "d", true);
 }
+
+#[test]
+fn lan_cut_drops_only_the_cut_pair() {
+    if skip("lan_cut_drops_only_the_cut_pair") {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIPPED lan_cut_drops_only_the_cut_pair: nft (nftables) is not installed");
+        eprintln!("SKIPPED lan_cut_drops_only_the_cut_pair: nft (nftables) is not installed");
+        return;
+    }
+    let links_before = root_links();
+    let (path, _, _, _) = load("complex.json");
+    let emu = Emu::new("e");
+    emu.ok(&[
+        "up",
+        path.to_str().unwrap(),
+        "--run-id",
+        &emu.id.clone(),
+        "--no-start",
+    ]);
+    // A TCP connect to a closed port: refused (exit 1) when reachable, silent (124) when cut.
+    let probe = |from: &str, to: &str| -> i32 {
+        let o = emu.cmd(&[
+            "exec",
+            "--run",
+            &emu.id,
+            from,
+            "--",
+            "timeout",
+            "1",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{to}/9"),
+        ]);
+        o.status.code().unwrap_or(-1)
+    };
+    // LAN 10.0.20.0/24: O6 .1, C1 .21, C2 .22, C3 .23.
+    assert_eq!(probe("C1", "10.0.20.1"), 1);
+    emu.ok(&["cut", "C1", "O6"]);
+    assert_eq!(probe("C1", "10.0.20.1"), 124, "C1–O6 is cut silently");
+    assert_eq!(probe("C2", "10.0.20.1"), 1, "C2–O6 is untouched");
+    assert_eq!(probe("C1", "10.0.20.22"), 1, "C1–C2 is untouched");
+    emu.ok(&["cut", "C2", "O6"]);
+    emu.ok(&["restore", "C1", "O6"]);
+    assert_eq!(probe("C1", "10.0.20.1"), 1, "C1–O6 is back");
+    assert_eq!(probe("C2", "10.0.20.1"), 124, "C2–O6 stays cut");
+    emu.ok(&["down"]);
+    assert_torn_down(&emu, &links_before);
+}

@@ -332,7 +332,7 @@ pub fn cut_commands(
 /// pair on a LAN.
 pub fn lan_rules(u: &Underlay, cuts: &[(usize, usize)]) -> String {
     let mut s = String::from(
-        "table bridge ovld\ndelete table bridge ovld\ntable bridge ovld {\n  chain fwd {\n    type filter hook forward priority 0; policy accept;\n",
+        "table bridge ovld\ndelete table bridge ovld\ntable bridge ovld {\n  chain cuts {\n    type filter hook forward priority 0; policy accept;\n",
     );
     for &(a, b) in cuts {
         for sub in u.shared_subnets(a, b) {
@@ -465,6 +465,16 @@ pub fn daemon_state(d: &Daemon) -> ProcState {
     }
 }
 
+/// The first non-empty line of a command's stderr (errors are one line).
+fn first_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(no message)")
+        .to_string()
+}
+
 /// Run a command, failing with its stderr.
 fn run(args: &[String]) -> anyhow::Result<String> {
     let out = Command::new(&args[0])
@@ -473,11 +483,7 @@ fn run(args: &[String]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("cannot run {}", args[0]))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed: {}", args.join(" "), first_line(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -497,11 +503,7 @@ fn run_with_stdin(args: &[&str], input: &str) -> anyhow::Result<()> {
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed: {}", args.join(" "), first_line(&out.stderr));
     }
     Ok(())
 }
