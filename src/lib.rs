@@ -5,6 +5,7 @@
 //! tokio drivers that move bytes and time between sockets and those machines.
 
 pub mod crypto;
+pub mod emulate;
 pub mod keyfile;
 pub mod net;
 pub mod overlay;

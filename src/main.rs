@@ -81,6 +81,32 @@ enum Tool {
         /// The topology JSON file.
         file: PathBuf,
     },
+    /// Generate CORE scenario files (CORE 9 .xml, legacy .imn) from topology files.
+    CoreScenario {
+        /// Topology JSON files (default: every non-loopback file in topology/).
+        topology: Vec<PathBuf>,
+        /// Where to write the scenarios.
+        #[arg(long, default_value = "core-scenarios")]
+        out_dir: PathBuf,
+        /// Which files to write.
+        #[arg(long, value_enum, default_value_t = CoreFormat::Both)]
+        format: CoreFormat,
+        /// The overlayd binary on the CORE machine (a name on PATH or an absolute path).
+        #[arg(long, default_value = "overlayd")]
+        bin: String,
+        /// Video folder of servers on the CORE machine.
+        #[arg(long, default_value = "/usr/local/share/overlayd/videos")]
+        videos: String,
+    },
+    /// Network-namespace emulator: build a topology, run it, inject faults (needs root).
+    Netns(overlayd::emulate::netns::NetnsArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum CoreFormat {
+    Xml,
+    Imn,
+    Both,
 }
 
 /// Logging options shared by every role.
@@ -321,6 +347,44 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 } else {
                     ExitCode::from(1)
                 })
+            }
+            Some(Tool::CoreScenario {
+                topology,
+                out_dir,
+                format,
+                bin,
+                videos,
+            }) => {
+                use overlayd::emulate::core;
+                let files = if topology.is_empty() {
+                    core::scenario_topologies(std::path::Path::new("topology"))
+                        .context("cannot list topology/")?
+                } else {
+                    topology
+                };
+                let opts = core::CoreOptions {
+                    bin,
+                    videos,
+                    ..Default::default()
+                };
+                let format = match format {
+                    CoreFormat::Xml => core::Format::Xml,
+                    CoreFormat::Imn => core::Format::Imn,
+                    CoreFormat::Both => core::Format::Both,
+                };
+                for f in files {
+                    let s = core::generate_file(&f, &opts).map_err(|e| anyhow::anyhow!(e))?;
+                    for p in core::write(&s, &out_dir, format)
+                        .with_context(|| format!("cannot write into {}", out_dir.display()))?
+                    {
+                        println!("wrote {}", p.display());
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(Tool::Netns(args)) => {
+                let code = overlayd::emulate::netns::main(args)?;
+                Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
             }
             None => {
                 eprintln!("overlayd: give --role ROLE or a command (see --help)");

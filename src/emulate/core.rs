@@ -1,0 +1,677 @@
+//! CORE scenario generation: a topology file becomes a CORE 9 XML scenario and a legacy `.imn`
+//! file for the CORE 7/8 Tcl GUI.
+//!
+//! Both files describe the same network, the [`Underlay`] of the topology: one CORE node per
+//! device (a `router` running OSPF when it has two or more interfaces, a `PC` with static routes
+//! otherwise), a direct link per point-to-point subnet and a switch per LAN, with exactly the
+//! topology's addresses. Every node gets one start script, `overlayd.sh`, through a service:
+//! in CORE 9 the custom service `Overlayd` (see `core-scenarios/overlayd_service.py`) whose
+//! file template the XML overrides per node; in the legacy GUI the built-in `UserDefined`
+//! service. The script sets the static routes (PCs), makes sure a shared key exists (the first
+//! node to start generates it; every node of a session shares the host's `/tmp`), starts the
+//! bootstrapper on its host (the topology is embedded in that host's script), and starts the
+//! device's role. Clients are not started (they need a display for ffplay): their script writes
+//! `client.sh`, the exact client command, into the node's directory.
+//!
+//! The generated files are committed in `core-scenarios/` and a test regenerates them to prove
+//! they never drift; they are never edited by hand.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use crate::topology::DeviceRole;
+
+use super::{shell_quote, Underlay};
+
+/// Name of the CORE 9 custom service (see `core-scenarios/overlayd_service.py`).
+pub const SERVICE_NAME: &str = "Overlayd";
+/// The start script every node gets.
+pub const SCRIPT_NAME: &str = "overlayd.sh";
+
+/// Where things are on the CORE machine; the defaults match `core-scenarios/README.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreOptions {
+    /// The `overlayd` binary (a name on PATH or an absolute path).
+    pub bin: String,
+    /// Video folder of servers; a sub-folder named after the server is preferred if present.
+    pub videos: String,
+    /// Directory (shared by all nodes of a session) holding the generated overlay key.
+    pub key_dir: String,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions {
+            bin: "overlayd".into(),
+            videos: "/usr/local/share/overlayd/videos".into(),
+            key_dir: "/tmp/overlayd-core".into(),
+        }
+    }
+}
+
+/// The two generated files of one topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// Base name (the topology file's stem).
+    pub name: String,
+    pub xml: String,
+    pub imn: String,
+}
+
+/// Which formats to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Xml,
+    Imn,
+    Both,
+}
+
+/// Generate both scenario files of a topology. `topology_text` is the file's text, embedded in
+/// the bootstrapper's script; `name` is the scenario's base name.
+pub fn generate(
+    u: &Underlay,
+    name: &str,
+    topology_text: &str,
+    opts: &CoreOptions,
+) -> Result<Scenario, String> {
+    for h in &u.hosts {
+        for i in &h.ifaces {
+            let v4 = i.addrs.iter().filter(|a| a.is_ipv4()).count();
+            let v6 = i.addrs.len() - v4;
+            if v4 > 1 || v6 > 1 {
+                return Err(format!(
+                    "{}: CORE interfaces carry one IPv4 and one IPv6 address, but {} has {} addresses on one subnet",
+                    h.name,
+                    i.name,
+                    i.addrs.len()
+                ));
+            }
+        }
+    }
+    let scripts = |legacy| -> Result<Vec<String>, String> {
+        (0..u.hosts.len())
+            .map(|h| start_script(u, h, name, topology_text, opts, legacy))
+            .collect()
+    };
+    let layout = Layout::new(u);
+    Ok(Scenario {
+        name: name.to_string(),
+        xml: xml(u, name, &layout, &scripts(false)?),
+        imn: imn(u, name, &layout, &scripts(true)?)?,
+    })
+}
+
+/// Load, derive and generate the scenario of a topology file.
+pub fn generate_file(path: &Path, opts: &CoreOptions) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let t =
+        crate::topology::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let u = Underlay::from_topology(&t).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "scenario".into());
+    generate(&u, &name, &text, opts).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Write the chosen formats into `out_dir`; returns the written paths.
+pub fn write(s: &Scenario, out_dir: &Path, format: Format) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir)?;
+    let mut out = Vec::new();
+    if format != Format::Imn {
+        let p = out_dir.join(format!("{}.xml", s.name));
+        std::fs::write(&p, &s.xml)?;
+        out.push(p);
+    }
+    if format != Format::Xml {
+        let p = out_dir.join(format!("{}.imn", s.name));
+        std::fs::write(&p, &s.imn)?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// True for hosts that CORE should run as routers (OSPF and forwarding).
+pub fn is_router(u: &Underlay, h: usize) -> bool {
+    u.hosts[h].ifaces.len() >= 2
+}
+
+/// CORE node ids: the bootstrapper's host is node 1 (started first where CORE keeps order),
+/// then the other hosts in start order, then one switch per LAN.
+fn node_ids(u: &Underlay) -> (Vec<usize>, Vec<Option<usize>>) {
+    let mut order = vec![u.bootstrapper];
+    order.extend(u.start_order().into_iter().filter(|&h| h != u.bootstrapper));
+    let mut ids = vec![0; u.hosts.len()];
+    for (k, &h) in order.iter().enumerate() {
+        ids[h] = k + 1;
+    }
+    let mut next = u.hosts.len() + 1;
+    let switch_ids = u
+        .subnets
+        .iter()
+        .map(|s| {
+            s.is_lan().then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect();
+    (ids, switch_ids)
+}
+
+/// The start script of host `h` (POSIX sh). CORE 9 renders it as a Mako template (so no `${`,
+/// and no line starting with `%` or `##`); the legacy GUI (`legacy`) stores it inside a Tcl
+/// brace block, so there the script has no braces, backslashes or empty lines, and the embedded
+/// topology is base64 (heredocs use `<<-` in case tabs end up in front of lines).
+pub fn start_script(
+    u: &Underlay,
+    h: usize,
+    scenario: &str,
+    topology_text: &str,
+    opts: &CoreOptions,
+    legacy: bool,
+) -> Result<String, String> {
+    let host = &u.hosts[h];
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "#!/bin/sh");
+    let _ = writeln!(
+        w,
+        "# overlayd on {} ({}), scenario {scenario}: generated by `overlayd core-scenario`, do not edit.",
+        host.name, host.role
+    );
+    let _ = writeln!(w, "OVERLAYD={}", shell_quote(&opts.bin));
+    let _ = writeln!(w, "KEYDIR={}", shell_quote(&opts.key_dir));
+    let _ = writeln!(w, "KEY=$KEYDIR/overlayd.key");
+    let _ = writeln!(w, "if [ \"$1\" = stop ]; then");
+    let _ = writeln!(
+        w,
+        "  for f in overlayd.pid bootstrapper.pid; do [ -f $f ] && kill $(cat $f) 2>/dev/null; done"
+    );
+    let _ = writeln!(w, "  exit 0");
+    let _ = writeln!(w, "fi");
+    if !is_router(u, h) {
+        for r in &host.routes {
+            let fam = if r.dest.is_v4() { "" } else { " -6" };
+            let _ = writeln!(
+                w,
+                "ip{fam} route replace {} via {} dev {}",
+                r.dest, r.via, r.dev
+            );
+        }
+    }
+    if host.role != DeviceRole::Client || h == u.bootstrapper {
+        let _ = writeln!(w, "mkdir -p $KEYDIR");
+        let _ = writeln!(w, "if [ ! -f $KEY ]; then");
+        let _ = writeln!(
+            w,
+            "  $OVERLAYD keygen --out $KEY.$$ >/dev/null && ln $KEY.$$ $KEY 2>/dev/null"
+        );
+        let _ = writeln!(w, "  rm -f $KEY.$$");
+        let _ = writeln!(w, "fi");
+    }
+    if h == u.bootstrapper {
+        let eof = "OVERLAYD_TOPOLOGY_EOF";
+        if topology_text.contains(eof) {
+            return Err(format!("the topology text contains {eof}"));
+        }
+        let _ = writeln!(
+            w,
+            "# This host runs the bootstrapper; every device uses --bootstrap {}.",
+            u.bootstrap_ip
+        );
+        if legacy {
+            let _ = writeln!(w, "base64 -d > topology.json <<-'{eof}'");
+            let b64 = base64(topology_text.as_bytes());
+            for chunk in b64.as_bytes().chunks(76) {
+                let _ = writeln!(w, "{}", String::from_utf8_lossy(chunk));
+            }
+        } else {
+            let _ = writeln!(w, "cat > topology.json <<-'{eof}'");
+            for line in topology_text.lines() {
+                let _ = writeln!(w, "{line}");
+            }
+        }
+        let _ = writeln!(w, "{eof}");
+        let _ = writeln!(
+            w,
+            "setsid $OVERLAYD --role bootstrapper --topology topology.json </dev/null >>bootstrapper.log 2>&1 &"
+        );
+        let _ = writeln!(w, "echo $! > bootstrapper.pid");
+    }
+    let args: Vec<String> = u.role_args(h).iter().map(|a| shell_quote(a)).collect();
+    let args = args.join(" ");
+    match host.role {
+        DeviceRole::Client => {
+            let _ = writeln!(
+                w,
+                "# Clients need a display: open a terminal on this node and run sh client.sh"
+            );
+            let _ = writeln!(w, "echo '#!/bin/sh' > client.sh");
+            let _ = writeln!(w, "echo \"exec $OVERLAYD {args}\" '\"$@\"' >> client.sh");
+        }
+        role => {
+            let mut extra = String::from(" --key-file $KEY");
+            if role == DeviceRole::Server {
+                let _ = writeln!(w, "VIDEOS={}", shell_quote(&opts.videos));
+                let _ = writeln!(
+                    w,
+                    "[ -d $VIDEOS/{0} ] && VIDEOS=$VIDEOS/{0}",
+                    shell_quote(&host.name)
+                );
+                extra.push_str(" --videos $VIDEOS");
+            }
+            let _ = writeln!(
+                w,
+                "setsid $OVERLAYD {args}{extra} </dev/null >>overlayd.log 2>&1 &"
+            );
+            let _ = writeln!(w, "echo $! > overlayd.pid");
+        }
+    }
+    for (n, line) in s.lines().enumerate() {
+        let t = line.trim_start();
+        if line.contains("${") || t.starts_with('%') || t.starts_with("##") || line.contains("<%") {
+            return Err(format!(
+                "{}: line {} of the start script would be read as a CORE 9 template directive: {line}",
+                host.name,
+                n + 1
+            ));
+        }
+        if legacy && line.contains(['{', '}', '\\']) {
+            return Err(format!(
+                "{}: line {} of the start script has a brace or backslash, which the legacy .imn format cannot hold: {line}",
+                host.name,
+                n + 1
+            ));
+        }
+        if legacy && line.trim().is_empty() {
+            return Err(format!(
+                "{}: line {} of the start script is empty",
+                host.name,
+                n + 1
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// Node positions on a 1000 x 750 canvas: rows by hop distance from the servers.
+struct Layout {
+    hosts: Vec<(f64, f64)>,
+    switches: Vec<(f64, f64)>,
+}
+
+impl Layout {
+    fn new(u: &Underlay) -> Layout {
+        let n = u.hosts.len();
+        let mut dist = vec![usize::MAX; n];
+        let mut q = std::collections::VecDeque::new();
+        for (h, host) in u.hosts.iter().enumerate() {
+            if host.role == DeviceRole::Server {
+                dist[h] = 0;
+                q.push_back(h);
+            }
+        }
+        if q.is_empty() {
+            dist[0] = 0;
+            q.push_back(0);
+        }
+        while let Some(a) = q.pop_front() {
+            for i in &u.hosts[a].ifaces {
+                for &(b, _) in &u.subnets[i.subnet].members {
+                    if dist[b] == usize::MAX {
+                        dist[b] = dist[a] + 1;
+                        q.push_back(b);
+                    }
+                }
+            }
+        }
+        let deepest = dist
+            .iter()
+            .filter(|d| **d != usize::MAX)
+            .max()
+            .copied()
+            .unwrap_or(0);
+        for d in &mut dist {
+            if *d == usize::MAX {
+                *d = deepest + 1;
+            }
+        }
+        let rows = dist.iter().max().copied().unwrap_or(0) + 1;
+        let row_h = (650.0 / rows as f64).min(120.0);
+        let mut hosts = vec![(0.0, 0.0); n];
+        for row in 0..rows {
+            let members: Vec<usize> = (0..n).filter(|&h| dist[h] == row).collect();
+            let step = 1000.0 / (members.len() as f64 + 1.0);
+            for (k, &h) in members.iter().enumerate() {
+                hosts[h] = (
+                    (step * (k as f64 + 1.0)).round(),
+                    (60.0 + row_h * row as f64).round(),
+                );
+            }
+        }
+        let switches = u
+            .subnets
+            .iter()
+            .map(|s| {
+                let k = s.members.len() as f64;
+                let (x, y) = s.members.iter().fold((0.0, 0.0), |(x, y), &(h, _)| {
+                    (x + hosts[h].0, y + hosts[h].1)
+                });
+                ((x / k).round() + 30.0, (y / k).round())
+            })
+            .collect();
+        Layout { hosts, switches }
+    }
+}
+
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[((n >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+fn iface_attrs(addrs: &[IpAddr], prefix: u8) -> String {
+    let mut s = String::new();
+    for a in addrs {
+        match a {
+            IpAddr::V4(v4) => {
+                let _ = write!(s, " ip4=\"{v4}\" ip4_mask=\"{prefix}\"");
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(s, " ip6=\"{v6}\" ip6_mask=\"{prefix}\"");
+            }
+        }
+    }
+    s
+}
+
+fn router_services(u: &Underlay, h: usize) -> &'static [&'static str] {
+    if is_router(u, h) {
+        &["zebra", "OSPFv2", "OSPFv3", "IPForward"]
+    } else {
+        &[]
+    }
+}
+
+/// The CORE 9 XML scenario.
+fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String {
+    let (ids, switch_ids) = node_ids(u);
+    let mut order: Vec<usize> = (0..u.hosts.len()).collect();
+    order.sort_by_key(|&h| ids[h]);
+    let mut w = String::new();
+    let _ = writeln!(w, "<?xml version='1.0' encoding='UTF-8'?>");
+    let _ = writeln!(
+        w,
+        "<!-- Generated by `overlayd core-scenario` from topology/{}.json; do not edit. Needs the Overlayd service (core-scenarios/README.md). -->",
+        xml_escape(name)
+    );
+    let _ = writeln!(w, "<scenario name=\"{}\">", xml_escape(name));
+    let _ = writeln!(w, "  <networks>");
+    for (s, subnet) in u.subnets.iter().enumerate() {
+        if let Some(id) = switch_ids[s] {
+            let (x, y) = layout.switches[s];
+            let _ = writeln!(
+                w,
+                "    <network id=\"{id}\" name=\"lan{s}\" icon=\"\" canvas=\"1\" type=\"SWITCH\">"
+            );
+            let _ = writeln!(w, "      <position x=\"{x:.1}\" y=\"{y:.1}\"/>");
+            let _ = writeln!(w, "    </network>");
+            let _ = subnet;
+        }
+    }
+    let _ = writeln!(w, "  </networks>");
+    let _ = writeln!(w, "  <devices>");
+    for &h in &order {
+        let host = &u.hosts[h];
+        let (x, y) = layout.hosts[h];
+        let model = if is_router(u, h) { "router" } else { "PC" };
+        let _ = writeln!(
+            w,
+            "    <device id=\"{}\" name=\"{}\" icon=\"\" canvas=\"1\" type=\"{model}\" class=\"\" image=\"\">",
+            ids[h],
+            xml_escape(&host.name)
+        );
+        let _ = writeln!(w, "      <position x=\"{x:.1}\" y=\"{y:.1}\"/>");
+        let _ = writeln!(w, "      <services>");
+        for svc in router_services(u, h).iter().chain([SERVICE_NAME].iter()) {
+            let _ = writeln!(w, "        <service name=\"{svc}\"/>");
+        }
+        let _ = writeln!(w, "      </services>");
+        let _ = writeln!(w, "    </device>");
+    }
+    let _ = writeln!(w, "  </devices>");
+    let _ = writeln!(w, "  <links>");
+    for (s, subnet) in u.subnets.iter().enumerate() {
+        let iface = |tag: &str, (h, i): (usize, usize)| {
+            let f = &u.hosts[h].ifaces[i];
+            format!(
+                "<{tag} id=\"{i}\" name=\"{}\" mac=\"{}\"{}/>",
+                f.name,
+                f.mac,
+                iface_attrs(&f.addrs, subnet.net.prefix)
+            )
+        };
+        match switch_ids[s] {
+            Some(sw) => {
+                for &m in &subnet.members {
+                    let _ = writeln!(w, "    <link node1=\"{}\" node2=\"{sw}\">", ids[m.0]);
+                    let _ = writeln!(w, "      {}", iface("iface1", m));
+                    let _ = writeln!(w, "    </link>");
+                }
+            }
+            None if subnet.members.len() == 2 => {
+                let (a, b) = (subnet.members[0], subnet.members[1]);
+                let _ = writeln!(
+                    w,
+                    "    <link node1=\"{}\" node2=\"{}\">",
+                    ids[a.0], ids[b.0]
+                );
+                let _ = writeln!(w, "      {}", iface("iface1", a));
+                let _ = writeln!(w, "      {}", iface("iface2", b));
+                let _ = writeln!(w, "    </link>");
+            }
+            None => {} // a subnet with one member: the interface has no peer
+        }
+    }
+    let _ = writeln!(w, "  </links>");
+    let _ = writeln!(w, "  <service_configurations>");
+    for &h in &order {
+        let _ = writeln!(
+            w,
+            "    <service name=\"{SERVICE_NAME}\" node=\"{}\">",
+            ids[h]
+        );
+        let _ = writeln!(w, "      <templates>");
+        let body = scripts[h].replace("]]>", "]]]]><![CDATA[>");
+        let _ = writeln!(
+            w,
+            "        <template name=\"{SCRIPT_NAME}\"><![CDATA[{body}]]></template>"
+        );
+        let _ = writeln!(w, "      </templates>");
+        let _ = writeln!(w, "    </service>");
+    }
+    let _ = writeln!(w, "  </service_configurations>");
+    let _ = writeln!(w, "</scenario>");
+    w
+}
+
+/// The legacy `.imn` scenario (CORE 7/8 Tcl GUI).
+fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<String, String> {
+    let (ids, switch_ids) = node_ids(u);
+    let mut order: Vec<usize> = (0..u.hosts.len()).collect();
+    order.sort_by_key(|&h| ids[h]);
+    // Peers of every interface: (host, iface) -> node id of the other end.
+    let peer_of = |h: usize, i: usize| -> Option<String> {
+        let s = u.hosts[h].ifaces[i].subnet;
+        if let Some(sw) = switch_ids[s] {
+            return Some(format!("n{sw}"));
+        }
+        u.subnets[s]
+            .members
+            .iter()
+            .find(|(m, _)| *m != h)
+            .map(|(m, _)| format!("n{}", ids[*m]))
+    };
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "# Generated by `overlayd core-scenario` from topology/{name}.json; do not edit."
+    );
+    for &h in &order {
+        let host = &u.hosts[h];
+        let (x, y) = layout.hosts[h];
+        let model = if is_router(u, h) { "router" } else { "PC" };
+        let _ = writeln!(w, "node n{} {{", ids[h]);
+        let _ = writeln!(w, "    type router");
+        let _ = writeln!(w, "    model {model}");
+        let _ = writeln!(w, "    network-config {{");
+        let _ = writeln!(w, "\thostname {}", host.name);
+        let _ = writeln!(w, "\t!");
+        for f in &host.ifaces {
+            let prefix = u.subnets[f.subnet].net.prefix;
+            let _ = writeln!(w, "\tinterface {}", f.name);
+            for a in &f.addrs {
+                let kw = if a.is_ipv4() { "ip" } else { "ipv6" };
+                let _ = writeln!(w, "\t {kw} address {a}/{prefix}");
+            }
+            let _ = writeln!(w, "\t!");
+        }
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "    canvas c1");
+        let _ = writeln!(w, "    iconcoords {{{x:.1} {y:.1}}}");
+        let _ = writeln!(w, "    labelcoords {{{x:.1} {:.1}}}", y + 28.0);
+        for (i, f) in host.ifaces.iter().enumerate() {
+            if let Some(p) = peer_of(h, i) {
+                let _ = writeln!(w, "    interface-peer {{{} {p}}}", f.name);
+            }
+        }
+        let mut services: Vec<&str> = router_services(u, h).to_vec();
+        services.push("UserDefined");
+        let _ = writeln!(w, "    services {{{}}}", services.join(" "));
+        let _ = writeln!(w, "    custom-config {{");
+        let _ = writeln!(w, "\tcustom-config-id service:UserDefined:{SCRIPT_NAME}");
+        let _ = writeln!(w, "\tcustom-command {SCRIPT_NAME}");
+        let _ = writeln!(w, "\tconfig {{");
+        for line in scripts[h].lines() {
+            let _ = writeln!(w, "\t{line}");
+        }
+        let _ = writeln!(w, "\t}}");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "    custom-config {{");
+        let _ = writeln!(w, "\tcustom-config-id service:UserDefined");
+        let _ = writeln!(w, "\tcustom-command UserDefined");
+        let _ = writeln!(w, "\tconfig {{");
+        let _ = writeln!(w, "\tfiles=('{SCRIPT_NAME}', )");
+        let _ = writeln!(w, "\tstartidx=90");
+        let _ = writeln!(w, "\tcmdup=('sh {SCRIPT_NAME}', )");
+        let _ = writeln!(w, "\tcmddown=('sh {SCRIPT_NAME} stop', )");
+        let _ = writeln!(w, "\t}}");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "}}");
+        let _ = writeln!(w);
+    }
+    for (s, subnet) in u.subnets.iter().enumerate() {
+        let Some(sw) = switch_ids[s] else { continue };
+        let (x, y) = layout.switches[s];
+        let _ = writeln!(w, "node n{sw} {{");
+        let _ = writeln!(w, "    type lanswitch");
+        let _ = writeln!(w, "    network-config {{");
+        let _ = writeln!(w, "\thostname lan{s}");
+        let _ = writeln!(w, "\t!");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "    canvas c1");
+        let _ = writeln!(w, "    iconcoords {{{x:.1} {y:.1}}}");
+        let _ = writeln!(w, "    labelcoords {{{x:.1} {:.1}}}", y + 28.0);
+        for (k, &(h, _)) in subnet.members.iter().enumerate() {
+            let _ = writeln!(w, "    interface-peer {{e{k} n{}}}", ids[h]);
+        }
+        let _ = writeln!(w, "}}");
+        let _ = writeln!(w);
+    }
+    let mut l = 0;
+    for (s, subnet) in u.subnets.iter().enumerate() {
+        let pairs: Vec<(usize, usize)> = match switch_ids[s] {
+            Some(sw) => subnet.members.iter().map(|&(h, _)| (ids[h], sw)).collect(),
+            None if subnet.members.len() == 2 => {
+                vec![(ids[subnet.members[0].0], ids[subnet.members[1].0])]
+            }
+            None => vec![],
+        };
+        for (a, b) in pairs {
+            l += 1;
+            let _ = writeln!(w, "link l{l} {{");
+            let _ = writeln!(w, "    nodes {{n{a} n{b}}}");
+            let _ = writeln!(w, "    bandwidth 0");
+            let _ = writeln!(w, "}}");
+            let _ = writeln!(w);
+        }
+    }
+    let _ = writeln!(w, "canvas c1 {{");
+    let _ = writeln!(w, "    name {{Canvas1}}");
+    let _ = writeln!(w, "}}");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "option global {{");
+    for (k, v) in [
+        ("interface_names", "no"),
+        ("ip_addresses", "yes"),
+        ("ipv6_addresses", "no"),
+        ("node_labels", "yes"),
+        ("link_labels", "yes"),
+        ("show_api", "no"),
+        ("background_images", "no"),
+        ("annotations", "yes"),
+        ("grid", "yes"),
+        ("traffic_start", "0"),
+    ] {
+        let _ = writeln!(w, "    {k} {v}");
+    }
+    let _ = writeln!(w, "}}");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "option session {{");
+    let _ = writeln!(w, "}}");
+    Ok(w)
+}
+
+/// The topology files that get scenarios: every `*.json` in `dir` whose devices use no
+/// loopback address, in name order.
+pub fn scenario_topologies(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| crate::topology::parse(&t, "").ok())
+                .is_some_and(|t| {
+                    t.devices().all(|d| {
+                        !d.addresses.is_empty() && d.addresses.iter().all(|a| !a.is_loopback())
+                    })
+                })
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}

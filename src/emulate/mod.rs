@@ -1,0 +1,555 @@
+//! Emulation: turning a topology file into an emulated network.
+//!
+//! This module owns the *underlay* derived from a topology file: which hosts exist, which
+//! interfaces and addresses they have, which subnets (links or LANs) join them, the static
+//! routes that make every address reachable from every host (so grandfather connections to
+//! non-neighbours work), and which host runs the bootstrapper. Two back ends consume it:
+//! [`core`] writes CORE scenario files (CORE 9 XML and legacy .imn) and [`netns`] builds the same
+//! network out of Linux network namespaces and runs the daemons in it.
+//!
+//! Derivation rules (documented for users in `topology/README.md`):
+//! - every device is one host; every device must list its own `"addresses"`;
+//! - each address belongs to the subnet given by a fixed prefix length (/24 for IPv4, /64 for
+//!   IPv6); addresses of one device in one subnet share one interface;
+//! - a subnet with two members is a point-to-point link, with more a LAN (a switch in CORE, a
+//!   bridge in the emulator); subnets are numbered in address order, interfaces `eth0..` in
+//!   subnet order;
+//! - routes: for each host and each subnet it is not on, a route via the first hop of a
+//!   shortest path (fewest subnets crossed; ties broken by host order), so the plan is
+//!   deterministic;
+//! - the bootstrapper runs on the host of the device marked `"bootstrapper": true` (at most
+//!   one), or else on the first server in name order (else the first device); every device is
+//!   given that host's first address as `--bootstrap`.
+//!
+//! Everything here is pure: no commands run, no files are read.
+
+pub mod core;
+pub mod netns;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{self, DeviceRole, Topology};
+
+/// Prefix length used for IPv4 subnets.
+pub const V4_PREFIX: u8 = 24;
+/// Prefix length used for IPv6 subnets.
+pub const V6_PREFIX: u8 = 64;
+
+/// A subnet: network address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Net {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    /// The subnet `ip` belongs to under the default prefix lengths.
+    pub fn of(ip: IpAddr) -> Net {
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4) & (u32::MAX << (32 - V4_PREFIX));
+                Net {
+                    addr: IpAddr::V4(bits.into()),
+                    prefix: V4_PREFIX,
+                }
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & (u128::MAX << (128 - V6_PREFIX));
+                Net {
+                    addr: IpAddr::V6(bits.into()),
+                    prefix: V6_PREFIX,
+                }
+            }
+        }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix == 0 {
+            return f.write_str("default");
+        }
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One interface of a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Iface {
+    /// `eth0`, `eth1`, ... in subnet order.
+    pub name: String,
+    /// Index into [`Underlay::subnets`].
+    pub subnet: usize,
+    /// The device's addresses on this subnet (usually one).
+    pub addrs: Vec<IpAddr>,
+    /// A locally administered MAC address, unique in the plan.
+    pub mac: String,
+}
+
+/// A static route of a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub dest: Net,
+    pub via: IpAddr,
+    /// The interface the next hop is on.
+    pub dev: String,
+}
+
+/// One emulated host: one topology device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    #[serde(with = "role_serde")]
+    pub role: DeviceRole,
+    pub ifaces: Vec<Iface>,
+    pub routes: Vec<Route>,
+}
+
+impl Host {
+    /// The first address of the first interface.
+    pub fn first_addr(&self) -> IpAddr {
+        self.ifaces[0].addrs[0]
+    }
+
+    /// Index of the interface on `subnet`.
+    pub fn iface_on(&self, subnet: usize) -> Option<usize> {
+        self.ifaces.iter().position(|i| i.subnet == subnet)
+    }
+
+    /// The command-line role name for `overlayd --role`.
+    pub fn role_arg(&self) -> &'static str {
+        self.role.as_str()
+    }
+}
+
+/// A subnet with its members (host index, interface index), in host order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub net: Net,
+    pub members: Vec<(usize, usize)>,
+}
+
+impl Subnet {
+    /// A subnet of two hosts is a point-to-point link; more make a LAN.
+    pub fn is_lan(&self) -> bool {
+        self.members.len() > 2
+    }
+}
+
+/// The whole emulated network of one topology file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Underlay {
+    /// In topology (name) order.
+    pub hosts: Vec<Host>,
+    /// In address order.
+    pub subnets: Vec<Subnet>,
+    /// Index of the host that runs the bootstrapper.
+    pub bootstrapper: usize,
+    /// The address every device is given as `--bootstrap`.
+    pub bootstrap_ip: IpAddr,
+    /// Things worth telling the user (unreachable subnets, neighbours off-link).
+    pub notes: Vec<String>,
+}
+
+/// Field marking the device whose host runs the bootstrapper.
+pub const BOOTSTRAPPER_FIELD: &str = "bootstrapper";
+
+impl Underlay {
+    /// Derive the underlay of a topology. Refuses topologies with check errors, devices without
+    /// addresses, and loopback addresses (those run on one machine, without emulation).
+    pub fn from_topology(t: &Topology) -> Result<Underlay, String> {
+        let errors: Vec<String> = topology::check(t)
+            .into_iter()
+            .filter(|f| f.severity == topology::Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        if let Some(first) = errors.first() {
+            return Err(format!(
+                "the topology has {} error(s) (run `overlayd check-topology`); first: {first}",
+                errors.len()
+            ));
+        }
+        if t.is_empty() {
+            return Err("the topology has no devices".into());
+        }
+        for d in t.devices() {
+            if d.addresses.is_empty() {
+                return Err(format!(
+                    "device {} has no \"addresses\"; emulation needs every device's own addresses",
+                    d.name
+                ));
+            }
+            if let Some(ip) = d.addresses.iter().find(|ip| ip.is_loopback()) {
+                return Err(format!(
+                    "device {} uses loopback address {ip}: loopback topologies run on one machine without emulation",
+                    d.name
+                ));
+            }
+        }
+
+        // Subnets in address order.
+        let mut nets: BTreeMap<Net, Vec<(usize, IpAddr)>> = BTreeMap::new();
+        let devices: Vec<_> = t.devices().collect();
+        for (h, d) in devices.iter().enumerate() {
+            for &ip in &d.addresses {
+                nets.entry(Net::of(ip)).or_default().push((h, ip));
+            }
+        }
+        let net_index: BTreeMap<Net, usize> =
+            nets.keys().enumerate().map(|(i, n)| (*n, i)).collect();
+
+        let mut hosts: Vec<Host> = devices
+            .iter()
+            .map(|d| Host {
+                name: d.name.clone(),
+                role: d.role,
+                ifaces: Vec::new(),
+                routes: Vec::new(),
+            })
+            .collect();
+        let mut subnets: Vec<Subnet> = nets
+            .keys()
+            .map(|n| Subnet {
+                net: *n,
+                members: Vec::new(),
+            })
+            .collect();
+        for (net, owners) in &nets {
+            let s = net_index[net];
+            for &(h, ip) in owners {
+                let host = &mut hosts[h];
+                match host.ifaces.iter_mut().find(|i| i.subnet == s) {
+                    Some(i) => i.addrs.push(ip),
+                    None => {
+                        let k = host.ifaces.len();
+                        host.ifaces.push(Iface {
+                            name: format!("eth{k}"),
+                            subnet: s,
+                            addrs: vec![ip],
+                            mac: format!("02:0e:{:02x}:{:02x}:00:{:02x}", h >> 8, h & 0xff, k),
+                        });
+                        subnets[s].members.push((h, k));
+                    }
+                }
+            }
+        }
+        for s in &mut subnets {
+            s.members.sort();
+        }
+
+        let mut notes = Vec::new();
+        compute_routes(&mut hosts, &subnets, &mut notes);
+
+        // Neighbours that are not on a shared subnet are reached through routes; say so.
+        for (h, d) in devices.iter().enumerate() {
+            if !d.role.is_overlay() {
+                continue; // clients reach their edges through routing by design
+            }
+            for n in &d.neighbours {
+                let on_link = hosts[h]
+                    .ifaces
+                    .iter()
+                    .any(|i| subnets[i.subnet].net == Net::of(n.ip));
+                if !on_link {
+                    notes.push(format!(
+                        "{}: neighbour {} is not on a directly attached subnet; it is reached through routing",
+                        d.name, n.ip
+                    ));
+                }
+            }
+        }
+
+        let marked: Vec<usize> = devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.raw.get(BOOTSTRAPPER_FIELD) == Some(&serde_json::Value::Bool(true)))
+            .map(|(i, _)| i)
+            .collect();
+        let bootstrapper = match marked.as_slice() {
+            [] => devices
+                .iter()
+                .position(|d| d.role == DeviceRole::Server)
+                .unwrap_or(0),
+            [one] => *one,
+            many => {
+                return Err(format!(
+                    "{} devices are marked \"bootstrapper\": true ({}); mark at most one",
+                    many.len(),
+                    many.iter()
+                        .map(|&i| devices[i].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        };
+        let bootstrap_ip = hosts[bootstrapper].first_addr();
+        Ok(Underlay {
+            hosts,
+            subnets,
+            bootstrapper,
+            bootstrap_ip,
+            notes,
+        })
+    }
+
+    pub fn host(&self, name: &str) -> Option<(usize, &Host)> {
+        self.hosts.iter().enumerate().find(|(_, h)| h.name == name)
+    }
+
+    /// Subnets shared by hosts `a` and `b`.
+    pub fn shared_subnets(&self, a: usize, b: usize) -> Vec<usize> {
+        self.hosts[a]
+            .ifaces
+            .iter()
+            .map(|i| i.subnet)
+            .filter(|s| self.hosts[b].iface_on(*s).is_some())
+            .collect()
+    }
+
+    /// The `overlayd` arguments (after the binary) that start host `h`'s role, without
+    /// `--key-file`/`--videos` (those depend on where it runs).
+    pub fn role_args(&self, h: usize) -> Vec<String> {
+        let host = &self.hosts[h];
+        vec![
+            "--role".into(),
+            host.role_arg().into(),
+            "--name".into(),
+            host.name.clone(),
+            "--bootstrap".into(),
+            self.bootstrap_ip.to_string(),
+        ]
+    }
+
+    /// Host indices in start order: servers, then nodes and edges, then clients (each in name
+    /// order). The bootstrapper is started before all of them by the back ends.
+    pub fn start_order(&self) -> Vec<usize> {
+        let rank = |r: DeviceRole| match r {
+            DeviceRole::Server => 0,
+            DeviceRole::Node | DeviceRole::Edge => 1,
+            DeviceRole::Client => 2,
+        };
+        let mut v: Vec<usize> = (0..self.hosts.len()).collect();
+        v.sort_by_key(|&h| (rank(self.hosts[h].role), h));
+        v
+    }
+}
+
+/// Shortest-path static routes for every host to every subnet it is not attached to.
+fn compute_routes(hosts: &mut [Host], subnets: &[Subnet], notes: &mut Vec<String>) {
+    let n = hosts.len();
+    // Host adjacency through subnets: (neighbour host, subnet), in subnet then host order.
+    let adj: Vec<Vec<(usize, usize)>> = (0..n)
+        .map(|h| {
+            let mut v = Vec::new();
+            for i in &hosts[h].ifaces {
+                for &(m, _) in &subnets[i.subnet].members {
+                    if m != h {
+                        v.push((m, i.subnet));
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    for h in 0..n {
+        // BFS: first hop (neighbour host, subnet) towards each host.
+        let mut first: Vec<Option<(usize, usize)>> = vec![None; n];
+        let mut dist = vec![usize::MAX; n];
+        dist[h] = 0;
+        let mut q = VecDeque::from([h]);
+        while let Some(u) = q.pop_front() {
+            for &(v, s) in &adj[u] {
+                if dist[v] == usize::MAX {
+                    dist[v] = dist[u] + 1;
+                    first[v] = if u == h { Some((v, s)) } else { first[u] };
+                    q.push_back(v);
+                }
+            }
+        }
+        let mut routes = Vec::new();
+        for (s, subnet) in subnets.iter().enumerate() {
+            if hosts[h].iface_on(s).is_some() {
+                continue;
+            }
+            let best = subnet
+                .members
+                .iter()
+                .map(|&(m, _)| m)
+                .filter(|&m| dist[m] != usize::MAX)
+                .min_by_key(|&m| (dist[m], m));
+            let Some(m) = best else {
+                notes.push(format!(
+                    "{}: subnet {} is unreachable (the underlay is not connected)",
+                    hosts[h].name, subnet.net
+                ));
+                continue;
+            };
+            let (hop, via_subnet) = first[m].expect("reachable host has a first hop");
+            let hop_iface = hosts[hop].iface_on(via_subnet).expect("member");
+            // A next hop of the destination's address family on the shared subnet.
+            let Some(via) = hosts[hop].ifaces[hop_iface]
+                .addrs
+                .iter()
+                .copied()
+                .find(|a| a.is_ipv4() == subnet.net.is_v4())
+            else {
+                notes.push(format!(
+                    "{}: no next hop of the right address family towards {}",
+                    hosts[h].name, subnet.net
+                ));
+                continue;
+            };
+            let dev = hosts[h].ifaces[hosts[h].iface_on(via_subnet).expect("attached")]
+                .name
+                .clone();
+            routes.push(Route {
+                dest: subnet.net,
+                via,
+                dev,
+            });
+        }
+        hosts[h].routes = collapse_to_default(routes);
+    }
+}
+
+/// A host whose routes of one address family all leave through one next hop gets a single
+/// default route for that family instead (the usual shape for leaf hosts).
+fn collapse_to_default(routes: Vec<Route>) -> Vec<Route> {
+    let mut out = Vec::new();
+    for v4 in [true, false] {
+        let fam: Vec<&Route> = routes.iter().filter(|r| r.dest.is_v4() == v4).collect();
+        let Some(first) = fam.first() else { continue };
+        if fam.len() > 1 && fam.iter().all(|r| r.via == first.via) {
+            let addr = if v4 {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            };
+            out.push(Route {
+                dest: Net { addr, prefix: 0 },
+                via: first.via,
+                dev: first.dev.clone(),
+            });
+        } else {
+            out.extend(fam.into_iter().cloned());
+        }
+    }
+    out
+}
+
+/// `DeviceRole` as its lower-case name in state files.
+mod role_serde {
+    use super::DeviceRole;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &DeviceRole, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceRole, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Quote a word for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(text: &str) -> Topology {
+        topology::parse(text, "t.json").unwrap()
+    }
+
+    const CHAIN: &str = r#"{
+        "S1": {"addresses": ["10.0.1.10"], "neighbours": ["10.0.1.1"]},
+        "O1": {"addresses": ["10.0.1.1", "10.0.2.1"], "neighbours": ["10.0.1.10", "10.0.2.2"]},
+        "O2": {"addresses": ["10.0.2.2", "10.0.3.1"], "neighbours": ["10.0.2.1"], "edge": true},
+        "C1": {"addresses": ["10.0.3.20"], "neighbours": ["10.0.3.1"]}
+    }"#;
+
+    #[test]
+    fn subnets_interfaces_and_routes() {
+        let u = Underlay::from_topology(&topo(CHAIN)).unwrap();
+        assert_eq!(u.subnets.len(), 3);
+        let (c1, c) = u.host("C1").unwrap();
+        assert_eq!(c.ifaces.len(), 1);
+        assert_eq!(c.ifaces[0].name, "eth0");
+        // C1 reaches 10.0.1.0/24 and 10.0.2.0/24 via O2 (10.0.3.1): a default route.
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].dest.to_string(), "default");
+        assert_eq!(c.routes[0].via.to_string(), "10.0.3.1");
+        let (s1, s) = u.host("S1").unwrap();
+        assert!(s.routes.iter().all(|r| r.via.to_string() == "10.0.1.1"));
+        assert_eq!(u.bootstrapper, s1);
+        assert_eq!(u.bootstrap_ip.to_string(), "10.0.1.10");
+        let (o1, _) = u.host("O1").unwrap();
+        // O1 to 10.0.3.0/24 via O2's 10.0.2.2.
+        let r = &u.hosts[o1].routes[0];
+        assert_eq!(r.dest.to_string(), "10.0.3.0/24");
+        assert_eq!(r.via.to_string(), "10.0.2.2");
+        assert_eq!(u.shared_subnets(c1, o1), Vec::<usize>::new());
+        assert_eq!(u.role_args(c1)[1], "client");
+        assert!(u.notes.is_empty(), "{:?}", u.notes);
+    }
+
+    #[test]
+    fn refuses_missing_addresses_loopback_and_two_bootstrappers() {
+        let e = Underlay::from_topology(&topo(
+            r#"{"S1": {"neighbours": ["10.0.0.2"]}, "O1": {"addresses": ["10.0.0.2"], "neighbours": []}}"#,
+        ))
+        .unwrap_err();
+        assert!(e.contains("S1 has no \"addresses\""), "{e}");
+        let e = Underlay::from_topology(&topo(
+            r#"{"S1": {"addresses": ["127.0.1.1"], "neighbours": []}}"#,
+        ))
+        .unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        let e = Underlay::from_topology(&topo(
+            r#"{"S1": {"addresses": ["10.0.0.1"], "neighbours": [], "bootstrapper": true},
+                "O1": {"addresses": ["10.0.0.2"], "neighbours": [], "bootstrapper": true}}"#,
+        ))
+        .unwrap_err();
+        assert!(e.contains("mark at most one"), "{e}");
+    }
+
+    #[test]
+    fn marked_bootstrapper_and_lan() {
+        let u = Underlay::from_topology(&topo(
+            r#"{"S1": {"addresses": ["10.0.0.1"], "neighbours": ["10.0.0.2"]},
+                "O1": {"addresses": ["10.0.0.2"], "neighbours": ["10.0.0.1"], "edge": true, "bootstrapper": true},
+                "C1": {"addresses": ["10.0.0.3"], "neighbours": ["10.0.0.2"]}}"#,
+        ))
+        .unwrap();
+        assert_eq!(u.hosts[u.bootstrapper].name, "O1");
+        assert_eq!(u.subnets.len(), 1);
+        assert!(u.subnets[0].is_lan());
+        assert!(u.hosts.iter().all(|h| h.routes.is_empty()));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc-1.2"), "abc-1.2");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

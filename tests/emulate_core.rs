@@ -1,0 +1,582 @@
+//! CORE scenario files: every non-loopback topology's generated XML and IMN are well formed and
+//! faithful to the topology (unique ids, links between existing nodes, exactly the topology's
+//! addresses, every device present and started with its role, name and the bootstrapper's
+//! address), and the committed files in core-scenarios/ are exactly what the generator produces.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use overlayd::emulate::core::{self, CoreOptions};
+use overlayd::emulate::Underlay;
+use overlayd::topology::{self, DeviceRole, Topology};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn topologies() -> Vec<PathBuf> {
+    core::scenario_topologies(&repo().join("topology")).unwrap()
+}
+
+fn load(p: &Path) -> (String, Topology, Underlay) {
+    let text = std::fs::read_to_string(p).unwrap();
+    let t = topology::parse(&text, "t").unwrap();
+    let u = Underlay::from_topology(&t).unwrap();
+    (text, t, u)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small strict XML reader: elements, attributes, text and CDATA, comments, the declaration.
+
+#[derive(Debug, Default)]
+struct El {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    children: Vec<El>,
+    text: String,
+}
+
+impl El {
+    fn child(&self, name: &str) -> &El {
+        self.children
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("<{}> has no <{name}>", self.name))
+    }
+    fn all(&self, name: &str) -> impl Iterator<Item = &El> {
+        let name = name.to_string();
+        self.children.iter().filter(move |c| c.name == name)
+    }
+    fn attr(&self, k: &str) -> &str {
+        self.attrs
+            .get(k)
+            .unwrap_or_else(|| panic!("<{}> has no attribute {k}", self.name))
+    }
+}
+
+fn unescape(s: &str) -> String {
+    assert!(!s.contains('<'), "raw '<' in attribute or text: {s}");
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find(';').expect("unterminated entity") + i;
+        out.push_str(match &rest[i + 1..end] {
+            "amp" => "&",
+            "lt" => "<",
+            "gt" => ">",
+            "quot" => "\"",
+            "apos" => "'",
+            e => panic!("unknown entity &{e};"),
+        });
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn parse_xml(s: &str) -> El {
+    let mut stack: Vec<El> = vec![El::default()];
+    let mut i = 0;
+    let b = s.as_bytes();
+    while i < b.len() {
+        if s[i..].starts_with("<?") {
+            assert_eq!(i, 0, "declaration must come first");
+            i += s[i..].find("?>").expect("unterminated declaration") + 2;
+        } else if s[i..].starts_with("<!--") {
+            let end = s[i + 4..].find("-->").expect("unterminated comment") + i + 4;
+            assert!(!s[i + 4..end].contains("--"), "'--' inside a comment");
+            i = end + 3;
+        } else if s[i..].starts_with("<![CDATA[") {
+            let end = s[i..].find("]]>").expect("unterminated CDATA") + i;
+            stack.last_mut().unwrap().text.push_str(&s[i + 9..end]);
+            i = end + 3;
+        } else if s[i..].starts_with("</") {
+            let end = s[i..].find('>').unwrap() + i;
+            let name = s[i + 2..end].trim();
+            let el = stack.pop().unwrap();
+            assert_eq!(el.name, name, "mismatched closing tag");
+            stack.last_mut().unwrap().children.push(el);
+            i = end + 1;
+        } else if b[i] == b'<' {
+            let end = s[i..].find('>').unwrap() + i;
+            let mut inner = &s[i + 1..end];
+            let self_closing = inner.ends_with('/');
+            if self_closing {
+                inner = &inner[..inner.len() - 1];
+            }
+            let name_end = inner
+                .find(|c: char| c.is_whitespace())
+                .unwrap_or(inner.len());
+            let mut el = El {
+                name: inner[..name_end].to_string(),
+                ..Default::default()
+            };
+            assert!(
+                el.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "bad element name {:?}",
+                el.name
+            );
+            let mut rest = inner[name_end..].trim();
+            while !rest.is_empty() {
+                let eq = rest.find('=').expect("attribute without value");
+                let key = rest[..eq].trim().to_string();
+                let after = &rest[eq + 1..];
+                let q = after.chars().next().unwrap();
+                assert!(q == '"' || q == '\'', "unquoted attribute {key}");
+                let close = after[1..].find(q).expect("unterminated attribute") + 1;
+                let val = unescape(&after[1..close]);
+                assert!(
+                    el.attrs.insert(key.clone(), val).is_none(),
+                    "duplicate attribute {key}"
+                );
+                rest = after[close + 1..].trim_start();
+            }
+            if self_closing {
+                stack.last_mut().unwrap().children.push(el);
+            } else {
+                stack.push(el);
+            }
+            i = end + 1;
+        } else {
+            let end = s[i..].find('<').map(|e| e + i).unwrap_or(s.len());
+            let text = unescape(&s[i..end]);
+            if stack.len() == 1 {
+                assert!(text.trim().is_empty(), "text outside the root: {text:?}");
+            }
+            stack.last_mut().unwrap().text.push_str(&text);
+            i = end;
+        }
+    }
+    assert_eq!(
+        stack.len(),
+        1,
+        "unclosed element {}",
+        stack.last().unwrap().name
+    );
+    let mut doc = stack.pop().unwrap();
+    assert_eq!(doc.children.len(), 1, "one root element");
+    doc.children.pop().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The start command every device must have in its script.
+fn expected_command(u: &Underlay, d: &topology::Device) -> String {
+    format!(
+        "--role {} --name {} --bootstrap {}",
+        d.role, d.name, u.bootstrap_ip
+    )
+}
+
+fn addresses_of(t: &Topology, name: &str) -> BTreeSet<IpAddr> {
+    t.get(name).unwrap().addresses.iter().copied().collect()
+}
+
+#[test]
+fn xml_scenarios_are_well_formed_and_match_their_topologies() {
+    let files = topologies();
+    assert!(
+        files.len() >= 3,
+        "scenario1, scenario2, complex at least: {files:?}"
+    );
+    for f in files {
+        let (text, t, u) = load(&f);
+        let s = core::generate(&u, "x", &text, &CoreOptions::default()).unwrap();
+        let root = parse_xml(&s.xml);
+        assert_eq!(root.name, "scenario");
+        let ctx = f.display();
+
+        // Unique ids over devices and networks.
+        let mut ids = BTreeMap::new();
+        let mut devices = BTreeMap::new();
+        for d in root.child("devices").all("device") {
+            let id: u32 = d.attr("id").parse().unwrap();
+            assert!(
+                ids.insert(id, d.attr("name").to_string()).is_none(),
+                "{ctx}: id {id} twice"
+            );
+            assert!(matches!(d.attr("type"), "router" | "PC"), "{ctx}");
+            devices.insert(d.attr("name").to_string(), (id, d));
+        }
+        let mut switches = BTreeSet::new();
+        for n in root.child("networks").all("network") {
+            let id: u32 = n.attr("id").parse().unwrap();
+            assert!(
+                ids.insert(id, n.attr("name").to_string()).is_none(),
+                "{ctx}: id {id} twice"
+            );
+            assert_eq!(n.attr("type"), "SWITCH");
+            switches.insert(id);
+        }
+        // Every topology device is a device, and nothing else is.
+        let names: BTreeSet<String> = t.names().map(str::to_string).collect();
+        assert_eq!(
+            names,
+            devices.keys().cloned().collect::<BTreeSet<_>>(),
+            "{ctx}"
+        );
+        // The bootstrapper's host is node 1.
+        assert_eq!(ids[&1], u.hosts[u.bootstrapper].name, "{ctx}");
+
+        // Links reference existing nodes; addresses per device equal the topology's.
+        let mut addrs: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut iface_names: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut pairs = BTreeSet::new();
+        for l in root.child("links").all("link") {
+            let n1: u32 = l.attr("node1").parse().unwrap();
+            let n2: u32 = l.attr("node2").parse().unwrap();
+            assert!(
+                ids.contains_key(&n1) && ids.contains_key(&n2),
+                "{ctx}: dangling link"
+            );
+            assert_ne!(n1, n2);
+            assert!(pairs.insert((n1.min(n2), n1.max(n2))), "{ctx}: link twice");
+            for (tag, node) in [("iface1", n1), ("iface2", n2)] {
+                let Some(i) = l.children.iter().find(|c| c.name == tag) else {
+                    assert!(switches.contains(&node), "{ctx}: device end without {tag}");
+                    continue;
+                };
+                assert!(
+                    !switches.contains(&node),
+                    "{ctx}: switch ends have no interface"
+                );
+                let dev = ids[&node].clone();
+                assert!(
+                    iface_names.insert((dev.clone(), i.attr("name").to_string())),
+                    "{ctx}: {dev} iface twice"
+                );
+                let ip: IpAddr = i.attr("ip4").parse().unwrap();
+                assert_eq!(i.attr("ip4_mask"), "24");
+                assert!(
+                    addrs.entry(dev).or_default().insert(ip),
+                    "{ctx}: {ip} twice"
+                );
+            }
+        }
+        for name in t.names() {
+            assert_eq!(
+                addrs.get(name).cloned().unwrap_or_default(),
+                addresses_of(&t, name),
+                "{ctx}: {name}"
+            );
+        }
+
+        // Every device runs the Overlayd service with its own start command.
+        let mut scripts = BTreeMap::new();
+        for sc in root.child("service_configurations").all("service") {
+            assert_eq!(sc.attr("name"), core::SERVICE_NAME);
+            let id: u32 = sc.attr("node").parse().unwrap();
+            let tpl = sc.child("templates").child("template");
+            assert_eq!(tpl.attr("name"), core::SCRIPT_NAME);
+            assert!(scripts.insert(ids[&id].clone(), tpl.text.clone()).is_none());
+        }
+        for d in t.devices() {
+            let (_, el) = devices[&d.name];
+            assert!(
+                el.child("services")
+                    .all("service")
+                    .any(|s| s.attr("name") == core::SERVICE_NAME),
+                "{ctx}: {} lacks the service",
+                d.name
+            );
+            let script = &scripts[&d.name];
+            assert!(!script.contains("${"), "{ctx}: Mako would expand ${{");
+            let cmd = expected_command(&u, d);
+            let line = script
+                .lines()
+                .find(|l| l.contains(&cmd))
+                .unwrap_or_else(|| panic!("{ctx}: {} has no `{cmd}`:\n{script}", d.name));
+            if d.role == DeviceRole::Client {
+                assert!(line.contains(">> client.sh"), "{line}");
+            } else {
+                assert!(line.starts_with("setsid $OVERLAYD "), "{line}");
+                assert!(line.contains("--key-file $KEY"), "{line}");
+            }
+            let runs_bootstrapper = script.contains("--role bootstrapper --topology topology.json");
+            assert_eq!(
+                runs_bootstrapper,
+                d.name == u.hosts[u.bootstrapper].name,
+                "{ctx}: {}",
+                d.name
+            );
+            if runs_bootstrapper {
+                // The embedded topology is the file itself.
+                let start = script.find("OVERLAYD_TOPOLOGY_EOF'\n").unwrap() + 23;
+                let end = script[start..].find("\nOVERLAYD_TOPOLOGY_EOF").unwrap() + start;
+                assert_eq!(script[start..end].trim_end(), text.trim_end(), "{ctx}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IMN: a Tcl-like brace structure.
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 {c}"),
+        }
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    assert_eq!(clean.len() % 4, 0);
+    let mut out = Vec::new();
+    for q in clean.chunks(4) {
+        let pad = q.iter().filter(|&&c| c == b'=').count();
+        let n = q
+            .iter()
+            .map(|&c| if c == b'=' { 0 } else { val(c) })
+            .fold(0u32, |a, v| (a << 6) | v);
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    out
+}
+
+/// Top-level blocks `KIND NAME {BODY}` of an imn file; panics on unbalanced braces.
+fn imn_blocks(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut head = String::new();
+    let mut body = String::new();
+    for line in s.lines() {
+        if depth == 0 {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            assert!(
+                line.ends_with('{'),
+                "top-level line must open a block: {line}"
+            );
+            head = line.trim_end_matches('{').trim().to_string();
+            body.clear();
+            depth = 1;
+            continue;
+        }
+        assert!(!line.contains('\\'), "backslash in imn: {line}");
+        for c in line.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            assert!(depth >= 0, "unbalanced braces at {line}");
+        }
+        if depth == 0 {
+            assert_eq!(line, "}", "block must close on its own line");
+            out.push((head.clone(), body.clone()));
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    assert_eq!(depth, 0, "unbalanced braces at the end");
+    out
+}
+
+#[test]
+fn imn_scenarios_are_balanced_and_match_their_topologies() {
+    for f in topologies() {
+        let (text, t, u) = load(&f);
+        let ctx = f.display();
+        let s = core::generate(&u, "x", &text, &CoreOptions::default()).unwrap();
+        let blocks = imn_blocks(&s.imn);
+        let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+        let mut links = Vec::new();
+        for (head, body) in &blocks {
+            let mut w = head.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("node"), Some(n)) => assert!(
+                    nodes.insert(n.to_string(), body.clone()).is_none(),
+                    "{ctx}: {n} twice"
+                ),
+                (Some("link"), Some(_)) => links.push(body.clone()),
+                (Some("canvas" | "option"), _) => {}
+                other => panic!("{ctx}: unexpected block {other:?}"),
+            }
+        }
+        // Hostnames, addresses and peers.
+        let mut by_host = BTreeMap::new();
+        let mut peers: BTreeSet<(String, String)> = BTreeSet::new();
+        for (n, body) in &nodes {
+            let host = body
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("hostname "))
+                .unwrap()
+                .to_string();
+            for l in body.lines() {
+                if let Some(p) = l.trim().strip_prefix("interface-peer {") {
+                    let peer = p.trim_end_matches('}').split_whitespace().nth(1).unwrap();
+                    assert!(
+                        nodes.contains_key(peer),
+                        "{ctx}: {n} peers with missing {peer}"
+                    );
+                    peers.insert((n.clone(), peer.to_string()));
+                }
+            }
+            by_host.insert(host, (n.clone(), body.clone()));
+        }
+        for (a, b) in &peers {
+            assert!(
+                peers.contains(&(b.clone(), a.clone())),
+                "{ctx}: {a}–{b} one-sided"
+            );
+        }
+        let mut link_pairs = BTreeSet::new();
+        for l in &links {
+            let inner = l
+                .trim()
+                .strip_prefix("nodes {")
+                .unwrap()
+                .split('}')
+                .next()
+                .unwrap();
+            let v: Vec<&str> = inner.split_whitespace().collect();
+            assert_eq!(v.len(), 2);
+            assert!(
+                nodes.contains_key(v[0]) && nodes.contains_key(v[1]),
+                "{ctx}: dangling link"
+            );
+            assert!(
+                peers.contains(&(v[0].to_string(), v[1].to_string())),
+                "{ctx}: link without peers"
+            );
+            assert!(link_pairs.insert((v[0].min(v[1]).to_string(), v[0].max(v[1]).to_string())));
+        }
+        assert_eq!(
+            link_pairs.len() * 2,
+            peers.len(),
+            "{ctx}: every peering is a link"
+        );
+        for d in t.devices() {
+            let (_, body) = by_host
+                .get(&d.name)
+                .unwrap_or_else(|| panic!("{ctx}: no node {}", d.name));
+            let got: BTreeSet<IpAddr> = body
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("ip address "))
+                .map(|a| a.split('/').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(got, addresses_of(&t, &d.name), "{ctx}: {}", d.name);
+            assert!(
+                body.contains("UserDefined}"),
+                "{ctx}: {} lacks UserDefined",
+                d.name
+            );
+            assert!(
+                body.contains("cmdup=('sh overlayd.sh', )"),
+                "{ctx}: {}",
+                d.name
+            );
+            assert!(
+                body.contains(&expected_command(&u, d)),
+                "{ctx}: {} not started right",
+                d.name
+            );
+            if d.name == u.hosts[u.bootstrapper].name {
+                assert!(body.contains("--role bootstrapper"));
+                let start = body
+                    .find("base64 -d > topology.json <<-'OVERLAYD_TOPOLOGY_EOF'\n")
+                    .unwrap();
+                let rest = &body[start..];
+                let b64: String = rest
+                    .lines()
+                    .skip(1)
+                    .take_while(|l| l.trim() != "OVERLAYD_TOPOLOGY_EOF")
+                    .collect();
+                assert_eq!(
+                    String::from_utf8(decode_base64(&b64)).unwrap(),
+                    text,
+                    "{ctx}"
+                );
+            }
+        }
+        let device_nodes = nodes
+            .values()
+            .filter(|b| b.contains("hostname") && b.contains("type router"))
+            .count();
+        assert_eq!(device_nodes, t.len(), "{ctx}");
+    }
+}
+
+#[test]
+fn committed_scenarios_equal_the_generator_output() {
+    let dir = repo().join("core-scenarios");
+    let mut expected = BTreeSet::from(["README.md".to_string(), "overlayd_service.py".to_string()]);
+    for f in topologies() {
+        let s = core::generate_file(&f, &CoreOptions::default()).unwrap();
+        for (ext, body) in [("xml", &s.xml), ("imn", &s.imn)] {
+            let name = format!("{}.{ext}", s.name);
+            let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            assert!(
+                committed == *body,
+                "core-scenarios/{name} is stale or missing: run `overlayd core-scenario` (never edit it by hand)"
+            );
+            expected.insert(name);
+        }
+    }
+    let present: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        present, expected,
+        "core-scenarios/ holds exactly the generated files"
+    );
+}
+
+#[test]
+fn the_cli_writes_the_chosen_formats() {
+    let out = std::env::temp_dir().join(format!("overlayd-core-{}", std::process::id()));
+    let topo = repo().join("topology/scenario1.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            "core-scenario",
+            topo.to_str().unwrap(),
+            "--format",
+            "xml",
+            "--out-dir",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("scenario1.xml").is_file());
+    assert!(!out.join("scenario1.imn").exists());
+    let _ = std::fs::remove_dir_all(&out);
+    // Loopback topologies are refused with one line.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .args(["core-scenario"])
+        .arg(repo().join("topology/loopback-diamond.json"))
+        .arg("--out-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("loopback"), "{err}");
+    // Bad arguments exit 2.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .args(["core-scenario", "--format", "pdf"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn base64_matches_the_decoder() {
+    for s in ["", "a", "ab", "abc", "abcd", "{\"S1\": {}}\n"] {
+        assert_eq!(decode_base64(&core::base64(s.as_bytes())), s.as_bytes());
+    }
+    assert_eq!(core::base64(b"hello"), "aGVsbG8=");
+}

@@ -1,0 +1,609 @@
+//! The network-namespace emulator with the real binary: scenario 1 built in namespaces, every
+//! overlay neighbour up through the underlay, a non-neighbour reachable through routing, kill -9,
+//! SIGSTOP, a silent link cut and its restore, a restart, and a teardown that leaves no
+//! namespace, link or process behind. Also: the generated CORE start scripts, run in
+//! namespaces the way CORE runs them, start every device.
+//!
+//! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
+//! the reason and returns.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use overlayd::emulate::core::{self, CoreOptions};
+use overlayd::emulate::{netns, Underlay};
+use overlayd::topology::{self, Topology};
+
+const BIN: &str = env!("CARGO_BIN_EXE_overlayd");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Print why the test cannot run here (never pass silently).
+fn skip(test: &str) -> bool {
+    match netns::unavailable_reason() {
+        Some(why) => {
+            println!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
+            eprintln!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// One emulation run with its own base directory; torn down on drop.
+struct Emu {
+    base: PathBuf,
+    id: String,
+}
+
+impl Emu {
+    fn new(tag: &str) -> Emu {
+        let id = format!("{tag}{:x}", std::process::id() & 0xffff);
+        let base = std::env::temp_dir().join(format!("overlayd-netns-test-{id}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        Emu { base, id }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("netns")
+            .args(args)
+            .env(netns::BASE_DIR_ENV, &self.base)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    /// Run `overlayd netns ARGS --run ID`, asserting success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let mut a = args.to_vec();
+        a.extend(["--run", &self.id]);
+        let o = self.cmd(&a);
+        assert!(
+            o.status.success(),
+            "netns {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.base.join(&self.id)
+    }
+
+    fn log(&self, device: &str) -> Log {
+        Log(self.run_dir().join("logs").join(format!("{device}.log")))
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| {
+                *n == netns::hub_ns(&self.id)
+                    || n.starts_with(&format!("{}-", netns::hub_ns(&self.id)))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["down", "--run", &self.id]);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A daemon's log file.
+struct Log(PathBuf);
+
+impl Log {
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+    fn len(&self) -> usize {
+        self.text().len()
+    }
+    /// Wait for a line after byte `from` containing all `parts`; returns the time it took.
+    fn wait(&self, from: usize, parts: &[&str], timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let text = self.text();
+            if text
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{}: no line with {parts:?} within {timeout:?}; log:\n{text}",
+                    self.0.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn load(name: &str) -> (PathBuf, String, Topology, Underlay) {
+    let p = repo().join("topology").join(name);
+    let text = std::fs::read_to_string(&p).unwrap();
+    let t = topology::parse(&text, name).unwrap();
+    let u = Underlay::from_topology(&t).unwrap();
+    (p, text, t, u)
+}
+
+/// (device, neighbour name) for every overlay neighbour listed in the topology.
+fn overlay_pairs(t: &Topology) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for d in t.devices().filter(|d| d.role.is_overlay()) {
+        for n in &d.neighbours {
+            let owner = t.owners_of(n.ip).next().unwrap();
+            v.push((d.name.clone(), owner.name.clone()));
+        }
+    }
+    v
+}
+
+fn wait_all_up(logs: &dyn Fn(&str) -> Log, pairs: &[(String, String)]) {
+    for (d, n) in pairs {
+        logs(d).wait(
+            0,
+            &["neighbour up", &format!("neighbour={n} ")],
+            Duration::from_secs(15),
+        );
+    }
+}
+
+/// Processes whose command line mentions `needle` (zombies have none, so they do not count).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == std::process::id().to_string() {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                v.push(format!("{name}: {c}"));
+            }
+        }
+    }
+    v
+}
+
+fn root_links() -> BTreeSet<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|s| s.split('@').next().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn assert_torn_down(emu: &Emu, links_before: &BTreeSet<String>) {
+    assert!(
+        emu.namespaces().is_empty(),
+        "namespaces left: {:?}",
+        emu.namespaces()
+    );
+    let procs = processes_mentioning(&emu.base.display().to_string());
+    assert!(procs.is_empty(), "processes left: {procs:#?}");
+    let after = root_links();
+    let new: Vec<&String> = after.difference(links_before).collect();
+    assert!(new.is_empty(), "links left in the root namespace: {new:?}");
+}
+
+#[test]
+fn scenario1_neighbours_faults_and_teardown() {
+    if skip("scenario1_neighbours_faults_and_teardown") {
+        return;
+    }
+    let links_before = root_links();
+    let (path, _, t, _) = load("scenario1.json");
+    let emu = Emu::new("a");
+    let out = emu.ok(&["up", path.to_str().unwrap(), "--run-id", &emu.id.clone()]);
+    assert!(out.contains("started the bootstrapper on S1"), "{out}");
+    let started = Instant::now();
+    wait_all_up(&|d| emu.log(d), &overlay_pairs(&t));
+    println!("all overlay neighbours up after {:?}", started.elapsed());
+
+    // Non-neighbours reach each other through the routed underlay: C1 to S1's overlay port
+    // (three hops), and edge O2 to edge O3 (a grandfather-style connection).
+    for (from, to) in [("C1", "10.0.1.10"), ("O2", "10.0.3.2")] {
+        let o = emu.cmd(&[
+            "exec",
+            "--run",
+            &emu.id,
+            from,
+            "--",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{to}/7701"),
+        ]);
+        assert!(
+            o.status.success(),
+            "{from} cannot connect to {to}:7701: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    // Silent cut: both ends notice by keepalive (about a second), not by a reset.
+    let (o1, o2) = (emu.log("O1"), emu.log("O2"));
+    let (m1, m2) = (o1.len(), o2.len());
+    emu.ok(&["cut", "O1", "O2"]);
+    let took = o1.wait(
+        m1,
+        &["neighbour down", "neighbour=O2 ", "silent"],
+        Duration::from_secs(4),
+    );
+    o2.wait(
+        m2,
+        &["neighbour down", "neighbour=O1 ", "silent"],
+        Duration::from_secs(4),
+    );
+    println!("cut O1–O2 detected by O1 after {took:?}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "a silent cut cannot be seen at once ({took:?})"
+    );
+    assert!(emu.ok(&["status"]).contains("cut: O1 – O2"));
+    let m1 = o1.len();
+    emu.ok(&["restore", "O1", "O2"]);
+    let took = o1.wait(
+        m1,
+        &["neighbour up", "neighbour=O2 "],
+        Duration::from_secs(10),
+    );
+    println!("O1–O2 back up {took:?} after the restore");
+
+    // kill -9: the kernel closes the sockets, the neighbour sees it at once.
+    let m1 = o1.len();
+    emu.ok(&["kill", "O3"]);
+    o1.wait(
+        m1,
+        &["neighbour down", "neighbour=O3 "],
+        Duration::from_secs(3),
+    );
+    let status = emu.ok(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("O3 ") && l.contains(" dead ")),
+        "{status}"
+    );
+
+    // SIGSTOP: silent, detected by keepalive; SIGCONT brings it back.
+    let m1 = o1.len();
+    emu.ok(&["hang", "O2"]);
+    o1.wait(
+        m1,
+        &["neighbour down", "neighbour=O2 ", "silent"],
+        Duration::from_secs(4),
+    );
+    assert!(emu
+        .ok(&["status"])
+        .lines()
+        .any(|l| l.starts_with("O2 ") && l.contains(" hung ")));
+    let m1 = o1.len();
+    emu.ok(&["resume", "O2"]);
+    o1.wait(
+        m1,
+        &["neighbour up", "neighbour=O2 "],
+        Duration::from_secs(10),
+    );
+
+    // Restart the killed node with the same name.
+    let m1 = o1.len();
+    emu.ok(&["restart", "O3"]);
+    o1.wait(
+        m1,
+        &["neighbour up", "neighbour=O3 "],
+        Duration::from_secs(10),
+    );
+
+    let out = emu.ok(&["down"]);
+    assert!(out.contains("removed 7 namespace(s)"), "{out}");
+    assert_torn_down(&emu, &links_before);
+}
+
+#[test]
+fn down_works_from_any_state_and_commands_explain_errors() {
+    if skip("down_works_from_any_state_and_commands_explain_errors") {
+        return;
+    }
+    let links_before = root_links();
+    let (path, _, _, _) = load("scenario2.json");
+    let emu = Emu::new("b");
+    emu.ok(&[
+        "up",
+        path.to_str().unwrap(),
+        "--run-id",
+        &emu.id.clone(),
+        "--no-start",
+    ]);
+    assert_eq!(emu.namespaces().len(), 9);
+    // A second run with the same id is refused and creates nothing.
+    let o = emu.cmd(&["up", path.to_str().unwrap(), "--run-id", &emu.id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use"));
+    // Faults on unknown devices or non-links are one-line errors.
+    for args in [
+        vec!["kill", "X9"],
+        vec!["cut", "S1", "O5"],
+        vec!["restore", "S1", "O1"],
+        vec!["hang", "O1"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--run", &emu.id]);
+        let o = emu.cmd(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    // Start one device by hand, then lose the state file: down still finds everything by name.
+    emu.ok(&["start", "O1"]);
+    std::fs::remove_file(emu.run_dir().join("state.json")).unwrap();
+    let out = emu.ok(&["down"]);
+    assert!(out.contains("removed 9 namespace(s)"), "{out}");
+    assert_torn_down(&emu, &links_before);
+    // down on a run that is gone is harmless.
+    emu.ok(&["down"]);
+
+    // Without root: one line, non-zero exit.
+    if Command::new("setpriv").arg("--version").output().is_ok() {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "netns",
+                "status",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("needs root"), "{err}");
+    } else {
+        println!("SKIPPED the non-root check: setpriv is not installed");
+    }
+}
+
+/// The start script of every node, as CORE would write it: from the XML templates, or from the
+/// legacy .imn config blocks (one leading tab removed).
+fn core_scripts(
+    u: &Underlay,
+    text: &str,
+    opts: &CoreOptions,
+    legacy: bool,
+) -> Vec<(String, String)> {
+    let s = core::generate(u, "t", text, opts).unwrap();
+    if !legacy {
+        return (0..u.hosts.len())
+            .map(|h| {
+                (
+                    u.hosts[h].name.clone(),
+                    core::start_script(u, h, "t", text, opts, false).unwrap(),
+                )
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    let mut host = String::new();
+    let mut lines = s.imn.lines();
+    while let Some(l) = lines.next() {
+        if let Some(h) = l.trim().strip_prefix("hostname ") {
+            host = h.to_string();
+        }
+        if l.trim() == format!("custom-config-id service:UserDefined:{}", core::SCRIPT_NAME) {
+            assert_eq!(
+                lines.next().unwrap().trim(),
+                format!("custom-command {}", core::SCRIPT_NAME)
+            );
+            assert_eq!(lines.next().unwrap().trim(), "config {");
+            let mut script = String::new();
+            for l in lines.by_ref() {
+                if l == "\t}" {
+                    break;
+                }
+                script.push_str(l.strip_prefix('\t').unwrap_or(l));
+                script.push('\n');
+            }
+            out.push((host.clone(), script));
+        }
+    }
+    assert_eq!(out.len(), u.hosts.len());
+    out
+}
+
+fn core_scripts_start_every_device(topo: &str, tag: &str, legacy: bool) {
+    let links_before = root_links();
+    let (path, text, t, u) = load(topo);
+    let emu = Emu::new(tag);
+    emu.ok(&[
+        "up",
+        path.to_str().unwrap(),
+        "--run-id",
+        &emu.id.clone(),
+        "--no-start",
+    ]);
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let opts = CoreOptions {
+        bin: "overlayd".into(),
+        videos: emu.base.join("videos").display().to_string(),
+        key_dir: emu.base.join("key").display().to_string(),
+    };
+    std::fs::create_dir_all(&opts.videos).unwrap();
+    let ns = netns::host_namespaces(&emu.id, &u);
+    let node_dir = |name: &str| emu.base.join("core").join(name);
+    for (name, script) in core_scripts(&u, &text, &opts, legacy) {
+        let dir = node_dir(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(core::SCRIPT_NAME), script).unwrap();
+        let h = u.host(&name).unwrap().0;
+        // CORE runs `sh overlayd.sh` in the node's directory and waits for it.
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns[h], "sh", core::SCRIPT_NAME])
+            .current_dir(&dir)
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display()),
+            )
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    wait_all_up(
+        &|d| Log(node_dir(d).join("overlayd.log")),
+        &overlay_pairs(&t),
+    );
+    // Clients got their command; the bootstrapper's host got the topology.
+    let client = std::fs::read_to_string(node_dir("C1").join("client.sh")).unwrap();
+    assert!(
+        client.contains(&format!(
+            "--role client --name C1 --bootstrap {}",
+            u.bootstrap_ip
+        )),
+        "{client}"
+    );
+    let boot = &u.hosts[u.bootstrapper].name;
+    assert_eq!(
+        std::fs::read_to_string(node_dir(boot).join("topology.json"))
+            .unwrap()
+            .trim_end(),
+        text.trim_end()
+    );
+    // `sh overlayd.sh stop` (the service's shutdown) stops what the script started.
+    for h in &u.hosts {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns[u.host(&h.name).unwrap().0],
+                "sh",
+                core::SCRIPT_NAME,
+                "stop",
+            ])
+            .current_dir(node_dir(&h.name))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !processes_mentioning(&opts.key_dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = processes_mentioning(&opts.key_dir);
+    assert!(left.is_empty(), "the stop command left {left:#?}");
+    // The bootstrapper too: nothing runs in any namespace any more.
+    let running = |n: &String| {
+        let o = Command::new("ip")
+            .args(["netns", "pids", n])
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while ns.iter().any(running) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy: Vec<&String> = ns.iter().filter(|n| running(n)).collect();
+    assert!(
+        busy.is_empty(),
+        "processes still run in {busy:?} after stop"
+    );
+    emu.ok(&["down"]);
+    assert_torn_down(&emu, &links_before);
+}
+
+#[test]
+fn core9_start_scripts_start_every_device_in_namespaces() {
+    if skip("core9_start_scripts_start_every_device_in_namespaces") {
+        return;
+    }
+    core_scripts_start_every_device("scenario1.json", "c", false);
+}
+
+#[test]
+fn legacy_imn_start_scripts_start_every_device_in_namespaces() {
+    if skip("legacy_imn_start_scripts_start_every_device_in_namespaces") {
+        return;
+    }
+    core_scripts_start_every_device("scenario2.json", "d", true);
+}
+
+#[test]
+fn lan_cut_drops_only_the_cut_pair() {
+    if skip("lan_cut_drops_only_the_cut_pair") {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIPPED lan_cut_drops_only_the_cut_pair: nft (nftables) is not installed");
+        eprintln!("SKIPPED lan_cut_drops_only_the_cut_pair: nft (nftables) is not installed");
+        return;
+    }
+    let links_before = root_links();
+    let (path, _, _, _) = load("complex.json");
+    let emu = Emu::new("e");
+    emu.ok(&[
+        "up",
+        path.to_str().unwrap(),
+        "--run-id",
+        &emu.id.clone(),
+        "--no-start",
+    ]);
+    // A TCP connect to a closed port: refused (exit 1) when reachable, silent (124) when cut.
+    let probe = |from: &str, to: &str| -> i32 {
+        let o = emu.cmd(&[
+            "exec",
+            "--run",
+            &emu.id,
+            from,
+            "--",
+            "timeout",
+            "1",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{to}/9"),
+        ]);
+        o.status.code().unwrap_or(-1)
+    };
+    // LAN 10.0.20.0/24: O6 .1, C1 .21, C2 .22, C3 .23.
+    assert_eq!(probe("C1", "10.0.20.1"), 1);
+    emu.ok(&["cut", "C1", "O6"]);
+    assert_eq!(probe("C1", "10.0.20.1"), 124, "C1–O6 is cut silently");
+    assert_eq!(probe("C2", "10.0.20.1"), 1, "C2–O6 is untouched");
+    assert_eq!(probe("C1", "10.0.20.22"), 1, "C1–C2 is untouched");
+    emu.ok(&["cut", "C2", "O6"]);
+    emu.ok(&["restore", "C1", "O6"]);
+    assert_eq!(probe("C1", "10.0.20.1"), 1, "C1–O6 is back");
+    assert_eq!(probe("C2", "10.0.20.1"), 124, "C2–O6 stays cut");
+    emu.ok(&["down"]);
+    assert_torn_down(&emu, &links_before);
+}
