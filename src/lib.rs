@@ -6,6 +6,7 @@
 
 pub mod crypto;
 pub mod keyfile;
+pub mod media;
 pub mod net;
 pub mod overlay;
 pub mod roles;
