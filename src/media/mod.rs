@@ -4,6 +4,7 @@
 //! chunks to a client as MPEG-TS over UDP ([`relay`]). `ts` and `pacer` are sans-IO; `source`
 //! and `relay` are tokio drivers around them and around ffmpeg child processes ([`child`]).
 
+pub mod pacer;
 pub mod ts;
 
 pub use ts::{Chunk, Chunker};
