@@ -4,7 +4,12 @@
 //! chunks to a client as MPEG-TS over UDP ([`relay`]). `ts` and `pacer` are sans-IO; `source`
 //! and `relay` are tokio drivers around them and around ffmpeg child processes ([`child`]).
 
+pub mod child;
 pub mod pacer;
+pub mod source;
 pub mod ts;
 
+pub use child::ffmpeg_available;
+pub use pacer::{Pacer, PacerConfig};
+pub use source::{Source, SourceHandle, SourceMode, VideoLibrary};
 pub use ts::{Chunk, Chunker};
