@@ -6,10 +6,12 @@
 
 pub mod child;
 pub mod pacer;
+pub mod relay;
 pub mod source;
 pub mod ts;
 
 pub use child::ffmpeg_available;
 pub use pacer::{Pacer, PacerConfig};
+pub use relay::{Relay, RelayConfig, RelayKind};
 pub use source::{Source, SourceHandle, SourceMode, VideoLibrary};
 pub use ts::{Chunk, Chunker};
