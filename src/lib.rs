@@ -7,6 +7,7 @@
 pub mod crypto;
 pub mod emulate;
 pub mod keyfile;
+pub mod media;
 pub mod net;
 pub mod overlay;
 pub mod roles;
