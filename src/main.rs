@@ -139,6 +139,9 @@ struct OverlayArgs {
     /// Keepalive ping interval in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     ping_ms: u64,
+    /// Hysteresis: switch parent only for a path better by this fraction (0.2 = 20%).
+    #[arg(long, default_value_t = 0.2, value_parser = parse_margin)]
+    switch_margin: f64,
     /// A neighbour silent this long (milliseconds) is dead.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     dead_ms: u64,
@@ -179,9 +182,29 @@ struct ServerArgs {
     /// Folder of video files to stream.
     #[arg(long)]
     videos: PathBuf,
+    /// How files become live streams: ffmpeg child, built-in paced reader (.ts only), or auto
+    /// (ffmpeg when installed).
+    #[arg(long, value_enum, default_value_t = SourceArg::Auto)]
+    source: SourceArg,
     /// Flood interval in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     flood_ms: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum SourceArg {
+    Auto,
+    Ffmpeg,
+    Paced,
+}
+
+fn parse_margin(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside 0 <= margin < 1"))
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -428,6 +451,11 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             init_logging(&a.overlay.log);
             let mut cfg = overlay_config(&a.overlay, roles::overlay::Kind::Server)?;
             cfg.videos = Some(a.videos);
+            cfg.source = match a.source {
+                SourceArg::Auto => roles::overlay::SourcePreference::Auto,
+                SourceArg::Ffmpeg => roles::overlay::SourcePreference::Ffmpeg,
+                SourceArg::Paced => roles::overlay::SourcePreference::Paced,
+            };
             cfg.flood_interval = Duration::from_millis(a.flood_ms);
             runtime()?.block_on(roles::overlay::run(cfg))?;
         }
@@ -504,6 +532,8 @@ fn overlay_config(
             ..Default::default()
         },
         videos: None,
+        source: roles::overlay::SourcePreference::Auto,
+        switch_margin: a.switch_margin,
         flood_interval: Duration::from_secs(1),
         edge_port: DEFAULT_EDGE_PORT,
     })

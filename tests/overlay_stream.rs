@@ -41,13 +41,13 @@ fn repo_videos() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
 }
 
-/// The first video the server offers: a `.ts` clip of videos/.
+/// The first video the server offers: a `.ts` clip of videos/ (named by its file stem).
 fn some_video() -> String {
     let mut names: Vec<String> = std::fs::read_dir(repo_videos())
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".ts"))
+        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
         .collect();
     names.sort();
     names.into_iter().next().expect("a .ts clip in videos/")

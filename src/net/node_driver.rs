@@ -37,6 +37,8 @@ const LOCAL_INPUT_QUEUE: usize = 256;
 const DELIVERED_QUEUE: usize = 512;
 /// How often the wall clock is re-anchored to the monotonic one.
 const WALL_CLOCK_REANCHOR: Duration = Duration::from_secs(10);
+/// How often the offered video list is compared with the last one reported.
+const VIDEOS_CHECK: Duration = Duration::from_millis(500);
 
 /// What the daemon's own parts (video sources, the edge's client service, tests) tell the node.
 #[derive(Debug)]
@@ -62,6 +64,8 @@ pub enum LocalEvent {
     SourceStart(String),
     /// Stop reading it (the last consumer left).
     SourceStop(String),
+    /// The videos the overlay offers here changed (from the floods; an edge lists them).
+    Videos(Vec<String>),
 }
 
 /// A chunk for local consumers, deduplicated and in order.
@@ -189,6 +193,8 @@ impl NodeDriver {
     pub async fn run(mut self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let mut anchored = Instant::now();
+        let mut videos_checked = anchored;
+        let mut videos: Vec<String> = Vec::new();
         node.set_wall_clock(anchored, wall_clock_us());
         let next_link = Arc::new(AtomicU64::new(1));
         let mut links: HashMap<LinkId, LinkHandle> = HashMap::new();
@@ -326,6 +332,14 @@ impl NodeDriver {
                         node.set_wall_clock(now, wall_clock_us());
                     }
                     node.handle_timeout(now);
+                    if now.duration_since(videos_checked) >= VIDEOS_CHECK {
+                        videos_checked = now;
+                        let offered = node.routing().videos();
+                        if offered != videos {
+                            videos.clone_from(&offered);
+                            let _ = self.local.events.send(LocalEvent::Videos(offered));
+                        }
+                    }
                 }
             }
         }

@@ -1,20 +1,32 @@
-//! Wiring of the overlay roles (server, node, edge): key, bootstrap, listener, node loop.
+//! Wiring of the overlay roles (server, node, edge): key, bootstrap, listener, node loop, and
+//! what hangs off the node's local port.
 //!
 //! A device loads the overlay key, asks the bootstrapper for its entry (retrying while the
 //! bootstrapper is not up), then runs an overlay [`Node`] under the tokio [`NodeDriver`] until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM. A server also keeps its video library (files added later are offered
+//! too) and starts a live source for a video when the node asks for it, stopping it when the
+//! last consumer leaves. An edge also runs the UDP client service, whose subscriptions become
+//! the node's local consumers and which receives the node's delivered chunks.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::media::source::{Source, SourceHandle, SourceMode, VideoLibrary};
 use crate::net::bootstrap_client::{self, RetryPolicy};
-use crate::net::node_driver::{DriverConfig, NodeDriver};
+use crate::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeInput};
+use crate::net::node_driver::{DriverConfig, LocalEvent, LocalInput, LocalPort, NodeDriver};
 use crate::overlay::{LivenessConfig, Node, NodeConfig};
+use crate::service::edge::EdgeConfig;
 use crate::wire::overlay::OverlayRole;
+
+/// How often a server looks for video files added to or removed from its folder.
+const LIBRARY_SCAN: Duration = Duration::from_secs(2);
 
 /// Which overlay role was asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +35,15 @@ pub enum Kind {
     Node,
     /// A node forced to be an edge whatever the topology says.
     Edge,
+}
+
+/// How a server turns files into live streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePreference {
+    /// ffmpeg when installed, else the built-in paced reader for `.ts` files.
+    Auto,
+    Ffmpeg,
+    Paced,
 }
 
 /// Everything an overlay role needs from the command line.
@@ -36,7 +57,9 @@ pub struct OverlayRoleConfig {
     pub key_file: PathBuf,
     pub liveness: LivenessConfig,
     pub videos: Option<PathBuf>,
+    pub source: SourcePreference,
     pub flood_interval: Duration,
+    pub switch_margin: f64,
     pub edge_port: u16,
 }
 
@@ -46,11 +69,22 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     for w in &key.warnings {
         warn!("{w}");
     }
-    if let Some(dir) = &cfg.videos {
-        // Checked before anything else so a typo fails fast.
-        std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read --videos folder '{}'", dir.display()))?;
-    }
+    // The library is read before anything else so a typo in --videos fails fast.
+    let library = match &cfg.videos {
+        Some(dir) => {
+            let mut lib = VideoLibrary::new(dir);
+            lib.scan()
+                .with_context(|| format!("cannot read --videos folder '{}'", dir.display()))?;
+            let names: Vec<&str> = lib.videos().map(|v| v.name.as_str()).collect();
+            if names.is_empty() {
+                warn!(dir = %dir.display(), "no playable video in the folder (yet)");
+            } else {
+                info!(dir = %dir.display(), videos = %names.join(","), "video library");
+            }
+            Some(lib)
+        }
+        None => None,
+    };
 
     let entry =
         bootstrap_client::fetch_entry(cfg.bootstrap, &cfg.name, RetryPolicy::default()).await?;
@@ -67,12 +101,12 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         .map(|n| n.to_socket_addr(cfg.overlay_port))
         .collect();
     info!(
-        name = %cfg.name, role = ?role,
+        name = %cfg.name, role = %role,
         neighbours = %neighbours.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
         "got topology entry from bootstrapper {}", cfg.bootstrap
     );
 
-    let driver = NodeDriver::bind(DriverConfig {
+    let mut driver = NodeDriver::bind(DriverConfig {
         listen: SocketAddr::new(cfg.bind, cfg.overlay_port),
         dial_from: (!cfg.bind.is_unspecified()).then_some(cfg.bind),
         psk: key.psk,
@@ -80,30 +114,169 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     })
     .await?;
     info!(listen = %driver.local_addr(), "overlay listening");
-    // Honest about what this version does: links and keepalives only.
-    warn!(
-        "this version keeps encrypted overlay links and keepalives only: floods, routing, \
-         streaming{} are not implemented yet",
-        if edge {
-            " and the edge's client service"
-        } else {
-            ""
-        }
-    );
 
-    let node = Node::new(
-        NodeConfig {
-            name: cfg.name.clone(),
-            role,
-            listen_port: driver.local_addr().port(),
-            neighbours,
-            liveness: cfg.liveness.clone(),
-            flood_interval: cfg.flood_interval,
-            ..NodeConfig::default()
-        },
-        Instant::now(),
-    );
+    let mut node_cfg = NodeConfig::new(&cfg.name, role, driver.local_addr().port(), neighbours);
+    node_cfg.liveness = cfg.liveness.clone();
+    node_cfg.flood_interval = cfg.flood_interval;
+    node_cfg.streams.switch_margin = cfg.switch_margin;
+    if let Some(lib) = &library {
+        node_cfg.videos = lib.videos().map(|v| v.name.clone()).collect();
+    }
+    let node = Node::new(node_cfg, Instant::now());
+
+    let port = driver
+        .take_local_port()
+        .expect("the local port is taken once, here");
+    let edge_handle = if edge {
+        let bind = SocketAddr::new(cfg.bind, cfg.edge_port);
+        let handle = edge_driver::spawn(EdgeDriverConfig {
+            bind,
+            service: EdgeConfig::default(),
+            relay: edge_driver::Relay::Native { queue: 1024 },
+        })
+        .await
+        .with_context(|| format!("cannot open the edge's client port {bind}"))?;
+        info!(listen = %handle.local_addr(), "edge serving clients over UDP");
+        Some(handle)
+    } else {
+        None
+    };
+    let local = tokio::spawn(serve_local(port, library, cfg.source, edge_handle));
+
     driver.run(node, super::shutdown_signal()).await;
+    // The driver is gone, so the local channels are closed: sources stop and children die.
+    if tokio::time::timeout(Duration::from_secs(3), local)
+        .await
+        .is_err()
+    {
+        warn!("local services did not stop within 3 s");
+    }
     info!("shut down");
     Ok(())
+}
+
+/// The daemon's side of the node: sources (server), the client service (edge).
+async fn serve_local(
+    port: LocalPort,
+    mut library: Option<VideoLibrary>,
+    preference: SourcePreference,
+    mut edge: Option<edge_driver::EdgeHandle>,
+) {
+    let LocalPort {
+        input,
+        mut events,
+        mut delivered,
+    } = port;
+    let mut sources: HashMap<String, (SourceHandle, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut scan = tokio::time::interval(LIBRARY_SCAN);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let edge_input = edge.as_ref().map(|h| h.input.clone());
+
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                None => break,
+                Some(LocalEvent::SourceStart(video)) => {
+                    if sources.contains_key(&video) {
+                        continue;
+                    }
+                    let Some(path) = library.as_ref().and_then(|l| l.get(&video)).map(|v| v.path.clone()) else {
+                        warn!(video, "asked to stream a video that is not in the library");
+                        continue;
+                    };
+                    let mode = match preference {
+                        SourcePreference::Ffmpeg => Some(SourceMode::Ffmpeg),
+                        SourcePreference::Paced => Some(SourceMode::Paced),
+                        SourcePreference::Auto => SourceMode::auto(&path),
+                    };
+                    let Some(mode) = mode else {
+                        warn!(video, path = %path.display(), "cannot play this file: ffmpeg is not installed and it is not .ts");
+                        continue;
+                    };
+                    let (tx, mut rx) = mpsc::channel(64);
+                    match Source::start(path.clone(), mode, tx).await {
+                        Ok(handle) => {
+                            info!(video, ?mode, path = %path.display(), "source started");
+                            let input = input.clone();
+                            let name = video.clone();
+                            let pump = tokio::spawn(async move {
+                                while let Some(chunk) = rx.recv().await {
+                                    let msg = LocalInput::SourceChunk {
+                                        video: name.clone(),
+                                        payload: chunk.payload,
+                                        keyframe: chunk.keyframe,
+                                    };
+                                    if input.send(msg).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            sources.insert(video, (handle, pump));
+                        }
+                        Err(e) => warn!(video, error = %e, "cannot start the source"),
+                    }
+                }
+                Some(LocalEvent::SourceStop(video)) => {
+                    if let Some((handle, pump)) = sources.remove(&video) {
+                        pump.abort();
+                        if let Err(e) = handle.stop().await {
+                            warn!(video, error = %e, "source ended with an error");
+                        }
+                        info!(video, "source stopped");
+                    }
+                }
+                Some(LocalEvent::Videos(videos)) => {
+                    if let Some(tx) = &edge_input {
+                        let _ = tx.send(EdgeInput::Videos(videos)).await;
+                    }
+                }
+            },
+            Some(d) = delivered.recv() => {
+                if let Some(tx) = &edge_input {
+                    let chunk = EdgeInput::Chunk {
+                        video: d.video,
+                        epoch: d.data.epoch,
+                        seq: d.data.seq,
+                        keyframe: d.data.is_keyframe(),
+                        payload: d.data.payload,
+                    };
+                    // Media: never wait for a slow client service.
+                    let _ = tx.try_send(chunk);
+                }
+            }
+            Some(ev) = async { match edge.as_mut() { Some(h) => h.events.recv().await, None => std::future::pending().await } } => {
+                let msg = match ev {
+                    EdgeEvent::Subscribe { video } => LocalInput::Subscribe(video),
+                    EdgeEvent::Unsubscribe { video } => LocalInput::Unsubscribe(video),
+                };
+                if input.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            _ = scan.tick(), if library.is_some() => {
+                let lib = library.as_mut().expect("checked");
+                match lib.scan() {
+                    Ok(changes) if !changes.is_empty() => {
+                        for v in &changes.added {
+                            info!(video = %v.name, path = %v.path.display(), "video added");
+                        }
+                        for v in &changes.removed {
+                            info!(video = %v.name, "video removed");
+                        }
+                        let names = lib.videos().map(|v| v.name.clone()).collect();
+                        let _ = input.send(LocalInput::SetVideos(names)).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot rescan the video folder"),
+                }
+            }
+        }
+    }
+    for (_, (handle, pump)) in sources.drain() {
+        pump.abort();
+        let _ = handle.stop().await;
+    }
+    if let Some(h) = edge {
+        h.shutdown().await;
+    }
 }
