@@ -346,6 +346,23 @@ impl NodeDriver {
         for (_, h) in links.drain() {
             h.reader.abort();
         }
+        log_final_counters(&node);
+    }
+}
+
+/// One line per (neighbour, video) and per stream at exit, so a run can be checked afterwards
+/// (for example: a link shared by two subscribers carried each chunk once).
+fn log_final_counters(node: &Node) {
+    for ((neighbour, video), chunks) in node.link_copies() {
+        info!(neighbour = %neighbour, video = %video, chunks, "final link copies");
+    }
+    for (video, c) in node.all_stream_counters() {
+        info!(
+            video = %video, chunks_in = c.chunks_in, chunks_out = c.chunks_out,
+            delivered_local = c.delivered_local, duplicates = c.duplicates,
+            gap_chunks = c.gap_chunks, switches = c.switches, failovers = c.failovers,
+            "final stream counters"
+        );
     }
 }
 
