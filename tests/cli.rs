@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{keygen, run, Daemon, TempDir};
+use common::{bootstrapper, keygen, run, Daemon, TempDir};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -208,18 +208,7 @@ fn unknown_name_exits_naming_the_name_and_the_bootstrapper() {
     let topo = topology(&dir, 1);
     let key = dir.path("k");
     keygen(&key);
-    let b = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topo.to_str().unwrap(),
-            "--bind",
-            "127.71.1.100",
-        ],
-    );
-    b.wait_for(&["listening"], WAIT);
+    let _b = bootstrapper(&topo, "127.71.1.100");
     for role in ["node", "server", "client"] {
         let mut args = vec![
             "--role",
@@ -268,17 +257,7 @@ fn device_started_before_the_bootstrapper_waits_for_it() {
     );
     o1.wait_for(&["retrying"], WAIT);
     std::thread::sleep(Duration::from_millis(700));
-    let _b = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topo.to_str().unwrap(),
-            "--bind",
-            "127.71.2.100",
-        ],
-    );
+    let _b = bootstrapper(&topo, "127.71.2.100");
     o1.wait_for(&["overlay listening"], WAIT);
     // It now dials its (absent) neighbour with backoff instead of dying.
     o1.wait_for(&["neighbour not reachable", "127.71.2.2:7701"], WAIT);

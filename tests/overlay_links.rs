@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{keygen, Daemon, TempDir};
+use common::{bootstrapper, keygen, Daemon, TempDir};
 use overlayd::crypto::{Handshake, Side};
 use overlayd::wire::overlay::{Hello, OverlayMsg, OverlayRole, Ping, OVERLAY_VERSION};
 
@@ -27,22 +27,6 @@ fn pair_topology(dir: &TempDir, net: u8) -> std::path::PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn bootstrapper(topology: &std::path::Path, ip: &str) -> Daemon {
-    let b = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topology.to_str().unwrap(),
-            "--bind",
-            ip,
-        ],
-    );
-    b.wait_for(&["listening"], WAIT);
-    b
 }
 
 fn node(name: &str, ip: &str, bootstrap: &str, key: &std::path::Path) -> Daemon {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::consumer::{analyse, Consumer};
-use common::{keygen, Daemon, TempDir};
+use common::{bootstrapper, keygen, Daemon, TempDir};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -72,18 +72,7 @@ fn start_diamond(net: u8) -> Overlay {
     let key = dir.path("k");
     keygen(&key);
     let boot_ip = format!("127.72.{net}.100");
-    let b = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topo.to_str().unwrap(),
-            "--bind",
-            &boot_ip,
-        ],
-    );
-    b.wait_for(&["listening"], WAIT);
+    let b = bootstrapper(&topo, &boot_ip);
     let videos = repo_videos();
     let mut daemons = Vec::new();
     for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {

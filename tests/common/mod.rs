@@ -152,6 +152,23 @@ impl Daemon {
     }
 }
 
+/// Start a bootstrapper serving `topology` on `ip` (default port) and wait until it listens.
+pub fn bootstrapper(topology: &Path, ip: &str) -> Daemon {
+    let b = Daemon::spawn(
+        "bootstrapper",
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topology.to_str().unwrap(),
+            "--bind",
+            ip,
+        ],
+    );
+    b.wait_for(&["listening"], Duration::from_secs(15));
+    b
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
