@@ -15,7 +15,6 @@
 //! `--no-capture` to see them. Bounds are generous: the machine is shared and noisy.
 
 mod common;
-#[allow(dead_code)]
 mod media_common;
 
 use std::collections::HashMap;
