@@ -218,6 +218,16 @@ struct NodeArgs {
     /// UDP port for clients, used when this node is an edge.
     #[arg(long, default_value_t = DEFAULT_EDGE_PORT)]
     edge_port: u16,
+    /// How an edge sends video to its clients: an ffmpeg child per client (raw MPEG-TS) or the
+    /// built-in relay (numbered datagrams). Default: ffmpeg when it is installed, else native.
+    #[arg(long, value_enum)]
+    relay: Option<RelayArg>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum RelayArg {
+    Ffmpeg,
+    Native,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -472,6 +482,11 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             };
             let mut cfg = overlay_config(&a.overlay, kind)?;
             cfg.edge_port = a.edge_port;
+            cfg.relay = match a.relay {
+                None => roles::overlay::RelayMode::Auto,
+                Some(RelayArg::Ffmpeg) => roles::overlay::RelayMode::Ffmpeg,
+                Some(RelayArg::Native) => roles::overlay::RelayMode::Native,
+            };
             runtime()?.block_on(roles::overlay::run(cfg))?;
         }
         RoleName::Client => {
@@ -536,6 +551,7 @@ fn overlay_config(
         switch_margin: a.switch_margin,
         flood_interval: Duration::from_secs(1),
         edge_port: DEFAULT_EDGE_PORT,
+        relay: roles::overlay::RelayMode::Auto,
     })
 }
 

@@ -48,6 +48,9 @@ pub struct RelayConfig {
     pub max_datagram: usize,
     /// Restart backoff of the ffmpeg child.
     pub backoff: Backoff,
+    /// Extra ffmpeg options placed after the input and before `-c copy` (e.g. `-copyts`);
+    /// ignored by the native relay.
+    pub ffmpeg_options: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -57,6 +60,7 @@ impl Default for RelayConfig {
             queue: 256,
             max_datagram: 7 * PACKET_LEN,
             backoff: Backoff::default(),
+            ffmpeg_options: Vec::new(),
         }
     }
 }
@@ -125,9 +129,10 @@ impl std::fmt::Debug for Relay {
 
 pub use super::child::ffmpeg_available;
 
-/// The ffmpeg arguments that read MPEG-TS on stdin and send it to `dest` over UDP.
-pub fn ffmpeg_relay_args(dest: SocketAddr, max_datagram: usize) -> Vec<String> {
-    [
+/// The ffmpeg arguments that read MPEG-TS on stdin and send it to `dest` over UDP; `options`
+/// go between the input and the output (see [`RelayConfig::ffmpeg_options`]).
+pub fn ffmpeg_relay_args(dest: SocketAddr, max_datagram: usize, options: &[String]) -> Vec<String> {
+    let input = [
         "-hide_banner",
         "-loglevel",
         "error",
@@ -143,17 +148,17 @@ pub fn ffmpeg_relay_args(dest: SocketAddr, max_datagram: usize) -> Vec<String> {
         "mpegts",
         "-i",
         "pipe:0",
-        "-c",
-        "copy",
-        "-f",
-        "mpegts",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(std::iter::once(format!(
-        "udp://{dest}?pkt_size={max_datagram}"
-    )))
-    .collect()
+    ];
+    let output = ["-c", "copy", "-f", "mpegts"];
+    input
+        .iter()
+        .map(|s| s.to_string())
+        .chain(options.iter().cloned())
+        .chain(output.iter().map(|s| s.to_string()))
+        .chain(std::iter::once(format!(
+            "udp://{dest}?pkt_size={max_datagram}"
+        )))
+        .collect()
 }
 
 impl Relay {
@@ -218,7 +223,7 @@ impl Relay {
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let task = tokio::spawn(run_ffmpeg(
-            ffmpeg_relay_args(dest, max),
+            ffmpeg_relay_args(dest, max, &cfg.ffmpeg_options),
             dest,
             cfg.backoff,
             rx,
@@ -439,12 +444,15 @@ mod tests {
 
     #[test]
     fn relay_args() {
-        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316).join(" ");
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &[]).join(" ");
         assert!(
             a.ends_with("-f mpegts -i pipe:0 -c copy -f mpegts udp://127.0.0.1:5000?pkt_size=1316")
         );
-        let a = ffmpeg_relay_args("[::1]:5000".parse().unwrap(), 1316).join(" ");
+        let a = ffmpeg_relay_args("[::1]:5000".parse().unwrap(), 1316, &[]).join(" ");
         assert!(a.ends_with("udp://[::1]:5000?pkt_size=1316"));
+        let opts = vec!["-copyts".to_string()];
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &opts).join(" ");
+        assert!(a.contains("-i pipe:0 -copyts -c copy -f mpegts udp://"));
     }
 
     #[tokio::test]

@@ -6,9 +6,9 @@
 //! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
 //! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
-//! socket through one bounded queue (a full queue drops and counts, never blocks the loop); an
-//! ffmpeg relay (the media module's) plugs in as [`Relay::Custom`]. All decisions are the
-//! service's.
+//! socket through one bounded queue (a full queue drops and counts, never blocks the loop); the
+//! ffmpeg relay ([`crate::net::edge_ffmpeg`]) plugs in as [`Relay::Custom`]. All decisions are
+//! the service's.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,8 +54,10 @@ pub enum EdgeEvent {
 
 /// Where a session's video goes. Called from the driver loop: implementations must not block.
 pub trait VideoSink: Send {
-    /// A session starts (an ffmpeg relay would start its child for this client here).
-    fn open(&mut self, _client: SocketAddr, _video: &str, _stream: u32) {}
+    /// A session starts (an ffmpeg relay starts its child for this client here).
+    /// `continuing`: the client moves here from another edge mid-stream (see
+    /// [`EdgeOutput::SessionOpened`]).
+    fn open(&mut self, _client: SocketAddr, _video: &str, _stream: u32, _continuing: bool) {}
     /// One framed video datagram ([`crate::wire::client::VideoData`]) for `client`.
     fn send(&mut self, client: SocketAddr, datagram: Bytes);
     /// The session ended.
@@ -292,7 +294,8 @@ impl Loop {
                     client,
                     video,
                     stream,
-                } => self.sink.open(client, &video, stream),
+                    continuing,
+                } => self.sink.open(client, &video, stream, continuing),
                 EdgeOutput::SessionClosed { client, .. } => self.sink.close(client),
                 EdgeOutput::Subscribe { video } => {
                     if self.events.send(EdgeEvent::Subscribe { video }).is_err() {

@@ -3,5 +3,6 @@
 pub mod bootstrap_client;
 pub mod client_driver;
 pub mod edge_driver;
+pub mod edge_ffmpeg;
 pub mod node_driver;
 pub mod transport;

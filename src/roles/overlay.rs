@@ -17,9 +17,11 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::media::relay::RelayConfig;
 use crate::media::source::{Source, SourceHandle, SourceMode, VideoLibrary};
 use crate::net::bootstrap_client::{self, RetryPolicy};
 use crate::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeInput};
+use crate::net::edge_ffmpeg;
 use crate::net::node_driver::{DriverConfig, LocalEvent, LocalInput, LocalPort, NodeDriver};
 use crate::overlay::{LivenessConfig, Node, NodeConfig};
 use crate::service::edge::EdgeConfig;
@@ -46,6 +48,17 @@ pub enum SourcePreference {
     Paced,
 }
 
+/// How an edge relays video to its clients (`--relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// ffmpeg when installed, else native.
+    Auto,
+    /// One ffmpeg child per client session, raw MPEG-TS ([`crate::net::edge_ffmpeg`]).
+    Ffmpeg,
+    /// The built-in relay: framed, numbered datagrams from the edge socket.
+    Native,
+}
+
 /// Everything an overlay role needs from the command line.
 #[derive(Debug, Clone)]
 pub struct OverlayRoleConfig {
@@ -61,6 +74,8 @@ pub struct OverlayRoleConfig {
     pub flood_interval: Duration,
     pub switch_margin: f64,
     pub edge_port: u16,
+    /// Edge relay (ignored when the device is not an edge).
+    pub relay: RelayMode,
 }
 
 /// Run an overlay role until a termination signal.
@@ -129,14 +144,32 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         .expect("the local port is taken once, here");
     let edge_handle = if edge {
         let bind = SocketAddr::new(cfg.bind, cfg.edge_port);
+        let ffmpeg = crate::media::relay::ffmpeg_available();
+        let mode = match cfg.relay {
+            RelayMode::Auto if ffmpeg => RelayMode::Ffmpeg,
+            RelayMode::Auto => RelayMode::Native,
+            RelayMode::Ffmpeg if !ffmpeg => {
+                anyhow::bail!("--relay ffmpeg: ffmpeg is not installed (or use --relay native)")
+            }
+            m => m,
+        };
+        let relay = match mode {
+            RelayMode::Ffmpeg => edge_ffmpeg::relay(RelayConfig::default()),
+            _ => edge_driver::Relay::Native { queue: 1024 },
+        };
         let handle = edge_driver::spawn(EdgeDriverConfig {
             bind,
             service: EdgeConfig::default(),
-            relay: edge_driver::Relay::Native { queue: 1024 },
+            relay,
         })
         .await
         .with_context(|| format!("cannot open the edge's client port {bind}"))?;
-        info!(listen = %handle.local_addr(), "edge serving clients over UDP");
+        let relay = if mode == RelayMode::Ffmpeg {
+            "ffmpeg"
+        } else {
+            "native"
+        };
+        info!(listen = %handle.local_addr(), relay, "edge serving clients over UDP");
         Some(handle)
     } else {
         None

@@ -100,10 +100,14 @@ pub enum EdgeOutput {
     /// One framed video datagram for a client, through its video sink.
     Video { to: SocketAddr, bytes: Bytes },
     /// A session started: a sink that needs per-client state (an ffmpeg relay) sets it up.
+    /// `continuing`: the client is moving here from another edge mid-stream
+    /// ([`REQUEST_FLAG_CONTINUE`]); its GOP-cache replay (datagrams flagged
+    /// [`VIDEO_FLAG_CACHED`]) is only useful to a client that drops what it already has.
     SessionOpened {
         client: SocketAddr,
         video: String,
         stream: u32,
+        continuing: bool,
     },
     /// A session ended; its sink state can go.
     SessionClosed {
@@ -519,10 +523,12 @@ impl EdgeService {
                 video: video.clone(),
             }),
         );
+        let continuing = flags & REQUEST_FLAG_CONTINUE != 0;
         self.outputs.push_back(EdgeOutput::SessionOpened {
             client: from,
             video: video.clone(),
             stream,
+            continuing,
         });
         if !self.videos.contains_key(&video) {
             self.outputs.push_back(EdgeOutput::Subscribe {
@@ -532,7 +538,6 @@ impl EdgeService {
         let state = self.videos.entry(video.clone()).or_default();
         state.clients.insert(from);
         let cached = state.cache.chunks.clone();
-        let continuing = flags & REQUEST_FLAG_CONTINUE != 0;
         let mut session = Session {
             video,
             stream,

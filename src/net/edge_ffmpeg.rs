@@ -1,0 +1,309 @@
+//! The edge's ffmpeg relay: one ffmpeg child per client session, as in the report. This module
+//! owns [`FfmpegSink`], the [`VideoSink`] behind `--relay ffmpeg`.
+//!
+//! Per session, the sink starts a [`media::relay::Relay`](crate::media::relay::Relay) whose
+//! ffmpeg child reads the session's TS on stdin (the edge's 26-byte video header stripped from
+//! every datagram) and re-muxes it with `-c copy` to MPEG-TS over UDP. ffmpeg does not send
+//! to the client itself: it sends to a loopback socket of the sink, and the sink forwards each
+//! of its datagrams to the client *from the edge's own socket*. So the client sees one source
+//! address for control and video (it accepts video only from its edges' addresses), and the
+//! edge's UDP port is not shared with a child (`SO_REUSEPORT` would split the clients'
+//! control datagrams between the two sockets).
+//!
+//! What a client gets in this mode is raw TS (first byte `0x47`): no chunk numbers, so a client
+//! cannot drop duplicates, and it takes video only from its current edge. Two consequences,
+//! decided here:
+//! - ffmpeg runs with `-copyts`: its output keeps the source's timestamps instead of starting
+//!   each child at zero, so when a client moves to another edge (a new child there) the
+//!   timestamps it records or plays go on from where they were.
+//! - A client moving here mid-stream (`continuing`) has already played the frames in the
+//!   edge's GOP cache; replaying them would show old frames again with timestamps going back.
+//!   For such a session the cached datagrams (flag `VIDEO_FLAG_CACHED`) are skipped and ffmpeg
+//!   gets `-copyinkf` (copy initial non-keyframes), so it forwards from the live point at once
+//!   instead of waiting for the next keyframe (the player still holds the reference frames).
+//!   A fresh session gets the cache as usual and so starts on a keyframe.
+//!
+//! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, and
+//! children die with the daemon in any case (see [`crate::media::child`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::edge_driver::{Relay as EdgeRelay, VideoSink};
+use crate::media::relay::{Relay, RelayConfig};
+use crate::wire::client::{
+    is_raw_ts, TAG_VIDEO_DATA, TS_PACKET_LEN, VIDEO_FLAG_CACHED, VIDEO_HEADER_LEN,
+};
+
+/// Offset of the flags byte in a framed video datagram (after the tag and the stream id).
+const FLAGS_OFFSET: usize = 5;
+/// Receive buffer of the loopback socket; ffmpeg sends `pkt_size` (1316-byte) datagrams.
+const FORWARD_BUF: usize = 65_536;
+
+/// Counters of the sink (all sessions together).
+#[derive(Debug, Default)]
+pub struct FfmpegSinkCounters {
+    /// Sessions that got a child.
+    pub sessions: AtomicU64,
+    /// Sessions that could not start (no loopback socket, no ffmpeg).
+    pub start_failures: AtomicU64,
+    /// Datagrams forwarded from ffmpeg to clients.
+    pub forwarded: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    /// Datagrams not forwarded: send errors, or not from ffmpeg / not whole TS packets.
+    pub forward_errors: AtomicU64,
+    /// GOP-cache datagrams skipped for continuing sessions.
+    pub cached_skipped: AtomicU64,
+    /// Video datagrams for a client without a session, or not framed video.
+    pub unroutable: AtomicU64,
+}
+
+struct Session {
+    relay: Relay,
+    forward: JoinHandle<()>,
+    skip_cached: bool,
+    video: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
+}
+
+/// See the module docs.
+pub struct FfmpegSink {
+    socket: Arc<UdpSocket>,
+    config: RelayConfig,
+    loopback: IpAddr,
+    sessions: HashMap<SocketAddr, Session>,
+    counters: Arc<FfmpegSinkCounters>,
+    /// Drops counted by relays of sessions already closed.
+    closed_dropped: u64,
+}
+
+impl FfmpegSink {
+    /// A sink sending from the edge's `socket`, with `config` for every child's relay.
+    pub fn new(socket: Arc<UdpSocket>, config: RelayConfig) -> FfmpegSink {
+        FfmpegSink {
+            socket,
+            config,
+            loopback: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sessions: HashMap::new(),
+            counters: Arc::new(FfmpegSinkCounters::default()),
+            closed_dropped: 0,
+        }
+    }
+
+    pub fn counters(&self) -> Arc<FfmpegSinkCounters> {
+        self.counters.clone()
+    }
+
+    /// Process id of a session's current ffmpeg child.
+    pub fn child_pid(&self, client: SocketAddr) -> Option<u32> {
+        self.sessions.get(&client).and_then(|s| s.relay.child_pid())
+    }
+
+    fn start(&mut self, client: SocketAddr, continuing: bool) -> std::io::Result<Session> {
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.loopback, 0))?;
+        std_socket.set_nonblocking(true)?;
+        let local = UdpSocket::from_std(std_socket)?;
+        let dest = local.local_addr()?;
+        let mut cfg = self.config.clone();
+        cfg.ffmpeg_options.push("-copyts".into());
+        if continuing {
+            cfg.ffmpeg_options.extend(["-copyinkf".into()]);
+        }
+        let relay = Relay::ffmpeg(dest, cfg).map_err(std::io::Error::other)?;
+        let forward = tokio::spawn(forward(
+            local,
+            self.socket.clone(),
+            client,
+            self.counters.clone(),
+        ));
+        Ok(Session {
+            relay,
+            forward,
+            skip_cached: continuing,
+            video: String::new(),
+        })
+    }
+}
+
+/// ffmpeg's datagrams, from the loopback socket to the client through the edge socket.
+async fn forward(
+    local: UdpSocket,
+    edge: Arc<UdpSocket>,
+    client: SocketAddr,
+    counters: Arc<FfmpegSinkCounters>,
+) {
+    let mut buf = vec![0u8; FORWARD_BUF];
+    let own_ip = local.local_addr().map(|a| a.ip()).ok();
+    loop {
+        let (n, from) = match local.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%client, error = %e, "ffmpeg relay socket receive error");
+                counters.forward_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let datagram = &buf[..n];
+        // Only ffmpeg (a local process) sends here, and only whole TS packets go on.
+        if Some(from.ip()) != own_ip || !is_raw_ts(datagram) || n % TS_PACKET_LEN != 0 {
+            counters.forward_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match edge.send_to(datagram, client).await {
+            Ok(_) => {
+                counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .forwarded_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // ICMP port unreachable (client gone) surfaces here; the lease ends the session.
+                if counters.forward_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    debug!(%client, error = %e, "raw TS datagram not sent");
+                }
+            }
+        }
+    }
+}
+
+impl VideoSink for FfmpegSink {
+    fn open(&mut self, client: SocketAddr, video: &str, stream: u32, continuing: bool) {
+        self.close(client);
+        match self.start(client, continuing) {
+            Ok(mut session) => {
+                session.video = video.to_string();
+                self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+                info!(%client, video, stream, continuing, "ffmpeg relay started");
+                self.sessions.insert(client, session);
+            }
+            Err(e) => {
+                self.counters.start_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(%client, video, error = %e, "cannot start the ffmpeg relay for a client");
+            }
+        }
+    }
+
+    fn send(&mut self, client: SocketAddr, datagram: Bytes) {
+        let Some(session) = self.sessions.get(&client) else {
+            self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if datagram.len() <= VIDEO_HEADER_LEN || datagram[0] != TAG_VIDEO_DATA {
+            self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if session.skip_cached && datagram[FLAGS_OFFSET] & VIDEO_FLAG_CACHED != 0 {
+            self.counters.cached_skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The relay counts what its queue refuses.
+        session.relay.send_bytes(datagram.slice(VIDEO_HEADER_LEN..));
+    }
+
+    fn close(&mut self, client: SocketAddr) {
+        let Some(session) = self.sessions.remove(&client) else {
+            return;
+        };
+        let stats = session.relay.stats();
+        self.closed_dropped += stats.dropped;
+        info!(
+            %client, video = %session.video, ts_bytes_in = stats.sent_bytes,
+            dropped = stats.dropped, restarts = stats.restarts,
+            "ffmpeg relay stopped"
+        );
+        // Dropping the relay kills its child.
+        drop(session);
+    }
+
+    fn dropped(&self) -> u64 {
+        self.closed_dropped
+            + self
+                .sessions
+                .values()
+                .map(|s| s.relay.stats().dropped)
+                .sum::<u64>()
+            + self.counters.forward_errors.load(Ordering::Relaxed)
+            + self.counters.unroutable.load(Ordering::Relaxed)
+    }
+}
+
+/// The edge driver's relay setting for ffmpeg children with `config`.
+pub fn relay(config: RelayConfig) -> EdgeRelay {
+    EdgeRelay::Custom(Box::new(move |socket| {
+        Box::new(FfmpegSink::new(socket, config)) as Box<dyn VideoSink>
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::client::put_video_header;
+    use bytes::BytesMut;
+
+    fn framed(flags: u8, seq: u64) -> Bytes {
+        let mut b = BytesMut::new();
+        put_video_header(&mut b, 7, flags, 1, seq, 0, 1);
+        b.extend_from_slice(&[TS_SYNC_BYTE; TS_PACKET_LEN]);
+        b.freeze()
+    }
+    const TS_SYNC_BYTE: u8 = 0x47;
+
+    #[tokio::test]
+    async fn continuing_sessions_skip_the_gop_cache_and_close_kills_the_child() {
+        if !crate::media::relay::ffmpeg_available() {
+            eprintln!("ffmpeg not installed; skipped");
+            return;
+        }
+        let edge = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let mut sink = FfmpegSink::new(edge, RelayConfig::default());
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        sink.open(client, "v", 7, true);
+        sink.send(client, framed(VIDEO_FLAG_CACHED, 1));
+        sink.send(client, framed(0, 2));
+        let c = sink.counters();
+        assert_eq!(c.cached_skipped.load(Ordering::Relaxed), 1);
+        // Not framed video: dropped and counted.
+        sink.send(client, Bytes::from_static(&[0x47; 188]));
+        assert_eq!(c.unroutable.load(Ordering::Relaxed), 1);
+        // The child starts.
+        let mut pid = None;
+        for _ in 0..100 {
+            pid = sink.child_pid(client);
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let pid = pid.expect("an ffmpeg child");
+        // ffmpeg accepts its arguments: it is still the same child a moment later.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(sink.child_pid(client), Some(pid));
+        assert_eq!(sink.sessions[&client].relay.stats().restarts, 0);
+        sink.close(client);
+        let proc = format!("/proc/{pid}");
+        let mut gone = false;
+        for _ in 0..100 {
+            // Killed and reaped: no such process (or a zombie on its way out).
+            let state = std::fs::read_to_string(format!("{proc}/stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z ") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(gone, "ffmpeg child {pid} still runs after close");
+        assert_eq!(sink.sessions.len(), 0);
+    }
+}
