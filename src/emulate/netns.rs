@@ -97,6 +97,8 @@ pub enum NetnsCmd {
     Status,
     /// kill -9 a device (its whole process group).
     Kill { device: String },
+    /// Stop a device gracefully (SIGTERM; SIGKILL after 5 s), so it logs its final counters.
+    Stop { device: String },
     /// Freeze a device (SIGSTOP to its process group).
     Hang { device: String },
     /// Unfreeze a hung device (SIGCONT).
@@ -681,6 +683,24 @@ impl RunState {
         Ok(pid)
     }
 
+    /// SIGTERM a device and wait (up to 5 s) until it exits; SIGKILL if it does not.
+    /// Returns whether it exited on its own.
+    pub fn stop(&mut self, device: &str) -> anyhow::Result<bool> {
+        let pid = self.signal(device, "TERM")?;
+        let d = self.daemon(device)?.clone();
+        // A hung device cannot handle SIGTERM.
+        let _ = signal_group(pid, "CONT");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while daemon_state(&d) != ProcState::Dead {
+            if Instant::now() >= deadline {
+                self.kill(device)?;
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(true)
+    }
+
     pub fn cut(&mut self, a: &str, b: &str, cut: bool) -> anyhow::Result<()> {
         let (ia, ib) = (self.host_index(a)?, self.host_index(b)?);
         let is_cut = self
@@ -1139,6 +1159,13 @@ pub fn main(args: NetnsArgs) -> anyhow::Result<i32> {
         NetnsCmd::Kill { device } => {
             let pid = load(r)?.kill(&device)?;
             println!("killed {device} (pid {pid}, SIGKILL to its process group)");
+        }
+        NetnsCmd::Stop { device } => {
+            if load(r)?.stop(&device)? {
+                println!("stopped {device} (SIGTERM)");
+            } else {
+                println!("{device} did not stop within 5 s of SIGTERM: killed (SIGKILL)");
+            }
         }
         NetnsCmd::Hang { device } => {
             let pid = load(r)?.signal(&device, "STOP")?;
