@@ -626,3 +626,36 @@ fn same_seed_same_run_with_jitter_and_loss() {
     let (c, ec) = run(22);
     assert!(ea != ec || a != c, "another seed draws other jitter");
 }
+
+/// On a LAN or loopback every path is a fraction of a millisecond and jitter dominates: the
+/// shorter path (fewer hops) must win and the tree must not flap between near-equal paths.
+#[test]
+fn near_equal_paths_prefer_fewer_hops_and_do_not_flap() {
+    let mut s = sim(21);
+    s.add_server("S", &[V]);
+    for n in ["A", "B", "D", "C"] {
+        s.add_node(n);
+    }
+    let lan = |us: u64| LinkParams {
+        delay: Duration::from_micros(us),
+        jitter: Duration::from_micros(200),
+        loss: 0.0,
+    };
+    // Short: S-A-C, 2 hops of 300 µs. Long: S-B-D-C, 3 hops of 150 µs: 150 µs faster, which is
+    // noise next to the 1 ms switch floor.
+    s.link("S", "A", lan(300));
+    s.link("A", "C", lan(300));
+    s.link("S", "B", lan(150));
+    s.link("B", "D", lan(150));
+    s.link("D", "C", lan(150));
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    for _ in 0..20 {
+        s.run_for(ms(500));
+        assert_eq!(s.chain("C", V), vec!["C", "A", "S"], "at {:?}", s.now());
+    }
+    clean(&s, "C", Duration::ZERO);
+    let c = s.node("C").stream_counters(V).unwrap();
+    assert_eq!(c.switches, 0, "{c:?}");
+}

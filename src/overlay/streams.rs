@@ -1236,34 +1236,42 @@ fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> {
             && !st.refused.get(n).is_some_and(|until| *until > ctx.now)
             && ctx.neighbours.by_name(n).is_some()
     };
-    let mut best_server: Option<(u64, &str)> = None;
-    for (server, routes) in ctx.routing.offers(video) {
-        let Some(ls) = routes
-            .parents
-            .iter()
-            .filter(|(n, _)| usable(n))
-            .map(|(_, r)| r.link_sum_us)
-            .min()
-        else {
-            continue;
-        };
-        if best_server.map_or(true, |(b, _)| ls < b) {
-            best_server = Some((ls, server));
-        }
-    }
-    let (_, server) = best_server?;
-    let routes = &ctx.routing.servers()[server];
-    let (neighbour, _) =
-        routes
-            .parents
-            .iter()
-            .filter(|(n, _)| usable(n))
-            .min_by(|(an, a), (bn, b)| {
-                a.delay_us
-                    .total_cmp(&b.delay_us)
-                    .then(a.link_sum_us.cmp(&b.link_sum_us))
-                    .then(an.cmp(bn))
-            })?;
+    // Differences under the switch floor are measurement noise (on a LAN or loopback every
+    // path is a fraction of a millisecond): among routes that close, the one with fewer hops
+    // wins, so near-equal paths do not pick long detours or flap with scheduling jitter.
+    let floor_us = ctx.cfg.switch_floor.as_micros() as f64;
+    let servers: Vec<(u64, usize, &str)> = ctx
+        .routing
+        .offers(video)
+        .filter_map(|(server, routes)| {
+            let usable_routes = routes.parents.iter().filter(|(n, _)| usable(n));
+            let ls = usable_routes.clone().map(|(_, r)| r.link_sum_us).min()?;
+            let hops = usable_routes.map(|(_, r)| r.visited.len()).min()?;
+            Some((ls, hops, server))
+        })
+        .collect();
+    let best_ls = servers.iter().map(|(ls, _, _)| *ls).min()?;
+    let (_, _, server) = servers
+        .iter()
+        .filter(|(ls, _, _)| (*ls as f64) <= best_ls as f64 + floor_us)
+        .min_by_key(|(ls, hops, server)| (*hops, *ls, *server))?;
+    let routes = &ctx.routing.servers()[*server];
+    let parents: Vec<_> = routes.parents.iter().filter(|(n, _)| usable(n)).collect();
+    let best_delay = parents
+        .iter()
+        .map(|(_, r)| r.delay_us)
+        .min_by(|a, b| a.total_cmp(b))?;
+    let (neighbour, _) = parents
+        .into_iter()
+        .filter(|(_, r)| r.delay_us <= best_delay + floor_us)
+        .min_by(|(an, a), (bn, b)| {
+            a.visited
+                .len()
+                .cmp(&b.visited.len())
+                .then(a.delay_us.total_cmp(&b.delay_us))
+                .then(a.link_sum_us.cmp(&b.link_sum_us))
+                .then(an.cmp(bn))
+        })?;
     Some(Choice {
         neighbour: neighbour.clone(),
         server: server.to_string(),
