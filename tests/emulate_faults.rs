@@ -136,7 +136,10 @@ impl Emu {
         let p = path.display().to_string();
         let videos = repo().join("videos").display().to_string();
         let id = emu.id.clone();
-        let mut args = vec!["up", &p, "--run-id", &id, "--videos", &videos];
+        // The built-in relay numbers the datagrams, so the clients can count duplicates.
+        let mut args = vec![
+            "up", &p, "--run-id", &id, "--videos", &videos, "--relay", "native",
+        ];
         if !start {
             args.push("--no-start");
         }

@@ -82,6 +82,10 @@ pub enum NetnsCmd {
         /// Extra arguments for servers, nodes and edges (one string, split at spaces).
         #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
         daemon_args: Option<String>,
+        /// How edges send video to clients (`--relay` of nodes and edges); their default
+        /// when not given.
+        #[arg(long, value_parser = ["native", "ffmpeg"])]
+        relay: Option<String>,
         /// Extra arguments for clients; {name} and {run_dir} are replaced.
         #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
         client_args: Option<String>,
@@ -355,6 +359,7 @@ pub fn lan_rules(u: &Underlay, cuts: &[(usize, usize)]) -> String {
 /// Arguments (after the binary) of every daemon of a run: the bootstrapper, then each host's
 /// role. `videos` is the servers' folder root; client arguments get `{name}`/`{run_dir}`
 /// replaced.
+#[allow(clippy::too_many_arguments)]
 pub fn daemon_table(
     u: &Underlay,
     topology: &Path,
@@ -362,6 +367,7 @@ pub fn daemon_table(
     key_file: &Path,
     videos: &Path,
     daemon_args: &[String],
+    relay: Option<&str>,
     client_args: &[String],
 ) -> BTreeMap<String, Daemon> {
     let logs = run_dir.join("logs");
@@ -404,6 +410,9 @@ pub fn daemon_table(
                     };
                     argv.push("--videos".into());
                     argv.push(dir.display().to_string());
+                } else if let Some(relay) = relay {
+                    argv.push("--relay".into());
+                    argv.push(relay.to_string());
                 }
                 argv.extend(daemon_args.iter().cloned());
             }
@@ -888,6 +897,7 @@ fn up(
     no_start: bool,
     clients: bool,
     daemon_args: Vec<String>,
+    relay: Option<String>,
     client_args: Vec<String>,
 ) -> anyhow::Result<()> {
     let topology = std::fs::canonicalize(topology)
@@ -934,6 +944,7 @@ fn up(
         &key_file,
         &videos,
         &daemon_args,
+        relay.as_deref(),
         &client_args,
     );
     let mut st = RunState {
@@ -1143,6 +1154,7 @@ pub fn main(args: NetnsArgs) -> anyhow::Result<i32> {
             no_start,
             clients,
             daemon_args,
+            relay,
             client_args,
         } => up(
             &topology,
@@ -1152,6 +1164,7 @@ pub fn main(args: NetnsArgs) -> anyhow::Result<i32> {
             no_start,
             clients,
             split_args(&daemon_args),
+            relay,
             split_args(&client_args),
         )?,
         NetnsCmd::Plan { topology, run_id } => plan(&topology, &run_id)?,
@@ -1290,6 +1303,7 @@ mod tests {
             Path::new("/run/k"),
             Path::new("/nonexistent-videos"),
             &["--ping-ms".into(), "100".into()],
+            Some("native"),
             &["--record".into(), "{run_dir}/{name}.ts".into()],
         );
         assert_eq!(t[BOOTSTRAPPER].argv[1], "bootstrapper");
@@ -1297,6 +1311,9 @@ mod tests {
         let s1 = t["S1"].argv.join(" ");
         assert!(s1.starts_with("--role server --name S1 --bootstrap 10.0.1.10 --key-file /run/k --videos /nonexistent-videos --ping-ms 100"), "{s1}");
         assert_eq!(t["O2"].argv[1], "edge");
+        let o2 = t["O2"].argv.join(" ");
+        assert!(o2.contains("--relay native --ping-ms 100"), "{o2}");
+        assert!(!s1.contains("--relay"), "servers take no --relay: {s1}");
         assert_eq!(
             t["C1"].argv.join(" "),
             "--role client --name C1 --bootstrap 10.0.1.10 --record /run/C1.ts"
