@@ -5,3 +5,6 @@ pub mod client_driver;
 pub mod edge_driver;
 pub mod node_driver;
 pub mod transport;
+
+// The control endpoint (status, metrics, traces) and its client side.
+pub mod control;
