@@ -621,6 +621,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_edge_shows_its_counters_and_drops_by_reason() {
+        use crate::net::edge_driver::{self, EdgeDriverConfig, Relay};
+        let h = edge_driver::spawn(EdgeDriverConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            service: Default::default(),
+            relay: Relay::Native { queue: 8 },
+        })
+        .await
+        .unwrap();
+        let view = EdgeView::of(&h);
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&[0xEE, 1, 2, 3], h.local_addr())
+            .await
+            .unwrap();
+        let mut counters = view.counters.clone();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while counters.borrow().datagrams_in == 0 {
+                counters.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        let e = view.status(Instant::now());
+        assert!(e.sessions.is_empty());
+        assert_eq!(e.counters.get("datagrams_in"), Some(&1));
+        assert_eq!(e.counters.values().sum::<u64>(), 2, "{:?}", e.counters);
+        let status = NodeStatus {
+            name: "E".into(),
+            edge: Some(e),
+            ..Default::default()
+        };
+        let text = status.render_metrics();
+        let dropped: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("overlayd_edge_datagrams_dropped_total{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(dropped, 1, "{text}");
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn served_over_tcp_with_errors_for_bad_requests() {
         let (_status_tx, status_rx) = watch::channel(Arc::new(NodeStatus {
             name: "O1".into(),
