@@ -36,8 +36,11 @@ Examples:
   overlayd check-topology topology/loopback-diamond.json
   overlayd --role bootstrapper --topology topology/loopback-diamond.json --bind 127.0.1.100
   overlayd --role node --name O1 --bootstrap 127.0.1.100 --bind 127.0.1.1
+  overlayd status --node 127.0.1.1          # what O1 knows (its control endpoint)
+  overlayd trace VIDEO --from 127.0.1.1     # the video's tree below O1, hop by hop
 
-Default ports: bootstrapper 7700/tcp, overlay 7701/tcp, edge 7702/udp, client 7703/udp.
+Default ports: bootstrapper 7700/tcp, overlay 7701/tcp, edge 7702/udp, client 7703/udp,
+control endpoint 7704/tcp (plain HTTP, loopback only unless --control-bind).
 Logging: --log-level or RUST_LOG (e.g. RUST_LOG=overlayd=debug).";
 
 /// Top-level command line (no role given).
@@ -80,6 +83,30 @@ enum Tool {
     CheckTopology {
         /// The topology JSON file.
         file: PathBuf,
+    },
+    /// Show what a running daemon knows: neighbours, parent and route tables, grandfathers,
+    /// link counters, edge clients (from its control endpoint).
+    Status {
+        /// The daemon's control endpoint: IP or IP:PORT (default port 7704).
+        #[arg(long, value_name = "ADDR[:PORT]", default_value = "127.0.0.1")]
+        node: String,
+        /// Print the raw JSON snapshot instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trace a video's distribution tree from a node down, with the delay of every hop.
+    Trace {
+        /// The video to trace.
+        video: String,
+        /// Control endpoint of the node to start from (usually the server): IP or IP:PORT.
+        #[arg(long, value_name = "NODE_ADDR[:PORT]", default_value = "127.0.0.1")]
+        from: String,
+        /// How long to collect answers, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        wait_ms: u64,
+        /// Print the raw JSON answer instead of a tree.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate CORE scenario files (CORE 9 .xml, legacy .imn) from topology files.
     CoreScenario {
@@ -145,6 +172,14 @@ struct OverlayArgs {
     /// A neighbour silent this long (milliseconds) is dead.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     dead_ms: u64,
+    /// TCP port of the control endpoint (plain HTTP: /status, /metrics, /trace); 0 turns it off.
+    #[arg(long, default_value_t = overlayd::net::control::DEFAULT_CONTROL_PORT)]
+    control_port: u16,
+    /// Address of the control endpoint. Default: the --bind address when it is a loopback
+    /// address, else 127.0.0.1. It has no authentication: never give an address the overlay
+    /// (or anyone untrusted) can reach.
+    #[arg(long, value_name = "IP")]
+    control_bind: Option<IpAddr>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -381,6 +416,13 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                     ExitCode::from(1)
                 })
             }
+            Some(Tool::Status { node, json }) => status_command(&node, json),
+            Some(Tool::Trace {
+                video,
+                from,
+                wait_ms,
+                json,
+            }) => trace_command(&video, &from, wait_ms, json),
             Some(Tool::CoreScenario {
                 topology,
                 out_dir,
@@ -525,6 +567,50 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `overlayd status`: GET /status, print tables or the JSON.
+fn status_command(node: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use overlayd::net::control;
+    let addr = control::parse_node_addr(node, control::DEFAULT_CONTROL_PORT)
+        .map_err(|e| anyhow::anyhow!("bad --node: {e}"))?;
+    let (code, body) =
+        control::http_get(addr, "/status", Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+    if code != 200 {
+        anyhow::bail!("{addr} answered {code}: {}", body.trim());
+    }
+    if json {
+        println!("{}", body.trim_end());
+    } else {
+        let s: overlayd::overlay::NodeStatus = serde_json::from_str(&body)
+            .with_context(|| format!("{addr} sent a status this version cannot read"))?;
+        print!("{}", s.render_tables());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `overlayd trace`: GET /trace on the starting node, print the tree or the JSON.
+fn trace_command(video: &str, from: &str, wait_ms: u64, json: bool) -> anyhow::Result<ExitCode> {
+    use overlayd::net::control;
+    let addr = control::parse_node_addr(from, control::DEFAULT_CONTROL_PORT)
+        .map_err(|e| anyhow::anyhow!("bad --from: {e}"))?;
+    let target = format!(
+        "/trace?video={}&wait_ms={wait_ms}",
+        control::percent_encode(video)
+    );
+    let (code, body) = control::http_get(addr, &target, Duration::from_millis(wait_ms + 5000))
+        .map_err(anyhow::Error::msg)?;
+    if code != 200 {
+        anyhow::bail!("{addr} answered {code}: {}", body.trim());
+    }
+    if json {
+        println!("{}", body.trim_end());
+    } else {
+        let t: overlayd::overlay::status::TraceResult = serde_json::from_str(&body)
+            .with_context(|| format!("{addr} sent a trace this version cannot read"))?;
+        print!("{}", overlayd::overlay::status::render_trace(&t));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_bootstrap(s: &str) -> anyhow::Result<std::net::SocketAddr> {
     overlayd::net::bootstrap_client::parse_bootstrap_addr(s, DEFAULT_BOOTSTRAP_PORT)
         .with_context(|| format!("bad --bootstrap '{s}'"))
@@ -539,6 +625,7 @@ fn overlay_config(
         kind,
         bootstrap: parse_bootstrap(&a.bootstrap)?,
         bind: a.bind,
+        control: overlayd::net::control::control_addr(a.bind, a.control_bind, a.control_port),
         overlay_port: a.overlay_port,
         key_file: a.key_file.clone(),
         liveness: overlayd::overlay::LivenessConfig {

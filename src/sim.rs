@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::overlay::{LinkId, Node, NodeConfig, Output};
-use crate::wire::overlay::{OverlayMsg, OverlayRole};
+use crate::wire::overlay::{OverlayMsg, OverlayRole, TraceHop};
 
 /// Wall clock (µs since the UNIX epoch) at virtual time zero, before per-node skew.
 const WALL_BASE_US: u64 = 1_700_000_000_000_000;
@@ -280,6 +280,8 @@ pub struct Sim {
     payload: Bytes,
     /// Crossings per (connection pair, video, epoch, seq).
     crossings: HashMap<(usize, usize, String, u64, u64), u32>,
+    /// Trace answers per (originating node, trace id), in arrival order.
+    traces: BTreeMap<(usize, u64), Vec<Vec<TraceHop>>>,
     /// Events handled so far.
     pub events: u64,
 }
@@ -309,6 +311,7 @@ impl Sim {
             next_run: 1,
             payload,
             crossings: HashMap::new(),
+            traces: BTreeMap::new(),
             events: 0,
         }
     }
@@ -540,6 +543,26 @@ impl Sim {
             n.unsubscribe_local(now, video);
         }
         self.pump(i);
+    }
+
+    /// Start a trace of `video` from `name` (see [`Node::start_trace`]).
+    pub fn start_trace(&mut self, name: &str, id: u64, video: &str) -> Result<(), String> {
+        let i = self.idx(name);
+        let now = self.instant();
+        let r = match self.nodes[i].node.as_mut() {
+            Some(n) => n.start_trace(now, id, video),
+            None => Err(format!("{name} is not running")),
+        };
+        self.pump(i);
+        r
+    }
+
+    /// The paths that answered trace `id` started at `name`, in arrival order.
+    pub fn trace_paths(&self, name: &str, id: u64) -> &[Vec<TraceHop>] {
+        self.traces
+            .get(&(self.idx(name), id))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The running node of that name.
@@ -823,6 +846,9 @@ impl Sim {
                 }
                 Output::SourceStop { video } => {
                     self.nodes[i].sources.remove(&video);
+                }
+                Output::TraceReply { id, hops, .. } => {
+                    self.traces.entry((i, id)).or_default().push(hops);
                 }
                 Output::Deliver { video, data } => {
                     let at = self.now;

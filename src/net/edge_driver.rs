@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::service::edge::{EdgeConfig, EdgeCounters, EdgeOutput, EdgeService};
+use crate::service::edge::{EdgeConfig, EdgeCounters, EdgeOutput, EdgeService, SessionInfo};
 
 /// Largest datagram read from a client; every valid client message is far smaller.
 const RECV_BUF: usize = 2048;
@@ -156,6 +156,9 @@ pub struct EdgeHandle {
     pub events: mpsc::UnboundedReceiver<EdgeEvent>,
     /// The service's counters, refreshed after every input.
     pub counters: watch::Receiver<EdgeCounters>,
+    /// The sessions (clients with leases), refreshed at most every 250 ms and whenever one
+    /// opens or ends (for status displays).
+    pub sessions: watch::Receiver<Vec<SessionInfo>>,
     pub driver_counters: Arc<EdgeDriverCounters>,
     local_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
@@ -198,6 +201,7 @@ pub async fn spawn(cfg: EdgeDriverConfig) -> std::io::Result<EdgeHandle> {
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (counters_tx, counters_rx) = watch::channel(EdgeCounters::default());
+    let (sessions_tx, sessions_rx) = watch::channel(Vec::new());
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let driver_counters = Arc::new(EdgeDriverCounters::default());
     let service = EdgeService::new(cfg.service, Instant::now());
@@ -210,6 +214,8 @@ pub async fn spawn(cfg: EdgeDriverConfig) -> std::io::Result<EdgeHandle> {
             events: events_tx,
             counters: counters_tx,
             driver_counters: driver_counters.clone(),
+            sessions: sessions_tx,
+            sessions_at: (Instant::now(), 0),
         },
         input_rx,
         shutdown_rx,
@@ -218,6 +224,7 @@ pub async fn spawn(cfg: EdgeDriverConfig) -> std::io::Result<EdgeHandle> {
         input: input_tx,
         events: events_rx,
         counters: counters_rx,
+        sessions: sessions_rx,
         driver_counters,
         local_addr,
         shutdown: Some(shutdown_tx),
@@ -232,6 +239,9 @@ struct Loop {
     events: mpsc::UnboundedSender<EdgeEvent>,
     counters: watch::Sender<EdgeCounters>,
     driver_counters: Arc<EdgeDriverCounters>,
+    sessions: watch::Sender<Vec<SessionInfo>>,
+    /// When the sessions were last published, and the session events counted then.
+    sessions_at: (Instant, u64),
 }
 
 async fn run(
@@ -311,6 +321,18 @@ impl Loop {
             .video_dropped
             .store(self.sink.dropped(), Ordering::Relaxed);
         let counters = self.service.counters();
+        let session_events = counters.sessions_opened
+            + counters.sessions_cancelled
+            + counters.sessions_expired
+            + counters.sessions_replaced;
+        let now = Instant::now();
+        if session_events != self.sessions_at.1
+            || now.duration_since(self.sessions_at.0).as_millis() >= 250
+        {
+            self.sessions_at = (now, session_events);
+            self.sessions
+                .send_replace(self.service.sessions().collect());
+        }
         self.counters.send_if_modified(|c| {
             if c != counters {
                 c.clone_from(counters);

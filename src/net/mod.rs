@@ -6,3 +6,6 @@ pub mod edge_driver;
 pub mod edge_ffmpeg;
 pub mod node_driver;
 pub mod transport;
+
+// The control endpoint (status, metrics, traces) and its client side.
+pub mod control;

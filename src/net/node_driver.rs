@@ -6,7 +6,9 @@
 //! behind video; a full media queue drops the chunk and counts it rather than blocking the
 //! node, and a full control queue means the peer stopped reading, so the link is closed.
 //! All protocol decisions are the node's: this loop feeds it link events, decoded messages and
-//! timer expiries, and carries out its outputs.
+//! timer expiries, and carries out its outputs. Every [`STATUS_REFRESH`] it publishes a
+//! [`NodeStatus`] snapshot on a watch channel, and it starts traces for the control endpoint
+//! ([`ControlPort`]), passing their answers back.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,15 +18,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::crypto::Side;
 use crate::keyfile::Psk;
 use crate::net::transport::{self, SecureReader, SecureWriter, TransportError};
+use crate::overlay::status::{DriverStatus, NodeStatus};
 use crate::overlay::{LinkId, Node, Output};
-use crate::wire::overlay::{Hello, OverlayMsg, VideoData};
+use crate::wire::overlay::{Hello, OverlayMsg, TraceHop, VideoData};
 
 /// Queue depths per link.
 const CONTROL_QUEUE: usize = 1024;
@@ -39,6 +42,29 @@ const DELIVERED_QUEUE: usize = 512;
 const WALL_CLOCK_REANCHOR: Duration = Duration::from_secs(10);
 /// How often the offered video list is compared with the last one reported.
 const VIDEOS_CHECK: Duration = Duration::from_millis(500);
+/// How often the status snapshot is rebuilt and published.
+pub const STATUS_REFRESH: Duration = Duration::from_millis(250);
+/// Answers of a trace are passed on for at most this long after it started.
+const TRACE_TTL: Duration = Duration::from_secs(10);
+
+/// What the control endpoint asks of the node loop.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Start a trace of `video`'s tree here; `started` gets its id (or why not), `answers`
+    /// every path that answers, until the receiver is dropped or [`TRACE_TTL`] passes.
+    Trace {
+        video: String,
+        started: oneshot::Sender<Result<u64, String>>,
+        answers: mpsc::Sender<Vec<TraceHop>>,
+    },
+}
+
+/// The control endpoint's side of the driver: status snapshots and requests.
+#[derive(Clone)]
+pub struct ControlPort {
+    pub status: watch::Receiver<Arc<NodeStatus>>,
+    pub requests: mpsc::Sender<ControlRequest>,
+}
 
 /// What the daemon's own parts (video sources, the edge's client service, tests) tell the node.
 #[derive(Debug)]
@@ -144,6 +170,9 @@ pub struct NodeDriver {
     counters: Arc<DriverCounters>,
     local: LocalChannels,
     port: Option<LocalPort>,
+    status: watch::Sender<Arc<NodeStatus>>,
+    control: mpsc::Receiver<ControlRequest>,
+    control_port: ControlPort,
 }
 
 impl NodeDriver {
@@ -158,6 +187,8 @@ impl NodeDriver {
         let (input_tx, input_rx) = mpsc::channel(LOCAL_INPUT_QUEUE);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (delivered_tx, delivered_rx) = mpsc::channel(DELIVERED_QUEUE);
+        let (status_tx, status_rx) = watch::channel(Arc::new(NodeStatus::default()));
+        let (control_tx, control_rx) = mpsc::channel(16);
         Ok(NodeDriver {
             cfg,
             listener,
@@ -172,7 +203,31 @@ impl NodeDriver {
                 events: events_rx,
                 delivered: delivered_rx,
             }),
+            status: status_tx,
+            control: control_rx,
+            control_port: ControlPort {
+                status: status_rx,
+                requests: control_tx,
+            },
         })
+    }
+
+    /// Status snapshots and trace requests, for the control endpoint.
+    pub fn control_port(&self) -> ControlPort {
+        self.control_port.clone()
+    }
+
+    fn publish_status(&self, node: &Node, now: Instant) {
+        let c = &self.counters;
+        let mut s = NodeStatus::build(node, now);
+        s.driver = Some(DriverStatus {
+            handshakes_ok: c.handshakes_ok.load(Ordering::Relaxed),
+            handshakes_refused: c.handshakes_refused.load(Ordering::Relaxed),
+            media_dropped_queue_full: c.media_dropped_queue_full.load(Ordering::Relaxed),
+            delivered_dropped_queue_full: c.delivered_dropped_queue_full.load(Ordering::Relaxed),
+            frames_undecodable: c.frames_undecodable.load(Ordering::Relaxed),
+        });
+        self.status.send_replace(Arc::new(s));
     }
 
     /// The local channels (sources, local consumers). Can be taken once; when nobody takes
@@ -199,6 +254,9 @@ impl NodeDriver {
         let next_link = Arc::new(AtomicU64::new(1));
         let mut links: HashMap<LinkId, LinkHandle> = HashMap::new();
         let hello = node.hello();
+        let mut status_at = anchored;
+        self.publish_status(&node, anchored);
+        let mut traces: HashMap<u64, (mpsc::Sender<Vec<TraceHop>>, Instant)> = HashMap::new();
         tokio::pin!(shutdown);
 
         loop {
@@ -242,6 +300,13 @@ impl NodeDriver {
                     }
                     Output::SourceStop { video } => {
                         let _ = self.local.events.send(LocalEvent::SourceStop(video));
+                    }
+                    Output::TraceReply { id, hops, .. } => {
+                        if let Some((tx, _)) = traces.get(&id) {
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(hops) {
+                                traces.remove(&id);
+                            }
+                        }
                     }
                     Output::Deliver { video, data } => {
                         if self
@@ -325,8 +390,28 @@ impl NodeDriver {
                         LocalInput::SetVideos(videos) => node.set_videos(now, videos),
                     }
                 }
+                Some(req) = self.control.recv() => match req {
+                    ControlRequest::Trace { video, started, answers } => {
+                        let id: u64 = rand::random();
+                        let now = Instant::now();
+                        // Registered first: our own hop is the first answer, output at once.
+                        traces.insert(id, (answers, now + TRACE_TTL));
+                        let r = node.start_trace(now, id, &video);
+                        if r.is_err() {
+                            traces.remove(&id);
+                        } else {
+                            info!(video, id, "trace started");
+                        }
+                        let _ = started.send(r.map(|()| id));
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
+                    if now.duration_since(status_at) >= STATUS_REFRESH {
+                        status_at = now;
+                        self.publish_status(&node, now);
+                        traces.retain(|_, (tx, until)| *until > now && !tx.is_closed());
+                    }
                     if now.duration_since(anchored) >= WALL_CLOCK_REANCHOR {
                         anchored = now;
                         node.set_wall_clock(now, wall_clock_us());

@@ -121,6 +121,17 @@ pub struct Neighbour {
     next_ping: Instant,
 }
 
+/// A wanted address without a live link (see [`NeighbourTable::unlinked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlinkedView {
+    pub addr: SocketAddr,
+    pub name: Option<String>,
+    pub failures: u32,
+    pub connecting: bool,
+    /// From the topology (redialled forever), rather than a grandfather wanted for a while.
+    pub configured: bool,
+}
+
 /// The neighbour table (see module docs).
 #[derive(Debug)]
 pub struct NeighbourTable {
@@ -413,6 +424,22 @@ impl NeighbourTable {
 
     fn micros(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Addresses we dial that have no live link (neighbours not up yet, or down): address,
+    /// name once learnt, failed attempts, and whether the driver is connecting right now.
+    pub fn unlinked(&self) -> Vec<UnlinkedView> {
+        self.dials
+            .iter()
+            .filter(|(_, d)| !matches!(d.state, DialState::Linked(_)))
+            .map(|(addr, d)| UnlinkedView {
+                addr: *addr,
+                name: d.name.clone(),
+                failures: d.failures,
+                connecting: d.state == DialState::InFlight,
+                configured: d.configured,
+            })
+            .collect()
     }
 
     pub fn get(&self, link: LinkId) -> Option<&Neighbour> {

@@ -23,9 +23,16 @@ use tracing::{debug, info, warn};
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
 use super::routing::{FloodIgnored, Routing};
 use super::streams::{Ctx, RouteView, StreamConfig, StreamCounters, Streams};
+use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
-    Flood, Hello, OverlayMsg, OverlayRole, PeerAddr, Ping, Pong, VideoData, OVERLAY_VERSION,
+    Flood, Hello, OverlayMsg, OverlayRole, PeerAddr, Ping, Pong, Trace, TraceHop, VideoData,
+    OVERLAY_VERSION,
 };
+
+/// Pseudo-neighbour of [`Node::link_traffic`]: chunks our own source produced.
+pub const SOURCE_LINK: &str = "@source";
+/// Pseudo-neighbour of [`Node::link_traffic`]: chunks handed to local consumers.
+pub const LOCAL_LINK: &str = "@local";
 
 /// Configuration of a node. Build it with [`NodeConfig::new`] and change what you need.
 #[derive(Debug, Clone)]
@@ -105,16 +112,23 @@ pub enum Output {
     SourceStop { video: String },
     /// A chunk for local consumers ([`Node::subscribe_local`]), in order and at most once.
     Deliver { video: String, data: VideoData },
+    /// A path answering a trace this node started ([`Node::start_trace`]): from us (first
+    /// hop) to the node that answered (last hop).
+    TraceReply {
+        id: u64,
+        video: String,
+        hops: Vec<TraceHop>,
+    },
 }
 
 /// Counters a driver or a test can read.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeCounters {
     pub links_up: u64,
     pub links_down: u64,
     pub dials: u64,
     pub dial_failures: u64,
-    /// Messages that make no sense here (a hello after the hello, a trace).
+    /// Messages that make no sense here (a hello after the hello, a late frame).
     pub messages_ignored: u64,
     pub floods_sent: u64,
     pub floods_received: u64,
@@ -123,6 +137,35 @@ pub struct NodeCounters {
     pub floods_dropped: u64,
     /// Source chunks for a video nobody is consuming (raced with a stop).
     pub source_chunks_dropped: u64,
+    /// Traces started here, probes forwarded to children, answers sent, and probes or
+    /// replies dropped (malformed, repeated, or whose next hop is gone).
+    pub traces_started: u64,
+    pub traces_forwarded: u64,
+    pub traces_answered: u64,
+    pub traces_dropped: u64,
+}
+
+/// Video chunks and payload bytes that crossed one (neighbour, video) pair, both ways.
+/// Bytes count the chunk payloads (MPEG-TS), not framing or encryption.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTraffic {
+    pub chunks_in: u64,
+    pub bytes_in: u64,
+    pub chunks_out: u64,
+    pub bytes_out: u64,
+}
+
+/// Failover gaps measured at this node for one video: the time between the last chunk
+/// forwarded before a failover and the first one forwarded after it (from the new parent).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GapWatch {
+    /// Gaps measured so far.
+    pub measured: u64,
+    pub last_gap: Option<Duration>,
+    pub max_gap: Option<Duration>,
+    failovers_seen: u64,
+    last: Option<(u64, u64)>,
+    last_at: Option<Instant>,
 }
 
 /// One parent-table line: a route to a server through a neighbour.
@@ -149,6 +192,10 @@ pub struct Node {
     outputs: VecDeque<Output>,
     counters: NodeCounters,
     copies: BTreeMap<(String, String), u64>,
+    /// Per neighbour (or [`SOURCE_LINK`] / [`LOCAL_LINK`]), per video.
+    traffic: BTreeMap<String, BTreeMap<String, LinkTraffic>>,
+    gaps: BTreeMap<String, GapWatch>,
+    traces_seen: RecentIds,
     /// (monotonic, wall µs) anchor.
     wall_anchor: (Instant, u64),
     /// Next flood (when we flood) and its sequence number.
@@ -171,6 +218,9 @@ impl Node {
             outputs: VecDeque::new(),
             counters: NodeCounters::default(),
             copies: BTreeMap::new(),
+            traffic: BTreeMap::new(),
+            gaps: BTreeMap::new(),
+            traces_seen: RecentIds::default(),
             wall_anchor: (now, 0),
             next_flood: None,
             flood_seq: None,
@@ -265,8 +315,13 @@ impl Node {
         payload: Bytes,
         keyframe: bool,
     ) {
+        let len = payload.len() as u64;
         let sent = self.with_streams(now, |s, ctx| s.source_chunk(ctx, video, payload, keyframe));
-        if !sent {
+        if sent {
+            let t = traffic_entry(&mut self.traffic, SOURCE_LINK, video);
+            t.chunks_in += 1;
+            t.bytes_in += len;
+        } else {
             self.counters.source_chunks_dropped += 1;
         }
     }
@@ -337,14 +392,22 @@ impl Node {
             OverlayMsg::VideoUnavailable(u) => {
                 self.with_streams(now, |s, ctx| s.on_unavailable(ctx, &from, &u.video))
             }
-            OverlayMsg::VideoData(d) => self.with_streams(now, |s, ctx| s.on_data(ctx, &from, d)),
+            OverlayMsg::VideoData(d) => {
+                let video = d.video.clone();
+                let t = traffic_entry(&mut self.traffic, &from, &video);
+                t.chunks_in += 1;
+                t.bytes_in += d.payload.len() as u64;
+                self.with_streams(now, |s, ctx| s.on_data(ctx, &from, d));
+                self.watch_gap(now, &video);
+            }
+            OverlayMsg::Trace(t) => self.handle_trace(now, &from, t),
             OverlayMsg::GrandfatherRequest(r) => {
                 self.with_streams(now, |s, ctx| s.on_grandfather_request(ctx, &from, &r.video))
             }
             OverlayMsg::GrandfatherReply(g) | OverlayMsg::GrandfatherUpdate(g) => {
                 self.with_streams(now, |s, ctx| s.on_grandfathers(ctx, &from, g))
             }
-            other @ (OverlayMsg::Hello(_) | OverlayMsg::Trace(_)) => {
+            other @ OverlayMsg::Hello(_) => {
                 self.counters.messages_ignored += 1;
                 debug!(%link, kind = other.kind(), "message not handled by this node");
             }
@@ -454,7 +517,26 @@ impl Node {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front()?;
+        match &out {
+            Output::Send {
+                link,
+                msg: OverlayMsg::VideoData(d),
+            } => {
+                if let Some(n) = self.neighbours.get(*link) {
+                    let t = traffic_entry(&mut self.traffic, &n.name, &d.video);
+                    t.chunks_out += 1;
+                    t.bytes_out += d.payload.len() as u64;
+                }
+            }
+            Output::Deliver { video, data } => {
+                let t = traffic_entry(&mut self.traffic, LOCAL_LINK, video);
+                t.chunks_out += 1;
+                t.bytes_out += data.payload.len() as u64;
+            }
+            _ => {}
+        }
+        Some(out)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -468,7 +550,147 @@ impl Node {
         Some(t)
     }
 
+    // ---- traces and failover gaps -----------------------------------------------------------
+
+    /// Start a trace of `video`'s tree from here (see [`crate::overlay::trace`]). `id` should be
+    /// random. Our own hop comes back at once as the first [`Output::TraceReply`]; the answers of
+    /// the nodes below follow as they arrive. Fails when we do not carry the video.
+    pub fn start_trace(&mut self, now: Instant, id: u64, video: &str) -> Result<(), String> {
+        if !self.streams.has(video) {
+            return Err(format!(
+                "{} does not carry '{video}' (no consumer here or below)",
+                self.config.name
+            ));
+        }
+        self.counters.traces_started += 1;
+        self.traces_seen.insert(now, id);
+        let hops = vec![TraceHop {
+            name: self.config.name.clone(),
+            at_us: self.wall_us(now),
+        }];
+        self.outputs.push_back(Output::TraceReply {
+            id,
+            video: video.to_string(),
+            hops: hops.clone(),
+        });
+        self.forward_trace(Trace {
+            id,
+            video: video.to_string(),
+            reply: false,
+            hops,
+        });
+        Ok(())
+    }
+
+    fn forward_trace(&mut self, probe: Trace) {
+        if probe.hops.len() >= MAX_TRACE_HOPS {
+            return;
+        }
+        for child in self.streams.children(&probe.video) {
+            if probe.hops.iter().any(|h| h.name == child) {
+                continue;
+            }
+            if let Some(n) = self.neighbours.by_name(&child) {
+                self.counters.traces_forwarded += 1;
+                self.outputs.push_back(Output::Send {
+                    link: n.link,
+                    msg: OverlayMsg::Trace(probe.clone()),
+                });
+            }
+        }
+    }
+
+    fn handle_trace(&mut self, now: Instant, from: &str, mut t: Trace) {
+        if t.reply {
+            match trace::reply_step(&self.config.name, from, &t) {
+                ReplyStep::Arrived => self.outputs.push_back(Output::TraceReply {
+                    id: t.id,
+                    video: t.video,
+                    hops: t.hops,
+                }),
+                ReplyStep::PassTo(prev) => match self.neighbours.by_name(&prev) {
+                    Some(n) => {
+                        let link = n.link;
+                        self.outputs.push_back(Output::Send {
+                            link,
+                            msg: OverlayMsg::Trace(t),
+                        });
+                    }
+                    None => self.counters.traces_dropped += 1,
+                },
+                ReplyStep::Invalid => self.counters.traces_dropped += 1,
+            }
+            return;
+        }
+        let on_path = t.hops.iter().any(|h| h.name == self.config.name);
+        if !trace::probe_is_valid(from, &t) || on_path || !self.traces_seen.insert(now, t.id) {
+            self.counters.traces_dropped += 1;
+            debug!(from, id = t.id, "trace probe dropped (malformed or seen)");
+            return;
+        }
+        t.hops.push(TraceHop {
+            name: self.config.name.clone(),
+            at_us: self.wall_us(now),
+        });
+        self.counters.traces_answered += 1;
+        if let Some(n) = self.neighbours.by_name(from) {
+            let link = n.link;
+            self.outputs.push_back(Output::Send {
+                link,
+                msg: OverlayMsg::Trace(Trace {
+                    reply: true,
+                    ..t.clone()
+                }),
+            });
+        }
+        self.forward_trace(t);
+    }
+
+    /// After a chunk from a neighbour: if it was forwarded and a failover happened since the
+    /// previous forwarded chunk, the time between the two is the failover gap.
+    fn watch_gap(&mut self, now: Instant, video: &str) {
+        let failovers = self.streams.counters(video).map_or(0, |c| c.failovers);
+        let last = self.streams.last(video);
+        let w = self.gaps.entry(video.to_string()).or_default();
+        if last == w.last || last.is_none() {
+            return;
+        }
+        if failovers > w.failovers_seen {
+            if let Some(at) = w.last_at {
+                let gap = now.saturating_duration_since(at);
+                w.measured += 1;
+                w.last_gap = Some(gap);
+                w.max_gap = Some(w.max_gap.map_or(gap, |m| m.max(gap)));
+                info!(
+                    video,
+                    gap_ms = gap.as_secs_f64() * 1e3,
+                    parent = ?self.streams.parent(video),
+                    failovers,
+                    "failover gap: first chunk from the new parent"
+                );
+            }
+        }
+        w.failovers_seen = failovers;
+        w.last = last;
+        w.last_at = Some(now);
+    }
+
     // ---- read-only views -------------------------------------------------------------------
+
+    /// Chunks and bytes per neighbour (or [`SOURCE_LINK`] / [`LOCAL_LINK`]) and video.
+    pub fn link_traffic(&self) -> &BTreeMap<String, BTreeMap<String, LinkTraffic>> {
+        &self.traffic
+    }
+
+    /// Failover gaps measured per video.
+    pub fn failover_gaps(&self) -> &BTreeMap<String, GapWatch> {
+        &self.gaps
+    }
+
+    /// Whether we carry `video` (source, fed, or waiting for a parent).
+    pub fn carries(&self, video: &str) -> bool {
+        self.streams.has(video)
+    }
 
     /// The parent table: every route to every server, sorted by server then neighbour.
     pub fn parent_table(&self, now: Instant) -> Vec<ParentView> {
@@ -586,4 +808,19 @@ impl Node {
             }
         }
     }
+}
+
+fn traffic_entry<'a>(
+    traffic: &'a mut BTreeMap<String, BTreeMap<String, LinkTraffic>>,
+    neighbour: &str,
+    video: &str,
+) -> &'a mut LinkTraffic {
+    if !traffic.contains_key(neighbour) {
+        traffic.insert(neighbour.to_string(), BTreeMap::new());
+    }
+    let per = traffic.get_mut(neighbour).expect("inserted");
+    if !per.contains_key(video) {
+        per.insert(video.to_string(), LinkTraffic::default());
+    }
+    per.get_mut(video).expect("inserted")
 }

@@ -78,7 +78,7 @@ impl Default for StreamConfig {
 }
 
 /// Per-video counters; they outlive the stream so tests can read them after a cancel.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamCounters {
     /// Chunks received from any neighbour (or produced by our source).
     pub chunks_in: u64,
@@ -176,6 +176,9 @@ struct Upstream {
     server: Option<String>,
     since: Instant,
     last_data: Option<Instant>,
+    /// Last known (delay µs, link sum µs) of the route through it (kept for the failover
+    /// log line, when the route itself is already gone).
+    metric: (Option<i64>, Option<u64>),
 }
 
 impl Upstream {
@@ -185,6 +188,7 @@ impl Upstream {
             server,
             since: now,
             last_data: None,
+            metric: (None, None),
         }
     }
 }
@@ -363,6 +367,24 @@ impl Streams {
             .get(video)
             .map(|s| s.grandfathers.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// Whether we carry `video` (a stream entry exists: source, fed, or waiting).
+    pub fn has(&self, video: &str) -> bool {
+        self.streams.contains_key(video)
+    }
+
+    /// The children we feed `video` to, by name.
+    pub fn children(&self, video: &str) -> Vec<String> {
+        self.streams
+            .get(video)
+            .map(|s| s.children.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Last (epoch, seq) forwarded for `video`.
+    pub fn last(&self, video: &str) -> Option<(u64, u64)> {
+        self.streams.get(video).and_then(|s| s.last)
     }
 
     pub fn parent(&self, video: &str) -> Option<&str> {
@@ -588,8 +610,15 @@ impl Streams {
         }
         match choose(ctx, video, st) {
             Some(c) => {
-                info!(video, parent = %c.neighbour, server = %c.server, "parent chosen");
-                st.parent = Some(Upstream::new(&c.neighbour, Some(c.server), ctx.now));
+                let (delay_us, link_sum_us) = metric(ctx.routing, Some(&c.server), &c.neighbour);
+                info!(
+                    video, parent = %c.neighbour, server = %c.server, delay_us, link_sum_us,
+                    "parent chosen"
+                );
+                st.parent = Some(Upstream {
+                    metric: (delay_us, link_sum_us),
+                    ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
+                });
                 st.gf_asked = None;
                 st.grandfathers.clear();
                 self.request(ctx, video, &c.neighbour);
@@ -698,7 +727,7 @@ impl Streams {
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
-        st.parent = None;
+        let old = st.parent.take();
         if st.source.is_some() || st.consumers() == 0 {
             self.release_if_unused(ctx, video);
             return;
@@ -712,8 +741,18 @@ impl Streams {
             return;
         }
         if let Some(c) = choose(ctx, video, st) {
-            info!(video, parent = %c.neighbour, server = %c.server, "failover: parent lost, next-best parent asked");
-            st.parent = Some(Upstream::new(&c.neighbour, Some(c.server), ctx.now));
+            let (delay_us, link_sum_us) = metric(ctx.routing, Some(&c.server), &c.neighbour);
+            info!(
+                video, old_parent = ?old.as_ref().map(|o| o.name.as_str()),
+                old_delay_us = ?old.as_ref().and_then(|o| o.metric.0),
+                old_link_sum_us = ?old.as_ref().and_then(|o| o.metric.1),
+                parent = %c.neighbour, server = %c.server, delay_us, link_sum_us,
+                "failover: parent lost, next-best parent asked"
+            );
+            st.parent = Some(Upstream {
+                metric: (delay_us, link_sum_us),
+                ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
+            });
             st.gf_asked = None;
             st.grandfathers.clear();
             self.request(ctx, video, &c.neighbour);
@@ -760,9 +799,16 @@ impl Streams {
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
+        let old = st.parent.as_ref();
+        let (old_delay_us, old_link_sum_us) = match old {
+            Some(o) => metric(ctx.routing, o.server.as_deref(), &o.name),
+            None => (None, None),
+        };
+        let (new_delay_us, new_link_sum_us) = metric(ctx.routing, Some(&to.server), &to.neighbour);
         info!(
-            video, from = ?st.parent.as_ref().map(|p| p.name.clone()), to = %to.neighbour,
-            server = %to.server, "switching parent (make-before-break)"
+            video, from = ?old.map(|p| p.name.clone()), to = %to.neighbour,
+            server = %to.server, ?old_delay_us, ?old_link_sum_us, ?new_delay_us, ?new_link_sum_us,
+            "switching parent (make-before-break)"
         );
         st.pending = Some(Upstream::new(&to.neighbour, Some(to.server), ctx.now));
         self.request(ctx, video, &to.neighbour);
@@ -793,7 +839,11 @@ impl Streams {
         let Some(new) = st.pending.take() else {
             return;
         };
-        info!(video, parent = %new.name, "parent switch complete");
+        let (delay_us, link_sum_us) = metric(ctx.routing, new.server.as_deref(), &new.name);
+        info!(
+            video, parent = %new.name, old_parent = ?st.parent.as_ref().map(|p| p.name.as_str()),
+            ?delay_us, ?link_sum_us, "parent switch complete"
+        );
         if let Some(old) = st.parent.replace(new) {
             ctx.send(
                 &old.name,
@@ -1151,6 +1201,12 @@ impl Streams {
                 continue;
             };
             st.refused.retain(|_, until| *until > ctx.now);
+            if let Some(p) = st.parent.as_mut() {
+                let m = metric(ctx.routing, p.server.as_deref(), &p.name);
+                if m.0.is_some() {
+                    p.metric = m;
+                }
+            }
             if let Some(p) = &st.pending {
                 let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
                 if p.last_data.is_none() && timed_out {
@@ -1224,6 +1280,17 @@ impl Streams {
             self.start_switch(ctx, video, cand);
         }
     }
+}
+
+/// The route metric through `neighbour` towards `server`: (EWMA delay µs, link sum µs).
+fn metric(routing: &Routing, server: Option<&str>, neighbour: &str) -> (Option<i64>, Option<u64>) {
+    let route = server
+        .and_then(|s| routing.servers().get(s))
+        .and_then(|s| s.parents.get(neighbour));
+    (
+        route.map(|r| r.delay_us as i64),
+        route.map(|r| r.link_sum_us),
+    )
 }
 
 /// The best usable parent for a stream: among servers offering the video, the one with the

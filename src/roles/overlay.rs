@@ -6,7 +6,8 @@
 //! SIGINT or SIGTERM. A server also keeps its video library (files added later are offered
 //! too) and starts a live source for a video when the node asks for it, stopping it when the
 //! last consumer leaves. An edge also runs the UDP client service, whose subscriptions become
-//! the node's local consumers and which receives the node's delivered chunks.
+//! the node's local consumers and which receives the node's delivered chunks. Every overlay
+//! role also serves its control endpoint ([`control`]: status, metrics, traces) on loopback.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,7 @@ use tracing::{info, warn};
 use crate::media::relay::RelayConfig;
 use crate::media::source::{Source, SourceHandle, SourceMode, VideoLibrary};
 use crate::net::bootstrap_client::{self, RetryPolicy};
+use crate::net::control;
 use crate::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeInput};
 use crate::net::edge_ffmpeg;
 use crate::net::node_driver::{DriverConfig, LocalEvent, LocalInput, LocalPort, NodeDriver};
@@ -66,6 +68,8 @@ pub struct OverlayRoleConfig {
     pub kind: Kind,
     pub bootstrap: SocketAddr,
     pub bind: IpAddr,
+    /// Control endpoint (status, metrics, traces); `None`: off. See [`crate::net::control`].
+    pub control: Option<SocketAddr>,
     pub overlay_port: u16,
     pub key_file: PathBuf,
     pub liveness: LivenessConfig,
@@ -174,9 +178,17 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    let edge_view = edge_handle.as_ref().map(control::EdgeView::of);
+    let control = match cfg.control {
+        Some(addr) => control::spawn(addr, driver.control_port(), edge_view).await,
+        None => None,
+    };
     let local = tokio::spawn(serve_local(port, library, cfg.source, edge_handle));
 
     driver.run(node, super::shutdown_signal()).await;
+    if let Some(c) = control {
+        c.abort();
+    }
     // The driver is gone, so the local channels are closed: sources stop and children die.
     if tokio::time::timeout(Duration::from_secs(3), local)
         .await

@@ -122,7 +122,7 @@ pub enum EdgeOutput {
 }
 
 /// Counters, by what happened (dropped datagrams by reason).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EdgeCounters {
     pub datagrams_in: u64,
     pub rate_limited: u64,

@@ -269,7 +269,7 @@ pub struct Pong {
 }
 
 /// One device a trace went through and when (that device's clock, µs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TraceHop {
     pub name: String,
     pub at_us: u64,
