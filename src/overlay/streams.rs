@@ -615,14 +615,7 @@ impl Streams {
                     video, parent = %c.neighbour, server = %c.server, delay_us, link_sum_us,
                     "parent chosen"
                 );
-                st.parent = Some(Upstream {
-                    metric: (delay_us, link_sum_us),
-                    ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
-                });
-                st.gf_asked = None;
-                st.grandfathers.clear();
-                self.request(ctx, video, &c.neighbour);
-                self.ask_grandfathers(ctx, video);
+                self.adopt_parent(ctx, video, c, (delay_us, link_sum_us));
             }
             None => {
                 let offered = ctx.routing.offers(video).next().is_some();
@@ -631,6 +624,28 @@ impl Streams {
                 }
             }
         }
+    }
+
+    /// Take `c` as the parent of `video`: ask it for the video, and learn its own parents
+    /// (our grandfathers) anew.
+    fn adopt_parent(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        video: &str,
+        c: Choice,
+        metric: (Option<i64>, Option<u64>),
+    ) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        st.parent = Some(Upstream {
+            metric,
+            ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
+        });
+        st.gf_asked = None;
+        st.grandfathers.clear();
+        self.request(ctx, video, &c.neighbour);
+        self.ask_grandfathers(ctx, video);
     }
 
     fn request(&mut self, ctx: &mut Ctx<'_>, video: &str, to: &str) {
@@ -749,14 +764,7 @@ impl Streams {
                 parent = %c.neighbour, server = %c.server, delay_us, link_sum_us,
                 "failover: parent lost, next-best parent asked"
             );
-            st.parent = Some(Upstream {
-                metric: (delay_us, link_sum_us),
-                ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
-            });
-            st.gf_asked = None;
-            st.grandfathers.clear();
-            self.request(ctx, video, &c.neighbour);
-            self.ask_grandfathers(ctx, video);
+            self.adopt_parent(ctx, video, c, (delay_us, link_sum_us));
             return;
         }
         // Catastrophic: our only provider died. Its own providers are our grandfathers.
