@@ -149,7 +149,7 @@ const NOT_MEASURED: &str = "
   the hung relay (SIGSTOP) is measured here.
 - scale: simulator with 1000 nodes (convergence time), 50+ real daemons on this machine.
 - `ring` AES-256-GCM behind the record layer, next to `aes-gcm`.
-- relay throughput and per-hop latency through real daemons (the figures below use the
+- relay throughput and per-hop latency through real daemons (the figures above use the
   transport layer - the daemons' own record layer and framing - in relay threads; the node's
   message decoding and fan-out are not in them).
 ";
