@@ -82,10 +82,14 @@ fn parent_in(log: &str, video: &str) -> Option<String> {
         if l.contains("parent chosen")
             || l.contains("failover: parent lost")
             || l.contains("parent switch complete")
+            || l.contains("grandfather connected")
         {
             p = field(l, "parent");
-        } else if l.contains("failover: only parent lost") {
+        } else if l.contains("failover: only parent lost, asking a grandfather") {
             p = field(l, "grandfather");
+        } else if l.contains("failover: only parent lost, dialling a grandfather") {
+            // Several may be dialled; the first to connect logs "grandfather connected".
+            p = None;
         } else if l.contains("stream stopped") || l.contains("no parent and no grandfather") {
             p = None;
         }

@@ -1019,6 +1019,8 @@ impl Streams {
                 ctx.neighbours.unwant(addr);
             }
             if st.parent.is_none() {
+                // The first grandfather to answer the dial wins; the others are let go.
+                info!(video, parent = %name, "grandfather connected, asked for the stream");
                 st.parent = Some(Upstream::new(name, None, ctx.now));
                 self.request(ctx, &video, name);
             }
