@@ -14,5 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let (_seal_a, _open_a) = a.handle_finished(fin_b).unwrap();
     let (_seal_b, mut open_b) = b.handle_finished(fin_a).unwrap();
     let mut buf = BytesMut::from(data);
-    assert!(open_b.open(&mut buf).is_err(), "a forged record was accepted");
+    assert!(
+        open_b.open(&mut buf).is_err(),
+        "a forged record was accepted"
+    );
 });
