@@ -1,0 +1,303 @@
+//! Hitless redundancy in the deterministic simulator: a node that opted in keeps two parents
+//! on disjoint paths and merges them by sequence number. Each test compares against the same
+//! scenario without redundancy where that makes the point, and prints the measured figures
+//! (lost chunks, extra bandwidth).
+
+use std::time::Duration;
+
+use overlayd::overlay::node::LOCAL_LINK;
+use overlayd::sim::{seq_report, LinkParams, SeqReport, Sim, SimConfig};
+
+const V: &str = "movie";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// S feeds C through A (5+5 ms), B (12+12 ms) or X (20+20 ms); D is C's child. C opts in to
+/// redundancy when `redundant`. Both C and D consume.
+fn fan(seed: u64, redundant: bool) -> Sim {
+    let mut s = Sim::new(SimConfig {
+        seed,
+        ..SimConfig::default()
+    });
+    s.add_server("S", &[V]);
+    for n in ["A", "B", "X", "C", "D"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(5));
+    s.link("A", "C", LinkParams::ms(5));
+    s.link("S", "B", LinkParams::ms(12));
+    s.link("B", "C", LinkParams::ms(12));
+    s.link("S", "X", LinkParams::ms(20));
+    s.link("X", "C", LinkParams::ms(20));
+    s.link("C", "D", LinkParams::ms(5));
+    s.config_mut("C").streams.redundant = redundant;
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.subscribe("D", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("D", V), vec!["D", "C", "A", "S"]);
+    s
+}
+
+fn report(s: &Sim, who: &str) -> SeqReport {
+    let r = seq_report(s.delivered(who, V), Duration::ZERO);
+    assert!(r.chunks > 0, "{who} received nothing");
+    r
+}
+
+fn assert_hitless(s: &Sim, who: &str) -> SeqReport {
+    let r = report(s, who);
+    assert_eq!(
+        (r.missing, r.duplicates, r.reorderings),
+        (0, 0, 0),
+        "{who}: {r:?}"
+    );
+    r
+}
+
+/// Payload bytes C took in from its parents, and handed to its local consumer.
+fn bytes_in_and_delivered(s: &Sim, who: &str) -> (u64, u64) {
+    let t = s.node(who).link_traffic();
+    let delivered = t
+        .get(LOCAL_LINK)
+        .and_then(|m| m.get(V))
+        .map_or(0, |x| x.bytes_out);
+    let parents: u64 = ["A", "B", "X", "S"]
+        .iter()
+        .filter_map(|n| t.get(*n).and_then(|m| m.get(V)))
+        .map(|x| x.bytes_in)
+        .sum();
+    (parents, delivered)
+}
+
+#[test]
+fn kill_of_either_relay_loses_nothing_with_redundancy_and_some_without() {
+    // Baseline: no redundancy, the crash of the active relay loses chunks.
+    let mut base = fan(11, false);
+    base.crash("A");
+    base.run_for(secs(3));
+    let lost_base = report(&base, "C").missing;
+
+    let mut s = fan(11, true);
+    assert_eq!(
+        s.node("C").second_parent_of(V),
+        Some("B"),
+        "the disjoint path, fastest first"
+    );
+    assert_eq!(s.node("D").second_parent_of(V), None, "only C opted in");
+    s.crash("A");
+    s.run_for(secs(3));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "S"]);
+    assert_eq!(
+        s.node("C").second_parent_of(V),
+        Some("X"),
+        "a replacement second parent is sought"
+    );
+    // And the other relay: the parent now.
+    s.crash("B");
+    s.run_for(secs(3));
+    assert_eq!(s.chain("C", V), vec!["C", "X", "S"]);
+    let c = assert_hitless(&s, "C");
+    let d = assert_hitless(&s, "D");
+    let k = s.node("C").stream_counters(V).unwrap();
+    println!(
+        "relay crash: lost at C without redundancy {lost_base}, with redundancy {} (C {} chunks, D {} chunks, \
+         longest gap {:?}); hitless failovers {}, second parents {}",
+        c.missing, c.chunks, d.chunks, c.max_gap, k.hitless_failovers, k.second_parents
+    );
+    assert!(
+        lost_base > 0,
+        "the baseline must lose chunks for the comparison to mean anything"
+    );
+    assert_eq!(k.hitless_failovers, 2, "{k:?}");
+    assert_eq!(k.second_parents, 2, "B, then X as a replacement: {k:?}");
+    assert_eq!(c.epoch_changes, 0);
+}
+
+#[test]
+fn both_paths_alive_children_get_one_feed_and_the_cost_is_measured() {
+    let mut s = fan(12, true);
+    s.reset_crossings();
+    let t = s.now();
+    s.run_for(secs(5));
+    assert_hitless(&s, "C");
+    assert_hitless(&s, "D");
+    // No chunk crossed any overlay connection twice: D gets one copy from C.
+    assert_eq!(s.max_crossings(), 1);
+    let links = s.links_carrying(V);
+    let on = |a: &str, b: &str| {
+        links
+            .get(&(a.to_string(), b.to_string()))
+            .or_else(|| links.get(&(b.to_string(), a.to_string())))
+            .copied()
+            .unwrap_or(0)
+    };
+    let delivered_d = seq_report(s.delivered("D", V), t).chunks as u64;
+    let (cd, ac, bc, xc) = (on("C", "D"), on("A", "C"), on("B", "C"), on("X", "C"));
+    println!("chunks over C-D {cd}, A-C {ac}, B-C {bc}, X-C {xc}; delivered at D {delivered_d}");
+    assert!(
+        cd.abs_diff(delivered_d) <= 2,
+        "C-D carries one feed: {cd} vs {delivered_d}"
+    );
+    assert!(ac > 0 && bc > 0, "both parents feed C");
+    assert_eq!(xc, 0, "no third feed");
+    let (bytes_in, delivered) = bytes_in_and_delivered(&s, "C");
+    let k = s.node("C").stream_counters(V).unwrap().clone();
+    let ratio = bytes_in as f64 / delivered as f64;
+    println!(
+        "redundancy cost at C: bytes in {bytes_in} / delivered {delivered} = {ratio:.3}; \
+         redundant duplicates {} ({} bytes), failover duplicates {}",
+        k.redundant_duplicates, k.redundant_bytes, k.duplicates
+    );
+    // Two full feeds in, one out: the extra is the second feed, counted as redundancy's cost.
+    assert!((1.9..=2.05).contains(&ratio), "{ratio}");
+    assert_eq!(bytes_in - k.redundant_bytes, delivered);
+    assert_eq!(k.duplicates, 0, "no failover duplicates while both live");
+
+    // The last consumers leave: both parents are cancelled, the source stops.
+    s.unsubscribe("D", V);
+    s.unsubscribe("C", V);
+    s.run_for(secs(4));
+    for n in ["A", "B", "C", "S"] {
+        assert!(!s.node(n).carries(V), "{n} still carries the stream");
+    }
+}
+
+#[test]
+fn lossy_paths_merge_in_order_without_duplicates() {
+    // Retransmission delays (200 ms) on both paths: each feed stalls now and then, and the
+    // other one fills in; chunks arrive out of order across the feeds.
+    let mut s = fan(13, true);
+    for (a, b) in [("A", "C"), ("B", "C")] {
+        s.set_link(a, b, LinkParams::ms(8).jitter(ms(4)).loss(0.05));
+    }
+    let t = s.now();
+    s.run_for(secs(10));
+    let c = assert_hitless(&s, "C");
+    assert_hitless(&s, "D");
+    let k = s.node("C").stream_counters(V).unwrap();
+    let after = seq_report(s.delivered("C", V), t);
+    println!(
+        "lossy merge: {after:?}; redundant duplicates {} gap chunks {}",
+        k.redundant_duplicates, k.gap_chunks
+    );
+    assert_eq!(k.gap_chunks, 0);
+    assert!(k.redundant_duplicates > 400, "{k:?}");
+    assert!(c.chunks > 400);
+
+    // The same without redundancy: the stalls reach the consumer as long gaps.
+    let mut base = fan(13, false);
+    for (a, b) in [("A", "C"), ("B", "C")] {
+        base.set_link(a, b, LinkParams::ms(8).jitter(ms(4)).loss(0.05));
+    }
+    base.run_for(secs(10));
+    let b = seq_report(base.delivered("C", V), t);
+    println!(
+        "longest gap at C with redundancy {:?}, without {:?}",
+        after.max_gap, b.max_gap
+    );
+    assert!(after.max_gap < b.max_gap);
+}
+
+#[test]
+fn slower_parent_swaps_with_the_second_without_flapping() {
+    let mut s = fan(14, true);
+    let t = s.now();
+    s.set_link("S", "A", LinkParams::ms(40).jitter(ms(2)));
+    s.set_link("A", "C", LinkParams::ms(40).jitter(ms(2)));
+    s.run_until_cond(ms(50), secs(20), |s| s.chain("C", V) == ["C", "B", "S"])
+        .expect("B became the parent");
+    let moved = s.now() - t;
+    s.run_for(secs(8));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "S"]);
+    let second = s.node("C").second_parent_of(V).map(str::to_string);
+    assert!(second.is_some(), "a second parent is kept");
+    assert_hitless(&s, "C");
+    assert_hitless(&s, "D");
+    let k = s.node("C").stream_counters(V).unwrap();
+    println!(
+        "swap after {moved:?}; second now {second:?}; switches {}",
+        k.switches
+    );
+    assert!(k.switches <= 2, "flapping: {k:?}");
+}
+
+#[test]
+fn per_video_opt_in() {
+    let mut s = Sim::new(SimConfig::default());
+    s.add_server("S", &[V, "other"]);
+    for n in ["A", "B", "C"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(5));
+    s.link("A", "C", LinkParams::ms(5));
+    s.link("S", "B", LinkParams::ms(12));
+    s.link("B", "C", LinkParams::ms(12));
+    s.config_mut("C").streams.redundant_videos = vec![V.to_string()];
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.subscribe("C", "other");
+    s.run_for(secs(2));
+    assert_eq!(s.node("C").second_parent_of(V), Some("B"));
+    assert_eq!(s.node("C").second_parent_of("other"), None);
+    assert!(!s.node("B").carries("other"));
+}
+
+#[test]
+fn hole_in_one_feed_is_filled_by_the_other() {
+    // C's parent A fails over upstream (A1 dies, A moves to A2) and its feed skips a chunk or
+    // two; the slower feed through B still has them. C holds A's chunks ahead of the hole
+    // until B fills it.
+    let run = |redundant: bool| {
+        let mut s = Sim::new(SimConfig {
+            seed: 15,
+            ..SimConfig::default()
+        });
+        s.add_server("S", &[V]);
+        for n in ["A1", "A2", "A", "B", "C"] {
+            s.add_node(n);
+        }
+        s.link("S", "A1", LinkParams::ms(3));
+        s.link("A1", "A", LinkParams::ms(3));
+        s.link("S", "A2", LinkParams::ms(4));
+        s.link("A2", "A", LinkParams::ms(4));
+        s.link("A", "C", LinkParams::ms(3));
+        s.link("S", "B", LinkParams::ms(25));
+        s.link("B", "C", LinkParams::ms(25));
+        s.config_mut("C").streams.redundant = redundant;
+        s.start_all();
+        s.run_for(secs(3));
+        s.subscribe("C", V);
+        s.run_for(secs(2));
+        assert_eq!(s.chain("C", V), vec!["C", "A", "A1", "S"]);
+        s.crash("A1");
+        s.run_for(secs(3));
+        assert_eq!(s.chain("C", V), vec!["C", "A", "A2", "S"]);
+        s
+    };
+    let base = run(false);
+    let lost_base = report(&base, "C").missing;
+    let s = run(true);
+    assert_eq!(s.node("C").second_parent_of(V), Some("B"));
+    let r = assert_hitless(&s, "C");
+    let k = s.node("C").stream_counters(V).unwrap();
+    println!(
+        "hole upstream of the parent: lost without redundancy {lost_base}, with {}; held {}, \
+         longest gap {:?}",
+        r.missing, k.held, r.max_gap
+    );
+    assert!(lost_base > 0);
+    assert!(
+        k.held > 0,
+        "A's chunks ahead of the hole waited for B: {k:?}"
+    );
+    assert_eq!(k.gap_chunks, 0);
+}
