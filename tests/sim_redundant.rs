@@ -396,3 +396,45 @@ fn grid_relay_crashes_on_the_parent_path_lose_nothing() {
     assert!(lost_base > 0);
     assert_eq!(s.max_crossings(), 1, "no chunk crossed a connection twice");
 }
+
+#[test]
+fn nearer_server_takes_over_and_the_old_servers_second_is_let_go() {
+    let mut s = Sim::new(SimConfig {
+        seed: 17,
+        ..SimConfig::default()
+    });
+    s.add_server("S1", &[V]);
+    s.add_server("S2", &[V]);
+    for n in ["A", "B", "C"] {
+        s.add_node(n);
+    }
+    s.link("S1", "A", LinkParams::ms(30));
+    s.link("A", "C", LinkParams::ms(30));
+    s.link("S1", "B", LinkParams::ms(35));
+    s.link("B", "C", LinkParams::ms(35));
+    s.link("S2", "C", LinkParams::ms(5));
+    s.config_mut("C").streams.redundant = true;
+    for n in ["S1", "A", "B", "C"] {
+        s.start(n);
+    }
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("C", V), vec!["C", "A", "S1"]);
+    assert_eq!(s.node("C").second_parent_of(V), Some("B"));
+    s.start("S2");
+    s.run_until_cond(ms(50), secs(20), |s| s.chain("C", V) == ["C", "S2"])
+        .expect("nearer server took over");
+    s.run_for(secs(5));
+    // B leads to S1, whose chunks are numbered differently: no use as a second parent now.
+    assert_eq!(s.node("C").second_parent_of(V), None);
+    let r = report(&s, "C");
+    println!("server change with redundancy: {r:?}");
+    assert_eq!((r.duplicates, r.reorderings, r.epoch_changes), (0, 0, 1));
+    for n in ["A", "B", "S1"] {
+        assert!(
+            !s.node(n).carries(V),
+            "{n} still carries the old server's stream"
+        );
+    }
+}

@@ -1219,8 +1219,8 @@ impl Streams {
 
     /// Redundant streams: keep a second parent on another path (see module docs). One we have
     /// is kept unless it became the parent or the switch target, lost its link, or its route
-    /// now runs through the parent; it is never replaced for being merely slower, so the pair
-    /// does not flap.
+    /// now runs through the parent, or the parent moved to another server; it is never replaced
+    /// for being merely slower, so the pair does not flap.
     fn ensure_second(&mut self, ctx: &mut Ctx<'_>, video: &str) {
         if !ctx.cfg.redundant_for(video) {
             return;
@@ -1241,6 +1241,9 @@ impl Streams {
                 Some("it became the switch target")
             } else if !ctx.linked(&sec.name) {
                 Some("its link is gone")
+            } else if sec.server != parent.server {
+                // Another server numbers its chunks differently: the feeds would not merge.
+                Some("the parent now leads to another server")
             } else if route_of(ctx.routing, parent.server.as_deref(), &sec.name)
                 .is_some_and(|r| r.visited.contains(&parent.name))
             {
