@@ -169,6 +169,7 @@ fn redundant_stream(net: u8, video: &str) -> (Overlay, Consumer) {
          redundant copies dropped {} ({} bytes)",
         s.bytes_in, s.bytes_out, s.counters.redundant_duplicates, s.counters.redundant_bytes
     );
+    println!("O4 counters {:?}; links {:?}", s.counters, st.links);
     assert!(
         s.counters.redundant_duplicates > 0,
         "both parents feed O4: {:?}",

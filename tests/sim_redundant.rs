@@ -438,3 +438,56 @@ fn nearer_server_takes_over_and_the_old_servers_second_is_let_go() {
         );
     }
 }
+
+#[test]
+fn late_faster_path_takes_over_make_before_break_with_two_parents() {
+    // C is fed by A and B; a faster relay Y joins: C switches its parent to Y
+    // make-before-break (three feeds for a moment), keeps a second parent, and its consumers
+    // see every chunk once, in order.
+    let mut s = Sim::new(SimConfig {
+        seed: 18,
+        ..SimConfig::default()
+    });
+    s.add_server("S", &[V]);
+    for n in ["A", "B", "Y", "C", "D"] {
+        s.add_node(n);
+    }
+    s.link("S", "A", LinkParams::ms(30));
+    s.link("A", "C", LinkParams::ms(30));
+    s.link("S", "B", LinkParams::ms(40));
+    s.link("B", "C", LinkParams::ms(40));
+    s.link("S", "Y", LinkParams::ms(5));
+    s.link("Y", "C", LinkParams::ms(5));
+    s.link("C", "D", LinkParams::ms(5));
+    s.config_mut("C").streams.redundant = true;
+    for n in ["S", "A", "B", "C", "D"] {
+        s.start(n);
+    }
+    s.run_for(secs(3));
+    s.subscribe("D", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("D", V), vec!["D", "C", "A", "S"]);
+    assert_eq!(s.node("C").second_parent_of(V), Some("B"));
+    s.start("Y");
+    s.run_until_cond(ms(50), secs(20), |s| s.chain("C", V) == ["C", "Y", "S"])
+        .expect("the faster relay became the parent");
+    s.run_for(secs(5));
+    assert_eq!(s.chain("C", V), vec!["C", "Y", "S"]);
+    let second = s.node("C").second_parent_of(V).map(str::to_string);
+    let r = assert_hitless(&s, "D");
+    let k = s.node("C").stream_counters(V).unwrap();
+    println!("late faster relay: second now {second:?}; D {r:?}; C {k:?}");
+    assert!(
+        matches!(second.as_deref(), Some("A") | Some("B")),
+        "{second:?}"
+    );
+    assert_eq!(k.switches, 1, "{k:?}");
+    // The parent that was replaced and is not the second any more stops carrying the stream.
+    let gone = if second.as_deref() == Some("A") {
+        "B"
+    } else {
+        "A"
+    };
+    s.run_for(secs(3));
+    assert!(!s.node(gone).carries(V), "{gone} still carries the stream");
+}
