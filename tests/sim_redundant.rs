@@ -491,3 +491,38 @@ fn late_faster_path_takes_over_make_before_break_with_two_parents() {
     s.run_for(secs(3));
     assert!(!s.node(gone).carries(V), "{gone} still carries the stream");
 }
+
+#[test]
+fn second_parent_avoids_relays_shared_with_the_parent() {
+    // Through A or B, C's routes share the relay R; through Y they share nothing (but are
+    // slower). The second parent is Y, so the death of R, on both fast paths, loses nothing.
+    let mut s = Sim::new(SimConfig {
+        seed: 19,
+        ..SimConfig::default()
+    });
+    s.add_server("S", &[V]);
+    for n in ["R", "A", "B", "X", "Y", "C"] {
+        s.add_node(n);
+    }
+    s.link("S", "R", LinkParams::ms(3));
+    s.link("R", "A", LinkParams::ms(3));
+    s.link("R", "B", LinkParams::ms(4));
+    s.link("A", "C", LinkParams::ms(3));
+    s.link("B", "C", LinkParams::ms(4));
+    s.link("S", "X", LinkParams::ms(15));
+    s.link("X", "Y", LinkParams::ms(15));
+    s.link("Y", "C", LinkParams::ms(15));
+    s.config_mut("C").streams.redundant = true;
+    s.start_all();
+    s.run_for(secs(3));
+    s.subscribe("C", V);
+    s.run_for(secs(2));
+    assert_eq!(s.chain("C", V), vec!["C", "A", "R", "S"]);
+    assert_eq!(s.node("C").second_parent_of(V), Some("Y"));
+    assert_eq!(s.chain("Y", V), vec!["Y", "X", "S"]);
+    s.crash("R");
+    s.run_for(secs(3));
+    assert_eq!(s.chain("C", V).last().map(String::as_str), Some("S"));
+    let r = assert_hitless(&s, "C");
+    println!("shared relay R died: C {r:?}");
+}
