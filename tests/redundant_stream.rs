@@ -250,3 +250,20 @@ fn kill_of_the_parent_relay_loses_no_chunk() {
 fn kill_of_the_second_relay_loses_no_chunk() {
     kill_and_check(2, "second");
 }
+
+#[test]
+fn an_empty_name_in_redundant_videos_is_a_one_line_error() {
+    let (code, _, err) = common::run(&[
+        "--role",
+        "node",
+        "--name",
+        "O4",
+        "--bootstrap",
+        "127.77.9.1",
+        "--redundant-videos",
+        "alpha,,beta",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has an empty video name"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

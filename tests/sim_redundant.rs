@@ -526,3 +526,29 @@ fn second_parent_avoids_relays_shared_with_the_parent() {
     let r = assert_hitless(&s, "C");
     println!("shared relay R died: C {r:?}");
 }
+
+#[test]
+fn hung_parent_costs_no_chunk_and_no_stall() {
+    // SIGSTOP of the parent relay: without redundancy the consumers wait for keepalives to
+    // declare it dead; with it the second parent's chunks simply keep coming.
+    let mut base = fan(20, false);
+    let t = base.now();
+    base.hang("A");
+    base.run_for(secs(4));
+    let gap_base = seq_report(base.delivered("C", V), t).max_gap;
+
+    let mut s = fan(20, true);
+    s.hang("A");
+    s.run_for(secs(4));
+    assert_eq!(s.chain("C", V), vec!["C", "B", "S"]);
+    let r = assert_hitless(&s, "C");
+    assert_hitless(&s, "D");
+    let after = seq_report(s.delivered("C", V), t);
+    println!(
+        "hung parent: longest gap at C without redundancy {gap_base:?}, with {:?} ({} missing)",
+        after.max_gap, r.missing
+    );
+    assert!(after.max_gap < ms(100), "{after:?}");
+    assert!(gap_base > after.max_gap * 3, "{gap_base:?}");
+    assert_eq!(s.node("C").stream_counters(V).unwrap().hitless_failovers, 1);
+}
