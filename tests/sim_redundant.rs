@@ -622,6 +622,12 @@ fn mesh(redundant: bool) -> (u64, Sim) {
         let r = report(&s, c);
         assert_eq!((r.duplicates, r.reorderings), (0, 0), "{c}: {r:?}");
         missing += r.missing;
+        if redundant {
+            // Second parents are replaced after deaths, not churned (two redundant nodes
+            // picking each other at once must not flap).
+            let k = s.node(c).stream_counters(V).unwrap();
+            assert!(k.second_parents <= 4, "{c}: {k:?}");
+        }
     }
     (missing, s)
 }
