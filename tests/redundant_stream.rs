@@ -17,7 +17,8 @@ use common::{bootstrapper, keygen, Daemon, TempDir};
 use overlayd::net::control::http_get;
 use overlayd::overlay::NodeStatus;
 
-const WAIT: Duration = Duration::from_secs(20);
+// Generous: the machine is shared and often loaded far beyond its two cores.
+const WAIT: Duration = Duration::from_secs(40);
 
 fn ip(net: u8, i: u8) -> String {
     format!("127.77.{net}.{i}")
@@ -215,7 +216,12 @@ fn kill_and_check(net: u8, which: &str) {
     );
     let st = status(net);
     let route = st.routes.iter().find(|r| r.stream == video).unwrap();
-    assert_eq!(route.parent.as_deref(), Some(survivor.as_str()));
+    assert_eq!(
+        route.parent.as_deref(),
+        Some(survivor.as_str()),
+        "{route:?}; O4 log:\n{}",
+        ov.daemon("O4").log().join("\n")
+    );
     let rx = consumer.received();
     let d = analyse(&rx);
     println!(
