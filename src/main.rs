@@ -257,6 +257,21 @@ struct NodeArgs {
     /// built-in relay (numbered datagrams). Default: ffmpeg when it is installed, else native.
     #[arg(long, value_enum)]
     relay: Option<RelayArg>,
+    /// Hitless redundancy for every stream consumed here or below: keep a second parent on
+    /// another path and merge both by sequence number (costs one extra feed of bandwidth in).
+    #[arg(long)]
+    redundant: bool,
+    /// Hitless redundancy for these videos only (comma-separated names).
+    #[arg(long, value_name = "A,B", value_parser = parse_video_list)]
+    redundant_videos: Option<Vec<String>>,
+}
+
+fn parse_video_list(s: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = s.split(',').map(|v| v.trim().to_string()).collect();
+    if names.iter().any(String::is_empty) {
+        return Err(format!("'{s}' has an empty video name"));
+    }
+    Ok(names)
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -529,6 +544,8 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 Some(RelayArg::Ffmpeg) => roles::overlay::RelayMode::Ffmpeg,
                 Some(RelayArg::Native) => roles::overlay::RelayMode::Native,
             };
+            cfg.redundant = a.redundant;
+            cfg.redundant_videos = a.redundant_videos.unwrap_or_default();
             runtime()?.block_on(roles::overlay::run(cfg))?;
         }
         RoleName::Client => {
@@ -639,6 +656,8 @@ fn overlay_config(
         flood_interval: Duration::from_secs(1),
         edge_port: DEFAULT_EDGE_PORT,
         relay: roles::overlay::RelayMode::Auto,
+        redundant: false,
+        redundant_videos: Vec::new(),
     })
 }
 

@@ -721,6 +721,11 @@ impl Node {
         self.streams.parent(video)
     }
 
+    /// Our second parent for a video (hitless redundancy), if any.
+    pub fn second_parent_of(&self, video: &str) -> Option<&str> {
+        self.streams.second(video)
+    }
+
     /// Our grandfathers for a video (our parent's providers).
     pub fn grandfathers(&self, video: &str) -> &[PeerAddr] {
         self.streams.grandfathers(video)

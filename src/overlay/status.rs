@@ -109,6 +109,9 @@ pub struct RouteStatus {
     pub state: String,
     pub parent: Option<String>,
     pub switching_to: Option<String>,
+    /// The second parent of a redundant stream (hitless redundancy).
+    #[serde(default)]
+    pub second: Option<String>,
     /// Last (epoch, seq) forwarded.
     pub last: Option<(u64, u64)>,
 }
@@ -286,6 +289,7 @@ impl NodeStatus {
                 state: state_name(r.state).into(),
                 parent: r.parent,
                 switching_to: r.switching_to,
+                second: r.second,
                 last: r.last,
                 stream: r.stream,
             })
@@ -626,6 +630,11 @@ impl NodeStatus {
                 (None, Some(n)) => format!("-> {n}"),
                 (None, None) => "-".into(),
             };
+            // The second parent of a redundant stream follows a `+`.
+            let parent = match &r.second {
+                Some(s) => format!("{parent} + {s}"),
+                None => parent,
+            };
             t.row(vec![
                 r.stream.clone(),
                 r.origin.clone().unwrap_or_else(|| "-".into()),
@@ -697,6 +706,18 @@ impl NodeStatus {
             ]);
         }
         t.write(&mut out, "Stream counters");
+        for s in self
+            .streams
+            .iter()
+            .filter(|s| s.counters.second_parents > 0)
+        {
+            let c = &s.counters;
+            let _ = writeln!(
+                out,
+                "hitless redundancy, {}: redundant copies dropped {} ({} bytes), hitless failovers {}, second parents asked {}\n",
+                s.stream, c.redundant_duplicates, c.redundant_bytes, c.hitless_failovers, c.second_parents
+            );
+        }
 
         if let Some(e) = &self.edge {
             let mut t = Table::new(&["client", "video", "stream", "lease left", "datagrams"]);
@@ -757,6 +778,12 @@ fn stream_counter_help(field: &str) -> &'static str {
         "held" => "Chunks held in the reorder buffer during a switch",
         "loops_refused" => "Requests refused because they would close a loop",
         "grandfather_dials" => "Grandfather dials after the only parent died",
+        "redundant_duplicates" => {
+            "Copies dropped because the other of two redundant parents delivered them first"
+        }
+        "redundant_bytes" => "Payload bytes of redundant copies (redundancy's extra bandwidth)",
+        "hitless_failovers" => "Parent losses where the second parent took over with no gap",
+        "second_parents" => "Second parents asked (hitless redundancy)",
         _ => "Stream counter",
     }
 }
@@ -1045,6 +1072,34 @@ mod tests {
         assert!(tables.contains("Neighbours:"), "{tables}");
         assert!(tables.contains("127.0.0.2:7701"), "{tables}");
         assert!(tables.contains("Route table:\n  (none)"), "{tables}");
+    }
+
+    #[test]
+    fn route_table_shows_the_second_parent_and_the_redundancy_cost() {
+        let mut s = sample_status();
+        s.routes.push(RouteStatus {
+            stream: "movie".into(),
+            origin: Some("S1".into()),
+            state: "streaming".into(),
+            parent: Some("O2".into()),
+            second: Some("O3".into()),
+            ..Default::default()
+        });
+        s.streams[0].counters.second_parents = 1;
+        s.streams[0].counters.redundant_duplicates = 40;
+        s.streams[0].counters.redundant_bytes = 52_640;
+        let tables = s.render_tables();
+        assert!(tables.contains("O2 + O3"), "{tables}");
+        assert!(
+            tables.contains("redundant copies dropped 40 (52640 bytes)"),
+            "{tables}"
+        );
+        // A status from a version without the field still reads.
+        let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        json["routes"][0].as_object_mut().unwrap().remove("second");
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.routes[0].second, None);
+        assert_eq!(back.routes[0].parent.as_deref(), Some("O2"));
     }
 
     fn sample_status() -> NodeStatus {

@@ -23,6 +23,18 @@
 //! node dials its grandfathers (its parent's own providers, learnt by grandfather request and
 //! kept current by updates) and asks them. A node that cannot feed a child any more tells it
 //! ([`VideoUnavailable`]) so the child moves on without waiting for routes to expire.
+//!
+//! Hitless redundancy (opt-in, [`StreamConfig::redundant`]): a stream with consumers also keeps
+//! a *second parent* towards the same server (so both feeds carry the same (epoch, seq)), on a
+//! path as disjoint from the parent's as the floods tell (their visited lists: a different
+//! neighbour whose route does not run through the parent, sharing as few relays as possible).
+//! Both feeds go through one merge: a chunk is forwarded when it is the next one; a chunk ahead
+//! of a hole waits in a bounded buffer until the other feed fills the hole, or until no live
+//! feed can fill it any more (each feed is in order, so a feed that passed the hole never
+//! will); the later copy of each chunk is dropped and counted as the redundancy's cost. So the
+//! death of either parent loses nothing: the other one already delivers. The survivor becomes
+//! the parent and a new second parent is sought. Only the node that opted in takes two feeds:
+//! its parents see an ordinary child, and it sends its children one copy.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -33,7 +45,7 @@ use tracing::info;
 
 use super::neighbours::NeighbourTable;
 use super::node::Output;
-use super::routing::Routing;
+use super::routing::{Route, Routing};
 use crate::wire::overlay::{
     GrandfatherRequest, Grandfathers, OverlayMsg, PeerAddr, VideoCancel, VideoData, VideoRequest,
     VideoUnavailable, FLAG_KEYFRAME,
@@ -61,6 +73,17 @@ pub struct StreamConfig {
     /// consumer that moves (a failover whose cancel overtakes the new request) continues the
     /// same epoch instead of restarting the video from the beginning.
     pub source_linger: Duration,
+    /// Hitless redundancy for every stream with consumers here (see module docs).
+    pub redundant: bool,
+    /// ... or only for these videos.
+    pub redundant_videos: Vec<String>,
+}
+
+impl StreamConfig {
+    /// Whether `video` takes two parents here.
+    pub fn redundant_for(&self, video: &str) -> bool {
+        self.redundant || self.redundant_videos.iter().any(|v| v == video)
+    }
 }
 
 impl Default for StreamConfig {
@@ -73,6 +96,8 @@ impl Default for StreamConfig {
             switch_timeout: Duration::from_secs(2),
             refuse_hold: Duration::from_secs(3),
             source_linger: Duration::from_secs(2),
+            redundant: false,
+            redundant_videos: Vec::new(),
         }
     }
 }
@@ -104,6 +129,18 @@ pub struct StreamCounters {
     pub loops_refused: u64,
     /// Grandfather dials started.
     pub grandfather_dials: u64,
+    /// Redundancy's cost: copies dropped because the other of two parents delivered them first.
+    #[serde(default)]
+    pub redundant_duplicates: u64,
+    /// Payload bytes of those copies (the extra bandwidth redundancy takes in).
+    #[serde(default)]
+    pub redundant_bytes: u64,
+    /// Parent losses where the second parent took over with no gap.
+    #[serde(default)]
+    pub hitless_failovers: u64,
+    /// Second parents asked (first one and replacements).
+    #[serde(default)]
+    pub second_parents: u64,
 }
 
 /// What a stream is doing.
@@ -129,6 +166,8 @@ pub struct RouteView {
     pub origin: Option<String>,
     pub parent: Option<String>,
     pub switching_to: Option<String>,
+    /// The second parent (hitless redundancy), if any.
+    pub second: Option<String>,
     /// Delay to the origin through the parent (EWMA, µs). Includes clock skew: it ranks
     /// parents of one server only.
     pub delay_us: Option<i64>,
@@ -176,6 +215,9 @@ struct Upstream {
     server: Option<String>,
     since: Instant,
     last_data: Option<Instant>,
+    /// Last (epoch, seq) received from it: a feed is in order, so it will never deliver
+    /// anything at or below this.
+    rx: Option<(u64, u64)>,
     /// Last known (delay µs, link sum µs) of the route through it (kept for the failover
     /// log line, when the route itself is already gone).
     metric: (Option<i64>, Option<u64>),
@@ -188,6 +230,7 @@ impl Upstream {
             server,
             since: now,
             last_data: None,
+            rx: None,
             metric: (None, None),
         }
     }
@@ -204,10 +247,16 @@ struct Stream {
     linger_until: Option<Instant>,
     parent: Option<Upstream>,
     pending: Option<Upstream>,
+    /// Hitless redundancy: the parent on the other path.
+    second: Option<Upstream>,
     /// Last (epoch, seq) forwarded.
     last: Option<(u64, u64)>,
     /// Chunks from `pending` ahead of the old path, in order.
     held: VecDeque<VideoData>,
+    /// Redundant streams: chunks of the current epoch waiting behind a hole, by seq, and since
+    /// when the first hole has been waited for.
+    merge: BTreeMap<u64, VideoData>,
+    merge_since: Option<Instant>,
     /// The path last sent upstream.
     sent_path: Vec<String>,
     grandfathers: Vec<PeerAddr>,
@@ -228,8 +277,11 @@ impl Stream {
             linger_until: None,
             parent: None,
             pending: None,
+            second: None,
             last: None,
             held: VecDeque::new(),
+            merge: BTreeMap::new(),
+            merge_since: None,
             sent_path: Vec::new(),
             grandfathers: Vec::new(),
             gf_asked: None,
@@ -274,6 +326,17 @@ impl Stream {
         self.pending.as_ref().is_some_and(|p| p.name == name)
     }
 
+    fn is_second(&self, name: &str) -> bool {
+        self.second.as_ref().is_some_and(|p| p.name == name)
+    }
+
+    /// Every upstream we asked: parent, switch target, second parent.
+    fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
+        [&self.parent, &self.pending, &self.second]
+            .into_iter()
+            .flatten()
+    }
+
     fn state(&self) -> StreamState {
         if self.source.is_some() {
             StreamState::Source
@@ -316,6 +379,14 @@ fn order(last: Option<(u64, u64)>, data: &VideoData) -> Order {
             new_epoch: false,
         },
     }
+}
+
+/// Which of a redundant stream's upstreams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Parent,
+    Second,
+    Pending,
 }
 
 /// A chosen parent: neighbour and the server it leads to.
@@ -394,6 +465,14 @@ impl Streams {
             .map(|p| p.name.as_str())
     }
 
+    /// The second parent of a redundant stream.
+    pub fn second(&self, video: &str) -> Option<&str> {
+        self.streams
+            .get(video)
+            .and_then(|s| s.second.as_ref())
+            .map(|p| p.name.as_str())
+    }
+
     pub fn route_table(&self, routing: &Routing) -> Vec<RouteView> {
         self.streams
             .iter()
@@ -420,6 +499,7 @@ impl Streams {
                     origin,
                     parent: st.parent.as_ref().map(|p| p.name.clone()),
                     switching_to: st.pending.as_ref().map(|p| p.name.clone()),
+                    second: st.second.as_ref().map(|p| p.name.clone()),
                     delay_us,
                     link_sum_us,
                     destinations,
@@ -451,6 +531,25 @@ impl Streams {
 
     pub(crate) fn on_request(&mut self, ctx: &mut Ctx<'_>, from: &str, req: VideoRequest) {
         let video = req.video;
+        let crossed = self
+            .streams
+            .get(&video)
+            .is_some_and(|s| s.is_second(from) && ctx.me < from);
+        if crossed {
+            // Our second parent asks us for the video before it learnt it feeds us: two
+            // redundant nodes picked each other at once. Serving would make each the other's
+            // child, both would let go and pick each other again, forever. The smaller name
+            // keeps its second parent and refuses; the larger one yields and serves.
+            self.counters
+                .entry(video.clone())
+                .or_default()
+                .loops_refused += 1;
+            ctx.send(
+                from,
+                OverlayMsg::VideoUnavailable(VideoUnavailable { video }),
+            );
+            return;
+        }
         if req.path.iter().any(|n| n == ctx.me) {
             // We are already below the asker: feeding it would close a loop.
             self.counters
@@ -479,6 +578,15 @@ impl Streams {
             .is_some_and(|p| st.downstream().contains(p.name.as_str()))
         {
             self.abandon_switch(ctx, &video);
+        }
+        let st = self.streams.get_mut(&video).expect("just inserted");
+        if st
+            .second
+            .as_ref()
+            .is_some_and(|p| st.downstream().contains(p.name.as_str()))
+        {
+            // The second parent is now below us: let it go (another is sought).
+            self.drop_second(ctx, &video, "now in our subtree");
         }
         let st = self.streams.get_mut(&video).expect("just inserted");
         if st
@@ -564,7 +672,10 @@ impl Streams {
                 self.failover(ctx, &video);
             } else if local && st.source.is_none() {
                 // Our own copy beats any path: drop the upstream and serve it.
-                for up in [st.parent.take(), st.pending.take()].into_iter().flatten() {
+                for up in [st.parent.take(), st.pending.take(), st.second.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     ctx.send(
                         &up.name,
                         OverlayMsg::VideoCancel(VideoCancel {
@@ -573,6 +684,7 @@ impl Streams {
                     );
                 }
                 st.held.clear();
+                st.merge.clear();
                 self.activate(ctx, &video, false);
             }
         }
@@ -672,11 +784,7 @@ impl Streams {
         if path == st.sent_path {
             return;
         }
-        let ups: Vec<String> = [&st.parent, &st.pending]
-            .into_iter()
-            .flatten()
-            .map(|u| u.name.clone())
-            .collect();
+        let ups: Vec<String> = st.upstreams().map(|u| u.name.clone()).collect();
         for up in ups {
             self.request(ctx, video, &up);
         }
@@ -718,7 +826,7 @@ impl Streams {
         }
         let st = self.streams.remove(video).expect("checked");
         info!(video, "stream stopped: no consumer left");
-        for up in [st.parent, st.pending].into_iter().flatten() {
+        for up in [st.parent, st.pending, st.second].into_iter().flatten() {
             ctx.send(
                 &up.name,
                 OverlayMsg::VideoCancel(VideoCancel {
@@ -751,6 +859,25 @@ impl Streams {
             .entry(video.to_string())
             .or_default()
             .failovers += 1;
+        if let Some(second) = st.second.take() {
+            // Hitless: the second parent already feeds us; it becomes the parent, and the
+            // merge stops waiting for the dead feed. A new second parent is sought by
+            // `reconcile`.
+            info!(
+                video, old_parent = ?old.as_ref().map(|o| o.name.as_str()),
+                parent = %second.name, "failover: parent lost, second parent takes over (hitless)"
+            );
+            st.parent = Some(second);
+            st.gf_asked = None;
+            st.grandfathers.clear();
+            self.counters
+                .entry(video.to_string())
+                .or_default()
+                .hitless_failovers += 1;
+            self.drain_merge(ctx, video);
+            self.ask_grandfathers(ctx, video);
+            return;
+        }
         if st.pending.is_some() {
             self.complete_switch(ctx, video);
             return;
@@ -836,6 +963,7 @@ impl Streams {
             st.refused.insert(p.name, ctx.now + ctx.cfg.refuse_hold);
         }
         st.held.clear();
+        self.drain_merge(ctx, video);
     }
 
     /// The switch target becomes the parent; the old parent (if still linked) is cancelled
@@ -867,12 +995,18 @@ impl Streams {
         for data in held {
             self.forward_if_in_order(ctx, video, data);
         }
+        // Redundant streams: holes only the old parent could fill are given up on now.
+        self.drain_merge(ctx, video);
         self.ask_grandfathers(ctx, video);
     }
 
     // ---- data ------------------------------------------------------------------------------
 
     pub(crate) fn on_data(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
+        if ctx.cfg.redundant_for(&data.video) {
+            self.on_data_merged(ctx, from, data);
+            return;
+        }
         let video = data.video.clone();
         let c = self.counters.entry(video.clone()).or_default();
         c.chunks_in += 1;
@@ -980,6 +1114,216 @@ impl Streams {
         }
     }
 
+    // ---- hitless redundancy ----------------------------------------------------------------
+
+    /// A chunk of a redundant stream, from any of its feeds (see module docs).
+    fn on_data_merged(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
+        let video = data.video.clone();
+        let c = self.counters.entry(video.clone()).or_default();
+        c.chunks_in += 1;
+        let Some(st) = self.streams.get_mut(&video) else {
+            c.stray += 1;
+            return;
+        };
+        let feed = if st.is_parent(from) {
+            Feed::Parent
+        } else if st.is_second(from) {
+            Feed::Second
+        } else if st.is_pending(from) {
+            Feed::Pending
+        } else {
+            c.stray += 1;
+            return;
+        };
+        let up = match feed {
+            Feed::Parent => st.parent.as_mut(),
+            Feed::Second => st.second.as_mut(),
+            Feed::Pending => st.pending.as_mut(),
+        }
+        .expect("matched above");
+        up.last_data = Some(ctx.now);
+        up.rx = Some((data.epoch, data.seq));
+        // While two parents feed us, the later copy of every chunk is redundancy's cost; a
+        // switch target's overlap is the switch's, as without redundancy.
+        let redundant_copy = st.second.is_some() && feed != Feed::Pending;
+        match st.last {
+            Some((e, s)) if e == data.epoch => {
+                if data.seq <= s || st.merge.contains_key(&data.seq) {
+                    if redundant_copy {
+                        c.redundant_duplicates += 1;
+                        c.redundant_bytes += data.payload.len() as u64;
+                    } else {
+                        c.duplicates += 1;
+                    }
+                } else if data.seq == s + 1 {
+                    self.forward(ctx, &video, data);
+                } else {
+                    // Ahead of a hole: wait for the other feed to fill it.
+                    if st.merge.is_empty() {
+                        st.merge_since = Some(ctx.now);
+                    }
+                    c.held += 1;
+                    st.merge.insert(data.seq, data);
+                }
+            }
+            Some(_) if feed == Feed::Second => {
+                // Another epoch from the second parent: a stream start is taken from the
+                // parent only, so the two feeds never make the epochs alternate.
+                c.stray += 1;
+            }
+            _ => {
+                // The first chunk, or a new stream start from the parent or the switch target
+                // (which then takes over, as without redundancy).
+                c.duplicates += st.merge.len() as u64;
+                st.merge.clear();
+                st.merge_since = None;
+                if feed == Feed::Pending {
+                    self.complete_switch(ctx, &video);
+                }
+                self.forward_if_in_order(ctx, &video, data);
+            }
+        }
+        self.drain_merge(ctx, &video);
+        // A switch target in step with what we forward takes over: nothing is lost, and the
+        // old parent's chunks would only be copies from now on.
+        if let Some(st) = self.streams.get(&video) {
+            if st
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.rx.is_some() && p.rx == st.last)
+            {
+                self.complete_switch(ctx, &video);
+            }
+        }
+    }
+
+    /// Forward what the merge can release: the next chunks in order, and past a hole no live
+    /// feed can fill any more (a feed is in order: one that delivered beyond the hole never
+    /// will; a feed silent for the stall timeout is not live), a hole waited for longer than
+    /// the stall timeout, or anything when the buffer is full.
+    fn drain_merge(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        loop {
+            let Some(st) = self.streams.get_mut(video) else {
+                return;
+            };
+            let Some(&seq) = st.merge.keys().next() else {
+                st.merge_since = None;
+                return;
+            };
+            let Some((e, s)) = st.last else {
+                st.merge.clear();
+                return;
+            };
+            if seq > s + 1 {
+                let fillable = st.upstreams().any(|u| {
+                    u.rx.is_some_and(|(ue, us)| ue == e && us <= s)
+                        && u.last_data.is_some_and(|t| {
+                            ctx.now.saturating_duration_since(t) < ctx.cfg.stall_timeout
+                        })
+                });
+                let waited = st
+                    .merge_since
+                    .is_some_and(|t| ctx.now.saturating_duration_since(t) >= ctx.cfg.stall_timeout);
+                if fillable && !waited && st.merge.len() < ctx.cfg.reorder_capacity {
+                    return;
+                }
+            }
+            let (_, data) = st.merge.pop_first().expect("checked");
+            if !st.merge.is_empty() {
+                st.merge_since = Some(ctx.now);
+            }
+            self.forward_if_in_order(ctx, video, data);
+        }
+    }
+
+    /// Redundant streams: keep a second parent on another path (see module docs). One we have
+    /// is kept unless it became the parent or the switch target, lost its link, or its route
+    /// now runs through the parent, or the parent moved to another server; it is never replaced
+    /// for being merely slower, so the pair does not flap.
+    fn ensure_second(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        if !ctx.cfg.redundant_for(video) {
+            return;
+        }
+        let Some(st) = self.streams.get(video) else {
+            return;
+        };
+        if st.source.is_some() || st.consumers() == 0 {
+            return;
+        }
+        let Some(parent) = st.parent.as_ref() else {
+            return;
+        };
+        if let Some(sec) = &st.second {
+            let why = if sec.name == parent.name {
+                Some("it became the parent")
+            } else if st.is_pending(&sec.name) {
+                Some("it became the switch target")
+            } else if !ctx.linked(&sec.name) {
+                Some("its link is gone")
+            } else if sec.server != parent.server {
+                // Another server numbers its chunks differently: the feeds would not merge.
+                Some("the parent now leads to another server")
+            } else if route_of(ctx.routing, parent.server.as_deref(), &sec.name)
+                .is_some_and(|r| r.visited.contains(&parent.name))
+            {
+                Some("its route now runs through the parent")
+            } else {
+                None
+            };
+            match why {
+                None => return,
+                Some(why) => self.drop_second(ctx, video, why),
+            }
+        }
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let Some((c, shared)) = choose_second(ctx, video, st) else {
+            return;
+        };
+        let parent = st
+            .parent
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let (delay_us, link_sum_us) = metric(ctx.routing, Some(&c.server), &c.neighbour);
+        info!(
+            video, second = %c.neighbour, %parent, server = %c.server, shared_relays = shared,
+            delay_us, link_sum_us, "second parent chosen (hitless redundancy)"
+        );
+        st.second = Some(Upstream {
+            metric: (delay_us, link_sum_us),
+            ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
+        });
+        self.counters
+            .entry(video.to_string())
+            .or_default()
+            .second_parents += 1;
+        let name = c.neighbour;
+        self.request(ctx, video, &name);
+    }
+
+    /// Let the second parent go (cancelled if still linked).
+    fn drop_second(&mut self, ctx: &mut Ctx<'_>, video: &str, why: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let Some(sec) = st.second.take() else {
+            return;
+        };
+        info!(video, second = %sec.name, why, "second parent let go");
+        let is_upstream = st.upstreams().any(|u| u.name == sec.name);
+        if !is_upstream {
+            ctx.send(
+                &sec.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.to_string(),
+                }),
+            );
+        }
+        self.drain_merge(ctx, video);
+    }
+
     // ---- refusals and neighbours -----------------------------------------------------------
 
     pub(crate) fn on_unavailable(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
@@ -991,9 +1335,12 @@ impl Streams {
         if st.is_pending(from) {
             st.pending = None;
             st.held.clear();
+        } else if st.is_second(from) {
+            st.second = None;
         } else if st.is_parent(from) {
             self.failover(ctx, video);
         }
+        self.drain_merge(ctx, video);
     }
 
     /// A neighbour forwarded a flood offering these videos: it has a route that does not run
@@ -1049,9 +1396,14 @@ impl Streams {
                 st.pending = None;
                 st.held.clear();
             }
+            if st.is_second(name) {
+                info!(video, second = %name, "second parent lost; the parent keeps feeding");
+                st.second = None;
+            }
             if st.is_parent(name) {
                 self.failover(ctx, &video);
             }
+            self.drain_merge(ctx, &video);
         }
     }
 
@@ -1086,12 +1438,7 @@ impl Streams {
             return Vec::new();
         }
         if let Some(st) = st {
-            names.extend(
-                [&st.parent, &st.pending]
-                    .into_iter()
-                    .flatten()
-                    .map(|u| u.name.as_str()),
-            );
+            names.extend(st.upstreams().map(|u| u.name.as_str()));
         }
         names.extend(ctx.routing.providers(video));
         let mut seen = BTreeSet::new();
@@ -1196,6 +1543,7 @@ impl Streams {
         let videos: Vec<String> = self.streams.keys().cloned().collect();
         for video in &videos {
             self.activate(ctx, video, false);
+            self.ensure_second(ctx, video);
             self.ask_grandfathers(ctx, video);
         }
         self.update_grandchildren(ctx);
@@ -1211,6 +1559,13 @@ impl Streams {
                 continue;
             };
             st.refused.retain(|_, until| *until > ctx.now);
+            if !st.merge.is_empty() {
+                // A hole waited for too long is given up on.
+                self.drain_merge(ctx, video);
+            }
+            let Some(st) = self.streams.get_mut(video) else {
+                continue;
+            };
             if let Some(p) = st.parent.as_mut() {
                 let m = metric(ctx.routing, p.server.as_deref(), &p.name);
                 if m.0.is_some() {
@@ -1262,6 +1617,7 @@ impl Streams {
         if cand.neighbour == cur.name {
             return;
         }
+        let swap = st.is_second(&cand.neighbour);
         let servers = ctx.routing.servers();
         let margin = |cur_us: f64| {
             (ctx.cfg.switch_margin * cur_us).max(ctx.cfg.switch_floor.as_micros() as f64)
@@ -1286,7 +1642,17 @@ impl Streams {
                 None => true,
             }
         };
-        if better {
+        if better && swap {
+            // Both already feed us: the roles change, no message is needed.
+            let old = cur.name.clone();
+            let st = self.streams.get_mut(video).expect("present");
+            info!(video, parent = %cand.neighbour, second = %old, "parent and second parent swap roles");
+            std::mem::swap(&mut st.parent, &mut st.second);
+            st.gf_asked = None;
+            st.grandfathers.clear();
+            self.counters.entry(video.to_string()).or_default().switches += 1;
+            self.ask_grandfathers(ctx, video);
+        } else if better {
             self.start_switch(ctx, video, cand);
         }
     }
@@ -1301,6 +1667,57 @@ fn metric(routing: &Routing, server: Option<&str>, neighbour: &str) -> (Option<i
         route.map(|r| r.delay_us as i64),
         route.map(|r| r.link_sum_us),
     )
+}
+
+/// The route towards `server` through `neighbour`, if the floods still offer it.
+fn route_of<'a>(routing: &'a Routing, server: Option<&str>, neighbour: &str) -> Option<&'a Route> {
+    routing.servers().get(server?)?.parents.get(neighbour)
+}
+
+/// The second parent of a redundant stream: a usable neighbour, other than the parent and the
+/// switch target, with a route to the parent's server (same server, so both feeds number the
+/// chunks alike) that does not run through the parent nor through our subtree. Among them the
+/// one sharing the fewest relays with the parent's route (from the floods' visited lists),
+/// then the fastest. Returns the choice and the number of shared relays.
+fn choose_second(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<(Choice, usize)> {
+    let parent = st.parent.as_ref()?;
+    let server = parent.server.as_deref()?;
+    let routes = ctx.routing.servers().get(server)?;
+    if !routes.offers(video) {
+        return None;
+    }
+    // Relays of a route: its visited list without the server.
+    let relays = |r: &Route| -> BTreeSet<String> { r.visited.iter().skip(1).cloned().collect() };
+    let primary = routes
+        .parents
+        .get(&parent.name)
+        .map(relays)
+        .unwrap_or_else(|| BTreeSet::from([parent.name.clone()]));
+    let down = st.downstream();
+    routes
+        .parents
+        .iter()
+        .filter(|(n, r)| {
+            n.as_str() != parent.name
+                && !st.is_pending(n)
+                && n.as_str() != ctx.me
+                && !down.contains(n.as_str())
+                && !st.refused.get(*n).is_some_and(|until| *until > ctx.now)
+                && ctx.neighbours.by_name(n).is_some()
+                && !r.visited.contains(&parent.name)
+                && !r.visited.iter().any(|v| down.contains(v.as_str()))
+        })
+        .map(|(n, r)| (relays(r).intersection(&primary).count(), r.delay_us, n))
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)))
+        .map(|(shared, _, n)| {
+            (
+                Choice {
+                    neighbour: n.clone(),
+                    server: server.to_string(),
+                },
+                shared,
+            )
+        })
 }
 
 /// The best usable parent for a stream: among servers offering the video, the one with the

@@ -80,6 +80,10 @@ pub struct OverlayRoleConfig {
     pub edge_port: u16,
     /// Edge relay (ignored when the device is not an edge).
     pub relay: RelayMode,
+    /// Hitless redundancy for every stream (`--redundant`) ...
+    pub redundant: bool,
+    /// ... or for these videos (`--redundant-videos`).
+    pub redundant_videos: Vec<String>,
 }
 
 /// Run an overlay role until a termination signal.
@@ -138,6 +142,14 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     node_cfg.liveness = cfg.liveness.clone();
     node_cfg.flood_interval = cfg.flood_interval;
     node_cfg.streams.switch_margin = cfg.switch_margin;
+    node_cfg.streams.redundant = cfg.redundant;
+    node_cfg.streams.redundant_videos = cfg.redundant_videos.clone();
+    if cfg.redundant || !cfg.redundant_videos.is_empty() {
+        info!(
+            all = cfg.redundant, videos = %cfg.redundant_videos.join(","),
+            "hitless redundancy on: two parents per stream where the overlay allows"
+        );
+    }
     if let Some(lib) = &library {
         node_cfg.videos = lib.videos().map(|v| v.name.clone()).collect();
     }
