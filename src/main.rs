@@ -233,6 +233,13 @@ enum SourceArg {
     Paced,
 }
 
+fn parse_max_clients(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if (1..=1_000_000).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number of clients between 1 and 1000000")),
+    }
+}
+
 fn parse_margin(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if (0.0..1.0).contains(&v) {
@@ -257,6 +264,14 @@ struct NodeArgs {
     /// built-in relay (numbered datagrams). Default: ffmpeg when it is installed, else native.
     #[arg(long, value_enum)]
     relay: Option<RelayArg>,
+    /// Bound of an edge's GOP cache per video, in bytes (the chunks since the last keyframe,
+    /// replayed to a joining client so its player starts at once); 0 turns the cache off.
+    #[arg(long, default_value_t = overlayd::service::edge::EdgeConfig::DEFAULT_GOP_CACHE_BYTES)]
+    gop_cache_bytes: usize,
+    /// Most client sessions an edge serves at once; more are refused as busy.
+    #[arg(long, default_value_t = overlayd::service::edge::EdgeConfig::DEFAULT_MAX_SESSIONS,
+          value_parser = parse_max_clients)]
+    max_clients: usize,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -529,6 +544,8 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 Some(RelayArg::Ffmpeg) => roles::overlay::RelayMode::Ffmpeg,
                 Some(RelayArg::Native) => roles::overlay::RelayMode::Native,
             };
+            cfg.gop_cache_bytes = a.gop_cache_bytes;
+            cfg.max_clients = a.max_clients;
             runtime()?.block_on(roles::overlay::run(cfg))?;
         }
         RoleName::Client => {
@@ -639,6 +656,8 @@ fn overlay_config(
         flood_interval: Duration::from_secs(1),
         edge_port: DEFAULT_EDGE_PORT,
         relay: roles::overlay::RelayMode::Auto,
+        gop_cache_bytes: overlayd::service::edge::EdgeConfig::DEFAULT_GOP_CACHE_BYTES,
+        max_clients: overlayd::service::edge::EdgeConfig::DEFAULT_MAX_SESSIONS,
     })
 }
 

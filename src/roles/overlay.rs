@@ -80,6 +80,10 @@ pub struct OverlayRoleConfig {
     pub edge_port: u16,
     /// Edge relay (ignored when the device is not an edge).
     pub relay: RelayMode,
+    /// Edge GOP cache bound per video in bytes; 0: off (`--gop-cache-bytes`).
+    pub gop_cache_bytes: usize,
+    /// Most client sessions of an edge (`--max-clients`).
+    pub max_clients: usize,
 }
 
 /// Run an overlay role until a termination signal.
@@ -163,7 +167,11 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         };
         let handle = edge_driver::spawn(EdgeDriverConfig {
             bind,
-            service: EdgeConfig::default(),
+            service: EdgeConfig {
+                gop_cache_bytes: cfg.gop_cache_bytes,
+                max_sessions: cfg.max_clients,
+                ..EdgeConfig::default()
+            },
             relay,
         })
         .await
