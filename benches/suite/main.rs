@@ -14,6 +14,7 @@ mod chain;
 mod edge;
 mod failover;
 mod idle;
+mod join;
 mod record;
 mod report;
 
@@ -76,6 +77,9 @@ fn main() {
     }
     if opts.wants("edge") {
         edge::run(&opts, &mut rep);
+    }
+    if opts.wants("join") {
+        join::run(&opts, &mut rep);
     }
     rep.finish(started.elapsed(), &out);
     println!("wrote {}", out.display());

@@ -163,7 +163,10 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         };
         let relay = match mode {
             RelayMode::Ffmpeg => edge_ffmpeg::relay(RelayConfig::default()),
-            _ => edge_driver::Relay::Native { queue: 1024 },
+            // One chunk fans out to every client at once: room for a few such bursts.
+            _ => edge_driver::Relay::Native {
+                queue: (4 * cfg.max_clients).max(1024),
+            },
         };
         let handle = edge_driver::spawn(EdgeDriverConfig {
             bind,
