@@ -236,7 +236,9 @@ enum SourceArg {
 fn parse_max_clients(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(v) if (1..=1_000_000).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' is not a number of clients between 1 and 1000000")),
+        _ => Err(format!(
+            "'{s}' is not a number of clients between 1 and 1000000"
+        )),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct ClientStats {
     /// Framed datagrams whose `(seq, part)` did not follow the previous one (loss or reorder).
     pub seq_breaks: u64,
     pub raw_ts: bool,
+    /// Framed video: chunks seen (a new `seq`) and the highest `seq`.
+    pub chunks: u64,
+    pub max_seq: u64,
     pub error: Option<String>,
     /// With `record`: the TS bytes received and, per datagram, (arrival, end offset).
     pub bytes: Vec<u8>,
@@ -105,9 +108,16 @@ impl LightClient {
     }
 
     /// Counters only (no recorded bytes), cheap enough for thousands of clients.
-    pub fn counts(&self) -> (u64, u64, u64, bool) {
+    pub fn counts(&self) -> (u64, u64, u64, bool, u64, u64) {
         let s = self.stats.lock().unwrap();
-        (s.datagrams, s.ts_packets, s.cc_lost, s.first_data.is_some())
+        (
+            s.datagrams,
+            s.ts_packets,
+            s.cc_lost,
+            s.first_data.is_some(),
+            s.chunks,
+            s.max_seq,
+        )
     }
 
     /// Sends a cancel and ends the task.
@@ -221,6 +231,10 @@ async fn client_task(spec: ClientSpec, stats: Arc<Mutex<ClientStats>>, stop: Can
                         if !follows && flags & VIDEO_FLAG_CACHED == 0 && s.last_pos.is_some() {
                             s.seq_breaks += 1;
                         }
+                        if s.last_pos.map_or(true, |p| p.0 != seq) {
+                            s.chunks += 1;
+                        }
+                        s.max_seq = s.max_seq.max(seq);
                         s.last_pos = Some((seq, part, parts));
                         s.on_ts(&d[VIDEO_HEADER_LEN..], at, spec.record);
                         accepted = true;
@@ -269,7 +283,11 @@ pub fn client_ip(base: u8, i: usize) -> IpAddr {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
@@ -350,9 +368,7 @@ pub fn tree_cpu(root: u32) -> HashMap<u32, f64> {
 
 /// CPU seconds used between two [`tree_cpu`] samples by the processes alive at both.
 pub fn tree_delta(a: &HashMap<u32, f64>, b: &HashMap<u32, f64>) -> f64 {
-    b.iter()
-        .filter_map(|(p, v)| a.get(p).map(|u| v - u))
-        .sum()
+    b.iter().filter_map(|(p, v)| a.get(p).map(|u| v - u)).sum()
 }
 
 pub fn videos_dir() -> std::path::PathBuf {
@@ -394,7 +410,11 @@ impl Net {
                     }
                 })
                 .collect();
-            let edge = if *role == "edge" { ", \"edge\": true" } else { "" };
+            let edge = if *role == "edge" {
+                ", \"edge\": true"
+            } else {
+                ""
+            };
             entries.push(format!(
                 "  \"{name}\": {{ \"addresses\": [\"{ip}\"], \"neighbours\": [{}]{edge} }}",
                 neigh.join(", ")
@@ -464,6 +484,10 @@ struct FanOut {
     /// Datagrams dropped by full receive buffers during the window (system-wide UDP
     /// RcvbufErrors: the clients' sockets, when this process cannot keep up).
     rcvbuf: u64,
+    /// Chunks per second the edge took in from the overlay (its counters).
+    chunks_in: f64,
+    /// Built-in relay: chunks seen / chunks numbered in the window, median and worst client.
+    chunk_ratio: Option<(f64, f64)>,
     /// Datagrams per client per second (median).
     rate: f64,
     dropped: u64,
@@ -512,18 +536,41 @@ fn measure(
     let st1 = edge_status(control);
     let cores = tree_delta(&cpu0, &cpu1) / wall;
     let receiving = c1.iter().filter(|c| c.3).count();
+    if receiving < n {
+        let why = clients
+            .iter()
+            .find_map(|c| c.stats.lock().unwrap().error.clone())
+            .unwrap_or_else(|| "no error reported".into());
+        println!("  ({} of {n} clients got no video: {why})", n - receiving);
+    }
     let mut cc = Vec::new();
     let mut rates = Vec::new();
+    let mut chunk_ratio = Vec::new();
     for (a, b) in c0.iter().zip(&c1) {
+        if b.5 > a.5 && a.4 > 0 {
+            chunk_ratio.push(((b.4 - a.4) as f64 / (b.5 - a.5) as f64).min(1.0));
+        }
         let got = (b.1 - a.1) as f64;
         let lost = (b.2 - a.2) as f64;
-        cc.push(if got + lost > 0.0 { got / (got + lost) } else { 0.0 });
+        cc.push(if got + lost > 0.0 {
+            got / (got + lost)
+        } else {
+            0.0
+        });
         rates.push((b.0 - a.0) as f64 / wall);
     }
     let rcvbuf = rcvbuf_errors() - rcvbuf0;
     let dropped = match (&st0, &st1) {
         (Some(a), Some(b)) => b.2 - a.2,
         _ => 0,
+    };
+    let chunks_in = match (&st0, &st1) {
+        (Some(a), Some(b)) => {
+            let c =
+                |v: &serde_json::Value| v.get("chunks_in").and_then(|x| x.as_u64()).unwrap_or(0);
+            (c(&b.1) - c(&a.1)) as f64 / wall
+        }
+        _ => f64::NAN,
     };
     for c in &clients {
         c.stop();
@@ -545,6 +592,9 @@ fn measure(
         receiving,
         cores,
         rcvbuf,
+        chunks_in,
+        chunk_ratio: (!chunk_ratio.is_empty())
+            .then(|| (median(&chunk_ratio), pct(&chunk_ratio, 0.0))),
         cc_ratio: (median(&cc), pct(&cc, 0.0)),
         rate: median(&rates),
         dropped,
@@ -560,7 +610,11 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     } else {
         &[10, 100, 1000, 2000, 4000]
     };
-    let ffmpeg_ns: &[usize] = if opts.quick { &[10, 50] } else { &[10, 50, 100] };
+    let ffmpeg_ns: &[usize] = if opts.quick {
+        &[10, 50]
+    } else {
+        &[10, 50, 100]
+    };
     let mut t = Table::new(
         "Edge fan-out: N UDP clients, built-in relay vs ffmpeg relay",
         ">= 2000 clients per core with the built-in relay; ratio to the ffmpeg relay",
@@ -571,7 +625,8 @@ pub fn run(opts: &Opts, rep: &mut Report) {
              (probe, cookie, request, keepalive every 500 ms) and count what arrives. After all \
              receive and 1 s more, a {} s window: edge CPU = utime+stime (/proc) of the edge \
              and its descendants (the ffmpeg children), per wall second. Completeness per client: \
-             TS packets received / (received + continuity-counter gaps), median and worst client. \
+             TS packets received / (received + continuity-counter gaps; a lower bound of the loss) \
+             and, built-in relay only, chunks seen / chunk numbers spanned; median and worst client. \
              Drops: the edge's relay counter (/status) and the system's UDP RcvbufErrors \
              (/proc/net/snmp: receive buffers of the bench's clients overflowing when this \
              process falls behind, not the edge's doing). {trials} trials per N, medians.",
@@ -585,6 +640,8 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             "CPU us per client-s",
             "clients per core",
             "TS completeness p50 (min)",
+            "chunks complete p50 (min)",
+            "chunks/s into edge",
             "datagrams/s per client",
             "edge relay drops",
             "client rcvbuf drops",
@@ -643,6 +700,16 @@ pub fn run(opts: &Opts, rep: &mut Report) {
                     f2(m(&|r| r.cc_ratio.0)),
                     f2(m(&|r| r.cc_ratio.1))
                 ),
+                if runs.iter().all(|r| r.chunk_ratio.is_some()) {
+                    format!(
+                        "{} ({})",
+                        f2(m(&|r| r.chunk_ratio.unwrap().0)),
+                        f2(m(&|r| r.chunk_ratio.unwrap().1))
+                    )
+                } else {
+                    "-".into()
+                },
+                f1(m(&|r| r.chunks_in)),
                 f1(m(&|r| r.rate)),
                 format!("{:.0}", m(&|r| r.dropped as f64)),
                 format!("{:.0}", m(&|r| r.rcvbuf as f64)),
@@ -651,7 +718,10 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         drop(net);
     }
     for &n in ffmpeg_ns {
-        if let (Some(nat), Some(ff)) = (per_client.get(&("native", n)), per_client.get(&("ffmpeg", n))) {
+        if let (Some(nat), Some(ff)) = (
+            per_client.get(&("native", n)),
+            per_client.get(&("ffmpeg", n)),
+        ) {
             t.note(format!(
                 "N = {n}: the built-in relay costs {} of the ffmpeg relay's CPU per client ({:.0}x less).",
                 f2(nat / ff),

@@ -228,7 +228,10 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         let chunk: Vec<f64> = runs.iter().map(|j| j.first_chunk_ms).collect();
         let key: Vec<f64> = runs.iter().filter_map(|j| j.first_keyframe_ms).collect();
         let frame: Vec<f64> = runs.iter().filter_map(|j| j.first_frame_ms).collect();
-        p50.insert((*path, *cache), (median(&chunk), median(&frame), pct(&frame, 95.0)));
+        p50.insert(
+            (*path, *cache),
+            (median(&chunk), median(&frame), pct(&frame, 95.0)),
+        );
         t.row(vec![
             path.to_string(),
             cache.to_string(),
