@@ -670,6 +670,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             &[("S1", "E1")],
         );
         let e1 = net.daemon("E1");
+        let mut base_rate: Option<f64> = None;
         let edge: SocketAddr = "127.91.0.2:7702".parse().unwrap();
         let control: SocketAddr = "127.91.0.2:7704".parse().unwrap();
         for &n in ns {
@@ -681,7 +682,11 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             let us = cores / n as f64 * 1e6;
             let per_core = n as f64 / cores;
             per_client.insert((relay, n), us);
-            if relay == "native" && runs.iter().all(|r| r.receiving == n) {
+            // A point counts only if the stream kept its rate (an edge that falls behind
+            // slows the whole path through TCP backpressure and looks cheaper per client).
+            let full_rate = *base_rate.get_or_insert(m(&|r| r.chunks_in));
+            let kept_rate = m(&|r| r.chunks_in) >= 0.9 * full_rate;
+            if relay == "native" && kept_rate && runs.iter().all(|r| r.receiving == n) {
                 best_native = Some((n, per_core));
             }
             t.row(vec![
@@ -731,12 +736,12 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     }
     match best_native {
         Some((n, per_core)) if per_core >= 2000.0 => t.note(format!(
-            "Built-in relay: {per_core:.0} clients per core at N = {n}: meets the goal (2000)."
+            "Built-in relay: {per_core:.0} clients per core at N = {n} (the largest N that kept the stream's rate): meets the goal (2000)."
         )),
         Some((n, per_core)) => t.note(format!(
-            "Built-in relay: {per_core:.0} clients per core at N = {n}: misses the goal (2000)."
+            "Built-in relay: {per_core:.0} clients per core at N = {n} (the largest N that kept the stream's rate): misses the goal (2000)."
         )),
-        None => t.note("Built-in relay: no N where every client received video: goal missed."),
+        None => t.note("Built-in relay: no N where every client received video at the stream's rate: goal missed."),
     }
     t.note(
         "CPU comes from /proc in 10 ms ticks: at N = 10 the edge uses a few ticks per window, so \

@@ -268,7 +268,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     if let Some(c) = p50.get(&("cold 5-hop", "on")) {
         t.note(format!(
             "Cold 5-hop: first chunk p50 {:.0} ms, first frame p50 {:.0} ms; the cache cannot \
-             help (nothing cached yet); most of it is the server starting its ffmpeg source.",
+             help (nothing cached yet); it includes the server starting its ffmpeg source.",
             c.0, c.1
         ));
     }
