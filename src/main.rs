@@ -233,6 +233,15 @@ enum SourceArg {
     Paced,
 }
 
+fn parse_max_clients(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if (1..=1_000_000).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of clients between 1 and 1000000"
+        )),
+    }
+}
+
 fn parse_margin(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if (0.0..1.0).contains(&v) {
@@ -264,6 +273,14 @@ struct NodeArgs {
     /// Hitless redundancy for these videos only (comma-separated names).
     #[arg(long, value_name = "A,B", value_parser = parse_video_list)]
     redundant_videos: Option<Vec<String>>,
+    /// Bound of an edge's GOP cache per video, in bytes (the chunks since the last keyframe,
+    /// replayed to a joining client so its player starts at once); 0 turns the cache off.
+    #[arg(long, default_value_t = overlayd::service::edge::EdgeConfig::DEFAULT_GOP_CACHE_BYTES)]
+    gop_cache_bytes: usize,
+    /// Most client sessions an edge serves at once; more are refused as busy.
+    #[arg(long, default_value_t = overlayd::service::edge::EdgeConfig::DEFAULT_MAX_SESSIONS,
+          value_parser = parse_max_clients)]
+    max_clients: usize,
 }
 
 fn parse_video_list(s: &str) -> Result<Vec<String>, String> {
@@ -546,6 +563,8 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             };
             cfg.redundant = a.redundant;
             cfg.redundant_videos = a.redundant_videos.unwrap_or_default();
+            cfg.gop_cache_bytes = a.gop_cache_bytes;
+            cfg.max_clients = a.max_clients;
             runtime()?.block_on(roles::overlay::run(cfg))?;
         }
         RoleName::Client => {
@@ -658,6 +677,8 @@ fn overlay_config(
         relay: roles::overlay::RelayMode::Auto,
         redundant: false,
         redundant_videos: Vec::new(),
+        gop_cache_bytes: overlayd::service::edge::EdgeConfig::DEFAULT_GOP_CACHE_BYTES,
+        max_clients: overlayd::service::edge::EdgeConfig::DEFAULT_MAX_SESSIONS,
     })
 }
 

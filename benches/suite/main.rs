@@ -5,14 +5,16 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control).
+//! record, control, edge, join).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
 mod chain;
+mod edge;
 mod failover;
 mod idle;
+mod join;
 mod record;
 mod report;
 
@@ -72,6 +74,12 @@ fn main() {
     }
     if opts.wants("control") {
         idle::run(&opts, &mut rep);
+    }
+    if opts.wants("edge") {
+        edge::run(&opts, &mut rep);
+    }
+    if opts.wants("join") {
+        join::run(&opts, &mut rep);
     }
     rep.finish(started.elapsed(), &out);
     println!("wrote {}", out.display());

@@ -141,9 +141,6 @@ const NOT_MEASURED: &str = "
 ## Not measured yet
 
 - fan-out: one relay, 1.1 Mbit/s stream, N = 10/100/1000 TCP children (CPU per child per chunk).
-- edge: N UDP clients, built-in relay vs ffmpeg relay (clients per core).
-- join: request to first chunk (warm and cold 5-hop path) and to first decodable frame, with
-  and without the GOP cache.
 - memory (RSS) of a node with 100 children.
 - silent link cut (nftables drop / `ip link set down` in the netns emulator, needs root): only
   the hung relay (SIGSTOP) is measured here.

@@ -6,7 +6,8 @@
 //! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
 //! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
-//! socket through one bounded queue (a full queue drops and counts, never blocks the loop); the
+//! socket at once, or through one bounded queue when the socket is full (a full queue drops and
+//! counts, never blocks the loop); the
 //! ffmpeg relay ([`crate::net::edge_ffmpeg`]) plugs in as [`Relay::Custom`]. All decisions are
 //! the service's.
 
@@ -67,8 +68,17 @@ pub trait VideoSink: Send {
 }
 
 /// The built-in relay: framed datagrams from the edge's own socket.
+///
+/// A datagram is sent at once with a non-blocking `try_send_to` from the driver loop; only
+/// when the socket's send buffer is full (or datagrams already wait, to keep the order) it
+/// goes through the bounded queue to a task that waits for the socket. A chunk fans out to
+/// every client in one burst, so a queue hop per datagram (channel, task wake-up) was the
+/// cost that grew with the clients, and a burst larger than the queue was dropped.
 pub struct NativeSink {
+    socket: Arc<UdpSocket>,
     queue: mpsc::Sender<(SocketAddr, Bytes)>,
+    /// Datagrams queued and not yet sent by the task.
+    waiting: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
     sender: JoinHandle<()>,
 }
@@ -78,17 +88,21 @@ impl NativeSink {
     pub fn new(socket: Arc<UdpSocket>, depth: usize) -> NativeSink {
         let (queue, mut rx) = mpsc::channel::<(SocketAddr, Bytes)>(depth.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        let errors = dropped.clone();
+        let waiting = Arc::new(AtomicU64::new(0));
+        let (errors, left, out) = (dropped.clone(), waiting.clone(), socket.clone());
         let sender = tokio::spawn(async move {
             while let Some((to, bytes)) = rx.recv().await {
-                if let Err(e) = socket.send_to(&bytes, to).await {
+                if let Err(e) = out.send_to(&bytes, to).await {
                     errors.fetch_add(1, Ordering::Relaxed);
                     debug!(%to, error = %e, "video datagram not sent");
                 }
+                left.fetch_sub(1, Ordering::Release);
             }
         });
         NativeSink {
+            socket,
             queue,
+            waiting,
             dropped,
             sender,
         }
@@ -97,7 +111,21 @@ impl NativeSink {
 
 impl VideoSink for NativeSink {
     fn send(&mut self, client: SocketAddr, datagram: Bytes) {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            match self.socket.try_send_to(&datagram, client) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // ICMP errors (port unreachable) surface here; the client may come back.
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!(to = %client, error = %e, "video datagram not sent");
+                    return;
+                }
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
         if self.queue.try_send((client, datagram)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -84,6 +84,10 @@ pub struct OverlayRoleConfig {
     pub redundant: bool,
     /// ... or for these videos (`--redundant-videos`).
     pub redundant_videos: Vec<String>,
+    /// Edge GOP cache bound per video in bytes; 0: off (`--gop-cache-bytes`).
+    pub gop_cache_bytes: usize,
+    /// Most client sessions of an edge (`--max-clients`).
+    pub max_clients: usize,
 }
 
 /// Run an overlay role until a termination signal.
@@ -171,11 +175,18 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         };
         let relay = match mode {
             RelayMode::Ffmpeg => edge_ffmpeg::relay(RelayConfig::default()),
-            _ => edge_driver::Relay::Native { queue: 1024 },
+            // One chunk fans out to every client at once: room for a few such bursts.
+            _ => edge_driver::Relay::Native {
+                queue: (4 * cfg.max_clients).max(1024),
+            },
         };
         let handle = edge_driver::spawn(EdgeDriverConfig {
             bind,
-            service: EdgeConfig::default(),
+            service: EdgeConfig {
+                gop_cache_bytes: cfg.gop_cache_bytes,
+                max_sessions: cfg.max_clients,
+                ..EdgeConfig::default()
+            },
             relay,
         })
         .await

@@ -56,12 +56,20 @@ pub struct EdgeConfig {
     pub rate_burst: f64,
     /// Most source IPs tracked by the rate limiter.
     pub max_sources: usize,
-    /// Bound of one video's GOP cache, in payload bytes; a longer GOP is not cached.
+    /// Bound of one video's GOP cache, in payload bytes; a longer GOP is not cached; 0: no
+    /// cache (a joining client always waits for the next keyframe).
     pub gop_cache_bytes: usize,
     /// A new session waits at most this long for a keyframe before it gets whatever flows.
     pub keyframe_wait: Duration,
     /// TS packets per video datagram (chunks are split at packet boundaries).
     pub ts_per_datagram: usize,
+}
+
+impl EdgeConfig {
+    /// Default of [`EdgeConfig::gop_cache_bytes`] (`--gop-cache-bytes`).
+    pub const DEFAULT_GOP_CACHE_BYTES: usize = 4 << 20;
+    /// Default of [`EdgeConfig::max_sessions`] (`--max-clients`).
+    pub const DEFAULT_MAX_SESSIONS: usize = 512;
 }
 
 impl Default for EdgeConfig {
@@ -70,11 +78,11 @@ impl Default for EdgeConfig {
             cookie_secret: rand::random(),
             cookie_period: Duration::from_secs(10),
             lease: Duration::from_secs(3),
-            max_sessions: 512,
+            max_sessions: Self::DEFAULT_MAX_SESSIONS,
             rate_per_sec: 100.0,
             rate_burst: 200.0,
             max_sources: 4096,
-            gop_cache_bytes: 4 << 20,
+            gop_cache_bytes: Self::DEFAULT_GOP_CACHE_BYTES,
             keyframe_wait: Duration::from_secs(3),
             ts_per_datagram: MAX_TS_PER_DATAGRAM,
         }
@@ -623,7 +631,7 @@ impl EdgeService {
             cache.bytes = 0;
         }
         // Only a cache that starts on a keyframe is worth replaying.
-        if keyframe || !cache.chunks.is_empty() {
+        if self.config.gop_cache_bytes > 0 && (keyframe || !cache.chunks.is_empty()) {
             if cache.bytes + payload.len() > self.config.gop_cache_bytes {
                 self.counters.cache_overflows += u64::from(!cache.chunks.is_empty() || keyframe);
                 cache.chunks.clear();
@@ -1161,6 +1169,28 @@ mod tests {
         let live = video_of(&h.outputs(), b);
         assert_eq!((live[0].seq, live[0].flags), (5, 0));
         assert_eq!(h.edge.counters().cache_replays, 1);
+    }
+
+    #[test]
+    fn gop_cache_bytes_zero_turns_the_cache_off() {
+        let mut h = Harness::new();
+        h.edge.config.gop_cache_bytes = 0;
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "v1", 1, 0);
+        h.chunk("v1", 1, true);
+        h.chunk("v1", 2, false);
+        h.outputs();
+        assert_eq!(h.edge.cache_bytes("v1"), 0);
+        // A joining client gets no replay: it waits for the next keyframe.
+        h.request(b, "v1", 1, 0);
+        assert!(video_of(&h.outputs(), b).is_empty());
+        h.chunk("v1", 3, false);
+        assert!(video_of(&h.outputs(), b).is_empty());
+        h.chunk("v1", 4, true);
+        let seqs: Vec<u64> = video_of(&h.outputs(), b).iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [4]);
+        let k = h.edge.counters();
+        assert_eq!((k.cache_replays, k.cache_overflows), (0, 0));
     }
 
     #[test]
