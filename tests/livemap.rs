@@ -338,8 +338,20 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
                 .all(|n| m.nodes.iter().any(|x| x.name == *n && x.state == "alive"))
     });
     assert!(m.counters.auth_refused >= 1, "{:?}", m.counters);
-    let relay_name = relay(&m, &video).unwrap();
-    let other = if relay_name == "O1" { "O2" } else { "O1" };
+    // While delays are first measured the stream may switch relay (make-before-break); wait
+    // until the tree has kept its relay for 1.5 s, so the page shows the tree that is killed.
+    let mut last = relay(&m, &video);
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    while stable_since.elapsed() < Duration::from_millis(1500) {
+        assert!(Instant::now() < deadline, "the tree never settled");
+        std::thread::sleep(Duration::from_millis(250));
+        let now = relay(&model(), &video);
+        if now != last || now.is_none() {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
     let colour = m
         .streams
         .iter()
@@ -366,6 +378,13 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
         );
     }
     let tree = page.tree(&video);
+    // The relay as the page draws it (the one then killed).
+    let relay_name = ["O1", "O2"]
+        .into_iter()
+        .find(|r| tree.contains(&(r.to_string(), "O3".to_string())))
+        .unwrap_or_else(|| panic!("no relay into O3 drawn: {tree:?}"))
+        .to_string();
+    let other = if relay_name == "O1" { "O2" } else { "O1" };
     for e in [
         ("S1", relay_name.as_str()),
         (relay_name.as_str(), "O3"),
@@ -480,4 +499,143 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
     consumer.stop().ok();
     drop(daemons);
     drop(boot);
+}
+
+/// Send `bytes` as one sealed report over a real handshake with `psk`; Ok when the handshake
+/// passed.
+fn send_report(to: SocketAddr, psk: &overlayd::keyfile::Psk, bytes: &[u8]) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(to)
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = overlayd::net::transport::handshake(
+            stream,
+            overlayd::crypto::Side::Initiator,
+            psk,
+            Duration::from_secs(3),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (_r, mut w) = conn.into_split();
+        w.send(bytes::BytesMut::from(bytes))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Let the bootstrapper read it before we close.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn map_ports_refuse_bad_input_and_count_it() {
+    let dir = TempDir::new("livemap-bad");
+    let net = "127.75.2";
+    let topo = dir.path("t.json");
+    std::fs::write(
+        &topo,
+        format!(
+            r#"{{ "S1": {{ "neighbours": ["{net}.2"], "addresses": ["{net}.1"] }},
+                 "O1": {{ "neighbours": ["{net}.1"], "addresses": ["{net}.2"] }} }}"#
+        ),
+    )
+    .unwrap();
+    let key = dir.path("k");
+    keygen(&key);
+    let boot_ip = format!("{net}.100");
+
+    // The map needs the key: a missing key file is a one-line error, not a panic.
+    let (code, _, err) = common::run(&[
+        "--role",
+        "bootstrapper",
+        "--topology",
+        topo.to_str().unwrap(),
+        "--bind",
+        &boot_ip,
+        "--map-port",
+        "7790",
+        "--key-file",
+        dir.path("missing").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("live map needs the overlay key"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let boot = Daemon::spawn(
+        "bootstrapper",
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--bind",
+            &boot_ip,
+            "--map-port",
+            "7790",
+            "--report-port",
+            "7791",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    boot.wait_for(&["live map on"], WAIT);
+    let page: SocketAddr = format!("{boot_ip}:7790").parse().unwrap();
+    let reports: SocketAddr = format!("{boot_ip}:7791").parse().unwrap();
+    let get = |target: &str| http_get(page, target, Duration::from_secs(5)).unwrap();
+
+    let (code, body) = get("/");
+    assert_eq!(code, 200);
+    assert!(body.contains("<svg id=\"map\""), "{body}");
+    assert_eq!(get("/nope").0, 404);
+    let m: MapModel = serde_json::from_str(&get("/map.json").1).unwrap();
+    // Nobody reported yet: the topology is drawn, every node unknown, the link unknown.
+    assert_eq!(m.nodes.len(), 2);
+    assert!(
+        m.nodes.iter().all(|n| n.state == "unknown"),
+        "{:?}",
+        m.nodes
+    );
+    assert_eq!(m.links.len(), 1);
+    assert_eq!(m.links[0].state, "unknown");
+
+    // Wrong key: refused at the handshake, counted.
+    let stranger = overlayd::keyfile::Psk::generate();
+    assert!(send_report(reports, &stranger, b"{}").is_err());
+    // Right key, garbage inside: counted as malformed.
+    let psk = overlayd::keyfile::load(&key).unwrap().psk;
+    send_report(reports, &psk, b"not a report").unwrap();
+    // Right key, a good report: O1 is alive.
+    let good = overlayd::wire::report::Report {
+        version: overlayd::wire::report::REPORT_VERSION,
+        name: "O1".into(),
+        role: "node".into(),
+        seq: 0,
+        listen: format!("{net}.2:7701"),
+        ..Default::default()
+    };
+    send_report(reports, &psk, &overlayd::wire::report::encode_report(&good)).unwrap();
+    let m = model_at(page, |m| {
+        m.counters.auth_refused == 1 && m.counters.reports_malformed == 1
+    });
+    assert_eq!(m.counters.reports_accepted, 1, "{:?}", m.counters);
+    let o1 = m.nodes.iter().find(|n| n.name == "O1").unwrap();
+    assert_eq!(o1.state, "alive");
+    boot.wait_for(&["report refused", "handshake failed"], WAIT);
+    boot.wait_for(&["malformed report"], WAIT);
+}
+
+fn model_at(page: SocketAddr, f: impl Fn(&MapModel) -> bool) -> MapModel {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(page, "/map.json", Duration::from_secs(5)).unwrap();
+        let m: MapModel = serde_json::from_str(&body).unwrap();
+        if f(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never: {m:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

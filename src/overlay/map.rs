@@ -607,13 +607,19 @@ fn layout(
         .collect();
     let max_node = node_rows.iter().copied().max().unwrap_or(0);
     let edge_row = max_node + 1;
+    // Without edges, clients and consumers sit right under the nodes.
+    let bottom_row = if nodes.iter().any(|n| n.role == "edge") {
+        edge_row + 1
+    } else {
+        edge_row
+    };
     let rows: Vec<usize> = nodes
         .iter()
         .map(|n| match n.role.as_str() {
             "server" => 0,
             "node" => depth.get(n.name.as_str()).copied().unwrap_or(1).max(1),
             "edge" => edge_row,
-            _ => edge_row + 1,
+            _ => bottom_row,
         })
         .collect();
     let last = rows.iter().copied().max().unwrap_or(0);
