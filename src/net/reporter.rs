@@ -25,6 +25,7 @@ use crate::keyfile::Psk;
 use crate::net::transport::{self, SecureWriter};
 use crate::overlay::map::report_from_status;
 use crate::overlay::status::NodeStatus;
+use crate::service::edge::SessionInfo;
 use crate::wire::report::encode_report;
 
 /// Default time between reports.
@@ -54,13 +55,14 @@ pub struct ReporterCounters {
     pub connects: AtomicU64,
 }
 
-/// Start reporting; the task runs until aborted.
+/// Start reporting (with an edge's client `sessions`); the task runs until aborted.
 pub fn spawn(
     cfg: ReporterConfig,
     status: watch::Receiver<Arc<NodeStatus>>,
+    sessions: Option<watch::Receiver<Vec<SessionInfo>>>,
 ) -> (JoinHandle<()>, Arc<ReporterCounters>) {
     let counters = Arc::new(ReporterCounters::default());
-    let task = tokio::spawn(run(cfg, status, counters.clone()));
+    let task = tokio::spawn(run(cfg, status, sessions, counters.clone()));
     (task, counters)
 }
 
@@ -92,6 +94,7 @@ async fn connect(cfg: &ReporterConfig) -> Result<SecureWriter, String> {
 async fn run(
     cfg: ReporterConfig,
     mut status: watch::Receiver<Arc<NodeStatus>>,
+    sessions: Option<watch::Receiver<Vec<SessionInfo>>>,
     counters: Arc<ReporterCounters>,
 ) {
     let mut seq = 0u64;
@@ -127,7 +130,16 @@ async fn run(
             if snapshot.name.is_empty() {
                 continue;
             }
-            let report = report_from_status(&snapshot, cfg.listen, seq);
+            let clients: Vec<(SocketAddr, String)> = sessions
+                .as_ref()
+                .map(|s| {
+                    s.borrow()
+                        .iter()
+                        .map(|c| (c.client, c.video.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let report = report_from_status(&snapshot, cfg.listen, seq, &clients);
             seq += 1;
             let bytes = BytesMut::from(&encode_report(&report)[..]);
             match tokio::time::timeout(send_timeout, writer.send(bytes)).await {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::status::NodeStatus;
 use crate::topology::{DeviceRole, Topology};
-use crate::wire::report::{Report, ReportNeighbour, ReportStream, REPORT_VERSION};
+use crate::wire::report::{Report, ReportClient, ReportNeighbour, ReportStream, REPORT_VERSION};
 
 /// A node whose last report is older than this is dead.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(3);
@@ -36,8 +36,14 @@ pub const MAP_WIDTH: f64 = 1000.0;
 pub const ROW_HEIGHT: f64 = 130.0;
 const TOP_MARGIN: f64 = 60.0;
 
-/// Build the report a daemon sends from its status snapshot.
-pub fn report_from_status(st: &NodeStatus, listen: SocketAddr, seq: u64) -> Report {
+/// Build the report a daemon sends from its status snapshot (and an edge's client sessions,
+/// as `(client address, video)`).
+pub fn report_from_status(
+    st: &NodeStatus,
+    listen: SocketAddr,
+    seq: u64,
+    clients: &[(SocketAddr, String)],
+) -> Report {
     let neighbours = st
         .neighbours
         .iter()
@@ -80,6 +86,13 @@ pub fn report_from_status(st: &NodeStatus, listen: SocketAddr, seq: u64) -> Repo
         listen: listen.to_string(),
         neighbours,
         streams,
+        clients: clients
+            .iter()
+            .map(|(addr, video)| ReportClient {
+                addr: addr.to_string(),
+                video: video.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -305,6 +318,23 @@ impl MapState {
             }
         }
 
+        // Clients an edge streams to, by topology name when their address is known.
+        let mut watching: Vec<(String, String, String)> = Vec::new(); // (edge, client, video)
+        for r in self.reports.values() {
+            if now.saturating_duration_since(r.at) > self.dead_after {
+                continue;
+            }
+            for c in &r.report.clients {
+                let name = c
+                    .addr
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .and_then(|sa| names.by_addr(sa.ip(), None))
+                    .unwrap_or_else(|| c.addr.clone());
+                watching.push((r.report.name.clone(), name, c.video.clone()));
+            }
+        }
+
         // Liveness of everyone we know of.
         let mut all: BTreeSet<String> = topology.names().map(str::to_string).collect();
         all.extend(self.reports.keys().cloned());
@@ -321,6 +351,7 @@ impl MapState {
                 (_, Some(_)) => ("alive", None),
                 (true, None) => ("dead", Some("silent")),
                 (false, None) if views.iter().any(|up| *up) => ("alive", None),
+                (false, None) if watching.iter().any(|(_, c, _)| c == name) => ("alive", None),
                 (false, None) => ("unknown", None),
             };
             state.insert(name.clone(), s);
@@ -447,6 +478,22 @@ impl MapState {
                     });
                 }
             }
+        }
+        for (edge, client, video) in &watching {
+            if !alive(edge) {
+                continue;
+            }
+            let Some(ms) = streams.get_mut(video) else {
+                continue;
+            };
+            if topology.get(client).is_none() {
+                consumers.insert(client.clone());
+            }
+            ms.tree.push(TreeEdge {
+                from: edge.clone(),
+                to: client.clone(),
+                state: "streaming".into(),
+            });
         }
         for s in streams.values_mut() {
             s.tree
@@ -701,6 +748,7 @@ mod tests {
             listen: format!("10.0.0.{ip}:7701"),
             neighbours: nbs,
             streams: s,
+            clients: vec![],
         }
     }
 
@@ -906,6 +954,62 @@ mod tests {
     }
 
     #[test]
+    fn an_edges_clients_are_drawn_watching() {
+        let topo = topology::parse(
+            r#"{
+  "S1": { "neighbours": ["10.0.0.4"], "addresses": ["10.0.0.1"] },
+  "O3": { "neighbours": ["10.0.0.1"], "addresses": ["10.0.0.4"], "edge": true },
+  "C1": { "neighbours": ["10.0.0.4"], "addresses": ["10.0.0.31"] },
+  "C2": { "neighbours": ["10.0.0.4"], "addresses": ["10.0.0.32"] }
+}"#,
+            "t.json",
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let mut map = MapState::new(DEFAULT_DEAD_AFTER);
+        map.ingest(
+            report(
+                "S1",
+                1,
+                0,
+                vec![nb("O3", 4, "up")],
+                vec![stream(None, &["O3"], "source")],
+            ),
+            t0,
+        );
+        let mut o3 = report(
+            "O3",
+            4,
+            0,
+            vec![nb("S1", 1, "up")],
+            vec![stream(Some("S1"), &[], "streaming")],
+        );
+        o3.clients = vec![
+            ReportClient {
+                addr: "10.0.0.31:7703".into(),
+                video: "alpha".into(),
+            },
+            // A client the topology does not know: drawn by its address.
+            ReportClient {
+                addr: "10.0.0.99:7703".into(),
+                video: "alpha".into(),
+            },
+        ];
+        map.ingest(o3, t0);
+        let m = map.model(&topo, t0);
+        assert_eq!(node(&m, "C1").state, "alive");
+        assert_eq!(node(&m, "C2").state, "unknown");
+        assert_eq!(node(&m, "10.0.0.99:7703").role, "consumer");
+        assert_eq!(link(&m, "C1", "O3").state, "access");
+        assert_eq!(
+            tree(&m),
+            edges(&[("O3", "10.0.0.99:7703"), ("O3", "C1"), ("S1", "O3")])
+        );
+        // Clients sit below the edge.
+        assert!(node(&m, "C1").y > node(&m, "O3").y);
+    }
+
+    #[test]
     fn report_from_status_splits_children_and_local_consumers() {
         use crate::overlay::status::{NeighbourStatus, RouteStatus, StreamStatus};
         let mut st = NodeStatus {
@@ -934,7 +1038,9 @@ mod tests {
         };
         ss.counters.failovers = 3;
         st.streams.push(ss);
-        let r = report_from_status(&st, "10.0.0.4:7701".parse().unwrap(), 9);
+        let clients = [("10.0.0.31:7703".parse().unwrap(), "alpha".to_string())];
+        let r = report_from_status(&st, "10.0.0.4:7701".parse().unwrap(), 9, &clients);
+        assert_eq!(r.clients[0].addr, "10.0.0.31:7703");
         assert_eq!(r.name, "O3");
         assert_eq!(r.seq, 9);
         assert_eq!(r.neighbours[0].name, "O1");

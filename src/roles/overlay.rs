@@ -184,6 +184,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         None
     };
     let edge_view = edge_handle.as_ref().map(control::EdgeView::of);
+    let sessions = edge_view.as_ref().map(|v| v.sessions.clone());
     let control = match cfg.control {
         Some(addr) => control::spawn(addr, driver.control_port(), edge_view).await,
         None => None,
@@ -204,6 +205,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
                 listen: driver.local_addr(),
             },
             driver.control_port().status,
+            sessions,
         );
         Some(task)
     });

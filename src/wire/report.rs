@@ -38,6 +38,17 @@ pub struct Report {
     pub listen: String,
     pub neighbours: Vec<ReportNeighbour>,
     pub streams: Vec<ReportStream>,
+    /// An edge's client sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ReportClient>,
+}
+
+/// A client an edge is streaming to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportClient {
+    /// The client's UDP address (`ip:port`).
+    pub addr: String,
+    pub video: String,
 }
 
 /// A neighbour as the reporter sees it.
@@ -113,6 +124,9 @@ pub fn decode_report(bytes: &[u8]) -> Result<Report, ReportError> {
     if r.streams.len() > MAX_ITEMS {
         return Err(ReportError::TooMany("streams"));
     }
+    if r.clients.len() > MAX_ITEMS {
+        return Err(ReportError::TooMany("clients"));
+    }
     if r.streams.iter().any(|s| s.children.len() > MAX_ITEMS) {
         return Err(ReportError::TooMany("children"));
     }
@@ -151,6 +165,10 @@ mod tests {
                 state: "streaming".into(),
                 failovers: 2,
                 last_gap_ms: Some(812.5),
+            }],
+            clients: vec![ReportClient {
+                addr: "127.0.0.31:7703".into(),
+                video: "alpha".into(),
             }],
         }
     }
