@@ -607,7 +607,7 @@ fn map_ports_refuse_bad_input_and_count_it() {
     // Right key, garbage inside: counted as malformed.
     let psk = overlayd::keyfile::load(&key).unwrap().psk;
     send_report(reports, &psk, b"not a report").unwrap();
-    // Right key, a good report: O1 is alive.
+    // Right key, a good report: O1 reported (and, its connection closed, is shown exited).
     let good = overlayd::wire::report::Report {
         version: overlayd::wire::report::REPORT_VERSION,
         name: "O1".into(),
@@ -618,11 +618,19 @@ fn map_ports_refuse_bad_input_and_count_it() {
     };
     send_report(reports, &psk, &overlayd::wire::report::encode_report(&good)).unwrap();
     let m = model_at(page, |m| {
-        m.counters.auth_refused == 1 && m.counters.reports_malformed == 1
+        m.counters.auth_refused == 1
+            && m.counters.reports_malformed == 1
+            && m.nodes.iter().any(|n| n.name == "O1" && n.state == "dead")
     });
     assert_eq!(m.counters.reports_accepted, 1, "{:?}", m.counters);
     let o1 = m.nodes.iter().find(|n| n.name == "O1").unwrap();
-    assert_eq!(o1.state, "alive");
+    assert!(o1.report_age_ms.is_some(), "{o1:?}");
+    assert_eq!(o1.state, "dead", "{o1:?}");
+    assert_eq!(o1.dead_reason.as_deref(), Some("exited"), "{o1:?}");
+    assert_eq!(
+        m.nodes.iter().find(|n| n.name == "S1").unwrap().state,
+        "unknown"
+    );
     boot.wait_for(&["report refused", "handshake failed"], WAIT);
     boot.wait_for(&["malformed report"], WAIT);
 }

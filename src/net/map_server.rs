@@ -103,6 +103,7 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, MapState> {
 
 async fn accept_reports(listener: TcpListener, psk: Psk, state: Shared) {
     let slots = Arc::new(Semaphore::new(MAX_REPORT_CONNECTIONS));
+    let mut next_conn = 0u64;
     let refusals = Arc::new(Mutex::new(RefusalLog::default()));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -111,8 +112,14 @@ async fn accept_reports(listener: TcpListener, psk: Psk, state: Shared) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let (psk, state, refusals) = (psk.clone(), state.clone(), refusals.clone());
+                // Connection ids start at 1 (0 is the model's "unknown connection").
+                next_conn += 1;
+                let conn = next_conn;
                 tokio::spawn(async move {
-                    report_connection(stream, peer, psk, state, refusals).await;
+                    let from = report_connection(stream, peer, conn, psk, &state, refusals).await;
+                    if let Some(name) = from {
+                        lock(&state).note_closed(&name, conn);
+                    }
                     drop(permit);
                 });
             }
@@ -131,17 +138,19 @@ struct RefusalLog {
     suppressed: u64,
 }
 
+/// Serve one report connection; returns the name it reported as, if any.
 async fn report_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    conn_id: u64,
     psk: Psk,
-    state: Shared,
+    state: &Shared,
     refusals: Arc<Mutex<RefusalLog>>,
-) {
+) -> Option<String> {
     let conn = match transport::handshake(stream, Side::Responder, &psk, HANDSHAKE_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => {
-            lock(&state).note_auth_refused();
+            lock(state).note_auth_refused();
             let mut log = refusals.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             if log
@@ -154,7 +163,7 @@ async fn report_connection(
                 warn!(%peer, error = %e, suppressed = more, "map: report refused: handshake failed (wrong or no key?)");
                 log.last = Some(now);
             }
-            return;
+            return None;
         }
     };
     let (mut reader, _writer) = conn.into_split();
@@ -163,16 +172,16 @@ async fn report_connection(
         let frame = match tokio::time::timeout(REPORT_IDLE, reader.recv()).await {
             Err(_) => {
                 debug!(%peer, "map: report connection idle; closed");
-                return;
+                return from;
             }
             Ok(Ok(Some(f))) => f,
             Ok(Ok(None)) => {
                 debug!(%peer, name = ?from, "map: reporter closed its connection");
-                return;
+                return from;
             }
             Ok(Err(e)) => {
                 info!(%peer, name = ?from, error = %e, "map: report connection failed");
-                return;
+                return from;
             }
         };
         match decode_report(&frame) {
@@ -181,12 +190,12 @@ async fn report_connection(
                     info!(%peer, name = %r.name, "map: daemon reporting");
                 }
                 from = Some(r.name.clone());
-                lock(&state).ingest(r, Instant::now());
+                lock(state).ingest_from(conn_id, r, Instant::now());
             }
             Err(e) => {
-                lock(&state).note_malformed();
+                lock(state).note_malformed();
                 warn!(%peer, error = %e, "map: malformed report; connection closed");
-                return;
+                return from;
             }
         }
     }

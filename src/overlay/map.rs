@@ -5,8 +5,11 @@
 //! events (failovers with their gap, parent switches, restarts) and, at [`MapState::model`],
 //! decides who is alive or dead, which topology links are up, and each stream's distribution
 //! tree (an edge parent → child for every live reporter's parent). A node is dead when its
-//! last report is older than `dead_after`, or when every live neighbour that knows it reports
-//! it down (a hung or killed process is seen by its neighbours before its reports go stale).
+//! last report is older than `dead_after` (`silent`), when its report connection closed and no
+//! new one reported yet (`exited`: a killed process closes it at once), or when every live
+//! neighbour that knows it reports it down (`neighbours`: a hung process or a cut link is seen
+//! by its neighbours before its reports go stale). The last rule waits `dead_after` after a
+//! daemon starts reporting, so a daemon whose links are still coming up is not called dead.
 //! Layout is deterministic: servers on top, nodes layered by hop count from the servers, edges
 //! below, clients and other consumers at the bottom, or `x`/`y` from the topology file.
 //! No sockets, no clock reads: `now` comes in, a serialisable [`MapModel`] comes out.
@@ -185,6 +188,11 @@ pub struct MapEvent {
 struct Received {
     report: Report,
     at: Instant,
+    /// Reporting without a break (no restart, death or closed connection) since then.
+    since: Instant,
+    /// The report connection it came on, and whether that connection has closed.
+    conn: u64,
+    closed: bool,
 }
 
 /// See module docs.
@@ -239,7 +247,23 @@ impl MapState {
     }
 
     /// Take in a daemon's report received at `now`.
+    /// Take in a daemon's report received at `now` (on connection 0).
     pub fn ingest(&mut self, report: Report, now: Instant) {
+        self.ingest_from(0, report, now)
+    }
+
+    /// A report connection closed: its reporter is dead until it reports again.
+    pub fn note_closed(&mut self, name: &str, conn: u64) {
+        if let Some(r) = self.reports.get_mut(name) {
+            // A late close of an old connection must not hide a newer one.
+            if r.conn == conn {
+                r.closed = true;
+            }
+        }
+    }
+
+    /// Take in a daemon's report received at `now` on report connection `conn`.
+    pub fn ingest_from(&mut self, conn: u64, report: Report, now: Instant) {
         if !self.reports.contains_key(&report.name) && self.reports.len() >= MAX_REPORTERS {
             self.counters.reports_dropped += 1;
             return;
@@ -284,10 +308,24 @@ impl MapState {
             }
         }
         let name = report.name.clone();
+        let restarted = new_events.iter().any(|(k, _, _)| *k == "restart");
         for (kind, video, text) in new_events {
             self.event(now, kind, &name, video.as_deref(), text);
         }
-        self.reports.insert(name, Received { report, at: now });
+        let since = match self.reports.get(&name) {
+            Some(p) if !restarted && !p.closed && !self.dead.contains(&name) => p.since,
+            _ => now,
+        };
+        self.reports.insert(
+            name,
+            Received {
+                report,
+                at: now,
+                since,
+                conn,
+                closed: false,
+            },
+        );
     }
 
     fn fresh(&self, name: &str, now: Instant) -> Option<&Report> {
@@ -339,15 +377,20 @@ impl MapState {
         let mut all: BTreeSet<String> = topology.names().map(str::to_string).collect();
         all.extend(self.reports.keys().cloned());
         let mut state: BTreeMap<String, (&'static str, Option<&'static str>)> = BTreeMap::new();
+        let mut views_of: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+        for ((_, other), up) in &said {
+            views_of.entry(other.as_str()).or_default().push(*up);
+        }
         for name in &all {
-            let views: Vec<bool> = said
-                .iter()
-                .filter(|((_, other), _)| other == name)
-                .map(|(_, up)| *up)
-                .collect();
+            let views = views_of.get(name.as_str()).map_or(&[][..], |v| &v[..]);
             let all_down = !views.is_empty() && views.iter().all(|up| !up);
-            let s = match (self.reports.contains_key(name), self.fresh(name, now)) {
-                (_, Some(_)) if all_down => ("dead", Some("neighbours")),
+            let rec = self.reports.get(name);
+            let closed = rec.is_some_and(|r| r.closed);
+            let settled =
+                rec.is_some_and(|r| now.saturating_duration_since(r.since) >= self.dead_after);
+            let s = match (rec.is_some(), self.fresh(name, now)) {
+                (_, Some(_)) if closed => ("dead", Some("exited")),
+                (_, Some(_)) if all_down && settled => ("dead", Some("neighbours")),
                 (_, Some(_)) => ("alive", None),
                 (true, None) => ("dead", Some("silent")),
                 (false, None) if views.iter().any(|up| *up) => ("alive", None),
@@ -362,6 +405,7 @@ impl MapState {
                 self.dead.insert(name.clone());
                 let why = match why {
                     Some("neighbours") => "its neighbours report it down",
+                    Some("exited") => "its report connection closed",
                     _ => "its reports stopped",
                 };
                 self.event(now, "dead", name, None, format!("{name} dead: {why}"));
@@ -851,9 +895,10 @@ mod tests {
         let t0 = Instant::now();
         let mut map = MapState::new(DEFAULT_DEAD_AFTER);
         healthy(&mut map, 1, t0);
-        // O1 killed: its reports stop; a second later its neighbours report it down and O3
+        healthy(&mut map, 2, t0 + Duration::from_secs(3));
+        // O1 hangs: its reports stop; a second later its neighbours report it down and O3
         // has failed over to O2.
-        let t1 = t0 + Duration::from_secs(1);
+        let t1 = t0 + Duration::from_secs(4);
         map.ingest(
             report(
                 "S1",
@@ -951,6 +996,52 @@ mod tests {
         assert_eq!(node(&ma, "O1").y, node(&ma, "O2").y);
         assert!(node(&ma, "O1").x < node(&ma, "O2").x);
         assert!(ma.height >= 456.0);
+    }
+
+    #[test]
+    fn a_starting_daemon_is_not_dead_and_a_closed_reporter_is() {
+        let topo = diamond("");
+        let t0 = Instant::now();
+        let mut map = MapState::new(DEFAULT_DEAD_AFTER);
+        // O2 has just started: its links are not up yet, and S1 and O3 say so.
+        map.ingest_from(
+            7,
+            report("O2", 3, 0, vec![nb("", 1, "connecting")], vec![]),
+            t0,
+        );
+        map.ingest(
+            report("S1", 1, 0, vec![nb("", 3, "connecting")], vec![]),
+            t0,
+        );
+        map.ingest(report("O3", 4, 0, vec![nb("", 3, "down")], vec![]), t0);
+        let m = map.model(&topo, t0 + Duration::from_secs(1));
+        assert_eq!(node(&m, "O2").state, "alive");
+        // Still cut off once it has been reporting for dead_after: dead by its neighbours.
+        let t1 = t0 + Duration::from_secs(3);
+        map.ingest_from(7, report("O2", 3, 1, vec![nb("", 1, "down")], vec![]), t1);
+        map.ingest(report("S1", 1, 1, vec![nb("", 3, "down")], vec![]), t1);
+        map.ingest(report("O3", 4, 1, vec![nb("", 3, "down")], vec![]), t1);
+        let m = map.model(&topo, t1);
+        assert_eq!(node(&m, "O2").dead_reason.as_deref(), Some("neighbours"));
+
+        // S1's report connection closes (killed): dead at once, though its report is fresh.
+        map.note_closed("S1", 0);
+        let m = map.model(&topo, t1 + Duration::from_millis(10));
+        assert_eq!(node(&m, "S1").state, "dead");
+        assert_eq!(node(&m, "S1").dead_reason.as_deref(), Some("exited"));
+        // The late close of an older connection of O3 changes nothing.
+        map.note_closed("O3", 99);
+        let m = map.model(&topo, t1 + Duration::from_millis(20));
+        assert_eq!(node(&m, "O3").state, "alive");
+        // S1 back on a new connection (restarted: seq from 0).
+        map.ingest_from(
+            8,
+            report("S1", 1, 0, vec![], vec![]),
+            t1 + Duration::from_secs(1),
+        );
+        let m = map.model(&topo, t1 + Duration::from_secs(1));
+        assert_eq!(node(&m, "S1").state, "alive");
+        assert_eq!(m.events[0].kind, "back");
     }
 
     #[test]
