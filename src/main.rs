@@ -38,9 +38,12 @@ Examples:
   overlayd --role node --name O1 --bootstrap 127.0.1.100 --bind 127.0.1.1
   overlayd status --node 127.0.1.1          # what O1 knows (its control endpoint)
   overlayd trace VIDEO --from 127.0.1.1     # the video's tree below O1, hop by hop
+  overlayd --role bootstrapper --topology T.json --bind 127.0.1.100 --map-port 7790
+                                            # live map at http://127.0.1.100:7790/
 
 Default ports: bootstrapper 7700/tcp, overlay 7701/tcp, edge 7702/udp, client 7703/udp,
-control endpoint 7704/tcp (plain HTTP, loopback only unless --control-bind).
+control endpoint 7704/tcp (plain HTTP, loopback only unless --control-bind), live map
+reports 7710/tcp (bootstrap port + 10, encrypted with the overlay key).
 Logging: --log-level or RUST_LOG (e.g. RUST_LOG=overlayd=debug).";
 
 /// Top-level command line (no role given).
