@@ -90,6 +90,9 @@ pub async fn serve(
     let state: Shared = Arc::new(Mutex::new(MapState::new(cfg.dead_after)));
     if let (Some(h), Some(r)) = (listeners.http_addr(), listeners.report_addr()) {
         info!(page = %format!("http://{h}/"), reports = %r, "live map on");
+        if !h.ip().is_loopback() {
+            warn!(page = %h, "the live map page has no authentication and shows the topology: keep {h} on a management network (--map-bind)");
+        }
     }
     let reports = tokio::spawn(accept_reports(listeners.report, cfg.psk, state.clone()));
     serve_http(listeners.http, state, topology).await;
