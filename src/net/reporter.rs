@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::crypto::Side;
 use crate::keyfile::Psk;
@@ -26,7 +26,7 @@ use crate::net::transport::{self, SecureWriter};
 use crate::overlay::map::report_from_status;
 use crate::overlay::status::NodeStatus;
 use crate::service::edge::SessionInfo;
-use crate::wire::report::encode_report;
+use crate::wire::report::{encode_report, MAX_REPORT_LEN};
 
 /// Default time between reports.
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,7 +66,10 @@ pub fn spawn(
     (task, counters)
 }
 
-async fn connect(cfg: &ReporterConfig) -> Result<SecureWriter, String> {
+/// Connect and handshake; also returns the address to report as ours: the overlay listening
+/// address, or, when that is a wildcard, the port on the address this connection leaves from
+/// (the one the neighbours most likely know us by).
+async fn connect(cfg: &ReporterConfig) -> Result<(SecureWriter, SocketAddr), String> {
     let attempt = async {
         let socket = if cfg.to.is_ipv4() {
             TcpSocket::new_v4()
@@ -80,11 +83,17 @@ async fn connect(cfg: &ReporterConfig) -> Result<SecureWriter, String> {
                 .map_err(|e| format!("cannot bind {ip}: {e}"))?;
         }
         let stream: TcpStream = socket.connect(cfg.to).await.map_err(|e| e.to_string())?;
+        let listen = match stream.local_addr() {
+            Ok(local) if cfg.listen.ip().is_unspecified() => {
+                SocketAddr::new(local.ip(), cfg.listen.port())
+            }
+            _ => cfg.listen,
+        };
         let conn = transport::handshake(stream, Side::Initiator, &cfg.psk, CONNECT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
         // The bootstrapper never answers; its half is dropped here.
-        Ok::<_, String>(conn.into_split().1)
+        Ok::<_, String>((conn.into_split().1, listen))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
@@ -100,10 +109,11 @@ async fn run(
     let mut seq = 0u64;
     let mut backoff = BACKOFF_MIN;
     let mut warned = false;
+    let mut oversize_logged = false;
     // Sends get at least a second, so a short interval does not make a busy host flap.
     let send_timeout = cfg.interval.max(Duration::from_secs(1));
     loop {
-        let mut writer = match connect(&cfg).await {
+        let (mut writer, listen) = match connect(&cfg).await {
             Ok(w) => w,
             Err(e) => {
                 if !warned {
@@ -139,9 +149,24 @@ async fn run(
                         .collect()
                 })
                 .unwrap_or_default();
-            let report = report_from_status(&snapshot, cfg.listen, seq, &clients);
+            let report = report_from_status(&snapshot, listen, seq, &clients);
             seq += 1;
-            let bytes = BytesMut::from(&encode_report(&report)[..]);
+            let encoded = encode_report(&report);
+            if encoded.len() > MAX_REPORT_LEN {
+                // Lists are capped, so only absurdly long names get here; the map would
+                // refuse it, so do not send it.
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if !oversize_logged {
+                    warn!(
+                        bytes = encoded.len(),
+                        max = MAX_REPORT_LEN,
+                        "map reporter: report too large; not sent"
+                    );
+                    oversize_logged = true;
+                }
+                continue;
+            }
+            let bytes = BytesMut::from(&encoded[..]);
             match tokio::time::timeout(send_timeout, writer.send(bytes)).await {
                 Ok(Ok(())) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::status::NodeStatus;
 use crate::topology::{DeviceRole, Topology};
-use crate::wire::report::{Report, ReportClient, ReportNeighbour, ReportStream, REPORT_VERSION};
+use crate::wire::report::{
+    Report, ReportClient, ReportNeighbour, ReportStream, MAX_ITEMS, REPORT_VERSION,
+};
 
 /// A node whose last report is older than this is dead.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(3);
@@ -40,7 +42,7 @@ pub const ROW_HEIGHT: f64 = 130.0;
 const TOP_MARGIN: f64 = 60.0;
 
 /// Build the report a daemon sends from its status snapshot (and an edge's client sessions,
-/// as `(client address, video)`).
+/// as `(client address, video)`). Lists are cut at [`MAX_ITEMS`], so the map always takes it.
 pub fn report_from_status(
     st: &NodeStatus,
     listen: SocketAddr,
@@ -50,6 +52,7 @@ pub fn report_from_status(
     let neighbours = st
         .neighbours
         .iter()
+        .take(MAX_ITEMS)
         .map(|n| ReportNeighbour {
             name: n.name.clone(),
             addr: n.addr.clone(),
@@ -59,13 +62,15 @@ pub fn report_from_status(
     let streams = st
         .routes
         .iter()
+        .take(MAX_ITEMS)
         .map(|r| {
             let mut children = Vec::new();
             let mut local = 0;
             for d in &r.destinations {
                 match d.strip_prefix("local×") {
                     Some(n) => local += n.parse::<u32>().unwrap_or(1),
-                    None => children.push(d.clone()),
+                    None if children.len() < MAX_ITEMS => children.push(d.clone()),
+                    None => {}
                 }
             }
             let counters = st.streams.iter().find(|s| s.stream == r.stream);
@@ -91,6 +96,7 @@ pub fn report_from_status(
         streams,
         clients: clients
             .iter()
+            .take(MAX_ITEMS)
             .map(|(addr, video)| ReportClient {
                 addr: addr.to_string(),
                 video: video.clone(),
@@ -1143,5 +1149,14 @@ mod tests {
         // And it survives the codec.
         let bytes = crate::wire::report::encode_report(&r);
         assert_eq!(crate::wire::report::decode_report(&bytes).unwrap(), r);
+
+        // A huge node's lists are cut, so the map still takes its report.
+        st.neighbours = vec![st.neighbours[0].clone(); MAX_ITEMS + 50];
+        st.routes[0].destinations = (0..MAX_ITEMS + 50).map(|i| format!("N{i}")).collect();
+        let r = report_from_status(&st, "10.0.0.4:7701".parse().unwrap(), 10, &[]);
+        assert_eq!(r.neighbours.len(), MAX_ITEMS);
+        assert_eq!(r.streams[0].children.len(), MAX_ITEMS);
+        let bytes = crate::wire::report::encode_report(&r);
+        assert!(crate::wire::report::decode_report(&bytes).is_ok());
     }
 }
