@@ -184,8 +184,9 @@ struct OverlayArgs {
     #[arg(long, value_name = "IP")]
     control_bind: Option<IpAddr>,
     /// Send a state report to the bootstrapper's live map every this many milliseconds
-    /// (encrypted with the overlay key); 0 turns reporting off.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    /// (100 to 10000; encrypted with the overlay key); 0 turns reporting off. Keep it well
+    /// under the bootstrapper's --map-dead-ms.
+    #[arg(long, default_value_t = 1000, value_parser = parse_report_interval)]
     report_interval: u64,
     /// The bootstrapper's report port (default: the bootstrap port + 10).
     #[arg(long, value_name = "PORT")]
@@ -258,6 +259,15 @@ enum SourceArg {
     Auto,
     Ffmpeg,
     Paced,
+}
+
+fn parse_report_interval(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    if v == 0 || (100..=10_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} ms: give 0 (off) or 100 to 10000"))
+    }
 }
 
 fn parse_margin(s: &str) -> Result<f64, String> {

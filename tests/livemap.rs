@@ -338,6 +338,7 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
                 .all(|n| m.nodes.iter().any(|x| x.name == *n && x.state == "alive"))
     });
     assert!(m.counters.auth_refused >= 1, "{:?}", m.counters);
+    assert!(m.counters.report_bytes > 0, "{:?}", m.counters);
     // While delays are first measured the stream may switch relay (make-before-break); wait
     // until the tree has kept its relay for 1.5 s, so the page shows the tree that is killed.
     let mut last = relay(&m, &video);
@@ -402,6 +403,15 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
         .expect("a legend entry");
     assert_eq!(legend["data-video"], video);
     assert_eq!(legend["data-colour"], colour);
+
+    let (_, json) = http_get(map_addr(), "/map.json", Duration::from_secs(5)).unwrap();
+    let c = &model().counters;
+    eprintln!(
+        "reports: {} accepted, {} bytes on average; /map.json {} bytes",
+        c.reports_accepted,
+        c.report_bytes / c.reports_accepted.max(1),
+        json.len()
+    );
 
     let shot = dir.path("before.png");
     chromium(

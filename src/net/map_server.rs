@@ -193,7 +193,9 @@ async fn report_connection(
                     info!(%peer, name = %r.name, "map: daemon reporting");
                 }
                 from = Some(r.name.clone());
-                lock(state).ingest_from(conn_id, r, Instant::now());
+                let mut map = lock(state);
+                map.note_bytes(frame.len());
+                map.ingest_from(conn_id, r, Instant::now());
             }
             Err(e) => {
                 lock(state).note_malformed();

@@ -109,6 +109,8 @@ pub fn report_from_status(
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapCounters {
     pub reports_accepted: u64,
+    /// Plaintext bytes of the accepted reports (their cost on the wire, AES-GCM adds 20 each).
+    pub report_bytes: u64,
     /// Reports that decoded badly (the connection is closed).
     pub reports_malformed: u64,
     /// Report connections whose handshake failed (wrong or no key).
@@ -230,6 +232,11 @@ impl MapState {
 
     pub fn note_auth_refused(&mut self) {
         self.counters.auth_refused += 1;
+    }
+
+    /// An accepted report was `n` bytes long.
+    pub fn note_bytes(&mut self, n: usize) {
+        self.counters.report_bytes += n as u64;
     }
 
     pub fn note_malformed(&mut self) {
