@@ -262,7 +262,9 @@ enum SourceArg {
 }
 
 fn parse_report_interval(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
     if v == 0 || (100..=10_000).contains(&v) {
         Ok(v)
     } else {
