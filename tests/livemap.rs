@@ -469,6 +469,18 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
             .any(|(f, t)| *f == relay_name || *t == relay_name),
         "tree still through the dead {relay_name}: {tree:?}"
     );
+    // O3 just moved to the other relay: it wears the halo of a recent failover (or switch).
+    let halo = tags(&dom, "circle")
+        .into_iter()
+        .filter(|a| has_class(a, "halo"))
+        .map(|a| a["data-event"].clone())
+        .collect::<Vec<_>>();
+    let o3 = page.node("O3");
+    assert!(
+        has_class(o3, "recent-failover") || has_class(o3, "recent-switch"),
+        "{o3:?}"
+    );
+    assert!(!halo.is_empty(), "no halo drawn");
     let links = page.links();
     assert!(
         links.contains(&(relay_name.clone(), "S1".into(), "down".into())),

@@ -36,6 +36,8 @@ pub const MAX_REPORTERS: usize = 4096;
 pub const PALETTE: &[&str] = &[
     "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#e377c2", "#bcbd22", "#8c564b",
 ];
+/// How long a node is highlighted after an event about it (failover, switch, ...).
+pub const RECENT: Duration = Duration::from_secs(10);
 /// Layout canvas width; rows are [`ROW_HEIGHT`] apart.
 pub const MAP_WIDTH: f64 = 1000.0;
 pub const ROW_HEIGHT: f64 = 130.0;
@@ -149,6 +151,9 @@ pub struct MapNode {
     pub report_age_ms: Option<u64>,
     /// Local consumers summed over its streams.
     pub local: u32,
+    /// Kind of the newest event about it within [`RECENT`] (`failover`, `switch`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<String>,
     pub x: f64,
     pub y: f64,
 }
@@ -584,11 +589,21 @@ impl MapState {
                         .get(name)
                         .map(|r| now.saturating_duration_since(r.at).as_millis() as u64),
                     local: local.get(name).copied().unwrap_or(0),
+                    recent: None,
                     x: 0.0,
                     y: 0.0,
                 }
             })
             .collect();
+        for n in nodes.iter_mut() {
+            n.recent = self
+                .events
+                .iter()
+                .rev()
+                .take_while(|(at, _)| now.saturating_duration_since(*at) < RECENT)
+                .find(|(_, e)| e.node == n.name)
+                .map(|(_, e)| e.kind.clone());
+        }
         let height = layout(&mut nodes, &links, topology);
 
         let events = self
@@ -954,6 +969,9 @@ mod tests {
         assert_eq!(link(&m, "O2", "S1").state, "up");
         assert_eq!(tree(&m), edges(&[("O2", "O3"), ("O3", "TC"), ("S1", "O2")]));
         assert_eq!(m.streams[0].failovers, 1);
+        // O3 just failed over: highlighted for a while, not forever.
+        assert_eq!(node(&m, "O3").recent.as_deref(), Some("failover"));
+        assert_eq!(node(&m, "O2").recent, None);
         let kinds: Vec<&str> = m.events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["dead", "failover"]);
         assert!(m.events[1].text.contains("O1 → O2"), "{}", m.events[1].text);
@@ -965,6 +983,11 @@ mod tests {
         // The death is announced once.
         let m = map.model(&topo, t1 + Duration::from_millis(200));
         assert_eq!(m.events.len(), 2);
+        // The failover halo goes after a while (O3 is silent by then: its newest event is
+        // its own death).
+        let later = map.model(&topo, t1 + RECENT + Duration::from_secs(1));
+        assert_ne!(node(&later, "O3").recent.as_deref(), Some("failover"));
+        assert_eq!(node(&later, "O1").recent, None);
     }
 
     #[test]
