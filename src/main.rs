@@ -38,9 +38,12 @@ Examples:
   overlayd --role node --name O1 --bootstrap 127.0.1.100 --bind 127.0.1.1
   overlayd status --node 127.0.1.1          # what O1 knows (its control endpoint)
   overlayd trace VIDEO --from 127.0.1.1     # the video's tree below O1, hop by hop
+  overlayd --role bootstrapper --topology T.json --bind 127.0.1.100 --map-port 7790
+                                            # live map at http://127.0.1.100:7790/
 
 Default ports: bootstrapper 7700/tcp, overlay 7701/tcp, edge 7702/udp, client 7703/udp,
-control endpoint 7704/tcp (plain HTTP, loopback only unless --control-bind).
+control endpoint 7704/tcp (plain HTTP, loopback only unless --control-bind), live map
+reports 7710/tcp (bootstrap port + 10, encrypted with the overlay key).
 Logging: --log-level or RUST_LOG (e.g. RUST_LOG=overlayd=debug).";
 
 /// Top-level command line (no role given).
@@ -180,6 +183,14 @@ struct OverlayArgs {
     /// (or anyone untrusted) can reach.
     #[arg(long, value_name = "IP")]
     control_bind: Option<IpAddr>,
+    /// Send a state report to the bootstrapper's live map every this many milliseconds
+    /// (100 to 10000; encrypted with the overlay key); 0 turns reporting off. Keep it well
+    /// under the bootstrapper's --map-dead-ms.
+    #[arg(long, default_value_t = 1000, value_parser = parse_report_interval)]
+    report_interval: u64,
+    /// The bootstrapper's report port (default: the bootstrap port + 10).
+    #[arg(long, value_name = "PORT")]
+    report_port: Option<u16>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -202,6 +213,23 @@ struct BootstrapperArgs {
     /// How often to look for edits of the topology file, in milliseconds.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     reload_ms: u64,
+    /// Serve the live map (a web page of the overlay, its trees and failures) on this TCP port;
+    /// off when absent. Daemons report to the report port (--report-port).
+    #[arg(long, value_name = "PORT")]
+    map_port: Option<u16>,
+    /// Address of the map page (default: --bind). Plain HTTP without authentication: use a
+    /// management or loopback address.
+    #[arg(long, value_name = "IP")]
+    map_bind: Option<IpAddr>,
+    /// TCP port where daemons' reports arrive (encrypted with the overlay key); default: --port + 10.
+    #[arg(long, value_name = "PORT")]
+    report_port: Option<u16>,
+    /// Overlay key, to authenticate reports (with --map-port).
+    #[arg(long, default_value = DEFAULT_KEY_FILE)]
+    key_file: PathBuf,
+    /// A daemon whose last report is older than this (milliseconds) is shown dead.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    map_dead_ms: u64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -239,6 +267,17 @@ fn parse_max_clients(s: &str) -> Result<usize, String> {
         _ => Err(format!(
             "'{s}' is not a number of clients between 1 and 1000000"
         )),
+    }
+}
+
+fn parse_report_interval(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if v == 0 || (100..=10_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} ms: give 0 (off) or 100 to 10000"))
     }
 }
 
@@ -521,6 +560,26 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             let mut cfg =
                 roles::bootstrapper::BootstrapperConfig::new(a.topology, (a.bind, a.port).into());
             cfg.reload_interval = Duration::from_millis(a.reload_ms);
+            if let Some(map_port) = a.map_port {
+                let report_port = match a.report_port {
+                    Some(p) => p,
+                    None => a
+                        .port
+                        .checked_add(overlayd::wire::report::REPORT_PORT_OFFSET)
+                        .context("--port + 10 is past 65535: give --report-port")?,
+                };
+                let key = overlayd::keyfile::load(&a.key_file)
+                    .context("the live map needs the overlay key to authenticate reports")?;
+                for w in &key.warnings {
+                    tracing::warn!("{w}");
+                }
+                cfg.map = Some(overlayd::net::map_server::MapConfig {
+                    http: (a.map_bind.unwrap_or(a.bind), map_port).into(),
+                    report: (a.bind, report_port).into(),
+                    psk: key.psk,
+                    dead_after: Duration::from_millis(a.map_dead_ms),
+                });
+            }
             runtime()?.block_on(async {
                 let b = roles::bootstrapper::bind(cfg).await?;
                 b.run(roles::shutdown_signal()).await;
@@ -679,6 +738,8 @@ fn overlay_config(
         redundant_videos: Vec::new(),
         gop_cache_bytes: overlayd::service::edge::EdgeConfig::DEFAULT_GOP_CACHE_BYTES,
         max_clients: overlayd::service::edge::EdgeConfig::DEFAULT_MAX_SESSIONS,
+        report_interval: (a.report_interval > 0).then(|| Duration::from_millis(a.report_interval)),
+        report_port: a.report_port,
     })
 }
 

@@ -28,7 +28,10 @@ fn help_lists_roles_and_each_role_has_its_own_help() {
     let (code, out, _) = run(&["--role=bootstrapper", "--help"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("--topology") && !out.contains("--key-file"),
+        // Its own options (the live map's key included), not the overlay devices'.
+        out.contains("--topology")
+            && out.contains("--map-port")
+            && !out.contains("--switch-margin"),
         "{out}"
     );
     let (code, out, _) = run(&["--role", "client", "--help"]);

@@ -12,6 +12,7 @@
 //! video's tree hop by hop, and [`status`] turns the node's views into one serialisable
 //! snapshot (and Prometheus text) for the control endpoint.
 
+pub mod map;
 pub mod neighbours;
 pub mod node;
 pub mod routing;

@@ -8,6 +8,10 @@
 //! The file is re-read every `reload_interval` and swapped in atomically when it parses; a broken
 //! edit keeps the last good version in service and is reported once. Requests always see one
 //! complete version of the file, never a mix.
+//!
+//! With a map configured ([`BootstrapperConfig::map`]) it also runs the live map
+//! ([`crate::net::map_server`]): a report listener for the daemons' authenticated state reports
+//! and an HTTP page that draws the overlay from the topology and those reports.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::net::map_server::{self, MapConfig, MapListeners};
 use crate::topology::{self, Severity, Topology, TopologyError};
 use crate::wire::bootstrap::{
     decode_request, encode_reply, unknown_name_message, ErrorCode, Reply, WireError, MAX_REPLY_LEN,
@@ -53,6 +58,8 @@ pub struct BootstrapperConfig {
     pub request_timeout: Duration,
     /// Connections beyond this many at once are closed at once.
     pub max_connections: usize,
+    /// The live map (page + report listener); `None`: off.
+    pub map: Option<MapConfig>,
 }
 
 impl BootstrapperConfig {
@@ -64,6 +71,7 @@ impl BootstrapperConfig {
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            map: None,
         }
     }
 }
@@ -88,6 +96,7 @@ pub struct Bootstrapper {
     local_addr: SocketAddr,
     current: watch::Sender<Arc<Topology>>,
     watcher: Watcher,
+    map: Option<MapListeners>,
 }
 
 /// Loads the topology (fatal when broken) and binds the listening socket.
@@ -120,6 +129,14 @@ pub async fn bind(cfg: BootstrapperConfig) -> Result<Bootstrapper, BootstrapperE
             source,
         })?;
     info!("bootstrapper listening on {local_addr}");
+    let map = match &cfg.map {
+        Some(m) => Some(
+            map_server::bind(m)
+                .await
+                .map_err(|(addr, source)| BootstrapperError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let (current, _) = watch::channel(Arc::new(topology));
     let watcher = Watcher {
         path: cfg.topology.clone(),
@@ -135,12 +152,19 @@ pub async fn bind(cfg: BootstrapperConfig) -> Result<Bootstrapper, BootstrapperE
         local_addr,
         current,
         watcher,
+        map,
     })
 }
 
 impl Bootstrapper {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The live map's page and report addresses, when the map is on.
+    pub fn map_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let m = self.map.as_ref()?;
+        Some((m.http_addr()?, m.report_addr()?))
     }
 
     /// The topology currently served.
@@ -156,8 +180,17 @@ impl Bootstrapper {
             local_addr,
             current,
             watcher,
+            map,
         } = self;
         let rx = current.subscribe();
+        let map = match (map, cfg.map.clone()) {
+            (Some(listeners), Some(map_cfg)) => Some(tokio::spawn(map_server::serve(
+                listeners,
+                map_cfg,
+                current.subscribe(),
+            ))),
+            _ => None,
+        };
         // tokio's interval panics on a zero period; a few milliseconds is "as fast as possible".
         let interval = cfg.reload_interval.max(MIN_RELOAD_INTERVAL);
         let reload = tokio::spawn(watcher.run(current, interval));
@@ -205,6 +238,9 @@ impl Bootstrapper {
         info!("bootstrapper on {local_addr} shutting down");
         drop(listener);
         reload.abort();
+        if let Some(m) = map {
+            m.abort();
+        }
         let drain = async { while conns.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             conns.abort_all();

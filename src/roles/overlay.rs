@@ -25,6 +25,7 @@ use crate::net::control;
 use crate::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeInput};
 use crate::net::edge_ffmpeg;
 use crate::net::node_driver::{DriverConfig, LocalEvent, LocalInput, LocalPort, NodeDriver};
+use crate::net::reporter;
 use crate::overlay::{LivenessConfig, Node, NodeConfig};
 use crate::service::edge::EdgeConfig;
 use crate::wire::overlay::OverlayRole;
@@ -88,6 +89,10 @@ pub struct OverlayRoleConfig {
     pub gop_cache_bytes: usize,
     /// Most client sessions of an edge (`--max-clients`).
     pub max_clients: usize,
+    /// How often to report to the bootstrapper's live map; `None`: never.
+    pub report_interval: Option<Duration>,
+    /// The bootstrapper's report port; `None`: its bootstrap port + 10.
+    pub report_port: Option<u16>,
 }
 
 /// Run an overlay role until a termination signal.
@@ -136,7 +141,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     let mut driver = NodeDriver::bind(DriverConfig {
         listen: SocketAddr::new(cfg.bind, cfg.overlay_port),
         dial_from: (!cfg.bind.is_unspecified()).then_some(cfg.bind),
-        psk: key.psk,
+        psk: key.psk.clone(),
         handshake_timeout: Duration::from_secs(3),
     })
     .await?;
@@ -202,15 +207,38 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         None
     };
     let edge_view = edge_handle.as_ref().map(control::EdgeView::of);
+    let sessions = edge_view.as_ref().map(|v| v.sessions.clone());
     let control = match cfg.control {
         Some(addr) => control::spawn(addr, driver.control_port(), edge_view).await,
         None => None,
     };
     let local = tokio::spawn(serve_local(port, library, cfg.source, edge_handle));
+    let reporter = cfg.report_interval.and_then(|interval| {
+        let port = cfg.report_port.or_else(|| {
+            cfg.bootstrap
+                .port()
+                .checked_add(crate::wire::report::REPORT_PORT_OFFSET)
+        })?;
+        let (task, _) = reporter::spawn(
+            reporter::ReporterConfig {
+                to: SocketAddr::new(cfg.bootstrap.ip(), port),
+                dial_from: (!cfg.bind.is_unspecified()).then_some(cfg.bind),
+                psk: key.psk.clone(),
+                interval,
+                listen: driver.local_addr(),
+            },
+            driver.control_port().status,
+            sessions,
+        );
+        Some(task)
+    });
 
     driver.run(node, super::shutdown_signal()).await;
     if let Some(c) = control {
         c.abort();
+    }
+    if let Some(r) = reporter {
+        r.abort();
     }
     // The driver is gone, so the local channels are closed: sources stop and children die.
     if tokio::time::timeout(Duration::from_secs(3), local)

@@ -24,6 +24,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod overlay;
+pub mod report;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
