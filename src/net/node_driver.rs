@@ -184,20 +184,25 @@ struct PendingSlot {
 }
 
 impl PendingSlot {
-    /// A slot for a connection from `ip`, or `None` when a limit is reached.
+    /// A slot for a connection from `ip`, or `None` when a limit is reached. A configured
+    /// neighbour's address is held only to the per-IP limit, so a flood from many other
+    /// addresses cannot keep a known neighbour from (re)connecting.
     fn take(
         table: &Arc<Mutex<PendingTable>>,
         counters: &Arc<DriverCounters>,
         ip: IpAddr,
+        configured: bool,
     ) -> Option<PendingSlot> {
         let mut t = table.lock().ok()?;
         let from_ip = t.per_ip.get(&ip).copied().unwrap_or(0);
-        if t.total >= MAX_PENDING_HANDSHAKES || from_ip >= MAX_PENDING_PER_IP {
+        if (t.total >= MAX_PENDING_HANDSHAKES && !configured) || from_ip >= MAX_PENDING_PER_IP {
             return None;
         }
         t.total += 1;
         t.per_ip.insert(ip, from_ip + 1);
-        counters.handshakes_pending.store(t.total as u64, Ordering::Relaxed);
+        counters
+            .handshakes_pending
+            .store(t.total as u64, Ordering::Relaxed);
         Some(PendingSlot {
             table: table.clone(),
             counters: counters.clone(),
@@ -465,7 +470,12 @@ impl NodeDriver {
                 },
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        match PendingSlot::take(&pending, &self.counters, remote.ip()) {
+                        let configured = node
+                            .config()
+                            .neighbours
+                            .iter()
+                            .any(|a| a.ip() == remote.ip());
+                        match PendingSlot::take(&pending, &self.counters, remote.ip(), configured) {
                             Some(slot) => {
                                 let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
                                 tokio::spawn(accept(
