@@ -45,6 +45,11 @@ pub const MAX_PENDING_PER_IP: usize = 32;
 /// A link whose writer cannot hand the socket any byte for this long is closed: the peer
 /// stopped reading (a live but slow link always makes some progress).
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Unsent bytes the kernel may hold per link (`TCP_NOTSENT_LOWAT`). Without it the socket
+/// buffer autotunes to megabytes, so a child that stops reading would swallow a minute of
+/// video before our media queue (where drops are counted per link) ever fills. Bytes in
+/// flight are not limited, so throughput on long fat links is unaffected.
+pub const NOTSENT_LOWAT: u32 = 64 * 1024;
 /// Events from all link tasks into the node loop.
 const EVENT_QUEUE: usize = 4096;
 /// Local inputs (source chunks, subscriptions) into the node loop.
@@ -714,6 +719,9 @@ async fn establish(
     counters: &DriverCounters,
 ) -> Result<(Hello, SecureReader, SecureWriter), EstablishError> {
     let _ = stream.set_nodelay(true);
+    if let Err(e) = set_notsent_lowat(&stream, NOTSENT_LOWAT) {
+        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
     let conn = match transport::handshake(stream, side, &cfg.psk, cfg.handshake_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -730,6 +738,35 @@ async fn establish(
     match OverlayMsg::decode(frame.freeze())? {
         OverlayMsg::Hello(h) => Ok((h, reader, writer)),
         other => Err(EstablishError::NotHello(other.kind())),
+    }
+}
+
+/// Caps the unsent bytes the kernel buffers for this socket (Linux; a no-op error elsewhere).
+fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = bytes as libc::c_int;
+        // SAFETY: a valid socket descriptor owned by `stream`, and a pointer to a c_int of the
+        // size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (stream, bytes);
+        Err(std::io::Error::other("TCP_NOTSENT_LOWAT is Linux only"))
     }
 }
 
