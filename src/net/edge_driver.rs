@@ -6,7 +6,8 @@
 //! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
 //! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
-//! socket through one bounded queue (a full queue drops and counts, never blocks the loop); the
+//! socket through bounded per-client queues served in turn (a client over its share drops and
+//! counts, never blocks the loop or costs another client a datagram); the
 //! ffmpeg relay ([`crate::net::edge_ffmpeg`]) plugs in as [`Relay::Custom`]. All decisions are
 //! the service's.
 
@@ -67,28 +68,80 @@ pub trait VideoSink: Send {
 }
 
 /// The built-in relay: framed datagrams from the edge's own socket.
+///
+/// Each client has its own queue, and one sender task serves the clients round-robin, one
+/// datagram each per turn. A client may hold at most its fair share of the sink's depth (at
+/// least [`MIN_CLIENT_SHARE`] datagrams); beyond that its own datagrams are dropped and
+/// counted, so a burst for many clients (say, the GOP cache replayed to hundreds of new
+/// sessions) or one client that cannot keep up never costs another client a datagram. The
+/// total stays bounded by `max(depth, sessions x MIN_CLIENT_SHARE)`.
 pub struct NativeSink {
-    queue: mpsc::Sender<(SocketAddr, Bytes)>,
+    queues: Arc<std::sync::Mutex<ClientQueues>>,
+    wake: Arc<tokio::sync::Notify>,
+    depth: usize,
     dropped: Arc<AtomicU64>,
     sender: JoinHandle<()>,
 }
 
+/// Fewest datagrams a client may have queued, however many clients there are.
+pub const MIN_CLIENT_SHARE: usize = 16;
+
+#[derive(Default)]
+struct ClientQueue {
+    datagrams: std::collections::VecDeque<Bytes>,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct ClientQueues {
+    clients: std::collections::HashMap<SocketAddr, ClientQueue>,
+    /// Clients with something queued, each once, in turn order.
+    turns: std::collections::VecDeque<SocketAddr>,
+}
+
+impl ClientQueues {
+    fn next(&mut self) -> Option<(SocketAddr, Bytes)> {
+        while let Some(client) = self.turns.pop_front() {
+            let Some(q) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            if let Some(d) = q.datagrams.pop_front() {
+                if !q.datagrams.is_empty() {
+                    self.turns.push_back(client);
+                }
+                return Some((client, d));
+            }
+        }
+        None
+    }
+}
+
 impl NativeSink {
-    /// A sink sending from `socket` through a queue of `depth` datagrams.
+    /// A sink sending from `socket`, holding up to `depth` datagrams shared fairly.
     pub fn new(socket: Arc<UdpSocket>, depth: usize) -> NativeSink {
-        let (queue, mut rx) = mpsc::channel::<(SocketAddr, Bytes)>(depth.max(1));
+        let queues = Arc::new(std::sync::Mutex::new(ClientQueues::default()));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let dropped = Arc::new(AtomicU64::new(0));
         let errors = dropped.clone();
+        let (q, w) = (queues.clone(), wake.clone());
         let sender = tokio::spawn(async move {
-            while let Some((to, bytes)) = rx.recv().await {
-                if let Err(e) = socket.send_to(&bytes, to).await {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    debug!(%to, error = %e, "video datagram not sent");
+            loop {
+                let next = q.lock().ok().and_then(|mut q| q.next());
+                match next {
+                    Some((to, bytes)) => {
+                        if let Err(e) = socket.send_to(&bytes, to).await {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            debug!(%to, error = %e, "video datagram not sent");
+                        }
+                    }
+                    None => w.notified().await,
                 }
             }
         });
         NativeSink {
-            queue,
+            queues,
+            wake,
+            depth: depth.max(1),
             dropped,
             sender,
         }
@@ -97,8 +150,36 @@ impl NativeSink {
 
 impl VideoSink for NativeSink {
     fn send(&mut self, client: SocketAddr, datagram: Bytes) {
-        if self.queue.try_send((client, datagram)).is_err() {
+        let Ok(mut q) = self.queues.lock() else {
+            return;
+        };
+        let share = (self.depth / q.clients.len().max(1)).max(MIN_CLIENT_SHARE);
+        let cq = q.clients.entry(client).or_default();
+        if cq.datagrams.len() >= share {
+            cq.dropped += 1;
+            if cq.dropped.is_power_of_two() {
+                debug!(%client, dropped = cq.dropped, "client's video queue full; dropped");
+            }
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let was_idle = cq.datagrams.is_empty();
+        cq.datagrams.push_back(datagram);
+        if was_idle {
+            q.turns.push_back(client);
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn close(&mut self, client: SocketAddr) {
+        if let Ok(mut q) = self.queues.lock() {
+            if let Some(cq) = q.clients.remove(&client) {
+                if cq.dropped > 0 {
+                    info!(%client, dropped = cq.dropped, "session's video queue dropped datagrams");
+                }
+            }
+            q.turns.retain(|c| *c != client);
         }
     }
 
