@@ -266,3 +266,294 @@ fn a_child_that_stops_reading_loses_alone() {
     assert!(o1.matching(&["neighbour down", "S1"]).is_empty());
     drop(sloth);
 }
+
+// ---- (b) a UDP client behind a tbf-limited link ----
+
+/// Runs a command, returning whether it succeeded (stderr shown on failure).
+fn sh(args: &[&str]) -> bool {
+    match std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+            false
+        }
+        Err(e) => {
+            eprintln!("{args:?}: {e}");
+            false
+        }
+    }
+}
+
+/// A namespace joined to the root namespace by a veth pair; deleted on drop.
+struct SlowLink {
+    ns: String,
+    root_if: String,
+}
+
+impl SlowLink {
+    /// `ovh-slow<N>` with 10.76.10.2/24 inside, 10.76.10.1/24 on the root side, and a tbf of
+    /// `rate` on the root side (the direction towards the namespace).
+    fn new(rate: &str) -> Option<SlowLink> {
+        let n = std::process::id() % 100_000;
+        let link = SlowLink {
+            ns: format!("ovh-slow{n}"),
+            root_if: format!("ovh{n}a"),
+        };
+        let ns_if = format!("ovh{n}b");
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &link.ns])
+            .output();
+        if !sh(&["ip", "netns", "add", &link.ns]) {
+            return None;
+        }
+        let ok = sh(&[
+            "ip",
+            "link",
+            "add",
+            &link.root_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ]) && sh(&["ip", "link", "set", &ns_if, "netns", &link.ns])
+            && sh(&["ip", "addr", "add", "10.76.10.1/24", "dev", &link.root_if])
+            && sh(&["ip", "link", "set", &link.root_if, "up"])
+            && sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &link.ns,
+                "ip",
+                "addr",
+                "add",
+                "10.76.10.2/24",
+                "dev",
+                &ns_if,
+            ])
+            && sh(&[
+                "ip", "netns", "exec", &link.ns, "ip", "link", "set", &ns_if, "up",
+            ])
+            && sh(&[
+                "ip", "netns", "exec", &link.ns, "ip", "link", "set", "lo", "up",
+            ])
+            && sh(&[
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &link.root_if,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "4kb",
+                "latency",
+                "100ms",
+            ]);
+        ok.then_some(link)
+    }
+
+    /// (packets sent, packets dropped) by the tbf, from `tc -s`.
+    fn tbf_counters(&self) -> (u64, u64) {
+        let out = std::process::Command::new("tc")
+            .args(["-s", "qdisc", "show", "dev", &self.root_if])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let after = |key: &str| -> u64 {
+            text.split(key)
+                .nth(1)
+                .and_then(|r| {
+                    r.split(|c: char| !c.is_ascii_digit())
+                        .find(|t| !t.is_empty())
+                })
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0)
+        };
+        (after(" bytes "), after("dropped "))
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and so the pair.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.root_if])
+            .output();
+    }
+}
+
+mod udp {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig};
+    use overlayd::service::client::{ClientService, ClientSettings, ClientStats, EdgeChoice};
+    use overlayd::wire::client::{TS_PACKET_LEN, TS_SYNC};
+
+    pub fn chunk(seq: u64) -> Bytes {
+        let mut v = Vec::with_capacity(7 * TS_PACKET_LEN);
+        for i in 0..7u8 {
+            let mut p = [0u8; TS_PACKET_LEN];
+            p[0] = TS_SYNC;
+            p[1..9].copy_from_slice(&seq.to_be_bytes());
+            p[9] = i;
+            v.extend_from_slice(&p);
+        }
+        Bytes::from(v)
+    }
+
+    /// A real client pinned to `edge` that plays "v1" for `for_` and returns its statistics.
+    pub async fn watch(bind: SocketAddr, edge: SocketAddr, for_: Duration) -> ClientStats {
+        let service = ClientService::new(
+            ClientSettings::default(),
+            vec![edge],
+            EdgeChoice::Pinned(edge),
+            Instant::now(),
+        );
+        let mut c = client_driver::spawn(
+            ClientDriverConfig {
+                bind,
+                media_queue: 16384,
+            },
+            service,
+        )
+        .await
+        .unwrap();
+        c.commands.send(ClientCommand::Play("v1".into())).unwrap();
+        let end = tokio::time::Instant::now() + for_;
+        while tokio::time::timeout_at(end, c.media.recv()).await.is_ok() {}
+        c.shutdown().await.stats
+    }
+}
+
+#[test]
+fn tbf_limited_client_loses_alone() {
+    use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeInput, Relay};
+    use overlayd::service::edge::EdgeConfig;
+    use std::os::fd::AsRawFd;
+
+    const WATCH: Duration = Duration::from_secs(5);
+    const CHUNK_EVERY: Duration = Duration::from_millis(25);
+    let Some(link) = SlowLink::new("200kbit") else {
+        println!("SKIPPED: needs root (ip netns, veth, tc)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let edge_addr: SocketAddr = "10.76.10.1:7702".parse().unwrap();
+    let e = rt
+        .block_on(edge_driver::spawn(EdgeDriverConfig {
+            bind: edge_addr,
+            service: EdgeConfig::default(),
+            relay: Relay::default(),
+        }))
+        .unwrap();
+    let input = e.input.clone();
+    rt.block_on(input.send(EdgeInput::Videos(vec!["v1".into()])))
+        .unwrap();
+    // 40 chunks/s of 7 TS packets: ~430 kbit/s of datagrams, twice what the tbf lets through.
+    let feeder = rt.spawn(async move {
+        let mut tick = tokio::time::interval(CHUNK_EVERY);
+        for seq in 0u64.. {
+            tick.tick().await;
+            let _ = input
+                .send(EdgeInput::Chunk {
+                    video: "v1".into(),
+                    epoch: 1,
+                    seq,
+                    keyframe: seq % 25 == 0,
+                    payload: udp::chunk(seq),
+                })
+                .await;
+        }
+    });
+
+    // The slow client runs in the namespace: its thread joins it before making sockets.
+    let ns_path = format!("/var/run/netns/{}", link.ns);
+    let slow = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&ns_path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(udp::watch(
+            "10.76.10.2:0".parse().unwrap(),
+            edge_addr,
+            WATCH,
+        ))
+    });
+    let mut sessions_rx = e.sessions.clone();
+    let sampler = rt.spawn(async move {
+        tokio::time::sleep(WATCH - Duration::from_secs(1)).await;
+        sessions_rx.borrow_and_update().clone()
+    });
+    let normal = rt.block_on(udp::watch(
+        "127.76.10.50:0".parse().unwrap(),
+        edge_addr,
+        WATCH,
+    ));
+    let slow = slow.join().unwrap();
+    let (tbf_sent, tbf_dropped) = link.tbf_counters();
+    let sessions = rt.block_on(sampler).unwrap();
+    let sink_dropped = e
+        .driver_counters
+        .video_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    feeder.abort();
+    rt.block_on(e.shutdown());
+
+    let secs = WATCH.as_secs_f64();
+    let fed = secs / CHUNK_EVERY.as_secs_f64();
+    println!(
+        "normal client: {} chunks ({:.1}/s of {:.0}/s fed), missing {}, gaps {}",
+        normal.chunks,
+        normal.chunks as f64 / secs,
+        fed / secs,
+        normal.missing_chunks,
+        normal.gaps
+    );
+    println!(
+        "tbf client (200 kbit/s): {} chunks ({:.1}/s), missing {}, gaps {}",
+        slow.chunks,
+        slow.chunks as f64 / secs,
+        slow.missing_chunks,
+        slow.gaps
+    );
+    println!(
+        "edge: the tbf qdisc on its link sent {tbf_sent} packets, dropped {tbf_dropped}; edge sink drops {sink_dropped}; datagrams sent per session 1 s before the end {:?}",
+        sessions
+            .iter()
+            .map(|s| (s.client.to_string(), s.datagrams_sent))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        normal.chunks as f64 > fed * 0.5,
+        "the normal client got too little: {normal:?}"
+    );
+    assert_eq!(
+        (normal.missing_chunks, normal.gaps),
+        (0, 0),
+        "the normal client lost chunks: {normal:?}"
+    );
+    assert!(slow.chunks > 0, "nothing reached the slow client: {slow:?}");
+    assert!(
+        slow.missing_chunks > 0 && tbf_dropped > 0,
+        "the 200 kbit/s link did not limit the client: {slow:?}, tbf dropped {tbf_dropped}"
+    );
+}
