@@ -209,7 +209,19 @@ fn a_child_that_stops_reading_loses_alone() {
         WAIT + WRITE_STALL,
     );
     let closed_after = t0.elapsed();
-    let o1s = status(&ip(2));
+    // The status is republished every 250 ms: wait for the one that saw the close.
+    let deadline = Instant::now() + WAIT;
+    let o1s = loop {
+        let s = status(&ip(2));
+        let seen = s
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.links_closed.contains_key("write_stalled"));
+        if seen || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let d1 = o1s.driver.clone().unwrap();
     let sloth_drops = d1
         .media_dropped_by_neighbour

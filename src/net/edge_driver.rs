@@ -69,12 +69,13 @@ pub trait VideoSink: Send {
 
 /// The built-in relay: framed datagrams from the edge's own socket.
 ///
-/// Each client has its own queue, and one sender task serves the clients round-robin, one
-/// datagram each per turn. A client may hold at most its fair share of the sink's depth (at
-/// least [`MIN_CLIENT_SHARE`] datagrams); beyond that its own datagrams are dropped and
-/// counted, so a burst for many clients (say, the GOP cache replayed to hundreds of new
-/// sessions) or one client that cannot keep up never costs another client a datagram. The
-/// total stays bounded by `max(depth, sessions x MIN_CLIENT_SHARE)`.
+/// Each client has its own queue. A client may hold at most its fair share of the sink's depth
+/// (at least [`MIN_CLIENT_SHARE`] datagrams); beyond that its own datagrams are dropped and
+/// counted, so the total stays bounded by `max(depth, sessions x MIN_CLIENT_SHARE)`. One
+/// sender task serves the clients oldest session first: a client takes only what its stream
+/// brings, so when the edge cannot send to everyone (say, hundreds of fake sessions opened at
+/// once, each replayed the GOP cache) the newest sessions lose, not the viewers who were
+/// already watching.
 pub struct NativeSink {
     queues: Arc<std::sync::Mutex<ClientQueues>>,
     wake: Arc<tokio::sync::Notify>,
@@ -84,10 +85,11 @@ pub struct NativeSink {
 }
 
 /// Fewest datagrams a client may have queued, however many clients there are.
-pub const MIN_CLIENT_SHARE: usize = 16;
+pub const MIN_CLIENT_SHARE: usize = 64;
 
-#[derive(Default)]
 struct ClientQueue {
+    /// Order of arrival: smaller is older, and served first.
+    age: u64,
     datagrams: std::collections::VecDeque<Bytes>,
     dropped: u64,
 }
@@ -95,19 +97,20 @@ struct ClientQueue {
 #[derive(Default)]
 struct ClientQueues {
     clients: std::collections::HashMap<SocketAddr, ClientQueue>,
-    /// Clients with something queued, each once, in turn order.
-    turns: std::collections::VecDeque<SocketAddr>,
+    /// Clients with something queued, by age.
+    ready: std::collections::BTreeSet<(u64, SocketAddr)>,
+    next_age: u64,
 }
 
 impl ClientQueues {
     fn next(&mut self) -> Option<(SocketAddr, Bytes)> {
-        while let Some(client) = self.turns.pop_front() {
+        while let Some((age, client)) = self.ready.pop_first() {
             let Some(q) = self.clients.get_mut(&client) else {
                 continue;
             };
             if let Some(d) = q.datagrams.pop_front() {
                 if !q.datagrams.is_empty() {
-                    self.turns.push_back(client);
+                    self.ready.insert((age, client));
                 }
                 return Some((client, d));
             }
@@ -154,7 +157,13 @@ impl VideoSink for NativeSink {
             return;
         };
         let share = (self.depth / q.clients.len().max(1)).max(MIN_CLIENT_SHARE);
-        let cq = q.clients.entry(client).or_default();
+        let age = q.next_age;
+        let cq = q.clients.entry(client).or_insert_with(|| ClientQueue {
+            age,
+            datagrams: Default::default(),
+            dropped: 0,
+        });
+        let age = cq.age;
         if cq.datagrams.len() >= share {
             cq.dropped += 1;
             if cq.dropped.is_power_of_two() {
@@ -166,7 +175,10 @@ impl VideoSink for NativeSink {
         let was_idle = cq.datagrams.is_empty();
         cq.datagrams.push_back(datagram);
         if was_idle {
-            q.turns.push_back(client);
+            q.ready.insert((age, client));
+        }
+        if age == q.next_age {
+            q.next_age += 1;
         }
         drop(q);
         self.wake.notify_one();
@@ -179,7 +191,7 @@ impl VideoSink for NativeSink {
                     info!(%client, dropped = cq.dropped, "session's video queue dropped datagrams");
                 }
             }
-            q.turns.retain(|c| *c != client);
+            q.ready.retain(|(_, c)| *c != client);
         }
     }
 

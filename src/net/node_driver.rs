@@ -870,3 +870,45 @@ async fn write_loop(
     }
     let _ = writer.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_handshakes_are_bounded_per_address_and_in_total() {
+        let table = Arc::new(Mutex::new(PendingTable::default()));
+        let counters = Arc::new(DriverCounters::default());
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x7f4c_0000 + i));
+        // One address: its limit, then nothing more from it, while another still gets in.
+        let mut held: Vec<PendingSlot> = (0..MAX_PENDING_PER_IP)
+            .map(|_| PendingSlot::take(&table, &counters, ip(1), false).unwrap())
+            .collect();
+        assert!(PendingSlot::take(&table, &counters, ip(1), false).is_none());
+        assert!(PendingSlot::take(&table, &counters, ip(1), true).is_none());
+        held.push(PendingSlot::take(&table, &counters, ip(2), false).unwrap());
+        // Fill the table from many addresses.
+        let mut n = 3;
+        while held.len() < MAX_PENDING_HANDSHAKES {
+            if let Some(s) = PendingSlot::take(&table, &counters, ip(n), false) {
+                held.push(s);
+            }
+            n += 1;
+        }
+        assert_eq!(
+            counters.handshakes_pending.load(Ordering::Relaxed),
+            MAX_PENDING_HANDSHAKES as u64
+        );
+        assert!(PendingSlot::take(&table, &counters, ip(9999), false).is_none());
+        // A configured neighbour's address still gets in over the total limit.
+        let neighbour = PendingSlot::take(&table, &counters, ip(9999), true).unwrap();
+        drop(neighbour);
+        // Slots come back when connections end.
+        held.truncate(10);
+        assert_eq!(counters.handshakes_pending.load(Ordering::Relaxed), 10);
+        assert!(PendingSlot::take(&table, &counters, ip(9999), false).is_some());
+        drop(held);
+        let t = table.lock().unwrap();
+        assert_eq!((t.total, t.per_ip.len()), (0, 0));
+    }
+}
