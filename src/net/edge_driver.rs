@@ -436,3 +436,41 @@ impl Loop {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn native_sink_caps_each_client_to_its_own_share() {
+        let edge = Arc::new(UdpSocket::bind("127.76.30.1:0").await.unwrap());
+        let old = UdpSocket::bind("127.76.30.2:0").await.unwrap();
+        let busy = UdpSocket::bind("127.76.30.3:0").await.unwrap();
+        let (old_addr, busy_addr) = (old.local_addr().unwrap(), busy.local_addr().unwrap());
+        let mut sink = NativeSink::new(edge, 128);
+        // Nothing is sent until we yield (current-thread runtime), so the caps are exact.
+        sink.send(old_addr, Bytes::from_static(b"old 0"));
+        for i in 0..200u32 {
+            sink.send(busy_addr, Bytes::from(format!("busy {i}")));
+        }
+        for i in 1..11u32 {
+            sink.send(old_addr, Bytes::from(format!("old {i}")));
+        }
+        // Two clients: each may hold 128 / 2 = 64; only the busy one lost anything.
+        assert_eq!(sink.dropped(), 200 - MIN_CLIENT_SHARE as u64);
+        let mut buf = [0u8; 64];
+        for i in 0..11 {
+            let n = old.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], format!("old {i}").as_bytes());
+        }
+        for i in 0..MIN_CLIENT_SHARE {
+            let n = busy.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], format!("busy {i}").as_bytes());
+        }
+        // A closed session's queue is gone; a new one starts empty.
+        sink.close(busy_addr);
+        sink.send(busy_addr, Bytes::from_static(b"again"));
+        let n = busy.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"again");
+    }
+}
