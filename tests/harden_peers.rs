@@ -169,6 +169,35 @@ impl Overlay {
         }
     }
 
+    /// What the attacks must not touch: the parents (server, neighbour) and, per stream, its
+    /// parent and destinations.
+    #[allow(clippy::type_complexity)]
+    fn tree(
+        &self,
+    ) -> (
+        Vec<(String, String)>,
+        Vec<(String, Option<String>, Vec<String>)>,
+    ) {
+        let s = self.status();
+        let mut parents: Vec<_> = s
+            .parents
+            .iter()
+            .map(|p| (p.server.clone(), p.neighbour.clone()))
+            .collect();
+        parents.sort();
+        let mut routes: Vec<_> = s
+            .routes
+            .iter()
+            .map(|r| {
+                let mut d = r.destinations.clone();
+                d.sort();
+                (r.stream.clone(), r.parent.clone(), d)
+            })
+            .collect();
+        routes.sort();
+        (parents, routes)
+    }
+
     /// The S1 link's id and state.
     fn s1_link(&self) -> (Option<u64>, String) {
         let s = self.status();
@@ -265,6 +294,7 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
     let addr = o.overlay_addr();
     let s1_before = o.s1_link();
     assert_eq!(s1_before.1, "up");
+    let tree_before = o.tree();
     let before = o.driver();
     let refused = |d: &DriverStatus, r: &str| get(&d.handshakes_refused_by_reason, r);
     let rejected = |d: &DriverStatus, r: &str| get(&d.frames_rejected, r);
@@ -430,6 +460,11 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
         "a peer with a tampered hello became a neighbour"
     );
     assert_eq!(o.s1_link(), s1_before, "the honest link changed");
+    assert_eq!(
+        o.tree(),
+        tree_before,
+        "the attacks changed parents or routes"
+    );
     assert!(o.o1.matching(&["neighbour down", "S1"]).is_empty());
     let rx = o.watcher.received();
     let d = analyse(&rx[chunks_at_start.saturating_sub(1)..]);

@@ -803,6 +803,25 @@ impl NodeStatus {
                 d.media_dropped_queue_full,
                 d.delivered_dropped_queue_full
             );
+            let show = |m: &BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "inbound refused by reason: {}; frames rejected: {}; over the pending limit {}; pending {}; links closed: {}",
+                show(&d.handshakes_refused_by_reason),
+                show(&d.frames_rejected),
+                d.connections_over_limit,
+                d.handshakes_pending,
+                show(&d.links_closed)
+            );
         }
         out
     }
