@@ -3,15 +3,17 @@
 //! An edge driver (the daemon's own, in process) is fed a stamped stream of chunks, as the
 //! overlay would, and a real client driver watches it the whole time. Meanwhile:
 //! - spoofed datagrams claiming a victim's address (raw IPv4 packets with a forged source,
-//!   so the edge really sees the victim as the sender) ask for video: the victim's socket must
-//!   receive no video byte, and no more bytes than the attacker sent;
+//!   so the edge really sees the victim as the sender) ask for video, on loopback and from
+//!   another host (a network namespace `ovh-spoof*`, 10.76.20.0/24, behind a veth pair): the
+//!   victim's socket must receive no video byte, and no more bytes than the attacker sent;
 //! - garbage datagrams, a request flood from one address, and 2000 fake clients from 20
 //!   addresses that each take a cookie and ask for video, then go silent.
 //!
 //! The edge's limits must hold (sessions at most `max_sessions`, rate limits, leases expire
 //! the fakes) with their counters moving, and the real client must get every chunk.
 //!
-//! Addresses: 127.76.20.x (edge, real client, victim, attacker), 127.76.21.x (fakes, garbage).
+//! Addresses: 127.76.20.x (edge, real client, victim, attacker), 127.76.21.x (fakes, garbage),
+//! 10.76.20.x (the other host).
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -464,4 +466,175 @@ async fn garbage_floods_and_2000_fake_clients_leave_the_real_client_whole() {
     );
     assert_eq!(st.delivered_duplicates, 0);
     e.shutdown().await;
+}
+
+// ---- spoofing from another host (a network namespace) ----
+
+fn sh(args: &[&str]) -> bool {
+    match std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+            false
+        }
+        Err(e) => {
+            eprintln!("{args:?}: {e}");
+            false
+        }
+    }
+}
+
+/// `ovh-spoof<N>`: a host behind a veth pair, 10.76.20.1/24 on our side, 10.76.20.2/24 and
+/// the victim's 10.76.20.66/24 on its side. Deleted on drop.
+struct OtherHost {
+    ns: String,
+    root_if: String,
+}
+
+impl OtherHost {
+    fn new() -> Option<OtherHost> {
+        let n = std::process::id() % 100_000;
+        let h = OtherHost {
+            ns: format!("ovh-spoof{n}"),
+            root_if: format!("ovh{n}c"),
+        };
+        let ns_if = format!("ovh{n}d");
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &h.ns])
+            .output();
+        if !sh(&["ip", "netns", "add", &h.ns]) {
+            return None;
+        }
+        let in_ns = |args: &[&str]| {
+            let mut a = vec!["ip", "netns", "exec", &h.ns];
+            a.extend_from_slice(args);
+            sh(&a)
+        };
+        let ok = sh(&[
+            "ip", "link", "add", &h.root_if, "type", "veth", "peer", "name", &ns_if,
+        ]) && sh(&["ip", "link", "set", &ns_if, "netns", &h.ns])
+            && sh(&["ip", "addr", "add", "10.76.20.1/24", "dev", &h.root_if])
+            && sh(&["ip", "link", "set", &h.root_if, "up"])
+            && in_ns(&["ip", "addr", "add", "10.76.20.2/24", "dev", &ns_if])
+            && in_ns(&["ip", "addr", "add", "10.76.20.66/24", "dev", &ns_if])
+            && in_ns(&["ip", "link", "set", &ns_if, "up"])
+            && in_ns(&["ip", "link", "set", "lo", "up"]);
+        ok.then_some(h)
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.root_if])
+            .output();
+    }
+}
+
+#[test]
+fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
+    use std::os::fd::AsRawFd;
+    let Some(host) = OtherHost::new() else {
+        println!("SKIPPED: needs root (ip netns, veth)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt.block_on(edge("10.76.20.1:7702", EdgeConfig::default()));
+    let edge_addr = e.local_addr();
+    let feeder = rt.block_on(async { feed(&e) });
+    let (stop_watcher, watcher) =
+        rt.block_on(async { drain(real_client("127.76.20.12:0", edge_addr).await) });
+    // The real client's session first, so that any session opened later is the attacker's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counters(&e).sessions_opened == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the real client never got a session"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = counters(&e);
+
+    // On the other host: the victim listens on 10.76.20.66:47000; the attacker (10.76.20.2)
+    // sends requests with the victim's address as source, then the victim counts what came.
+    let ns_path = format!("/var/run/netns/{}", host.ns);
+    let other = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&ns_path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let victim = UdpSocket::bind("10.76.20.66:47000").await.unwrap();
+            let victim_addr = v4(victim.local_addr().unwrap());
+            let spoofer = Spoofer::new().expect("raw socket");
+            let attacker = UdpSocket::bind("10.76.20.2:0").await.unwrap();
+            let own_cookie = cookie(&attacker, edge_addr)
+                .await
+                .expect("attacker's cookie");
+            let mut sent = 0usize;
+            for round in 0..100u32 {
+                for guess in [0u64, own_cookie, rand::random()] {
+                    sent += spoofer.send(victim_addr, v4(edge_addr), &request(guess, 3 + round));
+                }
+                let probe = ClientMsg::Probe(Probe { token: 9 }).to_bytes().unwrap();
+                sent += spoofer.send(victim_addr, v4(edge_addr), &probe);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (mut bytes, mut video, mut datagrams) = (0usize, 0usize, 0usize);
+            let mut buf = [0u8; 4096];
+            let end = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok((n, _))) =
+                tokio::time::timeout_at(end, victim.recv_from(&mut buf)).await
+            {
+                datagrams += 1;
+                bytes += n;
+                if matches!(
+                    ClientMsg::decode(Bytes::copy_from_slice(&buf[..n])),
+                    Ok(ClientMsg::VideoData(_))
+                ) || buf[0] == TS_SYNC
+                {
+                    video += n;
+                }
+            }
+            (sent, datagrams, bytes, video)
+        })
+    });
+    let (sent, datagrams, bytes, video) = other.join().unwrap();
+    let after = counters(&e);
+    feeder.abort();
+    let _ = stop_watcher.send(());
+    let (_, c) = rt.block_on(watcher).unwrap();
+    let st = rt.block_on(c.shutdown()).stats;
+    rt.block_on(e.shutdown());
+    println!(
+        "spoofing from another host: sent {sent} payload bytes as 10.76.20.66:47000; the victim got {datagrams} datagrams, {bytes} bytes, {video} bytes of video; cookie_rejected +{}, rate_limited +{}, sessions_opened +{}; real client {} chunks, missing {}",
+        after.cookie_rejected - before.cookie_rejected,
+        after.rate_limited - before.rate_limited,
+        after.sessions_opened - before.sessions_opened,
+        st.chunks,
+        st.missing_chunks
+    );
+    assert!(
+        datagrams > 0,
+        "nothing came back: the spoofed packets never reached the edge"
+    );
+    assert_eq!(video, 0, "video reached the spoofed address");
+    assert!(bytes <= sent, "amplification: {bytes} bytes for {sent}");
+    assert_eq!(after.sessions_opened, before.sessions_opened);
+    assert!(after.cookie_rejected > before.cookie_rejected);
+    assert_eq!((st.missing_chunks, st.gaps), (0, 0), "{st:?}");
 }
