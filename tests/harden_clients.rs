@@ -551,7 +551,10 @@ fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
         .unwrap();
     let e = rt.block_on(edge("10.76.20.1:7702", EdgeConfig::default()));
     let edge_addr = e.local_addr();
-    let feeder = rt.block_on(async { feed(&e) });
+    let feeder = {
+        let _runtime = rt.enter();
+        feed(&e)
+    };
     let (stop_watcher, watcher) =
         rt.block_on(async { drain(real_client("127.76.20.12:0", edge_addr).await) });
     // The real client's session first, so that any session opened later is the attacker's.
