@@ -6,8 +6,9 @@
 //! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
 //! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
-//! socket at once, or through one bounded queue when the socket is full (a full queue drops and
-//! counts, never blocks the loop); the
+//! socket at once while the socket takes them, else through bounded per-client queues served
+//! in turn (a client over its share drops and counts, never blocks the loop or costs another
+//! client a datagram); the
 //! ffmpeg relay ([`crate::net::edge_ffmpeg`]) plugs in as [`Relay::Custom`]. All decisions are
 //! the service's.
 
@@ -69,40 +70,97 @@ pub trait VideoSink: Send {
 
 /// The built-in relay: framed datagrams from the edge's own socket.
 ///
-/// A datagram is sent at once with a non-blocking `try_send_to` from the driver loop; only
-/// when the socket's send buffer is full (or datagrams already wait, to keep the order) it
-/// goes through the bounded queue to a task that waits for the socket. A chunk fans out to
-/// every client in one burst, so a queue hop per datagram (channel, task wake-up) was the
-/// cost that grew with the clients, and a burst larger than the queue was dropped.
+/// A datagram is sent at once with a non-blocking `try_send_to` from the driver loop while
+/// nothing waits in the queues: a chunk fans out to every client in one burst, and a queue hop
+/// per datagram (lock, task wake-up) was the cost that grew with the clients. When the socket's
+/// send buffer is full, or datagrams already wait (to keep each client's order), they queue.
+///
+/// Each client has its own queue. A client may hold at most its fair share of the sink's depth
+/// (at least [`MIN_CLIENT_SHARE`] datagrams); beyond that its own datagrams are dropped and
+/// counted, so the total stays bounded by `max(depth, sessions x MIN_CLIENT_SHARE)`. One
+/// sender task serves the clients oldest session first: a client takes only what its stream
+/// brings, so when the edge cannot send to everyone (say, hundreds of fake sessions opened at
+/// once, each replayed the GOP cache) the newest sessions lose, not the viewers who were
+/// already watching.
 pub struct NativeSink {
     socket: Arc<UdpSocket>,
-    queue: mpsc::Sender<(SocketAddr, Bytes)>,
-    /// Datagrams queued and not yet sent by the task.
-    waiting: Arc<AtomicU64>,
+    queues: Arc<std::sync::Mutex<ClientQueues>>,
+    wake: Arc<tokio::sync::Notify>,
+    depth: usize,
     dropped: Arc<AtomicU64>,
     sender: JoinHandle<()>,
 }
 
-impl NativeSink {
-    /// A sink sending from `socket` through a queue of `depth` datagrams.
-    pub fn new(socket: Arc<UdpSocket>, depth: usize) -> NativeSink {
-        let (queue, mut rx) = mpsc::channel::<(SocketAddr, Bytes)>(depth.max(1));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let waiting = Arc::new(AtomicU64::new(0));
-        let (errors, left, out) = (dropped.clone(), waiting.clone(), socket.clone());
-        let sender = tokio::spawn(async move {
-            while let Some((to, bytes)) = rx.recv().await {
-                if let Err(e) = out.send_to(&bytes, to).await {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    debug!(%to, error = %e, "video datagram not sent");
+/// Fewest datagrams a client may have queued, however many clients there are.
+pub const MIN_CLIENT_SHARE: usize = 64;
+
+struct ClientQueue {
+    /// Order of arrival: smaller is older, and served first.
+    age: u64,
+    datagrams: std::collections::VecDeque<Bytes>,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct ClientQueues {
+    clients: std::collections::HashMap<SocketAddr, ClientQueue>,
+    /// Clients with something queued, by age.
+    ready: std::collections::BTreeSet<(u64, SocketAddr)>,
+    next_age: u64,
+    /// The sender task holds a datagram it took and has not sent yet; a datagram sent at once
+    /// now could overtake it.
+    in_flight: bool,
+}
+
+impl ClientQueues {
+    fn next(&mut self) -> Option<(SocketAddr, Bytes)> {
+        while let Some((age, client)) = self.ready.pop_first() {
+            let Some(q) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            if let Some(d) = q.datagrams.pop_front() {
+                if !q.datagrams.is_empty() {
+                    self.ready.insert((age, client));
                 }
-                left.fetch_sub(1, Ordering::Release);
+                self.in_flight = true;
+                return Some((client, d));
+            }
+        }
+        None
+    }
+}
+
+impl NativeSink {
+    /// A sink sending from `socket`, holding up to `depth` datagrams shared fairly.
+    pub fn new(socket: Arc<UdpSocket>, depth: usize) -> NativeSink {
+        let queues = Arc::new(std::sync::Mutex::new(ClientQueues::default()));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let dropped = Arc::new(AtomicU64::new(0));
+        let errors = dropped.clone();
+        let (q, w, out) = (queues.clone(), wake.clone(), socket.clone());
+        let sender = tokio::spawn(async move {
+            loop {
+                let next = q.lock().ok().and_then(|mut q| q.next());
+                match next {
+                    Some((to, bytes)) => {
+                        let sent = out.send_to(&bytes, to).await;
+                        if let Ok(mut q) = q.lock() {
+                            q.in_flight = false;
+                        }
+                        if let Err(e) = sent {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            debug!(%to, error = %e, "video datagram not sent");
+                        }
+                    }
+                    None => w.notified().await,
+                }
             }
         });
         NativeSink {
             socket,
-            queue,
-            waiting,
+            queues,
+            wake,
+            depth: depth.max(1),
             dropped,
             sender,
         }
@@ -111,7 +169,18 @@ impl NativeSink {
 
 impl VideoSink for NativeSink {
     fn send(&mut self, client: SocketAddr, datagram: Bytes) {
-        if self.waiting.load(Ordering::Acquire) == 0 {
+        let Ok(mut q) = self.queues.lock() else {
+            return;
+        };
+        let share = (self.depth / q.clients.len().max(1)).max(MIN_CLIENT_SHARE);
+        let age = q.next_age;
+        let cq = q.clients.entry(client).or_insert_with(|| ClientQueue {
+            age,
+            datagrams: Default::default(),
+            dropped: 0,
+        });
+        let age = cq.age;
+        if q.ready.is_empty() && !q.in_flight {
             match self.socket.try_send_to(&datagram, client) {
                 Ok(_) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -123,10 +192,37 @@ impl VideoSink for NativeSink {
                 }
             }
         }
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        if self.queue.try_send((client, datagram)).is_err() {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let Some(cq) = q.clients.get_mut(&client) else {
+            return;
+        };
+        if cq.datagrams.len() >= share {
+            cq.dropped += 1;
+            if cq.dropped.is_power_of_two() {
+                debug!(%client, dropped = cq.dropped, "client's video queue full; dropped");
+            }
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let was_idle = cq.datagrams.is_empty();
+        cq.datagrams.push_back(datagram);
+        if was_idle {
+            q.ready.insert((age, client));
+        }
+        if age == q.next_age {
+            q.next_age += 1;
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn close(&mut self, client: SocketAddr) {
+        if let Ok(mut q) = self.queues.lock() {
+            if let Some(cq) = q.clients.remove(&client) {
+                if cq.dropped > 0 {
+                    info!(%client, dropped = cq.dropped, "session's video queue dropped datagrams");
+                }
+            }
+            q.ready.retain(|(_, c)| *c != client);
         }
     }
 
@@ -369,5 +465,43 @@ impl Loop {
                 false
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn native_sink_caps_each_client_to_its_own_share() {
+        let edge = Arc::new(UdpSocket::bind("127.76.30.1:0").await.unwrap());
+        let old = UdpSocket::bind("127.76.30.2:0").await.unwrap();
+        let busy = UdpSocket::bind("127.76.30.3:0").await.unwrap();
+        let (old_addr, busy_addr) = (old.local_addr().unwrap(), busy.local_addr().unwrap());
+        let mut sink = NativeSink::new(edge, 128);
+        // Nothing is sent until we yield (current-thread runtime), so the caps are exact.
+        sink.send(old_addr, Bytes::from_static(b"old 0"));
+        for i in 0..200u32 {
+            sink.send(busy_addr, Bytes::from(format!("busy {i}")));
+        }
+        for i in 1..11u32 {
+            sink.send(old_addr, Bytes::from(format!("old {i}")));
+        }
+        // Two clients: each may hold 128 / 2 = 64; only the busy one lost anything.
+        assert_eq!(sink.dropped(), 200 - MIN_CLIENT_SHARE as u64);
+        let mut buf = [0u8; 64];
+        for i in 0..11 {
+            let n = old.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], format!("old {i}").as_bytes());
+        }
+        for i in 0..MIN_CLIENT_SHARE {
+            let n = busy.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], format!("busy {i}").as_bytes());
+        }
+        // A closed session's queue is gone; a new one starts empty.
+        sink.close(busy_addr);
+        sink.send(busy_addr, Bytes::from_static(b"again"));
+        let n = busy.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"again");
     }
 }

@@ -4,16 +4,22 @@
 //! task. Every link has two bounded outgoing queues: control (floods, requests, keepalives) and
 //! media (video data). The writer always drains control first, so keepalives are never stuck
 //! behind video; a full media queue drops the chunk and counts it rather than blocking the
-//! node, and a full control queue means the peer stopped reading, so the link is closed.
+//! node, and a full control queue means the peer stopped reading, so the link is closed; so
+//! does a writer that could not hand the socket a single byte for [`WRITE_STALL`].
+//!
+//! Inbound connections are unauthenticated until the handshake ends, so their number is
+//! bounded ([`MAX_PENDING_HANDSHAKES`] in all, [`MAX_PENDING_PER_IP`] per source address), each
+//! has the handshake deadline, and one over the limit is closed at once and counted. A refused
+//! connection never reaches the node: only a finished handshake and hello make a link.
 //! All protocol decisions are the node's: this loop feeds it link events, decoded messages and
 //! timer expiries, and carries out its outputs. Every [`STATUS_REFRESH`] it publishes a
 //! [`NodeStatus`] snapshot on a watch channel, and it starts traces for the control endpoint
 //! ([`ControlPort`]), passing their answers back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -32,6 +38,18 @@ use crate::wire::overlay::{Hello, OverlayMsg, TraceHop, VideoData};
 /// Queue depths per link.
 const CONTROL_QUEUE: usize = 1024;
 const MEDIA_QUEUE: usize = 256;
+/// Inbound connections allowed in their handshake at once, in total and per source IP. Each
+/// costs a task, a socket and at most a 1 KiB frame buffer until the handshake deadline.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+pub const MAX_PENDING_PER_IP: usize = 32;
+/// A link whose writer cannot hand the socket any byte for this long is closed: the peer
+/// stopped reading (a live but slow link always makes some progress).
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Unsent bytes the kernel may hold per link (`TCP_NOTSENT_LOWAT`). Without it the socket
+/// buffer autotunes to megabytes, so a child that stops reading would swallow a minute of
+/// video before our media queue (where drops are counted per link) ever fills. Bytes in
+/// flight are not limited, so throughput on long fat links is unaffected.
+pub const NOTSENT_LOWAT: u32 = 64 * 1024;
 /// Events from all link tasks into the node loop.
 const EVENT_QUEUE: usize = 4096;
 /// Local inputs (source chunks, subscriptions) into the node loop.
@@ -137,6 +155,82 @@ pub struct DriverCounters {
     pub media_dropped_queue_full: AtomicU64,
     pub delivered_dropped_queue_full: AtomicU64,
     pub frames_undecodable: AtomicU64,
+    pub connections_over_limit: AtomicU64,
+    pub handshakes_pending: AtomicU64,
+    /// By reason label ([`TransportError::reason`], plus `hello`).
+    pub handshakes_refused_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Records refused on established links, by reason.
+    pub frames_rejected: Mutex<BTreeMap<String, u64>>,
+    /// Links closed by the driver, by reason.
+    pub links_closed: Mutex<BTreeMap<String, u64>>,
+}
+
+fn bump(map: &Mutex<BTreeMap<String, u64>>, reason: &str) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+fn snapshot(map: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    map.lock().map(|m| m.clone()).unwrap_or_default()
+}
+
+/// Pending inbound handshakes: a slot is held from accept until the handshake and hello end.
+#[derive(Default)]
+struct PendingTable {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct PendingSlot {
+    table: Arc<Mutex<PendingTable>>,
+    counters: Arc<DriverCounters>,
+    ip: IpAddr,
+}
+
+impl PendingSlot {
+    /// A slot for a connection from `ip`, or `None` when a limit is reached. A configured
+    /// neighbour's address is held only to the per-IP limit, so a flood from many other
+    /// addresses cannot keep a known neighbour from (re)connecting.
+    fn take(
+        table: &Arc<Mutex<PendingTable>>,
+        counters: &Arc<DriverCounters>,
+        ip: IpAddr,
+        configured: bool,
+    ) -> Option<PendingSlot> {
+        let mut t = table.lock().ok()?;
+        let from_ip = t.per_ip.get(&ip).copied().unwrap_or(0);
+        if (t.total >= MAX_PENDING_HANDSHAKES && !configured) || from_ip >= MAX_PENDING_PER_IP {
+            return None;
+        }
+        t.total += 1;
+        t.per_ip.insert(ip, from_ip + 1);
+        counters
+            .handshakes_pending
+            .store(t.total as u64, Ordering::Relaxed);
+        Some(PendingSlot {
+            table: table.clone(),
+            counters: counters.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.total = t.total.saturating_sub(1);
+            if let Some(n) = t.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_ip.remove(&self.ip);
+                }
+            }
+            self.counters
+                .handshakes_pending
+                .store(t.total as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A link that passed the handshake and the hello exchange.
@@ -217,7 +311,7 @@ impl NodeDriver {
         self.control_port.clone()
     }
 
-    fn publish_status(&self, node: &Node, now: Instant) {
+    fn publish_status(&self, node: &Node, now: Instant, link_drops: &BTreeMap<String, u64>) {
         let c = &self.counters;
         let mut s = NodeStatus::build(node, now);
         s.driver = Some(DriverStatus {
@@ -226,6 +320,12 @@ impl NodeDriver {
             media_dropped_queue_full: c.media_dropped_queue_full.load(Ordering::Relaxed),
             delivered_dropped_queue_full: c.delivered_dropped_queue_full.load(Ordering::Relaxed),
             frames_undecodable: c.frames_undecodable.load(Ordering::Relaxed),
+            handshakes_refused_by_reason: snapshot(&c.handshakes_refused_by_reason),
+            frames_rejected: snapshot(&c.frames_rejected),
+            connections_over_limit: c.connections_over_limit.load(Ordering::Relaxed),
+            handshakes_pending: c.handshakes_pending.load(Ordering::Relaxed),
+            links_closed: snapshot(&c.links_closed),
+            media_dropped_by_neighbour: link_drops.clone(),
         });
         self.status.send_replace(Arc::new(s));
     }
@@ -255,7 +355,10 @@ impl NodeDriver {
         let mut links: HashMap<LinkId, LinkHandle> = HashMap::new();
         let hello = node.hello();
         let mut status_at = anchored;
-        self.publish_status(&node, anchored);
+        // Media drops per neighbour name, kept after the link closes.
+        let mut link_drops: BTreeMap<String, u64> = BTreeMap::new();
+        let pending = Arc::new(Mutex::new(PendingTable::default()));
+        self.publish_status(&node, anchored, &link_drops);
         let mut traces: HashMap<u64, (mpsc::Sender<Vec<TraceHop>>, Instant)> = HashMap::new();
         tokio::pin!(shutdown);
 
@@ -280,9 +383,16 @@ impl NodeDriver {
                                 self.counters
                                     .media_dropped_queue_full
                                     .fetch_add(1, Ordering::Relaxed);
+                                let n = link_drops.entry(h.peer.clone()).or_default();
+                                *n += 1;
+                                if n.is_power_of_two() {
+                                    warn!(%link, peer = %h.peer, dropped = *n,
+                                        "media queue full: chunks for this neighbour dropped");
+                                }
                             }
                         } else if h.control.try_send(msg).is_err() {
                             let reason = "control queue full (peer not reading)";
+                            bump(&self.counters.links_closed, "control_queue_full");
                             warn!(%link, peer = %h.peer, reason, "closing link");
                             close_link(&mut links, link);
                             node.handle_link_down(Instant::now(), link, reason);
@@ -335,7 +445,10 @@ impl NodeDriver {
                         let Established { link, remote, dialled, hello, reader, writer } = *up;
                         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
                         let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
-                        tokio::spawn(write_loop(link, writer, control_rx, media_rx));
+                        tokio::spawn(write_loop(
+                            link, writer, control_rx, media_rx, events_tx.clone(),
+                            self.counters.clone(),
+                        ));
                         let reader = tokio::spawn(read_loop(
                             link, reader, events_tx.clone(), self.counters.clone(),
                         ));
@@ -362,16 +475,39 @@ impl NodeDriver {
                 },
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
-                        tokio::spawn(accept(
-                            stream,
-                            remote,
-                            link,
-                            self.cfg.clone(),
-                            hello.clone(),
-                            events_tx.clone(),
-                            self.counters.clone(),
-                        ));
+                        let configured = node
+                            .config()
+                            .neighbours
+                            .iter()
+                            .any(|a| a.ip() == remote.ip());
+                        match PendingSlot::take(&pending, &self.counters, remote.ip(), configured) {
+                            Some(slot) => {
+                                let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
+                                tokio::spawn(accept(
+                                    stream,
+                                    remote,
+                                    link,
+                                    self.cfg.clone(),
+                                    hello.clone(),
+                                    events_tx.clone(),
+                                    self.counters.clone(),
+                                    slot,
+                                ));
+                            }
+                            None => {
+                                // Closed at once: no task, no buffer, no state.
+                                drop(stream);
+                                let n = self
+                                    .counters
+                                    .connections_over_limit
+                                    .fetch_add(1, Ordering::Relaxed)
+                                    + 1;
+                                if n == 1 || n % 1000 == 0 {
+                                    warn!(%remote, total = n,
+                                        "inbound overlay connection over the pending-handshake limit; closed");
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         // Usually out of file descriptors: back off instead of spinning.
@@ -409,7 +545,7 @@ impl NodeDriver {
                     let now = Instant::now();
                     if now.duration_since(status_at) >= STATUS_REFRESH {
                         status_at = now;
-                        self.publish_status(&node, now);
+                        self.publish_status(&node, now, &link_drops);
                         traces.retain(|_, (tx, until)| *until > now && !tx.is_closed());
                     }
                     if now.duration_since(anchored) >= WALL_CLOCK_REANCHOR {
@@ -509,6 +645,7 @@ async fn dial(
     let _ = events.send(ev).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept(
     stream: TcpStream,
     remote: SocketAddr,
@@ -517,9 +654,13 @@ async fn accept(
     hello: Hello,
     events: mpsc::Sender<Event>,
     counters: Arc<DriverCounters>,
+    slot: PendingSlot,
 ) {
     let attempt = establish(stream, Side::Responder, &cfg, hello, &counters);
-    match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
+    let result = tokio::time::timeout(cfg.handshake_timeout, attempt).await;
+    // Authenticated (or refused): no longer pending.
+    drop(slot);
+    match result {
         Ok(Ok((peer_hello, reader, writer))) => {
             let _ = events
                 .send(Event::LinkUp(Box::new(Established {
@@ -532,8 +673,15 @@ async fn accept(
                 })))
                 .await;
         }
-        Ok(Err(e)) => warn!(%remote, reason = %e, "inbound overlay link refused"),
-        Err(_) => warn!(%remote, reason = "timed out", "inbound overlay link refused"),
+        Ok(Err(e)) => {
+            bump(&counters.handshakes_refused_by_reason, e.reason());
+            warn!(%remote, reason = %e, "inbound overlay link refused");
+        }
+        Err(_) => {
+            counters.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            bump(&counters.handshakes_refused_by_reason, "timeout");
+            warn!(%remote, reason = "timed out", "inbound overlay link refused");
+        }
     }
 }
 
@@ -552,6 +700,16 @@ enum EstablishError {
     Encode(#[from] crate::wire::EncodeError),
 }
 
+impl EstablishError {
+    /// Counter label: the transport's reason, or `hello` for a bad hello after the handshake.
+    fn reason(&self) -> &'static str {
+        match self {
+            EstablishError::Transport(e) => e.reason(),
+            _ => "hello",
+        }
+    }
+}
+
 /// Encrypted handshake, then hello both ways.
 async fn establish(
     stream: TcpStream,
@@ -561,6 +719,9 @@ async fn establish(
     counters: &DriverCounters,
 ) -> Result<(Hello, SecureReader, SecureWriter), EstablishError> {
     let _ = stream.set_nodelay(true);
+    if let Err(e) = set_notsent_lowat(&stream, NOTSENT_LOWAT) {
+        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
     let conn = match transport::handshake(stream, side, &cfg.psk, cfg.handshake_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -577,6 +738,35 @@ async fn establish(
     match OverlayMsg::decode(frame.freeze())? {
         OverlayMsg::Hello(h) => Ok((h, reader, writer)),
         other => Err(EstablishError::NotHello(other.kind())),
+    }
+}
+
+/// Caps the unsent bytes the kernel buffers for this socket (Linux; a no-op error elsewhere).
+fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = bytes as libc::c_int;
+        // SAFETY: a valid socket descriptor owned by `stream`, and a pointer to a c_int of the
+        // size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (stream, bytes);
+        Err(std::io::Error::other("TCP_NOTSENT_LOWAT is Linux only"))
     }
 }
 
@@ -598,11 +788,17 @@ async fn read_loop(
                     // The record authenticated, so the peer holds the key: this is a bug or a
                     // version skew, not an attack. Close rather than guess.
                     counters.frames_undecodable.fetch_add(1, Ordering::Relaxed);
+                    bump(&counters.frames_rejected, "undecodable");
                     break format!("undecodable message: {e}");
                 }
             },
             Ok(None) => break "connection closed by peer".to_string(),
-            Err(e) => break e.to_string(),
+            Err(e) => {
+                if !matches!(e, TransportError::Io(_) | TransportError::AlreadyFailed) {
+                    bump(&counters.frames_rejected, e.reason());
+                }
+                break e.to_string();
+            }
         }
     };
     debug!(%link, reason, "link reader ends");
@@ -614,7 +810,18 @@ async fn write_loop(
     mut writer: SecureWriter,
     mut control: mpsc::Receiver<OverlayMsg>,
     mut media: mpsc::Receiver<OverlayMsg>,
+    events: mpsc::Sender<Event>,
+    counters: Arc<DriverCounters>,
 ) {
+    let stalled = || async {
+        bump(&counters.links_closed, "write_stalled");
+        let reason = format!(
+            "peer stopped reading (no byte written for {} s)",
+            WRITE_STALL.as_secs()
+        );
+        warn!(%link, reason, "closing link");
+        let _ = events.send(Event::LinkDown { link, reason }).await;
+    };
     // Up to this many queued messages are sealed into the socket buffer before one flush.
     const BATCH: usize = 64;
     loop {
@@ -628,12 +835,14 @@ async fn write_loop(
         loop {
             let mut buf = BytesMut::new();
             match msg.encode(&mut buf) {
-                Ok(()) => {
-                    if let Err(e) = writer.feed(buf).await {
+                Ok(()) => match tokio::time::timeout(WRITE_STALL, writer.feed(buf)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
                         debug!(%link, error = %e, "link writer ends");
                         return;
                     }
-                }
+                    Err(_) => return stalled().await,
+                },
                 Err(e) => {
                     warn!(%link, error = %e, kind = msg.kind(), "cannot encode message; dropped")
                 }
@@ -650,10 +859,56 @@ async fn write_loop(
                 None => break,
             }
         }
-        if let Err(e) = writer.flush().await {
-            debug!(%link, error = %e, "link writer ends");
-            return;
+        match tokio::time::timeout(WRITE_STALL, writer.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(%link, error = %e, "link writer ends");
+                return;
+            }
+            Err(_) => return stalled().await,
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_handshakes_are_bounded_per_address_and_in_total() {
+        let table = Arc::new(Mutex::new(PendingTable::default()));
+        let counters = Arc::new(DriverCounters::default());
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x7f4c_0000 + i));
+        // One address: its limit, then nothing more from it, while another still gets in.
+        let mut held: Vec<PendingSlot> = (0..MAX_PENDING_PER_IP)
+            .map(|_| PendingSlot::take(&table, &counters, ip(1), false).unwrap())
+            .collect();
+        assert!(PendingSlot::take(&table, &counters, ip(1), false).is_none());
+        assert!(PendingSlot::take(&table, &counters, ip(1), true).is_none());
+        held.push(PendingSlot::take(&table, &counters, ip(2), false).unwrap());
+        // Fill the table from many addresses.
+        let mut n = 3;
+        while held.len() < MAX_PENDING_HANDSHAKES {
+            if let Some(s) = PendingSlot::take(&table, &counters, ip(n), false) {
+                held.push(s);
+            }
+            n += 1;
+        }
+        assert_eq!(
+            counters.handshakes_pending.load(Ordering::Relaxed),
+            MAX_PENDING_HANDSHAKES as u64
+        );
+        assert!(PendingSlot::take(&table, &counters, ip(9999), false).is_none());
+        // A configured neighbour's address still gets in over the total limit.
+        let neighbour = PendingSlot::take(&table, &counters, ip(9999), true).unwrap();
+        drop(neighbour);
+        // Slots come back when connections end.
+        held.truncate(10);
+        assert_eq!(counters.handshakes_pending.load(Ordering::Relaxed), 10);
+        assert!(PendingSlot::take(&table, &counters, ip(9999), false).is_some());
+        drop(held);
+        let t = table.lock().unwrap();
+        assert_eq!((t.total, t.per_ip.len()), (0, 0));
+    }
 }

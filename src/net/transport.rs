@@ -57,6 +57,30 @@ pub enum TransportError {
     AlreadyFailed,
 }
 
+impl TransportError {
+    /// A short, stable label for counters (`/metrics` labels): why a handshake was refused or
+    /// a connection dropped. Wrong key and a replayed handshake both end in `auth` (the peer
+    /// could not prove it holds the key for this handshake's fresh challenges).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TransportError::Io(_) => "io",
+            TransportError::Timeout(_) => "timeout",
+            TransportError::ClosedDuringHandshake => "closed",
+            TransportError::Handshake(
+                HandshakeError::KeyMismatch
+                | HandshakeError::TranscriptMismatch
+                | HandshakeError::SameChallenge,
+            ) => "auth",
+            TransportError::Handshake(_) => "malformed",
+            TransportError::Record(RecordError::Authentication | RecordError::Poisoned) => "auth",
+            TransportError::Record(_) => "malformed",
+            TransportError::FrameTooLarge { .. } => "oversize",
+            TransportError::TruncatedFrame => "truncated",
+            TransportError::AlreadyFailed => "failed",
+        }
+    }
+}
+
 /// `LengthDelimitedCodec` with typed errors and a truncation check.
 ///
 /// The inner codec consumes a frame's length prefix before the frame's body has arrived, so at

@@ -157,6 +157,27 @@ pub struct DriverStatus {
     /// Chunks for local consumers dropped because they fell behind.
     pub delivered_dropped_queue_full: u64,
     pub frames_undecodable: u64,
+    /// Inbound handshakes refused, by reason (`auth`: wrong key or replayed handshake,
+    /// `malformed`, `oversize`, `timeout`: slow or silent peer, `closed`, `io`, `hello`).
+    #[serde(default)]
+    pub handshakes_refused_by_reason: BTreeMap<String, u64>,
+    /// Records refused on established links, by reason (`auth`: tampered or replayed,
+    /// `oversize`, `truncated`, `malformed`, `undecodable`).
+    #[serde(default)]
+    pub frames_rejected: BTreeMap<String, u64>,
+    /// Inbound connections closed at once because too many handshakes were pending (in total
+    /// or from one address).
+    #[serde(default)]
+    pub connections_over_limit: u64,
+    /// Inbound connections still in their handshake now.
+    #[serde(default)]
+    pub handshakes_pending: u64,
+    /// Links the driver closed itself, by reason (`control_queue_full`, `write_stalled`).
+    #[serde(default)]
+    pub links_closed: BTreeMap<String, u64>,
+    /// Video chunks dropped because that neighbour's media queue was full, by neighbour.
+    #[serde(default)]
+    pub media_dropped_by_neighbour: BTreeMap<String, u64>,
 }
 
 /// An edge's client service.
@@ -521,6 +542,50 @@ impl NodeStatus {
                 &node,
                 d.frames_undecodable as f64,
             );
+            for (reason, v) in &d.handshakes_refused_by_reason {
+                m.counter(
+                    "overlayd_handshakes_refused_total",
+                    "Inbound overlay handshakes refused, by reason",
+                    &[("node", &self.name), ("reason", reason)],
+                    *v as f64,
+                );
+            }
+            for (reason, v) in &d.frames_rejected {
+                m.counter(
+                    "overlayd_frames_rejected_total",
+                    "Records refused on established overlay links, by reason",
+                    &[("node", &self.name), ("reason", reason)],
+                    *v as f64,
+                );
+            }
+            m.counter(
+                "overlayd_connections_over_limit_total",
+                "Inbound overlay connections closed at once: too many pending handshakes",
+                &node,
+                d.connections_over_limit as f64,
+            );
+            m.gauge(
+                "overlayd_handshakes_pending",
+                "Inbound overlay connections in their handshake now",
+                &node,
+                d.handshakes_pending as f64,
+            );
+            for (reason, v) in &d.links_closed {
+                m.counter(
+                    "overlayd_links_closed_total",
+                    "Overlay links closed by the driver (peer not reading), by reason",
+                    &[("node", &self.name), ("reason", reason)],
+                    *v as f64,
+                );
+            }
+            for (neighbour, v) in &d.media_dropped_by_neighbour {
+                m.counter(
+                    "overlayd_link_media_dropped_total",
+                    "Video chunks dropped because this neighbour's media queue was full",
+                    &[("node", &self.name), ("neighbour", neighbour)],
+                    *v as f64,
+                );
+            }
         }
         if let Some(e) = &self.edge {
             m.gauge(
@@ -758,6 +823,25 @@ impl NodeStatus {
                 d.handshakes_refused,
                 d.media_dropped_queue_full,
                 d.delivered_dropped_queue_full
+            );
+            let show = |m: &BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "inbound refused by reason: {}; frames rejected: {}; over the pending limit {}; pending {}; links closed: {}",
+                show(&d.handshakes_refused_by_reason),
+                show(&d.frames_rejected),
+                d.connections_over_limit,
+                d.handshakes_pending,
+                show(&d.links_closed)
             );
         }
         out
