@@ -1,7 +1,7 @@
 //! Fault tests in network namespaces: the real binary, real ffmpeg sources, headless clients
 //! recording what they receive. Each test builds a topology with the netns emulator, starts
 //! two or more clients, injects a fault (kill -9 or SIGSTOP of the active relay, a silent cut
-//! on the active path, the chain case, late starts, restarts, everybody leaving), and checks
+//! on the active path, the chain case, late starts, everybody leaving), and checks
 //! from the clients' stats JSON (duplicates and reorderings 0), the recordings (ffprobe
 //! decodes them) and the daemons' logs and final counters that the overlay recovered.
 //!
@@ -192,17 +192,7 @@ fn chain_parent_then_grandparents_replacement_dies() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Start orders, restarts and joins (scenario 2 unless said)
-
-/// Start every server and node of a `--no-start` run except `skip`, bootstrapper first.
-fn start_all_but(emu: &Emu, skip: &[&str]) {
-    emu.ok(&["start", netns::BOOTSTRAPPER]);
-    for d in emu.overlay_devices() {
-        if !skip.contains(&d.as_str()) {
-            emu.ok(&["start", &d]);
-        }
-    }
-}
+// Start orders and joins (scenario 2 unless said)
 
 #[test]
 fn bootstrapper_started_last() {
@@ -236,67 +226,6 @@ fn bootstrapper_started_last() {
     }
 }
 
-/// Restart (kill -9, then start with the same name) `device` while C1 and C2 watch.
-fn restart(test: &'static str, tag: &str, device: &str) {
-    let emu = Emu::up(test, tag, "scenario2.json", true);
-    emu.wait_neighbours(&["S1", "O1", "O2", "O3", "O4", "O5"]);
-    sleep(1.5);
-    let clients = [emu.client("C1", "alpha", 16), emu.client("C2", "alpha", 16)];
-    for c in &clients {
-        c.wait_bytes(50_000, 10.0);
-    }
-    sleep(2.0);
-    let neighbour = if device == "O1" { "S1" } else { "O1" };
-    let m = emu.mark(neighbour);
-    let marks: Vec<(String, usize)> = emu
-        .overlay_devices()
-        .into_iter()
-        .map(|d| {
-            let m = emu.mark(&d);
-            (d, m)
-        })
-        .collect();
-    let t = Instant::now();
-    emu.ok(&["restart", device]);
-    emu.wait_log(
-        neighbour,
-        m,
-        &["neighbour up", &format!("neighbour={device} ")],
-        10.0,
-    );
-    for c in &clients {
-        c.wait_growth_after(t, 10.0);
-    }
-    // How the overlay got around it (a dead daemon's host still routes, so grandfathers
-    // reach past it).
-    for (d, m) in &marks {
-        for l in emu.log(d)[*m..].lines().filter(|l| l.contains("failover")) {
-            println!("{test}: {d}: {l}");
-        }
-    }
-    let got: Vec<Received> = clients.into_iter().map(Client::finish).collect();
-    for r in &got {
-        r.check(test, 250);
-        report(test, &format!("restart {device}"), r, t, None);
-    }
-}
-
-#[test]
-fn server_restarted() {
-    if skip("server_restarted") {
-        return;
-    }
-    restart("server_restarted", "fs", "S1");
-}
-
-#[test]
-fn node_killed_and_restarted_with_the_same_name() {
-    if skip("node_killed_and_restarted_with_the_same_name") {
-        return;
-    }
-    restart("node_killed_and_restarted_with_the_same_name", "fn", "O1");
-}
-
 #[test]
 fn late_node_join_carries_the_stream() {
     let test = "late_node_join_carries_the_stream";
@@ -304,7 +233,7 @@ fn late_node_join_carries_the_stream() {
         return;
     }
     let emu = Emu::up(test, "fj", "scenario2.json", false);
-    start_all_but(&emu, &["O3"]);
+    emu.start_all_but(&["O3"]);
     emu.wait_neighbours(&["S1", "O1", "O2", "O4", "O5"]);
     sleep(1.5);
     let clients = [emu.client("C1", "alpha", 16), emu.client("C2", "alpha", 16)];
@@ -348,7 +277,7 @@ fn late_server_join_serves_and_takes_over() {
     }
     // complex.json: S1 streams videos/S1 (alpha, bravo), S2 videos/S2 (bravo, charlie).
     let emu = Emu::up(test, "fl", "complex.json", false);
-    start_all_but(&emu, &["S2"]);
+    emu.start_all_but(&["S2"]);
     emu.wait_neighbours(&["S1", "O1", "O3", "O4", "O5", "O6", "O7"]);
     sleep(1.5);
     let bravo = [emu.client("C1", "bravo", 18), emu.client("C5", "bravo", 18)];

@@ -244,6 +244,16 @@ impl Emu {
         }
     }
 
+    /// Start every server and node of a `--no-start` run except `skip`, bootstrapper first.
+    pub fn start_all_but(&self, skip: &[&str]) {
+        self.ok(&["start", netns::BOOTSTRAPPER]);
+        for d in self.overlay_devices() {
+            if !skip.contains(&d.as_str()) {
+                self.ok(&["start", &d]);
+            }
+        }
+    }
+
     pub fn host(&self, name: &str) -> usize {
         self.net().u.host(name).unwrap().0
     }
@@ -283,11 +293,24 @@ impl Emu {
 
     /// Start a headless client recording `video` for `secs` seconds.
     pub fn client(&self, name: &str, video: &str, secs: u32) -> Client {
+        self.client_with(name, name, video, secs, &[])
+    }
+
+    /// A client whose files (recording, stats, log) are named `stem` (a second life of the
+    /// same client needs other files), with more arguments.
+    pub fn client_with(
+        &self,
+        name: &str,
+        stem: &str,
+        video: &str,
+        secs: u32,
+        extra: &[&str],
+    ) -> Client {
         let dir = self.run_dir();
-        let rec = dir.join(format!("{name}.ts"));
-        let stats = dir.join(format!("{name}.json"));
-        let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log"))).unwrap();
-        let out = std::fs::File::create(dir.join("logs").join(format!("{name}.out"))).unwrap();
+        let rec = dir.join(format!("{stem}.ts"));
+        let stats = dir.join(format!("{stem}.json"));
+        let log = std::fs::File::create(dir.join("logs").join(format!("{stem}.log"))).unwrap();
+        let out = std::fs::File::create(dir.join("logs").join(format!("{stem}.out"))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns_of(name), BIN])
             .args(["--role", "client", "--name", name, "--bootstrap"])
@@ -298,6 +321,7 @@ impl Emu {
             .arg(&rec)
             .arg("--stats-json")
             .arg(&stats)
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out)
@@ -320,7 +344,7 @@ impl Emu {
             }
         });
         Client {
-            name: name.to_string(),
+            name: stem.to_string(),
             video: video.to_string(),
             secs,
             child: Some(child),
