@@ -16,9 +16,10 @@
 //! - no daemon died.
 //!
 //! `SOAK_SECS` (default 75) is the churn time, `SOAK_SEED` the seed (default: the clock; it is
-//! printed), `SOAK_KEEP=1` keeps the run directory (kept anyway when a check fails). The
-//! 30-minute run is a README command: `SOAK_SECS=1800 cargo test --release --test soak --
-//! --nocapture`.
+//! printed), `SOAK_NET` the loopback /24 (default 127.78.0), `SOAK_KEEP=1` keeps the run directory (kept anyway when a check fails),
+//! `OVERLAYD_BIN` the binary of the daemons and clients. The 30-minute run is a README command:
+//! `cargo build --release && OVERLAYD_BIN=target/release/overlayd SOAK_SECS=1800 cargo test
+//! --test soak -- --nocapture`.
 
 mod common;
 
@@ -32,10 +33,20 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::BIN;
+/// The binary under test: `OVERLAYD_BIN` (e.g. a release build for the long run) or the one
+/// cargo built for this test.
+fn bin() -> String {
+    std::env::var("OVERLAYD_BIN").unwrap_or_else(|_| common::BIN.to_string())
+}
 
-const NET: &str = "127.78.0";
-const BOOT: &str = "127.78.0.100";
+/// The /24 of loopback the run uses: `SOAK_NET` (default 127.78.0), so two runs can coexist.
+fn net() -> String {
+    std::env::var("SOAK_NET").unwrap_or_else(|_| "127.78.0".to_string())
+}
+
+fn boot() -> String {
+    format!("{}.100", net())
+}
 const VIDEOS: [&str; 3] = ["alpha", "bravo", "charlie"];
 const CLIENTS: usize = 8;
 /// The slowest clip delivers about 26 chunks per second; half of that is the floor.
@@ -61,7 +72,7 @@ fn addr(name: &str) -> String {
         "C" => 30 + n,
         _ => unreachable!(),
     };
-    format!("{NET}.{last}")
+    format!("{}.{last}", net())
 }
 
 fn links() -> Vec<(&'static str, &'static str)> {
@@ -151,7 +162,7 @@ fn topology_json() -> String {
 // Processes and /proc
 
 fn spawn(args: &[&str], log: &Path) -> Child {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -360,7 +371,7 @@ impl Run {
                 "--bind",
                 &addr(&name),
                 "--bootstrap",
-                BOOT,
+                &boot(),
                 "--video",
                 video,
                 "--player",
@@ -526,21 +537,21 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
         failures: Vec::new(),
     };
     let boot_log = dir.join("logs").join("bootstrapper.log");
-    let boot = spawn(
+    let boot_child = spawn(
         &[
             "--role",
             "bootstrapper",
             "--topology",
             topo.to_str().unwrap(),
             "--bind",
-            BOOT,
+            &boot(),
         ],
         &boot_log,
     );
     run.daemons.push(Daemon {
         name: "bootstrapper".into(),
-        ip: BOOT.into(),
-        child: boot,
+        ip: boot(),
+        child: boot_child,
         log: boot_log,
         samples: Vec::new(),
     });
@@ -548,6 +559,7 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
         let log = dir.join("logs").join(format!("{name}.log"));
         let ip = addr(&name);
         let videos = repo.join("videos").join(&name);
+        let b = boot();
         let mut args = vec![
             "--role",
             if name.starts_with('S') {
@@ -560,7 +572,7 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
             "--bind",
             &ip,
             "--bootstrap",
-            BOOT,
+            &b,
             "--key-file",
             key.to_str().unwrap(),
         ];
