@@ -5,8 +5,8 @@
 //!   it is down); once it is back, a device that was never started (relay O3) and a new client
 //!   join;
 //! - server: every one of its clients resumes, on the source's new epoch;
-//! - relay node O1 (S1's only neighbour, so every stream crosses it): it rejoins and carries
-//!   the streams again;
+//! - relay node O1 (S1's only neighbour): while it is down its children reach S1 as a
+//!   grandfather; it comes back up with all its neighbours and a stream asked afterwards flows;
 //! - edge O5: its clients resume — C2, whose only edge it is (a scenario-2 variant), on the
 //!   restarted edge itself, whose cookie secret is new (the client's old cookie is challenged,
 //!   its keepalive gets "unknown stream", and it asks again);
@@ -195,14 +195,35 @@ fn relay_node_restarted_rejoins_and_carries_the_streams() {
     if skip(test) {
         return;
     }
-    // O1 is S1's only neighbour: until it is back, nothing reaches anyone.
-    let (emu, _, _) = restart_under_load(test, "rn", SCENARIO, "relay node", "O1");
+    // O1 is S1's only neighbour. While it is down, its children reach S1 as a grandfather
+    // (O1's host still routes), so the clients barely notice; the restarted O1 must be back
+    // with all three neighbours and a stream asked afterwards must flow.
+    let (emu, _, t) = restart_under_load(test, "rn", SCENARIO, "relay node", "O1");
     let log = emu.log("O1");
     let second = log.rsplit("=== overlayd netns: start").next().unwrap();
-    assert!(
-        second.contains("parent chosen") && second.contains("neighbour=S1 "),
-        "{test}: the restarted O1 did not take up the stream again: {second}"
-    );
+    for n in ["S1", "O2", "O3"] {
+        assert!(
+            second.contains(&format!("neighbour={n} ")) && second.contains("neighbour up"),
+            "{test}: the restarted O1 is not up with {n}: {second}"
+        );
+    }
+    // A second client process in C1's namespace (its own port) asks for bravo now.
+    let tb = Instant::now();
+    let late = emu.client_with("C1", "C1-bravo", "bravo", 6, &["--client-port", "7713"]);
+    late.wait_bytes(1, 10.0);
+    let first = late.samples.lock().unwrap()[0].0 - tb;
+    resume_line(test, "relay node", "(new stream)", "C1", first);
+    let r = late.finish();
+    r.check(test, 80);
+    report(test, "new stream after restart of O1", &r, t, None);
+    let carried = emu
+        .log("O1")
+        .rsplit("=== overlayd netns: start")
+        .next()
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("parent chosen") && l.contains("bravo"));
+    println!("{test}: the restarted O1 carries the new stream: {carried}");
 }
 
 #[test]
