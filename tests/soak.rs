@@ -632,8 +632,26 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
     let mut next_sample = 0.0;
     let mut next_event = rng.gen_range(0.5..4.0);
     let mut max_active = 0;
+    // Long runs say how they go now and then.
+    let progress_every = (secs / 10.0).max(60.0);
+    let mut next_progress = progress_every;
     while run.now() < churn_end || !run.sessions.is_empty() {
         let now = run.now();
+        if now >= next_progress {
+            next_progress += progress_every;
+            let rss: u64 = run
+                .daemons
+                .iter()
+                .filter_map(|d| d.samples.last())
+                .map(|s| s.rss_kib)
+                .sum();
+            println!(
+                "soak: {now:.0} s: {} sessions ended, {} watching; daemons' RSS {:.1} MiB in all",
+                run.ended.len(),
+                run.sessions.len(),
+                rss as f64 / 1024.0
+            );
+        }
         if now >= next_sample {
             run.sample();
             next_sample += sample_every;
