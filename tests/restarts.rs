@@ -110,6 +110,12 @@ fn restart_under_load(
         // recording after it is the time the client went without video.
         let stall = r.stall_across(t, None).unwrap_or_default();
         resume_line(test, role, device, &r.name, stall);
+        // Not only what was in flight at the kill: the recording still grows well after it.
+        assert!(
+            r.samples.iter().any(|s| s.0 > t + Duration::from_secs(5)),
+            "{test}: {}'s recording stopped growing after the restart of {device}",
+            r.name
+        );
     }
     (emu, got, t)
 }
