@@ -9,97 +9,21 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use overlayd::emulate::core::{self, CoreOptions};
 use overlayd::emulate::{netns, Underlay};
 use overlayd::topology::{self, Topology};
 
-const BIN: &str = env!("CARGO_BIN_EXE_overlayd");
+mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::emu::{repo, skip, Emu};
+use common::BIN;
 
-/// Print why the test cannot run here (never pass silently).
-fn skip(test: &str) -> bool {
-    match netns::unavailable_reason() {
-        Some(why) => {
-            println!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
-            eprintln!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
-            true
-        }
-        None => false,
-    }
-}
-
-/// One emulation run with its own base directory; torn down on drop.
-struct Emu {
-    base: PathBuf,
-    id: String,
-}
-
-impl Emu {
-    fn new(tag: &str) -> Emu {
-        let id = format!("{tag}{:x}", std::process::id() & 0xffff);
-        let base = std::env::temp_dir().join(format!("overlayd-netns-test-{id}"));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        Emu { base, id }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("netns")
-            .args(args)
-            .env(netns::BASE_DIR_ENV, &self.base)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    }
-
-    /// Run `overlayd netns ARGS --run ID`, asserting success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let mut a = args.to_vec();
-        a.extend(["--run", &self.id]);
-        let o = self.cmd(&a);
-        assert!(
-            o.status.success(),
-            "netns {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.base.join(&self.id)
-    }
-
-    fn log(&self, device: &str) -> Log {
-        Log(self.run_dir().join("logs").join(format!("{device}.log")))
-    }
-
-    fn namespaces(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| {
-                *n == netns::hub_ns(&self.id)
-                    || n.starts_with(&format!("{}-", netns::hub_ns(&self.id)))
-            })
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Emu {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["down", "--run", &self.id]);
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
+/// A device's log in a run.
+fn dev_log(emu: &Emu, device: &str) -> Log {
+    Log(emu.run_dir().join("logs").join(format!("{device}.log")))
 }
 
 /// A daemon's log file.
@@ -219,11 +143,11 @@ fn scenario1_neighbours_faults_and_teardown() {
     }
     let links_before = root_links();
     let (path, _, t, _) = load("scenario1.json");
-    let emu = Emu::new("a");
+    let emu = Emu::new("scenario1_neighbours_faults_and_teardown", "a");
     let out = emu.ok(&["up", path.to_str().unwrap(), "--run-id", &emu.id.clone()]);
     assert!(out.contains("started the bootstrapper on S1"), "{out}");
     let started = Instant::now();
-    wait_all_up(&|d| emu.log(d), &overlay_pairs(&t));
+    wait_all_up(&|d| dev_log(&emu, d), &overlay_pairs(&t));
     println!("all overlay neighbours up after {:?}", started.elapsed());
 
     // Non-neighbours reach each other through the routed underlay: C1 to S1's overlay port
@@ -247,7 +171,7 @@ fn scenario1_neighbours_faults_and_teardown() {
     }
 
     // Silent cut: both ends notice by keepalive (about a second), not by a reset.
-    let (o1, o2) = (emu.log("O1"), emu.log("O2"));
+    let (o1, o2) = (dev_log(&emu, "O1"), dev_log(&emu, "O2"));
     let (m1, m2) = (o1.len(), o2.len());
     emu.ok(&["cut", "O1", "O2"]);
     let took = o1.wait(
@@ -332,7 +256,7 @@ fn down_works_from_any_state_and_commands_explain_errors() {
     }
     let links_before = root_links();
     let (path, _, _, _) = load("scenario2.json");
-    let emu = Emu::new("b");
+    let emu = Emu::new("down_works_from_any_state_and_commands_explain_errors", "b");
     emu.ok(&[
         "up",
         path.to_str().unwrap(),
@@ -440,7 +364,7 @@ fn core_scripts(
 fn core_scripts_start_every_device(topo: &str, tag: &str, legacy: bool) {
     let links_before = root_links();
     let (path, text, t, u) = load(topo);
-    let emu = Emu::new(tag);
+    let emu = Emu::new("core_scripts_start_every_device", tag);
     emu.ok(&[
         "up",
         path.to_str().unwrap(),
@@ -570,7 +494,7 @@ fn lan_cut_drops_only_the_cut_pair() {
     }
     let links_before = root_links();
     let (path, _, _, _) = load("complex.json");
-    let emu = Emu::new("e");
+    let emu = Emu::new("lan_cut_drops_only_the_cut_pair", "e");
     emu.ok(&[
         "up",
         path.to_str().unwrap(),

@@ -750,12 +750,16 @@ impl ClientService {
         }
         let edge = self.edges[e].addr;
         let video = want.video.clone();
-        let on_session = self.session.as_ref().is_some_and(|a| a.edge == e);
+        let session = self.session.as_ref().filter(|a| a.edge == e);
+        let on_session = session.is_some();
+        // The grace runs from the latest (re)start of the request on this edge: an edge that
+        // has just (re)started learns its routes again, even for a video already playing.
+        let asked = session.map_or(want.since, |a| a.since.max(want.since));
         match code {
             // Within the grace the retry timer asks again: the edge may be learning routes.
             ErrorCode::UnknownVideo
                 if on_session
-                    && now.saturating_duration_since(want.since)
+                    && now.saturating_duration_since(asked)
                         >= self.settings.unknown_video_grace =>
             {
                 info!(%video, %edge, "edge does not know the video");
@@ -781,10 +785,12 @@ impl ClientService {
                 }
             }
             ErrorCode::UnknownStream => {
-                // The edge lost our session (lease ran out, edge restarted): ask again.
+                // The edge lost our session (lease ran out, edge restarted): ask again, with a
+                // fresh grace for "unknown video" (a restarted edge has no routes yet).
                 if let Some(att) = self.session.as_mut().filter(|a| a.edge == e) {
                     att.accepted = false;
                     att.last_request = None;
+                    att.since = now;
                     self.drive(now);
                 } else if self.draining.as_ref().is_some_and(|d| d.edge == e) {
                     self.draining = None;
@@ -1693,6 +1699,38 @@ mod tests {
             }
         )));
         assert_eq!(net.client.video(), None);
+    }
+
+    #[test]
+    fn a_restarted_edge_is_asked_again_until_it_knows_the_video() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(6));
+        let before = net.delivered.len();
+        assert!(before > 0);
+        // The edge restarts: a new cookie secret, no session, and no routes for a while.
+        let now = net.now;
+        net.edges[0].svc = EdgeService::new(
+            EdgeConfig {
+                cookie_secret: [42; 32],
+                ..EdgeConfig::default()
+            },
+            now,
+        );
+        net.run(Duration::from_millis(2500));
+        net.edges[0].svc.set_videos(net.now, vec!["v1".into()]);
+        net.run(Duration::from_secs(2));
+        assert!(
+            !net.events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::VideoError { .. })),
+            "{:?}",
+            net.events
+        );
+        assert_eq!(net.client.video(), Some("v1"));
+        assert!(net.delivered.len() > before, "nothing after the restart");
+        net.assert_in_order();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod consumer;
+pub mod emu;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,678 @@
+//! The network-namespace emulation harness shared by the fault, restart and netns tests: an
+//! `Emu` run of `overlayd netns` with its own base directory (torn down on drop, kept when the
+//! test fails), log helpers that follow a device's parent for a video, headless recording
+//! clients sampled every 20 ms, and the checks and `GAP` report lines made from what they
+//! received.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use overlayd::emulate::{netns, Underlay};
+use overlayd::topology::{self, DeviceRole};
+
+use super::BIN;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn skip(test: &str) -> bool {
+    match netns::unavailable_reason() {
+        Some(why) => {
+            println!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
+            eprintln!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+pub fn sleep(s: f64) {
+    std::thread::sleep(Duration::from_secs_f64(s));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log lines
+
+/// The value of `key=` in a tracing line (quotes removed).
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let at = line.find(&pat)? + pat.len();
+    let rest = &line[at..];
+    let v = if let Some(r) = rest.strip_prefix('"') {
+        r.split('"').next().unwrap_or("")
+    } else {
+        rest.split(' ').next().unwrap_or("")
+    };
+    Some(v.to_string())
+}
+
+pub fn about(line: &str, video: &str) -> bool {
+    field(line, "video").as_deref() == Some(video)
+}
+
+/// The device's current parent for `video` according to its log (None: no stream).
+pub fn parent_in(log: &str, video: &str) -> Option<String> {
+    let mut p = None;
+    for l in log.lines() {
+        if l.starts_with("=== overlayd netns: start") {
+            p = None; // a new life
+        }
+        if !about(l, video) {
+            continue;
+        }
+        if l.contains("parent chosen")
+            || l.contains("failover: parent lost")
+            || l.contains("parent switch complete")
+            || l.contains("grandfather connected")
+        {
+            p = field(l, "parent");
+        } else if l.contains("failover: only parent lost, asking a grandfather") {
+            p = field(l, "grandfather");
+        } else if l.contains("failover: only parent lost, dialling a grandfather") {
+            // Several may be dialled; the first to connect logs "grandfather connected".
+            p = None;
+        } else if l.contains("stream stopped") || l.contains("no parent and no grandfather") {
+            p = None;
+        }
+    }
+    p
+}
+
+/// A counter of the last `final stream counters` line of `video` in a log.
+pub fn final_counter(log: &str, video: &str, key: &str) -> Option<u64> {
+    log.lines()
+        .rfind(|l| l.contains("final stream counters") && about(l, video))
+        .and_then(|l| field(l, key))
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// One emulation run
+
+pub struct Emu {
+    pub test: &'static str,
+    pub base: PathBuf,
+    pub id: String,
+    /// The topology built by `up` (None for a bare run the test builds itself).
+    net: Option<Net>,
+}
+
+struct Net {
+    t: topology::Topology,
+    u: Underlay,
+    ns: Vec<String>,
+}
+
+impl Emu {
+    /// A run id and an empty base directory; nothing built yet (the test runs `up` itself).
+    pub fn new(test: &'static str, tag: &str) -> Emu {
+        let id = format!("{tag}{:x}", std::process::id() & 0xfff);
+        let base = std::env::temp_dir().join(format!("overlayd-emu-{id}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        Emu {
+            test,
+            base,
+            id,
+            net: None,
+        }
+    }
+
+    /// Build `topology` (a file of topology/) as namespaces; `start`: start the bootstrapper
+    /// and every server and node (else nothing).
+    pub fn up(test: &'static str, tag: &str, topo: &str, start: bool) -> Emu {
+        Emu::up_with(test, tag, topo, start, &[])
+    }
+
+    /// `up` with more arguments for `overlayd netns up` (e.g. `--daemon-args`).
+    pub fn up_with(test: &'static str, tag: &str, topo: &str, start: bool, extra: &[&str]) -> Emu {
+        let mut emu = Emu::new(test, tag);
+        let path = repo().join("topology").join(topo);
+        let t = topology::load(&path).unwrap();
+        let u = Underlay::from_topology(&t).unwrap();
+        let ns = netns::host_namespaces(&emu.id, &u);
+        emu.net = Some(Net { t, u, ns });
+        let p = path.display().to_string();
+        let videos = repo().join("videos").display().to_string();
+        let id = emu.id.clone();
+        // The built-in relay numbers the datagrams, so the clients can count duplicates.
+        let mut args = vec![
+            "up", &p, "--run-id", &id, "--videos", &videos, "--relay", "native",
+        ];
+        if !start {
+            args.push("--no-start");
+        }
+        args.extend(extra);
+        emu.ok(&args);
+        emu
+    }
+
+    fn net(&self) -> &Net {
+        self.net
+            .as_ref()
+            .expect("this Emu was not built by Emu::up: it knows no topology")
+    }
+
+    /// The topology and underlay of a run built by `up`.
+    pub fn topology(&self) -> &topology::Topology {
+        &self.net().t
+    }
+
+    pub fn underlay(&self) -> &Underlay {
+        &self.net().u
+    }
+
+    /// The namespace of a host of a run built by `up`.
+    pub fn ns_of(&self, name: &str) -> &str {
+        &self.net().ns[self.host(name)]
+    }
+
+    /// The namespaces of this run that exist now (hub and hosts).
+    pub fn namespaces(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let hub = netns::hub_ns(&self.id);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| *n == hub || n.starts_with(&format!("{hub}-")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("netns")
+            .args(args)
+            .env(netns::BASE_DIR_ENV, &self.base)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    /// `overlayd netns ARGS --run ID`, which must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let mut a = args.to_vec();
+        a.extend(["--run", &self.id]);
+        let o = self.cmd(&a);
+        assert!(
+            o.status.success(),
+            "netns {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.base.join(&self.id)
+    }
+
+    pub fn log(&self, device: &str) -> String {
+        std::fs::read_to_string(self.run_dir().join("logs").join(format!("{device}.log")))
+            .unwrap_or_default()
+    }
+
+    pub fn mark(&self, device: &str) -> usize {
+        self.log(device).len()
+    }
+
+    /// Wait for a line of `device`'s log after byte `from` containing every part; returns it.
+    pub fn wait_log(&self, device: &str, from: usize, parts: &[&str], secs: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        loop {
+            let text = self.log(device);
+            if let Some(l) = text
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {device} logged no line with {parts:?} within {secs} s; its log:\n{text}",
+                self.test
+            );
+            sleep(0.02);
+        }
+    }
+
+    /// Start every server and node of a `--no-start` run except `skip`, bootstrapper first.
+    pub fn start_all_but(&self, skip: &[&str]) {
+        self.ok(&["start", netns::BOOTSTRAPPER]);
+        for d in self.overlay_devices() {
+            if !skip.contains(&d.as_str()) {
+                self.ok(&["start", &d]);
+            }
+        }
+    }
+
+    pub fn host(&self, name: &str) -> usize {
+        self.net().u.host(name).unwrap().0
+    }
+
+    pub fn overlay_devices(&self) -> Vec<String> {
+        self.net()
+            .u
+            .hosts
+            .iter()
+            .filter(|h| h.role != DeviceRole::Client)
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    pub fn is_edge(&self, name: &str) -> bool {
+        self.net().u.hosts[self.host(name)].role == DeviceRole::Edge
+    }
+
+    /// Every overlay neighbour of the given devices logged "neighbour up" (or 20 s).
+    pub fn wait_neighbours(&self, devices: &[&str]) {
+        for d in devices {
+            let t = &self.net().t;
+            let dev = t.devices().find(|x| x.name == *d).unwrap();
+            for n in &dev.neighbours {
+                let owner = t.owners_of(n.ip).next().unwrap();
+                if devices.contains(&owner.name.as_str()) {
+                    self.wait_log(
+                        d,
+                        0,
+                        &["neighbour up", &format!("neighbour={} ", owner.name)],
+                        20.0,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Start a headless client recording `video` for `secs` seconds.
+    pub fn client(&self, name: &str, video: &str, secs: u32) -> Client {
+        self.client_with(name, name, video, secs, &[])
+    }
+
+    /// A client whose files (recording, stats, log) are named `stem` (a second life of the
+    /// same client needs other files), with more arguments.
+    pub fn client_with(
+        &self,
+        name: &str,
+        stem: &str,
+        video: &str,
+        secs: u32,
+        extra: &[&str],
+    ) -> Client {
+        let dir = self.run_dir();
+        let rec = dir.join(format!("{stem}.ts"));
+        let stats = dir.join(format!("{stem}.json"));
+        let log = std::fs::File::create(dir.join("logs").join(format!("{stem}.log"))).unwrap();
+        let out = std::fs::File::create(dir.join("logs").join(format!("{stem}.out"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.ns_of(name), BIN])
+            .args(["--role", "client", "--name", name, "--bootstrap"])
+            .arg(self.net().u.bootstrap_ip.to_string())
+            .args(["--video", video, "--player", "none", "--duration"])
+            .arg(secs.to_string())
+            .arg("--record")
+            .arg(&rec)
+            .arg("--stats-json")
+            .arg(&stats)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, stop2, rec2) = (samples.clone(), stop.clone(), rec.clone());
+        let sampler = std::thread::spawn(move || {
+            let mut last = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                let size = std::fs::metadata(&rec2).map(|m| m.len()).unwrap_or(0);
+                if size > last {
+                    last = size;
+                    s2.lock().unwrap().push((Instant::now(), size));
+                }
+                sleep(0.02);
+            }
+        });
+        Client {
+            name: stem.to_string(),
+            video: video.to_string(),
+            secs,
+            child: Some(child),
+            rec,
+            stats,
+            samples,
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// The relay among `candidates` that feeds the most edges serving clients `video` now.
+    pub fn active_relay(&self, video: &str, candidates: &[&str]) -> (String, Vec<String>) {
+        let mut fed: Vec<(String, String)> = Vec::new();
+        for e in self.overlay_devices().iter().filter(|d| self.is_edge(d)) {
+            let log = self.log(e);
+            let opened = log
+                .lines()
+                .filter(|l| l.contains("client session opened") && about(l, video))
+                .count();
+            let closed = log
+                .lines()
+                .filter(|l| l.contains("client session closed") && about(l, video))
+                .count();
+            if opened > closed {
+                if let Some(p) = parent_in(&log, video) {
+                    fed.push((p, e.clone()));
+                }
+            }
+        }
+        let best = candidates
+            .iter()
+            .max_by_key(|c| fed.iter().filter(|(p, _)| p == *c).count())
+            .unwrap()
+            .to_string();
+        let edges: Vec<String> = fed
+            .iter()
+            .filter(|(p, _)| *p == best)
+            .map(|(_, e)| e.clone())
+            .collect();
+        assert!(
+            !edges.is_empty(),
+            "{}: no edge serving {video} is fed by one of {candidates:?}: {fed:?}",
+            self.test
+        );
+        (best, edges)
+    }
+
+    /// Bytes per second through each hub port (every underlay interface) over `secs`.
+    pub fn port_rates(&self, secs: f64) -> Vec<(String, f64)> {
+        let read = || -> Vec<(String, u64)> {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &netns::hub_ns(&self.id), "sh", "-c"])
+                .arg("for i in /sys/class/net/h*; do echo ${i##*/} $(cat $i/statistics/rx_bytes); done")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let (a, b) = l.split_once(' ')?;
+                    Some((a.to_string(), b.trim().parse().ok()?))
+                })
+                .collect()
+        };
+        let a = read();
+        sleep(secs);
+        let b = read();
+        a.iter()
+            .zip(b.iter())
+            .map(|((n, x), (_, y))| (n.clone(), (y - x) as f64 / secs))
+            .collect()
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["down", "--run", &self.id]);
+        if std::thread::panicking() || std::env::var_os("OVERLAYD_TEST_KEEP").is_some() {
+            eprintln!(
+                "{}: logs and recordings kept in {}",
+                self.test,
+                self.run_dir().display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients and their measurements
+
+pub struct Client {
+    pub name: String,
+    pub video: String,
+    pub secs: u32,
+    pub child: Option<Child>,
+    pub rec: PathBuf,
+    pub stats: PathBuf,
+    pub samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    pub stop: Arc<AtomicBool>,
+    pub sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    /// Wait until the recording has `bytes` (or panic after `secs`).
+    pub fn wait_bytes(&self, bytes: u64, secs: f64) {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        while self.samples.lock().unwrap().last().map_or(0, |s| s.1) < bytes {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the recording has fewer than {bytes} bytes after {secs} s",
+                self.name
+            );
+            sleep(0.02);
+        }
+    }
+
+    /// Wait until the recording grows after `t` (the stream came back); returns when.
+    pub fn wait_growth_after(&self, t: Instant, secs: f64) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        loop {
+            if let Some(s) = self.samples.lock().unwrap().iter().find(|s| s.0 > t) {
+                return s.0;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} ({}): no data within {secs} s after the fault",
+                self.name,
+                self.video
+            );
+            sleep(0.02);
+        }
+    }
+
+    /// Wait for the client to exit; returns what it received.
+    pub fn finish(mut self) -> Received {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(self.secs as u64 + 25);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
+                panic!("{}: the client did not exit", self.name);
+            }
+            sleep(0.05);
+        };
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.take().unwrap().join().unwrap();
+        let stats: serde_json::Value = std::fs::read_to_string(&self.stats)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let frames = ffprobe_frames(&self.rec);
+        Received {
+            name: self.name.clone(),
+            video: self.video.clone(),
+            ok: status.success(),
+            log: std::fs::read_to_string(
+                self.rec
+                    .parent()
+                    .unwrap()
+                    .join("logs")
+                    .join(format!("{}.log", self.name)),
+            )
+            .unwrap_or_default(),
+            stats,
+            samples: self.samples.lock().unwrap().clone(),
+            frames,
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Decoded video frames (ffprobe), or an error line.
+pub fn ffprobe_frames(path: &PathBuf) -> Result<u64, String> {
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("ffprobe: {e}"))?;
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+    }
+    // One line per program and per stream: the first number is the count.
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.trim().trim_end_matches(','))
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| format!("ffprobe said {:?}", String::from_utf8_lossy(&o.stdout)))
+}
+
+pub struct Received {
+    pub name: String,
+    pub video: String,
+    pub ok: bool,
+    pub log: String,
+    pub stats: serde_json::Value,
+    pub samples: Vec<(Instant, u64)>,
+    pub frames: Result<u64, String>,
+}
+
+impl Received {
+    pub fn n(&self, key: &str) -> u64 {
+        self.stats[key].as_u64().unwrap_or(u64::MAX)
+    }
+
+    /// The longest time without growth across `t` (a growth after `t`, the one before it
+    /// before `until`).
+    pub fn stall_across(&self, t: Instant, until: Option<Instant>) -> Option<Duration> {
+        self.samples
+            .windows(2)
+            .filter(|w| w[1].0 > t && until.map_or(true, |u| w[0].0 < u))
+            .map(|w| w[1].0 - w[0].0)
+            .max()
+    }
+
+    /// The longest time without growth before `t` (from 2 s after the first byte).
+    pub fn normal_stall(&self, t: Instant) -> Duration {
+        let Some(first) = self.samples.first() else {
+            return Duration::ZERO;
+        };
+        self.samples
+            .windows(2)
+            .filter(|w| w[0].0 > first.0 + Duration::from_secs(2) && w[1].0 < t)
+            .map(|w| w[1].0 - w[0].0)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The common checks: exited well, enough chunks, no duplicate, no reordering, decodes.
+    pub fn check(&self, test: &str, min_chunks: u64) {
+        assert!(
+            self.ok,
+            "{test}: client {} failed; its log:\n{}",
+            self.name, self.log
+        );
+        assert!(
+            self.n("chunks") >= min_chunks,
+            "{test}: {} got {} chunks (< {min_chunks}): {}",
+            self.name,
+            self.n("chunks"),
+            self.stats
+        );
+        assert_eq!(
+            self.n("duplicates"),
+            0,
+            "{test}: {}: {}",
+            self.name,
+            self.stats
+        );
+        assert_eq!(
+            self.n("reorderings"),
+            0,
+            "{test}: {}: {}",
+            self.name,
+            self.stats
+        );
+        match &self.frames {
+            Ok(f) => assert!(
+                *f >= self.n("chunks") / 2,
+                "{test}: {}'s recording decodes to only {f} frames for {} chunks",
+                self.name,
+                self.n("chunks")
+            ),
+            Err(e) => panic!("{test}: {}'s recording does not decode: {e}", self.name),
+        }
+    }
+}
+
+/// Print (and append to the report file) one row per client and fault.
+pub fn report(test: &str, fault: &str, r: &Received, t: Instant, until: Option<Instant>) {
+    let stall = r
+        .stall_across(t, until)
+        .map_or("none".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let edges: Vec<String> = r.stats["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["edge"].as_str().map(str::to_string))
+        .collect();
+    let line = format!(
+        "{test:<28} {fault:<34} {:<3} {:<7} chunks {:>4}  lost {:>3}  stall {:>7}  normal {:.2} s  epochs {}  dup {} reord {}  frames {}  edges {}",
+        r.name,
+        r.video,
+        r.n("chunks"),
+        r.n("missing_chunks"),
+        stall,
+        r.normal_stall(t).as_secs_f64(),
+        r.n("epoch_changes"),
+        r.n("duplicates"),
+        r.n("reorderings"),
+        r.frames.as_ref().map_or("-".to_string(), |f| f.to_string()),
+        edges.join(",")
+    );
+    println!("GAP {line}");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emulate_faults_gaps.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
