@@ -172,6 +172,10 @@ struct OverlayArgs {
     /// Hysteresis: switch parent only for a path better by this fraction (0.2 = 20%).
     #[arg(long, default_value_t = 0.2, value_parser = parse_margin)]
     switch_margin: f64,
+    /// ... and only once the better path has stayed better this long (milliseconds), so a
+    /// delay spike of a loaded host does not move streams back and forth.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    switch_sustain_ms: u64,
     /// A neighbour silent this long (milliseconds) is dead.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     dead_ms: u64,
@@ -731,6 +735,7 @@ fn overlay_config(
         videos: None,
         source: roles::overlay::SourcePreference::Auto,
         switch_margin: a.switch_margin,
+        switch_sustain: Duration::from_millis(a.switch_sustain_ms),
         flood_interval: Duration::from_secs(1),
         edge_port: DEFAULT_EDGE_PORT,
         relay: roles::overlay::RelayMode::Auto,

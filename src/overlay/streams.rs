@@ -60,6 +60,9 @@ pub struct StreamConfig {
     pub switch_margin: f64,
     /// ... and by at least this much, so sub-millisecond jitter never flaps the tree.
     pub switch_floor: Duration,
+    /// ... and stay better for this long: a delay spike of a loaded host (a scheduler hiccup
+    /// delaying one flood) is not a better path. Failures never wait for it.
+    pub switch_sustain: Duration,
     /// Chunks held from a new parent that is ahead of the old one.
     pub reorder_capacity: usize,
     /// An old parent silent this long while the new one delivers is taken as dead: the held
@@ -91,6 +94,7 @@ impl Default for StreamConfig {
         StreamConfig {
             switch_margin: 0.2,
             switch_floor: Duration::from_millis(1),
+            switch_sustain: Duration::from_millis(1500),
             reorder_capacity: 128,
             stall_timeout: Duration::from_millis(500),
             switch_timeout: Duration::from_secs(2),
@@ -257,6 +261,8 @@ struct Stream {
     /// when the first hole has been waited for.
     merge: BTreeMap<u64, VideoData>,
     merge_since: Option<Instant>,
+    /// A candidate parent found better than the current one, and since when it has been.
+    better_since: Option<(String, Instant)>,
     /// The path last sent upstream.
     sent_path: Vec<String>,
     grandfathers: Vec<PeerAddr>,
@@ -282,6 +288,7 @@ impl Stream {
             held: VecDeque::new(),
             merge: BTreeMap::new(),
             merge_since: None,
+            better_since: None,
             sent_path: Vec::new(),
             grandfathers: Vec::new(),
             gf_asked: None,
@@ -1618,6 +1625,7 @@ impl Streams {
             return;
         }
         let swap = st.is_second(&cand.neighbour);
+        let mut withdrawn = false;
         let servers = ctx.routing.servers();
         let margin = |cur_us: f64| {
             (ctx.cfg.switch_margin * cur_us).max(ctx.cfg.switch_floor.as_micros() as f64)
@@ -1639,20 +1647,48 @@ impl Streams {
                     cur_ls as f64 - cand_route.link_sum_us as f64 > margin(cur_ls as f64)
                 }
                 // The parent offers no route any more (withdrawn): move.
-                None => true,
+                None => {
+                    withdrawn = true;
+                    true
+                }
             }
         };
-        if better && swap {
+        // Hysteresis in time: the same candidate must stay better for `switch_sustain`.
+        let st = self.streams.get_mut(video).expect("present");
+        if !better {
+            st.better_since = None;
+            return;
+        }
+        if !withdrawn {
+            match &st.better_since {
+                Some((n, since)) if *n == cand.neighbour => {
+                    if ctx.now.saturating_duration_since(*since) < ctx.cfg.switch_sustain {
+                        return;
+                    }
+                }
+                _ => {
+                    st.better_since = Some((cand.neighbour.clone(), ctx.now));
+                    if !ctx.cfg.switch_sustain.is_zero() {
+                        return;
+                    }
+                }
+            }
+        }
+        st.better_since = None;
+        if swap {
             // Both already feed us: the roles change, no message is needed.
-            let old = cur.name.clone();
-            let st = self.streams.get_mut(video).expect("present");
+            let old = st
+                .parent
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
             info!(video, parent = %cand.neighbour, second = %old, "parent and second parent swap roles");
             std::mem::swap(&mut st.parent, &mut st.second);
             st.gf_asked = None;
             st.grandfathers.clear();
             self.counters.entry(video.to_string()).or_default().switches += 1;
             self.ask_grandfathers(ctx, video);
-        } else if better {
+        } else {
             self.start_switch(ctx, video, cand);
         }
     }
