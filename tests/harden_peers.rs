@@ -465,7 +465,8 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
         tree_before,
         "the attacks changed parents or routes"
     );
-    assert!(o.o1.matching(&["neighbour down", "S1"]).is_empty());
+    let s1_down = o.o1.matching(&["neighbour down", "neighbour=S1"]);
+    assert!(s1_down.is_empty(), "the S1 link went down: {s1_down:?}");
     let rx = o.watcher.received();
     let d = analyse(&rx[chunks_at_start.saturating_sub(1)..]);
     let secs = t0.elapsed().as_secs_f64();

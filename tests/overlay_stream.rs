@@ -111,6 +111,7 @@ fn current_parent(d: &Daemon) -> Option<String> {
             l.contains("parent chosen")
                 || l.contains("parent switch complete")
                 || l.contains("failover: parent lost")
+                || l.contains("grandfather connected")
         })
         .and_then(|l| {
             l.split_whitespace()
@@ -150,14 +151,16 @@ fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
         "stream did not resume after killing {middle}; O4 log:\n{}",
         ov.daemon("O4").log().join("\n")
     );
+    // O4 moves to the other branch, or (when it has no route through it yet, e.g. on a loaded
+    // host where that branch's first flood is late) dials its grandfather O1 directly.
+    let moved = |p: Option<String>| matches!(p.as_deref(), Some(p) if p == other || p == "O1");
     let deadline = Instant::now() + WAIT;
-    while current_parent(ov.daemon("O4")).as_deref() != Some(other) && Instant::now() < deadline {
+    while !moved(current_parent(ov.daemon("O4"))) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        current_parent(ov.daemon("O4")).as_deref(),
-        Some(other),
-        "O4 did not move to {other}; O4 log:\n{}",
+    assert!(
+        moved(current_parent(ov.daemon("O4"))),
+        "O4 did not move to {other} or O1; O4 log:\n{}",
         ov.daemon("O4").log().join("\n")
     );
 
