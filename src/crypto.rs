@@ -714,10 +714,7 @@ mod tests {
         seal.seal(&mut a).unwrap();
         seal.seal(&mut b).unwrap();
         assert_ne!(a, b);
-        assert_eq!(
-            nonce_for(1).as_ref(),
-            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
-        );
+        assert_eq!(nonce_for(1).as_ref(), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(
             nonce_for(0x0102_0304_0506_0708).as_ref(),
             &[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]

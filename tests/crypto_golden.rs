@@ -74,10 +74,16 @@ fn records_match_vectors_recorded_from_the_aes_gcm_build() {
     );
     let mut small = BytesMut::from(&b"overlayd golden record"[..]);
     seal.seal(&mut small).unwrap();
-    assert_eq!(hex(&small), "126c09a380f71b277102871a30e1be07daf259c3ae6bd18624326f081e238a32956387482f8b");
+    assert_eq!(
+        hex(&small),
+        "126c09a380f71b277102871a30e1be07daf259c3ae6bd18624326f081e238a32956387482f8b"
+    );
     let mut chunk = pattern(1316, 0x47);
     seal.seal(&mut chunk).unwrap();
-    assert_eq!(hex(&Sha256::digest(&chunk)), "12d4d6120d7ae789b482dac66b620ec6cc6235544a40d999c1f79f5e265f4da2");
+    assert_eq!(
+        hex(&Sha256::digest(&chunk)),
+        "12d4d6120d7ae789b482dac66b620ec6cc6235544a40d999c1f79f5e265f4da2"
+    );
     // The responder opens what was sealed, in order.
     open.open(&mut small).unwrap();
     assert_eq!(&small[..], b"overlayd golden record");

@@ -5,16 +5,18 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control).
+//! record, control, fanout, scale).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
 mod chain;
 mod failover;
+mod fanout;
 mod idle;
 mod record;
 mod report;
+mod scale;
 
 use report::Report;
 
@@ -72,6 +74,12 @@ fn main() {
     }
     if opts.wants("control") {
         idle::run(&opts, &mut rep);
+    }
+    if opts.wants("fanout") {
+        fanout::run(&opts, &mut rep);
+    }
+    if opts.wants("scale") {
+        scale::run(&opts, &mut rep);
     }
     rep.finish(started.elapsed(), &out);
     println!("wrote {}", out.display());
