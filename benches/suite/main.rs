@@ -60,6 +60,7 @@ fn main() {
     }
     let started = std::time::Instant::now();
     let mut rep = Report::new(opts.quick);
+    rep.set_only(opts.only.clone());
     if opts.wants("failover") {
         failover::run(&opts, &mut rep);
     }

@@ -63,6 +63,8 @@ impl Table {
 pub struct Report {
     quick: bool,
     tables: Vec<Table>,
+    /// `--only` sections: the other sections of an existing BENCHMARKS.md are kept.
+    only: Option<Vec<String>>,
 }
 
 impl Report {
@@ -70,7 +72,14 @@ impl Report {
         Report {
             quick,
             tables: Vec::new(),
+            only: None,
         }
+    }
+
+    /// A partial run (`--only`): sections of the existing file that this run does not produce
+    /// are kept, each still marked with the run that measured it.
+    pub fn set_only(&mut self, only: Option<Vec<String>>) {
+        self.only = only;
     }
 
     pub fn start(&self, title: &str) {
@@ -83,10 +92,50 @@ impl Report {
 
     pub fn finish(&self, elapsed: Duration, out: &Path) {
         let mut md = String::new();
-        let cmd = if self.quick {
-            "bin/bench --quick"
+        let mut cmd = if self.quick {
+            "bin/bench --quick".to_string()
         } else {
-            "bin/bench"
+            "bin/bench".to_string()
+        };
+        if let Some(o) = &self.only {
+            cmd.push_str(&format!(" --only {}", o.join(",")));
+        }
+        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+        let commit = sh("git", &["rev-parse", "--short", "HEAD"]);
+        // Sections of the previous file this run does not redo (partial runs only).
+        let kept: Vec<String> = match (&self.only, std::fs::read_to_string(out)) {
+            (Some(_), Ok(old)) => {
+                // Sections written before per-section provenance get the old file's header.
+                let field = |name: &str| {
+                    old.lines()
+                        .find_map(|l| l.strip_prefix(&format!("- {name}: ")))
+                        .unwrap_or("?")
+                        .to_string()
+                };
+                let provenance = format!(
+                    "Measured by {} on {}, commit {}.",
+                    field("command").split(" (").next().unwrap_or("?"),
+                    field("date"),
+                    field("commit")
+                );
+                old.split("\n## ")
+                    .skip(1)
+                    .filter(|sec| {
+                        let title = sec.lines().next().unwrap_or("");
+                        title != "Not measured yet" && !self.tables.iter().any(|t| t.title == title)
+                    })
+                    .map(|sec| {
+                        let sec = sec.trim_end();
+                        match sec.split_once("\n\n") {
+                            Some((title, rest)) if !rest.starts_with("Measured by") => {
+                                format!("{title}\n\n{provenance}\n\n{rest}")
+                            }
+                            _ => sec.to_string(),
+                        }
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
         };
         let _ = writeln!(md, "# Benchmarks\n");
         let _ = writeln!(
@@ -97,11 +146,11 @@ impl Report {
              absolute numbers. Benchmarks never run in CI and never fail on timing.\n"
         );
         let _ = writeln!(md, "- command: `{cmd}` ({:.0} s)", elapsed.as_secs_f64());
-        let _ = writeln!(md, "- date: {}", sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+        let _ = writeln!(md, "- date: {date}");
         let _ = writeln!(
             md,
             "- commit: {}{}",
-            sh("git", &["rev-parse", "--short", "HEAD"]),
+            commit,
             if sh("git", &["status", "--porcelain"]).is_empty() {
                 ""
             } else {
@@ -111,8 +160,16 @@ impl Report {
         let _ = writeln!(md, "- machine: {}", machine());
         let _ = writeln!(md, "- rustc: {}", sh("rustc", &["--version"]));
         let _ = writeln!(md, "- socat: {}", socat_version());
+        if self.only.is_some() {
+            let _ = writeln!(
+                md,
+                "- partial run: sections not listed in `--only` are kept from the previous file, \
+                 each marked with the run that measured it"
+            );
+        }
         for t in &self.tables {
             let _ = writeln!(md, "\n## {}\n", t.title);
+            let _ = writeln!(md, "Measured by `{cmd}` on {date}, commit {commit}.\n");
             let _ = writeln!(md, "Goal: {}. {}\n", t.goal, t.method);
             let _ = writeln!(md, "| {} |", t.headers.join(" | "));
             let _ = writeln!(
@@ -130,6 +187,9 @@ impl Report {
                 let _ = writeln!(md, "- {n}");
             }
         }
+        for sec in &kept {
+            let _ = writeln!(md, "\n## {sec}");
+        }
         md.push_str(NOT_MEASURED);
         if let Err(e) = std::fs::write(out, md) {
             eprintln!("cannot write {}: {e}", out.display());
@@ -140,15 +200,11 @@ impl Report {
 const NOT_MEASURED: &str = "
 ## Not measured yet
 
-- fan-out: one relay, 1.1 Mbit/s stream, N = 10/100/1000 TCP children (CPU per child per chunk).
 - edge: N UDP clients, built-in relay vs ffmpeg relay (clients per core).
 - join: request to first chunk (warm and cold 5-hop path) and to first decodable frame, with
   and without the GOP cache.
-- memory (RSS) of a node with 100 children.
 - silent link cut (nftables drop / `ip link set down` in the netns emulator, needs root): only
   the hung relay (SIGSTOP) is measured here.
-- scale: simulator with 1000 nodes (convergence time), 50+ real daemons on this machine.
-- `ring` AES-256-GCM behind the record layer, next to `aes-gcm`.
 - relay throughput and per-hop latency through real daemons (the figures above use the
   transport layer - the daemons' own record layer and framing - in relay threads; the node's
   message decoding and fan-out are not in them).
