@@ -286,10 +286,16 @@ fn real_daemons(opts: &Opts, rep: &mut Report) {
     let spawned = t_start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
     let all_up = loop {
-        let done = daemons
-            .iter()
-            .enumerate()
-            .all(|(i, d)| d.matching(&["neighbour up"]).len() >= degree(i));
+        // Distinct neighbours logged up (a replaced duplicate link logs twice).
+        let done = daemons.iter().enumerate().all(|(i, d)| {
+            let up: BTreeSet<String> = d
+                .matching(&["neighbour up"])
+                .iter()
+                .filter_map(|l| l.split("neighbour=").nth(1))
+                .filter_map(|r| r.split_whitespace().next().map(str::to_string))
+                .collect();
+            up.len() >= degree(i)
+        });
         if done {
             break Some(t_start.elapsed());
         }
