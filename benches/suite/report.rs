@@ -122,7 +122,10 @@ impl Report {
                     .skip(1)
                     .filter(|sec| {
                         let title = sec.lines().next().unwrap_or("");
-                        title != "Not measured yet" && !self.tables.iter().any(|t| t.title == title)
+                        // These two are written fresh at the end of every run.
+                        title != "Not measured yet"
+                            && !title.starts_with("Before / after")
+                            && !self.tables.iter().any(|t| t.title == title)
                     })
                     .map(|sec| {
                         let sec = sec.trim_end();
@@ -219,8 +222,10 @@ const BEFORE_AFTER: &str = "
 - Profile of the relay at 1000 children (perf record -g on O1 of the fan-out bench, 5 s while
   streaming): about 25% of its CPU is `NeighbourTable::by_name` (a linear scan with string
   compares, src/overlay/neighbours.rs) called by `Ctx::send` (src/overlay/streams.rs) once per
-  child per chunk, so the per-chunk cost grows with N squared (relay CPU 0.042 cores at 100
-  children, 0.81 at 1000: 19x for 10x children); another 3-5% is the per-chunk
+  child per chunk, so the per-chunk cost grows with N squared (quick run, both at the full
+  rate: relay CPU 0.042 cores at 100 children, 0.81 at 1000, 19x for 10x children; the
+  us per child-chunk at N = 1000 ranged 7.4-12.0 over three runs, i.e. 800-1300 children per
+  core, against 4.3-4.9 at N = 100); another 3-5% is the per-chunk
   `copies` / `traffic` BTreeMap updates keyed by owned strings. Not fixed here (src/overlay/ is
   outside this change): indexing neighbours by name (HashMap) and keeping link ids in the child
   lists should bring 1000 children to about N x the 100-child cost.
