@@ -453,9 +453,9 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         "Fan-out: one relay, 1.1 Mbit/s stream, N TCP children",
         ">= 1000 children per core (CPU per child per chunk)",
         &format!(
-            "Real daemons on loopback (127.80.0.x): server S1 streams a 10 s clip muxed at a \
-             constant 1.1 Mbit/s (ffmpeg -muxrate) to relay O1, which feeds N children over \
-             encrypted overlay links. Children: tokio tasks on one thread of the bench process \
+            "Real daemons on loopback (127.80.0.x): server S1 streams a 10 s clip of constant-rate \
+             H.264 + AAC, about 1.1 Mbit/s (column 3 shows what the children got), to relay O1, which feeds N children over \
+             encrypted overlay links. Children: tokio tasks on two worker threads of the bench process \
              (handshake, hello, request, keepalive answers, (epoch, seq) checks). Relay CPU from \
              /proc stat over {secs} s while streaming and over {:.0} s with the N links up but \
              no stream (keepalives: a ping each way every 200 ms). us per child-chunk = \
