@@ -5,7 +5,7 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, join).
+//! record, control, edge, join, fanout, scale).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -13,10 +13,12 @@ mod common;
 mod chain;
 mod edge;
 mod failover;
+mod fanout;
 mod idle;
 mod join;
 mod record;
 mod report;
+mod scale;
 
 use report::Report;
 
@@ -60,6 +62,7 @@ fn main() {
     }
     let started = std::time::Instant::now();
     let mut rep = Report::new(opts.quick);
+    rep.set_only(opts.only.clone());
     if opts.wants("failover") {
         failover::run(&opts, &mut rep);
     }
@@ -80,6 +83,12 @@ fn main() {
     }
     if opts.wants("join") {
         join::run(&opts, &mut rep);
+    }
+    if opts.wants("fanout") {
+        fanout::run(&opts, &mut rep);
+    }
+    if opts.wants("scale") {
+        scale::run(&opts, &mut rep);
     }
     rep.finish(started.elapsed(), &out);
     println!("wrote {}", out.display());

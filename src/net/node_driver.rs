@@ -833,7 +833,13 @@ async fn write_loop(
         let Some(mut msg) = first else { break };
         let mut batched = 0;
         loop {
-            let mut buf = BytesMut::new();
+            // Room for the message and the GCM tag up front: sealing then appends the tag
+            // without reallocating (and copying) a video chunk.
+            let len = match &msg {
+                OverlayMsg::VideoData(d) => d.encoded_len(),
+                _ => 64,
+            };
+            let mut buf = BytesMut::with_capacity(len + transport::TAG_LEN);
             match msg.encode(&mut buf) {
                 Ok(()) => match tokio::time::timeout(WRITE_STALL, writer.feed(buf)).await {
                     Ok(Ok(())) => {}
