@@ -10,7 +10,7 @@
 //! silent for `dead_after` is declared dead, which catches hung processes and silently cut links
 //! that TCP alone would notice only after minutes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,10 @@ pub struct NeighbourTable {
     dials: BTreeMap<SocketAddr, Dial>,
     // Ordered, so pings and closes come out in the same order on every run (simulator).
     links: BTreeMap<LinkId, Neighbour>,
+    /// The link of each live neighbour, by name: streams look neighbours up by name once per
+    /// child per chunk, so a scan of `links` made fan-out cost grow with the square of the
+    /// children.
+    names: HashMap<String, LinkId>,
     actions: VecDeque<Action>,
 }
 
@@ -153,6 +157,7 @@ impl NeighbourTable {
             epoch: now,
             dials: BTreeMap::new(),
             links: BTreeMap::new(),
+            names: HashMap::new(),
             actions: VecDeque::new(),
         }
     }
@@ -226,7 +231,8 @@ impl NeighbourTable {
         let listen_addr = SocketAddr::new(remote.ip(), hello.listen_port);
         let outbound = dialled.is_some();
 
-        if let Some(old) = self.links.values().find(|n| n.name == hello.name).cloned() {
+        let old = self.names.get(&hello.name).and_then(|l| self.links.get(l));
+        if let Some(old) = old.cloned() {
             // Both ends keep the link opened by the smaller name. When both links go the same
             // way (a racing redial, or a restarted peer whose old link is not yet known dead)
             // the old one stays: keepalive retires it if it is really gone.
@@ -262,6 +268,7 @@ impl NeighbourTable {
                     ..old
                 },
             );
+            self.names.insert(hello.name.clone(), link);
         } else {
             self.actions.push_back(Action::Up {
                 link,
@@ -282,6 +289,7 @@ impl NeighbourTable {
                     next_ping: now,
                 },
             );
+            self.names.insert(hello.name.clone(), link);
         }
         if let Some(addr) = dialled {
             self.mark_linked(addr, link, &hello.name);
@@ -315,6 +323,9 @@ impl NeighbourTable {
     pub fn link_down(&mut self, now: Instant, link: LinkId, reason: &str) -> Option<Neighbour> {
         let gone = self.links.remove(&link);
         if let Some(n) = &gone {
+            if self.names.get(&n.name) == Some(&link) {
+                self.names.remove(&n.name);
+            }
             self.actions.push_back(Action::Down {
                 link,
                 name: n.name.clone(),
@@ -447,7 +458,7 @@ impl NeighbourTable {
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Neighbour> {
-        self.links.values().find(|n| n.name == name)
+        self.names.get(name).and_then(|l| self.links.get(l))
     }
 
     /// Live neighbours, sorted by name.
@@ -664,6 +675,27 @@ mod tests {
         let n = t.get(LinkId(3)).expect("child still alive");
         assert!(n.rtt_samples >= 19);
         assert_eq!(n.rtt, Some(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn by_name_follows_a_replaced_link_and_forgets_a_dead_one() {
+        let t0 = Instant::now();
+        // "Z" > "B": A keeps the link B dialled (inbound to A) when both race.
+        let mut t = NeighbourTable::new("Z", LivenessConfig::default(), t0);
+        let b = addr("127.0.0.2:7701");
+        t.want(t0, b, true);
+        assert!(t.link_up(t0, LinkId(1), b, Some(b), &hello("B", 7701)));
+        assert_eq!(t.by_name("B").map(|n| n.link), Some(LinkId(1)));
+        // B's own dial arrives: the inbound link is the keeper, the neighbour moves onto it.
+        let from_b = addr("127.0.0.2:40000");
+        assert!(t.link_up(t0, LinkId(2), from_b, None, &hello("B", 7701)));
+        assert_eq!(t.by_name("B").map(|n| n.link), Some(LinkId(2)));
+        // The replaced link's close does not forget B.
+        assert!(t.link_down(t0, LinkId(1), "duplicate").is_none());
+        assert_eq!(t.by_name("B").map(|n| n.link), Some(LinkId(2)));
+        assert!(t.link_down(t0, LinkId(2), "closed").is_some());
+        assert!(t.by_name("B").is_none());
+        assert!(t.by_name("C").is_none());
     }
 
     #[test]
