@@ -15,12 +15,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, Daemon, TempDir};
+use common::{bootstrapper, keygen, repo_videos, some_video, Daemon, TempDir};
 use overlayd::crypto::{Handshake, Side};
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
@@ -38,21 +37,6 @@ struct Overlay {
     o1: Daemon,
     o1_ip: String,
     watcher: Consumer,
-}
-
-fn repo_videos() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
-fn some_video() -> String {
-    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
-        .collect();
-    names.sort();
-    names.into_iter().next().expect("a .ts clip in videos/")
 }
 
 /// S1 (127.76.`net`.1) - O1 (.2), bootstrapper .100, and a test child "Watcher" on O1.

@@ -12,12 +12,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, Daemon, TempDir};
+use common::{bootstrapper, keygen, repo_videos, some_video, Daemon, TempDir};
 use overlayd::crypto::Side;
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
@@ -29,21 +28,6 @@ use overlayd::wire::overlay::{
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn repo_videos() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
-fn some_video() -> String {
-    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
-        .collect();
-    names.sort();
-    names.into_iter().next().expect("a .ts clip in videos/")
-}
 
 fn status(ip: &str) -> NodeStatus {
     let addr = format!("{ip}:7704").parse().unwrap();

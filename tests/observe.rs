@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::consumer::Consumer;
-use common::{keygen, run, Daemon, TempDir};
+use common::{keygen, repo_videos, run, some_video, Daemon, TempDir};
 use overlayd::net::control::http_get;
 use overlayd::overlay::status::{NodeStatus, TraceResult};
 
@@ -36,21 +36,6 @@ fn topology(dir: &TempDir, net: u8) -> PathBuf {
     let path = dir.path("topology.json");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn repo_videos() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
-fn some_video() -> String {
-    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
-        .collect();
-    names.sort();
-    names.into_iter().next().expect("a .ts clip in videos/")
 }
 
 fn status_json(ip: &str) -> NodeStatus {

@@ -7,99 +7,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, Daemon, TempDir};
+use common::diamond::{self, Diamond};
+use common::{some_video, Daemon};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// S1 - O1 - {O2, O3} - O4 on 127.72.`net`.x.
-fn diamond(dir: &TempDir, net: u8) -> std::path::PathBuf {
-    let a = |i: u8| format!("\"127.72.{net}.{i}\"");
-    let text = format!(
-        r#"{{
-  "S1": {{ "neighbours": [{o1}], "addresses": [{s1}] }},
-  "O1": {{ "neighbours": [{s1}, {o2}, {o3}], "addresses": [{o1}] }},
-  "O2": {{ "neighbours": [{o1}, {o4}], "addresses": [{o2}] }},
-  "O3": {{ "neighbours": [{o1}, {o4}], "addresses": [{o3}] }},
-  "O4": {{ "neighbours": [{o2}, {o3}], "addresses": [{o4}] }}
-}}"#,
-        s1 = a(1),
-        o1 = a(2),
-        o2 = a(3),
-        o3 = a(4),
-        o4 = a(5)
-    );
-    let path = dir.path("topology.json");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn repo_videos() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
-/// The first video the server offers: a `.ts` clip of videos/ (named by its file stem).
-fn some_video() -> String {
-    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
-        .collect();
-    names.sort();
-    names.into_iter().next().expect("a .ts clip in videos/")
-}
-
-struct Overlay {
-    _dir: TempDir,
-    key: std::path::PathBuf,
-    _bootstrapper: Daemon,
-    daemons: Vec<Daemon>,
-}
-
-impl Overlay {
-    fn daemon(&mut self, name: &str) -> &mut Daemon {
-        self.daemons.iter_mut().find(|d| d.name == name).unwrap()
-    }
-}
-
-fn start_diamond(net: u8) -> Overlay {
-    let dir = TempDir::new("stream");
-    let topo = diamond(&dir, net);
-    let key = dir.path("k");
-    keygen(&key);
-    let boot_ip = format!("127.72.{net}.100");
-    let b = bootstrapper(&topo, &boot_ip);
-    let videos = repo_videos();
-    let mut daemons = Vec::new();
-    for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {
-        let ip = format!("127.72.{net}.{}", i + 1);
-        let mut args = vec![
-            "--role",
-            if *name == "S1" { "server" } else { "node" },
-            "--name",
-            name,
-            "--bind",
-            &ip,
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        if *name == "S1" {
-            args.extend(["--videos", videos.to_str().unwrap()]);
-        }
-        daemons.push(Daemon::spawn(name, &args));
-    }
-    Overlay {
-        _dir: dir,
-        key,
-        _bootstrapper: b,
-        daemons,
-    }
+fn start_diamond(net: u8) -> Diamond {
+    diamond::start("stream", "127.72", net, |_| vec![])
 }
 
 /// The parent a daemon's log names last (chosen, switched to, or failed over to).

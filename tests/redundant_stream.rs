@@ -9,11 +9,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, Daemon, TempDir};
+use common::diamond::{self, Diamond};
+use common::some_video;
 use overlayd::net::control::http_get;
 use overlayd::overlay::NodeStatus;
 
@@ -24,92 +25,15 @@ fn ip(net: u8, i: u8) -> String {
     format!("127.77.{net}.{i}")
 }
 
-/// S1 - O1 - {O2, O3} - O4.
-fn diamond(dir: &TempDir, net: u8) -> PathBuf {
-    let a = |i: u8| format!("\"{}\"", ip(net, i));
-    let text = format!(
-        r#"{{
-  "S1": {{ "neighbours": [{o1}], "addresses": [{s1}] }},
-  "O1": {{ "neighbours": [{s1}, {o2}, {o3}], "addresses": [{o1}] }},
-  "O2": {{ "neighbours": [{o1}, {o4}], "addresses": [{o2}] }},
-  "O3": {{ "neighbours": [{o1}, {o4}], "addresses": [{o3}] }},
-  "O4": {{ "neighbours": [{o2}, {o3}], "addresses": [{o4}] }}
-}}"#,
-        s1 = a(1),
-        o1 = a(2),
-        o2 = a(3),
-        o3 = a(4),
-        o4 = a(5)
-    );
-    let path = dir.path("topology.json");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn repo_videos() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
-fn some_video() -> String {
-    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
-        .collect();
-    names.sort();
-    names.into_iter().next().expect("a .ts clip in videos/")
-}
-
-struct Overlay {
-    _dir: TempDir,
-    key: PathBuf,
-    _bootstrapper: Daemon,
-    daemons: Vec<Daemon>,
-}
-
-impl Overlay {
-    fn daemon(&mut self, name: &str) -> &mut Daemon {
-        self.daemons.iter_mut().find(|d| d.name == name).unwrap()
-    }
-}
-
-fn start(net: u8) -> Overlay {
-    let dir = TempDir::new("redundant");
-    let topo = diamond(&dir, net);
-    let key = dir.path("k");
-    keygen(&key);
-    let boot_ip = ip(net, 100);
-    let b = bootstrapper(&topo, &boot_ip);
-    let videos = repo_videos();
-    let mut daemons = Vec::new();
-    for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {
-        let bind = ip(net, i as u8 + 1);
-        let mut args = vec![
-            "--role",
-            if *name == "S1" { "server" } else { "node" },
-            "--name",
-            name,
-            "--bind",
-            &bind,
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        match *name {
-            "S1" => args.extend(["--videos", videos.to_str().unwrap()]),
-            "O4" => args.push("--redundant"),
-            _ => {}
+/// The diamond with O4 redundant.
+fn start(net: u8) -> Diamond {
+    diamond::start("redundant", "127.77", net, |name| {
+        if name == "O4" {
+            vec!["--redundant"]
+        } else {
+            vec![]
         }
-        daemons.push(Daemon::spawn(name, &args));
-    }
-    Overlay {
-        _dir: dir,
-        key,
-        _bootstrapper: b,
-        daemons,
-    }
+    })
 }
 
 /// The value of `key=` in a log line (tracing's field format).
@@ -133,7 +57,7 @@ fn status(net: u8) -> NodeStatus {
 
 /// Start the overlay and the consumer, wait until O4 has both parents and the stream flows;
 /// print the measured extra bandwidth.
-fn redundant_stream(net: u8, video: &str) -> (Overlay, Consumer) {
+fn redundant_stream(net: u8, video: &str) -> (Diamond, Consumer) {
     let mut ov = start(net);
     let psk = overlayd::keyfile::load(&ov.key).unwrap().psk;
     let o4_addr = format!("{}:7701", ip(net, 5)).parse().unwrap();

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -371,10 +370,6 @@ pub fn tree_delta(a: &HashMap<u32, f64>, b: &HashMap<u32, f64>) -> f64 {
     b.iter().filter_map(|(p, v)| a.get(p).map(|u| v - u)).sum()
 }
 
-pub fn videos_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
 /// A bootstrapper, a server S1 and edge daemons (each with its extra arguments), with the
 /// topology `links` (pairs of names); `ip(name)` gives every device's address.
 pub struct Net {
@@ -425,7 +420,7 @@ impl Net {
         let key = dir.path("k");
         keygen(&key);
         let boot = bootstrapper(&topo, boot_ip);
-        let videos = videos_dir();
+        let videos = crate::common::repo_videos();
         let mut daemons = Vec::new();
         for (name, ip, role, extra) in devices {
             let mut args: Vec<String> = [

@@ -2,12 +2,12 @@
 //! daemons on loopback in the diamond of tests/overlay_stream.rs (S1 - O1 - {O2, O3} - O4), a
 //! test consumer on O4, a fresh overlay per trial (addresses 127.74.N.x).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::consumer::{analyse, Consumer, Received};
-use crate::common::{bootstrapper, keygen, Daemon, TempDir};
+use crate::common::diamond::{self, Diamond};
+use crate::common::some_video;
 use crate::report::{f1, max, median, pct, Report, Table};
 use crate::Opts;
 
@@ -21,90 +21,13 @@ pub enum Fault {
     Stop,
 }
 
-pub struct Overlay {
-    _dir: TempDir,
-    pub key: PathBuf,
-    _bootstrapper: Daemon,
-    pub daemons: Vec<Daemon>,
-}
-
-impl Overlay {
-    pub fn daemon(&mut self, name: &str) -> &mut Daemon {
-        self.daemons.iter_mut().find(|d| d.name == name).unwrap()
-    }
-}
-
 pub fn addr(net: u8, i: u8) -> String {
     format!("127.74.{net}.{i}")
 }
 
 /// S1 - O1 - {O2, O3} - O4 on 127.74.`net`.1..5, bootstrapper on .100.
-pub fn start_diamond(net: u8) -> Overlay {
-    let dir = TempDir::new("bench");
-    let a = |i: u8| format!("\"{}\"", addr(net, i));
-    let text = format!(
-        r#"{{
-  "S1": {{ "neighbours": [{o1}], "addresses": [{s1}] }},
-  "O1": {{ "neighbours": [{s1}, {o2}, {o3}], "addresses": [{o1}] }},
-  "O2": {{ "neighbours": [{o1}, {o4}], "addresses": [{o2}] }},
-  "O3": {{ "neighbours": [{o1}, {o4}], "addresses": [{o3}] }},
-  "O4": {{ "neighbours": [{o2}, {o3}], "addresses": [{o4}] }}
-}}"#,
-        s1 = a(1),
-        o1 = a(2),
-        o2 = a(3),
-        o3 = a(4),
-        o4 = a(5)
-    );
-    let topo = dir.path("topology.json");
-    std::fs::write(&topo, text).unwrap();
-    let key = dir.path("k");
-    keygen(&key);
-    let boot_ip = addr(net, 100);
-    let b = bootstrapper(&topo, &boot_ip);
-    let videos = videos_dir();
-    let mut daemons = Vec::new();
-    for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {
-        let ip = addr(net, i as u8 + 1);
-        let mut args = vec![
-            "--role",
-            if *name == "S1" { "server" } else { "node" },
-            "--name",
-            name,
-            "--bind",
-            &ip,
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        if *name == "S1" {
-            args.extend(["--videos", videos.to_str().unwrap()]);
-        }
-        daemons.push(Daemon::spawn(name, &args));
-    }
-    Overlay {
-        _dir: dir,
-        key,
-        _bootstrapper: b,
-        daemons,
-    }
-}
-
-fn videos_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
-}
-
-/// The first `.ts` clip of videos/ (named by its stem).
-pub fn some_video() -> String {
-    let mut names: Vec<String> = std::fs::read_dir(videos_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
-        .collect();
-    names.sort();
-    names.into_iter().next().expect("a .ts clip in videos/")
+pub fn start_diamond(net: u8) -> Diamond {
+    diamond::start("bench", "127.74", net, |_| vec![])
 }
 
 struct Trial {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod consumer;
+pub mod diamond;
 pub mod emu;
 
 use std::io::{BufRead, BufReader};
@@ -52,6 +53,23 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The repository's committed clips (videos/).
+pub fn repo_videos() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("videos")
+}
+
+/// The first video a server given [`repo_videos`] offers: its first `.ts` clip by file stem.
+pub fn some_video() -> String {
+    let mut names: Vec<String> = std::fs::read_dir(repo_videos())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_suffix(".ts").map(str::to_string))
+        .collect();
+    names.sort();
+    names.into_iter().next().expect("a .ts clip in videos/")
 }
 
 /// Write a fresh key file with `overlayd keygen`.

@@ -1,0 +1,82 @@
+//! The loopback diamond S1 - O1 - {O2, O3} - O4 of real daemons that the stream, redundancy
+//! and failover-bench tests share: a topology on `PREFIX.NET.1..5` (bootstrapper on `.100`), a
+//! fresh key, S1 serving the repository's clips, and every daemon's log at hand.
+
+use std::path::PathBuf;
+
+use super::{bootstrapper, keygen, repo_videos, Daemon, TempDir};
+
+/// The running diamond; dropping it stops every daemon and removes its directory.
+pub struct Diamond {
+    _dir: TempDir,
+    pub key: PathBuf,
+    _bootstrapper: Daemon,
+    pub daemons: Vec<Daemon>,
+}
+
+impl Diamond {
+    pub fn daemon(&mut self, name: &str) -> &mut Daemon {
+        self.daemons.iter_mut().find(|d| d.name == name).unwrap()
+    }
+}
+
+/// Start the diamond on `prefix.net.x` (e.g. prefix "127.72"); `extra(name)` gives a device's
+/// arguments beyond role, name, bind, bootstrap, key (and S1's `--videos`).
+pub fn start(
+    tag: &str,
+    prefix: &str,
+    net: u8,
+    extra: impl Fn(&str) -> Vec<&'static str>,
+) -> Diamond {
+    let ip = |i: u8| format!("{prefix}.{net}.{i}");
+    let dir = TempDir::new(tag);
+    let a = |i: u8| format!("\"{}\"", ip(i));
+    let text = format!(
+        r#"{{
+  "S1": {{ "neighbours": [{o1}], "addresses": [{s1}] }},
+  "O1": {{ "neighbours": [{s1}, {o2}, {o3}], "addresses": [{o1}] }},
+  "O2": {{ "neighbours": [{o1}, {o4}], "addresses": [{o2}] }},
+  "O3": {{ "neighbours": [{o1}, {o4}], "addresses": [{o3}] }},
+  "O4": {{ "neighbours": [{o2}, {o3}], "addresses": [{o4}] }}
+}}"#,
+        s1 = a(1),
+        o1 = a(2),
+        o2 = a(3),
+        o3 = a(4),
+        o4 = a(5)
+    );
+    let topo = dir.path("topology.json");
+    std::fs::write(&topo, text).unwrap();
+    let key = dir.path("k");
+    keygen(&key);
+    let boot_ip = ip(100);
+    let b = bootstrapper(&topo, &boot_ip);
+    let videos = repo_videos();
+    let mut daemons = Vec::new();
+    for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {
+        let bind = ip(i as u8 + 1);
+        let mut args = vec![
+            "--role",
+            if *name == "S1" { "server" } else { "node" },
+            "--name",
+            name,
+            "--bind",
+            &bind,
+            "--bootstrap",
+            &boot_ip,
+            "--key-file",
+            key.to_str().unwrap(),
+        ];
+        if *name == "S1" {
+            args.extend(["--videos", videos.to_str().unwrap()]);
+        }
+        args.extend(extra(name));
+        daemons.push(Daemon::spawn(name, &args));
+    }
+    Diamond {
+        _dir: dir,
+        key,
+        _bootstrapper: b,
+        daemons,
+    }
+}
