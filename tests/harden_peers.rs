@@ -510,6 +510,7 @@ fn a_flood_of_2000_connections_stays_bounded() {
     let pid = o.o1.pid();
     let s1_before = o.s1_link();
     let (rss0, fd0) = (rss_kib(pid), fds(pid));
+    let before = o.driver();
     let chunks_at_start = o.watcher.received().len();
     let t0 = Instant::now();
 
@@ -576,8 +577,12 @@ fn a_flood_of_2000_connections_stays_bounded() {
         "the flood itself failed ({opened} connections)"
     );
     let allowed = (SOURCES * MAX_PENDING_PER_IP).min(MAX_PENDING_HANDSHAKES);
+    // On a slow run the flood outlasts the handshake timeout: every pending handshake that timed
+    // out frees its slot for one more silent connection, so those are subtracted, not assumed.
+    let freed = (during.handshakes_refused + during.handshakes_ok)
+        - (before.handshakes_refused + before.handshakes_ok);
     assert!(
-        during.connections_over_limit >= (opened - allowed) as u64,
+        during.connections_over_limit + freed >= (opened - allowed) as u64,
         "over-limit connections not refused: {during:#?}"
     );
     assert!(
