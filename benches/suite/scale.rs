@@ -353,11 +353,12 @@ fn real_daemons(opts: &Opts, rep: &mut Report) {
     let cores = (cpu(&daemons) - c0) / t0.elapsed().as_secs_f64();
     let rss_stream: f64 = daemons.iter().map(|d| rss_mib(d.pid())).sum();
     let rss_max = daemons.iter().map(|d| rss_mib(d.pid())).fold(0.0, f64::max);
-    let (mut lost, mut dup) = (0u64, 0usize);
+    let (mut lost, mut dup, mut switches) = (0u64, 0usize, 0usize);
     for c in &consumers {
         let d = analyse(&c.received());
         lost += d.missing;
-        dup += d.duplicates + d.reorderings;
+        dup += d.duplicates + d.reordered_in_epoch;
+        switches += d.epoch_changes;
     }
     drop(consumers);
     // A daemon that exited is a zombie (Z) until reaped, or gone.
@@ -407,8 +408,12 @@ fn real_daemons(opts: &Opts, rep: &mut Report) {
         format!("{served}/{}", leaves.len() * 2),
     ]);
     t.row(vec![
-        "chunks lost in sequence / dup+reord (all consumers)".into(),
+        "chunks lost in sequence / duplicated or reordered in an epoch (all consumers)".into(),
         format!("{lost} / {dup}"),
+    ]);
+    t.row(vec![
+        "moves to another server's epoch (all consumers)".into(),
+        switches.to_string(),
     ]);
     t.row(vec!["RSS total idle (MiB)".into(), f1(rss_idle)]);
     t.row(vec![
@@ -425,10 +430,9 @@ fn real_daemons(opts: &Opts, rep: &mut Report) {
     ]);
     if dup > 0 {
         t.note(format!(
-            "{dup} duplicate or reordered chunks reached the test consumers (raw overlay \
-             children that see what their leaf forwards, before any deduplication): a leaf \
-             forwarded some chunks twice or out of order, likely around a parent switch; not \
-             investigated here (src/overlay/streams.rs)."
+            "{dup} chunks reached a test consumer twice, or after a newer chunk of the same \
+             epoch (the consumers are raw overlay children and see exactly what their leaf \
+             forwards): an ordering failure of src/overlay/streams.rs."
         ));
     }
     t.note(if served == leaves.len() * 2 && all_up.is_some() {

@@ -30,6 +30,12 @@ pub struct Delivery {
     pub reorderings: usize,
     /// Sequence numbers skipped (within one epoch).
     pub missing: u64,
+    /// Chunks older than one already received of the same epoch: the overlay's own ordering
+    /// failures, whatever the sources did.
+    pub reordered_in_epoch: usize,
+    /// Moves from one epoch to another (a source restart, or a switch to another server
+    /// streaming the same video: epochs of different servers are not ordered).
+    pub epoch_changes: usize,
     /// Longest time between two consecutive chunks.
     pub max_gap: Duration,
 }
@@ -40,13 +46,22 @@ pub fn analyse(rx: &[Received]) -> Delivery {
         ..Default::default()
     };
     let mut seen = std::collections::HashSet::new();
+    let mut newest = std::collections::HashMap::new();
     let mut last: Option<Received> = None;
     for r in rx {
         if !seen.insert((r.epoch, r.seq)) {
             d.duplicates += 1;
             continue;
         }
+        let top = newest.entry(r.epoch).or_insert(r.seq);
+        if r.seq < *top {
+            d.reordered_in_epoch += 1;
+        }
+        *top = (*top).max(r.seq);
         if let Some(l) = last {
+            if r.epoch != l.epoch {
+                d.epoch_changes += 1;
+            }
             d.max_gap = d.max_gap.max(r.at.duration_since(l.at));
             if r.epoch == l.epoch {
                 if r.seq < l.seq {
