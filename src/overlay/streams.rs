@@ -1631,11 +1631,29 @@ impl Streams {
             (ctx.cfg.switch_margin * cur_us).max(ctx.cfg.switch_floor.as_micros() as f64)
         };
         let cand_route = &servers[&cand.server].parents[&cand.neighbour];
-        let better = if let Some(cur_route) = servers[&cand.server].parents.get(&cur.name) {
-            // Same server: delays share its clock skew, so their difference is skew-free.
+        // The route we are fed by: the current parent's towards the server it feeds us from.
+        // Comparing with its route to the candidate's server instead would weigh a path we do
+        // not use, and move a stream to another server (a jump in the video) for nothing.
+        let cur_route = cur
+            .server
+            .as_deref()
+            .and_then(|s| Some((s, servers.get(s)?.parents.get(&cur.name)?)));
+        let better = if let Some((cur_server, cur_route)) = cur_route {
+            if cur_server == cand.server {
+                // Same server: delays share its clock skew, so their difference is skew-free.
+                cur_route.delay_us - cand_route.delay_us > margin(cur_route.link_sum_us as f64)
+            } else {
+                // Another server: compare skew-free path sums.
+                let cur_ls = cur_route.link_sum_us as f64;
+                cur_ls - cand_route.link_sum_us as f64 > margin(cur_ls)
+            }
+        } else if let Some(cur_route) = servers[&cand.server].parents.get(&cur.name) {
+            // Server unknown (a grandfather took over): the parent's route to the candidate's
+            // server is the best guess of what feeds us.
             cur_route.delay_us - cand_route.delay_us > margin(cur_route.link_sum_us as f64)
         } else {
-            // Another server: compare skew-free path sums.
+            // Its route to our server is gone: compare with its best remaining route to any
+            // server offering the video (skew-free path sums).
             let cur_ls = ctx
                 .routing
                 .offers(video)
