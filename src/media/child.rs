@@ -119,13 +119,27 @@ pub(crate) enum Ended {
     Died,
 }
 
-/// One kind of ffmpeg child kept running by [`supervise`]: how to start it, what to do with
-/// it while it runs and how to wait before the next start. Each kind logs in its own words.
-pub(crate) trait Supervised {
-    /// The command to spawn (made with [`command`], its pipes set).
-    fn command(&self) -> Command;
+/// Which pipe of a supervised ffmpeg child carries the video.
+pub(crate) enum VideoPipe {
+    /// The video goes in on stdin (a relay).
+    Stdin,
+    /// The video comes out on stdout (a source).
+    Stdout,
+}
+
+/// How [`supervise`] starts its ffmpeg child.
+pub(crate) struct FfmpegChild {
+    /// ffmpeg's arguments.
+    pub args: Vec<String>,
+    /// Which pipe is opened besides stderr.
+    pub video: VideoPipe,
     /// Name of the child in its stderr lines (see [`log_stderr`]).
-    fn stderr_label(&self) -> String;
+    pub label: String,
+}
+
+/// One kind of ffmpeg child kept running by [`supervise`]: what to do with it while it runs
+/// and how to wait before the next start. Each kind logs in its own words.
+pub(crate) trait Supervised {
     /// Logs a failed spawn; the supervisor then backs off and tries again.
     fn spawn_failed(&self, e: std::io::Error);
     /// Feeds or drains the running child until it ends; kills or reaps it before returning,
@@ -135,10 +149,11 @@ pub(crate) trait Supervised {
     async fn pause(&mut self, delay: Duration) -> bool;
 }
 
-/// Runs `job`'s child until it stops for good, restarting it after `backoff` whenever it dies
-/// or fails to start. `restarts` counts the starts after the first; `child_pid` holds the
-/// running child's pid (0 while none runs).
+/// Runs `child` for `job` until the job stops for good, starting it again after `backoff`
+/// whenever it dies or fails to start. `restarts` counts the starts after the first;
+/// `child_pid` holds the running child's pid (0 while none runs).
 pub(crate) async fn supervise<S: Supervised>(
+    child: &FfmpegChild,
     job: &mut S,
     backoff: &mut Backoff,
     restarts: &AtomicU64,
@@ -151,12 +166,18 @@ pub(crate) async fn supervise<S: Supervised>(
         }
         first = false;
         let started = Instant::now();
-        match job.command().spawn() {
+        let mut cmd = command(FFMPEG);
+        cmd.args(&child.args).stderr(Stdio::piped());
+        match child.video {
+            VideoPipe::Stdin => cmd.stdin(Stdio::piped()),
+            VideoPipe::Stdout => cmd.stdout(Stdio::piped()),
+        };
+        match cmd.spawn() {
             Err(e) => job.spawn_failed(e),
             Ok(mut ch) => {
                 child_pid.store(ch.id().unwrap_or(0), Ordering::Relaxed);
                 if let Some(err) = ch.stderr.take() {
-                    log_stderr(err, job.stderr_label());
+                    log_stderr(err, child.label.clone());
                 }
                 let ended = job.run(&mut ch, started).await;
                 child_pid.store(0, Ordering::Relaxed);

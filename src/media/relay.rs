@@ -9,7 +9,6 @@
 //! arrive meanwhile are dropped and counted.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +17,12 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::child::{self, Backoff, Ended, Supervised, FFMPEG};
+use super::child::{self, Backoff, Ended, FfmpegChild, Supervised, VideoPipe};
 use super::ts::{Chunk, PACKET_LEN};
 
 /// Builds the header of each native datagram: called with an empty buffer before the TS
@@ -365,25 +364,23 @@ async fn run_ffmpeg(
     cancel: CancellationToken,
     counters: Arc<Counters>,
 ) {
-    let mut job = FfmpegRelay {
+    let child = FfmpegChild {
         args,
+        video: VideoPipe::Stdin,
+        label: format!("ffmpeg relay to {dest}"),
+    };
+    let mut job = FfmpegRelay {
         dest,
         rx,
         cancel,
         counters: counters.clone(),
     };
-    child::supervise(
-        &mut job,
-        &mut backoff,
-        &counters.restarts,
-        &counters.child_pid,
-    )
-    .await;
+    let (restarts, child_pid) = (&counters.restarts, &counters.child_pid);
+    child::supervise(&child, &mut job, &mut backoff, restarts, child_pid).await;
 }
 
 /// The ffmpeg child of a relay: chunks go to its stdin.
 struct FfmpegRelay {
-    args: Vec<String>,
     dest: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
@@ -391,18 +388,6 @@ struct FfmpegRelay {
 }
 
 impl Supervised for FfmpegRelay {
-    fn command(&self) -> Command {
-        let mut cmd = child::command(FFMPEG);
-        cmd.args(&self.args)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    fn stderr_label(&self) -> String {
-        format!("ffmpeg relay to {}", self.dest)
-    }
-
     fn spawn_failed(&self, e: std::io::Error) {
         tracing::error!(dest = %self.dest, "cannot start ffmpeg relay: {e}");
     }

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::child::{self, Backoff, Ended, Supervised, FFMPEG, FFPROBE};
+use super::child::{self, Backoff, Ended, FfmpegChild, Supervised, VideoPipe, FFPROBE};
 use super::pacer::{Pacer, PacerConfig, PacerError, PacerPoll};
 use super::ts::{Chunk, Chunker, TsError, DEFAULT_PACKETS_PER_CHUNK};
 
@@ -392,8 +392,12 @@ async fn run_ffmpeg(
     cancel: CancellationToken,
     counters: Arc<Counters>,
 ) -> Result<(), SourceError> {
-    let mut job = FfmpegSource {
+    let child = FfmpegChild {
         args: ffmpeg_source_args(&path, &transcode),
+        video: VideoPipe::Stdout,
+        label: format!("ffmpeg source {}", path.display()),
+    };
+    let mut job = FfmpegSource {
         chunker: Chunker::new(cfg.packets_per_chunk)?,
         path,
         buf: vec![0u8; 64 * 1024],
@@ -402,20 +406,14 @@ async fn run_ffmpeg(
         counters: counters.clone(),
     };
     let mut backoff = cfg.backoff.clone();
-    child::supervise(
-        &mut job,
-        &mut backoff,
-        &counters.restarts,
-        &counters.child_pid,
-    )
-    .await;
+    let (restarts, child_pid) = (&counters.restarts, &counters.child_pid);
+    child::supervise(&child, &mut job, &mut backoff, restarts, child_pid).await;
     Ok(())
 }
 
 /// The ffmpeg child of a source: its stdout is cut into chunks.
 struct FfmpegSource {
     path: PathBuf,
-    args: Vec<String>,
     chunker: Chunker,
     buf: Vec<u8>,
     tx: mpsc::Sender<Chunk>,
@@ -424,18 +422,6 @@ struct FfmpegSource {
 }
 
 impl Supervised for FfmpegSource {
-    fn command(&self) -> Command {
-        let mut cmd = child::command(FFMPEG);
-        cmd.args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    fn stderr_label(&self) -> String {
-        format!("ffmpeg source {}", self.path.display())
-    }
-
     fn spawn_failed(&self, e: std::io::Error) {
         tracing::error!(path = %self.path.display(), "cannot start ffmpeg: {e}");
     }
