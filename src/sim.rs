@@ -479,22 +479,10 @@ impl Sim {
         }
         self.nodes[i].timer_at = None;
         // Source ticks were lost while frozen: the reader resumes.
-        let generation = self.nodes[i].generation;
         let videos: Vec<String> = self.nodes[i].sources.keys().cloned().collect();
         for video in videos {
             // A new run number retires any tick still queued from before the freeze.
-            let run = self.next_run;
-            self.next_run += 1;
-            self.nodes[i].sources.insert(video.clone(), run);
-            self.push(
-                self.now,
-                Event::SourceTick {
-                    node: i,
-                    generation,
-                    video,
-                    run,
-                },
-            );
+            self.start_source(i, video);
         }
         self.pump(i);
     }
@@ -669,6 +657,29 @@ impl Sim {
         cond(self).then_some(self.now)
     }
 
+    /// Starts (or restarts) node `i`'s source of `video` under a new run number, which
+    /// retires any tick of an earlier run still queued; its first tick is now.
+    fn start_source(&mut self, i: usize, video: String) {
+        let run = self.next_run;
+        self.next_run += 1;
+        self.nodes[i].sources.insert(video.clone(), run);
+        self.push_source_tick(self.now, i, video, run);
+    }
+
+    /// Queues the next chunk of node `i`'s source of `video` (run `run`) at `at`.
+    fn push_source_tick(&mut self, at: Duration, i: usize, video: String, run: u64) {
+        let generation = self.nodes[i].generation;
+        self.push(
+            at,
+            Event::SourceTick {
+                node: i,
+                generation,
+                video,
+                run,
+            },
+        );
+    }
+
     fn push(&mut self, at: Duration, event: Event) {
         self.order += 1;
         self.queue.push(Reverse(Queued {
@@ -779,16 +790,7 @@ impl Sim {
                 self.node_mut(i)
                     .handle_source_chunk(now, &video, payload, keyframe);
                 let next = self.now + self.cfg.chunk_interval;
-                let generation = self.nodes[i].generation;
-                self.push(
-                    next,
-                    Event::SourceTick {
-                        node: i,
-                        generation,
-                        video,
-                        run,
-                    },
-                );
+                self.push_source_tick(next, i, video, run);
             }
         }
         self.pump(i);
@@ -829,21 +831,7 @@ impl Sim {
                     let now = self.instant();
                     self.node_mut(i).handle_link_down(now, link, &reason);
                 }
-                Output::SourceStart { video } => {
-                    let run = self.next_run;
-                    self.next_run += 1;
-                    self.nodes[i].sources.insert(video.clone(), run);
-                    let generation = self.nodes[i].generation;
-                    self.push(
-                        self.now,
-                        Event::SourceTick {
-                            node: i,
-                            generation,
-                            video,
-                            run,
-                        },
-                    );
-                }
+                Output::SourceStart { video } => self.start_source(i, video),
                 Output::SourceStop { video } => {
                     self.nodes[i].sources.remove(&video);
                 }

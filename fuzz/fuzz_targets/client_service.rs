@@ -8,6 +8,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use overlayd::service::client::{ClientService, ClientSettings, EdgeChoice};
 
+mod ops;
+
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let edges: Vec<SocketAddr> = vec![
@@ -16,13 +18,7 @@ fuzz_target!(|data: &[u8]| {
     ];
     let mut client = ClientService::new(ClientSettings::default(), edges, EdgeChoice::Auto, now);
     client.play(now, "alpha");
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let (op, who, len) = (rest[0], rest[1], usize::from(rest[2]));
-        rest = &rest[3..];
-        let len = len.min(rest.len());
-        let (body, tail) = rest.split_at(len);
-        rest = tail;
+    for (op, who, body) in ops::ops(data) {
         let from = SocketAddr::from(([10, 0, 0, who % 4], 7702 - u16::from(who / 4 % 2)));
         match op % 4 {
             0 | 1 => client.handle_datagram(now, from, Bytes::copy_from_slice(body)),

@@ -14,6 +14,8 @@ use overlayd::service::edge::{EdgeConfig, EdgeService};
 
 const MAX_SESSIONS: usize = 4;
 
+mod ops;
+
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let cfg = EdgeConfig {
@@ -25,14 +27,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut edge = EdgeService::new(cfg, now);
     edge.set_videos(now, vec!["alpha".into(), "bravo".into()]);
-    let mut rest = data;
     let mut seq = 0u64;
-    while rest.len() >= 3 {
-        let (op, who, len) = (rest[0], rest[1], usize::from(rest[2]));
-        rest = &rest[3..];
-        let len = len.min(rest.len());
-        let (body, tail) = rest.split_at(len);
-        rest = tail;
+    for (op, who, body) in ops::ops(data) {
         let from = SocketAddr::from(([10, 0, 0, who % 8], 7000 + u16::from(who / 8 % 4)));
         match op % 5 {
             0 => edge.handle_datagram(now, from, Bytes::copy_from_slice(body)),

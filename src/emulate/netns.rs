@@ -217,6 +217,13 @@ fn cmd(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
+/// `ip -n NS ARGS...`: an `ip` command run inside namespace `ns`.
+fn ip_in(ns: &str, args: &[&str]) -> Vec<String> {
+    let mut c = cmd(&["ip", "-n", ns]);
+    c.extend(args.iter().map(|s| s.to_string()));
+    c
+}
+
 /// Every command that builds the network, in order (namespaces, bridges, veths, addresses,
 /// forwarding, routes).
 pub fn build_commands(u: &Underlay, hub: &str, host_ns: &[String]) -> Vec<Vec<String>> {
@@ -224,47 +231,38 @@ pub fn build_commands(u: &Underlay, hub: &str, host_ns: &[String]) -> Vec<Vec<St
     for ns in host_ns {
         c.push(cmd(&["ip", "netns", "add", ns]));
     }
-    c.push(cmd(&["ip", "-n", hub, "link", "set", "lo", "up"]));
+    c.push(ip_in(hub, &["link", "set", "lo", "up"]));
     for s in 0..u.subnets.len() {
         let br = bridge(s);
-        c.push(cmd(&[
-            "ip", "-n", hub, "link", "add", &br, "type", "bridge",
-        ]));
-        c.push(cmd(&["ip", "-n", hub, "link", "set", &br, "up"]));
+        c.push(ip_in(hub, &["link", "add", &br, "type", "bridge"]));
+        c.push(ip_in(hub, &["link", "set", &br, "up"]));
     }
     for (h, host) in u.hosts.iter().enumerate() {
         let ns = &host_ns[h];
-        c.push(cmd(&["ip", "-n", ns, "link", "set", "lo", "up"]));
+        c.push(ip_in(ns, &["link", "set", "lo", "up"]));
         for (i, f) in host.ifaces.iter().enumerate() {
             let port = hub_port(h, i);
-            c.push(cmd(&[
-                "ip", "-n", hub, "link", "add", &port, "type", "veth", "peer", "name", &f.name,
-                "netns", ns,
-            ]));
-            c.push(cmd(&[
-                "ip",
-                "-n",
+            c.push(ip_in(
                 hub,
-                "link",
-                "set",
-                &port,
-                "master",
-                &bridge(f.subnet),
-                "up",
-            ]));
-            c.push(cmd(&[
-                "ip", "-n", ns, "link", "set", &f.name, "address", &f.mac,
-            ]));
+                &[
+                    "link", "add", &port, "type", "veth", "peer", "name", &f.name, "netns", ns,
+                ],
+            ));
+            c.push(ip_in(
+                hub,
+                &["link", "set", &port, "master", &bridge(f.subnet), "up"],
+            ));
+            c.push(ip_in(ns, &["link", "set", &f.name, "address", &f.mac]));
             let prefix = u.subnets[f.subnet].net.prefix;
             for a in &f.addrs {
                 let cidr = format!("{a}/{prefix}");
-                let mut v = cmd(&["ip", "-n", ns, "addr", "add", &cidr, "dev", &f.name]);
+                let mut v = ip_in(ns, &["addr", "add", &cidr, "dev", &f.name]);
                 if a.is_ipv6() {
                     v.push("nodad".into());
                 }
                 c.push(v);
             }
-            c.push(cmd(&["ip", "-n", ns, "link", "set", &f.name, "up"]));
+            c.push(ip_in(ns, &["link", "set", &f.name, "up"]));
         }
         c.push(cmd(&[
             "ip",
@@ -320,15 +318,15 @@ pub fn cut_commands(
             continue;
         }
         for &(h, i) in &u.subnets[s].members {
-            c.push(cmd(&[
-                "ip",
-                "-n",
+            c.push(ip_in(
                 hub,
-                "link",
-                "set",
-                &hub_port(h, i),
-                if cut { "down" } else { "up" },
-            ]));
+                &[
+                    "link",
+                    "set",
+                    &hub_port(h, i),
+                    if cut { "down" } else { "up" },
+                ],
+            ));
         }
     }
     Ok((c, lan))

@@ -1,5 +1,6 @@
 //! ffmpeg child processes: this module owns how they are found, spawned and tied to the
-//! daemon's life, and the restart backoff shared by sources and relays.
+//! daemon's life, and the restart loop with backoff shared by sources and relays
+//! ([`supervise`]: run the child, count restarts, log why it stopped, wait, start it again).
 //!
 //! A child must never outlive the daemon, whatever way the daemon ends:
 //! - `kill_on_drop`: an orderly shutdown or a dropped handle kills the child;
@@ -15,7 +16,8 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
@@ -107,6 +109,87 @@ pub fn log_stderr(stderr: ChildStderr, what: String) {
 pub async fn kill(child: &mut Child) {
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// How one run of a supervised child ended.
+pub(crate) enum Ended {
+    /// Stop for good (cancelled, or nobody consumes the output any more).
+    Stop,
+    /// The child died or became useless: start another after the backoff.
+    Died,
+}
+
+/// Which pipe of a supervised ffmpeg child carries the video.
+pub(crate) enum VideoPipe {
+    /// The video goes in on stdin (a relay).
+    Stdin,
+    /// The video comes out on stdout (a source).
+    Stdout,
+}
+
+/// How [`supervise`] starts its ffmpeg child.
+pub(crate) struct FfmpegChild {
+    /// ffmpeg's arguments.
+    pub args: Vec<String>,
+    /// Which pipe is opened besides stderr.
+    pub video: VideoPipe,
+    /// Name of the child in its stderr lines (see [`log_stderr`]).
+    pub label: String,
+}
+
+/// One kind of ffmpeg child kept running by [`supervise`]: what to do with it while it runs
+/// and how to wait before the next start. Each kind logs in its own words.
+pub(crate) trait Supervised {
+    /// Logs a failed spawn; the supervisor then backs off and tries again.
+    fn spawn_failed(&self, e: std::io::Error);
+    /// Feeds or drains the running child until it ends; kills or reaps it before returning,
+    /// and logs a death. `started` is when this run began.
+    async fn run(&mut self, child: &mut Child, started: Instant) -> Ended;
+    /// Waits `delay` before the next start; false stops the supervisor instead.
+    async fn pause(&mut self, delay: Duration) -> bool;
+}
+
+/// Runs `child` for `job` until the job stops for good, starting it again after `backoff`
+/// whenever it dies or fails to start. `restarts` counts the starts after the first;
+/// `child_pid` holds the running child's pid (0 while none runs).
+pub(crate) async fn supervise<S: Supervised>(
+    child: &FfmpegChild,
+    job: &mut S,
+    backoff: &mut Backoff,
+    restarts: &AtomicU64,
+    child_pid: &AtomicU32,
+) {
+    let mut first = true;
+    loop {
+        if !first {
+            restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        first = false;
+        let started = Instant::now();
+        let mut cmd = command(FFMPEG);
+        cmd.args(&child.args).stderr(Stdio::piped());
+        match child.video {
+            VideoPipe::Stdin => cmd.stdin(Stdio::piped()),
+            VideoPipe::Stdout => cmd.stdout(Stdio::piped()),
+        };
+        match cmd.spawn() {
+            Err(e) => job.spawn_failed(e),
+            Ok(mut ch) => {
+                child_pid.store(ch.id().unwrap_or(0), Ordering::Relaxed);
+                if let Some(err) = ch.stderr.take() {
+                    log_stderr(err, child.label.clone());
+                }
+                let ended = job.run(&mut ch, started).await;
+                child_pid.store(0, Ordering::Relaxed);
+                if let Ended::Stop = ended {
+                    return;
+                }
+            }
+        }
+        if !job.pause(backoff.next(started.elapsed())).await {
+            return;
+        }
+    }
 }
 
 /// Exponential restart backoff: `min`, doubling up to `max`, back to `min` once a child has

@@ -450,6 +450,14 @@ mod tests {
         pacer: Pacer,
     }
 
+    impl Run {
+        /// Seconds from the start to the last release.
+        fn span_secs(&self) -> f64 {
+            let last = self.out.last().expect("something was released").0;
+            last.duration_since(self.start).as_secs_f64()
+        }
+    }
+
     /// Drive a pacer over `data` in virtual time until `passes` whole passes were released.
     fn run(data: &[u8], cfg: PacerConfig, passes: u64, piece: usize) -> Run {
         let start = Instant::now();
@@ -533,13 +541,7 @@ mod tests {
         );
         assert!(worst < 0.1, "worst PCR deviation {worst}s");
         // Three passes of a 10 s clip take about 30 s.
-        let total = r
-            .out
-            .last()
-            .unwrap()
-            .0
-            .duration_since(r.start)
-            .as_secs_f64();
+        let total = r.span_secs();
         assert!((29.0..31.0).contains(&total), "3 passes took {total}s");
     }
 
@@ -564,13 +566,7 @@ mod tests {
             .collect();
         let max_gap = gaps.iter().cloned().fold(0.0, f64::max);
         assert!(max_gap < 0.15, "max gap {max_gap}");
-        let total = r
-            .out
-            .last()
-            .unwrap()
-            .0
-            .duration_since(r.start)
-            .as_secs_f64();
+        let total = r.span_secs();
         assert!((19.0..21.0).contains(&total), "2 passes took {total}s");
     }
 
@@ -619,13 +615,7 @@ mod tests {
             ..PacerConfig::default()
         };
         let r = run(&data, cfg, 3, 5000);
-        let total = r
-            .out
-            .last()
-            .unwrap()
-            .0
-            .duration_since(r.start)
-            .as_secs_f64();
+        let total = r.span_secs();
         assert!((2.9..3.1).contains(&total), "took {total}s");
     }
 

@@ -9,20 +9,20 @@
 //! arrive meanwhile are dropped and counted.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::child::{self, Backoff, FFMPEG};
+use super::child::{self, Backoff, Ended, FfmpegChild, Supervised, VideoPipe};
 use super::ts::{Chunk, PACKET_LEN};
 
 /// Builds the header of each native datagram: called with an empty buffer before the TS
@@ -360,78 +360,85 @@ async fn run_ffmpeg(
     args: Vec<String>,
     dest: SocketAddr,
     mut backoff: Backoff,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
     counters: Arc<Counters>,
 ) {
-    let mut first = true;
-    loop {
-        if !first {
-            counters.restarts.fetch_add(1, Ordering::Relaxed);
-        }
-        first = false;
-        let started = Instant::now();
-        let spawned = child::command(FFMPEG)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        match spawned {
-            Err(e) => tracing::error!(%dest, "cannot start ffmpeg relay: {e}"),
-            Ok(mut ch) => {
-                counters
-                    .child_pid
-                    .store(ch.id().unwrap_or(0), Ordering::Relaxed);
-                if let Some(err) = ch.stderr.take() {
-                    child::log_stderr(err, format!("ffmpeg relay to {dest}"));
+    let child = FfmpegChild {
+        args,
+        video: VideoPipe::Stdin,
+        label: format!("ffmpeg relay to {dest}"),
+    };
+    let mut job = FfmpegRelay {
+        dest,
+        rx,
+        cancel,
+        counters: counters.clone(),
+    };
+    let (restarts, child_pid) = (&counters.restarts, &counters.child_pid);
+    child::supervise(&child, &mut job, &mut backoff, restarts, child_pid).await;
+}
+
+/// The ffmpeg child of a relay: chunks go to its stdin.
+struct FfmpegRelay {
+    dest: SocketAddr,
+    rx: mpsc::Receiver<Bytes>,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+}
+
+impl Supervised for FfmpegRelay {
+    fn spawn_failed(&self, e: std::io::Error) {
+        tracing::error!(dest = %self.dest, "cannot start ffmpeg relay: {e}");
+    }
+
+    async fn run(&mut self, ch: &mut Child, started: Instant) -> Ended {
+        let counters = &self.counters;
+        let mut stdin = ch.stdin.take().expect("stdin was piped");
+        let ended = loop {
+            let payload = tokio::select! {
+                _ = self.cancel.cancelled() => break true,
+                p = self.rx.recv() => p,
+            };
+            let Some(payload) = payload else {
+                // Orderly stop: let ffmpeg flush what it holds, then make sure it's gone.
+                drop(stdin);
+                let waited =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), ch.wait()).await;
+                if waited.is_err() {
+                    child::kill(ch).await;
                 }
-                let mut stdin = ch.stdin.take().expect("stdin was piped");
-                let ended = loop {
-                    let payload = tokio::select! {
-                        _ = cancel.cancelled() => break true,
-                        p = rx.recv() => p,
-                    };
-                    let Some(payload) = payload else {
-                        // Orderly stop: let ffmpeg flush what it holds, then make sure it's gone.
-                        drop(stdin);
-                        let waited =
-                            tokio::time::timeout(std::time::Duration::from_secs(1), ch.wait())
-                                .await;
-                        if waited.is_err() {
-                            child::kill(&mut ch).await;
-                        }
-                        counters.child_pid.store(0, Ordering::Relaxed);
-                        return;
-                    };
-                    let len = payload.len() as u64;
-                    if stdin.write_all(&payload).await.is_err() {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        break false;
-                    }
-                    counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
-                };
-                child::kill(&mut ch).await;
-                counters.child_pid.store(0, Ordering::Relaxed);
-                if ended {
-                    return;
-                }
-                tracing::warn!(
-                    %dest,
-                    "ffmpeg relay exited after {:.1}s",
-                    started.elapsed().as_secs_f64()
-                );
+                return Ended::Stop;
+            };
+            let len = payload.len() as u64;
+            if stdin.write_all(&payload).await.is_err() {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                break false;
             }
+            counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        };
+        child::kill(ch).await;
+        if ended {
+            return Ended::Stop;
         }
-        let delay = backoff.next(started.elapsed());
+        tracing::warn!(
+            dest = %self.dest,
+            "ffmpeg relay exited after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ended::Died
+    }
+
+    async fn pause(&mut self, delay: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + delay;
         // Drain (and count) chunks while waiting, so the queue does not fill with stale video.
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => break,
-                p = rx.recv() => match p {
-                    Some(_) => { counters.dropped.fetch_add(1, Ordering::Relaxed); }
-                    None => return,
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => return true,
+                p = self.rx.recv() => match p {
+                    Some(_) => { self.counters.dropped.fetch_add(1, Ordering::Relaxed); }
+                    None => return false,
                 },
             }
         }

@@ -14,15 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::child::{self, Backoff, FFMPEG, FFPROBE};
+use super::child::{self, Backoff, Ended, FfmpegChild, Supervised, VideoPipe, FFPROBE};
 use super::pacer::{Pacer, PacerConfig, PacerError, PacerPoll};
 use super::ts::{Chunk, Chunker, TsError, DEFAULT_PACKETS_PER_CHUNK};
 
@@ -391,103 +392,105 @@ async fn run_ffmpeg(
     cancel: CancellationToken,
     counters: Arc<Counters>,
 ) -> Result<(), SourceError> {
-    let args = ffmpeg_source_args(&path, &transcode);
-    let mut chunker = Chunker::new(cfg.packets_per_chunk)?;
+    let child = FfmpegChild {
+        args: ffmpeg_source_args(&path, &transcode),
+        video: VideoPipe::Stdout,
+        label: format!("ffmpeg source {}", path.display()),
+    };
+    let mut job = FfmpegSource {
+        chunker: Chunker::new(cfg.packets_per_chunk)?,
+        path,
+        buf: vec![0u8; 64 * 1024],
+        tx,
+        cancel,
+        counters: counters.clone(),
+    };
     let mut backoff = cfg.backoff.clone();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut first = true;
-    loop {
-        if !first {
-            counters.restarts.fetch_add(1, Ordering::Relaxed);
-        }
-        first = false;
-        let started = Instant::now();
-        let spawned = child::command(FFMPEG)
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        match spawned {
-            Err(e) => tracing::error!(path = %path.display(), "cannot start ffmpeg: {e}"),
-            Ok(mut ch) => {
-                counters
-                    .child_pid
-                    .store(ch.id().unwrap_or(0), Ordering::Relaxed);
-                if let Some(err) = ch.stderr.take() {
-                    child::log_stderr(err, format!("ffmpeg source {}", path.display()));
-                }
-                let mut stdout = ch.stdout.take().expect("stdout was piped");
-                chunker.reset();
-                // Read until EOF (the child died), a stop, or a closed channel.
-                let outcome = loop {
-                    let n = tokio::select! {
-                        _ = cancel.cancelled() => break Outcome::Stop,
-                        r = stdout.read(&mut buf) => r,
-                    };
-                    match n {
-                        Ok(0) | Err(_) => break Outcome::Died,
-                        Ok(n) => chunker.push(&buf[..n]),
-                    }
-                    counters
-                        .dropped_bytes
-                        .store(chunker.dropped_bytes(), Ordering::Relaxed);
-                    let mut closed = false;
-                    while let Some(c) = chunker.poll_chunk() {
-                        // A stop while blocked on a full channel must not wait for space.
-                        let sent = tokio::select! {
-                            _ = cancel.cancelled() => None,
-                            ok = deliver(&tx, &counters, c) => Some(ok),
-                        };
-                        match sent {
-                            None => break,
-                            Some(false) => {
-                                closed = true;
-                                break;
-                            }
-                            Some(true) => {}
-                        }
-                    }
-                    if closed {
-                        break Outcome::Stop;
-                    }
-                    if cancel.is_cancelled() {
-                        break Outcome::Stop;
-                    }
-                };
-                match outcome {
-                    Outcome::Stop => {
-                        child::kill(&mut ch).await;
-                        counters.child_pid.store(0, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    Outcome::Died => {
-                        let status = ch.wait().await;
-                        counters.child_pid.store(0, Ordering::Relaxed);
-                        tracing::warn!(
-                            path = %path.display(),
-                            "ffmpeg source exited ({}) after {:.1}s",
-                            status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                            started.elapsed().as_secs_f64()
-                        );
-                    }
-                }
-            }
-        }
-        if tx.is_closed() {
-            return Ok(());
-        }
-        let delay = backoff.next(started.elapsed());
-        tracing::info!(path = %path.display(), "restarting ffmpeg source in {delay:?}");
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    let (restarts, child_pid) = (&counters.restarts, &counters.child_pid);
+    child::supervise(&child, &mut job, &mut backoff, restarts, child_pid).await;
+    Ok(())
 }
 
-enum Outcome {
-    Stop,
-    Died,
+/// The ffmpeg child of a source: its stdout is cut into chunks.
+struct FfmpegSource {
+    path: PathBuf,
+    chunker: Chunker,
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Chunk>,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+}
+
+impl Supervised for FfmpegSource {
+    fn spawn_failed(&self, e: std::io::Error) {
+        tracing::error!(path = %self.path.display(), "cannot start ffmpeg: {e}");
+    }
+
+    async fn run(&mut self, ch: &mut Child, started: Instant) -> Ended {
+        let (tx, counters, cancel) = (&self.tx, &self.counters, &self.cancel);
+        let mut stdout = ch.stdout.take().expect("stdout was piped");
+        self.chunker.reset();
+        // Read until EOF (the child died), a stop, or a closed channel.
+        let outcome = loop {
+            let n = tokio::select! {
+                _ = cancel.cancelled() => break Ended::Stop,
+                r = stdout.read(&mut self.buf) => r,
+            };
+            match n {
+                Ok(0) | Err(_) => break Ended::Died,
+                Ok(n) => self.chunker.push(&self.buf[..n]),
+            }
+            counters
+                .dropped_bytes
+                .store(self.chunker.dropped_bytes(), Ordering::Relaxed);
+            let mut closed = false;
+            while let Some(c) = self.chunker.poll_chunk() {
+                // A stop while blocked on a full channel must not wait for space.
+                let sent = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    ok = deliver(tx, counters, c) => Some(ok),
+                };
+                match sent {
+                    None => break,
+                    Some(false) => {
+                        closed = true;
+                        break;
+                    }
+                    Some(true) => {}
+                }
+            }
+            if closed {
+                break Ended::Stop;
+            }
+            if cancel.is_cancelled() {
+                break Ended::Stop;
+            }
+        };
+        match outcome {
+            Ended::Stop => child::kill(ch).await,
+            Ended::Died => {
+                let status = ch.wait().await;
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "ffmpeg source exited ({}) after {:.1}s",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        outcome
+    }
+
+    async fn pause(&mut self, delay: Duration) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        tracing::info!(path = %self.path.display(), "restarting ffmpeg source in {delay:?}");
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
 }
 
 async fn run_paced(

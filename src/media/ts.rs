@@ -514,36 +514,22 @@ pub(crate) mod tests {
 
     #[test]
     fn keyframe_detection() {
+        // A video PES start with the random access indicator off, carrying `es`.
+        let plain_start_is_keyframe = |es: &[u8]| {
+            let p = packet(0x100, true, false, None, &video_pes(es));
+            Packet::parse(&p).unwrap().starts_keyframe()
+        };
         // RAI on a video PES start.
         let k = packet(0x100, true, true, None, &video_pes(&[0, 0, 0, 1, 9, 0xF0]));
         assert!(Packet::parse(&k).unwrap().starts_keyframe());
         // No RAI, but an IDR NAL after an access unit delimiter.
-        let k = packet(
-            0x100,
-            true,
-            false,
-            None,
-            &video_pes(&[0, 0, 0, 1, 9, 0xF0, 0, 0, 1, 0x65, 0x88]),
-        );
-        assert!(Packet::parse(&k).unwrap().starts_keyframe());
+        assert!(plain_start_is_keyframe(&[
+            0, 0, 0, 1, 9, 0xF0, 0, 0, 1, 0x65, 0x88
+        ]));
         // SPS counts too.
-        let k = packet(
-            0x100,
-            true,
-            false,
-            None,
-            &video_pes(&[0, 0, 0, 1, 0x67, 0x4D]),
-        );
-        assert!(Packet::parse(&k).unwrap().starts_keyframe());
+        assert!(plain_start_is_keyframe(&[0, 0, 0, 1, 0x67, 0x4D]));
         // A non-IDR slice does not.
-        let n = packet(
-            0x100,
-            true,
-            false,
-            None,
-            &video_pes(&[0, 0, 0, 1, 0x41, 0x9A]),
-        );
-        assert!(!Packet::parse(&n).unwrap().starts_keyframe());
+        assert!(!plain_start_is_keyframe(&[0, 0, 0, 1, 0x41, 0x9A]));
         // Audio with RAI (ffmpeg sets it on every audio frame) does not.
         let mut audio = video_pes(&[0xFF, 0xF1]);
         audio[3] = 0xC0;

@@ -154,12 +154,7 @@ async fn run(
     l.flush().await;
     loop {
         let deadline = l.service.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = super::sleep_until_or_never(deadline);
         tokio::select! {
             biased;
             _ = &mut shutdown => break,

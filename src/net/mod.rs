@@ -11,3 +11,12 @@ pub mod transport;
 
 // The control endpoint (status, metrics, traces) and its client side.
 pub mod control;
+
+/// Sleeps until `deadline`, or forever without one: the timer arm of a driver loop whose
+/// state machine may have nothing scheduled.
+pub(crate) async fn sleep_until_or_never(deadline: Option<impl Into<tokio::time::Instant>>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

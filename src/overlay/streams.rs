@@ -538,27 +538,17 @@ impl Streams {
 
     pub(crate) fn on_request(&mut self, ctx: &mut Ctx<'_>, from: &str, req: VideoRequest) {
         let video = req.video;
+        // Our second parent asks us for the video before it learnt it feeds us: two redundant
+        // nodes picked each other at once. Serving would make each the other's child, both
+        // would let go and pick each other again, forever. The smaller name keeps its second
+        // parent and refuses; the larger one yields and serves.
         let crossed = self
             .streams
             .get(&video)
             .is_some_and(|s| s.is_second(from) && ctx.me < from);
-        if crossed {
-            // Our second parent asks us for the video before it learnt it feeds us: two
-            // redundant nodes picked each other at once. Serving would make each the other's
-            // child, both would let go and pick each other again, forever. The smaller name
-            // keeps its second parent and refuses; the larger one yields and serves.
-            self.counters
-                .entry(video.clone())
-                .or_default()
-                .loops_refused += 1;
-            ctx.send(
-                from,
-                OverlayMsg::VideoUnavailable(VideoUnavailable { video }),
-            );
-            return;
-        }
-        if req.path.iter().any(|n| n == ctx.me) {
-            // We are already below the asker: feeding it would close a loop.
+        // We are already below the asker: feeding it would close a loop.
+        let below = req.path.iter().any(|n| n == ctx.me);
+        if crossed || below {
             self.counters
                 .entry(video.clone())
                 .or_default()

@@ -989,44 +989,29 @@ mod tests {
             ..
         } = b;
         use Poll::{Quiet, Reloaded, Warned};
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some(TOPO)).await,
-            [Quiet, Quiet, Quiet]
-        );
-        // Broken: seen once (maybe an editor mid-write), reported on the next poll, then quiet.
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some("{\"S1\": ")).await,
-            [Quiet, Warned, Quiet]
-        );
-        // Another broken content is a new report.
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some("{\"S1\": [}")).await,
-            [Quiet, Warned, Quiet]
-        );
-        // Back to the version in service: nothing to say.
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some(TOPO)).await,
-            [Quiet, Quiet, Quiet]
-        );
-        // The same broken content as before is reported again after a good phase.
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some("{\"S1\": [}")).await,
-            [Quiet, Warned, Quiet]
-        );
         let good = r#"{"S1": {"neighbours": []}}"#;
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some(good)).await,
-            [Reloaded, Quiet, Quiet]
-        );
-        assert_eq!(current.borrow().len(), 1);
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, None).await,
-            [Warned, Quiet, Quiet]
-        );
-        assert_eq!(
-            poll_after(&mut watcher, &current, &file, Some(good)).await,
-            [Quiet, Quiet, Quiet]
-        );
+        // What the file becomes (None: removed), then what the next three polls do.
+        let steps = [
+            (Some(TOPO), [Quiet, Quiet, Quiet]),
+            // Broken: seen once (maybe an editor mid-write), reported on the next poll, then
+            // quiet.
+            (Some("{\"S1\": "), [Quiet, Warned, Quiet]),
+            // Another broken content is a new report.
+            (Some("{\"S1\": [}"), [Quiet, Warned, Quiet]),
+            // Back to the version in service: nothing to say.
+            (Some(TOPO), [Quiet, Quiet, Quiet]),
+            // The same broken content as before is reported again after a good phase.
+            (Some("{\"S1\": [}"), [Quiet, Warned, Quiet]),
+            (Some(good), [Reloaded, Quiet, Quiet]),
+            // A removed file is reported at once; the version in service stays.
+            (None, [Warned, Quiet, Quiet]),
+            (Some(good), [Quiet, Quiet, Quiet]),
+        ];
+        for (i, (text, expect)) in steps.into_iter().enumerate() {
+            let got = poll_after(&mut watcher, &current, &file, text).await;
+            assert_eq!(got, expect, "step {i}: {text:?}");
+        }
+        // The good version with one device is in service (the first one had three).
         assert_eq!(current.borrow().len(), 1);
     }
 

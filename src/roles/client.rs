@@ -231,12 +231,7 @@ async fn headless(
         .send(ClientCommand::Play(video.to_owned()))
         .ok();
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
-    let until = async {
-        match deadline {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
-    };
+    let until = crate::net::sleep_until_or_never(deadline);
     tokio::pin!(until);
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);

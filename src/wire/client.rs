@@ -44,7 +44,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{put_str, put_str_list, DecodeError, EncodeError, Reader};
+use super::{put_or_rollback, put_str, put_str_list, DecodeError, EncodeError, Reader};
 
 /// Size of one MPEG-TS packet.
 pub const TS_PACKET_LEN: usize = 188;
@@ -270,12 +270,7 @@ impl ClientMsg {
 
     /// Appends this message to `dst`. On error `dst` is left as it was.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let start = dst.len();
-        let res = self.encode_inner(dst);
-        if res.is_err() {
-            dst.truncate(start);
-        }
-        res
+        put_or_rollback(dst, |dst| self.encode_inner(dst))
     }
 
     /// The message as a fresh buffer.

@@ -289,6 +289,20 @@ pub fn put_str(dst: &mut BytesMut, what: &'static str, s: &str) -> Result<(), En
     Ok(())
 }
 
+/// Runs `put`, which appends one message to `dst`; on error cuts `dst` back to what it was,
+/// so a failed encode never leaves half a message behind.
+pub fn put_or_rollback(
+    dst: &mut BytesMut,
+    put: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    let start = dst.len();
+    let result = put(dst);
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
 /// Writes a bool as one byte, `0` or `1`.
 pub fn put_bool(dst: &mut BytesMut, value: bool) {
     dst.put_u8(u8::from(value));

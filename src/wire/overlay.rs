@@ -49,8 +49,8 @@ use std::net::SocketAddr;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    check_len, put_bool, put_list, put_socket_addr, put_str, put_str_list, str_encoded_len,
-    DecodeError, EncodeError, Reader, MAX_STR_LEN, SOCKET_ADDR_MIN_LEN,
+    check_len, put_bool, put_list, put_or_rollback, put_socket_addr, put_str, put_str_list,
+    str_encoded_len, DecodeError, EncodeError, Reader, MAX_STR_LEN, SOCKET_ADDR_MIN_LEN,
 };
 
 /// Version of the overlay protocol this build speaks, sent in [`Hello`].
@@ -322,12 +322,7 @@ impl OverlayMsg {
     /// Fails with [`EncodeError::TooLong`] if a string or list is over its cap; `dst` is then
     /// left exactly as it was.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let start = dst.len();
-        let result = self.put(dst);
-        if result.is_err() {
-            dst.truncate(start);
-        }
-        result
+        put_or_rollback(dst, |dst| self.put(dst))
     }
 
     /// Decodes one whole record. Rejects unknown tags, out-of-domain values, over-long or
