@@ -5,6 +5,7 @@
 pub mod consumer;
 pub mod diamond;
 pub mod emu;
+pub mod sim;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
