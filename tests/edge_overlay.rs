@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{keygen, Daemon, TempDir};
+use common::{bootstrapper, device, keygen, role_of, Daemon, TempDir};
 
 const WAIT: Duration = Duration::from_secs(20);
 const VIDEO: &str = "alpha";
@@ -132,41 +132,16 @@ impl Net {
         let key = dir.path("k");
         keygen(&key);
         let boot = format!("127.73.{net}.100");
-        let b = Daemon::spawn(
-            "bootstrapper",
-            &[
-                "--role",
-                "bootstrapper",
-                "--topology",
-                topo.to_str().unwrap(),
-                "--bind",
-                &boot,
-            ],
-        );
-        b.wait_for(&["listening"], WAIT);
-        let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join("videos");
+        let b = bootstrapper(&topo, &boot);
         let mut daemons = Vec::new();
         for (i, name) in ["S1", "O1", "E1", "E2"].iter().enumerate() {
             let addr = format!("127.73.{net}.{}", i + 1);
-            let role = if *name == "S1" { "server" } else { "node" };
-            let mut args = vec![
-                "--role",
-                role,
-                "--name",
-                name,
-                "--bind",
-                &addr,
-                "--bootstrap",
-                &boot,
-                "--key-file",
-                key.to_str().unwrap(),
-            ];
-            if *name == "S1" {
-                args.extend(["--videos", videos.to_str().unwrap()]);
+            let extra: &[&str] = if *name == "S1" {
+                &[]
             } else {
-                args.extend(["--relay", mode.flag()]);
-            }
-            daemons.push(Daemon::spawn(name, &args));
+                &["--relay", mode.flag()]
+            };
+            daemons.push(device(role_of(name), name, &addr, &boot, &key, extra));
         }
         let n = Net {
             net,

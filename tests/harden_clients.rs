@@ -15,10 +15,13 @@
 //! Addresses: 127.76.20.x (edge, real client, victim, attacker), 127.76.21.x (fakes, garbage),
 //! 10.76.20.x (the other host).
 
+mod common;
+
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::veth::VethHost;
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
 use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeHandle, EdgeInput, Relay};
 use overlayd::service::client::{ClientService, ClientSettings, EdgeChoice};
@@ -470,77 +473,23 @@ async fn garbage_floods_and_2000_fake_clients_leave_the_real_client_whole() {
 
 // ---- spoofing from another host (a network namespace) ----
 
-fn sh(args: &[&str]) -> bool {
-    match std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
-            false
-        }
-        Err(e) => {
-            eprintln!("{args:?}: {e}");
-            false
-        }
-    }
-}
-
 /// `ovh-spoof<N>`: a host behind a veth pair, 10.76.20.1/24 on our side, 10.76.20.2/24 and
 /// the victim's 10.76.20.66/24 on its side. Deleted on drop.
-struct OtherHost {
-    ns: String,
-    root_if: String,
-}
-
-impl OtherHost {
-    fn new() -> Option<OtherHost> {
-        let n = std::process::id() % 100_000;
-        let h = OtherHost {
-            ns: format!("ovh-spoof{n}"),
-            root_if: format!("ovh{n}c"),
-        };
-        let ns_if = format!("ovh{n}d");
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &h.ns])
-            .output();
-        if !sh(&["ip", "netns", "add", &h.ns]) {
-            return None;
-        }
-        let in_ns = |args: &[&str]| {
-            let mut a = vec!["ip", "netns", "exec", &h.ns];
-            a.extend_from_slice(args);
-            sh(&a)
-        };
-        let ok = sh(&[
-            "ip", "link", "add", &h.root_if, "type", "veth", "peer", "name", &ns_if,
-        ]) && sh(&["ip", "link", "set", &ns_if, "netns", &h.ns])
-            && sh(&["ip", "addr", "add", "10.76.20.1/24", "dev", &h.root_if])
-            && sh(&["ip", "link", "set", &h.root_if, "up"])
-            && in_ns(&["ip", "addr", "add", "10.76.20.2/24", "dev", &ns_if])
-            && in_ns(&["ip", "addr", "add", "10.76.20.66/24", "dev", &ns_if])
-            && in_ns(&["ip", "link", "set", &ns_if, "up"])
-            && in_ns(&["ip", "link", "set", "lo", "up"]);
-        ok.then_some(h)
-    }
-}
-
-impl Drop for OtherHost {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .output();
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.root_if])
-            .output();
-    }
+fn other_host() -> Option<VethHost> {
+    let n = std::process::id() % 100_000;
+    VethHost::new(
+        &format!("ovh-spoof{n}"),
+        &format!("ovh{n}c"),
+        &format!("ovh{n}d"),
+        "10.76.20.1/24",
+        &["10.76.20.2/24", "10.76.20.66/24"],
+    )
 }
 
 #[test]
 fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
     use std::os::fd::AsRawFd;
-    let Some(host) = OtherHost::new() else {
+    let Some(host) = other_host() else {
         println!("SKIPPED: needs root (ip netns, veth)");
         return;
     };

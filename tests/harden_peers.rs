@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, repo_videos, some_video, Daemon, TempDir};
+use common::{pair, some_video, Daemon, TempDir};
 use overlayd::crypto::{Handshake, Side};
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
@@ -41,58 +41,14 @@ struct Overlay {
 
 /// S1 (127.76.`net`.1) - O1 (.2), bootstrapper .100, and a test child "Watcher" on O1.
 fn start(net: u8) -> Overlay {
-    let dir = TempDir::new("harden-peers");
     let ip = |i: u8| format!("127.76.{net}.{i}");
-    let topo = dir.path("topology.json");
-    std::fs::write(
-        &topo,
-        format!(
-            r#"{{ "S1": {{ "neighbours": ["{o1}"], "addresses": ["{s1}"] }},
-                 "O1": {{ "neighbours": ["{s1}"], "addresses": ["{o1}"] }} }}"#,
-            s1 = ip(1),
-            o1 = ip(2)
-        ),
-    )
-    .unwrap();
-    let key = dir.path("k");
-    keygen(&key);
-    let boot_ip = ip(100);
-    let boot = bootstrapper(&topo, &boot_ip);
-    let videos = repo_videos();
-    let key_s = key.to_str().unwrap();
-    let s1 = Daemon::spawn(
-        "S1",
-        &[
-            "--role",
-            "server",
-            "--name",
-            "S1",
-            "--bind",
-            &ip(1),
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key_s,
-            "--videos",
-            videos.to_str().unwrap(),
-        ],
-    );
-    let o1 = Daemon::spawn(
-        "O1",
-        &[
-            "--role",
-            "node",
-            "--name",
-            "O1",
-            "--bind",
-            &ip(2),
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key_s,
-        ],
-    );
-    o1.wait_for(&["neighbour up", "S1"], WAIT);
+    let pair::Pair {
+        o1,
+        s1,
+        boot,
+        key,
+        dir,
+    } = pair::start("harden-peers", &format!("127.76.{net}"), WAIT);
     let psk = overlayd::keyfile::load(&key).unwrap().psk;
     let addr: SocketAddr = format!("{}:7701", ip(2)).parse().unwrap();
     let watcher = Consumer::start(addr, psk.clone(), "Watcher", &some_video());

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, repo_videos, some_video, Daemon, TempDir};
+use common::veth::{sh, VethHost};
+use common::{pair, some_video};
 use overlayd::crypto::Side;
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
@@ -123,58 +124,10 @@ impl Drop for Sloth {
 
 #[test]
 fn a_child_that_stops_reading_loses_alone() {
-    let dir = TempDir::new("harden-slow");
     let ip = |i: u8| format!("127.76.10.{i}");
-    let topo = dir.path("topology.json");
-    std::fs::write(
-        &topo,
-        format!(
-            r#"{{ "S1": {{ "neighbours": ["{o1}"], "addresses": ["{s1}"] }},
-                 "O1": {{ "neighbours": ["{s1}"], "addresses": ["{o1}"] }} }}"#,
-            s1 = ip(1),
-            o1 = ip(2)
-        ),
-    )
-    .unwrap();
-    let key = dir.path("k");
-    keygen(&key);
-    let _boot = bootstrapper(&topo, &ip(100));
-    let key_s = key.to_str().unwrap();
-    let videos = repo_videos();
-    let _s1 = Daemon::spawn(
-        "S1",
-        &[
-            "--role",
-            "server",
-            "--name",
-            "S1",
-            "--bind",
-            &ip(1),
-            "--bootstrap",
-            &ip(100),
-            "--key-file",
-            key_s,
-            "--videos",
-            videos.to_str().unwrap(),
-        ],
-    );
-    let o1 = Daemon::spawn(
-        "O1",
-        &[
-            "--role",
-            "node",
-            "--name",
-            "O1",
-            "--bind",
-            &ip(2),
-            "--bootstrap",
-            &ip(100),
-            "--key-file",
-            key_s,
-        ],
-    );
-    o1.wait_for(&["neighbour up", "S1"], WAIT);
-    let psk = overlayd::keyfile::load(&key).unwrap().psk;
+    let overlay = pair::start("harden-slow", "127.76.10", WAIT);
+    let o1 = &overlay.o1;
+    let psk = overlayd::keyfile::load(&overlay.key).unwrap().psk;
     let addr: SocketAddr = format!("{}:7701", ip(2)).parse().unwrap();
     let video = some_video();
 
@@ -265,28 +218,9 @@ fn a_child_that_stops_reading_loses_alone() {
 
 // ---- (b) a UDP client behind a tbf-limited link ----
 
-/// Runs a command, returning whether it succeeded (stderr shown on failure).
-fn sh(args: &[&str]) -> bool {
-    match std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
-            false
-        }
-        Err(e) => {
-            eprintln!("{args:?}: {e}");
-            false
-        }
-    }
-}
-
-/// A namespace joined to the root namespace by a veth pair; deleted on drop.
+/// A namespace behind a veth pair whose root side is rate-limited; deleted on drop.
 struct SlowLink {
-    ns: String,
-    root_if: String,
+    host: VethHost,
 }
 
 impl SlowLink {
@@ -294,70 +228,35 @@ impl SlowLink {
     /// `rate` on the root side (the direction towards the namespace).
     fn new(rate: &str) -> Option<SlowLink> {
         let n = std::process::id() % 100_000;
-        let link = SlowLink {
-            ns: format!("ovh-slow{n}"),
-            root_if: format!("ovh{n}a"),
-        };
-        let ns_if = format!("ovh{n}b");
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &link.ns])
-            .output();
-        if !sh(&["ip", "netns", "add", &link.ns]) {
-            return None;
-        }
+        let host = VethHost::new(
+            &format!("ovh-slow{n}"),
+            &format!("ovh{n}a"),
+            &format!("ovh{n}b"),
+            "10.76.10.1/24",
+            &["10.76.10.2/24"],
+        )?;
         let ok = sh(&[
-            "ip",
-            "link",
+            "tc",
+            "qdisc",
             "add",
-            &link.root_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns_if,
-        ]) && sh(&["ip", "link", "set", &ns_if, "netns", &link.ns])
-            && sh(&["ip", "addr", "add", "10.76.10.1/24", "dev", &link.root_if])
-            && sh(&["ip", "link", "set", &link.root_if, "up"])
-            && sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &link.ns,
-                "ip",
-                "addr",
-                "add",
-                "10.76.10.2/24",
-                "dev",
-                &ns_if,
-            ])
-            && sh(&[
-                "ip", "netns", "exec", &link.ns, "ip", "link", "set", &ns_if, "up",
-            ])
-            && sh(&[
-                "ip", "netns", "exec", &link.ns, "ip", "link", "set", "lo", "up",
-            ])
-            && sh(&[
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                &link.root_if,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                "4kb",
-                "latency",
-                "100ms",
-            ]);
-        ok.then_some(link)
+            "dev",
+            &host.root_if,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "4kb",
+            "latency",
+            "100ms",
+        ]);
+        ok.then_some(SlowLink { host })
     }
 
     /// (packets sent, packets dropped) by the tbf, from `tc -s`.
     fn tbf_counters(&self) -> (u64, u64) {
         let out = std::process::Command::new("tc")
-            .args(["-s", "qdisc", "show", "dev", &self.root_if])
+            .args(["-s", "qdisc", "show", "dev", &self.host.root_if])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -372,18 +271,6 @@ impl SlowLink {
                 .unwrap_or(0)
         };
         (after(" bytes "), after("dropped "))
-    }
-}
-
-impl Drop for SlowLink {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its veth end, and so the pair.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .output();
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.root_if])
-            .output();
     }
 }
 
@@ -478,7 +365,7 @@ fn tbf_limited_client_loses_alone() {
     });
 
     // The slow client runs in the namespace: its thread joins it before making sockets.
-    let ns_path = format!("/var/run/netns/{}", link.ns);
+    let ns_path = format!("/var/run/netns/{}", link.host.ns);
     let slow = std::thread::spawn(move || {
         let ns = std::fs::File::open(&ns_path).unwrap();
         // SAFETY: setns on this thread only, with a namespace descriptor we hold open.

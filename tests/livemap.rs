@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::consumer::Consumer;
-use common::{keygen, repo_videos, some_video, Daemon, TempDir};
+use common::{device, keygen, role_of, some_video, Daemon, TempDir};
 use overlayd::net::control::http_get;
 use overlayd::overlay::map::MapModel;
 
@@ -250,30 +250,21 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
     );
     boot.wait_for(&["live map on", "7790", "7710"], WAIT);
 
-    let videos = repo_videos();
     let mut daemons: HashMap<&str, Daemon> = HashMap::new();
     for (i, name) in ["S1", "O1", "O2", "O3"].into_iter().enumerate() {
-        let my_ip = ip(i as u8 + 1);
-        let mut args = vec![
-            "--role",
-            if name == "S1" { "server" } else { "node" },
-            "--name",
-            name,
-            "--bind",
-            &my_ip,
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            &key_s,
-            "--control-port",
-            "0",
-            "--report-interval",
-            "500",
-        ];
+        let mut extra = vec!["--control-port", "0", "--report-interval", "500"];
         if name == "S1" {
-            args.extend(["--videos", videos.to_str().unwrap(), "--source", "paced"]);
+            extra.extend(["--source", "paced"]);
         }
-        daemons.insert(name, Daemon::spawn(name, &args));
+        let d = device(
+            role_of(name),
+            name,
+            &ip(i as u8 + 1),
+            &boot_ip,
+            &key,
+            &extra,
+        );
+        daemons.insert(name, d);
     }
     daemons["O3"].wait_for(&["neighbour up", "O1"], WAIT);
     daemons["O3"].wait_for(&["neighbour up", "O2"], WAIT);
