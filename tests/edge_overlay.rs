@@ -15,13 +15,13 @@
 //! `--no-capture` to see them. Bounds are generous: the machine is shared and noisy.
 
 mod common;
-mod media_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::media::sigterm;
 use common::{bootstrapper, device, keygen, role_of, Daemon, TempDir};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -62,17 +62,6 @@ macro_rules! both_relays {
             }
         }
     };
-}
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-fn sigterm(pid: u32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        kill(pid as i32, 15);
-    }
 }
 
 struct Net {
@@ -214,7 +203,7 @@ impl Net {
 }
 
 fn alive_pid(d: &Daemon) -> Option<u32> {
-    media_common::alive(d.pid()).then(|| d.pid())
+    common::media::alive(d.pid()).then(|| d.pid())
 }
 
 /// Waits for a client to finish by itself and returns its stats JSON.
@@ -245,7 +234,7 @@ struct Probe {
 }
 
 fn probe(path: &Path) -> Probe {
-    let v = media_common::ffprobe(path);
+    let v = common::media::ffprobe(path);
     let video = v["streams"]
         .as_array()
         .into_iter()

@@ -5,6 +5,7 @@
 pub mod consumer;
 pub mod diamond;
 pub mod emu;
+pub mod media;
 pub mod pair;
 pub mod sim;
 pub mod veth;
