@@ -4,36 +4,20 @@
 //!
 //! Each test binds its own 127.72.N.x addresses so tests can run in parallel.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::edge::{edge, sa, stamped_chunk};
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
-use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeHandle, EdgeInput, Relay};
+use overlayd::net::edge_driver::{EdgeEvent, EdgeHandle, EdgeInput};
 use overlayd::service::client::{ClientEvent, ClientService, ClientSettings, EdgeChoice};
 use overlayd::service::edge::{EdgeConfig, EdgeCounters};
-use overlayd::wire::client::{ClientMsg, Probe, VideoRequest, TS_PACKET_LEN, TS_SYNC};
+use overlayd::wire::client::{ClientMsg, Probe, VideoRequest, TS_PACKET_LEN};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-async fn edge(bind: &str, config: EdgeConfig) -> EdgeHandle {
-    let h = edge_driver::spawn(EdgeDriverConfig {
-        bind: sa(bind),
-        service: config,
-        relay: Relay::default(),
-    })
-    .await
-    .unwrap();
-    h.input
-        .send(EdgeInput::Videos(vec!["v1".into()]))
-        .await
-        .unwrap();
-    h
-}
 
 async fn client(bind: &str, edges: Vec<SocketAddr>) -> ClientHandle {
     let service = ClientService::new(
@@ -61,19 +45,6 @@ fn rand_stream() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
-}
-
-/// A chunk of `packets` TS packets stamped with (seq, index) in their first bytes.
-fn stamped_chunk(seq: u64, packets: usize) -> Bytes {
-    let mut v = Vec::with_capacity(packets * TS_PACKET_LEN);
-    for i in 0..packets {
-        let mut p = [0u8; TS_PACKET_LEN];
-        p[0] = TS_SYNC;
-        p[1..9].copy_from_slice(&seq.to_be_bytes());
-        p[9] = i as u8;
-        v.extend_from_slice(&p);
-    }
-    Bytes::from(v)
 }
 
 fn stamps(recording: &[u8]) -> Vec<(u64, u8)> {

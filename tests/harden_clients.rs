@@ -21,47 +21,19 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::edge::{edge, sa, stamped_chunk};
 use common::veth::VethHost;
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
-use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeHandle, EdgeInput, Relay};
+use overlayd::net::edge_driver::{EdgeHandle, EdgeInput};
 use overlayd::service::client::{ClientService, ClientSettings, EdgeChoice};
 use overlayd::service::edge::{EdgeConfig, EdgeCounters};
-use overlayd::wire::client::{
-    ClientMsg, Keepalive, ListRequest, Probe, VideoRequest, TS_PACKET_LEN, TS_SYNC,
-};
+use overlayd::wire::client::{ClientMsg, Keepalive, ListRequest, Probe, VideoRequest, TS_SYNC};
 use tokio::net::UdpSocket;
 
 const CHUNK_EVERY: Duration = Duration::from_millis(25);
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-async fn edge(bind: &str, service: EdgeConfig) -> EdgeHandle {
-    let h = edge_driver::spawn(EdgeDriverConfig {
-        bind: sa(bind),
-        service,
-        relay: Relay::default(),
-    })
-    .await
-    .unwrap();
-    h.input
-        .send(EdgeInput::Videos(vec!["v1".into()]))
-        .await
-        .unwrap();
-    h
-}
-
 fn chunk(seq: u64) -> Bytes {
-    let mut v = Vec::with_capacity(7 * TS_PACKET_LEN);
-    for i in 0..7u8 {
-        let mut p = [0u8; TS_PACKET_LEN];
-        p[0] = TS_SYNC;
-        p[1..9].copy_from_slice(&seq.to_be_bytes());
-        p[9] = i;
-        v.extend_from_slice(&p);
-    }
-    Bytes::from(v)
+    stamped_chunk(seq, 7)
 }
 
 /// One chunk of 7 TS packets every 25 ms (40/s, ~420 kbit/s), a keyframe every 25.

@@ -281,18 +281,9 @@ mod udp {
     use bytes::Bytes;
     use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig};
     use overlayd::service::client::{ClientService, ClientSettings, ClientStats, EdgeChoice};
-    use overlayd::wire::client::{TS_PACKET_LEN, TS_SYNC};
 
     pub fn chunk(seq: u64) -> Bytes {
-        let mut v = Vec::with_capacity(7 * TS_PACKET_LEN);
-        for i in 0..7u8 {
-            let mut p = [0u8; TS_PACKET_LEN];
-            p[0] = TS_SYNC;
-            p[1..9].copy_from_slice(&seq.to_be_bytes());
-            p[9] = i;
-            v.extend_from_slice(&p);
-        }
-        Bytes::from(v)
+        super::common::edge::stamped_chunk(seq, 7)
     }
 
     /// A real client pinned to `edge` that plays "v1" for `for_` and returns its statistics.

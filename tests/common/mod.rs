@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod diamond;
+pub mod edge;
 pub mod emu;
 pub mod media;
 pub mod pair;
