@@ -91,13 +91,7 @@ fn status_metrics_and_trace_of_a_running_overlay() {
     o3.wait_for(&["control endpoint", &format!("{}:7704", ip(4))], WAIT);
 
     let video = some_video();
-    let psk = overlayd::keyfile::load(&key).unwrap().psk;
-    let consumer = Consumer::start(
-        format!("{}:7701", ip(4)).parse().unwrap(),
-        psk,
-        "TestConsumer",
-        &video,
-    );
+    let consumer = Consumer::at(&ip(4), &key, "TestConsumer", &video);
     assert!(
         consumer.wait_chunks(20, WAIT),
         "no stream reached the consumer; O3 log:\n{}",

@@ -23,11 +23,9 @@ fn start_diamond(net: u8) -> Diamond {
 /// clip's name and the consumer.
 fn consume_at_o4(ov: &mut Diamond, net: u8) -> (String, Consumer) {
     let video = some_video();
-    let psk = overlayd::keyfile::load(&ov.key).unwrap().psk;
-    let o4_addr = format!("127.72.{net}.5:7701").parse().unwrap();
     ov.daemon("O4").wait_for(&["neighbour up", "O2"], WAIT);
     ov.daemon("O4").wait_for(&["neighbour up", "O3"], WAIT);
-    let consumer = Consumer::start(o4_addr, psk, "TestConsumer", &video);
+    let consumer = Consumer::at(&format!("127.72.{net}.5"), &ov.key, "TestConsumer", &video);
     (video, consumer)
 }
 

@@ -105,6 +105,14 @@ impl Consumer {
         }
     }
 
+    /// A consumer named `name` on the node bound to `ip` (overlay port 7701), with the key of
+    /// `key_file`, asking for `video`.
+    pub fn at(ip: &str, key_file: &std::path::Path, name: &str, video: &str) -> Consumer {
+        let psk = overlayd::keyfile::load(key_file).unwrap().psk;
+        let addr = format!("{ip}:7701").parse().unwrap();
+        Consumer::start(addr, psk, name, video)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
