@@ -21,10 +21,10 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::edge::{edge, sa, stamped_chunk};
+use common::edge::{edge, feed_v1, sa};
 use common::veth::VethHost;
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
-use overlayd::net::edge_driver::{EdgeHandle, EdgeInput};
+use overlayd::net::edge_driver::EdgeHandle;
 use overlayd::service::client::{ClientService, ClientSettings, EdgeChoice};
 use overlayd::service::edge::{EdgeConfig, EdgeCounters};
 use overlayd::wire::client::{ClientMsg, Keepalive, ListRequest, Probe, VideoRequest, TS_SYNC};
@@ -32,28 +32,9 @@ use tokio::net::UdpSocket;
 
 const CHUNK_EVERY: Duration = Duration::from_millis(25);
 
-fn chunk(seq: u64) -> Bytes {
-    stamped_chunk(seq, 7)
-}
-
 /// One chunk of 7 TS packets every 25 ms (40/s, ~420 kbit/s), a keyframe every 25.
 fn feed(e: &EdgeHandle) -> tokio::task::JoinHandle<()> {
-    let input = e.input.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHUNK_EVERY);
-        for seq in 0u64.. {
-            tick.tick().await;
-            let _ = input
-                .send(EdgeInput::Chunk {
-                    video: "v1".into(),
-                    epoch: 1,
-                    seq,
-                    keyframe: seq % 25 == 0,
-                    payload: chunk(seq),
-                })
-                .await;
-        }
-    })
+    feed_v1(e.input.clone(), CHUNK_EVERY)
 }
 
 async fn real_client(bind: &str, edge: SocketAddr) -> ClientHandle {

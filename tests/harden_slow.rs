@@ -278,13 +278,8 @@ mod udp {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
     use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig};
     use overlayd::service::client::{ClientService, ClientSettings, ClientStats, EdgeChoice};
-
-    pub fn chunk(seq: u64) -> Bytes {
-        super::common::edge::stamped_chunk(seq, 7)
-    }
 
     /// A real client pinned to `edge` that plays "v1" for `for_` and returns its statistics.
     pub async fn watch(bind: SocketAddr, edge: SocketAddr, for_: Duration) -> ClientStats {
@@ -312,7 +307,7 @@ mod udp {
 
 #[test]
 fn tbf_limited_client_loses_alone() {
-    use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeInput, Relay};
+    use crate::common::edge::{edge, feed_v1};
     use overlayd::service::edge::EdgeConfig;
     use std::os::fd::AsRawFd;
 
@@ -328,32 +323,12 @@ fn tbf_limited_client_loses_alone() {
         .build()
         .unwrap();
     let edge_addr: SocketAddr = "10.76.10.1:7702".parse().unwrap();
-    let e = rt
-        .block_on(edge_driver::spawn(EdgeDriverConfig {
-            bind: edge_addr,
-            service: EdgeConfig::default(),
-            relay: Relay::default(),
-        }))
-        .unwrap();
-    let input = e.input.clone();
-    rt.block_on(input.send(EdgeInput::Videos(vec!["v1".into()])))
-        .unwrap();
+    let e = rt.block_on(edge(&edge_addr.to_string(), EdgeConfig::default()));
     // 40 chunks/s of 7 TS packets: ~430 kbit/s of datagrams, twice what the tbf lets through.
-    let feeder = rt.spawn(async move {
-        let mut tick = tokio::time::interval(CHUNK_EVERY);
-        for seq in 0u64.. {
-            tick.tick().await;
-            let _ = input
-                .send(EdgeInput::Chunk {
-                    video: "v1".into(),
-                    epoch: 1,
-                    seq,
-                    keyframe: seq % 25 == 0,
-                    payload: udp::chunk(seq),
-                })
-                .await;
-        }
-    });
+    let feeder = {
+        let _runtime = rt.enter();
+        feed_v1(e.input.clone(), CHUNK_EVERY)
+    };
 
     // The slow client runs in the namespace: its thread joins it before making sockets.
     let ns_path = format!("/var/run/netns/{}", link.host.ns);

@@ -3,11 +3,14 @@
 //! recording tells what arrived in which order).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeHandle, EdgeInput, Relay};
 use overlayd::service::edge::EdgeConfig;
 use overlayd::wire::client::{TS_PACKET_LEN, TS_SYNC};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -40,4 +43,24 @@ pub fn stamped_chunk(seq: u64, packets: usize) -> Bytes {
         v.extend_from_slice(&p);
     }
     Bytes::from(v)
+}
+
+/// Feeds "v1" (epoch 1) into an edge on the current runtime: a stamped chunk of 7 packets
+/// every `every`, a keyframe every 25 chunks, waiting for room in the edge's queue.
+pub fn feed_v1(input: mpsc::Sender<EdgeInput>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        for seq in 0u64.. {
+            tick.tick().await;
+            let _ = input
+                .send(EdgeInput::Chunk {
+                    video: "v1".into(),
+                    epoch: 1,
+                    seq,
+                    keyframe: seq % 25 == 0,
+                    payload: stamped_chunk(seq, 7),
+                })
+                .await;
+        }
+    })
 }
