@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use overlayd::sim::LinkParams;
@@ -17,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::consumer::{analyse, Consumer};
 use crate::common::sim::{self, V};
-use crate::common::{bootstrapper, keygen, Daemon, TempDir};
+use crate::common::{bootstrapper, device, keygen, role_of, Daemon, TempDir};
 use crate::report::{cpu_seconds, f1, median, rss_mib, Report, Table};
 use crate::Opts;
 
@@ -223,29 +222,12 @@ fn real_daemons(opts: &Opts, rep: &mut Report) {
     let psk = overlayd::keyfile::load(&key).unwrap().psk;
     let boot_ip = "127.81.9.100";
     let _boot = bootstrapper(&topo_path, boot_ip);
-    let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join("videos");
     let degree = |i: usize| links.iter().filter(|&&(a, b)| a == i || b == i).count();
 
     let t_start = Instant::now();
     let mut daemons = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        let ip = ip(i);
-        let mut args = vec![
-            "--role",
-            if n.starts_with('S') { "server" } else { "node" },
-            "--name",
-            n,
-            "--bind",
-            &ip,
-            "--bootstrap",
-            boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        if n.starts_with('S') {
-            args.extend(["--videos", videos.to_str().unwrap()]);
-        }
-        daemons.push(Daemon::spawn(n, &args));
+        daemons.push(device(role_of(n), n, &ip(i), boot_ip, &key, &[]));
     }
     let spawned = t_start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
