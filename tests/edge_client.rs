@@ -135,6 +135,17 @@ async fn client_moves_to_the_other_edge_when_its_edge_dies_with_no_duplicates_or
     let _ = killed_at;
 }
 
+/// A raw video request for "v1" on stream 1 with `cookie`, sent from `from` to `edge`.
+async fn request_v1(from: &UdpSocket, cookie: u64, edge: SocketAddr) {
+    let req = ClientMsg::VideoRequest(VideoRequest {
+        cookie,
+        stream: 1,
+        flags: 0,
+        video: "v1".into(),
+    });
+    from.send_to(&req.to_bytes().unwrap(), edge).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_valid_cookie_gets_no_video() {
     let mut e = edge("127.72.2.1:0", EdgeConfig::default()).await;
@@ -142,16 +153,7 @@ async fn a_request_without_a_valid_cookie_gets_no_video() {
     let spoofer = UdpSocket::bind("127.72.2.66:0").await.unwrap();
     let mut buf = vec![0u8; 4096];
     for cookie in [0u64, 0xdead_beef] {
-        let req = ClientMsg::VideoRequest(VideoRequest {
-            cookie,
-            stream: 1,
-            flags: 0,
-            video: "v1".into(),
-        });
-        spoofer
-            .send_to(&req.to_bytes().unwrap(), e.local_addr())
-            .await
-            .unwrap();
+        request_v1(&spoofer, cookie, e.local_addr()).await;
     }
     // Only challenges come back (9 bytes each), never video.
     let end = tokio::time::Instant::now() + Duration::from_millis(800);
@@ -174,16 +176,7 @@ async fn a_request_without_a_valid_cookie_gets_no_video() {
     let ClientMsg::Challenge(ch) = received[0] else {
         unreachable!()
     };
-    let req = ClientMsg::VideoRequest(VideoRequest {
-        cookie: ch.cookie,
-        stream: 1,
-        flags: 0,
-        video: "v1".into(),
-    });
-    spoofer
-        .send_to(&req.to_bytes().unwrap(), e.local_addr())
-        .await
-        .unwrap();
+    request_v1(&spoofer, ch.cookie, e.local_addr()).await;
     let mut video = 0;
     let end = tokio::time::Instant::now() + Duration::from_millis(1500);
     while let Ok(Ok((n, _))) = tokio::time::timeout_at(end, spoofer.recv_from(&mut buf)).await {

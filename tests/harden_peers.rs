@@ -202,6 +202,16 @@ fn hello_msg(name: &str) -> BytesMut {
     buf
 }
 
+/// A [`handshake`] then a sealed hello as `name`: a link past the hello, its sealer at hand.
+fn after_hello(addr: SocketAddr, psk: &Psk, name: &str) -> (TcpStream, overlayd::crypto::Sealer) {
+    let (mut s, sealer, _) = handshake(addr, psk);
+    let mut sealer = sealer.unwrap();
+    let mut hello = hello_msg(name);
+    sealer.seal(&mut hello).unwrap();
+    s.write_all(&frame(&hello)).unwrap();
+    (s, sealer)
+}
+
 /// Runs the handshake as an initiator with `psk`; returns the stream, its sealer and every
 /// byte this side wrote (for a replay).
 fn handshake(
@@ -294,11 +304,7 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
     });
 
     // 4. A flipped bit in a record after the hello: the link is closed.
-    let (mut s, sealer, _) = handshake(addr, &o.psk);
-    let mut sealer = sealer.unwrap();
-    let mut hello = hello_msg("LateFlipper");
-    sealer.seal(&mut hello).unwrap();
-    s.write_all(&frame(&hello)).unwrap();
+    let (mut s, mut sealer) = after_hello(addr, &o.psk, "LateFlipper");
     let mut ping = BytesMut::new();
     OverlayMsg::Ping(Ping { token: 7 })
         .encode(&mut ping)
@@ -326,10 +332,7 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
         refused(&before, "oversize") + 1,
         |d| refused(d, "oversize"),
     );
-    let (mut s, sealer, _) = handshake(addr, &o.psk);
-    let mut hello = hello_msg("Oversize");
-    sealer.unwrap().seal(&mut hello).unwrap();
-    s.write_all(&frame(&hello)).unwrap();
+    let (mut s, _) = after_hello(addr, &o.psk, "Oversize");
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
     assert!(
         closed_after(&mut s, WAIT).is_some(),
