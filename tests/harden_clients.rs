@@ -441,7 +441,6 @@ fn other_host() -> Option<VethHost> {
 
 #[test]
 fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
-    use std::os::fd::AsRawFd;
     let Some(host) = other_host() else {
         println!("SKIPPED: needs root (ip netns, veth)");
         return;
@@ -472,51 +471,38 @@ fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
 
     // On the other host: the victim listens on 10.76.20.66:47000; the attacker (10.76.20.2)
     // sends requests with the victim's address as source, then the victim counts what came.
-    let ns_path = format!("/var/run/netns/{}", host.ns);
-    let other = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let victim = UdpSocket::bind("10.76.20.66:47000").await.unwrap();
-            let victim_addr = v4(victim.local_addr().unwrap());
-            let spoofer = Spoofer::new().expect("raw socket");
-            let attacker = UdpSocket::bind("10.76.20.2:0").await.unwrap();
-            let own_cookie = cookie(&attacker, edge_addr)
-                .await
-                .expect("attacker's cookie");
-            let mut sent = 0usize;
-            for round in 0..100u32 {
-                for guess in [0u64, own_cookie, rand::random()] {
-                    sent += spoofer.send(victim_addr, v4(edge_addr), &request(guess, 3 + round));
-                }
-                let probe = ClientMsg::Probe(Probe { token: 9 }).to_bytes().unwrap();
-                sent += spoofer.send(victim_addr, v4(edge_addr), &probe);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    let other = host.block_on_inside(move || async move {
+        let victim = UdpSocket::bind("10.76.20.66:47000").await.unwrap();
+        let victim_addr = v4(victim.local_addr().unwrap());
+        let spoofer = Spoofer::new().expect("raw socket");
+        let attacker = UdpSocket::bind("10.76.20.2:0").await.unwrap();
+        let own_cookie = cookie(&attacker, edge_addr)
+            .await
+            .expect("attacker's cookie");
+        let mut sent = 0usize;
+        for round in 0..100u32 {
+            for guess in [0u64, own_cookie, rand::random()] {
+                sent += spoofer.send(victim_addr, v4(edge_addr), &request(guess, 3 + round));
             }
-            let (mut bytes, mut video, mut datagrams) = (0usize, 0usize, 0usize);
-            let mut buf = [0u8; 4096];
-            let end = tokio::time::Instant::now() + Duration::from_secs(2);
-            while let Ok(Ok((n, _))) =
-                tokio::time::timeout_at(end, victim.recv_from(&mut buf)).await
+            let probe = ClientMsg::Probe(Probe { token: 9 }).to_bytes().unwrap();
+            sent += spoofer.send(victim_addr, v4(edge_addr), &probe);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (mut bytes, mut video, mut datagrams) = (0usize, 0usize, 0usize);
+        let mut buf = [0u8; 4096];
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(end, victim.recv_from(&mut buf)).await {
+            datagrams += 1;
+            bytes += n;
+            if matches!(
+                ClientMsg::decode(Bytes::copy_from_slice(&buf[..n])),
+                Ok(ClientMsg::VideoData(_))
+            ) || buf[0] == TS_SYNC
             {
-                datagrams += 1;
-                bytes += n;
-                if matches!(
-                    ClientMsg::decode(Bytes::copy_from_slice(&buf[..n])),
-                    Ok(ClientMsg::VideoData(_))
-                ) || buf[0] == TS_SYNC
-                {
-                    video += n;
-                }
+                video += n;
             }
-            (sent, datagrams, bytes, video)
-        })
+        }
+        (sent, datagrams, bytes, video)
     });
     let (sent, datagrams, bytes, video) = other.join().unwrap();
     let after = counters(&e);

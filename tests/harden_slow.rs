@@ -309,7 +309,6 @@ mod udp {
 fn tbf_limited_client_loses_alone() {
     use crate::common::edge::{edge, feed_v1};
     use overlayd::service::edge::EdgeConfig;
-    use std::os::fd::AsRawFd;
 
     const WATCH: Duration = Duration::from_secs(5);
     const CHUNK_EVERY: Duration = Duration::from_millis(25);
@@ -331,22 +330,9 @@ fn tbf_limited_client_loses_alone() {
     };
 
     // The slow client runs in the namespace: its thread joins it before making sockets.
-    let ns_path = format!("/var/run/netns/{}", link.host.ns);
-    let slow = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(udp::watch(
-            "10.76.10.2:0".parse().unwrap(),
-            edge_addr,
-            WATCH,
-        ))
-    });
+    let slow = link
+        .host
+        .block_on_inside(move || udp::watch("10.76.10.2:0".parse().unwrap(), edge_addr, WATCH));
     let mut sessions_rx = e.sessions.clone();
     let sampler = rt.spawn(async move {
         tokio::time::sleep(WATCH - Duration::from_secs(1)).await;

@@ -63,6 +63,31 @@ impl VethHost {
     }
 }
 
+impl VethHost {
+    /// Runs the future `make()` builds on a thread of its own that first joins the namespace
+    /// (sockets made there live inside), on a current-thread runtime.
+    pub fn block_on_inside<F, Fut>(&self, make: F) -> std::thread::JoinHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future,
+        Fut::Output: Send + 'static,
+    {
+        use std::os::fd::AsRawFd;
+        let ns_path = format!("/var/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&ns_path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(make())
+        })
+    }
+}
+
 impl Drop for VethHost {
     fn drop(&mut self) {
         // Deleting the namespace deletes its veth end, and so the pair.
