@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{bootstrapper, keygen, run, Daemon, TempDir};
+use common::{bootstrapper, device, keygen, run, Daemon, TempDir};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -172,27 +172,31 @@ fn check_topology_reports_errors_with_position_and_exit_code() {
     let (code, out, err) = run(&["check-topology", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 
-    let broken = dir.path("broken.json");
-    std::fs::write(
-        &broken,
+    refused_at(
+        &dir,
+        "broken.json",
         "{\n  \"O1\": { \"neighbours\": [\"10.0.0.1\",] }\n}\n",
-    )
-    .unwrap();
-    let (code, out, err) = run(&["check-topology", broken.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    let all = format!("{out}{err}");
-    assert!(all.contains("broken.json:2:"), "no file:line in {all}");
-
-    let bad_addr = dir.path("badaddr.json");
-    std::fs::write(
-        &bad_addr,
+        2,
+    );
+    refused_at(
+        &dir,
+        "badaddr.json",
         "{\n  \"O1\": {\n    \"neighbours\": [\"10.0.0.300\"] }\n}\n",
-    )
-    .unwrap();
-    let (code, out, err) = run(&["check-topology", bad_addr.to_str().unwrap()]);
-    assert_ne!(code, 0);
+        3,
+    );
+}
+
+/// Writes `text` to `name` in `dir`; `check-topology` must refuse it, naming `name:line:`.
+fn refused_at(dir: &TempDir, name: &str, text: &str, line: u32) {
+    let path = dir.path(name);
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = run(&["check-topology", path.to_str().unwrap()]);
+    assert_ne!(code, 0, "{name}");
     let all = format!("{out}{err}");
-    assert!(all.contains("badaddr.json:3:"), "no file:line in {all}");
+    assert!(
+        all.contains(&format!("{name}:{line}:")),
+        "no file:line in {all}"
+    );
 }
 
 fn topology(dir: &TempDir, net: u8) -> std::path::PathBuf {
@@ -243,21 +247,7 @@ fn device_started_before_the_bootstrapper_waits_for_it() {
     let topo = topology(&dir, 2);
     let key = dir.path("k");
     keygen(&key);
-    let o1 = Daemon::spawn(
-        "O1",
-        &[
-            "--role",
-            "node",
-            "--name",
-            "O1",
-            "--bind",
-            "127.71.2.1",
-            "--bootstrap",
-            "127.71.2.100",
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
-    );
+    let o1 = device("node", "O1", "127.71.2.1", "127.71.2.100", &key, &[]);
     o1.wait_for(&["retrying"], WAIT);
     std::thread::sleep(Duration::from_millis(700));
     let _b = bootstrapper(&topo, "127.71.2.100");

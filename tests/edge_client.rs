@@ -4,36 +4,20 @@
 //!
 //! Each test binds its own 127.72.N.x addresses so tests can run in parallel.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::edge::{edge, sa, stamped_chunk};
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
-use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeHandle, EdgeInput, Relay};
+use overlayd::net::edge_driver::{EdgeEvent, EdgeHandle, EdgeInput};
 use overlayd::service::client::{ClientEvent, ClientService, ClientSettings, EdgeChoice};
 use overlayd::service::edge::{EdgeConfig, EdgeCounters};
-use overlayd::wire::client::{ClientMsg, Probe, VideoRequest, TS_PACKET_LEN, TS_SYNC};
+use overlayd::wire::client::{ClientMsg, Probe, VideoRequest, TS_PACKET_LEN};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-async fn edge(bind: &str, config: EdgeConfig) -> EdgeHandle {
-    let h = edge_driver::spawn(EdgeDriverConfig {
-        bind: sa(bind),
-        service: config,
-        relay: Relay::default(),
-    })
-    .await
-    .unwrap();
-    h.input
-        .send(EdgeInput::Videos(vec!["v1".into()]))
-        .await
-        .unwrap();
-    h
-}
 
 async fn client(bind: &str, edges: Vec<SocketAddr>) -> ClientHandle {
     let service = ClientService::new(
@@ -61,19 +45,6 @@ fn rand_stream() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
-}
-
-/// A chunk of `packets` TS packets stamped with (seq, index) in their first bytes.
-fn stamped_chunk(seq: u64, packets: usize) -> Bytes {
-    let mut v = Vec::with_capacity(packets * TS_PACKET_LEN);
-    for i in 0..packets {
-        let mut p = [0u8; TS_PACKET_LEN];
-        p[0] = TS_SYNC;
-        p[1..9].copy_from_slice(&seq.to_be_bytes());
-        p[9] = i as u8;
-        v.extend_from_slice(&p);
-    }
-    Bytes::from(v)
 }
 
 fn stamps(recording: &[u8]) -> Vec<(u64, u8)> {
@@ -164,6 +135,17 @@ async fn client_moves_to_the_other_edge_when_its_edge_dies_with_no_duplicates_or
     let _ = killed_at;
 }
 
+/// A raw video request for "v1" on stream 1 with `cookie`, sent from `from` to `edge`.
+async fn request_v1(from: &UdpSocket, cookie: u64, edge: SocketAddr) {
+    let req = ClientMsg::VideoRequest(VideoRequest {
+        cookie,
+        stream: 1,
+        flags: 0,
+        video: "v1".into(),
+    });
+    from.send_to(&req.to_bytes().unwrap(), edge).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_valid_cookie_gets_no_video() {
     let mut e = edge("127.72.2.1:0", EdgeConfig::default()).await;
@@ -171,16 +153,7 @@ async fn a_request_without_a_valid_cookie_gets_no_video() {
     let spoofer = UdpSocket::bind("127.72.2.66:0").await.unwrap();
     let mut buf = vec![0u8; 4096];
     for cookie in [0u64, 0xdead_beef] {
-        let req = ClientMsg::VideoRequest(VideoRequest {
-            cookie,
-            stream: 1,
-            flags: 0,
-            video: "v1".into(),
-        });
-        spoofer
-            .send_to(&req.to_bytes().unwrap(), e.local_addr())
-            .await
-            .unwrap();
+        request_v1(&spoofer, cookie, e.local_addr()).await;
     }
     // Only challenges come back (9 bytes each), never video.
     let end = tokio::time::Instant::now() + Duration::from_millis(800);
@@ -203,16 +176,7 @@ async fn a_request_without_a_valid_cookie_gets_no_video() {
     let ClientMsg::Challenge(ch) = received[0] else {
         unreachable!()
     };
-    let req = ClientMsg::VideoRequest(VideoRequest {
-        cookie: ch.cookie,
-        stream: 1,
-        flags: 0,
-        video: "v1".into(),
-    });
-    spoofer
-        .send_to(&req.to_bytes().unwrap(), e.local_addr())
-        .await
-        .unwrap();
+    request_v1(&spoofer, ch.cookie, e.local_addr()).await;
     let mut video = 0;
     let end = tokio::time::Instant::now() + Duration::from_millis(1500);
     while let Ok(Ok((n, _))) = tokio::time::timeout_at(end, spoofer.recv_from(&mut buf)).await {

@@ -6,16 +6,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::edge::{edge, stamped_chunk};
 use common::{Daemon, TempDir};
-use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeHandle, EdgeInput, Relay};
+use overlayd::net::edge_driver::{EdgeHandle, EdgeInput};
 use overlayd::service::edge::EdgeConfig;
-use overlayd::wire::client::{TS_PACKET_LEN, TS_SYNC};
-
-const WAIT: Duration = Duration::from_secs(15);
+use overlayd::wire::client::TS_PACKET_LEN;
 
 fn bootstrapper(dir: &TempDir, ip: &str, client_edges: &[&str]) -> Daemon {
     let path = dir.path("topology.json");
@@ -25,52 +22,22 @@ fn bootstrapper(dir: &TempDir, ip: &str, client_edges: &[&str]) -> Daemon {
         format!(r#"{{ "C1": {{ "neighbours": [{}] }} }}"#, list.join(", ")),
     )
     .unwrap();
-    let b = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            path.to_str().unwrap(),
-            "--bind",
-            ip,
-        ],
-    );
-    b.wait_for(&["listening"], WAIT);
-    b
+    common::bootstrapper(&path, ip)
 }
 
 async fn fed_edge(bind: &str) -> (EdgeHandle, tokio::task::JoinHandle<()>) {
-    let e = edge_driver::spawn(EdgeDriverConfig {
-        bind: bind.parse::<SocketAddr>().unwrap(),
-        service: EdgeConfig::default(),
-        relay: Relay::default(),
-    })
-    .await
-    .unwrap();
-    e.input
-        .send(EdgeInput::Videos(vec!["v1".into()]))
-        .await
-        .unwrap();
+    let e = edge(bind, EdgeConfig::default()).await;
     let input = e.input.clone();
     let feeder = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for seq in 0u64.. {
             tick.tick().await;
-            let mut v = Vec::new();
-            for i in 0..10u8 {
-                let mut p = [0u8; TS_PACKET_LEN];
-                p[0] = TS_SYNC;
-                p[1..9].copy_from_slice(&seq.to_be_bytes());
-                p[9] = i;
-                v.extend_from_slice(&p);
-            }
             let _ = input.try_send(EdgeInput::Chunk {
                 video: "v1".into(),
                 epoch: 3,
                 seq,
                 keyframe: seq % 25 == 0,
-                payload: Bytes::from(v),
+                payload: stamped_chunk(seq, 10),
             });
         }
     });

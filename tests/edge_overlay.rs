@@ -15,14 +15,14 @@
 //! `--no-capture` to see them. Bounds are generous: the machine is shared and noisy.
 
 mod common;
-mod media_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{keygen, Daemon, TempDir};
+use common::media::sigterm;
+use common::{bootstrapper, device, keygen, role_of, Daemon, TempDir};
 
 const WAIT: Duration = Duration::from_secs(20);
 const VIDEO: &str = "alpha";
@@ -62,17 +62,6 @@ macro_rules! both_relays {
             }
         }
     };
-}
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-fn sigterm(pid: u32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        kill(pid as i32, 15);
-    }
 }
 
 struct Net {
@@ -132,41 +121,16 @@ impl Net {
         let key = dir.path("k");
         keygen(&key);
         let boot = format!("127.73.{net}.100");
-        let b = Daemon::spawn(
-            "bootstrapper",
-            &[
-                "--role",
-                "bootstrapper",
-                "--topology",
-                topo.to_str().unwrap(),
-                "--bind",
-                &boot,
-            ],
-        );
-        b.wait_for(&["listening"], WAIT);
-        let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join("videos");
+        let b = bootstrapper(&topo, &boot);
         let mut daemons = Vec::new();
         for (i, name) in ["S1", "O1", "E1", "E2"].iter().enumerate() {
             let addr = format!("127.73.{net}.{}", i + 1);
-            let role = if *name == "S1" { "server" } else { "node" };
-            let mut args = vec![
-                "--role",
-                role,
-                "--name",
-                name,
-                "--bind",
-                &addr,
-                "--bootstrap",
-                &boot,
-                "--key-file",
-                key.to_str().unwrap(),
-            ];
-            if *name == "S1" {
-                args.extend(["--videos", videos.to_str().unwrap()]);
+            let extra: &[&str] = if *name == "S1" {
+                &[]
             } else {
-                args.extend(["--relay", mode.flag()]);
-            }
-            daemons.push(Daemon::spawn(name, &args));
+                &["--relay", mode.flag()]
+            };
+            daemons.push(device(role_of(name), name, &addr, &boot, &key, extra));
         }
         let n = Net {
             net,
@@ -239,7 +203,7 @@ impl Net {
 }
 
 fn alive_pid(d: &Daemon) -> Option<u32> {
-    media_common::alive(d.pid()).then(|| d.pid())
+    common::media::alive(d.pid()).then(|| d.pid())
 }
 
 /// Waits for a client to finish by itself and returns its stats JSON.
@@ -270,7 +234,7 @@ struct Probe {
 }
 
 fn probe(path: &Path) -> Probe {
-    let v = media_common::ffprobe(path);
+    let v = common::media::ffprobe(path);
     let video = v["streams"]
         .as_array()
         .into_iter()

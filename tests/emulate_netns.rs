@@ -257,13 +257,7 @@ fn down_works_from_any_state_and_commands_explain_errors() {
     let links_before = root_links();
     let (path, _, _, _) = load("scenario2.json");
     let emu = Emu::new("down_works_from_any_state_and_commands_explain_errors", "b");
-    emu.ok(&[
-        "up",
-        path.to_str().unwrap(),
-        "--run-id",
-        &emu.id.clone(),
-        "--no-start",
-    ]);
+    emu.up_no_start(&path);
     assert_eq!(emu.namespaces().len(), 9);
     // A second run with the same id is refused and creates nothing.
     let o = emu.cmd(&["up", path.to_str().unwrap(), "--run-id", &emu.id]);
@@ -365,13 +359,7 @@ fn core_scripts_start_every_device(topo: &str, tag: &str, legacy: bool) {
     let links_before = root_links();
     let (path, text, t, u) = load(topo);
     let emu = Emu::new("core_scripts_start_every_device", tag);
-    emu.ok(&[
-        "up",
-        path.to_str().unwrap(),
-        "--run-id",
-        &emu.id.clone(),
-        "--no-start",
-    ]);
+    emu.up_no_start(&path);
     let bin_dir = Path::new(BIN).parent().unwrap();
     let opts = CoreOptions {
         bin: "overlayd".into(),
@@ -495,13 +483,7 @@ fn lan_cut_drops_only_the_cut_pair() {
     let links_before = root_links();
     let (path, _, _, _) = load("complex.json");
     let emu = Emu::new("lan_cut_drops_only_the_cut_pair", "e");
-    emu.ok(&[
-        "up",
-        path.to_str().unwrap(),
-        "--run-id",
-        &emu.id.clone(),
-        "--no-start",
-    ]);
+    emu.up_no_start(&path);
     // A TCP connect to a closed port: refused (exit 1) when reachable, silent (124) when cut.
     let probe = |from: &str, to: &str| -> i32 {
         let o = emu.cmd(&[

@@ -15,70 +15,26 @@
 //! Addresses: 127.76.20.x (edge, real client, victim, attacker), 127.76.21.x (fakes, garbage),
 //! 10.76.20.x (the other host).
 
+mod common;
+
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::edge::{edge, feed_v1, sa};
+use common::veth::VethHost;
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
-use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeHandle, EdgeInput, Relay};
+use overlayd::net::edge_driver::EdgeHandle;
 use overlayd::service::client::{ClientService, ClientSettings, EdgeChoice};
 use overlayd::service::edge::{EdgeConfig, EdgeCounters};
-use overlayd::wire::client::{
-    ClientMsg, Keepalive, ListRequest, Probe, VideoRequest, TS_PACKET_LEN, TS_SYNC,
-};
+use overlayd::wire::client::{ClientMsg, Keepalive, ListRequest, Probe, VideoRequest, TS_SYNC};
 use tokio::net::UdpSocket;
 
 const CHUNK_EVERY: Duration = Duration::from_millis(25);
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-async fn edge(bind: &str, service: EdgeConfig) -> EdgeHandle {
-    let h = edge_driver::spawn(EdgeDriverConfig {
-        bind: sa(bind),
-        service,
-        relay: Relay::default(),
-    })
-    .await
-    .unwrap();
-    h.input
-        .send(EdgeInput::Videos(vec!["v1".into()]))
-        .await
-        .unwrap();
-    h
-}
-
-fn chunk(seq: u64) -> Bytes {
-    let mut v = Vec::with_capacity(7 * TS_PACKET_LEN);
-    for i in 0..7u8 {
-        let mut p = [0u8; TS_PACKET_LEN];
-        p[0] = TS_SYNC;
-        p[1..9].copy_from_slice(&seq.to_be_bytes());
-        p[9] = i;
-        v.extend_from_slice(&p);
-    }
-    Bytes::from(v)
-}
-
 /// One chunk of 7 TS packets every 25 ms (40/s, ~420 kbit/s), a keyframe every 25.
 fn feed(e: &EdgeHandle) -> tokio::task::JoinHandle<()> {
-    let input = e.input.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHUNK_EVERY);
-        for seq in 0u64.. {
-            tick.tick().await;
-            let _ = input
-                .send(EdgeInput::Chunk {
-                    video: "v1".into(),
-                    epoch: 1,
-                    seq,
-                    keyframe: seq % 25 == 0,
-                    payload: chunk(seq),
-                })
-                .await;
-        }
-    })
+    feed_v1(e.input.clone(), CHUNK_EVERY)
 }
 
 async fn real_client(bind: &str, edge: SocketAddr) -> ClientHandle {
@@ -470,77 +426,22 @@ async fn garbage_floods_and_2000_fake_clients_leave_the_real_client_whole() {
 
 // ---- spoofing from another host (a network namespace) ----
 
-fn sh(args: &[&str]) -> bool {
-    match std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
-            false
-        }
-        Err(e) => {
-            eprintln!("{args:?}: {e}");
-            false
-        }
-    }
-}
-
 /// `ovh-spoof<N>`: a host behind a veth pair, 10.76.20.1/24 on our side, 10.76.20.2/24 and
 /// the victim's 10.76.20.66/24 on its side. Deleted on drop.
-struct OtherHost {
-    ns: String,
-    root_if: String,
-}
-
-impl OtherHost {
-    fn new() -> Option<OtherHost> {
-        let n = std::process::id() % 100_000;
-        let h = OtherHost {
-            ns: format!("ovh-spoof{n}"),
-            root_if: format!("ovh{n}c"),
-        };
-        let ns_if = format!("ovh{n}d");
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &h.ns])
-            .output();
-        if !sh(&["ip", "netns", "add", &h.ns]) {
-            return None;
-        }
-        let in_ns = |args: &[&str]| {
-            let mut a = vec!["ip", "netns", "exec", &h.ns];
-            a.extend_from_slice(args);
-            sh(&a)
-        };
-        let ok = sh(&[
-            "ip", "link", "add", &h.root_if, "type", "veth", "peer", "name", &ns_if,
-        ]) && sh(&["ip", "link", "set", &ns_if, "netns", &h.ns])
-            && sh(&["ip", "addr", "add", "10.76.20.1/24", "dev", &h.root_if])
-            && sh(&["ip", "link", "set", &h.root_if, "up"])
-            && in_ns(&["ip", "addr", "add", "10.76.20.2/24", "dev", &ns_if])
-            && in_ns(&["ip", "addr", "add", "10.76.20.66/24", "dev", &ns_if])
-            && in_ns(&["ip", "link", "set", &ns_if, "up"])
-            && in_ns(&["ip", "link", "set", "lo", "up"]);
-        ok.then_some(h)
-    }
-}
-
-impl Drop for OtherHost {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .output();
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.root_if])
-            .output();
-    }
+fn other_host() -> Option<VethHost> {
+    let n = std::process::id() % 100_000;
+    VethHost::new(
+        &format!("ovh-spoof{n}"),
+        &format!("ovh{n}c"),
+        &format!("ovh{n}d"),
+        "10.76.20.1/24",
+        &["10.76.20.2/24", "10.76.20.66/24"],
+    )
 }
 
 #[test]
 fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
-    use std::os::fd::AsRawFd;
-    let Some(host) = OtherHost::new() else {
+    let Some(host) = other_host() else {
         println!("SKIPPED: needs root (ip netns, veth)");
         return;
     };
@@ -570,51 +471,38 @@ fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
 
     // On the other host: the victim listens on 10.76.20.66:47000; the attacker (10.76.20.2)
     // sends requests with the victim's address as source, then the victim counts what came.
-    let ns_path = format!("/var/run/netns/{}", host.ns);
-    let other = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let victim = UdpSocket::bind("10.76.20.66:47000").await.unwrap();
-            let victim_addr = v4(victim.local_addr().unwrap());
-            let spoofer = Spoofer::new().expect("raw socket");
-            let attacker = UdpSocket::bind("10.76.20.2:0").await.unwrap();
-            let own_cookie = cookie(&attacker, edge_addr)
-                .await
-                .expect("attacker's cookie");
-            let mut sent = 0usize;
-            for round in 0..100u32 {
-                for guess in [0u64, own_cookie, rand::random()] {
-                    sent += spoofer.send(victim_addr, v4(edge_addr), &request(guess, 3 + round));
-                }
-                let probe = ClientMsg::Probe(Probe { token: 9 }).to_bytes().unwrap();
-                sent += spoofer.send(victim_addr, v4(edge_addr), &probe);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    let other = host.block_on_inside(move || async move {
+        let victim = UdpSocket::bind("10.76.20.66:47000").await.unwrap();
+        let victim_addr = v4(victim.local_addr().unwrap());
+        let spoofer = Spoofer::new().expect("raw socket");
+        let attacker = UdpSocket::bind("10.76.20.2:0").await.unwrap();
+        let own_cookie = cookie(&attacker, edge_addr)
+            .await
+            .expect("attacker's cookie");
+        let mut sent = 0usize;
+        for round in 0..100u32 {
+            for guess in [0u64, own_cookie, rand::random()] {
+                sent += spoofer.send(victim_addr, v4(edge_addr), &request(guess, 3 + round));
             }
-            let (mut bytes, mut video, mut datagrams) = (0usize, 0usize, 0usize);
-            let mut buf = [0u8; 4096];
-            let end = tokio::time::Instant::now() + Duration::from_secs(2);
-            while let Ok(Ok((n, _))) =
-                tokio::time::timeout_at(end, victim.recv_from(&mut buf)).await
+            let probe = ClientMsg::Probe(Probe { token: 9 }).to_bytes().unwrap();
+            sent += spoofer.send(victim_addr, v4(edge_addr), &probe);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (mut bytes, mut video, mut datagrams) = (0usize, 0usize, 0usize);
+        let mut buf = [0u8; 4096];
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(end, victim.recv_from(&mut buf)).await {
+            datagrams += 1;
+            bytes += n;
+            if matches!(
+                ClientMsg::decode(Bytes::copy_from_slice(&buf[..n])),
+                Ok(ClientMsg::VideoData(_))
+            ) || buf[0] == TS_SYNC
             {
-                datagrams += 1;
-                bytes += n;
-                if matches!(
-                    ClientMsg::decode(Bytes::copy_from_slice(&buf[..n])),
-                    Ok(ClientMsg::VideoData(_))
-                ) || buf[0] == TS_SYNC
-                {
-                    video += n;
-                }
+                video += n;
             }
-            (sent, datagrams, bytes, video)
-        })
+        }
+        (sent, datagrams, bytes, video)
     });
     let (sent, datagrams, bytes, video) = other.join().unwrap();
     let after = counters(&e);

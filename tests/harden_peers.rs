@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, repo_videos, some_video, Daemon, TempDir};
+use common::{pair, some_video, Daemon, TempDir};
 use overlayd::crypto::{Handshake, Side};
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
@@ -41,58 +41,14 @@ struct Overlay {
 
 /// S1 (127.76.`net`.1) - O1 (.2), bootstrapper .100, and a test child "Watcher" on O1.
 fn start(net: u8) -> Overlay {
-    let dir = TempDir::new("harden-peers");
     let ip = |i: u8| format!("127.76.{net}.{i}");
-    let topo = dir.path("topology.json");
-    std::fs::write(
-        &topo,
-        format!(
-            r#"{{ "S1": {{ "neighbours": ["{o1}"], "addresses": ["{s1}"] }},
-                 "O1": {{ "neighbours": ["{s1}"], "addresses": ["{o1}"] }} }}"#,
-            s1 = ip(1),
-            o1 = ip(2)
-        ),
-    )
-    .unwrap();
-    let key = dir.path("k");
-    keygen(&key);
-    let boot_ip = ip(100);
-    let boot = bootstrapper(&topo, &boot_ip);
-    let videos = repo_videos();
-    let key_s = key.to_str().unwrap();
-    let s1 = Daemon::spawn(
-        "S1",
-        &[
-            "--role",
-            "server",
-            "--name",
-            "S1",
-            "--bind",
-            &ip(1),
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key_s,
-            "--videos",
-            videos.to_str().unwrap(),
-        ],
-    );
-    let o1 = Daemon::spawn(
-        "O1",
-        &[
-            "--role",
-            "node",
-            "--name",
-            "O1",
-            "--bind",
-            &ip(2),
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key_s,
-        ],
-    );
-    o1.wait_for(&["neighbour up", "S1"], WAIT);
+    let pair::Pair {
+        o1,
+        s1,
+        boot,
+        key,
+        dir,
+    } = pair::start("harden-peers", &format!("127.76.{net}"), WAIT);
     let psk = overlayd::keyfile::load(&key).unwrap().psk;
     let addr: SocketAddr = format!("{}:7701", ip(2)).parse().unwrap();
     let watcher = Consumer::start(addr, psk.clone(), "Watcher", &some_video());
@@ -246,6 +202,16 @@ fn hello_msg(name: &str) -> BytesMut {
     buf
 }
 
+/// A [`handshake`] then a sealed hello as `name`: a link past the hello, its sealer at hand.
+fn after_hello(addr: SocketAddr, psk: &Psk, name: &str) -> (TcpStream, overlayd::crypto::Sealer) {
+    let (mut s, sealer, _) = handshake(addr, psk);
+    let mut sealer = sealer.unwrap();
+    let mut hello = hello_msg(name);
+    sealer.seal(&mut hello).unwrap();
+    s.write_all(&frame(&hello)).unwrap();
+    (s, sealer)
+}
+
 /// Runs the handshake as an initiator with `psk`; returns the stream, its sealer and every
 /// byte this side wrote (for a replay).
 fn handshake(
@@ -338,11 +304,7 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
     });
 
     // 4. A flipped bit in a record after the hello: the link is closed.
-    let (mut s, sealer, _) = handshake(addr, &o.psk);
-    let mut sealer = sealer.unwrap();
-    let mut hello = hello_msg("LateFlipper");
-    sealer.seal(&mut hello).unwrap();
-    s.write_all(&frame(&hello)).unwrap();
+    let (mut s, mut sealer) = after_hello(addr, &o.psk, "LateFlipper");
     let mut ping = BytesMut::new();
     OverlayMsg::Ping(Ping { token: 7 })
         .encode(&mut ping)
@@ -370,10 +332,7 @@ fn hostile_peers_are_refused_with_counters_and_the_stream_keeps_flowing() {
         refused(&before, "oversize") + 1,
         |d| refused(d, "oversize"),
     );
-    let (mut s, sealer, _) = handshake(addr, &o.psk);
-    let mut hello = hello_msg("Oversize");
-    sealer.unwrap().seal(&mut hello).unwrap();
-    s.write_all(&frame(&hello)).unwrap();
+    let (mut s, _) = after_hello(addr, &o.psk, "Oversize");
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
     assert!(
         closed_after(&mut s, WAIT).is_some(),

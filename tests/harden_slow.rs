@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::consumer::{analyse, Consumer};
-use common::{bootstrapper, keygen, repo_videos, some_video, Daemon, TempDir};
+use common::veth::{sh, VethHost};
+use common::{pair, some_video};
 use overlayd::crypto::Side;
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
@@ -123,58 +124,10 @@ impl Drop for Sloth {
 
 #[test]
 fn a_child_that_stops_reading_loses_alone() {
-    let dir = TempDir::new("harden-slow");
     let ip = |i: u8| format!("127.76.10.{i}");
-    let topo = dir.path("topology.json");
-    std::fs::write(
-        &topo,
-        format!(
-            r#"{{ "S1": {{ "neighbours": ["{o1}"], "addresses": ["{s1}"] }},
-                 "O1": {{ "neighbours": ["{s1}"], "addresses": ["{o1}"] }} }}"#,
-            s1 = ip(1),
-            o1 = ip(2)
-        ),
-    )
-    .unwrap();
-    let key = dir.path("k");
-    keygen(&key);
-    let _boot = bootstrapper(&topo, &ip(100));
-    let key_s = key.to_str().unwrap();
-    let videos = repo_videos();
-    let _s1 = Daemon::spawn(
-        "S1",
-        &[
-            "--role",
-            "server",
-            "--name",
-            "S1",
-            "--bind",
-            &ip(1),
-            "--bootstrap",
-            &ip(100),
-            "--key-file",
-            key_s,
-            "--videos",
-            videos.to_str().unwrap(),
-        ],
-    );
-    let o1 = Daemon::spawn(
-        "O1",
-        &[
-            "--role",
-            "node",
-            "--name",
-            "O1",
-            "--bind",
-            &ip(2),
-            "--bootstrap",
-            &ip(100),
-            "--key-file",
-            key_s,
-        ],
-    );
-    o1.wait_for(&["neighbour up", "S1"], WAIT);
-    let psk = overlayd::keyfile::load(&key).unwrap().psk;
+    let overlay = pair::start("harden-slow", "127.76.10", WAIT);
+    let o1 = &overlay.o1;
+    let psk = overlayd::keyfile::load(&overlay.key).unwrap().psk;
     let addr: SocketAddr = format!("{}:7701", ip(2)).parse().unwrap();
     let video = some_video();
 
@@ -265,28 +218,9 @@ fn a_child_that_stops_reading_loses_alone() {
 
 // ---- (b) a UDP client behind a tbf-limited link ----
 
-/// Runs a command, returning whether it succeeded (stderr shown on failure).
-fn sh(args: &[&str]) -> bool {
-    match std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
-            false
-        }
-        Err(e) => {
-            eprintln!("{args:?}: {e}");
-            false
-        }
-    }
-}
-
-/// A namespace joined to the root namespace by a veth pair; deleted on drop.
+/// A namespace behind a veth pair whose root side is rate-limited; deleted on drop.
 struct SlowLink {
-    ns: String,
-    root_if: String,
+    host: VethHost,
 }
 
 impl SlowLink {
@@ -294,70 +228,35 @@ impl SlowLink {
     /// `rate` on the root side (the direction towards the namespace).
     fn new(rate: &str) -> Option<SlowLink> {
         let n = std::process::id() % 100_000;
-        let link = SlowLink {
-            ns: format!("ovh-slow{n}"),
-            root_if: format!("ovh{n}a"),
-        };
-        let ns_if = format!("ovh{n}b");
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &link.ns])
-            .output();
-        if !sh(&["ip", "netns", "add", &link.ns]) {
-            return None;
-        }
+        let host = VethHost::new(
+            &format!("ovh-slow{n}"),
+            &format!("ovh{n}a"),
+            &format!("ovh{n}b"),
+            "10.76.10.1/24",
+            &["10.76.10.2/24"],
+        )?;
         let ok = sh(&[
-            "ip",
-            "link",
+            "tc",
+            "qdisc",
             "add",
-            &link.root_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns_if,
-        ]) && sh(&["ip", "link", "set", &ns_if, "netns", &link.ns])
-            && sh(&["ip", "addr", "add", "10.76.10.1/24", "dev", &link.root_if])
-            && sh(&["ip", "link", "set", &link.root_if, "up"])
-            && sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &link.ns,
-                "ip",
-                "addr",
-                "add",
-                "10.76.10.2/24",
-                "dev",
-                &ns_if,
-            ])
-            && sh(&[
-                "ip", "netns", "exec", &link.ns, "ip", "link", "set", &ns_if, "up",
-            ])
-            && sh(&[
-                "ip", "netns", "exec", &link.ns, "ip", "link", "set", "lo", "up",
-            ])
-            && sh(&[
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                &link.root_if,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                "4kb",
-                "latency",
-                "100ms",
-            ]);
-        ok.then_some(link)
+            "dev",
+            &host.root_if,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "4kb",
+            "latency",
+            "100ms",
+        ]);
+        ok.then_some(SlowLink { host })
     }
 
     /// (packets sent, packets dropped) by the tbf, from `tc -s`.
     fn tbf_counters(&self) -> (u64, u64) {
         let out = std::process::Command::new("tc")
-            .args(["-s", "qdisc", "show", "dev", &self.root_if])
+            .args(["-s", "qdisc", "show", "dev", &self.host.root_if])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -375,38 +274,12 @@ impl SlowLink {
     }
 }
 
-impl Drop for SlowLink {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its veth end, and so the pair.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .output();
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.root_if])
-            .output();
-    }
-}
-
 mod udp {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
     use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig};
     use overlayd::service::client::{ClientService, ClientSettings, ClientStats, EdgeChoice};
-    use overlayd::wire::client::{TS_PACKET_LEN, TS_SYNC};
-
-    pub fn chunk(seq: u64) -> Bytes {
-        let mut v = Vec::with_capacity(7 * TS_PACKET_LEN);
-        for i in 0..7u8 {
-            let mut p = [0u8; TS_PACKET_LEN];
-            p[0] = TS_SYNC;
-            p[1..9].copy_from_slice(&seq.to_be_bytes());
-            p[9] = i;
-            v.extend_from_slice(&p);
-        }
-        Bytes::from(v)
-    }
 
     /// A real client pinned to `edge` that plays "v1" for `for_` and returns its statistics.
     pub async fn watch(bind: SocketAddr, edge: SocketAddr, for_: Duration) -> ClientStats {
@@ -434,9 +307,8 @@ mod udp {
 
 #[test]
 fn tbf_limited_client_loses_alone() {
-    use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeInput, Relay};
+    use crate::common::edge::{edge, feed_v1};
     use overlayd::service::edge::EdgeConfig;
-    use std::os::fd::AsRawFd;
 
     const WATCH: Duration = Duration::from_secs(5);
     const CHUNK_EVERY: Duration = Duration::from_millis(25);
@@ -450,50 +322,17 @@ fn tbf_limited_client_loses_alone() {
         .build()
         .unwrap();
     let edge_addr: SocketAddr = "10.76.10.1:7702".parse().unwrap();
-    let e = rt
-        .block_on(edge_driver::spawn(EdgeDriverConfig {
-            bind: edge_addr,
-            service: EdgeConfig::default(),
-            relay: Relay::default(),
-        }))
-        .unwrap();
-    let input = e.input.clone();
-    rt.block_on(input.send(EdgeInput::Videos(vec!["v1".into()])))
-        .unwrap();
+    let e = rt.block_on(edge(&edge_addr.to_string(), EdgeConfig::default()));
     // 40 chunks/s of 7 TS packets: ~430 kbit/s of datagrams, twice what the tbf lets through.
-    let feeder = rt.spawn(async move {
-        let mut tick = tokio::time::interval(CHUNK_EVERY);
-        for seq in 0u64.. {
-            tick.tick().await;
-            let _ = input
-                .send(EdgeInput::Chunk {
-                    video: "v1".into(),
-                    epoch: 1,
-                    seq,
-                    keyframe: seq % 25 == 0,
-                    payload: udp::chunk(seq),
-                })
-                .await;
-        }
-    });
+    let feeder = {
+        let _runtime = rt.enter();
+        feed_v1(e.input.clone(), CHUNK_EVERY)
+    };
 
     // The slow client runs in the namespace: its thread joins it before making sockets.
-    let ns_path = format!("/var/run/netns/{}", link.ns);
-    let slow = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(udp::watch(
-            "10.76.10.2:0".parse().unwrap(),
-            edge_addr,
-            WATCH,
-        ))
-    });
+    let slow = link
+        .host
+        .block_on_inside(move || udp::watch("10.76.10.2:0".parse().unwrap(), edge_addr, WATCH));
     let mut sessions_rx = e.sessions.clone();
     let sampler = rt.spawn(async move {
         tokio::time::sleep(WATCH - Duration::from_secs(1)).await;

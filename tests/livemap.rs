@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::consumer::Consumer;
-use common::{keygen, repo_videos, some_video, Daemon, TempDir};
+use common::{device, keygen, role_of, some_video, Daemon, TempDir};
 use overlayd::net::control::http_get;
 use overlayd::overlay::map::MapModel;
 
@@ -195,6 +195,23 @@ impl Dom {
 }
 
 /// Pixels of the PNG within a small distance of `colour` (`#rrggbb`), decoded by ffmpeg.
+/// A 1280x800 screenshot of the page into `NAME.png`; (pixels near `colour`, pixels near
+/// [`DEAD_RED`]), printed.
+fn screenshot(dir: &TempDir, name: &str, colour: &str) -> (usize, usize) {
+    let shot = dir.path(&format!("{name}.png"));
+    chromium(
+        dir,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,800",
+        ],
+    );
+    let coloured = pixels_near(&shot, colour);
+    let red = pixels_near(&shot, DEAD_RED);
+    eprintln!("{name} the kill: {coloured} pixels of {colour}, {red} of {DEAD_RED}");
+    (coloured, red)
+}
+
 fn pixels_near(png: &Path, colour: &str) -> usize {
     let bytes = std::fs::read(png).unwrap();
     assert!(
@@ -250,30 +267,21 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
     );
     boot.wait_for(&["live map on", "7790", "7710"], WAIT);
 
-    let videos = repo_videos();
     let mut daemons: HashMap<&str, Daemon> = HashMap::new();
     for (i, name) in ["S1", "O1", "O2", "O3"].into_iter().enumerate() {
-        let my_ip = ip(i as u8 + 1);
-        let mut args = vec![
-            "--role",
-            if name == "S1" { "server" } else { "node" },
-            "--name",
-            name,
-            "--bind",
-            &my_ip,
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            &key_s,
-            "--control-port",
-            "0",
-            "--report-interval",
-            "500",
-        ];
+        let mut extra = vec!["--control-port", "0", "--report-interval", "500"];
         if name == "S1" {
-            args.extend(["--videos", videos.to_str().unwrap(), "--source", "paced"]);
+            extra.extend(["--source", "paced"]);
         }
-        daemons.insert(name, Daemon::spawn(name, &args));
+        let d = device(
+            role_of(name),
+            name,
+            &ip(i as u8 + 1),
+            &boot_ip,
+            &key,
+            &extra,
+        );
+        daemons.insert(name, d);
     }
     daemons["O3"].wait_for(&["neighbour up", "O1"], WAIT);
     daemons["O3"].wait_for(&["neighbour up", "O2"], WAIT);
@@ -304,13 +312,7 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
     drop(stranger);
 
     let video = some_video();
-    let psk = overlayd::keyfile::load(&key).unwrap().psk;
-    let consumer = Consumer::start(
-        format!("{}:7701", ip(4)).parse().unwrap(),
-        psk,
-        "TestConsumer",
-        &video,
-    );
+    let consumer = Consumer::at(&ip(4), &key, "TestConsumer", &video);
     assert!(
         consumer.wait_chunks(20, WAIT),
         "no stream reached the consumer"
@@ -398,17 +400,7 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
         json.len()
     );
 
-    let shot = dir.path("before.png");
-    chromium(
-        &dir,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,800",
-        ],
-    );
-    let coloured = pixels_near(&shot, &colour);
-    let red = pixels_near(&shot, DEAD_RED);
-    eprintln!("before the kill: {coloured} pixels of {colour}, {red} of {DEAD_RED}");
+    let (coloured, red) = screenshot(&dir, "before", &colour);
     // The legend swatch alone is 28x12; the tree's three edges are far more.
     assert!(
         coloured > 1500,
@@ -482,17 +474,7 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
         "{events:?}"
     );
 
-    let shot = dir.path("after.png");
-    chromium(
-        &dir,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,800",
-        ],
-    );
-    let coloured = pixels_near(&shot, &colour);
-    let red = pixels_near(&shot, DEAD_RED);
-    eprintln!("after the kill: {coloured} pixels of {colour}, {red} of {DEAD_RED}");
+    let (coloured, red) = screenshot(&dir, "after", &colour);
     assert!(
         coloured > 1500,
         "only {coloured} pixels of the stream colour"
@@ -500,7 +482,7 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
     // The dead node is a red disc (radius 22 in map units).
     assert!(red > 500, "only {red} red pixels with {relay_name} dead");
     if let Ok(keep) = std::env::var("LIVEMAP_KEEP_SHOT") {
-        let _ = std::fs::copy(&shot, keep);
+        let _ = std::fs::copy(dir.path("after.png"), keep);
     }
 
     consumer.stop().ok();

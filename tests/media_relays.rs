@@ -1,12 +1,13 @@
 //! Both relays deliver a live stream to a UDP socket, and what arrives decodes (ffprobe).
 
-mod media_common;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use media_common::*;
+use common::media::*;
+use common::TempDir;
 use overlayd::media::relay::{Relay, RelayConfig, RelayKind};
 use overlayd::media::source::{Source, SourceMode};
 use tokio::net::UdpSocket;

@@ -1,14 +1,15 @@
 //! Live sources with real ffmpeg: real-time rate, whole TS packets, looping, restart of a
 //! killed child, and no child outliving its parent (even after kill -9).
 
-mod media_common;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use media_common::*;
+use common::media::*;
+use common::TempDir;
 use overlayd::media::source::{Source, SourceError, SourceMode};
 use overlayd::media::ts::{Chunk, PACKET_LEN, SYNC_BYTE};
 use tokio::sync::mpsc;

@@ -1,8 +1,9 @@
 //! The sample clips and the script that makes them: valid H.264 in MPEG-TS, small, labelled.
 
-mod media_common;
+mod common;
 
-use media_common::*;
+use common::media::*;
+use common::TempDir;
 use std::process::Command;
 
 fn check_clip(path: &std::path::Path, name: &str) {

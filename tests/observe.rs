@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::consumer::Consumer;
-use common::{keygen, repo_videos, run, some_video, Daemon, TempDir};
+use common::{bootstrapper, device, keygen, role_of, run, some_video, TempDir};
 use overlayd::net::control::http_get;
 use overlayd::overlay::status::{NodeStatus, TraceResult};
 
@@ -69,51 +69,29 @@ fn status_metrics_and_trace_of_a_running_overlay() {
     keygen(&key);
     let ip = |i: u8| format!("127.74.{net}.{i}");
     let boot_ip = ip(100);
-    let boot = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topo.to_str().unwrap(),
-            "--bind",
-            &boot_ip,
-        ],
-    );
-    boot.wait_for(&["listening"], WAIT);
-    let videos = repo_videos();
+    let _boot = bootstrapper(&topo, &boot_ip);
     let mut daemons = Vec::new();
     for (i, name) in ["S1", "O1", "O2", "O3"].iter().enumerate() {
-        let my_ip = ip(i as u8 + 1);
-        let mut args = vec![
-            "--role",
-            if *name == "S1" { "server" } else { "node" },
-            "--name",
+        let extra: &[&str] = if *name == "S1" {
+            &["--source", "paced"]
+        } else {
+            &[]
+        };
+        daemons.push(device(
+            role_of(name),
             name,
-            "--bind",
-            &my_ip,
-            "--bootstrap",
+            &ip(i as u8 + 1),
             &boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        if *name == "S1" {
-            args.extend(["--videos", videos.to_str().unwrap(), "--source", "paced"]);
-        }
-        daemons.push(Daemon::spawn(name, &args));
+            &key,
+            extra,
+        ));
     }
     let o3 = &daemons[3];
     o3.wait_for(&["neighbour up", "O1"], WAIT);
     o3.wait_for(&["control endpoint", &format!("{}:7704", ip(4))], WAIT);
 
     let video = some_video();
-    let psk = overlayd::keyfile::load(&key).unwrap().psk;
-    let consumer = Consumer::start(
-        format!("{}:7701", ip(4)).parse().unwrap(),
-        psk,
-        "TestConsumer",
-        &video,
-    );
+    let consumer = Consumer::at(&ip(4), &key, "TestConsumer", &video);
     assert!(
         consumer.wait_chunks(20, WAIT),
         "no stream reached the consumer; O3 log:\n{}",

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{bootstrapper, keygen, Daemon, TempDir};
+use common::{bootstrapper, device, keygen, Daemon, TempDir};
 use overlayd::crypto::{Handshake, Side};
 use overlayd::wire::overlay::{Hello, OverlayMsg, OverlayRole, Ping, OVERLAY_VERSION};
 
@@ -30,21 +30,7 @@ fn pair_topology(dir: &TempDir, net: u8) -> std::path::PathBuf {
 }
 
 fn node(name: &str, ip: &str, bootstrap: &str, key: &std::path::Path) -> Daemon {
-    Daemon::spawn(
-        name,
-        &[
-            "--role",
-            "node",
-            "--name",
-            name,
-            "--bind",
-            ip,
-            "--bootstrap",
-            bootstrap,
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
-    )
+    device("node", name, ip, bootstrap, key, &[])
 }
 
 #[test]

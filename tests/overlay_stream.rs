@@ -19,6 +19,16 @@ fn start_diamond(net: u8) -> Diamond {
     diamond::start("stream", "127.72", net, |_| vec![])
 }
 
+/// Once O4 has both its links up, a test consumer on O4 asks for the first clip; returns the
+/// clip's name and the consumer.
+fn consume_at_o4(ov: &mut Diamond, net: u8) -> (String, Consumer) {
+    let video = some_video();
+    ov.daemon("O4").wait_for(&["neighbour up", "O2"], WAIT);
+    ov.daemon("O4").wait_for(&["neighbour up", "O3"], WAIT);
+    let consumer = Consumer::at(&format!("127.72.{net}.5"), &ov.key, "TestConsumer", &video);
+    (video, consumer)
+}
+
 /// The parent a daemon's log names last (chosen, switched to, or failed over to).
 fn current_parent(d: &Daemon) -> Option<String> {
     d.log()
@@ -41,13 +51,7 @@ fn current_parent(d: &Daemon) -> Option<String> {
 fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
     let net = 1;
     let mut ov = start_diamond(net);
-    let video = some_video();
-    let psk = overlayd::keyfile::load(&ov.key).unwrap().psk;
-    let o4_addr = format!("127.72.{net}.5:7701").parse().unwrap();
-    ov.daemon("O4").wait_for(&["neighbour up", "O2"], WAIT);
-    ov.daemon("O4").wait_for(&["neighbour up", "O3"], WAIT);
-
-    let consumer = Consumer::start(o4_addr, psk, "TestConsumer", &video);
+    let (_, consumer) = consume_at_o4(&mut ov, net);
     assert!(
         consumer.wait_chunks(50, WAIT),
         "no stream reached the consumer; O4 log:\n{}",
@@ -108,12 +112,7 @@ fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
 fn cancel_stops_the_stream_all_the_way_to_the_server() {
     let net = 2;
     let mut ov = start_diamond(net);
-    let video = some_video();
-    let psk = overlayd::keyfile::load(&ov.key).unwrap().psk;
-    let o4_addr = format!("127.72.{net}.5:7701").parse().unwrap();
-    ov.daemon("O4").wait_for(&["neighbour up", "O2"], WAIT);
-    ov.daemon("O4").wait_for(&["neighbour up", "O3"], WAIT);
-    let consumer = Consumer::start(o4_addr, psk, "TestConsumer", &video);
+    let (video, consumer) = consume_at_o4(&mut ov, net);
     assert!(consumer.wait_chunks(20, WAIT));
     consumer.stop().unwrap();
     // The cancel climbs to the server, which stops reading the file.

@@ -2,37 +2,27 @@
 //! each hop's delay; the status snapshot shows the route table, link counters and the failover
 //! gap the node measured itself.
 
-use std::time::Duration;
+mod common;
 
+use common::sim::{ms, start_and_subscribe, topology, V};
 use overlayd::overlay::status::{render_trace, NodeStatus, TraceResult};
 use overlayd::overlay::trace::hop_delays;
-use overlayd::sim::{LinkParams, Sim, SimConfig};
-
-const V: &str = "movie";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use overlayd::sim::{LinkParams, Sim};
 
 /// S -5ms- A; A -10ms- B; A -20ms- C; B -7ms- D. Consumers at C and D.
 fn tree() -> Sim {
-    let mut s = Sim::new(SimConfig {
-        seed: 11,
-        ..SimConfig::default()
-    });
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "C", "D"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "B", LinkParams::ms(10));
-    s.link("A", "C", LinkParams::ms(20));
-    s.link("B", "D", LinkParams::ms(7));
-    s.start_all();
-    s.run_for(ms(2000));
-    s.subscribe("C", V);
-    s.subscribe("D", V);
-    s.run_for(ms(2000));
+    let mut s = topology(
+        11,
+        &["S"],
+        &["A", "B", "C", "D"],
+        &[
+            ("S", "A", LinkParams::ms(5)),
+            ("A", "B", LinkParams::ms(10)),
+            ("A", "C", LinkParams::ms(20)),
+            ("B", "D", LinkParams::ms(7)),
+        ],
+    );
+    start_and_subscribe(&mut s, ms(2000), &["C", "D"], ms(2000));
     s
 }
 
@@ -89,22 +79,19 @@ fn trace_from_the_server_answers_from_every_node_of_the_tree() {
 #[test]
 fn status_snapshot_shows_routes_links_and_the_failover_gap() {
     // S feeds C through A (fast) or B (slow); A crashes.
-    let mut s = Sim::new(SimConfig {
-        seed: 12,
-        ..SimConfig::default()
-    });
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "C"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("S", "B", LinkParams::ms(20));
-    s.link("A", "C", LinkParams::ms(5));
-    s.link("B", "C", LinkParams::ms(20));
-    s.start_all();
-    s.run_for(ms(2000));
-    s.subscribe("C", V);
-    s.run_for(ms(2000));
+    let (fast, slow) = (LinkParams::ms(5), LinkParams::ms(20));
+    let mut s = topology(
+        12,
+        &["S"],
+        &["A", "B", "C"],
+        &[
+            ("S", "A", fast),
+            ("S", "B", slow),
+            ("A", "C", fast),
+            ("B", "C", slow),
+        ],
+    );
+    start_and_subscribe(&mut s, ms(2000), &["C"], ms(2000));
 
     let st = NodeStatus::build(s.node("A"), s.instant());
     let route = st.routes.iter().find(|r| r.stream == V).unwrap();

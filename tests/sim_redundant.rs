@@ -3,45 +3,36 @@
 //! scenario without redundancy where that makes the point, and prints the measured figures
 //! (lost chunks, extra bandwidth).
 
+mod common;
+
 use std::time::Duration;
 
+use common::sim::{
+    build, ms, random_mesh, secs, sim, start_and_subscribe, subscribe_after, topology, V,
+};
 use overlayd::overlay::node::LOCAL_LINK;
 use overlayd::sim::{seq_report, LinkParams, SeqReport, Sim, SimConfig};
-
-const V: &str = "movie";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// S feeds C through A (5+5 ms), B (12+12 ms) or X (20+20 ms); D is C's child. C opts in to
 /// redundancy when `redundant`. Both C and D consume.
 fn fan(seed: u64, redundant: bool) -> Sim {
-    let mut s = Sim::new(SimConfig {
+    let (a, b, x) = (LinkParams::ms(5), LinkParams::ms(12), LinkParams::ms(20));
+    let mut s = topology(
         seed,
-        ..SimConfig::default()
-    });
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "X", "C", "D"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "C", LinkParams::ms(5));
-    s.link("S", "B", LinkParams::ms(12));
-    s.link("B", "C", LinkParams::ms(12));
-    s.link("S", "X", LinkParams::ms(20));
-    s.link("X", "C", LinkParams::ms(20));
-    s.link("C", "D", LinkParams::ms(5));
+        &["S"],
+        &["A", "B", "X", "C", "D"],
+        &[
+            ("S", "A", a),
+            ("A", "C", a),
+            ("S", "B", b),
+            ("B", "C", b),
+            ("S", "X", x),
+            ("X", "C", x),
+            ("C", "D", LinkParams::ms(5)),
+        ],
+    );
     s.config_mut("C").streams.redundant = redundant;
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.subscribe("D", V);
-    s.run_for(secs(2));
+    start_and_subscribe(&mut s, secs(3), &["C", "D"], secs(2));
     assert_eq!(s.chain("D", V), vec!["D", "C", "A", "S"]);
     s
 }
@@ -233,13 +224,18 @@ fn slower_parent_swaps_with_the_second_without_flapping() {
 fn per_video_opt_in() {
     let mut s = Sim::new(SimConfig::default());
     s.add_server("S", &[V, "other"]);
-    for n in ["A", "B", "C"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "C", LinkParams::ms(5));
-    s.link("S", "B", LinkParams::ms(12));
-    s.link("B", "C", LinkParams::ms(12));
+    let (fast, slow) = (LinkParams::ms(5), LinkParams::ms(12));
+    build(
+        &mut s,
+        &[],
+        &["A", "B", "C"],
+        &[
+            ("S", "A", fast),
+            ("A", "C", fast),
+            ("S", "B", slow),
+            ("B", "C", slow),
+        ],
+    );
     s.config_mut("C").streams.redundant_videos = vec![V.to_string()];
     s.start_all();
     s.run_for(secs(3));
@@ -257,26 +253,23 @@ fn hole_in_one_feed_is_filled_by_the_other() {
     // two; the slower feed through B still has them. C holds A's chunks ahead of the hole
     // until B fills it.
     let run = |redundant: bool| {
-        let mut s = Sim::new(SimConfig {
-            seed: 15,
-            ..SimConfig::default()
-        });
-        s.add_server("S", &[V]);
-        for n in ["A1", "A2", "A", "B", "C"] {
-            s.add_node(n);
-        }
-        s.link("S", "A1", LinkParams::ms(3));
-        s.link("A1", "A", LinkParams::ms(3));
-        s.link("S", "A2", LinkParams::ms(4));
-        s.link("A2", "A", LinkParams::ms(4));
-        s.link("A", "C", LinkParams::ms(3));
-        s.link("S", "B", LinkParams::ms(25));
-        s.link("B", "C", LinkParams::ms(25));
+        let (three, four, slow) = (LinkParams::ms(3), LinkParams::ms(4), LinkParams::ms(25));
+        let mut s = topology(
+            15,
+            &["S"],
+            &["A1", "A2", "A", "B", "C"],
+            &[
+                ("S", "A1", three),
+                ("A1", "A", three),
+                ("S", "A2", four),
+                ("A2", "A", four),
+                ("A", "C", three),
+                ("S", "B", slow),
+                ("B", "C", slow),
+            ],
+        );
         s.config_mut("C").streams.redundant = redundant;
-        s.start_all();
-        s.run_for(secs(3));
-        s.subscribe("C", V);
-        s.run_for(secs(2));
+        start_and_subscribe(&mut s, secs(3), &["C"], secs(2));
         assert_eq!(s.chain("C", V), vec!["C", "A", "A1", "S"]);
         s.crash("A1");
         s.run_for(secs(3));
@@ -308,10 +301,7 @@ fn hole_in_one_feed_is_filled_by_the_other() {
 fn grid(redundant: bool) -> Sim {
     let n = 5;
     let name = |r: usize, c: usize| format!("N{r}{c}");
-    let mut s = Sim::new(SimConfig {
-        seed: 16,
-        ..SimConfig::default()
-    });
+    let mut s = sim(16);
     for r in 0..n {
         for c in 0..n {
             if (r, c) == (0, 0) {
@@ -342,12 +332,7 @@ fn grid(redundant: bool) -> Sim {
     for c in GRID_CONSUMERS {
         s.config_mut(c).streams.redundant = redundant;
     }
-    s.start_all();
-    s.run_for(secs(4));
-    for c in GRID_CONSUMERS {
-        s.subscribe(c, V);
-    }
-    s.run_for(secs(3));
+    start_and_subscribe(&mut s, secs(4), &GRID_CONSUMERS, secs(3));
     for c in GRID_CONSUMERS {
         assert_eq!(
             s.node(c).second_parent_of(V).is_some(),
@@ -399,27 +384,24 @@ fn grid_relay_crashes_on_the_parent_path_lose_nothing() {
 
 #[test]
 fn nearer_server_takes_over_and_the_old_servers_second_is_let_go() {
-    let mut s = Sim::new(SimConfig {
-        seed: 17,
-        ..SimConfig::default()
-    });
-    s.add_server("S1", &[V]);
-    s.add_server("S2", &[V]);
-    for n in ["A", "B", "C"] {
-        s.add_node(n);
-    }
-    s.link("S1", "A", LinkParams::ms(30));
-    s.link("A", "C", LinkParams::ms(30));
-    s.link("S1", "B", LinkParams::ms(35));
-    s.link("B", "C", LinkParams::ms(35));
-    s.link("S2", "C", LinkParams::ms(5));
+    let (a, b) = (LinkParams::ms(30), LinkParams::ms(35));
+    let mut s = topology(
+        17,
+        &["S1", "S2"],
+        &["A", "B", "C"],
+        &[
+            ("S1", "A", a),
+            ("A", "C", a),
+            ("S1", "B", b),
+            ("B", "C", b),
+            ("S2", "C", LinkParams::ms(5)),
+        ],
+    );
     s.config_mut("C").streams.redundant = true;
     for n in ["S1", "A", "B", "C"] {
         s.start(n);
     }
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(2));
+    subscribe_after(&mut s, secs(3), &["C"], secs(2));
     assert_eq!(s.chain("C", V), vec!["C", "A", "S1"]);
     assert_eq!(s.node("C").second_parent_of(V), Some("B"));
     s.start("S2");
@@ -444,28 +426,26 @@ fn late_faster_path_takes_over_make_before_break_with_two_parents() {
     // C is fed by A and B; a faster relay Y joins: C switches its parent to Y
     // make-before-break (three feeds for a moment), keeps a second parent, and its consumers
     // see every chunk once, in order.
-    let mut s = Sim::new(SimConfig {
-        seed: 18,
-        ..SimConfig::default()
-    });
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "Y", "C", "D"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(30));
-    s.link("A", "C", LinkParams::ms(30));
-    s.link("S", "B", LinkParams::ms(40));
-    s.link("B", "C", LinkParams::ms(40));
-    s.link("S", "Y", LinkParams::ms(5));
-    s.link("Y", "C", LinkParams::ms(5));
-    s.link("C", "D", LinkParams::ms(5));
+    let (a, b, y) = (LinkParams::ms(30), LinkParams::ms(40), LinkParams::ms(5));
+    let mut s = topology(
+        18,
+        &["S"],
+        &["A", "B", "Y", "C", "D"],
+        &[
+            ("S", "A", a),
+            ("A", "C", a),
+            ("S", "B", b),
+            ("B", "C", b),
+            ("S", "Y", y),
+            ("Y", "C", y),
+            ("C", "D", LinkParams::ms(5)),
+        ],
+    );
     s.config_mut("C").streams.redundant = true;
     for n in ["S", "A", "B", "C", "D"] {
         s.start(n);
     }
-    s.run_for(secs(3));
-    s.subscribe("D", V);
-    s.run_for(secs(2));
+    subscribe_after(&mut s, secs(3), &["D"], secs(2));
     assert_eq!(s.chain("D", V), vec!["D", "C", "A", "S"]);
     assert_eq!(s.node("C").second_parent_of(V), Some("B"));
     s.start("Y");
@@ -496,27 +476,24 @@ fn late_faster_path_takes_over_make_before_break_with_two_parents() {
 fn second_parent_avoids_relays_shared_with_the_parent() {
     // Through A or B, C's routes share the relay R; through Y they share nothing (but are
     // slower). The second parent is Y, so the death of R, on both fast paths, loses nothing.
-    let mut s = Sim::new(SimConfig {
-        seed: 19,
-        ..SimConfig::default()
-    });
-    s.add_server("S", &[V]);
-    for n in ["R", "A", "B", "X", "Y", "C"] {
-        s.add_node(n);
-    }
-    s.link("S", "R", LinkParams::ms(3));
-    s.link("R", "A", LinkParams::ms(3));
-    s.link("R", "B", LinkParams::ms(4));
-    s.link("A", "C", LinkParams::ms(3));
-    s.link("B", "C", LinkParams::ms(4));
-    s.link("S", "X", LinkParams::ms(15));
-    s.link("X", "Y", LinkParams::ms(15));
-    s.link("Y", "C", LinkParams::ms(15));
+    let (three, four, slow) = (LinkParams::ms(3), LinkParams::ms(4), LinkParams::ms(15));
+    let mut s = topology(
+        19,
+        &["S"],
+        &["R", "A", "B", "X", "Y", "C"],
+        &[
+            ("S", "R", three),
+            ("R", "A", three),
+            ("R", "B", four),
+            ("A", "C", three),
+            ("B", "C", four),
+            ("S", "X", slow),
+            ("X", "Y", slow),
+            ("Y", "C", slow),
+        ],
+    );
     s.config_mut("C").streams.redundant = true;
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(2));
+    start_and_subscribe(&mut s, secs(3), &["C"], secs(2));
     assert_eq!(s.chain("C", V), vec!["C", "A", "R", "S"]);
     assert_eq!(s.node("C").second_parent_of(V), Some("Y"));
     assert_eq!(s.chain("Y", V), vec!["Y", "X", "S"]);
@@ -561,29 +538,9 @@ fn mesh(redundant: bool) -> (u64, Sim) {
     use rand::{Rng, SeedableRng};
     const N: usize = 80;
     let mut rng = StdRng::seed_from_u64(77);
-    let mut s = Sim::new(SimConfig {
-        seed: 21,
-        ..SimConfig::default()
-    });
-    let names: Vec<String> = (0..N).map(|i| format!("N{i}")).collect();
+    let mut s = sim(21);
     s.add_server("S", &[V]);
-    for n in &names {
-        s.add_node(n);
-    }
-    let mut edges = std::collections::BTreeSet::new();
-    for i in 1..N {
-        edges.insert((rng.gen_range(0..i), i));
-    }
-    while edges.len() < 2 * N {
-        let (a, b) = (rng.gen_range(0..N), rng.gen_range(0..N));
-        if a != b {
-            edges.insert((a.min(b), a.max(b)));
-        }
-    }
-    for (a, b) in &edges {
-        let d = rng.gen_range(2..20);
-        s.link(&names[*a], &names[*b], LinkParams::ms(d));
-    }
+    let (names, _) = random_mesh(&mut s, &mut rng, N);
     s.link("S", &names[0], LinkParams::ms(5));
     s.link("S", &names[1], LinkParams::ms(5));
     let consumers: Vec<String> = {
@@ -596,12 +553,8 @@ fn mesh(redundant: bool) -> (u64, Sim) {
     for c in &consumers {
         s.config_mut(c).streams.redundant = redundant;
     }
-    s.start_all();
-    s.run_for(secs(3));
-    for c in &consumers {
-        s.subscribe(c, V);
-    }
-    s.run_for(secs(3));
+    let consumer_names: Vec<&str> = consumers.iter().map(String::as_str).collect();
+    start_and_subscribe(&mut s, secs(3), &consumer_names, secs(3));
     for k in 0..6 {
         // A relay (not a consumer, not the server) on some consumer's parent chain.
         let c = &consumers[(k * 5) % consumers.len()];

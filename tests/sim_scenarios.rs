@@ -2,27 +2,16 @@
 //! shape, who feeds whom, chunks delivered, no duplicate, no reordering) and prints the
 //! measured gaps.
 
+mod common;
+
 use std::time::Duration;
 
+use common::sim::{
+    build, ms, random_mesh, run_until_stable, secs, sim, start_and_subscribe, subscribe_after,
+    topology, V,
+};
 use overlayd::overlay::streams::StreamConfig;
 use overlayd::sim::{seq_report, LinkParams, Sim, SimConfig};
-
-const V: &str = "movie";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn sim(seed: u64) -> Sim {
-    Sim::new(SimConfig {
-        seed,
-        ..SimConfig::default()
-    })
-}
 
 /// Asserts a consumer's stream is clean and returns its longest gap after `from`.
 fn clean(sim: &Sim, who: &str, from: Duration) -> Duration {
@@ -35,16 +24,14 @@ fn clean(sim: &Sim, who: &str, from: Duration) -> Duration {
 
 #[test]
 fn chain_streams_in_order() {
-    let mut s = sim(1);
-    s.add_server("S", &[V]);
-    s.add_node("A");
-    s.add_node("B");
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "B", LinkParams::ms(5));
-    s.start_all();
-    s.run_for(secs(2));
-    s.subscribe("B", V);
-    s.run_for(secs(2));
+    let five = LinkParams::ms(5);
+    let mut s = topology(
+        1,
+        &["S"],
+        &["A", "B"],
+        &[("S", "A", five), ("A", "B", five)],
+    );
+    start_and_subscribe(&mut s, secs(2), &["B"], secs(2));
     assert_eq!(s.chain("B", V), vec!["B", "A", "S"]);
     let r = seq_report(s.delivered("B", V), Duration::ZERO);
     println!("chain: {r:?}");
@@ -55,19 +42,19 @@ fn chain_streams_in_order() {
 
 /// S feeds C through A (fast) or B (slower).
 fn diamond(seed: u64) -> Sim {
-    let mut s = sim(seed);
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "C"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "C", LinkParams::ms(5));
-    s.link("S", "B", LinkParams::ms(12));
-    s.link("B", "C", LinkParams::ms(12));
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(2));
+    let (fast, slow) = (LinkParams::ms(5), LinkParams::ms(12));
+    let mut s = topology(
+        seed,
+        &["S"],
+        &["A", "B", "C"],
+        &[
+            ("S", "A", fast),
+            ("A", "C", fast),
+            ("S", "B", slow),
+            ("B", "C", slow),
+        ],
+    );
+    start_and_subscribe(&mut s, secs(3), &["C"], secs(2));
     assert_eq!(s.chain("C", V), vec!["C", "A", "S"]);
     s
 }
@@ -108,17 +95,14 @@ fn switches_on_jittery_equal_paths(seed: u64, sustain: Duration) -> u64 {
     };
     cfg.node.streams.switch_sustain = sustain;
     let mut s = Sim::new(cfg);
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "C"] {
-        s.add_node(n);
-    }
-    for (a, b) in [("S", "A"), ("A", "C"), ("S", "B"), ("B", "C")] {
-        s.link(a, b, LinkParams::ms(6).jitter(ms(20)));
-    }
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(60));
+    let j = LinkParams::ms(6).jitter(ms(20));
+    build(
+        &mut s,
+        &["S"],
+        &["A", "B", "C"],
+        &[("S", "A", j), ("A", "C", j), ("S", "B", j), ("B", "C", j)],
+    );
+    start_and_subscribe(&mut s, secs(3), &["C"], secs(60));
     clean(&s, "C", secs(4));
     s.node("C").stream_counters(V).unwrap().switches
 }
@@ -178,19 +162,19 @@ fn hung_parent_is_detected_by_keepalive() {
 #[test]
 fn catastrophic_chain_keeps_streaming_through_grandfathers() {
     // S -> A -> B -> C -> D, no alternative path.
-    let mut s = sim(5);
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "C", "D"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "B", LinkParams::ms(5));
-    s.link("B", "C", LinkParams::ms(5));
-    s.link("C", "D", LinkParams::ms(5));
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("D", V);
-    s.run_for(secs(2));
+    let five = LinkParams::ms(5);
+    let mut s = topology(
+        5,
+        &["S"],
+        &["A", "B", "C", "D"],
+        &[
+            ("S", "A", five),
+            ("A", "B", five),
+            ("B", "C", five),
+            ("C", "D", five),
+        ],
+    );
+    start_and_subscribe(&mut s, secs(3), &["D"], secs(2));
     assert_eq!(s.chain("D", V), vec!["D", "C", "B", "A", "S"]);
     let gf = |s: &Sim, n: &str| -> Vec<String> {
         s.node(n)
@@ -221,21 +205,22 @@ fn catastrophic_chain_keeps_streaming_through_grandfathers() {
 
 #[test]
 fn late_node_with_faster_path_attracts_the_stream() {
-    let mut s = sim(6);
-    s.add_server("S", &[V]);
-    for n in ["A", "X", "C"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(30));
-    s.link("A", "C", LinkParams::ms(30));
-    s.link("S", "X", LinkParams::ms(5));
-    s.link("X", "C", LinkParams::ms(5));
+    let (slow, fast) = (LinkParams::ms(30), LinkParams::ms(5));
+    let mut s = topology(
+        6,
+        &["S"],
+        &["A", "X", "C"],
+        &[
+            ("S", "A", slow),
+            ("A", "C", slow),
+            ("S", "X", fast),
+            ("X", "C", fast),
+        ],
+    );
     for n in ["S", "A", "C"] {
         s.start(n);
     }
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(3));
+    subscribe_after(&mut s, secs(3), &["C"], secs(3));
     assert_eq!(s.chain("C", V), vec!["C", "A", "S"]);
     let t = s.now();
     s.start("X");
@@ -256,20 +241,21 @@ fn late_node_with_faster_path_attracts_the_stream() {
 
 #[test]
 fn second_server_joining_nearer_takes_the_stream() {
-    let mut s = sim(7);
-    s.add_server("S1", &[V]);
-    s.add_server("S2", &[V]);
-    s.add_node("A");
-    s.add_node("C");
-    s.link("S1", "A", LinkParams::ms(30));
-    s.link("A", "C", LinkParams::ms(30));
-    s.link("S2", "C", LinkParams::ms(5));
+    let slow = LinkParams::ms(30);
+    let mut s = topology(
+        7,
+        &["S1", "S2"],
+        &["A", "C"],
+        &[
+            ("S1", "A", slow),
+            ("A", "C", slow),
+            ("S2", "C", LinkParams::ms(5)),
+        ],
+    );
     for n in ["S1", "A", "C"] {
         s.start(n);
     }
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(2));
+    subscribe_after(&mut s, secs(3), &["C"], secs(2));
     assert_eq!(s.chain("C", V), vec!["C", "A", "S1"]);
     let t = s.now();
     s.start("S2");
@@ -293,21 +279,20 @@ fn second_server_joining_nearer_takes_the_stream() {
 #[test]
 fn server_death_with_the_same_video_elsewhere() {
     // S1 - A - B - C and S2 - D - B: B takes S1 (nearer) until S1 dies.
-    let mut s = sim(8);
-    s.add_server("S1", &[V]);
-    s.add_server("S2", &[V]);
-    for n in ["A", "B", "C", "D"] {
-        s.add_node(n);
-    }
-    s.link("S1", "A", LinkParams::ms(5));
-    s.link("A", "B", LinkParams::ms(5));
-    s.link("B", "C", LinkParams::ms(5));
-    s.link("S2", "D", LinkParams::ms(20));
-    s.link("D", "B", LinkParams::ms(20));
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(2));
+    let (near, far) = (LinkParams::ms(5), LinkParams::ms(20));
+    let mut s = topology(
+        8,
+        &["S1", "S2"],
+        &["A", "B", "C", "D"],
+        &[
+            ("S1", "A", near),
+            ("A", "B", near),
+            ("B", "C", near),
+            ("S2", "D", far),
+            ("D", "B", far),
+        ],
+    );
+    start_and_subscribe(&mut s, secs(3), &["C"], secs(2));
     assert_eq!(s.chain("C", V), vec!["C", "B", "A", "S1"]);
     s.crash("S1");
     let t = s.now();
@@ -336,20 +321,19 @@ fn server_death_with_the_same_video_elsewhere() {
 
 #[test]
 fn cancellation_stops_at_the_shared_node() {
-    let mut s = sim(9);
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "C1", "C2"] {
-        s.add_node(n);
-    }
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "B", LinkParams::ms(5));
-    s.link("B", "C1", LinkParams::ms(5));
-    s.link("B", "C2", LinkParams::ms(5));
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C1", V);
-    s.subscribe("C2", V);
-    s.run_for(secs(2));
+    let five = LinkParams::ms(5);
+    let mut s = topology(
+        9,
+        &["S"],
+        &["A", "B", "C1", "C2"],
+        &[
+            ("S", "A", five),
+            ("A", "B", five),
+            ("B", "C1", five),
+            ("B", "C2", five),
+        ],
+    );
+    start_and_subscribe(&mut s, secs(3), &["C1", "C2"], secs(2));
     let dest = |s: &Sim, n: &str| -> Vec<String> {
         s.node(n)
             .route_table()
@@ -386,20 +370,20 @@ fn cancellation_stops_at_the_shared_node() {
 #[test]
 fn clock_skew_between_servers_does_not_fool_the_choice() {
     for (skew_s1, skew_s2) in [(0, 500_000), (-500_000, 0), (300_000, -300_000)] {
-        let mut s = sim(10);
-        s.add_server("S1", &[V]);
-        s.add_server("S2", &[V]);
-        s.add_node("A");
-        s.add_node("C");
-        s.link("S1", "C", LinkParams::ms(5));
-        s.link("S2", "A", LinkParams::ms(10));
-        s.link("A", "C", LinkParams::ms(10));
+        let ten = LinkParams::ms(10);
+        let mut s = topology(
+            10,
+            &["S1", "S2"],
+            &["A", "C"],
+            &[
+                ("S1", "C", LinkParams::ms(5)),
+                ("S2", "A", ten),
+                ("A", "C", ten),
+            ],
+        );
         s.set_skew("S1", skew_s1);
         s.set_skew("S2", skew_s2);
-        s.start_all();
-        s.run_for(secs(3));
-        s.subscribe("C", V);
-        s.run_for(secs(3));
+        start_and_subscribe(&mut s, secs(3), &["C"], secs(3));
         assert_eq!(
             s.chain("C", V),
             vec!["C", "S1"],
@@ -416,28 +400,9 @@ fn thousand_node_overlay_with_hundred_consumers_converges() {
     const N: usize = 1000;
     let mut rng = StdRng::seed_from_u64(42);
     let mut s = sim(11);
-    let names: Vec<String> = (0..N).map(|i| format!("N{i}")).collect();
     s.add_server("S1", &[V]);
     s.add_server("S2", &[V]);
-    for n in &names {
-        s.add_node(n);
-    }
-    let mut edges = std::collections::BTreeSet::new();
-    // A random tree for connectivity, then extra random edges (average degree about 4).
-    for i in 1..N {
-        let j = rng.gen_range(0..i);
-        edges.insert((j, i));
-    }
-    while edges.len() < 2 * N {
-        let (a, b) = (rng.gen_range(0..N), rng.gen_range(0..N));
-        if a != b {
-            edges.insert((a.min(b), a.max(b)));
-        }
-    }
-    for (a, b) in &edges {
-        let d = rng.gen_range(2..20);
-        s.link(&names[*a], &names[*b], LinkParams::ms(d));
-    }
+    let (names, links) = random_mesh(&mut s, &mut rng, N);
     for (server, attach) in [("S1", [0, 1]), ("S2", [500, 900])] {
         for a in attach {
             s.link(server, &names[a], LinkParams::ms(5));
@@ -464,23 +429,7 @@ fn thousand_node_overlay_with_hundred_consumers_converges() {
         .expect("every consumer receives the stream");
     // Stable: no switch for 3 s (a better parent must stay better for 1.5 s before a switch
     // starts, so a shorter quiet spell can still hide one on its way).
-    let switches = |s: &Sim| -> u64 {
-        s.names()
-            .iter()
-            .filter_map(|n| s.node(n).stream_counters(V).map(|c| c.switches))
-            .sum()
-    };
-    let mut last = switches(&s);
-    let mut stable_since = s.now();
-    while s.now() - stable_since < secs(3) && s.now() - t0 < secs(30) {
-        s.run_for(ms(100));
-        let now = switches(&s);
-        if now != last {
-            last = now;
-            stable_since = s.now();
-        }
-    }
-    let converged = stable_since;
+    let (converged, last) = run_until_stable(&mut s, t0, secs(3), secs(30));
     s.reset_crossings();
     s.run_for(secs(2));
     let mut tree_links = 0;
@@ -503,7 +452,7 @@ fn thousand_node_overlay_with_hundred_consumers_converges() {
         "1000 nodes, {} links, 100 consumers: all fed {:?} after subscribing, stable (no switch \
          for 3 s) {:?} after subscribing, {} switches in total; {} overlay links carry the \
          stream ({} tree edges), max copies of one chunk on one link = {}; {} events in {:?} real time",
-        edges.len() + 4,
+        links + 4,
         all_fed - t0,
         converged - t0,
         last,
@@ -559,16 +508,14 @@ fn thousand_node_overlay_with_hundred_consumers_converges() {
 
 #[test]
 fn restarted_server_resumes_with_a_new_epoch() {
-    let mut s = sim(12);
-    s.add_server("S", &[V]);
-    s.add_node("A");
-    s.add_node("C");
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("A", "C", LinkParams::ms(5));
-    s.start_all();
-    s.run_for(secs(3));
-    s.subscribe("C", V);
-    s.run_for(secs(2));
+    let five = LinkParams::ms(5);
+    let mut s = topology(
+        12,
+        &["S"],
+        &["A", "C"],
+        &[("S", "A", five), ("A", "C", five)],
+    );
+    start_and_subscribe(&mut s, secs(3), &["C"], secs(2));
     s.crash("S");
     s.run_for(secs(1));
     let t = s.now();
@@ -592,13 +539,16 @@ fn restarted_server_resumes_with_a_new_epoch() {
 #[test]
 fn floods_go_once_per_link_and_rank_every_parent() {
     // A triangle: every node hears S directly and through the other node.
-    let mut s = sim(13);
-    s.add_server("S", &[V]);
-    s.add_node("A");
-    s.add_node("B");
-    s.link("S", "A", LinkParams::ms(5));
-    s.link("S", "B", LinkParams::ms(4));
-    s.link("A", "B", LinkParams::ms(2));
+    let mut s = topology(
+        13,
+        &["S"],
+        &["A", "B"],
+        &[
+            ("S", "A", LinkParams::ms(5)),
+            ("S", "B", LinkParams::ms(4)),
+            ("A", "B", LinkParams::ms(2)),
+        ],
+    );
     s.start_all();
     s.run_for(secs(10));
     let a = s.node("A");
@@ -649,20 +599,19 @@ fn silent_cut_fails_over_and_restore_brings_the_fast_path_back() {
 #[test]
 fn same_seed_same_run_with_jitter_and_loss() {
     let run = |seed: u64| {
-        let mut s = sim(seed);
-        s.add_server("S", &[V]);
-        for n in ["A", "B", "C"] {
-            s.add_node(n);
-        }
         let lossy = LinkParams::ms(8).jitter(ms(4)).loss(0.02);
-        s.link("S", "A", lossy);
-        s.link("A", "C", lossy);
-        s.link("S", "B", lossy);
-        s.link("B", "C", lossy);
-        s.start_all();
-        s.run_for(secs(3));
-        s.subscribe("C", V);
-        s.run_for(secs(2));
+        let mut s = topology(
+            seed,
+            &["S"],
+            &["A", "B", "C"],
+            &[
+                ("S", "A", lossy),
+                ("A", "C", lossy),
+                ("S", "B", lossy),
+                ("B", "C", lossy),
+            ],
+        );
+        start_and_subscribe(&mut s, secs(3), &["C"], secs(2));
         s.crash("A");
         s.run_for(secs(3));
         clean(&s, "C", Duration::ZERO);
@@ -679,11 +628,6 @@ fn same_seed_same_run_with_jitter_and_loss() {
 /// shorter path (fewer hops) must win and the tree must not flap between near-equal paths.
 #[test]
 fn near_equal_paths_prefer_fewer_hops_and_do_not_flap() {
-    let mut s = sim(21);
-    s.add_server("S", &[V]);
-    for n in ["A", "B", "D", "C"] {
-        s.add_node(n);
-    }
     let lan = |us: u64| LinkParams {
         delay: Duration::from_micros(us),
         jitter: Duration::from_micros(200),
@@ -691,11 +635,18 @@ fn near_equal_paths_prefer_fewer_hops_and_do_not_flap() {
     };
     // Short: S-A-C, 2 hops of 300 µs. Long: S-B-D-C, 3 hops of 150 µs: 150 µs faster, which is
     // noise next to the 1 ms switch floor.
-    s.link("S", "A", lan(300));
-    s.link("A", "C", lan(300));
-    s.link("S", "B", lan(150));
-    s.link("B", "D", lan(150));
-    s.link("D", "C", lan(150));
+    let mut s = topology(
+        21,
+        &["S"],
+        &["A", "B", "D", "C"],
+        &[
+            ("S", "A", lan(300)),
+            ("A", "C", lan(300)),
+            ("S", "B", lan(150)),
+            ("B", "D", lan(150)),
+            ("D", "C", lan(150)),
+        ],
+    );
     s.start_all();
     s.run_for(secs(3));
     s.subscribe("C", V);

@@ -19,7 +19,7 @@ use overlayd::wire::client::{
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{bootstrapper, keygen, Daemon, TempDir};
+use crate::common::{bootstrapper, device, keygen, Daemon, TempDir};
 use crate::report::{cpu_seconds, f1, f2, median, pct, Report, Table};
 use crate::Opts;
 
@@ -420,30 +420,10 @@ impl Net {
         let key = dir.path("k");
         keygen(&key);
         let boot = bootstrapper(&topo, boot_ip);
-        let videos = crate::common::repo_videos();
         let mut daemons = Vec::new();
         for (name, ip, role, extra) in devices {
-            let mut args: Vec<String> = [
-                "--role",
-                role,
-                "--name",
-                name,
-                "--bind",
-                ip,
-                "--bootstrap",
-                boot_ip,
-                "--key-file",
-                key.to_str().unwrap(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            if *role == "server" {
-                args.extend(["--videos".into(), videos.to_str().unwrap().into()]);
-            }
-            args.extend(extra.iter().cloned());
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            daemons.push(Daemon::spawn(name, &refs));
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            daemons.push(device(role, name, ip, boot_ip, &key, &extra));
         }
         for (name, _, role, _) in devices {
             let d = daemons.iter().find(|d| d.name == *name).unwrap();

@@ -14,14 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use overlayd::crypto::Side;
 use overlayd::keyfile::Psk;
-use overlayd::net::transport::{self, SecureWriter};
-use overlayd::wire::overlay::{
-    Hello, OverlayMsg, OverlayRole, Pong, VideoRequest, OVERLAY_VERSION,
-};
+use overlayd::wire::overlay::{OverlayMsg, Pong, VideoRequest};
 
+use crate::common::consumer::{connect_as_child, send};
 use crate::common::{bootstrapper, keygen, Daemon, TempDir};
 use crate::report::{cpu_seconds, f1, f2, rss_mib, Report, Table};
 use crate::Opts;
@@ -105,12 +101,6 @@ impl SeqTrack {
     }
 }
 
-async fn send(w: &mut SecureWriter, msg: OverlayMsg) -> Result<(), String> {
-    let mut buf = BytesMut::new();
-    msg.encode(&mut buf).map_err(|e| e.to_string())?;
-    w.send(buf).await.map_err(|e| e.to_string())
-}
-
 /// One child: connect, hello, wait for the go, request the video, count chunks until stopped.
 async fn child(
     relay: SocketAddr,
@@ -120,23 +110,7 @@ async fn child(
     mut phase: tokio::sync::watch::Receiver<u8>,
     up: Arc<AtomicU64>,
 ) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(relay)
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = transport::handshake(stream, Side::Initiator, &psk, Duration::from_secs(20))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut r, mut w) = conn.into_split();
-    send(
-        &mut w,
-        OverlayMsg::Hello(Hello {
-            name: name.clone(),
-            role: OverlayRole::Node,
-            version: OVERLAY_VERSION,
-            listen_port: 1,
-        }),
-    )
-    .await?;
+    let (mut r, mut w) = connect_as_child(relay, &psk, &name, Duration::from_secs(20)).await?;
     up.fetch_add(1, Ordering::Relaxed);
     let mut requested = false;
     loop {

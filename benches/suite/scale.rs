@@ -8,19 +8,17 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use overlayd::sim::{LinkParams, Sim, SimConfig};
+use overlayd::sim::LinkParams;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::common::consumer::{analyse, Consumer};
-use crate::common::{bootstrapper, keygen, Daemon, TempDir};
+use crate::common::sim::{self, V};
+use crate::common::{bootstrapper, device, keygen, role_of, Daemon, TempDir};
 use crate::report::{cpu_seconds, f1, median, rss_mib, Report, Table};
 use crate::Opts;
-
-const V: &str = "movie";
 
 struct SimRun {
     floods: Duration,
@@ -33,30 +31,10 @@ struct SimRun {
 fn sim_run(seed: u64) -> Option<SimRun> {
     const N: usize = 1000;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut s = Sim::new(SimConfig {
-        seed,
-        ..SimConfig::default()
-    });
-    let names: Vec<String> = (0..N).map(|i| format!("N{i}")).collect();
+    let mut s = sim::sim(seed);
     s.add_server("S1", &[V]);
     s.add_server("S2", &[V]);
-    for n in &names {
-        s.add_node(n);
-    }
-    let mut edges = BTreeSet::new();
-    for i in 1..N {
-        edges.insert((rng.gen_range(0..i), i));
-    }
-    while edges.len() < 2 * N {
-        let (a, b) = (rng.gen_range(0..N), rng.gen_range(0..N));
-        if a != b {
-            edges.insert((a.min(b), a.max(b)));
-        }
-    }
-    for (a, b) in &edges {
-        let d = rng.gen_range(2..20);
-        s.link(&names[*a], &names[*b], LinkParams::ms(d));
-    }
+    let (names, _) = sim::random_mesh(&mut s, &mut rng, N);
     for (server, attach) in [("S1", [0, 1]), ("S2", [500, 900])] {
         for a in attach {
             s.link(server, &names[a], LinkParams::ms(5));
@@ -86,23 +64,8 @@ fn sim_run(seed: u64) -> Option<SimRun> {
     let fed = s.run_until_cond(Duration::from_millis(20), Duration::from_secs(10), |s| {
         consumers.iter().all(|c| !s.delivered(c, V).is_empty())
     })? - t0;
-    let switches = |s: &Sim| -> u64 {
-        s.names()
-            .iter()
-            .filter_map(|n| s.node(n).stream_counters(V).map(|c| c.switches))
-            .sum()
-    };
-    let mut last = switches(&s);
-    let mut stable_since = s.now();
-    while s.now() - stable_since < Duration::from_secs(1) && s.now() - t0 < Duration::from_secs(20)
-    {
-        s.run_for(Duration::from_millis(100));
-        let now = switches(&s);
-        if now != last {
-            last = now;
-            stable_since = s.now();
-        }
-    }
+    let (stable_since, _) =
+        sim::run_until_stable(&mut s, t0, Duration::from_secs(1), Duration::from_secs(20));
     Some(SimRun {
         floods,
         fed,
@@ -259,29 +222,12 @@ fn real_daemons(opts: &Opts, rep: &mut Report) {
     let psk = overlayd::keyfile::load(&key).unwrap().psk;
     let boot_ip = "127.81.9.100";
     let _boot = bootstrapper(&topo_path, boot_ip);
-    let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join("videos");
     let degree = |i: usize| links.iter().filter(|&&(a, b)| a == i || b == i).count();
 
     let t_start = Instant::now();
     let mut daemons = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        let ip = ip(i);
-        let mut args = vec![
-            "--role",
-            if n.starts_with('S') { "server" } else { "node" },
-            "--name",
-            n,
-            "--bind",
-            &ip,
-            "--bootstrap",
-            boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        if n.starts_with('S') {
-            args.extend(["--videos", videos.to_str().unwrap()]);
-        }
-        daemons.push(Daemon::spawn(n, &args));
+        daemons.push(device(role_of(n), n, &ip(i), boot_ip, &key, &[]));
     }
     let spawned = t_start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);

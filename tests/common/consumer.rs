@@ -105,6 +105,14 @@ impl Consumer {
         }
     }
 
+    /// A consumer named `name` on the node bound to `ip` (overlay port 7701), with the key of
+    /// `key_file`, asking for `video`.
+    pub fn at(ip: &str, key_file: &std::path::Path, name: &str, video: &str) -> Consumer {
+        let psk = overlayd::keyfile::load(key_file).unwrap().psk;
+        let addr = format!("{ip}:7701").parse().unwrap();
+        Consumer::start(addr, psk, name, video)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
@@ -143,10 +151,39 @@ impl Drop for Consumer {
     }
 }
 
-async fn send(w: &mut transport::SecureWriter, msg: OverlayMsg) -> Result<(), String> {
+/// Sends one overlay message on an encrypted link.
+pub async fn send(w: &mut transport::SecureWriter, msg: OverlayMsg) -> Result<(), String> {
     let mut buf = BytesMut::new();
     msg.encode(&mut buf).map_err(|e| e.to_string())?;
     w.send(buf).await.map_err(|e| e.to_string())
+}
+
+/// Connects to a node's overlay port at `addr`, handshakes with `psk` (within `handshake`) and
+/// says hello as the node `name`: a child's link, ready for a video request.
+pub async fn connect_as_child(
+    addr: SocketAddr,
+    psk: &Psk,
+    name: &str,
+    handshake: Duration,
+) -> Result<(transport::SecureReader, transport::SecureWriter), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = transport::handshake(stream, Side::Initiator, psk, handshake)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (r, mut w) = conn.into_split();
+    send(
+        &mut w,
+        OverlayMsg::Hello(Hello {
+            name: name.to_string(),
+            role: OverlayRole::Node,
+            version: OVERLAY_VERSION,
+            listen_port: 1,
+        }),
+    )
+    .await?;
+    Ok((r, w))
 }
 
 async fn run(
@@ -157,23 +194,7 @@ async fn run(
     sink: Arc<Mutex<Vec<Received>>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = transport::handshake(stream, Side::Initiator, &psk, Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut r, mut w) = conn.into_split();
-    send(
-        &mut w,
-        OverlayMsg::Hello(Hello {
-            name: name.clone(),
-            role: OverlayRole::Node,
-            version: OVERLAY_VERSION,
-            listen_port: 1,
-        }),
-    )
-    .await?;
+    let (mut r, mut w) = connect_as_child(addr, &psk, &name, Duration::from_secs(5)).await?;
     send(
         &mut w,
         OverlayMsg::VideoRequest(VideoRequest {

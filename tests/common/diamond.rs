@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{bootstrapper, keygen, repo_videos, Daemon, TempDir};
+use super::{bootstrapper, device, keygen, role_of, Daemon, TempDir};
 
 /// The running diamond; dropping it stops every daemon and removes its directory.
 pub struct Diamond {
@@ -51,28 +51,14 @@ pub fn start(
     keygen(&key);
     let boot_ip = ip(100);
     let b = bootstrapper(&topo, &boot_ip);
-    let videos = repo_videos();
-    let mut daemons = Vec::new();
-    for (i, name) in ["S1", "O1", "O2", "O3", "O4"].iter().enumerate() {
-        let bind = ip(i as u8 + 1);
-        let mut args = vec![
-            "--role",
-            if *name == "S1" { "server" } else { "node" },
-            "--name",
-            name,
-            "--bind",
-            &bind,
-            "--bootstrap",
-            &boot_ip,
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        if *name == "S1" {
-            args.extend(["--videos", videos.to_str().unwrap()]);
-        }
-        args.extend(extra(name));
-        daemons.push(Daemon::spawn(name, &args));
-    }
+    let daemons = ["S1", "O1", "O2", "O3", "O4"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let bind = ip(i as u8 + 1);
+            device(role_of(name), name, &bind, &boot_ip, &key, &extra(name))
+        })
+        .collect();
     Diamond {
         _dir: dir,
         key,

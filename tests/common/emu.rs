@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -151,6 +151,13 @@ impl Emu {
         args.extend(extra);
         emu.ok(&args);
         emu
+    }
+
+    /// `netns up PATH` under this run id with `--no-start`: the namespaces and the underlay,
+    /// no daemon (the test starts what it needs).
+    pub fn up_no_start(&self, path: &Path) -> String {
+        let p = path.to_str().unwrap();
+        self.ok(&["up", p, "--run-id", &self.id, "--no-start"])
     }
 
     fn net(&self) -> &Net {

@@ -4,7 +4,12 @@
 
 pub mod consumer;
 pub mod diamond;
+pub mod edge;
 pub mod emu;
+pub mod media;
+pub mod pair;
+pub mod sim;
+pub mod veth;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -171,6 +176,46 @@ impl Daemon {
     }
 }
 
+/// Start an overlay device `name` of `role` ("server" or "node") bound to `bind`, registered
+/// with the bootstrapper on `boot`, sharing the key file `key`. A server serves
+/// [`repo_videos`]; `extra` arguments follow.
+pub fn device(
+    role: &str,
+    name: &str,
+    bind: &str,
+    boot: &str,
+    key: &Path,
+    extra: &[&str],
+) -> Daemon {
+    let videos = repo_videos();
+    let mut args = vec![
+        "--role",
+        role,
+        "--name",
+        name,
+        "--bind",
+        bind,
+        "--bootstrap",
+        boot,
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    if role == "server" {
+        args.extend(["--videos", videos.to_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    Daemon::spawn(name, &args)
+}
+
+/// The role of a device in the tests' topologies: `S*` are servers, the rest nodes.
+pub fn role_of(name: &str) -> &'static str {
+    if name.starts_with('S') {
+        "server"
+    } else {
+        "node"
+    }
+}
+
 /// Start a bootstrapper serving `topology` on `ip` (default port) and wait until it listens.
 pub fn bootstrapper(topology: &Path, ip: &str) -> Daemon {
     let b = Daemon::spawn(
@@ -184,7 +229,8 @@ pub fn bootstrapper(topology: &Path, ip: &str) -> Daemon {
             ip,
         ],
     );
-    b.wait_for(&["listening"], Duration::from_secs(15));
+    // As long as the slowest caller used to wait: a loaded CI host starts daemons slowly.
+    b.wait_for(&["listening"], Duration::from_secs(20));
     b
 }
 

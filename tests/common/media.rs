@@ -1,39 +1,17 @@
-//! Helpers shared by the media integration tests: clip paths, temporary folders, ffprobe.
-#![allow(dead_code)]
+//! Media helpers for the tests: the repository's clips, ffprobe's view of a file, a short
+//! generated clip, and process liveness and SIGKILL by pid.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The crate root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A committed clip in videos/.
 pub fn clip(name: &str) -> PathBuf {
-    repo().join("videos").join(name)
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!("overlayd-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    super::repo_videos().join(name)
 }
 
 /// ffprobe's JSON for a file (streams with counted frames, format, program tags).
@@ -118,10 +96,20 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
-/// SIGKILL a process.
-pub fn kill9(pid: u32) {
+/// Send signal `sig` to a process.
+fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
-        kill(pid as i32, 9);
+        kill(pid as i32, sig);
     }
+}
+
+/// SIGKILL a process.
+pub fn kill9(pid: u32) {
+    signal(pid, 9);
+}
+
+/// SIGTERM a process.
+pub fn sigterm(pid: u32) {
+    signal(pid, 15);
 }
