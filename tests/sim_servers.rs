@@ -2,37 +2,26 @@
 //! on the server it is fed from unless another server's path is clearly better, because a
 //! move to another server is a jump in the video (a new epoch).
 
-use std::time::Duration;
+mod common;
 
-use overlayd::sim::{seq_report, LinkParams, Sim, SimConfig};
-
-const V: &str = "movie";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use common::sim::{ms, secs, topology, V};
+use overlayd::sim::{seq_report, LinkParams, Sim};
 
 /// S1 - A - C (10 + 10 ms) and S2 - B - C (30 + 9 ms, improved later); A also reaches S2 over
 /// a direct 25 ms link, so the parent C uses offers a (worse) route to the other server too.
 fn two_servers(seed: u64) -> Sim {
-    let mut s = Sim::new(SimConfig {
+    let mut s = topology(
         seed,
-        ..SimConfig::default()
-    });
-    s.add_server("S1", &[V]);
-    s.add_server("S2", &[V]);
-    for n in ["A", "B", "C"] {
-        s.add_node(n);
-    }
-    s.link("S1", "A", LinkParams::ms(10));
-    s.link("A", "C", LinkParams::ms(10));
-    s.link("S2", "B", LinkParams::ms(30));
-    s.link("B", "C", LinkParams::ms(9));
-    s.link("A", "S2", LinkParams::ms(25));
+        &["S1", "S2"],
+        &["A", "B", "C"],
+        &[
+            ("S1", "A", LinkParams::ms(10)),
+            ("A", "C", LinkParams::ms(10)),
+            ("S2", "B", LinkParams::ms(30)),
+            ("B", "C", LinkParams::ms(9)),
+            ("A", "S2", LinkParams::ms(25)),
+        ],
+    );
     s.start_all();
     s.run_for(secs(3));
     s.subscribe("C", V);

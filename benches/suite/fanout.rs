@@ -5,9 +5,10 @@
 //! chunk by (epoch, seq) so delivery completeness is checked per child. The relay's CPU comes
 //! from /proc/PID/stat (utime + stime), measured first with the N links up but idle (keepalives
 //! only) and then while streaming, so the media share is separated from the keepalives. Also the
-//! relay's RSS at each N (the "100 children" memory goal). Addresses 127.80.N.x.
+//! relay's RSS at each N (the "100 children" memory goal). Addresses 127.80.N.x; children dial
+//! from 127.89.x.y, one address each.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,13 +105,15 @@ impl SeqTrack {
 /// One child: connect, hello, wait for the go, request the video, count chunks until stopped.
 async fn child(
     relay: SocketAddr,
+    from: IpAddr,
     psk: Psk,
     name: String,
     stats: Arc<ChildStats>,
     mut phase: tokio::sync::watch::Receiver<u8>,
     up: Arc<AtomicU64>,
 ) -> Result<(), String> {
-    let (mut r, mut w) = connect_as_child(relay, &psk, &name, Duration::from_secs(20)).await?;
+    let (mut r, mut w) =
+        connect_as_child(relay, Some(from), &psk, &name, Duration::from_secs(20)).await?;
     up.fetch_add(1, Ordering::Relaxed);
     let mut requested = false;
     loop {
@@ -185,8 +188,11 @@ impl Children {
                 for (i, s) in st.into_iter().enumerate() {
                     let (psk, rx, up, errs) = (psk.clone(), rx.clone(), up2.clone(), errs.clone());
                     let name = format!("{tag}c{i}");
+                    // Each child dials from its own address, as real children would: the
+                    // relay admits at most 32 handshakes in progress per source address.
+                    let from = IpAddr::from([127, 89, (i / 250) as u8, (i % 250 + 1) as u8]);
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = child(relay, psk, name, s, rx, up).await {
+                        if let Err(e) = child(relay, from, psk, name, s, rx, up).await {
                             errs.lock().unwrap().push(e);
                         }
                     }));

@@ -162,13 +162,21 @@ pub async fn send(w: &mut transport::SecureWriter, msg: OverlayMsg) -> Result<()
 /// says hello as the node `name`: a child's link, ready for a video request.
 pub async fn connect_as_child(
     addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
     psk: &Psk,
     name: &str,
     handshake: Duration,
 ) -> Result<(transport::SecureReader, transport::SecureWriter), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = match from {
+        None => tokio::net::TcpStream::connect(addr).await,
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            sock.bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+            sock.connect(addr).await
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let conn = transport::handshake(stream, Side::Initiator, psk, handshake)
         .await
         .map_err(|e| e.to_string())?;
@@ -194,7 +202,7 @@ async fn run(
     sink: Arc<Mutex<Vec<Received>>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), String> {
-    let (mut r, mut w) = connect_as_child(addr, &psk, &name, Duration::from_secs(5)).await?;
+    let (mut r, mut w) = connect_as_child(addr, None, &psk, &name, Duration::from_secs(5)).await?;
     send(
         &mut w,
         OverlayMsg::VideoRequest(VideoRequest {
