@@ -1638,12 +1638,12 @@ impl Streams {
                 cur_ls - cand_route.link_sum_us as f64 > margin(cur_ls)
             }
         } else if let Some(cur_route) = servers[&cand.server].parents.get(&cur.name) {
-            // Server unknown (a grandfather took over): the parent's route to the candidate's
-            // server is the best guess of what feeds us.
+            // The feeding server is unknown (a grandfather took over) or the parent's route to
+            // it is gone: its route to the candidate's server is the best guess of what feeds us.
             cur_route.delay_us - cand_route.delay_us > margin(cur_route.link_sum_us as f64)
         } else {
-            // Its route to our server is gone: compare with its best remaining route to any
-            // server offering the video (skew-free path sums).
+            // No route to either: compare with its best remaining route to any server
+            // offering the video (skew-free path sums).
             let cur_ls = ctx
                 .routing
                 .offers(video)
