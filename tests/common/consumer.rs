@@ -40,6 +40,21 @@ pub struct Delivery {
     pub max_gap: Duration,
 }
 
+impl std::fmt::Display for Delivery {
+    /// The one-line summary the process tests print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} chunks, missing {}, duplicates {}, reorderings {}, longest gap {:.1} ms",
+            self.chunks,
+            self.missing,
+            self.duplicates,
+            self.reorderings,
+            self.max_gap.as_secs_f64() * 1e3
+        )
+    }
+}
+
 pub fn analyse(rx: &[Received]) -> Delivery {
     let mut d = Delivery {
         chunks: rx.len(),
