@@ -1623,43 +1623,38 @@ impl Streams {
         let cand_route = &servers[&cand.server].parents[&cand.neighbour];
         // The route we are fed by: the current parent's towards the server it feeds us from.
         // Comparing with its route to the candidate's server instead would weigh a path we do
-        // not use, and move a stream to another server (a jump in the video) for nothing.
-        let cur_route = cur
+        // not use, and move a stream to another server (a jump in the video) for nothing. When
+        // the feeding server is unknown (a grandfather took over) or the parent's route to it
+        // is gone, its route to the candidate's server is the best guess. `true`: the same
+        // server as the candidate's.
+        let fed_by = cur
             .server
             .as_deref()
-            .and_then(|s| Some((s, servers.get(s)?.parents.get(&cur.name)?)));
-        let better = if let Some((cur_server, cur_route)) = cur_route {
-            if cur_server == cand.server {
-                // Same server: delays share its clock skew, so their difference is skew-free.
-                cur_route.delay_us - cand_route.delay_us > margin(cur_route.link_sum_us as f64)
-            } else {
-                // Another server: compare skew-free path sums.
-                let cur_ls = cur_route.link_sum_us as f64;
-                cur_ls - cand_route.link_sum_us as f64 > margin(cur_ls)
-            }
-        } else if let Some(cur_route) = servers[&cand.server].parents.get(&cur.name) {
-            // The feeding server is unknown (a grandfather took over) or the parent's route to
-            // it is gone: its route to the candidate's server is the best guess of what feeds us.
-            cur_route.delay_us - cand_route.delay_us > margin(cur_route.link_sum_us as f64)
-        } else {
+            .and_then(|s| Some((s == cand.server, servers.get(s)?.parents.get(&cur.name)?)))
+            .or_else(|| Some((true, servers[&cand.server].parents.get(&cur.name)?)));
+        let clearly_shorter =
+            |cur_ls: u64| cur_ls as f64 - cand_route.link_sum_us as f64 > margin(cur_ls as f64);
+        let better = match fed_by {
+            // Same server: delays share its clock skew, so their difference is skew-free.
+            Some((true, r)) => r.delay_us - cand_route.delay_us > margin(r.link_sum_us as f64),
+            // Another server: compare skew-free path sums.
+            Some((false, r)) => clearly_shorter(r.link_sum_us),
             // No route to either: compare with its best remaining route to any server
-            // offering the video (skew-free path sums).
-            let cur_ls = ctx
+            // offering the video.
+            None => match ctx
                 .routing
                 .offers(video)
                 .filter_map(|(_, s)| s.parents.get(&cur.name))
                 .map(|r| r.link_sum_us)
-                .min();
-            match cur_ls {
-                Some(cur_ls) => {
-                    cur_ls as f64 - cand_route.link_sum_us as f64 > margin(cur_ls as f64)
-                }
+                .min()
+            {
+                Some(cur_ls) => clearly_shorter(cur_ls),
                 // The parent offers no route any more (withdrawn): move.
                 None => {
                     withdrawn = true;
                     true
                 }
-            }
+            },
         };
         // Hysteresis in time: the same candidate must stay better for `switch_sustain`.
         let st = self.streams.get_mut(video).expect("present");
