@@ -17,6 +17,10 @@
 //! ffmpeg) carry no numbers: they are taken only from the session's edge (or, until it
 //! delivers, the edge being left), so a switch can repeat or skip a little video there.
 //!
+//! An edge is known by the address the client sends to, or by another address it proved to
+//! answer from (a probe ack echoing a keyed token: NAT, or an edge without source-address
+//! control on a multi-homed host), never by a claim alone.
+//!
 //! Inputs carry `now`; outputs ([`ClientOutput`]) are polled. No clock, no socket, no panics on
 //! network input.
 
