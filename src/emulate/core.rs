@@ -2,12 +2,16 @@
 //! file for the CORE 7/8 Tcl GUI.
 //!
 //! Both files describe the same network, the [`Underlay`] of the topology: one CORE node per
-//! device (a `router` running OSPF when it has two or more interfaces, a `PC` with static routes
-//! otherwise), a direct link per point-to-point subnet and a switch per LAN, with exactly the
-//! topology's addresses. Every node gets one start script, `overlayd.sh`, through a service:
+//! device (a `router` when it has two or more interfaces, a `PC` otherwise), a direct link per
+//! point-to-point subnet and a switch per LAN, with exactly the topology's addresses. How the
+//! routers learn routes is the [`Routing`]: with [`Routing::Static`] (the default) every node's
+//! script installs the underlay's shortest-path routes and routers turn on forwarding, so no
+//! routing daemon is needed and a stock CORE runs the file; with [`Routing::Ospf`] routers run
+//! CORE's zebra/OSPF services (OSPF MDR must be installed) and only PCs get static routes.
+//! Every node gets one start script, `overlayd.sh`, through a service:
 //! in CORE 9 the custom service `Overlayd` (see `core-scenarios/overlayd_service.py`) whose
 //! file template the XML overrides per node; in the legacy GUI the built-in `UserDefined`
-//! service. The script sets the static routes (PCs), makes sure a shared key exists (the first
+//! service. The script sets the static routes, makes sure a shared key exists (the first
 //! node to start generates it; every node of a session shares the host's `/tmp`), starts the
 //! bootstrapper on its host (the topology is embedded in that host's script), and starts the
 //! device's role. Clients are not started (they need a display for ffplay): their script writes
@@ -50,6 +54,28 @@ impl Default for CoreOptions {
     }
 }
 
+/// How a scenario's nodes get their routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// Every node's start script installs the underlay's shortest-path routes; routers forward
+    /// through their script. Needs nothing beyond a stock CORE; routes are there as soon as
+    /// the script ran, but do not follow a deleted link.
+    #[default]
+    Static,
+    /// Routers run CORE's zebra, OSPFv2, OSPFv3 and IPForward services (OSPF MDR's zebra must
+    /// be installed); PCs get static routes. Routes follow link changes, after OSPF converged.
+    Ospf,
+}
+
+impl Routing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Static => "static",
+            Routing::Ospf => "ospf",
+        }
+    }
+}
+
 /// The two generated files of one topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
@@ -67,15 +93,43 @@ pub enum Format {
     Both,
 }
 
-/// Generate both scenario files of a topology. `topology_text` is the file's text, embedded in
-/// the bootstrapper's script; `name` is the scenario's base name.
+/// Generate both scenario files of a topology with the default (static) routing.
 pub fn generate(
     u: &Underlay,
     name: &str,
     topology_text: &str,
     opts: &CoreOptions,
 ) -> Result<Scenario, String> {
+    generate_routed(u, name, topology_text, opts, Routing::default())
+}
+
+/// Generate both scenario files of a topology. `topology_text` is the file's text, embedded in
+/// the bootstrapper's script; `name` is the scenario's base name.
+pub fn generate_routed(
+    u: &Underlay,
+    name: &str,
+    topology_text: &str,
+    opts: &CoreOptions,
+    routing: Routing,
+) -> Result<Scenario, String> {
+    // Names go unquoted into Tcl lists (.imn), shell comments and CORE node names.
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !plain(name) {
+        return Err(format!(
+            "scenario name {name:?}: CORE scenario names use only letters, digits, '-', '_' and '.'"
+        ));
+    }
     for h in &u.hosts {
+        if !plain(&h.name) {
+            return Err(format!(
+                "device name {:?}: CORE node names use only letters, digits, '-', '_' and '.'",
+                h.name
+            ));
+        }
         for i in &h.ifaces {
             let v4 = i.addrs.iter().filter(|a| a.is_ipv4()).count();
             let v6 = i.addrs.len() - v4;
@@ -91,19 +145,23 @@ pub fn generate(
     }
     let scripts = |legacy| -> Result<Vec<String>, String> {
         (0..u.hosts.len())
-            .map(|h| start_script(u, h, name, topology_text, opts, legacy))
+            .map(|h| start_script_routed(u, h, name, topology_text, opts, legacy, routing))
             .collect()
     };
     let layout = Layout::new(u);
     Ok(Scenario {
         name: name.to_string(),
-        xml: xml(u, name, &layout, &scripts(false)?),
-        imn: imn(u, name, &layout, &scripts(true)?)?,
+        xml: xml(u, name, &layout, &scripts(false)?, routing),
+        imn: imn(u, name, &layout, &scripts(true)?, routing)?,
     })
 }
 
 /// Load, derive and generate the scenario of a topology file.
-pub fn generate_file(path: &Path, opts: &CoreOptions) -> Result<Scenario, String> {
+pub fn generate_file(
+    path: &Path,
+    opts: &CoreOptions,
+    routing: Routing,
+) -> Result<Scenario, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let t =
@@ -113,7 +171,7 @@ pub fn generate_file(path: &Path, opts: &CoreOptions) -> Result<Scenario, String
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "scenario".into());
-    generate(&u, &name, &text, opts).map_err(|e| format!("{}: {e}", path.display()))
+    generate_routed(&u, &name, &text, opts, routing).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Write the chosen formats into `out_dir`; returns the written paths.
@@ -133,7 +191,7 @@ pub fn write(s: &Scenario, out_dir: &Path, format: Format) -> std::io::Result<Ve
     Ok(out)
 }
 
-/// True for hosts that CORE should run as routers (OSPF and forwarding).
+/// True for hosts that CORE should run as routers (forwarding; OSPF with [`Routing::Ospf`]).
 pub fn is_router(u: &Underlay, h: usize) -> bool {
     u.hosts[h].ifaces.len() >= 2
 }
@@ -161,10 +219,7 @@ fn node_ids(u: &Underlay) -> (Vec<usize>, Vec<Option<usize>>) {
     (ids, switch_ids)
 }
 
-/// The start script of host `h` (POSIX sh). CORE 9 renders it as a Mako template (so no `${`,
-/// and no line starting with `%` or `##`); the legacy GUI (`legacy`) stores it inside a Tcl
-/// brace block, so there the script has no braces, backslashes or empty lines, and the embedded
-/// topology is base64 (heredocs use `<<-` in case tabs end up in front of lines).
+/// The start script of host `h` with the default (static) routing; see [`start_script_routed`].
 pub fn start_script(
     u: &Underlay,
     h: usize,
@@ -173,14 +228,40 @@ pub fn start_script(
     opts: &CoreOptions,
     legacy: bool,
 ) -> Result<String, String> {
+    start_script_routed(
+        u,
+        h,
+        scenario,
+        topology_text,
+        opts,
+        legacy,
+        Routing::default(),
+    )
+}
+
+/// The start script of host `h` (POSIX sh). CORE 9 renders it as a Mako template (so no `${`,
+/// and no line starting with `%` or `##`); the legacy GUI (`legacy`) stores it inside a Tcl
+/// brace block, so there the script has no braces, backslashes or empty lines, and the embedded
+/// topology is base64 (heredocs use `<<-` in case tabs end up in front of lines).
+pub fn start_script_routed(
+    u: &Underlay,
+    h: usize,
+    scenario: &str,
+    topology_text: &str,
+    opts: &CoreOptions,
+    legacy: bool,
+    routing: Routing,
+) -> Result<String, String> {
     let host = &u.hosts[h];
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "#!/bin/sh");
     let _ = writeln!(
         w,
-        "# overlayd on {} ({}), scenario {scenario}: generated by `overlayd core-scenario`, do not edit.",
-        host.name, host.role
+        "# overlayd on {} ({}), scenario {scenario}, routing {}: generated by `overlayd core-scenario`, do not edit.",
+        host.name,
+        host.role,
+        routing.as_str()
     );
     let _ = writeln!(w, "OVERLAYD={}", shell_quote(&opts.bin));
     let _ = writeln!(w, "KEYDIR={}", shell_quote(&opts.key_dir));
@@ -192,7 +273,25 @@ pub fn start_script(
     );
     let _ = writeln!(w, "  exit 0");
     let _ = writeln!(w, "fi");
-    if !is_router(u, h) {
+    let static_router = routing == Routing::Static && is_router(u, h);
+    if static_router {
+        // No routing daemon: this node forwards by itself. Reverse-path filtering is off (as
+        // CORE's IPForward service does) because a shortest path may differ per direction.
+        let _ = writeln!(w, "sysctl -q -w net.ipv4.ip_forward=1");
+        let _ = writeln!(w, "sysctl -q -w net.ipv4.conf.all.rp_filter=0");
+        for i in &host.ifaces {
+            let _ = writeln!(w, "sysctl -q -w net.ipv4.conf.{}.rp_filter=0", i.name);
+        }
+        if host
+            .ifaces
+            .iter()
+            .flat_map(|i| &i.addrs)
+            .any(|a| a.is_ipv6())
+        {
+            let _ = writeln!(w, "sysctl -q -w net.ipv6.conf.all.forwarding=1");
+        }
+    }
+    if static_router || !is_router(u, h) {
         for r in &host.routes {
             let fam = if r.dest.is_v4() { "" } else { " -6" };
             let _ = writeln!(
@@ -408,8 +507,9 @@ fn iface_attrs(addrs: &[IpAddr], prefix: u8) -> String {
     s
 }
 
-fn router_services(u: &Underlay, h: usize) -> &'static [&'static str] {
-    if is_router(u, h) {
+/// The routing services of host `h` (none with static routing: its script does the work).
+fn router_services(u: &Underlay, h: usize, routing: Routing) -> &'static [&'static str] {
+    if routing == Routing::Ospf && is_router(u, h) {
         &["zebra", "OSPFv2", "OSPFv3", "IPForward"]
     } else {
         &[]
@@ -417,7 +517,7 @@ fn router_services(u: &Underlay, h: usize) -> &'static [&'static str] {
 }
 
 /// The CORE 9 XML scenario.
-fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String {
+fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String], routing: Routing) -> String {
     let (ids, switch_ids) = node_ids(u);
     let mut order: Vec<usize> = (0..u.hosts.len()).collect();
     order.sort_by_key(|&h| ids[h]);
@@ -425,8 +525,9 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String 
     let _ = writeln!(w, "<?xml version='1.0' encoding='UTF-8'?>");
     let _ = writeln!(
         w,
-        "<!-- Generated by `overlayd core-scenario` from topology/{}.json; do not edit. Needs the Overlayd service (core-scenarios/README.md). -->",
-        xml_escape(name)
+        "<!-- Generated by `overlayd core-scenario` from topology/{}.json (routing {}); do not edit. Needs the Overlayd service (core-scenarios/README.md). -->",
+        xml_escape(name),
+        routing.as_str()
     );
     let _ = writeln!(w, "<scenario name=\"{}\">", xml_escape(name));
     let _ = writeln!(w, "  <networks>");
@@ -456,7 +557,10 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String 
         );
         let _ = writeln!(w, "      <position x=\"{x:.1}\" y=\"{y:.1}\"/>");
         let _ = writeln!(w, "      <services>");
-        for svc in router_services(u, h).iter().chain([SERVICE_NAME].iter()) {
+        for svc in router_services(u, h, routing)
+            .iter()
+            .chain([SERVICE_NAME].iter())
+        {
             let _ = writeln!(w, "        <service name=\"{svc}\"/>");
         }
         let _ = writeln!(w, "      </services>");
@@ -519,7 +623,13 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String 
 }
 
 /// The legacy `.imn` scenario (CORE 7/8 Tcl GUI).
-fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<String, String> {
+fn imn(
+    u: &Underlay,
+    name: &str,
+    layout: &Layout,
+    scripts: &[String],
+    routing: Routing,
+) -> Result<String, String> {
     let (ids, switch_ids) = node_ids(u);
     let mut order: Vec<usize> = (0..u.hosts.len()).collect();
     order.sort_by_key(|&h| ids[h]);
@@ -535,11 +645,18 @@ fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<
             .find(|(m, _)| *m != h)
             .map(|(m, _)| format!("n{}", ids[*m]))
     };
+    // The GUI reads the whole file as one Tcl list, where `#` starts no comment: provenance
+    // goes into a `comments` block, as in CORE's own sample files.
     let mut w = String::new();
+    let _ = writeln!(w, "comments {{");
     let _ = writeln!(
         w,
-        "# Generated by `overlayd core-scenario` from topology/{name}.json; do not edit."
+        "Generated by `overlayd core-scenario` from topology/{name}.json (routing {}); do not edit.",
+        routing.as_str()
     );
+    let _ = writeln!(w, "See core-scenarios/README.md.");
+    let _ = writeln!(w, "}}");
+    let _ = writeln!(w);
     for &h in &order {
         let host = &u.hosts[h];
         let (x, y) = layout.hosts[h];
@@ -568,7 +685,7 @@ fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<
                 let _ = writeln!(w, "    interface-peer {{{} {p}}}", f.name);
             }
         }
-        let mut services: Vec<&str> = router_services(u, h).to_vec();
+        let mut services: Vec<&str> = router_services(u, h, routing).to_vec();
         services.push("UserDefined");
         let _ = writeln!(w, "    services {{{}}}", services.join(" "));
         let _ = writeln!(w, "    custom-config {{");
