@@ -304,10 +304,7 @@ fn xml_scenarios_are_well_formed_and_match_their_topologies() {
                 d.name
             );
             if runs_bootstrapper {
-                // The embedded topology is the file itself.
-                let start = script.find("OVERLAYD_TOPOLOGY_EOF'\n").unwrap() + 23;
-                let end = script[start..].find("\nOVERLAYD_TOPOLOGY_EOF").unwrap() + start;
-                assert_eq!(script[start..end].trim_end(), text.trim_end(), "{ctx}");
+                assert_eq!(embedded_topology(script), text, "{ctx}: embedded topology");
             }
         }
     }
@@ -340,6 +337,19 @@ fn decode_base64(s: &str) -> Vec<u8> {
         out.extend_from_slice(&bytes[..3 - pad]);
     }
     out
+}
+
+/// The topology a bootstrapper's start script writes (base64 in a heredoc).
+fn embedded_topology(script: &str) -> String {
+    let start = script
+        .find("base64 -d > topology.json <<-'OVERLAYD_TOPOLOGY_EOF'\n")
+        .expect("the script writes topology.json");
+    let b64: String = script[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.trim() != "OVERLAYD_TOPOLOGY_EOF")
+        .collect();
+    String::from_utf8(decode_base64(&b64)).unwrap()
 }
 
 /// Top-level blocks `KIND NAME {BODY}` of an imn file; panics on unbalanced braces.
@@ -486,20 +496,7 @@ fn imn_scenarios_are_balanced_and_match_their_topologies() {
             );
             if d.name == u.hosts[u.bootstrapper].name {
                 assert!(body.contains("--role bootstrapper"));
-                let start = body
-                    .find("base64 -d > topology.json <<-'OVERLAYD_TOPOLOGY_EOF'\n")
-                    .unwrap();
-                let rest = &body[start..];
-                let b64: String = rest
-                    .lines()
-                    .skip(1)
-                    .take_while(|l| l.trim() != "OVERLAYD_TOPOLOGY_EOF")
-                    .collect();
-                assert_eq!(
-                    String::from_utf8(decode_base64(&b64)).unwrap(),
-                    text,
-                    "{ctx}"
-                );
+                assert_eq!(embedded_topology(body), text, "{ctx}");
             }
         }
         let device_nodes = nodes
@@ -581,4 +578,356 @@ fn base64_matches_the_decoder() {
         assert_eq!(decode_base64(&core::base64(s.as_bytes())), s.as_bytes());
     }
     assert_eq!(core::base64(b"hello"), "aGVsbG8=");
+}
+
+// ---------------------------------------------------------------------------------------------
+// IMN as the legacy GUI reads it: tests/imn_check.tcl, run by a real Tcl interpreter, reads the
+// file exactly as CORE 7/8's loader does (one Tcl list of objects) and prints what it got.
+
+/// What the GUI holds for one node of an .imn file.
+#[derive(Debug, Default)]
+struct ImnNode {
+    fields: BTreeMap<String, String>,
+    hostname: String,
+    /// Interface -> addresses with prefix.
+    addrs: BTreeMap<String, Vec<String>>,
+    /// Interface -> peer node id.
+    peers: BTreeMap<String, String>,
+    services: Vec<String>,
+    /// custom-config-id -> config lines.
+    configs: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default)]
+struct ImnView {
+    objects: Vec<(String, String)>,
+    comments: Vec<String>,
+    nodes: BTreeMap<String, ImnNode>,
+    links: Vec<(String, String)>,
+}
+
+/// Run tests/imn_check.tcl on `path` and parse its report.
+fn tcl_view(path: &Path) -> ImnView {
+    let o = std::process::Command::new("tclsh")
+        .arg(repo().join("tests/imn_check.tcl"))
+        .arg(path)
+        .output()
+        .expect("tclsh (apt-get install tcl; bin/test installs it)");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.is_empty(),
+        "{}: the legacy GUI's way of reading fails: {stderr}",
+        path.display()
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
+    let mut v = ImnView::default();
+    let mut lines = out.lines();
+    // `HEAD... N` followed by N raw lines.
+    let take = |lines: &mut std::str::Lines, n: &str| -> Vec<String> {
+        let n: usize = n.parse().unwrap();
+        (0..n).map(|_| lines.next().unwrap().to_string()).collect()
+    };
+    while let Some(l) = lines.next() {
+        let w: Vec<&str> = l.split(' ').collect();
+        match w[0] {
+            "object" => v.objects.push((w[1].into(), w[2].into())),
+            "comments" => v.comments = take(&mut lines, w[1]),
+            "node" => {
+                v.nodes
+                    .entry(w[1].into())
+                    .or_default()
+                    .fields
+                    .insert(w[2].into(), w[3..].join(" "));
+            }
+            "hostname" => v.nodes.entry(w[1].into()).or_default().hostname = w[2].into(),
+            "address" => v
+                .nodes
+                .entry(w[1].into())
+                .or_default()
+                .addrs
+                .entry(w[2].into())
+                .or_default()
+                .push(w[3].into()),
+            "peer" => {
+                let prev = v
+                    .nodes
+                    .entry(w[1].into())
+                    .or_default()
+                    .peers
+                    .insert(w[2].into(), w[3].into());
+                assert!(prev.is_none(), "{l}: interface peered twice");
+            }
+            "services" => {
+                v.nodes.entry(w[1].into()).or_default().services =
+                    w[2..].iter().map(|s| s.to_string()).collect()
+            }
+            "config" => {
+                let body = take(&mut lines, w[3]);
+                let prev = v
+                    .nodes
+                    .entry(w[1].into())
+                    .or_default()
+                    .configs
+                    .insert(w[2].into(), body);
+                assert!(prev.is_none(), "{l}: twice");
+            }
+            "link" => v.links.push((w[2].into(), w[3].into())),
+            other => panic!("imn_check.tcl printed an unknown fact {other}: {l}"),
+        }
+    }
+    v
+}
+
+/// Device name -> start script, from a CORE 9 XML scenario.
+fn xml_scripts(xml: &str) -> BTreeMap<String, String> {
+    let root = parse_xml(xml);
+    let names: BTreeMap<String, String> = root
+        .child("devices")
+        .all("device")
+        .map(|d| (d.attr("id").to_string(), d.attr("name").to_string()))
+        .collect();
+    root.child("service_configurations")
+        .all("service")
+        .map(|s| {
+            (
+                names[s.attr("node")].clone(),
+                s.child("templates").child("template").text.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Check what the legacy GUI reads from `imn` against the topology and the XML's scripts.
+fn check_imn_view(
+    ctx: &str,
+    v: &ImnView,
+    t: &Topology,
+    u: &Underlay,
+    xml: &str,
+    routing: core::Routing,
+) {
+    // Provenance is a comments block, first, as in CORE's samples.
+    assert_eq!(
+        v.objects[0],
+        ("comments".to_string(), "-".to_string()),
+        "{ctx}"
+    );
+    assert!(
+        v.comments
+            .iter()
+            .any(|l| l.contains("overlayd core-scenario")
+                && l.contains(&format!("routing {}", routing.as_str()))),
+        "{ctx}: {:?}",
+        v.comments
+    );
+    for (class, id) in &v.objects[1..] {
+        assert!(
+            matches!(class.as_str(), "node" | "link" | "canvas" | "option"),
+            "{ctx}: object {class} {id}"
+        );
+    }
+    let node_ids: BTreeSet<&String> = v
+        .objects
+        .iter()
+        .filter(|(c, _)| c == "node")
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(
+        node_ids.len(),
+        v.nodes.len(),
+        "{ctx}: facts about undeclared nodes"
+    );
+    let lans = u.subnets.iter().filter(|s| s.is_lan()).count();
+    assert_eq!(
+        v.nodes.len(),
+        u.hosts.len() + lans,
+        "{ctx}: one node per device and LAN"
+    );
+    let by_name: BTreeMap<&str, &String> = v
+        .nodes
+        .iter()
+        .map(|(id, n)| (n.hostname.as_str(), id))
+        .collect();
+    assert_eq!(by_name.len(), v.nodes.len(), "{ctx}: hostnames unique");
+    let scripts = xml_scripts(xml);
+    let ospf = routing == core::Routing::Ospf;
+
+    for d in t.devices() {
+        let (_, host) = u.host(&d.name).unwrap();
+        let id = by_name
+            .get(d.name.as_str())
+            .unwrap_or_else(|| panic!("{ctx}: no node {}", d.name));
+        let n = &v.nodes[*id];
+        let c = format!("{ctx}: {}", d.name);
+        assert_eq!(n.fields["type"], "router", "{c}");
+        let router = host.ifaces.len() >= 2;
+        assert_eq!(
+            n.fields["model"],
+            if router { "router" } else { "PC" },
+            "{c}"
+        );
+        // Interfaces: exactly the topology's addresses, each interface peered.
+        let got: BTreeSet<IpAddr> = n
+            .addrs
+            .values()
+            .flatten()
+            .map(|a| {
+                let (ip, prefix) = a.split_once('/').unwrap();
+                assert_eq!(prefix, "24", "{c}: {a}");
+                ip.parse().unwrap()
+            })
+            .collect();
+        assert_eq!(got, addresses_of(t, &d.name), "{c}");
+        for f in &host.ifaces {
+            let subnet = &u.subnets[f.subnet];
+            let peer = n
+                .peers
+                .get(&f.name)
+                .unwrap_or_else(|| panic!("{c}: {} has no interface-peer", f.name));
+            let p = &v.nodes[peer];
+            let members: BTreeSet<&str> = subnet
+                .members
+                .iter()
+                .map(|&(m, _)| u.hosts[m].name.as_str())
+                .collect();
+            if subnet.is_lan() {
+                assert_eq!(p.fields["type"], "lanswitch", "{c}");
+                let on_switch: BTreeSet<&str> = p
+                    .peers
+                    .values()
+                    .map(|id| v.nodes[id].hostname.as_str())
+                    .collect();
+                assert_eq!(on_switch, members, "{c}: switch of {}", subnet.net);
+            } else {
+                let other = members.iter().find(|m| **m != d.name).unwrap();
+                assert_eq!(p.hostname, *other, "{c}: {}", f.name);
+            }
+        }
+        assert_eq!(n.peers.len(), host.ifaces.len(), "{c}: peers");
+        // Services.
+        let mut want: Vec<&str> = if ospf && router {
+            vec!["zebra", "OSPFv2", "OSPFv3", "IPForward"]
+        } else {
+            vec![]
+        };
+        want.push("UserDefined");
+        assert_eq!(n.services, want, "{c}");
+        let svc = &n.configs["service:UserDefined"];
+        for want in [
+            "files=('overlayd.sh', )",
+            "cmdup=('sh overlayd.sh', )",
+            "cmddown=('sh overlayd.sh stop', )",
+        ] {
+            assert!(svc.iter().any(|l| l == want), "{c}: {svc:?} lacks {want}");
+        }
+        // The script as the GUI sends it to the daemon (lines joined by newlines) is the XML's.
+        let script = n.configs["service:UserDefined:overlayd.sh"].join("\n");
+        assert_eq!(
+            script,
+            scripts[&d.name].trim_end_matches('\n'),
+            "{c}: script"
+        );
+        assert!(script.contains(&expected_command(u, d)), "{c}");
+    }
+    // Links: exactly the peerings, each once.
+    let mut peerings = BTreeSet::new();
+    for (id, n) in &v.nodes {
+        for p in n.peers.values() {
+            assert!(
+                v.nodes[p].peers.values().any(|q| q == id),
+                "{ctx}: {id}–{p} one-sided"
+            );
+            peerings.insert((id.min(p).clone(), id.max(p).clone()));
+        }
+    }
+    let links: BTreeSet<(String, String)> = v
+        .links
+        .iter()
+        .map(|(a, b)| (a.min(b).clone(), a.max(b).clone()))
+        .collect();
+    assert_eq!(links.len(), v.links.len(), "{ctx}: a link twice");
+    assert_eq!(links, peerings, "{ctx}: links and interface peers");
+}
+
+#[test]
+fn the_legacy_gui_reads_every_generated_imn() {
+    let dir = std::env::temp_dir().join(format!("overlayd-imn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in topologies() {
+        let (text, t, u) = load(&f);
+        for routing in [core::Routing::Static, core::Routing::Ospf] {
+            let s =
+                core::generate_routed(&u, "x", &text, &CoreOptions::default(), routing).unwrap();
+            let p = dir.join("x.imn");
+            std::fs::write(&p, &s.imn).unwrap();
+            let ctx = format!("{} ({})", f.display(), routing.as_str());
+            check_imn_view(&ctx, &tcl_view(&p), &t, &u, &s.xml, routing);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_legacy_gui_reads_every_committed_imn() {
+    let mut n = 0;
+    for e in std::fs::read_dir(repo().join("core-scenarios")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "imn") {
+            continue;
+        }
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        let (_, t, u) = load(&repo().join(format!("topology/{stem}.json")));
+        let xml = std::fs::read_to_string(p.with_extension("xml")).unwrap();
+        check_imn_view(
+            &p.display().to_string(),
+            &tcl_view(&p),
+            &t,
+            &u,
+            &xml,
+            core::Routing::Static,
+        );
+        n += 1;
+    }
+    assert!(n >= 3, "scenario1, scenario2, complex at least");
+}
+
+/// The checker itself refuses what the GUI cannot read: the old `#` first line, an unknown
+/// class, a field without its value.
+#[test]
+fn the_imn_checker_refuses_what_the_gui_cannot_read() {
+    let dir = std::env::temp_dir().join(format!("overlayd-imnbad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = core::generate_file(
+        &repo().join("topology/scenario1.json"),
+        &CoreOptions::default(),
+        core::Routing::Static,
+    )
+    .unwrap()
+    .imn;
+    for (what, bad) in [
+        (
+            "unknown object class '#'",
+            format!("# Generated by hand\n{good}"),
+        ),
+        (
+            "not one Tcl list",
+            good.replacen("node n1 {", "node n1 {{", 1),
+        ),
+        (
+            "a field without a value",
+            good.replacen("    canvas c1\n", "    canvas\n", 1),
+        ),
+    ] {
+        let p = dir.join("bad.imn");
+        std::fs::write(&p, bad).unwrap();
+        let o = std::process::Command::new("tclsh")
+            .arg(repo().join("tests/imn_check.tcl"))
+            .arg(&p)
+            .output()
+            .expect("tclsh (apt-get install tcl; bin/test installs it)");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

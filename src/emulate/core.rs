@@ -143,16 +143,15 @@ pub fn generate_routed(
             }
         }
     }
-    let scripts = |legacy| -> Result<Vec<String>, String> {
-        (0..u.hosts.len())
-            .map(|h| start_script_routed(u, h, name, topology_text, opts, legacy, routing))
-            .collect()
-    };
+    // One script per node, the same in both formats.
+    let scripts = (0..u.hosts.len())
+        .map(|h| start_script_routed(u, h, name, topology_text, opts, routing))
+        .collect::<Result<Vec<String>, String>>()?;
     let layout = Layout::new(u);
     Ok(Scenario {
         name: name.to_string(),
-        xml: xml(u, name, &layout, &scripts(false)?, routing),
-        imn: imn(u, name, &layout, &scripts(true)?, routing)?,
+        xml: xml(u, name, &layout, &scripts, routing),
+        imn: imn(u, name, &layout, &scripts, routing)?,
     })
 }
 
@@ -220,36 +219,30 @@ fn node_ids(u: &Underlay) -> (Vec<usize>, Vec<Option<usize>>) {
 }
 
 /// The start script of host `h` with the default (static) routing; see [`start_script_routed`].
+/// Both formats carry the same script: `_legacy` only keeps the signature of callers written
+/// when they differed.
 pub fn start_script(
     u: &Underlay,
     h: usize,
     scenario: &str,
     topology_text: &str,
     opts: &CoreOptions,
-    legacy: bool,
+    _legacy: bool,
 ) -> Result<String, String> {
-    start_script_routed(
-        u,
-        h,
-        scenario,
-        topology_text,
-        opts,
-        legacy,
-        Routing::default(),
-    )
+    start_script_routed(u, h, scenario, topology_text, opts, Routing::default())
 }
 
-/// The start script of host `h` (POSIX sh). CORE 9 renders it as a Mako template (so no `${`,
-/// and no line starting with `%` or `##`); the legacy GUI (`legacy`) stores it inside a Tcl
-/// brace block, so there the script has no braces, backslashes or empty lines, and the embedded
-/// topology is base64 (heredocs use `<<-` in case tabs end up in front of lines).
+/// The start script of host `h` (POSIX sh), the same in both formats. CORE 9 renders it as a
+/// Mako template (so no `${`, and no line starting with `%` or `##`); the legacy GUI stores it
+/// inside a Tcl brace block of a file it reads as one Tcl list (so no braces, backslashes or
+/// empty lines, and the embedded topology is base64; the heredoc uses `<<-` in case tabs end
+/// up in front of lines).
 pub fn start_script_routed(
     u: &Underlay,
     h: usize,
     scenario: &str,
     topology_text: &str,
     opts: &CoreOptions,
-    legacy: bool,
     routing: Routing,
 ) -> Result<String, String> {
     let host = &u.hosts[h];
@@ -312,26 +305,16 @@ pub fn start_script_routed(
         let _ = writeln!(w, "fi");
     }
     if h == u.bootstrapper {
-        let eof = "OVERLAYD_TOPOLOGY_EOF";
-        if topology_text.contains(eof) {
-            return Err(format!("the topology text contains {eof}"));
-        }
+        let eof = "OVERLAYD_TOPOLOGY_EOF"; // base64 never contains it
         let _ = writeln!(
             w,
             "# This host runs the bootstrapper; every device uses --bootstrap {}.",
             u.bootstrap_ip
         );
-        if legacy {
-            let _ = writeln!(w, "base64 -d > topology.json <<-'{eof}'");
-            let b64 = base64(topology_text.as_bytes());
-            for chunk in b64.as_bytes().chunks(76) {
-                let _ = writeln!(w, "{}", String::from_utf8_lossy(chunk));
-            }
-        } else {
-            let _ = writeln!(w, "cat > topology.json <<-'{eof}'");
-            for line in topology_text.lines() {
-                let _ = writeln!(w, "{line}");
-            }
+        let _ = writeln!(w, "base64 -d > topology.json <<-'{eof}'");
+        let b64 = base64(topology_text.as_bytes());
+        for chunk in b64.as_bytes().chunks(76) {
+            let _ = writeln!(w, "{}", String::from_utf8_lossy(chunk));
         }
         let _ = writeln!(w, "{eof}");
         let _ = writeln!(
@@ -378,14 +361,14 @@ pub fn start_script_routed(
                 n + 1
             ));
         }
-        if legacy && line.contains(['{', '}', '\\']) {
+        if line.contains(['{', '}', '\\']) {
             return Err(format!(
                 "{}: line {} of the start script has a brace or backslash, which the legacy .imn format cannot hold: {line}",
                 host.name,
                 n + 1
             ));
         }
-        if legacy && line.trim().is_empty() {
+        if line.trim().is_empty() {
             return Err(format!(
                 "{}: line {} of the start script is empty",
                 host.name,
