@@ -2,6 +2,9 @@
 //! faithful to the topology (unique ids, links between existing nodes, exactly the topology's
 //! addresses, every device present and started with its role, name and the bootstrapper's
 //! address), and the committed files in core-scenarios/ are exactly what the generator produces.
+//! Every generated and committed .imn is also read by a real Tcl interpreter the way the legacy
+//! CORE 7/8 GUI reads it (tests/imn_check.tcl, needs `tclsh`: Debian package `tcl`), and both
+//! routing options put routes, forwarding and services where they belong.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -552,6 +555,30 @@ fn the_cli_writes_the_chosen_formats() {
     assert!(out.join("scenario1.xml").is_file());
     assert!(!out.join("scenario1.imn").exists());
     let _ = std::fs::remove_dir_all(&out);
+    // --routing ospf gives the OSPF form, identical to the library's.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .args([
+            "core-scenario",
+            topo.to_str().unwrap(),
+            "--routing",
+            "ospf",
+            "--out-dir",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ospf = core::generate_file(&topo, &CoreOptions::default(), core::Routing::Ospf).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("scenario1.imn")).unwrap(),
+        ospf.imn
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("scenario1.xml")).unwrap(),
+        ospf.xml
+    );
+    assert!(ospf.xml.contains("<service name=\"zebra\"/>"));
+    let _ = std::fs::remove_dir_all(&out);
     // Loopback topologies are refused with one line.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
         .args(["core-scenario"])
@@ -567,6 +594,11 @@ fn the_cli_writes_the_chosen_formats() {
     // Bad arguments exit 2.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
         .args(["core-scenario", "--format", "pdf"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .args(["core-scenario", "--routing", "rip"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -930,4 +962,71 @@ fn the_imn_checker_refuses_what_the_gui_cannot_read() {
         assert!(err.contains(what), "{what}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Static routing: every node's script installs exactly the underlay's routes (the routes the
+/// netns emulator also uses) and routers forward by themselves, with no routing service. OSPF:
+/// routers run zebra/OSPF and only PCs carry routes.
+#[test]
+fn routing_options_put_routes_and_services_where_they_belong() {
+    for f in topologies() {
+        let (text, _, u) = load(&f);
+        for routing in [core::Routing::Static, core::Routing::Ospf] {
+            let s =
+                core::generate_routed(&u, "x", &text, &CoreOptions::default(), routing).unwrap();
+            let root = parse_xml(&s.xml);
+            let scripts = xml_scripts(&s.xml);
+            for (h, host) in u.hosts.iter().enumerate() {
+                let ctx = format!("{} ({}): {}", f.display(), routing.as_str(), host.name);
+                let router = core::is_router(&u, h);
+                let script = &scripts[&host.name];
+                let got: Vec<&str> = script
+                    .lines()
+                    .filter(|l| l.starts_with("ip route") || l.starts_with("ip -6 route"))
+                    .collect();
+                let want: Vec<String> = if routing == core::Routing::Ospf && router {
+                    vec![]
+                } else {
+                    host.routes
+                        .iter()
+                        .map(|r| format!("ip route replace {} via {} dev {}", r.dest, r.via, r.dev))
+                        .collect()
+                };
+                assert_eq!(got, want, "{ctx}");
+                let forwards = script.contains("sysctl -q -w net.ipv4.ip_forward=1");
+                assert_eq!(
+                    forwards,
+                    routing == core::Routing::Static && router,
+                    "{ctx}"
+                );
+                if forwards {
+                    for i in &host.ifaces {
+                        let rp = format!("net.ipv4.conf.{}.rp_filter=0", i.name);
+                        assert!(script.contains(&rp), "{ctx}: {rp}");
+                    }
+                }
+                let device = root
+                    .child("devices")
+                    .all("device")
+                    .find(|d| d.attr("name") == host.name)
+                    .unwrap();
+                assert_eq!(
+                    device.attr("type"),
+                    if router { "router" } else { "PC" },
+                    "{ctx}"
+                );
+                let services: Vec<&str> = device
+                    .child("services")
+                    .all("service")
+                    .map(|s| s.attr("name"))
+                    .collect();
+                let want: &[&str] = if routing == core::Routing::Ospf && router {
+                    &["zebra", "OSPFv2", "OSPFv3", "IPForward", core::SERVICE_NAME]
+                } else {
+                    &[core::SERVICE_NAME]
+                };
+                assert_eq!(services, want, "{ctx}");
+            }
+        }
+    }
 }

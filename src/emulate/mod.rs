@@ -545,6 +545,182 @@ mod tests {
         assert!(u.hosts.iter().all(|h| h.routes.is_empty()));
     }
 
+    /// Follow the routes hop by hop, as the kernel would (attached subnet first, then the
+    /// subnet's route, then the default route), from host `from` to address `dst`. Returns the
+    /// hosts visited, or why the packet is lost.
+    fn walk(u: &Underlay, from: usize, dst: IpAddr) -> Result<Vec<usize>, String> {
+        let net = Net::of(dst);
+        let mut path = vec![from];
+        let mut cur = from;
+        loop {
+            let host = &u.hosts[cur];
+            if let Some(i) = host
+                .ifaces
+                .iter()
+                .position(|i| u.subnets[i.subnet].net == net)
+            {
+                let subnet = &u.subnets[host.ifaces[i].subnet];
+                let owner = subnet
+                    .members
+                    .iter()
+                    .find(|&&(m, k)| u.hosts[m].ifaces[k].addrs.contains(&dst))
+                    .ok_or(format!("{}: nobody has {dst} on its subnet", host.name))?;
+                if owner.0 != cur {
+                    path.push(owner.0);
+                }
+                return Ok(path);
+            }
+            let r = host
+                .routes
+                .iter()
+                .find(|r| r.dest == net)
+                .or_else(|| {
+                    host.routes
+                        .iter()
+                        .find(|r| r.dest.prefix == 0 && r.dest.is_v4() == dst.is_ipv4())
+                })
+                .ok_or(format!("{} has no route to {dst}", host.name))?;
+            let out = host
+                .ifaces
+                .iter()
+                .find(|i| i.name == r.dev)
+                .ok_or(format!("{}: route via missing {}", host.name, r.dev))?;
+            let next = u.subnets[out.subnet]
+                .members
+                .iter()
+                .find(|&&(m, k)| u.hosts[m].ifaces[k].addrs.contains(&r.via))
+                .ok_or(format!(
+                    "{}: next hop {} is not on {}",
+                    host.name, r.via, r.dev
+                ))?
+                .0;
+            if path.contains(&next) {
+                return Err(format!("routing loop towards {dst}: {path:?} then {next}"));
+            }
+            path.push(next);
+            cur = next;
+        }
+    }
+
+    /// Fewest hosts crossed from `a` to `b` (breadth-first over shared subnets).
+    fn hops(u: &Underlay, a: usize, b: usize) -> usize {
+        let mut dist = vec![usize::MAX; u.hosts.len()];
+        dist[a] = 0;
+        let mut q = VecDeque::from([a]);
+        while let Some(x) = q.pop_front() {
+            for i in &u.hosts[x].ifaces {
+                for &(y, _) in &u.subnets[i.subnet].members {
+                    if dist[y] == usize::MAX {
+                        dist[y] = dist[x] + 1;
+                        q.push_back(y);
+                    }
+                }
+            }
+        }
+        dist[b]
+    }
+
+    #[test]
+    fn a_leaf_reaches_a_leaf_only_through_two_routers() {
+        // C1 and S1 share a LAN with R1; R1 and R2 share a link; C2 sits behind R2.
+        let u = Underlay::from_topology(&topo(
+            r#"{
+            "S1": {"addresses": ["10.0.1.10"], "neighbours": ["10.0.1.1"]},
+            "C1": {"addresses": ["10.0.1.20"], "neighbours": ["10.0.3.1"]},
+            "R1": {"addresses": ["10.0.1.1", "10.0.2.1"], "neighbours": ["10.0.1.10", "10.0.2.2"]},
+            "R2": {"addresses": ["10.0.2.2", "10.0.3.1"], "neighbours": ["10.0.2.1"], "edge": true},
+            "C2": {"addresses": ["10.0.3.20"], "neighbours": ["10.0.3.1"]}
+        }"#,
+        ))
+        .unwrap();
+        let id = |n: &str| u.host(n).unwrap().0;
+        let routes = |n: &str| -> Vec<String> {
+            u.hosts[id(n)]
+                .routes
+                .iter()
+                .map(|r| format!("{} via {} dev {}", r.dest, r.via, r.dev))
+                .collect()
+        };
+        assert_eq!(routes("C1"), ["default via 10.0.1.1 dev eth0"]);
+        assert_eq!(routes("C2"), ["default via 10.0.3.1 dev eth0"]);
+        assert_eq!(routes("R1"), ["10.0.3.0/24 via 10.0.2.2 dev eth1"]);
+        assert_eq!(routes("R2"), ["10.0.1.0/24 via 10.0.2.1 dev eth0"]);
+        let c2: IpAddr = "10.0.3.20".parse().unwrap();
+        let c1: IpAddr = "10.0.1.20".parse().unwrap();
+        assert_eq!(
+            walk(&u, id("C1"), c2),
+            Ok(vec![id("C1"), id("R1"), id("R2"), id("C2")])
+        );
+        assert_eq!(
+            walk(&u, id("C2"), c1),
+            Ok(vec![id("C2"), id("R2"), id("R1"), id("C1")])
+        );
+        // The far side of a router (its second address) too: C1 to R2's 10.0.3.1.
+        assert_eq!(
+            walk(&u, id("C1"), "10.0.3.1".parse().unwrap()),
+            Ok(vec![id("C1"), id("R1"), id("R2")])
+        );
+        // The walk notices a missing route.
+        let mut broken = u.clone();
+        broken.hosts[id("R1")].routes.clear();
+        assert!(walk(&broken, id("C1"), c2)
+            .unwrap_err()
+            .contains("R1 has no route"));
+    }
+
+    /// Every host reaches every address of every host along a shortest path to its subnet, in every
+    /// topology file that gets emulated (grandfather connections and clients' second edges
+    /// need routes to non-neighbours).
+    #[test]
+    fn every_host_reaches_every_address_by_a_shortest_path() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topology");
+        let files = super::core::scenario_topologies(&dir).unwrap();
+        assert!(files.len() >= 4, "{files:?}");
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let u = Underlay::from_topology(&topo(&text)).unwrap();
+            assert!(
+                u.notes.iter().all(|n| !n.contains("unreachable")),
+                "{:?}",
+                u.notes
+            );
+            for a in 0..u.hosts.len() {
+                for (b, host) in u.hosts.iter().enumerate() {
+                    for dst in host.ifaces.iter().flat_map(|i| &i.addrs) {
+                        let path = walk(&u, a, *dst).unwrap_or_else(|e| {
+                            panic!("{}: {} to {dst}: {e}", f.display(), u.hosts[a].name)
+                        });
+                        assert_eq!(*path.last().unwrap(), b, "{}: {dst}", f.display());
+                        // Shortest: the packet reaches the address's subnet by a shortest
+                        // path (to its nearest member), then crosses it at most once.
+                        let s = host
+                            .ifaces
+                            .iter()
+                            .find(|i| i.addrs.contains(dst))
+                            .unwrap()
+                            .subnet;
+                        let near = u.subnets[s]
+                            .members
+                            .iter()
+                            .map(|&(m, _)| hops(&u, a, m))
+                            .min()
+                            .unwrap();
+                        let on_subnet = path
+                            .iter()
+                            .position(|&x| u.hosts[x].iface_on(s).is_some())
+                            .unwrap();
+                        assert!(
+                            on_subnet == near && path.len() - 1 <= near + 1,
+                            "{}: {} to {dst} takes {path:?}, the subnet is {near} hops away",
+                            f.display(),
+                            u.hosts[a].name
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn quoting() {
         assert_eq!(shell_quote("abc-1.2"), "abc-1.2");
