@@ -807,8 +807,9 @@ fn check_imn_view(
             .flatten()
             .map(|a| {
                 let (ip, prefix) = a.split_once('/').unwrap();
-                assert_eq!(prefix, "24", "{c}: {a}");
-                ip.parse().unwrap()
+                let ip: IpAddr = ip.parse().unwrap();
+                assert_eq!(prefix, if ip.is_ipv4() { "24" } else { "64" }, "{c}: {a}");
+                ip
             })
             .collect();
         assert_eq!(got, addresses_of(t, &d.name), "{c}");
@@ -1031,6 +1032,46 @@ fn routing_options_put_routes_and_services_where_they_belong() {
             }
         }
     }
+}
+
+/// IPv6: routes and forwarding in the scripts, addresses in the .imn as the GUI reads them;
+/// dual-stack links (two subnets between the same devices, two links) are refused in one line.
+#[test]
+fn ipv6_topologies_get_ipv6_routes_and_forwarding() {
+    let text = r#"{
+        "S1": {"role": "server", "addresses": ["fd00:1::10"], "neighbours": ["fd00:1::1"]},
+        "O1": {"role": "node", "addresses": ["fd00:1::1", "fd00:2::1"], "neighbours": ["fd00:1::10", "fd00:2::2"]},
+        "O2": {"role": "edge", "addresses": ["fd00:2::2", "fd00:3::1"], "neighbours": ["fd00:2::1"]},
+        "C1": {"role": "client", "addresses": ["fd00:3::20"], "neighbours": ["fd00:3::1"]}
+    }"#;
+    let t = topology::parse(text, "t").unwrap();
+    let u = Underlay::from_topology(&t).unwrap();
+    let s = core::generate_routed(
+        &u,
+        "v6",
+        text,
+        &CoreOptions::default(),
+        core::Routing::Static,
+    )
+    .unwrap();
+    let scripts = xml_scripts(&s.xml);
+    assert!(scripts["O1"].contains("sysctl -q -w net.ipv6.conf.all.forwarding=1\n"));
+    assert!(scripts["O1"].contains("ip -6 route replace fd00:3::/64 via fd00:2::2 dev eth1\n"));
+    assert!(scripts["C1"].contains("ip -6 route replace default via fd00:3::1 dev eth0\n"));
+    assert!(!scripts["C1"].contains("forwarding"));
+    let dir = std::env::temp_dir().join(format!("overlayd-v6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("v6.imn");
+    std::fs::write(&p, &s.imn).unwrap();
+    check_imn_view("ipv6", &tcl_view(&p), &t, &u, &s.xml, core::Routing::Static);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let dual = text
+        .replace("\"fd00:1::10\"]", "\"fd00:1::10\", \"10.0.1.10\"]")
+        .replace("[\"fd00:1::1\", ", "[\"fd00:1::1\", \"10.0.1.1\", ");
+    let u = Underlay::from_topology(&topology::parse(&dual, "t").unwrap()).unwrap();
+    let e = core::generate(&u, "ds", &dual, &CoreOptions::default()).unwrap_err();
+    assert!(e.contains("O1 and S1 share two subnets"), "{e}");
 }
 
 /// The static routing of the scripts alone makes every address reachable from every node:

@@ -143,6 +143,18 @@ pub fn generate_routed(
             }
         }
     }
+    // The legacy GUI finds an interface by its peer node, so two nodes can share one link
+    // only; the underlay gives IPv4 and IPv6 their own subnets, hence links.
+    for a in 0..u.hosts.len() {
+        for b in a + 1..u.hosts.len() {
+            if let [s1, s2, ..] = u.shared_subnets(a, b)[..] {
+                return Err(format!(
+                    "{} and {} share two subnets ({} and {}): a CORE scenario holds one link per pair of devices (dual-stack links are not supported; use one address family per link)",
+                    u.hosts[a].name, u.hosts[b].name, u.subnets[s1].net, u.subnets[s2].net
+                ));
+            }
+        }
+    }
     // One script per node, the same in both formats.
     let scripts = (0..u.hosts.len())
         .map(|h| start_script_routed(u, h, name, topology_text, opts, routing))

@@ -15,8 +15,9 @@
 //!   bridge in the emulator); subnets are numbered in address order, interfaces `eth0..` in
 //!   subnet order;
 //! - routes: for each host and each subnet it is not on, a route via the first hop of a
-//!   shortest path (fewest subnets crossed; ties broken by host order), so the plan is
-//!   deterministic;
+//!   shortest path over subnets of the destination's address family (fewest subnets crossed;
+//!   ties broken by host order), so the plan is deterministic; both back ends install these
+//!   same routes (the netns emulator itself, the CORE scenarios in each node's start script);
 //! - the bootstrapper runs on the host of the device marked `"bootstrapper": true` (at most
 //!   one), or else on the first server in name order (else the first device); every device is
 //!   given that host's first address as `--bootstrap`.
@@ -341,79 +342,84 @@ impl Underlay {
     }
 }
 
-/// Shortest-path static routes for every host to every subnet it is not attached to.
+/// Shortest-path static routes for every host to every subnet it is not attached to. Each
+/// address family is routed over its own subnets (an IPv6 packet can only be forwarded to a
+/// next hop with an IPv6 address on the shared subnet).
 fn compute_routes(hosts: &mut [Host], subnets: &[Subnet], notes: &mut Vec<String>) {
     let n = hosts.len();
-    // Host adjacency through subnets: (neighbour host, subnet), in subnet then host order.
-    let adj: Vec<Vec<(usize, usize)>> = (0..n)
-        .map(|h| {
-            let mut v = Vec::new();
-            for i in &hosts[h].ifaces {
-                for &(m, _) in &subnets[i.subnet].members {
-                    if m != h {
-                        v.push((m, i.subnet));
+    for h in 0..n {
+        let mut routes = Vec::new();
+        for v4 in [true, false] {
+            // Host adjacency through this family's subnets: (neighbour host, subnet), in
+            // subnet then host order.
+            let adj = |x: usize| {
+                hosts[x]
+                    .ifaces
+                    .iter()
+                    .filter(|i| subnets[i.subnet].net.is_v4() == v4)
+                    .flat_map(move |i| {
+                        subnets[i.subnet]
+                            .members
+                            .iter()
+                            .filter(move |&&(m, _)| m != x)
+                            .map(move |&(m, _)| (m, i.subnet))
+                    })
+            };
+            // BFS: first hop (neighbour host, subnet) towards each host.
+            let mut first: Vec<Option<(usize, usize)>> = vec![None; n];
+            let mut dist = vec![usize::MAX; n];
+            dist[h] = 0;
+            let mut q = VecDeque::from([h]);
+            while let Some(u) = q.pop_front() {
+                for (v, s) in adj(u) {
+                    if dist[v] == usize::MAX {
+                        dist[v] = dist[u] + 1;
+                        first[v] = if u == h { Some((v, s)) } else { first[u] };
+                        q.push_back(v);
                     }
                 }
             }
-            v
-        })
-        .collect();
-    for h in 0..n {
-        // BFS: first hop (neighbour host, subnet) towards each host.
-        let mut first: Vec<Option<(usize, usize)>> = vec![None; n];
-        let mut dist = vec![usize::MAX; n];
-        dist[h] = 0;
-        let mut q = VecDeque::from([h]);
-        while let Some(u) = q.pop_front() {
-            for &(v, s) in &adj[u] {
-                if dist[v] == usize::MAX {
-                    dist[v] = dist[u] + 1;
-                    first[v] = if u == h { Some((v, s)) } else { first[u] };
-                    q.push_back(v);
+            for (s, subnet) in subnets.iter().enumerate() {
+                if subnet.net.is_v4() != v4 || hosts[h].iface_on(s).is_some() {
+                    continue;
                 }
+                let best = subnet
+                    .members
+                    .iter()
+                    .map(|&(m, _)| m)
+                    .filter(|&m| dist[m] != usize::MAX)
+                    .min_by_key(|&m| (dist[m], m));
+                let Some(m) = best else {
+                    notes.push(format!(
+                        "{}: subnet {} is unreachable (the underlay is not connected)",
+                        hosts[h].name, subnet.net
+                    ));
+                    continue;
+                };
+                let (hop, via_subnet) = first[m].expect("reachable host has a first hop");
+                let hop_iface = hosts[hop].iface_on(via_subnet).expect("member");
+                // The next hop's address on the shared subnet (of this family by construction).
+                let Some(via) = hosts[hop].ifaces[hop_iface]
+                    .addrs
+                    .iter()
+                    .copied()
+                    .find(|a| a.is_ipv4() == v4)
+                else {
+                    notes.push(format!(
+                        "{}: no next hop of the right address family towards {}",
+                        hosts[h].name, subnet.net
+                    ));
+                    continue;
+                };
+                let dev = hosts[h].ifaces[hosts[h].iface_on(via_subnet).expect("attached")]
+                    .name
+                    .clone();
+                routes.push(Route {
+                    dest: subnet.net,
+                    via,
+                    dev,
+                });
             }
-        }
-        let mut routes = Vec::new();
-        for (s, subnet) in subnets.iter().enumerate() {
-            if hosts[h].iface_on(s).is_some() {
-                continue;
-            }
-            let best = subnet
-                .members
-                .iter()
-                .map(|&(m, _)| m)
-                .filter(|&m| dist[m] != usize::MAX)
-                .min_by_key(|&m| (dist[m], m));
-            let Some(m) = best else {
-                notes.push(format!(
-                    "{}: subnet {} is unreachable (the underlay is not connected)",
-                    hosts[h].name, subnet.net
-                ));
-                continue;
-            };
-            let (hop, via_subnet) = first[m].expect("reachable host has a first hop");
-            let hop_iface = hosts[hop].iface_on(via_subnet).expect("member");
-            // A next hop of the destination's address family on the shared subnet.
-            let Some(via) = hosts[hop].ifaces[hop_iface]
-                .addrs
-                .iter()
-                .copied()
-                .find(|a| a.is_ipv4() == subnet.net.is_v4())
-            else {
-                notes.push(format!(
-                    "{}: no next hop of the right address family towards {}",
-                    hosts[h].name, subnet.net
-                ));
-                continue;
-            };
-            let dev = hosts[h].ifaces[hosts[h].iface_on(via_subnet).expect("attached")]
-                .name
-                .clone();
-            routes.push(Route {
-                dest: subnet.net,
-                via,
-                dev,
-            });
         }
         hosts[h].routes = collapse_to_default(routes);
     }
@@ -666,6 +672,37 @@ mod tests {
         assert!(walk(&broken, id("C1"), c2)
             .unwrap_err()
             .contains("R1 has no route"));
+    }
+
+    /// IPv6 is routed over IPv6 subnets only (a first hop over an IPv4 subnet could not carry
+    /// it), in a dual-stack chain where the IPv4 subnets come first.
+    #[test]
+    fn each_address_family_is_routed_over_its_own_subnets() {
+        let u = Underlay::from_topology(&topo(
+            r#"{
+            "S1": {"addresses": ["10.0.1.10", "fd00:1::10"], "neighbours": ["10.0.1.1"]},
+            "O1": {"addresses": ["10.0.1.1", "fd00:1::1", "10.0.2.1", "fd00:2::1"], "neighbours": ["10.0.1.10"]},
+            "O2": {"addresses": ["10.0.2.2", "fd00:2::2", "10.0.3.1", "fd00:3::1"], "neighbours": ["10.0.2.1"], "edge": true},
+            "C1": {"addresses": ["10.0.3.20", "fd00:3::20"], "neighbours": ["10.0.3.1"]}
+        }"#,
+        ))
+        .unwrap();
+        assert!(u.notes.is_empty(), "{:?}", u.notes);
+        let (c1, c) = u.host("C1").unwrap();
+        let v6: Vec<String> = c
+            .routes
+            .iter()
+            .filter(|r| !r.dest.is_v4())
+            .map(|r| format!("{} via {} dev {}", r.dest, r.via, r.dev))
+            .collect();
+        assert_eq!(v6, ["default via fd00:3::1 dev eth1"]);
+        let (s1, _) = u.host("S1").unwrap();
+        for (from, to) in [(c1, s1), (s1, c1)] {
+            for dst in u.hosts[to].ifaces.iter().flat_map(|i| &i.addrs) {
+                let path = walk(&u, from, *dst).unwrap();
+                assert_eq!(path.len(), 4, "{dst}: {path:?}");
+            }
+        }
     }
 
     /// Every host reaches every address of every host along a shortest path to its subnet, in every
