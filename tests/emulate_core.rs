@@ -1131,7 +1131,7 @@ fn static_routing_lines_alone_connect_every_address() {
             .map(|a| a.to_string())
             .collect();
         let script = format!(
-            "for a in {}; do r=$(timeout 2 bash -c \"exec 3<>/dev/tcp/$a/9\" 2>&1); \
+            "for a in {}; do r=$(timeout 5 bash -c \"exec 3<>/dev/tcp/$a/9\" 2>&1); \
              case $r in *refused*) echo ok $a;; *) echo lost $a;; esac; done",
             addrs.join(" ")
         );
