@@ -6,7 +6,9 @@
 //! does not claim that the recordings decode.
 //!
 //! Uses the test build of overlayd (`OVERLAYD_BIN`), so it needs no release build; takes about
-//! 35 s and 20 s. Needs no root. Both use 127.0.9.x: bin/demo's lock runs them one at a time.
+//! 35 s and 20 s. Needs no root. Each test has its own addresses (`OVERLAYD_DEMO_NET`: 127.0.91.x
+//! and 127.0.92.x), so they run side by side and never meet a user's demo on 127.0.9.x; a second
+//! run of the same test on this machine waits for the first (bin/demo's lock).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,9 +43,14 @@ fn has(cmd: &str) -> bool {
     Command::new(cmd).arg("-version").output().is_ok()
 }
 
-/// Runs `bin/demo ARGS` headless with the test build, its run directory under `base`, and
-/// `PATH` as given (or inherited); returns (success, stdout).
-fn demo(args: &[&str], base: &std::path::Path, path: Option<&std::ffi::OsStr>) -> (bool, String) {
+/// Runs `bin/demo ARGS` headless with the test build on 127.0.`net`.x, its run directory under
+/// `base`, and `PATH` as given (or inherited); returns (success, stdout).
+fn demo(
+    args: &[&str],
+    net: u8,
+    base: &std::path::Path,
+    path: Option<&std::ffi::OsStr>,
+) -> (bool, String) {
     let _ = std::fs::remove_dir_all(base);
     std::fs::create_dir_all(base).unwrap();
     let started = Instant::now();
@@ -52,6 +59,7 @@ fn demo(args: &[&str], base: &std::path::Path, path: Option<&std::ffi::OsStr>) -
         .args(args)
         .env("OVERLAYD_BIN", BIN)
         .env("OVERLAYD_DEMO_DIR", base)
+        .env("OVERLAYD_DEMO_NET", net.to_string())
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
         .env_remove("RUST_LOG");
@@ -68,7 +76,7 @@ fn demo(args: &[&str], base: &std::path::Path, path: Option<&std::ffi::OsStr>) -
 
 /// Nothing of a demo run under `base` runs any more, and a successful one removed its run
 /// directory. Every process of a run names its run directory (key, topology, recording), so
-/// this looks at this run only: the other test's demo may be running on 127.0.9.x by now.
+/// this looks at this run only: the other test's demo may be running by now.
 fn nothing_left(base: &std::path::Path) {
     let left = processes_mentioning(&base.display().to_string());
     assert!(left.is_empty(), "processes left: {left:#?}");
@@ -93,7 +101,7 @@ fn client_rows(stdout: &str) -> Vec<Vec<String>> {
 #[test]
 fn demo_tells_the_story_and_leaves_nothing_running() {
     let base = std::env::temp_dir().join(format!("overlayd-demo-test-{}", std::process::id()));
-    let (ok, stdout) = demo(&[], &base, None);
+    let (ok, stdout) = demo(&[], 91, &base, None);
     assert!(ok, "bin/demo failed: {stdout}");
 
     // The story, in order.
@@ -206,7 +214,12 @@ fn demo_says_which_video_a_named_victim_cuts_off() {
     let base = std::env::temp_dir().join(format!("overlayd-demo-test-cut-{}", std::process::id()));
     let bin_dir = std::env::temp_dir().join(format!("overlayd-demo-path-{}", std::process::id()));
     let path = path_without_ffmpeg(&bin_dir);
-    let (ok, stdout) = demo(&["--kill", "O3", "--duration", "10"], &base, Some(&path));
+    let (ok, stdout) = demo(
+        &["--kill", "O3", "--duration", "10"],
+        92,
+        &base,
+        Some(&path),
+    );
     let _ = std::fs::remove_dir_all(&bin_dir);
     assert!(ok, "bin/demo failed: {stdout}");
     let kill = stdout.find("kill -9 O3").expect("the kill");
@@ -268,6 +281,19 @@ fn demo_refuses_bad_arguments_in_one_line() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    for net in ["x", "0", "255", "09"] {
+        let out = Command::new(repo().join("bin/demo"))
+            .env("OVERLAYD_BIN", BIN)
+            .env("OVERLAYD_DEMO_NET", net)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{net}: {err}");
+        assert!(
+            err.contains("OVERLAYD_DEMO_NET") && err.lines().count() == 1,
+            "{err}"
+        );
     }
     let out = Command::new(repo().join("bin/demo"))
         .arg("--help")
