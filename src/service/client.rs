@@ -41,7 +41,7 @@ const RECENT_KEYS: usize = 8192;
 /// Most datagrams held back during a switch.
 const MAX_HELD: usize = 2048;
 /// Datagrams of an abandoned epoch in a row, with nothing delivered in between, after which
-/// that epoch is taken back (about half a second of video).
+/// that epoch is taken back whichever edge brings it (about two seconds of video).
 const STALE_EPOCH_ADOPT: u32 = 64;
 /// How many abandoned epochs are remembered (not returned to while another one flows).
 const RETIRED_EPOCHS: usize = 16;
@@ -87,6 +87,12 @@ pub struct ClientSettings {
     /// During a make-before-break switch, datagrams of the new edge that are ahead of the old
     /// edge wait at most this long for the old edge to catch up.
     pub reorder_hold: Duration,
+    /// An abandoned epoch that the session's own edge brings for this long, with nothing of
+    /// the current epoch in between, is taken back: the overlay went back to that source (its
+    /// other server's stream died). Longer than a burst of one chunk's datagrams, shorter
+    /// than the gap between chunks, so a return costs about one chunk, and a stray datagram of
+    /// an old path never makes the player jump.
+    pub stale_epoch_return: Duration,
     /// The first stream id; give each run a different one (random) so an edge never mistakes
     /// a new run's request for a retransmission of an old one.
     pub first_stream: u32,
@@ -117,6 +123,7 @@ impl Default for ClientSettings {
             busy_backoff: Duration::from_secs(5),
             drain_limit: Duration::from_secs(2),
             reorder_hold: Duration::from_millis(300),
+            stale_epoch_return: Duration::from_millis(100),
             first_stream: 1,
             token_key: 0,
         }
@@ -320,22 +327,53 @@ struct Sequencer {
     epoch: Option<u64>,
     last: (u64, u16, u16),
     retired: VecDeque<u64>,
-    /// An abandoned epoch seen again, and how many datagrams of it in a row.
-    stale: Option<(u64, u32)>,
+    /// An abandoned epoch seen again: how many datagrams of it in a row, and when the session's
+    /// edge first brought it in this run.
+    stale: Option<StaleRun>,
     recent: HashSet<(u64, u64, u16)>,
     recent_order: VecDeque<(u64, u64, u16)>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct StaleRun {
+    epoch: u64,
+    datagrams: u32,
+    /// When the session's edge first brought this epoch in the run.
+    from_session_since: Option<Instant>,
+}
+
+/// Where a datagram comes from, for the sequencer's choice of epoch.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    now: Instant,
+    /// From the session's current edge (not one being left).
+    from_session: bool,
+    /// See [`ClientSettings::stale_epoch_return`].
+    stale_epoch_return: Duration,
+}
+
 impl Sequencer {
     /// Counts one more datagram of abandoned `epoch` with nothing delivered in between; true
-    /// once there have been [`STALE_EPOCH_ADOPT`] of them in a row.
-    fn stale_run(&mut self, epoch: u64) -> bool {
-        let run = match self.stale {
-            Some((e, n)) if e == epoch => n + 1,
-            _ => 1,
+    /// once the session's edge has brought it for `stale_epoch_return`, or after
+    /// [`STALE_EPOCH_ADOPT`] of them in a row from anywhere.
+    fn stale_run(&mut self, epoch: u64, at: Arrival) -> bool {
+        let mut run = match self.stale {
+            Some(r) if r.epoch == epoch => r,
+            _ => StaleRun {
+                epoch,
+                datagrams: 0,
+                from_session_since: None,
+            },
         };
-        self.stale = Some((epoch, run));
-        run >= STALE_EPOCH_ADOPT
+        run.datagrams += 1;
+        if at.from_session {
+            run.from_session_since.get_or_insert(at.now);
+        }
+        self.stale = Some(run);
+        run.datagrams >= STALE_EPOCH_ADOPT
+            || run
+                .from_session_since
+                .is_some_and(|t| at.now.saturating_duration_since(t) >= at.stale_epoch_return)
     }
 
     /// True when `d` would be delivered after a hole.
@@ -354,7 +392,7 @@ impl Sequencer {
         }
     }
 
-    fn check(&mut self, d: &VideoData) -> Verdict {
+    fn check(&mut self, d: &VideoData, at: Arrival) -> Verdict {
         let key = (d.epoch, d.seq, d.part);
         if self.recent.contains(&key) {
             return Verdict::Duplicate;
@@ -379,7 +417,7 @@ impl Sequencer {
             }
             // An abandoned epoch is not returned to while the current one flows; but if only
             // it arrives (the overlay went back to that source for good), it is adopted.
-            _ if self.retired.contains(&d.epoch) && !self.stale_run(d.epoch) => {
+            _ if self.retired.contains(&d.epoch) && !self.stale_run(d.epoch, at) => {
                 return Verdict::StaleEpoch
             }
             previous => {
@@ -895,7 +933,12 @@ impl ClientService {
 
     /// Orders one datagram from an edge allowed to feed the player.
     fn sequence(&mut self, now: Instant, e: usize, d: VideoData) {
-        let verdict = self.seq.check(&d);
+        let at = Arrival {
+            now,
+            from_session: self.session.as_ref().is_some_and(|a| a.edge == e),
+            stale_epoch_return: self.settings.stale_epoch_return,
+        };
+        let verdict = self.seq.check(&d, at);
         match verdict {
             Verdict::Duplicate => self.stats.duplicates_dropped += 1,
             Verdict::Late => self.stats.reordered_dropped += 1,
@@ -1926,6 +1969,41 @@ mod tests {
         std::iter::from_fn(|| c.poll_output())
             .filter(|o| matches!(o, ClientOutput::Deliver(_)))
             .count()
+    }
+
+    #[test]
+    fn the_session_edge_going_back_to_an_abandoned_epoch_costs_about_one_chunk() {
+        // Seen in CORE: a relay moved a stream to a nearer server (a new epoch), then died;
+        // its replacement path still carried the first server's stream, the old epoch. The
+        // client must follow within about a chunk, not after STALE_EPOCH_ADOPT datagrams
+        // (seconds of video).
+        let (mut c, e, mut now) = playing();
+        for seq in 0..5 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        for seq in 0..5 {
+            c.handle_datagram(now, e, framed(1, 2, seq, 0, 1));
+        }
+        assert_eq!(delivered(&mut c), 10);
+        // Epoch 2 stops; epoch 1 comes back from the same edge, a datagram every 40 ms.
+        let step = Duration::from_millis(40);
+        for seq in 100..110 {
+            now += step;
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        let st = c.stats(now);
+        // 0, 40 and 80 ms into the run are dropped; at 120 ms (>= stale_epoch_return) the epoch
+        // is taken back and the rest delivered, in order, with no duplicate.
+        assert_eq!(st.stale_dropped, 3, "{st:?}");
+        assert_eq!(delivered(&mut c), 7);
+        assert_eq!(st.epoch_changes, 2);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        // A single late datagram of the left epoch, however late, changes nothing.
+        now += Duration::from_secs(1);
+        c.handle_datagram(now, e, framed(1, 2, 5, 0, 1));
+        c.handle_datagram(now, e, framed(1, 1, 110, 0, 1));
+        assert_eq!(delivered(&mut c), 1);
+        assert_eq!(c.stats(now).stale_dropped, 4);
     }
 
     #[test]
