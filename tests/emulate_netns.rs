@@ -123,7 +123,25 @@ fn root_links() -> BTreeSet<String> {
         .collect()
 }
 
-fn assert_torn_down(emu: &Emu, links_before: &BTreeSet<String>) {
+/// The names of every link a run of `u` creates: hub ports and bridges (in the hub namespace)
+/// and host interfaces (in the hosts' namespaces). None of them belongs in the root namespace.
+fn run_link_names(u: &Underlay) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = (0..u.subnets.len()).map(netns::bridge).collect();
+    for (h, host) in u.hosts.iter().enumerate() {
+        for (i, f) in host.ifaces.iter().enumerate() {
+            names.insert(netns::hub_port(h, i));
+            names.insert(f.name.clone());
+        }
+    }
+    names
+}
+
+/// Nothing of this run is left: none of its namespaces, no process started from its base
+/// directory, and no link of its plan in the root namespace. Only what this run created is
+/// looked at (its namespaces and files bear its own id; root links are new ones with the
+/// plan's names), so another emulation on the machine (a CORE session, another test) with
+/// its own links and namespaces does not fail it.
+fn assert_torn_down(emu: &Emu, u: &Underlay, links_before: &BTreeSet<String>) {
     assert!(
         emu.namespaces().is_empty(),
         "namespaces left: {:?}",
@@ -131,9 +149,16 @@ fn assert_torn_down(emu: &Emu, links_before: &BTreeSet<String>) {
     );
     let procs = processes_mentioning(&emu.base.display().to_string());
     assert!(procs.is_empty(), "processes left: {procs:#?}");
+    let ours = run_link_names(u);
     let after = root_links();
-    let new: Vec<&String> = after.difference(links_before).collect();
-    assert!(new.is_empty(), "links left in the root namespace: {new:?}");
+    let new: Vec<&String> = after
+        .difference(links_before)
+        .filter(|l| ours.contains(*l))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "links of this run left in the root namespace: {new:?}"
+    );
 }
 
 #[test]
@@ -142,7 +167,7 @@ fn scenario1_neighbours_faults_and_teardown() {
         return;
     }
     let links_before = root_links();
-    let (path, _, t, _) = load("scenario1.json");
+    let (path, _, t, u) = load("scenario1.json");
     let emu = Emu::new("scenario1_neighbours_faults_and_teardown", "a");
     let out = emu.ok(&["up", path.to_str().unwrap(), "--run-id", &emu.id.clone()]);
     assert!(out.contains("started the bootstrapper on S1"), "{out}");
@@ -246,7 +271,7 @@ fn scenario1_neighbours_faults_and_teardown() {
 
     let out = emu.ok(&["down"]);
     assert!(out.contains("removed 7 namespace(s)"), "{out}");
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
 }
 
 #[test]
@@ -255,7 +280,7 @@ fn down_works_from_any_state_and_commands_explain_errors() {
         return;
     }
     let links_before = root_links();
-    let (path, _, _, _) = load("scenario2.json");
+    let (path, _, _, u) = load("scenario2.json");
     let emu = Emu::new("down_works_from_any_state_and_commands_explain_errors", "b");
     emu.up_no_start(&path);
     assert_eq!(emu.namespaces().len(), 9);
@@ -282,7 +307,7 @@ fn down_works_from_any_state_and_commands_explain_errors() {
     std::fs::remove_file(emu.run_dir().join("state.json")).unwrap();
     let out = emu.ok(&["down"]);
     assert!(out.contains("removed 9 namespace(s)"), "{out}");
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
     // down on a run that is gone is harmless.
     emu.ok(&["down"]);
 
@@ -451,7 +476,7 @@ fn core_scripts_start_every_device(topo: &str, tag: &str, legacy: bool) {
         "processes still run in {busy:?} after stop"
     );
     emu.ok(&["down"]);
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
 }
 
 #[test]
@@ -481,7 +506,7 @@ fn lan_cut_drops_only_the_cut_pair() {
         return;
     }
     let links_before = root_links();
-    let (path, _, _, _) = load("complex.json");
+    let (path, _, _, u) = load("complex.json");
     let emu = Emu::new("lan_cut_drops_only_the_cut_pair", "e");
     emu.up_no_start(&path);
     // A TCP connect to a closed port: refused (exit 1) when reachable, silent (124) when cut.
@@ -511,5 +536,5 @@ fn lan_cut_drops_only_the_cut_pair() {
     assert_eq!(probe("C1", "10.0.20.1"), 1, "C1–O6 is back");
     assert_eq!(probe("C2", "10.0.20.1"), 124, "C2–O6 stays cut");
     emu.ok(&["down"]);
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
 }
