@@ -42,6 +42,8 @@ use common::emu::*;
 use overlayd::emulate::Net;
 
 const VIDEO: &str = "alpha";
+/// The edges' UDP port (the default: the daemons run with their defaults, as in CORE).
+const EDGE_PORT: u16 = 7702;
 /// Long enough for every phase; the test ends the clients with SIGTERM when it is done.
 const CLIENT_SECS: u32 = 120;
 
@@ -63,7 +65,7 @@ impl Fault {
 /// A client of the topology and its edges, in the order the topology lists them.
 struct Spec {
     name: String,
-    /// (address as the client prints it, edge name)
+    /// (address and port, as the client prints them; edge name)
     edges: Vec<(String, String)>,
     /// Whether each edge shares a subnet with the client (else it is reached through routers).
     on_link: Vec<bool>,
@@ -88,7 +90,8 @@ fn specs(emu: &Emu) -> Vec<Spec> {
                     .iter()
                     .map(|n| {
                         let owner = t.owners_of(n.ip).next().expect("edge in the topology");
-                        (format!("{}:7702", n.ip), owner.name.clone())
+                        let at = std::net::SocketAddr::new(n.ip, EDGE_PORT);
+                        (at.to_string(), owner.name.clone())
                     })
                     .collect(),
                 on_link: d
@@ -170,7 +173,7 @@ fn routed(test: &'static str, tag: &str, topo: &str, relay: &str) {
     let clients: Vec<Client> = specs
         .iter()
         .map(|s| {
-            let first = s.edges[0].0.trim_end_matches(":7702");
+            let first = &s.edges[0].0;
             emu.client_with(&s.name, &s.name, VIDEO, CLIENT_SECS, &["--edge", first])
         })
         .collect();
@@ -435,6 +438,42 @@ macro_rules! routed_test {
             routed(stringify!($name), $tag, $topo, $relay);
         }
     };
+}
+
+/// The topology files of topology/ these tests build, and those they cannot (loopback).
+const COVERED: [&str; 4] = [
+    "report-example.json",
+    "scenario1.json",
+    "scenario2.json",
+    "complex.json",
+];
+const LOOPBACK: [&str; 2] = ["demo.json", "loopback-diamond.json"];
+
+#[test]
+fn every_topology_file_is_covered_or_loopback() {
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(repo().join("topology")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let t = overlayd::topology::load(&p).unwrap();
+        match overlayd::emulate::Underlay::from_topology(&t) {
+            Ok(_) => assert!(
+                COVERED.contains(&name.as_str()),
+                "topology/{name} can be emulated: add its routed tests here"
+            ),
+            Err(e) => assert!(
+                e.contains("loopback") && LOOPBACK.contains(&name.as_str()),
+                "topology/{name}: {e}"
+            ),
+        }
+        seen.push(name);
+    }
+    for f in COVERED.iter().chain(&LOOPBACK) {
+        assert!(seen.iter().any(|s| s == f), "topology/{f} is gone");
+    }
 }
 
 routed_test!(report_example_native, "xr", "report-example.json", "native");

@@ -1141,7 +1141,12 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
         );
     }
     for (h, host) in u.hosts.iter().enumerate() {
-        outln!(out, "{} ({}) in {}", host.name, host.role, host_ns[h]);
+        let fwd = if forwards(&u, h) {
+            ", router: forwards IP"
+        } else {
+            ""
+        };
+        outln!(out, "{} ({}) in {}{fwd}", host.name, host.role, host_ns[h]);
         for f in &host.ifaces {
             let a: Vec<String> = f.addrs.iter().map(|a| a.to_string()).collect();
             outln!(out, "  {} {}", f.name, a.join(" "));
