@@ -5,7 +5,7 @@
 //! carry a cookie can get a valid cookie patched in (op 3), so the fuzzer reaches the states
 //! behind the cookie check (sessions, leases, GOP cache) instead of only the challenge path.
 #![no_main]
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,8 +30,10 @@ fuzz_target!(|data: &[u8]| {
     let mut seq = 0u64;
     for (op, who, body) in ops::ops(data) {
         let from = SocketAddr::from(([10, 0, 0, who % 8], 7000 + u16::from(who / 8 % 4)));
+        // The edge address the datagram went to: one of two, as on a multi-homed edge.
+        let local = Some(IpAddr::from([10, 0, 1, 1 + (who >> 7)]));
         match op % 5 {
-            0 => edge.handle_datagram(now, from, Bytes::copy_from_slice(body)),
+            0 => edge.handle_datagram(now, from, local, Bytes::copy_from_slice(body)),
             1 => {
                 now += Duration::from_millis(u64::from(who) * 40);
                 edge.handle_timeout(now);
@@ -56,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                 if d.len() >= 9 && matches!(d[0], 0x03 | 0x05 | 0x06 | 0x07) {
                     d[1..9].copy_from_slice(&edge.cookie_for(from, now).to_be_bytes());
                 }
-                edge.handle_datagram(now, from, d.into());
+                edge.handle_datagram(now, from, local, d.into());
             }
             _ => edge.set_videos(
                 now,

@@ -1,7 +1,8 @@
 //! The tokio driver of an edge's client service: the edge's UDP socket, its timer, and the
 //! channels to the overlay node.
 //!
-//! It owns one UDP socket (the edge port) and runs an [`EdgeService`] over it. The overlay
+//! It owns one UDP socket (the edge port, a [`ReplySocket`]: every datagram to a client
+//! leaves from the address that client sent to) and runs an [`EdgeService`] over it. The overlay
 //! side talks to it through an [`EdgeHandle`]: chunks and video lists go in
 //! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
@@ -12,17 +13,17 @@
 //! ffmpeg relay ([`crate::net::edge_ffmpeg`]) plugs in as [`Relay::Custom`]. All decisions are
 //! the service's.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::udp::ReplySocket;
 use crate::service::edge::{EdgeConfig, EdgeCounters, EdgeOutput, EdgeService, SessionInfo};
 
 /// Largest datagram read from a client; every valid client message is far smaller.
@@ -60,8 +61,9 @@ pub trait VideoSink: Send {
     /// `continuing`: the client moves here from another edge mid-stream (see
     /// [`EdgeOutput::SessionOpened`]).
     fn open(&mut self, _client: SocketAddr, _video: &str, _stream: u32, _continuing: bool) {}
-    /// One framed video datagram ([`crate::wire::client::VideoData`]) for `client`.
-    fn send(&mut self, client: SocketAddr, datagram: Bytes);
+    /// One framed video datagram ([`crate::wire::client::VideoData`]) for `client`, to leave
+    /// from the edge's address `from` (see [`EdgeOutput::Video`]).
+    fn send(&mut self, client: SocketAddr, from: Option<IpAddr>, datagram: Bytes);
     /// The session ended.
     fn close(&mut self, _client: SocketAddr) {}
     /// Datagrams dropped so far (queue full, send errors).
@@ -83,7 +85,7 @@ pub trait VideoSink: Send {
 /// once, each replayed the GOP cache) the newest sessions lose, not the viewers who were
 /// already watching.
 pub struct NativeSink {
-    socket: Arc<UdpSocket>,
+    socket: Arc<ReplySocket>,
     queues: Arc<std::sync::Mutex<ClientQueues>>,
     wake: Arc<tokio::sync::Notify>,
     depth: usize,
@@ -97,6 +99,8 @@ pub const MIN_CLIENT_SHARE: usize = 64;
 struct ClientQueue {
     /// Order of arrival: smaller is older, and served first.
     age: u64,
+    /// The edge address the client's datagrams leave from (the latest given).
+    from: Option<IpAddr>,
     datagrams: std::collections::VecDeque<Bytes>,
     dropped: u64,
 }
@@ -113,7 +117,7 @@ struct ClientQueues {
 }
 
 impl ClientQueues {
-    fn next(&mut self) -> Option<(SocketAddr, Bytes)> {
+    fn next(&mut self) -> Option<(SocketAddr, Option<IpAddr>, Bytes)> {
         while let Some((age, client)) = self.ready.pop_first() {
             let Some(q) = self.clients.get_mut(&client) else {
                 continue;
@@ -123,7 +127,7 @@ impl ClientQueues {
                     self.ready.insert((age, client));
                 }
                 self.in_flight = true;
-                return Some((client, d));
+                return Some((client, q.from, d));
             }
         }
         None
@@ -132,7 +136,7 @@ impl ClientQueues {
 
 impl NativeSink {
     /// A sink sending from `socket`, holding up to `depth` datagrams shared fairly.
-    pub fn new(socket: Arc<UdpSocket>, depth: usize) -> NativeSink {
+    pub fn new(socket: Arc<ReplySocket>, depth: usize) -> NativeSink {
         let queues = Arc::new(std::sync::Mutex::new(ClientQueues::default()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let dropped = Arc::new(AtomicU64::new(0));
@@ -142,8 +146,8 @@ impl NativeSink {
             loop {
                 let next = q.lock().ok().and_then(|mut q| q.next());
                 match next {
-                    Some((to, bytes)) => {
-                        let sent = out.send_to(&bytes, to).await;
+                    Some((to, from, bytes)) => {
+                        let sent = out.send_to(&bytes, to, from).await;
                         if let Ok(mut q) = q.lock() {
                             q.in_flight = false;
                         }
@@ -168,7 +172,7 @@ impl NativeSink {
 }
 
 impl VideoSink for NativeSink {
-    fn send(&mut self, client: SocketAddr, datagram: Bytes) {
+    fn send(&mut self, client: SocketAddr, from: Option<IpAddr>, datagram: Bytes) {
         let Ok(mut q) = self.queues.lock() else {
             return;
         };
@@ -176,12 +180,14 @@ impl VideoSink for NativeSink {
         let age = q.next_age;
         let cq = q.clients.entry(client).or_insert_with(|| ClientQueue {
             age,
+            from,
             datagrams: Default::default(),
             dropped: 0,
         });
+        cq.from = from;
         let age = cq.age;
         if q.ready.is_empty() && !q.in_flight {
-            match self.socket.try_send_to(&datagram, client) {
+            match self.socket.try_send_to(&datagram, client, from) {
                 Ok(_) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -238,7 +244,7 @@ impl Drop for NativeSink {
 }
 
 /// Builds a sink once the edge socket is bound.
-pub type SinkFactory = Box<dyn FnOnce(Arc<UdpSocket>) -> Box<dyn VideoSink> + Send>;
+pub type SinkFactory = Box<dyn FnOnce(Arc<ReplySocket>) -> Box<dyn VideoSink> + Send>;
 
 /// How the edge relays video to its clients.
 pub enum Relay {
@@ -316,7 +322,7 @@ impl Drop for EdgeHandle {
 
 /// Binds the edge socket and starts the driver.
 pub async fn spawn(cfg: EdgeDriverConfig) -> std::io::Result<EdgeHandle> {
-    let socket = Arc::new(UdpSocket::bind(cfg.bind).await?);
+    let socket = Arc::new(ReplySocket::bind(cfg.bind).await?);
     let local_addr = socket.local_addr()?;
     let sink: Box<dyn VideoSink> = match cfg.relay {
         Relay::Native { queue } => Box::new(NativeSink::new(socket.clone(), queue)),
@@ -357,7 +363,7 @@ pub async fn spawn(cfg: EdgeDriverConfig) -> std::io::Result<EdgeHandle> {
 }
 
 struct Loop {
-    socket: Arc<UdpSocket>,
+    socket: Arc<ReplySocket>,
     service: EdgeService,
     sink: Box<dyn VideoSink>,
     events: mpsc::UnboundedSender<EdgeEvent>,
@@ -373,7 +379,7 @@ async fn run(
     mut inputs: mpsc::Receiver<EdgeInput>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    let mut buf = vec![0u8; RECV_BUF];
+    let mut buf = vec![0u8; l.socket.recv_buffer_len(RECV_BUF)];
     let mut inputs_open = true;
     loop {
         let deadline = l.service.poll_timeout();
@@ -381,10 +387,13 @@ async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = l.socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    let datagram = Bytes::copy_from_slice(&buf[..n]);
-                    l.service.handle_datagram(Instant::now(), from, datagram);
+            r = l.socket.recv(&mut buf) => match r {
+                Ok(got) => {
+                    let now = Instant::now();
+                    for datagram in got.datagrams(&buf) {
+                        let datagram = Bytes::copy_from_slice(datagram);
+                        l.service.handle_datagram(now, got.from, got.local, datagram);
+                    }
                 }
                 Err(e) => {
                     // ICMP errors surface here on some systems; the socket stays usable.
@@ -410,15 +419,15 @@ impl Loop {
     async fn flush(&mut self) {
         while let Some(out) = self.service.poll_output() {
             match out {
-                EdgeOutput::Control { to, bytes } => {
-                    if let Err(e) = self.socket.send_to(&bytes, to).await {
+                EdgeOutput::Control { to, from, bytes } => {
+                    if let Err(e) = self.socket.send_to(&bytes, to, from).await {
                         self.driver_counters
                             .control_send_errors
                             .fetch_add(1, Ordering::Relaxed);
                         debug!(%to, error = %e, "control datagram not sent");
                     }
                 }
-                EdgeOutput::Video { to, bytes } => self.sink.send(to, bytes),
+                EdgeOutput::Video { to, from, bytes } => self.sink.send(to, from, bytes),
                 EdgeOutput::SessionOpened {
                     client,
                     video,
@@ -469,18 +478,23 @@ mod tests {
 
     #[tokio::test]
     async fn native_sink_caps_each_client_to_its_own_share() {
-        let edge = Arc::new(UdpSocket::bind("127.76.30.1:0").await.unwrap());
+        use tokio::net::UdpSocket;
+        let edge = Arc::new(
+            ReplySocket::bind("127.76.30.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
         let old = UdpSocket::bind("127.76.30.2:0").await.unwrap();
         let busy = UdpSocket::bind("127.76.30.3:0").await.unwrap();
         let (old_addr, busy_addr) = (old.local_addr().unwrap(), busy.local_addr().unwrap());
         let mut sink = NativeSink::new(edge, 128);
         // Nothing is sent until we yield (current-thread runtime), so the caps are exact.
-        sink.send(old_addr, Bytes::from_static(b"old 0"));
+        sink.send(old_addr, None, Bytes::from_static(b"old 0"));
         for i in 0..200u32 {
-            sink.send(busy_addr, Bytes::from(format!("busy {i}")));
+            sink.send(busy_addr, None, Bytes::from(format!("busy {i}")));
         }
         for i in 1..11u32 {
-            sink.send(old_addr, Bytes::from(format!("old {i}")));
+            sink.send(old_addr, None, Bytes::from(format!("old {i}")));
         }
         // Two clients: each may hold 128 / 2 = 64; only the busy one lost anything.
         assert_eq!(sink.dropped(), 200 - MIN_CLIENT_SHARE as u64);
@@ -495,7 +509,7 @@ mod tests {
         }
         // A closed session's queue is gone; a new one starts empty.
         sink.close(busy_addr);
-        sink.send(busy_addr, Bytes::from_static(b"again"));
+        sink.send(busy_addr, None, Bytes::from_static(b"again"));
         let n = busy.recv(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"again");
     }

@@ -5,7 +5,8 @@
 //! ffmpeg child reads the session's TS on stdin (the edge's 26-byte video header stripped from
 //! every datagram) and re-muxes it with `-c copy` to MPEG-TS over UDP. ffmpeg does not send
 //! to the client itself: it sends to a loopback socket of the sink, and the sink forwards each
-//! of its datagrams to the client *from the edge's own socket*. So the client sees one source
+//! of its datagrams to the client *from the edge's own socket*, and from the edge address the
+//! client's requests went to. So the client sees one source
 //! address for control and video (it accepts video only from its edges' addresses), and the
 //! edge's UDP port is not shared with a child (`SO_REUSEPORT` would split the clients'
 //! control datagrams between the two sockets).
@@ -33,10 +34,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::edge_driver::{Relay as EdgeRelay, VideoSink};
+use super::udp::ReplySocket;
 use crate::media::relay::{Relay, RelayConfig};
 use crate::wire::client::{
     is_raw_ts, TAG_VIDEO_DATA, TS_PACKET_LEN, VIDEO_FLAG_CACHED, VIDEO_HEADER_LEN,
@@ -68,6 +71,8 @@ pub struct FfmpegSinkCounters {
 struct Session {
     relay: Relay,
     forward: JoinHandle<()>,
+    /// The edge address the client's video leaves from (the forwarding task reads it).
+    from: watch::Sender<Option<IpAddr>>,
     skip_cached: bool,
     video: String,
 }
@@ -80,7 +85,7 @@ impl Drop for Session {
 
 /// See the module docs.
 pub struct FfmpegSink {
-    socket: Arc<UdpSocket>,
+    socket: Arc<ReplySocket>,
     config: RelayConfig,
     loopback: IpAddr,
     sessions: HashMap<SocketAddr, Session>,
@@ -91,7 +96,7 @@ pub struct FfmpegSink {
 
 impl FfmpegSink {
     /// A sink sending from the edge's `socket`, with `config` for every child's relay.
-    pub fn new(socket: Arc<UdpSocket>, config: RelayConfig) -> FfmpegSink {
+    pub fn new(socket: Arc<ReplySocket>, config: RelayConfig) -> FfmpegSink {
         FfmpegSink {
             socket,
             config,
@@ -122,15 +127,17 @@ impl FfmpegSink {
             cfg.ffmpeg_options.extend(["-copyinkf".into()]);
         }
         let relay = Relay::ffmpeg(dest, cfg).map_err(std::io::Error::other)?;
+        let (from, from_rx) = watch::channel(None);
         let forward = tokio::spawn(forward(
             local,
             self.socket.clone(),
-            client,
+            (client, from_rx),
             self.counters.clone(),
         ));
         Ok(Session {
             relay,
             forward,
+            from,
             skip_cached: continuing,
             video: String::new(),
         })
@@ -140,8 +147,8 @@ impl FfmpegSink {
 /// ffmpeg's datagrams, from the loopback socket to the client through the edge socket.
 async fn forward(
     local: UdpSocket,
-    edge: Arc<UdpSocket>,
-    client: SocketAddr,
+    edge: Arc<ReplySocket>,
+    (client, edge_ip): (SocketAddr, watch::Receiver<Option<IpAddr>>),
     counters: Arc<FfmpegSinkCounters>,
 ) {
     let mut buf = vec![0u8; FORWARD_BUF];
@@ -161,7 +168,8 @@ async fn forward(
             counters.forward_errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        match edge.send_to(datagram, client).await {
+        let from = *edge_ip.borrow();
+        match edge.send_to(datagram, client, from).await {
             Ok(_) => {
                 counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 counters
@@ -195,11 +203,14 @@ impl VideoSink for FfmpegSink {
         }
     }
 
-    fn send(&mut self, client: SocketAddr, datagram: Bytes) {
+    fn send(&mut self, client: SocketAddr, from: Option<IpAddr>, datagram: Bytes) {
         let Some(session) = self.sessions.get(&client) else {
             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        session
+            .from
+            .send_if_modified(|f| std::mem::replace(f, from) != from);
         if datagram.len() <= VIDEO_HEADER_LEN || datagram[0] != TAG_VIDEO_DATA {
             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
             return;
@@ -266,16 +277,20 @@ mod tests {
             eprintln!("ffmpeg not installed; skipped");
             return;
         }
-        let edge = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let edge = Arc::new(
+            ReplySocket::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
         let mut sink = FfmpegSink::new(edge, RelayConfig::default());
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
         sink.open(client, "v", 7, true);
-        sink.send(client, framed(VIDEO_FLAG_CACHED, 1));
-        sink.send(client, framed(0, 2));
+        sink.send(client, None, framed(VIDEO_FLAG_CACHED, 1));
+        sink.send(client, None, framed(0, 2));
         let c = sink.counters();
         assert_eq!(c.cached_skipped.load(Ordering::Relaxed), 1);
         // Not framed video: dropped and counted.
-        sink.send(client, Bytes::from_static(&[0x47; 188]));
+        sink.send(client, None, Bytes::from_static(&[0x47; 188]));
         assert_eq!(c.unroutable.load(Ordering::Relaxed), 1);
         // The child starts.
         let mut pid = None;

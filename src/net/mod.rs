@@ -8,6 +8,7 @@ pub mod map_server;
 pub mod node_driver;
 pub mod reporter;
 pub mod transport;
+pub mod udp;
 
 // The control endpoint (status, metrics, traces) and its client side.
 pub mod control;

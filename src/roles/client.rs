@@ -189,6 +189,7 @@ pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
 
     let settings = ClientSettings {
         first_stream: rand::random(),
+        token_key: rand::random(),
         ..ClientSettings::default()
     };
     let service = ClientService::new(settings, edges.clone(), choice, Instant::now());

@@ -17,6 +17,10 @@
 //! ffmpeg) carry no numbers: they are taken only from the session's edge (or, until it
 //! delivers, the edge being left), so a switch can repeat or skip a little video there.
 //!
+//! An edge is known by the address the client sends to, or by another address it proved to
+//! answer from (a probe ack echoing a keyed token: NAT, or an edge without source-address
+//! control on a multi-homed host), never by a claim alone.
+//!
 //! Inputs carry `now`; outputs ([`ClientOutput`]) are polled. No clock, no socket, no panics on
 //! network input.
 
@@ -86,6 +90,10 @@ pub struct ClientSettings {
     /// The first stream id; give each run a different one (random) so an edge never mistakes
     /// a new run's request for a retransmission of an old one.
     pub first_stream: u32,
+    /// Key of the probe tokens; give each run a random one. A token is what an edge proves
+    /// when it answers from another address than the one probed (see
+    /// [`ClientService::handle_datagram`]), so it must not be guessable.
+    pub token_key: u64,
 }
 
 impl Default for ClientSettings {
@@ -110,6 +118,7 @@ impl Default for ClientSettings {
             drain_limit: Duration::from_secs(2),
             reorder_hold: Duration::from_millis(300),
             first_stream: 1,
+            token_key: 0,
         }
     }
 }
@@ -247,13 +256,19 @@ pub struct ClientStats {
     pub epoch_changes: u64,
     pub edge_switches: u64,
     pub malformed: u64,
+    /// Edges found answering from another address than the one probed (a multi-homed edge
+    /// without source-address control, or NAT), recognised by the tokens they echoed.
+    pub reply_addresses_learned: u64,
     /// Edges that served the session, in first-use order.
     pub edges: Vec<EdgeUse>,
 }
 
 #[derive(Debug)]
 struct EdgeState {
+    /// The address the client sends to (the edge's name in the table).
     addr: SocketAddr,
+    /// Another address the edge answers from, proven by echoing a probe token.
+    answers_from: Option<SocketAddr>,
     cookie: Option<u64>,
     pending: VecDeque<(u64, Instant)>,
     /// Recent probe outcomes, `true` = lost.
@@ -444,6 +459,7 @@ impl ClientService {
             }
             states.push(EdgeState {
                 addr,
+                answers_from: None,
                 cookie: None,
                 pending: VecDeque::new(),
                 window: VecDeque::new(),
@@ -657,8 +673,19 @@ impl ClientService {
     }
 
     /// One datagram from `from`.
+    ///
+    /// A datagram belongs to the edge whose address it comes from. An edge may answer from
+    /// another address than the one the client sent to (an old edge on a multi-homed host
+    /// answers from the address of its outgoing interface; NAT rewrites it): such an address
+    /// is adopted for an edge only when a probe ack from it echoes a token of a probe sent to
+    /// that edge. Tokens are keyed ([`ClientSettings::token_key`]), so a host that did not
+    /// see the probe cannot make the client take its datagrams for an edge's.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
-        let Some(e) = self.edges.iter().position(|e| e.addr == from) else {
+        let known = self
+            .edges
+            .iter()
+            .position(|e| e.addr == from || e.answers_from == Some(from));
+        let Some(e) = known.or_else(|| self.adopt_reply_address(from, &datagram)) else {
             self.stats.stale_dropped += 1;
             return;
         };
@@ -741,6 +768,23 @@ impl ClientService {
                 debug!(%from, kind = other.kind(), "edge sent a client-only message");
             }
         }
+    }
+
+    /// The edge that `datagram`, from an address of no edge, proves to come from: a probe
+    /// ack echoing one of its pending tokens.
+    fn adopt_reply_address(&mut self, from: SocketAddr, datagram: &Bytes) -> Option<usize> {
+        let Ok(ClientMsg::ProbeAck(ack)) = ClientMsg::decode(datagram.clone()) else {
+            return None;
+        };
+        let e = self
+            .edges
+            .iter()
+            .position(|e| e.pending.iter().any(|(t, _)| *t == ack.token))?;
+        let edge = &mut self.edges[e];
+        info!(edge = %edge.addr, answers_from = %from, "edge answers from another address");
+        edge.answers_from = Some(from);
+        self.stats.reply_addresses_learned += 1;
+        Some(e)
     }
 
     fn edge_error(&mut self, now: Instant, e: usize, code: ErrorCode, stream: u32) {
@@ -1051,7 +1095,7 @@ impl ClientService {
                 push_outcome(edge, true, window);
             }
             if now >= edge.next_probe {
-                let token = self.next_token;
+                let token = probe_token(self.settings.token_key, self.next_token);
                 self.next_token += 1;
                 edge.pending.push_back((token, now));
                 edge.next_probe = now + self.settings.probe_interval;
@@ -1260,6 +1304,16 @@ impl WantExt for Option<&Want> {
 #[error("{0} is not one of this client's edges")]
 pub struct UnknownEdge(pub SocketAddr);
 
+/// The `n`th probe token under `key`: a keyed permutation of the counter (the SplitMix64
+/// finaliser), so tokens never repeat within a run and cannot be told from random by a host
+/// that does not know the key.
+fn probe_token(key: u64, n: u64) -> u64 {
+    let mut z = key ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn loss(e: &EdgeState) -> f64 {
     if e.window.is_empty() {
         0.0
@@ -1314,6 +1368,9 @@ mod tests {
 
     struct SimEdge {
         addr: SocketAddr,
+        /// Where the edge's datagrams come from, when not `addr` (a multi-homed edge whose
+        /// replies take the address of the interface they leave by).
+        replies_from: Option<SocketAddr>,
         svc: EdgeService,
         up: bool,
         delay: Duration,
@@ -1352,6 +1409,7 @@ mod tests {
                     svc.set_videos(now, vec!["v1".into(), "v2".into()]);
                     SimEdge {
                         addr: SocketAddr::new([10, 0, i as u8 + 1, 1].into(), 7702),
+                        replies_from: None,
                         svc,
                         up: true,
                         delay: Duration::from_millis(*d),
@@ -1398,9 +1456,10 @@ mod tests {
             }
             for i in 0..self.edges.len() {
                 while let Some(o) = self.edges[i].svc.poll_output() {
-                    let from = self.edges[i].addr;
+                    let from = self.edges[i].replies_from.unwrap_or(self.edges[i].addr);
                     match o {
-                        EdgeOutput::Control { to, bytes } | EdgeOutput::Video { to, bytes }
+                        EdgeOutput::Control { to, bytes, .. }
+                        | EdgeOutput::Video { to, bytes, .. }
                             if self.edges[i].up =>
                         {
                             let at = self.now + self.edges[i].delay;
@@ -1425,7 +1484,7 @@ mod tests {
                     self.client.handle_datagram(now, from, bytes);
                 } else if let Some(i) = self.edge_index(to) {
                     if self.edges[i].up {
-                        self.edges[i].svc.handle_datagram(now, from, bytes);
+                        self.edges[i].svc.handle_datagram(now, from, None, bytes);
                     }
                 }
             }
@@ -1558,6 +1617,55 @@ mod tests {
         );
         assert!(first_from_b);
         let _ = died;
+    }
+
+    #[test]
+    fn an_edge_answering_from_another_address_is_recognised_by_its_tokens() {
+        // The second edge answers from an address the client never probed, as a multi-homed
+        // edge bound to all addresses without source-address control would through routers.
+        let settings = ClientSettings {
+            token_key: 0x5eed,
+            ..ClientSettings::default()
+        };
+        let mut net = Net::new(&[5, 20], EdgeChoice::Auto, settings);
+        let other = addr("10.0.77.1:7702");
+        net.edges[1].replies_from = Some(other);
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        let edges = net.client.edges(net.now);
+        assert!(edges[1].alive && edges[1].rtt.is_some(), "{edges:?}");
+        assert_eq!(net.client.stats(net.now).reply_addresses_learned, 1);
+        // Its datagrams count as the edge's: when the first edge dies the session moves there
+        // and the video goes on, in order.
+        net.edges[0].up = false;
+        let before = net.delivered.len();
+        net.run(Duration::from_secs(4));
+        assert_eq!(net.client.current_edge(), Some(net.edges[1].addr));
+        assert!(
+            net.delivered.len() > before + 20,
+            "video goes on from the second edge"
+        );
+        net.assert_in_order();
+    }
+
+    #[test]
+    fn datagrams_from_unknown_addresses_without_a_token_are_dropped() {
+        let (mut c, e, now) = playing();
+        let stranger = addr("10.0.66.6:7702");
+        let stale = c.stats(now).stale_dropped;
+        // A guessed token (the first ones of the unkeyed counter) proves nothing; neither does
+        // video.
+        for token in [1, 2, 3] {
+            let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck { token, cookie: 1 });
+            c.handle_datagram(now, stranger, ack.to_bytes().unwrap());
+        }
+        c.handle_datagram(now, stranger, framed(1, 1, 1, 0, 1));
+        let stats = c.stats(now);
+        assert_eq!(stats.stale_dropped, stale + 4);
+        assert_eq!((stats.reply_addresses_learned, stats.datagrams), (0, 0));
+        // The real edge's video still counts.
+        c.handle_datagram(now, e, framed(1, 1, 1, 0, 1));
+        assert_eq!(c.stats(now).datagrams, 1);
     }
 
     #[test]
@@ -1804,7 +1912,7 @@ mod tests {
         let mut c = ClientService::new(ClientSettings::default(), vec![e], EdgeChoice::Auto, now);
         c.handle_timeout(now);
         let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
-            token: 1,
+            token: probe_token(0, 1),
             cookie: 9,
         });
         c.handle_datagram(now, e, ack.to_bytes().unwrap());

@@ -103,10 +103,20 @@ pub enum CloseReason {
 /// What the service wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeOutput {
-    /// A control datagram for a client (send it before queued video).
-    Control { to: SocketAddr, bytes: Bytes },
-    /// One framed video datagram for a client, through its video sink.
-    Video { to: SocketAddr, bytes: Bytes },
+    /// A control datagram for a client (send it before queued video), from the edge address
+    /// `from` (the one the client sent to; the socket's own when `None`).
+    Control {
+        to: SocketAddr,
+        from: Option<IpAddr>,
+        bytes: Bytes,
+    },
+    /// One framed video datagram for a client, through its video sink; `from` as for
+    /// `Control` (the address the client's last request or keepalive went to).
+    Video {
+        to: SocketAddr,
+        from: Option<IpAddr>,
+        bytes: Bytes,
+    },
     /// A session started: a sink that needs per-client state (an ffmpeg relay) sets it up.
     /// `continuing`: the client is moving here from another edge mid-stream
     /// ([`REQUEST_FLAG_CONTINUE`]); its GOP-cache replay (datagrams flagged
@@ -196,6 +206,8 @@ pub struct SessionInfo {
 struct Session {
     video: String,
     stream: u32,
+    /// The edge address the client sends to: its video leaves from there.
+    local: Option<IpAddr>,
     lease_until: Instant,
     /// Until a keyframe (or this deadline) the session gets no live chunks.
     wait_keyframe_until: Option<Instant>,
@@ -221,6 +233,13 @@ struct GopCache {
 struct VideoState {
     clients: BTreeSet<SocketAddr>,
     cache: GopCache,
+}
+
+/// A client as one datagram showed it: its address, and the edge's address it sent to.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    addr: SocketAddr,
+    local: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -358,18 +377,32 @@ impl EdgeService {
         }
     }
 
-    fn control(&mut self, to: SocketAddr, msg: ClientMsg) {
+    fn control(&mut self, to: Peer, msg: ClientMsg) {
+        let Peer { addr: to, local } = to;
         match msg.to_bytes() {
-            Ok(bytes) => self.outputs.push_back(EdgeOutput::Control { to, bytes }),
+            Ok(bytes) => self.outputs.push_back(EdgeOutput::Control {
+                to,
+                from: local,
+                bytes,
+            }),
             // Only over-long names can fail, and those were decoded from a datagram of ours
             // or set by the overlay; nothing sensible to send.
             Err(e) => debug!(%to, error = %e, "cannot encode reply"),
         }
     }
 
-    /// One datagram from a client.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+    /// One datagram from a client, sent to the edge's address `local` (when the socket knows
+    /// it: a host with several addresses must answer from the one the client used, or the
+    /// client cannot tell the answer is ours).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: Bytes,
+    ) {
         self.counters.datagrams_in += 1;
+        let peer = Peer { addr: from, local };
         if !self.admit(now, from.ip()) {
             return;
         }
@@ -395,7 +428,7 @@ impl EdgeService {
                 self.counters.probes += 1;
                 let cookie = self.cookie_for(from, now);
                 self.control(
-                    from,
+                    peer,
                     ClientMsg::ProbeAck(ProbeAck {
                         token: p.token,
                         cookie,
@@ -404,28 +437,31 @@ impl EdgeService {
             }
             ClientMsg::ListRequest(r) => {
                 self.counters.list_requests += 1;
-                if self.check_cookie(now, from, r.cookie) {
+                if self.check_cookie(now, peer, r.cookie) {
                     let reply = self.list_reply();
-                    self.control(from, reply);
+                    self.control(peer, reply);
                 }
             }
             ClientMsg::VideoRequest(r) => {
                 self.counters.video_requests += 1;
-                if self.check_cookie(now, from, r.cookie) {
-                    self.video_request(now, from, r.stream, r.flags, r.video);
+                if self.check_cookie(now, peer, r.cookie) {
+                    self.video_request(now, peer, r.stream, r.flags, r.video);
                 }
             }
             ClientMsg::Keepalive(k) => {
                 self.counters.keepalives += 1;
-                if !self.check_cookie(now, from, k.cookie) {
+                if !self.check_cookie(now, peer, k.cookie) {
                     return;
                 }
                 match self.sessions.get_mut(&from) {
-                    Some(s) if s.stream == k.stream => s.lease_until = now + self.config.lease,
+                    Some(s) if s.stream == k.stream => {
+                        s.lease_until = now + self.config.lease;
+                        s.local = local;
+                    }
                     _ => {
                         self.counters.unknown_stream += 1;
                         self.control(
-                            from,
+                            peer,
                             ClientMsg::Error(ErrorMsg {
                                 code: ErrorCode::UnknownStream,
                                 stream: k.stream,
@@ -436,7 +472,7 @@ impl EdgeService {
             }
             ClientMsg::VideoCancel(c) => {
                 self.counters.cancels += 1;
-                if !self.check_cookie(now, from, c.cookie) {
+                if !self.check_cookie(now, peer, c.cookie) {
                     return;
                 }
                 if self
@@ -457,12 +493,12 @@ impl EdgeService {
 
     /// Checks a request's cookie; a bad one is answered with a challenge (no larger than the
     /// request, so an unproven address gains no amplification).
-    fn check_cookie(&mut self, now: Instant, from: SocketAddr, cookie: u64) -> bool {
-        if self.cookie_ok(from, now, cookie) {
+    fn check_cookie(&mut self, now: Instant, from: Peer, cookie: u64) -> bool {
+        if self.cookie_ok(from.addr, now, cookie) {
             return true;
         }
         self.counters.cookie_rejected += 1;
-        let cookie = self.cookie_for(from, now);
+        let cookie = self.cookie_for(from.addr, now);
         self.control(from, ClientMsg::Challenge(Challenge { cookie }));
         false
     }
@@ -481,26 +517,21 @@ impl EdgeService {
         ClientMsg::ListReply(ListReply { videos })
     }
 
-    fn video_request(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        stream: u32,
-        flags: u8,
-        video: String,
-    ) {
+    fn video_request(&mut self, now: Instant, peer: Peer, stream: u32, flags: u8, video: String) {
+        let from = peer.addr;
         if let Some(s) = self.sessions.get_mut(&from) {
             if s.stream == stream && s.video == video {
                 // A retransmitted request: renew and confirm again.
                 s.lease_until = now + self.config.lease;
-                self.control(from, ClientMsg::VideoOk(VideoOk { stream, video }));
+                s.local = peer.local;
+                self.control(peer, ClientMsg::VideoOk(VideoOk { stream, video }));
                 return;
             }
         }
         if !self.available.contains(&video) {
             self.counters.unknown_video += 1;
             self.control(
-                from,
+                peer,
                 ClientMsg::Error(ErrorMsg {
                     code: ErrorCode::UnknownVideo,
                     stream,
@@ -514,7 +545,7 @@ impl EdgeService {
         if self.sessions.len() >= self.config.max_sessions {
             self.counters.busy += 1;
             self.control(
-                from,
+                peer,
                 ClientMsg::Error(ErrorMsg {
                     code: ErrorCode::Busy,
                     stream,
@@ -525,7 +556,7 @@ impl EdgeService {
         self.counters.sessions_opened += 1;
         info!(client = %from, %video, stream, "client session opened");
         self.control(
-            from,
+            peer,
             ClientMsg::VideoOk(VideoOk {
                 stream,
                 video: video.clone(),
@@ -549,6 +580,7 @@ impl EdgeService {
         let mut session = Session {
             video,
             stream,
+            local: peer.local,
             lease_until: now + self.config.lease,
             wait_keyframe_until: None,
             datagrams_sent: 0,
@@ -695,6 +727,7 @@ impl EdgeService {
             session.datagrams_sent += 1;
             self.outputs.push_back(EdgeOutput::Video {
                 to,
+                from: session.local,
                 bytes: buf.freeze(),
             });
         }
@@ -770,7 +803,7 @@ mod tests {
 
         fn send(&mut self, from: SocketAddr, msg: ClientMsg) {
             self.edge
-                .handle_datagram(self.now, from, msg.to_bytes().unwrap());
+                .handle_datagram(self.now, from, None, msg.to_bytes().unwrap());
         }
 
         fn outputs(&mut self) -> Vec<EdgeOutput> {
@@ -781,7 +814,7 @@ mod tests {
             self.outputs()
                 .into_iter()
                 .filter_map(|o| match o {
-                    EdgeOutput::Control { to: t, bytes } if t == to => {
+                    EdgeOutput::Control { to: t, bytes, .. } if t == to => {
                         Some(ClientMsg::decode(bytes).unwrap())
                     }
                     _ => None,
@@ -820,7 +853,7 @@ mod tests {
         outputs
             .iter()
             .filter_map(|o| match o {
-                EdgeOutput::Video { to: t, bytes } if *t == to => {
+                EdgeOutput::Video { to: t, bytes, .. } if *t == to => {
                     match ClientMsg::decode(bytes.clone()).unwrap() {
                         ClientMsg::VideoData(d) => Some(d),
                         other => panic!("{other:?}"),
@@ -836,9 +869,9 @@ mod tests {
         let mut h = Harness::new();
         let c = addr("127.0.0.1:5000");
         let probe = ClientMsg::Probe(Probe { token: 99 }).to_bytes().unwrap();
-        h.edge.handle_datagram(h.now, c, probe.clone());
+        h.edge.handle_datagram(h.now, c, None, probe.clone());
         let out = h.outputs();
-        let [EdgeOutput::Control { to, bytes }] = out.as_slice() else {
+        let [EdgeOutput::Control { to, bytes, .. }] = out.as_slice() else {
             panic!("{out:?}")
         };
         assert_eq!(*to, c);
@@ -850,6 +883,64 @@ mod tests {
         assert_eq!(ack.cookie, h.edge.cookie_for(c, h.now));
         // Cookies are per address.
         assert_ne!(ack.cookie, h.edge.cookie_for(addr("127.0.0.1:5001"), h.now));
+    }
+
+    #[test]
+    fn replies_and_video_leave_from_the_address_the_client_sent_to() {
+        // A multi-homed edge: the client addressed 10.0.21.1 (not the address of the
+        // interface its replies route out of); later it keeps its session alive through the
+        // edge's other address.
+        let mut h = Harness::new();
+        let c = addr("10.0.22.5:7703");
+        let first: IpAddr = "10.0.21.1".parse().unwrap();
+        let second: IpAddr = "10.0.13.2".parse().unwrap();
+        let msg = |m: ClientMsg| m.to_bytes().unwrap();
+        h.edge.handle_datagram(
+            h.now,
+            c,
+            Some(first),
+            msg(ClientMsg::Probe(Probe { token: 5 })),
+        );
+        let cookie = h.edge.cookie_for(c, h.now);
+        let request = ClientMsg::VideoRequest(VideoRequest {
+            cookie,
+            stream: 3,
+            flags: 0,
+            video: "v1".into(),
+        });
+        h.edge.handle_datagram(h.now, c, Some(first), msg(request));
+        h.chunk("v1", 1, true);
+        let out = h.outputs();
+        let sources: Vec<(bool, Option<IpAddr>)> = out
+            .iter()
+            .filter_map(|o| match o {
+                EdgeOutput::Control { to, from, .. } if *to == c => Some((false, *from)),
+                EdgeOutput::Video { to, from, .. } if *to == c => Some((true, *from)),
+                _ => None,
+            })
+            .collect();
+        // ProbeAck, VideoOk, then the chunk's video datagram: all from `first`.
+        assert_eq!(
+            sources,
+            vec![
+                (false, Some(first)),
+                (false, Some(first)),
+                (true, Some(first))
+            ]
+        );
+        let keepalive = ClientMsg::Keepalive(Keepalive { cookie, stream: 3 });
+        h.edge
+            .handle_datagram(h.now, c, Some(second), msg(keepalive));
+        h.chunk("v1", 2, false);
+        let out = h.outputs();
+        let video_from: Vec<Option<IpAddr>> = out
+            .iter()
+            .filter_map(|o| match o {
+                EdgeOutput::Video { to, from, .. } if *to == c => Some(*from),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(video_from, vec![Some(second)]);
     }
 
     #[test]
@@ -877,7 +968,7 @@ mod tests {
             assert_eq!(out.len(), 1, "{out:?}");
             assert!(matches!(
                 &out[0],
-                EdgeOutput::Control { to, bytes } if *to == victim && bytes.len() == 9
+                EdgeOutput::Control { to, bytes, .. } if *to == victim && bytes.len() == 9
             ));
         }
         h.chunk("v1", 0, true);
@@ -1076,7 +1167,7 @@ mod tests {
             &[0x08, 0, 0, 0, 0, 0, 0, 0, 0, 9][..],
         ] {
             h.edge
-                .handle_datagram(h.now, c, Bytes::copy_from_slice(bad));
+                .handle_datagram(h.now, c, None, Bytes::copy_from_slice(bad));
         }
         // Well-formed but only an edge sends it.
         h.send(c, ClientMsg::Challenge(Challenge { cookie: 1 }));
@@ -1103,7 +1194,7 @@ mod tests {
             for (tag, body) in datagrams {
                 let mut d = vec![tag % 12];
                 d.extend_from_slice(&body);
-                h.edge.handle_datagram(h.now, c, Bytes::from(d));
+                h.edge.handle_datagram(h.now, c, None, Bytes::from(d));
             }
             h.chunk("v1", 1, true);
             h.advance(Duration::from_secs(5));
