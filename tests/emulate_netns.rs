@@ -1,8 +1,9 @@
 //! The network-namespace emulator with the real binary: scenario 1 built in namespaces, every
 //! overlay neighbour up through the underlay, a non-neighbour reachable through routing, kill -9,
 //! SIGSTOP, a silent link cut and its restore, a restart, and a teardown that leaves no
-//! namespace, link or process behind. Also: the generated CORE start scripts, run in
-//! namespaces the way CORE runs them, start every device.
+//! namespace, link or process of the run behind. Also: the generated CORE start scripts, run in
+//! namespaces the way CORE runs them, start every device; routers forward and PCs do not, as
+//! in CORE; an isolated device is silent while the routes through its host still work.
 //!
 //! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
 //! the reason and returns.
@@ -535,6 +536,82 @@ fn lan_cut_drops_only_the_cut_pair() {
     emu.ok(&["restore", "C1", "O6"]);
     assert_eq!(probe("C1", "10.0.20.1"), 1, "C1–O6 is back");
     assert_eq!(probe("C2", "10.0.20.1"), 124, "C2–O6 stays cut");
+    emu.ok(&["down"]);
+    assert_torn_down(&emu, &u, &links_before);
+}
+
+#[test]
+fn isolate_silences_a_device_but_not_the_routes_through_it() {
+    let test = "isolate_silences_a_device_but_not_the_routes_through_it";
+    if skip(test) {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIPPED {test}: nft (nftables) is not installed");
+        eprintln!("SKIPPED {test}: nft (nftables) is not installed");
+        return;
+    }
+    let links_before = root_links();
+    let (path, _, _, u) = load("scenario1.json");
+    let emu = Emu::new(test, "i");
+    emu.up_no_start(&path);
+    // A TCP connect to a closed port: refused (exit 1) when reachable, silent (124) when not.
+    let probe = |from: &str, to: &str| -> i32 {
+        let o = emu.cmd(&[
+            "exec",
+            "--run",
+            &emu.id,
+            from,
+            "--",
+            "timeout",
+            "1",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{to}/9"),
+        ]);
+        o.status.code().unwrap_or(-1)
+    };
+    let sysctl = |dev: &str, key: &str| -> String {
+        let o = emu.cmd(&[
+            "exec",
+            "--run",
+            &emu.id,
+            dev,
+            "--",
+            "cat",
+            &format!("/proc/sys/net/{key}"),
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    // As in CORE: routers forward (IPForward's sysctls), one-interface hosts (PCs) do not.
+    assert_eq!(sysctl("O2", "ipv4/ip_forward"), "1");
+    assert_eq!(sysctl("O2", "ipv4/conf/all/rp_filter"), "0");
+    assert_eq!(sysctl("O2", "ipv4/conf/eth1/send_redirects"), "0");
+    assert_eq!(sysctl("C1", "ipv4/ip_forward"), "0");
+    // C1 (10.0.4.20) sits behind edge O2 (10.0.4.1); edge O3 (10.0.5.1) is reached through
+    // O2's host, O1 and O3's host.
+    assert_eq!(probe("C1", "10.0.4.1"), 1);
+    assert_eq!(probe("C1", "10.0.5.1"), 1);
+    emu.ok(&["isolate", "O2"]);
+    assert!(emu.ok(&["status"]).contains("isolated: O2"));
+    assert_eq!(probe("C1", "10.0.4.1"), 124, "O2 is silent");
+    assert_eq!(probe("C1", "10.0.2.2"), 124, "on every address");
+    assert_eq!(probe("O1", "10.0.2.2"), 124, "to its neighbours too");
+    assert_eq!(
+        probe("C1", "10.0.5.1"),
+        1,
+        "O2's host still routes C1 to O3"
+    );
+    let o = emu.cmd(&["isolate", "O2", "--run", &emu.id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already isolated") && err.lines().count() == 1,
+        "{err}"
+    );
+    emu.ok(&["rejoin", "O2"]);
+    assert!(!emu.ok(&["status"]).contains("isolated"));
+    assert_eq!(probe("C1", "10.0.4.1"), 1, "O2 is back");
     emu.ok(&["down"]);
     assert_torn_down(&emu, &u, &links_before);
 }
