@@ -121,6 +121,10 @@ enum Tool {
         /// Which files to write.
         #[arg(long, value_enum, default_value_t = CoreFormat::Both)]
         format: CoreFormat,
+        /// How routers get routes: `static` (routes computed here, in each node's start script;
+        /// runs on a stock CORE) or `ospf` (CORE's zebra/OSPF services; needs OSPF MDR).
+        #[arg(long, value_enum, default_value_t = CoreRouting::Static)]
+        routing: CoreRouting,
         /// The overlayd binary on the CORE machine (a name on PATH or an absolute path).
         #[arg(long, default_value = "overlayd")]
         bin: String,
@@ -130,6 +134,12 @@ enum Tool {
     },
     /// Network-namespace emulator: build a topology, run it, inject faults (needs root).
     Netns(overlayd::emulate::netns::NetnsArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum CoreRouting {
+    Static,
+    Ospf,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -502,6 +512,7 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 topology,
                 out_dir,
                 format,
+                routing,
                 bin,
                 videos,
             }) => {
@@ -522,8 +533,13 @@ fn run(mut args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                     CoreFormat::Imn => core::Format::Imn,
                     CoreFormat::Both => core::Format::Both,
                 };
+                let routing = match routing {
+                    CoreRouting::Static => core::Routing::Static,
+                    CoreRouting::Ospf => core::Routing::Ospf,
+                };
                 for f in files {
-                    let s = core::generate_file(&f, &opts).map_err(|e| anyhow::anyhow!(e))?;
+                    let s =
+                        core::generate_file(&f, &opts, routing).map_err(|e| anyhow::anyhow!(e))?;
                     for p in core::write(&s, &out_dir, format)
                         .with_context(|| format!("cannot write into {}", out_dir.display()))?
                     {

@@ -2,12 +2,16 @@
 //! file for the CORE 7/8 Tcl GUI.
 //!
 //! Both files describe the same network, the [`Underlay`] of the topology: one CORE node per
-//! device (a `router` running OSPF when it has two or more interfaces, a `PC` with static routes
-//! otherwise), a direct link per point-to-point subnet and a switch per LAN, with exactly the
-//! topology's addresses. Every node gets one start script, `overlayd.sh`, through a service:
+//! device (a `router` when it has two or more interfaces, a `PC` otherwise), a direct link per
+//! point-to-point subnet and a switch per LAN, with exactly the topology's addresses. How the
+//! routers learn routes is the [`Routing`]: with [`Routing::Static`] (the default) every node's
+//! script installs the underlay's shortest-path routes and routers turn on forwarding, so no
+//! routing daemon is needed and a stock CORE runs the file; with [`Routing::Ospf`] routers run
+//! CORE's zebra/OSPF services (OSPF MDR must be installed) and only PCs get static routes.
+//! Every node gets one start script, `overlayd.sh`, through a service:
 //! in CORE 9 the custom service `Overlayd` (see `core-scenarios/overlayd_service.py`) whose
 //! file template the XML overrides per node; in the legacy GUI the built-in `UserDefined`
-//! service. The script sets the static routes (PCs), makes sure a shared key exists (the first
+//! service. The script sets the static routes, makes sure a shared key exists (the first
 //! node to start generates it; every node of a session shares the host's `/tmp`), starts the
 //! bootstrapper on its host (the topology is embedded in that host's script), and starts the
 //! device's role. Clients are not started (they need a display for ffplay): their script writes
@@ -50,6 +54,28 @@ impl Default for CoreOptions {
     }
 }
 
+/// How a scenario's nodes get their routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// Every node's start script installs the underlay's shortest-path routes; routers forward
+    /// through their script. Needs nothing beyond a stock CORE; routes are there as soon as
+    /// the script ran, but do not follow a deleted link.
+    #[default]
+    Static,
+    /// Routers run CORE's zebra, OSPFv2, OSPFv3 and IPForward services (OSPF MDR's zebra must
+    /// be installed); PCs get static routes. Routes follow link changes, after OSPF converged.
+    Ospf,
+}
+
+impl Routing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Static => "static",
+            Routing::Ospf => "ospf",
+        }
+    }
+}
+
 /// The two generated files of one topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
@@ -67,15 +93,43 @@ pub enum Format {
     Both,
 }
 
-/// Generate both scenario files of a topology. `topology_text` is the file's text, embedded in
-/// the bootstrapper's script; `name` is the scenario's base name.
+/// Generate both scenario files of a topology with the default (static) routing.
 pub fn generate(
     u: &Underlay,
     name: &str,
     topology_text: &str,
     opts: &CoreOptions,
 ) -> Result<Scenario, String> {
+    generate_routed(u, name, topology_text, opts, Routing::default())
+}
+
+/// Generate both scenario files of a topology. `topology_text` is the file's text, embedded in
+/// the bootstrapper's script; `name` is the scenario's base name.
+pub fn generate_routed(
+    u: &Underlay,
+    name: &str,
+    topology_text: &str,
+    opts: &CoreOptions,
+    routing: Routing,
+) -> Result<Scenario, String> {
+    // Names go unquoted into Tcl lists (.imn), shell comments and CORE node names.
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !plain(name) {
+        return Err(format!(
+            "scenario name {name:?}: CORE scenario names use only letters, digits, '-', '_' and '.'"
+        ));
+    }
     for h in &u.hosts {
+        if !plain(&h.name) {
+            return Err(format!(
+                "device name {:?}: CORE node names use only letters, digits, '-', '_' and '.'",
+                h.name
+            ));
+        }
         for i in &h.ifaces {
             let v4 = i.addrs.iter().filter(|a| a.is_ipv4()).count();
             let v6 = i.addrs.len() - v4;
@@ -89,21 +143,36 @@ pub fn generate(
             }
         }
     }
-    let scripts = |legacy| -> Result<Vec<String>, String> {
-        (0..u.hosts.len())
-            .map(|h| start_script(u, h, name, topology_text, opts, legacy))
-            .collect()
-    };
+    // The legacy GUI finds an interface by its peer node, so two nodes can share one link
+    // only; the underlay gives IPv4 and IPv6 their own subnets, hence links.
+    for a in 0..u.hosts.len() {
+        for b in a + 1..u.hosts.len() {
+            if let [s1, s2, ..] = u.shared_subnets(a, b)[..] {
+                return Err(format!(
+                    "{} and {} share two subnets ({} and {}): a CORE scenario holds one link per pair of devices (dual-stack links are not supported; use one address family per link)",
+                    u.hosts[a].name, u.hosts[b].name, u.subnets[s1].net, u.subnets[s2].net
+                ));
+            }
+        }
+    }
+    // One script per node, the same in both formats.
+    let scripts = (0..u.hosts.len())
+        .map(|h| start_script_routed(u, h, name, topology_text, opts, routing))
+        .collect::<Result<Vec<String>, String>>()?;
     let layout = Layout::new(u);
     Ok(Scenario {
         name: name.to_string(),
-        xml: xml(u, name, &layout, &scripts(false)?),
-        imn: imn(u, name, &layout, &scripts(true)?)?,
+        xml: xml(u, name, &layout, &scripts, routing),
+        imn: imn(u, name, &layout, &scripts, routing)?,
     })
 }
 
 /// Load, derive and generate the scenario of a topology file.
-pub fn generate_file(path: &Path, opts: &CoreOptions) -> Result<Scenario, String> {
+pub fn generate_file(
+    path: &Path,
+    opts: &CoreOptions,
+    routing: Routing,
+) -> Result<Scenario, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let t =
@@ -113,7 +182,7 @@ pub fn generate_file(path: &Path, opts: &CoreOptions) -> Result<Scenario, String
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "scenario".into());
-    generate(&u, &name, &text, opts).map_err(|e| format!("{}: {e}", path.display()))
+    generate_routed(&u, &name, &text, opts, routing).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Write the chosen formats into `out_dir`; returns the written paths.
@@ -133,7 +202,7 @@ pub fn write(s: &Scenario, out_dir: &Path, format: Format) -> std::io::Result<Ve
     Ok(out)
 }
 
-/// True for hosts that CORE should run as routers (OSPF and forwarding).
+/// True for hosts that CORE should run as routers (forwarding; OSPF with [`Routing::Ospf`]).
 pub fn is_router(u: &Underlay, h: usize) -> bool {
     u.hosts[h].ifaces.len() >= 2
 }
@@ -161,17 +230,32 @@ fn node_ids(u: &Underlay) -> (Vec<usize>, Vec<Option<usize>>) {
     (ids, switch_ids)
 }
 
-/// The start script of host `h` (POSIX sh). CORE 9 renders it as a Mako template (so no `${`,
-/// and no line starting with `%` or `##`); the legacy GUI (`legacy`) stores it inside a Tcl
-/// brace block, so there the script has no braces, backslashes or empty lines, and the embedded
-/// topology is base64 (heredocs use `<<-` in case tabs end up in front of lines).
+/// The start script of host `h` with the default (static) routing; see [`start_script_routed`].
+/// Both formats carry the same script: `_legacy` only keeps the signature of callers written
+/// when they differed.
 pub fn start_script(
     u: &Underlay,
     h: usize,
     scenario: &str,
     topology_text: &str,
     opts: &CoreOptions,
-    legacy: bool,
+    _legacy: bool,
+) -> Result<String, String> {
+    start_script_routed(u, h, scenario, topology_text, opts, Routing::default())
+}
+
+/// The start script of host `h` (POSIX sh), the same in both formats. CORE 9 renders it as a
+/// Mako template (so no `${`, and no line starting with `%` or `##`); the legacy GUI stores it
+/// inside a Tcl brace block of a file it reads as one Tcl list (so no braces, backslashes or
+/// empty lines, and the embedded topology is base64; the heredoc uses `<<-` in case tabs end
+/// up in front of lines).
+pub fn start_script_routed(
+    u: &Underlay,
+    h: usize,
+    scenario: &str,
+    topology_text: &str,
+    opts: &CoreOptions,
+    routing: Routing,
 ) -> Result<String, String> {
     let host = &u.hosts[h];
     let mut s = String::new();
@@ -179,8 +263,10 @@ pub fn start_script(
     let _ = writeln!(w, "#!/bin/sh");
     let _ = writeln!(
         w,
-        "# overlayd on {} ({}), scenario {scenario}: generated by `overlayd core-scenario`, do not edit.",
-        host.name, host.role
+        "# overlayd on {} ({}), scenario {scenario}, routing {}: generated by `overlayd core-scenario`, do not edit.",
+        host.name,
+        host.role,
+        routing.as_str()
     );
     let _ = writeln!(w, "OVERLAYD={}", shell_quote(&opts.bin));
     let _ = writeln!(w, "KEYDIR={}", shell_quote(&opts.key_dir));
@@ -192,7 +278,25 @@ pub fn start_script(
     );
     let _ = writeln!(w, "  exit 0");
     let _ = writeln!(w, "fi");
-    if !is_router(u, h) {
+    let static_router = routing == Routing::Static && is_router(u, h);
+    if static_router {
+        // No routing daemon: this node forwards by itself. Reverse-path filtering is off (as
+        // CORE's IPForward service does) because a shortest path may differ per direction.
+        let _ = writeln!(w, "sysctl -q -w net.ipv4.ip_forward=1");
+        let _ = writeln!(w, "sysctl -q -w net.ipv4.conf.all.rp_filter=0");
+        for i in &host.ifaces {
+            let _ = writeln!(w, "sysctl -q -w net.ipv4.conf.{}.rp_filter=0", i.name);
+        }
+        if host
+            .ifaces
+            .iter()
+            .flat_map(|i| &i.addrs)
+            .any(|a| a.is_ipv6())
+        {
+            let _ = writeln!(w, "sysctl -q -w net.ipv6.conf.all.forwarding=1");
+        }
+    }
+    if static_router || !is_router(u, h) {
         for r in &host.routes {
             let fam = if r.dest.is_v4() { "" } else { " -6" };
             let _ = writeln!(
@@ -213,26 +317,16 @@ pub fn start_script(
         let _ = writeln!(w, "fi");
     }
     if h == u.bootstrapper {
-        let eof = "OVERLAYD_TOPOLOGY_EOF";
-        if topology_text.contains(eof) {
-            return Err(format!("the topology text contains {eof}"));
-        }
+        let eof = "OVERLAYD_TOPOLOGY_EOF"; // base64 never contains it
         let _ = writeln!(
             w,
             "# This host runs the bootstrapper; every device uses --bootstrap {}.",
             u.bootstrap_ip
         );
-        if legacy {
-            let _ = writeln!(w, "base64 -d > topology.json <<-'{eof}'");
-            let b64 = base64(topology_text.as_bytes());
-            for chunk in b64.as_bytes().chunks(76) {
-                let _ = writeln!(w, "{}", String::from_utf8_lossy(chunk));
-            }
-        } else {
-            let _ = writeln!(w, "cat > topology.json <<-'{eof}'");
-            for line in topology_text.lines() {
-                let _ = writeln!(w, "{line}");
-            }
+        let _ = writeln!(w, "base64 -d > topology.json <<-'{eof}'");
+        let b64 = base64(topology_text.as_bytes());
+        for chunk in b64.as_bytes().chunks(76) {
+            let _ = writeln!(w, "{}", String::from_utf8_lossy(chunk));
         }
         let _ = writeln!(w, "{eof}");
         let _ = writeln!(
@@ -279,14 +373,14 @@ pub fn start_script(
                 n + 1
             ));
         }
-        if legacy && line.contains(['{', '}', '\\']) {
+        if line.contains(['{', '}', '\\']) {
             return Err(format!(
                 "{}: line {} of the start script has a brace or backslash, which the legacy .imn format cannot hold: {line}",
                 host.name,
                 n + 1
             ));
         }
-        if legacy && line.trim().is_empty() {
+        if line.trim().is_empty() {
             return Err(format!(
                 "{}: line {} of the start script is empty",
                 host.name,
@@ -408,8 +502,9 @@ fn iface_attrs(addrs: &[IpAddr], prefix: u8) -> String {
     s
 }
 
-fn router_services(u: &Underlay, h: usize) -> &'static [&'static str] {
-    if is_router(u, h) {
+/// The routing services of host `h` (none with static routing: its script does the work).
+fn router_services(u: &Underlay, h: usize, routing: Routing) -> &'static [&'static str] {
+    if routing == Routing::Ospf && is_router(u, h) {
         &["zebra", "OSPFv2", "OSPFv3", "IPForward"]
     } else {
         &[]
@@ -417,7 +512,7 @@ fn router_services(u: &Underlay, h: usize) -> &'static [&'static str] {
 }
 
 /// The CORE 9 XML scenario.
-fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String {
+fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String], routing: Routing) -> String {
     let (ids, switch_ids) = node_ids(u);
     let mut order: Vec<usize> = (0..u.hosts.len()).collect();
     order.sort_by_key(|&h| ids[h]);
@@ -425,8 +520,9 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String 
     let _ = writeln!(w, "<?xml version='1.0' encoding='UTF-8'?>");
     let _ = writeln!(
         w,
-        "<!-- Generated by `overlayd core-scenario` from topology/{}.json; do not edit. Needs the Overlayd service (core-scenarios/README.md). -->",
-        xml_escape(name)
+        "<!-- Generated by `overlayd core-scenario` from topology/{}.json (routing {}); do not edit. Needs the Overlayd service (core-scenarios/README.md). -->",
+        xml_escape(name),
+        routing.as_str()
     );
     let _ = writeln!(w, "<scenario name=\"{}\">", xml_escape(name));
     let _ = writeln!(w, "  <networks>");
@@ -456,7 +552,10 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String 
         );
         let _ = writeln!(w, "      <position x=\"{x:.1}\" y=\"{y:.1}\"/>");
         let _ = writeln!(w, "      <services>");
-        for svc in router_services(u, h).iter().chain([SERVICE_NAME].iter()) {
+        for svc in router_services(u, h, routing)
+            .iter()
+            .chain([SERVICE_NAME].iter())
+        {
             let _ = writeln!(w, "        <service name=\"{svc}\"/>");
         }
         let _ = writeln!(w, "      </services>");
@@ -519,7 +618,13 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> String 
 }
 
 /// The legacy `.imn` scenario (CORE 7/8 Tcl GUI).
-fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<String, String> {
+fn imn(
+    u: &Underlay,
+    name: &str,
+    layout: &Layout,
+    scripts: &[String],
+    routing: Routing,
+) -> Result<String, String> {
     let (ids, switch_ids) = node_ids(u);
     let mut order: Vec<usize> = (0..u.hosts.len()).collect();
     order.sort_by_key(|&h| ids[h]);
@@ -535,11 +640,18 @@ fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<
             .find(|(m, _)| *m != h)
             .map(|(m, _)| format!("n{}", ids[*m]))
     };
+    // The GUI reads the whole file as one Tcl list, where `#` starts no comment: provenance
+    // goes into a `comments` block, as in CORE's own sample files.
     let mut w = String::new();
+    let _ = writeln!(w, "comments {{");
     let _ = writeln!(
         w,
-        "# Generated by `overlayd core-scenario` from topology/{name}.json; do not edit."
+        "Generated by `overlayd core-scenario` from topology/{name}.json (routing {}); do not edit.",
+        routing.as_str()
     );
+    let _ = writeln!(w, "See core-scenarios/README.md.");
+    let _ = writeln!(w, "}}");
+    let _ = writeln!(w);
     for &h in &order {
         let host = &u.hosts[h];
         let (x, y) = layout.hosts[h];
@@ -568,7 +680,7 @@ fn imn(u: &Underlay, name: &str, layout: &Layout, scripts: &[String]) -> Result<
                 let _ = writeln!(w, "    interface-peer {{{} {p}}}", f.name);
             }
         }
-        let mut services: Vec<&str> = router_services(u, h).to_vec();
+        let mut services: Vec<&str> = router_services(u, h, routing).to_vec();
         services.push("UserDefined");
         let _ = writeln!(w, "    services {{{}}}", services.join(" "));
         let _ = writeln!(w, "    custom-config {{");

@@ -15,8 +15,9 @@
 //!   bridge in the emulator); subnets are numbered in address order, interfaces `eth0..` in
 //!   subnet order;
 //! - routes: for each host and each subnet it is not on, a route via the first hop of a
-//!   shortest path (fewest subnets crossed; ties broken by host order), so the plan is
-//!   deterministic;
+//!   shortest path over subnets of the destination's address family (fewest subnets crossed;
+//!   ties broken by host order), so the plan is deterministic; both back ends install these
+//!   same routes (the netns emulator itself, the CORE scenarios in each node's start script);
 //! - the bootstrapper runs on the host of the device marked `"bootstrapper": true` (at most
 //!   one), or else on the first server in name order (else the first device); every device is
 //!   given that host's first address as `--bootstrap`.
@@ -341,79 +342,84 @@ impl Underlay {
     }
 }
 
-/// Shortest-path static routes for every host to every subnet it is not attached to.
+/// Shortest-path static routes for every host to every subnet it is not attached to. Each
+/// address family is routed over its own subnets (an IPv6 packet can only be forwarded to a
+/// next hop with an IPv6 address on the shared subnet).
 fn compute_routes(hosts: &mut [Host], subnets: &[Subnet], notes: &mut Vec<String>) {
     let n = hosts.len();
-    // Host adjacency through subnets: (neighbour host, subnet), in subnet then host order.
-    let adj: Vec<Vec<(usize, usize)>> = (0..n)
-        .map(|h| {
-            let mut v = Vec::new();
-            for i in &hosts[h].ifaces {
-                for &(m, _) in &subnets[i.subnet].members {
-                    if m != h {
-                        v.push((m, i.subnet));
+    for h in 0..n {
+        let mut routes = Vec::new();
+        for v4 in [true, false] {
+            // Host adjacency through this family's subnets: (neighbour host, subnet), in
+            // subnet then host order.
+            let adj = |x: usize| {
+                hosts[x]
+                    .ifaces
+                    .iter()
+                    .filter(|i| subnets[i.subnet].net.is_v4() == v4)
+                    .flat_map(move |i| {
+                        subnets[i.subnet]
+                            .members
+                            .iter()
+                            .filter(move |&&(m, _)| m != x)
+                            .map(move |&(m, _)| (m, i.subnet))
+                    })
+            };
+            // BFS: first hop (neighbour host, subnet) towards each host.
+            let mut first: Vec<Option<(usize, usize)>> = vec![None; n];
+            let mut dist = vec![usize::MAX; n];
+            dist[h] = 0;
+            let mut q = VecDeque::from([h]);
+            while let Some(u) = q.pop_front() {
+                for (v, s) in adj(u) {
+                    if dist[v] == usize::MAX {
+                        dist[v] = dist[u] + 1;
+                        first[v] = if u == h { Some((v, s)) } else { first[u] };
+                        q.push_back(v);
                     }
                 }
             }
-            v
-        })
-        .collect();
-    for h in 0..n {
-        // BFS: first hop (neighbour host, subnet) towards each host.
-        let mut first: Vec<Option<(usize, usize)>> = vec![None; n];
-        let mut dist = vec![usize::MAX; n];
-        dist[h] = 0;
-        let mut q = VecDeque::from([h]);
-        while let Some(u) = q.pop_front() {
-            for &(v, s) in &adj[u] {
-                if dist[v] == usize::MAX {
-                    dist[v] = dist[u] + 1;
-                    first[v] = if u == h { Some((v, s)) } else { first[u] };
-                    q.push_back(v);
+            for (s, subnet) in subnets.iter().enumerate() {
+                if subnet.net.is_v4() != v4 || hosts[h].iface_on(s).is_some() {
+                    continue;
                 }
+                let best = subnet
+                    .members
+                    .iter()
+                    .map(|&(m, _)| m)
+                    .filter(|&m| dist[m] != usize::MAX)
+                    .min_by_key(|&m| (dist[m], m));
+                let Some(m) = best else {
+                    notes.push(format!(
+                        "{}: subnet {} is unreachable (the underlay is not connected)",
+                        hosts[h].name, subnet.net
+                    ));
+                    continue;
+                };
+                let (hop, via_subnet) = first[m].expect("reachable host has a first hop");
+                let hop_iface = hosts[hop].iface_on(via_subnet).expect("member");
+                // The next hop's address on the shared subnet (of this family by construction).
+                let Some(via) = hosts[hop].ifaces[hop_iface]
+                    .addrs
+                    .iter()
+                    .copied()
+                    .find(|a| a.is_ipv4() == v4)
+                else {
+                    notes.push(format!(
+                        "{}: no next hop of the right address family towards {}",
+                        hosts[h].name, subnet.net
+                    ));
+                    continue;
+                };
+                let dev = hosts[h].ifaces[hosts[h].iface_on(via_subnet).expect("attached")]
+                    .name
+                    .clone();
+                routes.push(Route {
+                    dest: subnet.net,
+                    via,
+                    dev,
+                });
             }
-        }
-        let mut routes = Vec::new();
-        for (s, subnet) in subnets.iter().enumerate() {
-            if hosts[h].iface_on(s).is_some() {
-                continue;
-            }
-            let best = subnet
-                .members
-                .iter()
-                .map(|&(m, _)| m)
-                .filter(|&m| dist[m] != usize::MAX)
-                .min_by_key(|&m| (dist[m], m));
-            let Some(m) = best else {
-                notes.push(format!(
-                    "{}: subnet {} is unreachable (the underlay is not connected)",
-                    hosts[h].name, subnet.net
-                ));
-                continue;
-            };
-            let (hop, via_subnet) = first[m].expect("reachable host has a first hop");
-            let hop_iface = hosts[hop].iface_on(via_subnet).expect("member");
-            // A next hop of the destination's address family on the shared subnet.
-            let Some(via) = hosts[hop].ifaces[hop_iface]
-                .addrs
-                .iter()
-                .copied()
-                .find(|a| a.is_ipv4() == subnet.net.is_v4())
-            else {
-                notes.push(format!(
-                    "{}: no next hop of the right address family towards {}",
-                    hosts[h].name, subnet.net
-                ));
-                continue;
-            };
-            let dev = hosts[h].ifaces[hosts[h].iface_on(via_subnet).expect("attached")]
-                .name
-                .clone();
-            routes.push(Route {
-                dest: subnet.net,
-                via,
-                dev,
-            });
         }
         hosts[h].routes = collapse_to_default(routes);
     }
@@ -543,6 +549,213 @@ mod tests {
         assert_eq!(u.subnets.len(), 1);
         assert!(u.subnets[0].is_lan());
         assert!(u.hosts.iter().all(|h| h.routes.is_empty()));
+    }
+
+    /// Follow the routes hop by hop, as the kernel would (attached subnet first, then the
+    /// subnet's route, then the default route), from host `from` to address `dst`. Returns the
+    /// hosts visited, or why the packet is lost.
+    fn walk(u: &Underlay, from: usize, dst: IpAddr) -> Result<Vec<usize>, String> {
+        let net = Net::of(dst);
+        let mut path = vec![from];
+        let mut cur = from;
+        loop {
+            let host = &u.hosts[cur];
+            if let Some(i) = host
+                .ifaces
+                .iter()
+                .position(|i| u.subnets[i.subnet].net == net)
+            {
+                let subnet = &u.subnets[host.ifaces[i].subnet];
+                let owner = subnet
+                    .members
+                    .iter()
+                    .find(|&&(m, k)| u.hosts[m].ifaces[k].addrs.contains(&dst))
+                    .ok_or(format!("{}: nobody has {dst} on its subnet", host.name))?;
+                if owner.0 != cur {
+                    path.push(owner.0);
+                }
+                return Ok(path);
+            }
+            let r = host
+                .routes
+                .iter()
+                .find(|r| r.dest == net)
+                .or_else(|| {
+                    host.routes
+                        .iter()
+                        .find(|r| r.dest.prefix == 0 && r.dest.is_v4() == dst.is_ipv4())
+                })
+                .ok_or(format!("{} has no route to {dst}", host.name))?;
+            let out = host
+                .ifaces
+                .iter()
+                .find(|i| i.name == r.dev)
+                .ok_or(format!("{}: route via missing {}", host.name, r.dev))?;
+            let next = u.subnets[out.subnet]
+                .members
+                .iter()
+                .find(|&&(m, k)| u.hosts[m].ifaces[k].addrs.contains(&r.via))
+                .ok_or(format!(
+                    "{}: next hop {} is not on {}",
+                    host.name, r.via, r.dev
+                ))?
+                .0;
+            if path.contains(&next) {
+                return Err(format!("routing loop towards {dst}: {path:?} then {next}"));
+            }
+            path.push(next);
+            cur = next;
+        }
+    }
+
+    /// Fewest hosts crossed from `a` to `b` (breadth-first over shared subnets).
+    fn hops(u: &Underlay, a: usize, b: usize) -> usize {
+        let mut dist = vec![usize::MAX; u.hosts.len()];
+        dist[a] = 0;
+        let mut q = VecDeque::from([a]);
+        while let Some(x) = q.pop_front() {
+            for i in &u.hosts[x].ifaces {
+                for &(y, _) in &u.subnets[i.subnet].members {
+                    if dist[y] == usize::MAX {
+                        dist[y] = dist[x] + 1;
+                        q.push_back(y);
+                    }
+                }
+            }
+        }
+        dist[b]
+    }
+
+    #[test]
+    fn a_leaf_reaches_a_leaf_only_through_two_routers() {
+        // C1 and S1 share a LAN with R1; R1 and R2 share a link; C2 sits behind R2.
+        let u = Underlay::from_topology(&topo(
+            r#"{
+            "S1": {"addresses": ["10.0.1.10"], "neighbours": ["10.0.1.1"]},
+            "C1": {"addresses": ["10.0.1.20"], "neighbours": ["10.0.3.1"]},
+            "R1": {"addresses": ["10.0.1.1", "10.0.2.1"], "neighbours": ["10.0.1.10", "10.0.2.2"]},
+            "R2": {"addresses": ["10.0.2.2", "10.0.3.1"], "neighbours": ["10.0.2.1"], "edge": true},
+            "C2": {"addresses": ["10.0.3.20"], "neighbours": ["10.0.3.1"]}
+        }"#,
+        ))
+        .unwrap();
+        let id = |n: &str| u.host(n).unwrap().0;
+        let routes = |n: &str| -> Vec<String> {
+            u.hosts[id(n)]
+                .routes
+                .iter()
+                .map(|r| format!("{} via {} dev {}", r.dest, r.via, r.dev))
+                .collect()
+        };
+        assert_eq!(routes("C1"), ["default via 10.0.1.1 dev eth0"]);
+        assert_eq!(routes("C2"), ["default via 10.0.3.1 dev eth0"]);
+        assert_eq!(routes("R1"), ["10.0.3.0/24 via 10.0.2.2 dev eth1"]);
+        assert_eq!(routes("R2"), ["10.0.1.0/24 via 10.0.2.1 dev eth0"]);
+        let c2: IpAddr = "10.0.3.20".parse().unwrap();
+        let c1: IpAddr = "10.0.1.20".parse().unwrap();
+        assert_eq!(
+            walk(&u, id("C1"), c2),
+            Ok(vec![id("C1"), id("R1"), id("R2"), id("C2")])
+        );
+        assert_eq!(
+            walk(&u, id("C2"), c1),
+            Ok(vec![id("C2"), id("R2"), id("R1"), id("C1")])
+        );
+        // The far side of a router (its second address) too: C1 to R2's 10.0.3.1.
+        assert_eq!(
+            walk(&u, id("C1"), "10.0.3.1".parse().unwrap()),
+            Ok(vec![id("C1"), id("R1"), id("R2")])
+        );
+        // The walk notices a missing route.
+        let mut broken = u.clone();
+        broken.hosts[id("R1")].routes.clear();
+        assert!(walk(&broken, id("C1"), c2)
+            .unwrap_err()
+            .contains("R1 has no route"));
+    }
+
+    /// IPv6 is routed over IPv6 subnets only (a first hop over an IPv4 subnet could not carry
+    /// it), in a dual-stack chain where the IPv4 subnets come first.
+    #[test]
+    fn each_address_family_is_routed_over_its_own_subnets() {
+        let u = Underlay::from_topology(&topo(
+            r#"{
+            "S1": {"addresses": ["10.0.1.10", "fd00:1::10"], "neighbours": ["10.0.1.1"]},
+            "O1": {"addresses": ["10.0.1.1", "fd00:1::1", "10.0.2.1", "fd00:2::1"], "neighbours": ["10.0.1.10"]},
+            "O2": {"addresses": ["10.0.2.2", "fd00:2::2", "10.0.3.1", "fd00:3::1"], "neighbours": ["10.0.2.1"], "edge": true},
+            "C1": {"addresses": ["10.0.3.20", "fd00:3::20"], "neighbours": ["10.0.3.1"]}
+        }"#,
+        ))
+        .unwrap();
+        assert!(u.notes.is_empty(), "{:?}", u.notes);
+        let (c1, c) = u.host("C1").unwrap();
+        let v6: Vec<String> = c
+            .routes
+            .iter()
+            .filter(|r| !r.dest.is_v4())
+            .map(|r| format!("{} via {} dev {}", r.dest, r.via, r.dev))
+            .collect();
+        assert_eq!(v6, ["default via fd00:3::1 dev eth1"]);
+        let (s1, _) = u.host("S1").unwrap();
+        for (from, to) in [(c1, s1), (s1, c1)] {
+            for dst in u.hosts[to].ifaces.iter().flat_map(|i| &i.addrs) {
+                let path = walk(&u, from, *dst).unwrap();
+                assert_eq!(path.len(), 4, "{dst}: {path:?}");
+            }
+        }
+    }
+
+    /// Every host reaches every address of every host along a shortest path to its subnet, in every
+    /// topology file that gets emulated (grandfather connections and clients' second edges
+    /// need routes to non-neighbours).
+    #[test]
+    fn every_host_reaches_every_address_by_a_shortest_path() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topology");
+        let files = super::core::scenario_topologies(&dir).unwrap();
+        assert!(files.len() >= 4, "{files:?}");
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let u = Underlay::from_topology(&topo(&text)).unwrap();
+            assert!(
+                u.notes.iter().all(|n| !n.contains("unreachable")),
+                "{:?}",
+                u.notes
+            );
+            for a in 0..u.hosts.len() {
+                for (b, host) in u.hosts.iter().enumerate() {
+                    for dst in host.ifaces.iter().flat_map(|i| &i.addrs) {
+                        let path = walk(&u, a, *dst).unwrap_or_else(|e| {
+                            panic!("{}: {} to {dst}: {e}", f.display(), u.hosts[a].name)
+                        });
+                        assert_eq!(*path.last().unwrap(), b, "{}: {dst}", f.display());
+                        // Shortest: the packet reaches the address's subnet by a shortest
+                        // path (to its nearest member), then crosses it at most once.
+                        let s = host
+                            .ifaces
+                            .iter()
+                            .find(|i| i.addrs.contains(dst))
+                            .unwrap()
+                            .subnet;
+                        let near = u.subnets[s]
+                            .members
+                            .iter()
+                            .map(|&(m, _)| hops(&u, a, m))
+                            .min()
+                            .unwrap();
+                        let on_subnet = path
+                            .iter()
+                            .position(|&x| u.hosts[x].iface_on(s).is_some())
+                            .unwrap();
+                        assert!(
+                            on_subnet == near && path.len() - 1 <= near + 1,
+                            "{}: {} to {dst} takes {path:?}, the subnet is {near} hops away",
+                            f.display(),
+                            u.hosts[a].name
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
