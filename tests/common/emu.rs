@@ -334,6 +334,12 @@ impl Emu {
 
     /// A client whose files (recording, stats, log) are named `stem` (a second life of the
     /// same client needs other files), with more arguments.
+    ///
+    /// Unless `extra` says `--edge`, the client is given its first edge (`--edge IP`): it
+    /// starts there and leaves it only when it dies. With `auto` a client may start on its
+    /// other edge, reached through routers, since both answer within a millisecond here; the
+    /// fault tests cut links next to a client's own edge and count on its path not crossing
+    /// them (the automatic choice is tested in tests/edge_client.rs).
     pub fn client_with(
         &self,
         name: &str,
@@ -342,6 +348,16 @@ impl Emu {
         secs: u32,
         extra: &[&str],
     ) -> Client {
+        let first_edge: Vec<String> = if extra.contains(&"--edge") {
+            Vec::new()
+        } else {
+            let t = &self.net().t;
+            let dev = t.devices().find(|d| d.name == name).expect("a device");
+            dev.neighbours
+                .first()
+                .map(|n| vec!["--edge".to_string(), n.ip.to_string()])
+                .unwrap_or_default()
+        };
         let dir = self.run_dir();
         let rec = dir.join(format!("{stem}.ts"));
         let stats = dir.join(format!("{stem}.json"));
@@ -358,6 +374,7 @@ impl Emu {
             .arg(&rec)
             .arg("--stats-json")
             .arg(&stats)
+            .args(first_edge)
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
