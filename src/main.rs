@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -166,9 +166,10 @@ struct OverlayArgs {
     /// Bootstrapper address, IP or IP:PORT (default port 7700).
     #[arg(long, value_name = "IP[:PORT]")]
     bootstrap: String,
-    /// Local address to bind (and to dial from). On one machine give each device its own
+    /// Local address to bind (and to dial from). Default `::`: every IPv4 and IPv6 address
+    /// (0.0.0.0 on a host without IPv6), as in CORE. On one machine give each device its own
     /// 127.x address.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    #[arg(long, default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     bind: IpAddr,
     /// TCP port for overlay links, the same on every device unless the topology says IP:PORT.
     #[arg(long, default_value_t = DEFAULT_OVERLAY_PORT)]
@@ -218,8 +219,8 @@ struct BootstrapperArgs {
     /// Topology JSON file; edits are picked up without a restart.
     #[arg(long)]
     topology: PathBuf,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on (default `::`: every IPv4 and IPv6 address).
+    #[arg(long, default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     bind: IpAddr,
     /// TCP port to listen on.
     #[arg(long, default_value_t = DEFAULT_BOOTSTRAP_PORT)]
@@ -383,8 +384,8 @@ struct ClientArgs {
     /// Stop after this many seconds (headless runs).
     #[arg(long)]
     duration: Option<f64>,
-    /// Local address to bind.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Local address to bind (default `::`: every IPv4 and IPv6 address).
+    #[arg(long, default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     bind: IpAddr,
     /// Local UDP port the edge streams to.
     #[arg(long, default_value_t = DEFAULT_CLIENT_PORT)]

@@ -3,8 +3,9 @@
 //! (probe ack, video ok, video, in both relay modes) must come from the address the client
 //! addressed, over IPv4 and IPv6.
 //!
-//! The edge host is a network namespace behind a veth pair: 10.76.40.2/24 and fd76:40::2/64 on
-//! the link, and its "client LAN" addresses 10.76.41.1 and fd76:41::1 on another interface
+//! The edge host is a network namespace behind a veth pair: e.g. 10.76.40.2/24 and
+//! fd76:40::2/64 on the link, and its "client LAN" addresses 10.76.41.1 and fd76:41::1 on
+//! another interface
 //! (its loopback: this kernel has no dummy interfaces), reached from our side through a route via the link. Without source-address control the
 //! kernel answers from the link's address (10.76.40.2), which a client cannot match to the
 //! edge it asked: the bug seen in CORE with a client's second edge behind routers.
@@ -23,13 +24,36 @@ use overlayd::service::edge::EdgeConfig;
 use overlayd::wire::client::{is_raw_ts, ClientMsg, Probe, VideoRequest};
 use tokio::net::UdpSocket;
 
-const LINK_V4: &str = "10.76.40.2";
-const LAN_V4: &str = "10.76.41.1";
-const LAN_V6: &str = "fd76:41::1";
+/// The addresses of one edge host. Each test has its own (`k`): tests run in parallel, and the
+/// routes to the LAN addresses live in the root namespace.
+struct Addrs {
+    k: u8,
+}
+
+impl Addrs {
+    fn root_v4(&self) -> String {
+        format!("10.76.{}.1", 40 + 2 * self.k)
+    }
+    fn link_v4(&self) -> String {
+        format!("10.76.{}.2", 40 + 2 * self.k)
+    }
+    fn lan_v4(&self) -> IpAddr {
+        format!("10.76.{}.1", 41 + 2 * self.k).parse().unwrap()
+    }
+    fn root_v6(&self) -> String {
+        format!("fd76:{}::1", 40 + 2 * self.k)
+    }
+    fn link_v6(&self) -> String {
+        format!("fd76:{}::2", 40 + 2 * self.k)
+    }
+    fn lan_v6(&self) -> IpAddr {
+        format!("fd76:{}::1", 41 + 2 * self.k).parse().unwrap()
+    }
+}
 
 /// The edge host; None (test skipped) when not root. As root, a set-up that fails fails the
-/// test.
-fn edge_host(tag: &str) -> Option<VethHost> {
+/// test. Routes we add in the root namespace go with the veth pair when the host drops.
+fn edge_host(tag: &str, a: &Addrs) -> Option<VethHost> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return None;
@@ -39,24 +63,25 @@ fn edge_host(tag: &str) -> Option<VethHost> {
         &format!("ovh-mh{tag}{n}"),
         &format!("ovm{tag}{n}a"),
         &format!("ovm{tag}{n}b"),
-        "10.76.40.1/24",
-        &[&format!("{LINK_V4}/24")],
+        &format!("{}/24", a.root_v4()),
+        &[&format!("{}/24", a.link_v4())],
     )
     .expect("a namespace behind a veth pair");
     let ns = host.ns.clone();
     let dev = format!("ovm{tag}{n}b");
     let inside = |args: &[&str]| {
-        let mut a = vec!["ip", "netns", "exec", &ns];
-        a.extend_from_slice(args);
-        sh(&a)
+        let mut v = vec!["ip", "netns", "exec", &ns];
+        v.extend_from_slice(args);
+        sh(&v)
     };
     let root_if = host.root_if.clone();
+    let (lan_v4, lan_v6) = (a.lan_v4().to_string(), a.lan_v6().to_string());
     let ok = sh(&[
         "ip",
         "-6",
         "addr",
         "add",
-        "fd76:40::1/64",
+        &format!("{}/64", a.root_v6()),
         "dev",
         &root_if,
         "nodad",
@@ -65,39 +90,39 @@ fn edge_host(tag: &str) -> Option<VethHost> {
         "-6",
         "addr",
         "add",
-        "fd76:40::2/64",
+        &format!("{}/64", a.link_v6()),
         "dev",
         &dev,
         "nodad",
-    ]) && inside(&["ip", "addr", "add", &format!("{LAN_V4}/32"), "dev", "lo"])
+    ]) && inside(&["ip", "addr", "add", &format!("{lan_v4}/32"), "dev", "lo"])
         && inside(&[
             "ip",
             "-6",
             "addr",
             "add",
-            &format!("{LAN_V6}/128"),
+            &format!("{lan_v6}/128"),
             "dev",
             "lo",
             "nodad",
         ])
-        && inside(&["ip", "route", "add", "default", "via", "10.76.40.1"])
-        && inside(&["ip", "-6", "route", "add", "default", "via", "fd76:40::1"])
+        && inside(&["ip", "route", "add", "default", "via", &a.root_v4()])
+        && inside(&["ip", "-6", "route", "add", "default", "via", &a.root_v6()])
         && sh(&[
             "ip",
             "route",
             "add",
-            &format!("{LAN_V4}/32"),
+            &format!("{lan_v4}/32"),
             "via",
-            LINK_V4,
+            &a.link_v4(),
         ])
         && sh(&[
             "ip",
             "-6",
             "route",
             "add",
-            &format!("{LAN_V6}/128"),
+            &format!("{lan_v6}/128"),
             "via",
-            "fd76:40::2",
+            &a.link_v6(),
         ]);
     assert!(
         ok,
@@ -262,28 +287,29 @@ fn assert_all_from(seen: &Seen, edge: IpAddr, what: &str) {
 
 #[test]
 fn native_relay_answers_from_the_addressed_ip_v4_and_v6() {
-    let Some(host) = edge_host("n") else {
+    let a = Addrs { k: 0 };
+    let Some(host) = edge_host("n", &a) else {
         return skipped("native_relay_answers_from_the_addressed_ip_v4_and_v6");
     };
-    let lan_v4: IpAddr = LAN_V4.parse().unwrap();
-    let lan_v6: IpAddr = LAN_V6.parse().unwrap();
-    let link_v4: IpAddr = LINK_V4.parse().unwrap();
+    let (lan_v4, lan_v6) = (a.lan_v4(), a.lan_v6());
+    let link_v4: IpAddr = a.link_v4().parse().unwrap();
+    let (root_v4, root_v6) = (format!("{}:0", a.root_v4()), format!("[{}]:0", a.root_v6()));
     // Dual-stack wildcard: both families, and both of the host's IPv4 addresses.
     let seen = run(
         &host,
         "[::]:0",
         false,
         &[
-            ("10.76.40.1:0", lan_v4),
-            ("[fd76:40::1]:0", lan_v6),
-            ("10.76.40.1:0", link_v4),
+            (root_v4.as_str(), lan_v4),
+            (root_v6.as_str(), lan_v6),
+            (root_v4.as_str(), link_v4),
         ],
     );
     assert_all_from(&seen[0], lan_v4, "IPv4 LAN address, [::] socket");
     assert_all_from(&seen[1], lan_v6, "IPv6 LAN address, [::] socket");
     assert_all_from(&seen[2], link_v4, "IPv4 link address, [::] socket");
     // The IPv4 wildcard, as the daemons bind by default.
-    let seen = run(&host, "0.0.0.0:0", false, &[("10.76.40.1:0", lan_v4)]);
+    let seen = run(&host, "0.0.0.0:0", false, &[(root_v4.as_str(), lan_v4)]);
     assert_all_from(&seen[0], lan_v4, "IPv4 LAN address, 0.0.0.0 socket");
     println!(
         "native relay: {} / {} / {} / {} video datagrams, each from the address addressed",
@@ -302,16 +328,17 @@ fn ffmpeg_relay_answers_from_the_addressed_ip_v4_and_v6() {
         );
         return;
     }
-    let Some(host) = edge_host("f") else {
+    let a = Addrs { k: 1 };
+    let Some(host) = edge_host("f", &a) else {
         return skipped("ffmpeg_relay_answers_from_the_addressed_ip_v4_and_v6");
     };
-    let lan_v4: IpAddr = LAN_V4.parse().unwrap();
-    let lan_v6: IpAddr = LAN_V6.parse().unwrap();
+    let (lan_v4, lan_v6) = (a.lan_v4(), a.lan_v6());
+    let (root_v4, root_v6) = (format!("{}:0", a.root_v4()), format!("[{}]:0", a.root_v6()));
     let seen = run(
         &host,
         "[::]:0",
         true,
-        &[("10.76.40.1:0", lan_v4), ("[fd76:40::1]:0", lan_v6)],
+        &[(root_v4.as_str(), lan_v4), (root_v6.as_str(), lan_v6)],
     );
     for (s, ip, what) in [(&seen[0], lan_v4, "IPv4"), (&seen[1], lan_v6, "IPv6")] {
         assert!(s.raw > 10, "{what}: the ffmpeg relay sent no raw TS: {s:?}");

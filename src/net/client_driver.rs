@@ -102,7 +102,7 @@ pub async fn spawn(
     cfg: ClientDriverConfig,
     service: ClientService,
 ) -> std::io::Result<ClientHandle> {
-    let socket = UdpSocket::bind(cfg.bind).await?;
+    let socket = super::bind::udp_socket(cfg.bind)?;
     let local_addr = socket.local_addr()?;
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -161,6 +161,7 @@ async fn run(
             r = l.socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     let datagram = Bytes::copy_from_slice(&buf[..n]);
+                    let from = super::bind::canonical(from);
                     l.service.handle_datagram(Instant::now(), from, datagram);
                 }
                 Err(e) => debug!(error = %e, "client socket receive error"),

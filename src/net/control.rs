@@ -261,7 +261,7 @@ impl Ctx {
 
 /// Bind the endpoint's listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    super::bind::tcp_listener(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen for the control endpoint on {addr}: {e} (--control-port, --control-bind)"),

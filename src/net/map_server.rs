@@ -70,12 +70,8 @@ impl MapListeners {
 
 /// Bind the page and report listeners; the error names the flag to change.
 pub async fn bind(cfg: &MapConfig) -> Result<MapListeners, (SocketAddr, std::io::Error)> {
-    let http = TcpListener::bind(cfg.http)
-        .await
-        .map_err(|e| (cfg.http, e))?;
-    let report = TcpListener::bind(cfg.report)
-        .await
-        .map_err(|e| (cfg.report, e))?;
+    let http = super::bind::tcp_listener(cfg.http).map_err(|e| (cfg.http, e))?;
+    let report = super::bind::tcp_listener(cfg.report).map_err(|e| (cfg.report, e))?;
     Ok(MapListeners { http, report })
 }
 
@@ -114,6 +110,7 @@ async fn accept_reports(listener: TcpListener, psk: Psk, state: Shared) {
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let peer = super::bind::canonical(peer);
                 let (psk, state, refusals) = (psk.clone(), state.clone(), refusals.clone());
                 // Connection ids start at 1 (0 is the model's "unknown connection").
                 next_conn += 1;

@@ -1,5 +1,6 @@
 //! Thin tokio drivers: the sockets, tasks and timers that feed the sans-IO state machines.
 
+pub mod bind;
 pub mod bootstrap_client;
 pub mod client_driver;
 pub mod edge_driver;

@@ -272,7 +272,7 @@ pub struct NodeDriver {
 impl NodeDriver {
     /// Bind the overlay listener.
     pub async fn bind(cfg: DriverConfig) -> std::io::Result<NodeDriver> {
-        let listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
+        let listener = super::bind::tcp_listener(cfg.listen).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen for overlay links on {}: {e}", cfg.listen),
@@ -475,6 +475,7 @@ impl NodeDriver {
                 },
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, remote)) => {
+                        let remote = super::bind::canonical(remote);
                         let configured = node
                             .config()
                             .neighbours

@@ -10,13 +10,16 @@
 //! send says which local address it leaves from. A socket bound to one address needs none of
 //! this, and gets the same interface.
 //!
-//! Addresses are given to callers in canonical form: an IPv4 peer of a dual-stack `::` socket
-//! is `10.0.0.1`, not `::ffff:10.0.0.1` (the kernel takes either form when sending).
+//! Addresses are given to callers in canonical form ([`canonical`]): an IPv4 peer of a
+//! dual-stack `::` socket is `10.0.0.1`, not `::ffff:10.0.0.1` (the kernel takes either form
+//! when sending).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+
+use super::bind::canonical;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -51,21 +54,9 @@ pub struct ReplySocket {
 }
 
 impl ReplySocket {
-    /// Binds `addr`. An unspecified IPv6 address (`::`) takes IPv4 peers too (dual-stack).
+    /// Binds `addr`; `::` is every address of both families (see [`super::bind`]).
     pub async fn bind(addr: SocketAddr) -> io::Result<ReplySocket> {
-        let socket = if addr.ip().is_unspecified() && addr.is_ipv6() {
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV6,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )?;
-            s.set_only_v6(false)?;
-            s.set_nonblocking(true)?;
-            s.bind(&addr.into())?;
-            UdpSocket::from_std(s.into())?
-        } else {
-            UdpSocket::bind(addr).await?
-        };
+        let socket = super::bind::udp_socket(addr)?;
         let state = UdpSocketState::new((&socket).into())?;
         Ok(ReplySocket { socket, state })
     }
@@ -142,10 +133,6 @@ impl ReplySocket {
         };
         self.state.try_send((&self.socket).into(), &transmit)
     }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]

@@ -116,9 +116,8 @@ pub async fn bind(cfg: BootstrapperConfig) -> Result<Bootstrapper, BootstrapperE
     );
     log_findings(&file, &topology);
 
-    let listener = TcpListener::bind(cfg.bind)
-        .await
-        .map_err(|source| BootstrapperError::Bind {
+    let listener =
+        crate::net::bind::tcp_listener(cfg.bind).map_err(|source| BootstrapperError::Bind {
             addr: cfg.bind,
             source,
         })?;
