@@ -442,6 +442,28 @@ macro_rules! routed_test {
     };
 }
 
+/// scenario1.json with every address moved to IPv6 (`10.0.N.H` becomes `fd00:0:0:N::H`),
+/// written next to the test's other files; returns its path.
+fn ipv6_copy(topo: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("topology").join(topo)).unwrap();
+    let mut t: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v6 = |a: &serde_json::Value| -> serde_json::Value {
+        let ip: std::net::Ipv4Addr = a.as_str().unwrap().parse().unwrap();
+        let [_, _, n, h] = ip.octets();
+        format!("fd00:0:0:{n}::{h}").into()
+    };
+    for d in t.as_object_mut().unwrap().values_mut() {
+        for key in ["addresses", "neighbours"] {
+            let list: Vec<serde_json::Value> = d[key].as_array().unwrap().iter().map(v6).collect();
+            d[key] = list.into();
+        }
+    }
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("routed-ipv6-{}-{topo}", std::process::id()));
+    std::fs::write(&p, serde_json::to_string_pretty(&t).unwrap()).unwrap();
+    p.display().to_string()
+}
+
 /// The topology files of topology/ these tests build, and those they cannot (loopback).
 const COVERED: [&str; 4] = [
     "report-example.json",
@@ -502,3 +524,15 @@ routed_test!(scenario2_native, "xc", "scenario2.json", "native");
 routed_test!(scenario2_ffmpeg, "xd", "scenario2.json", "ffmpeg");
 routed_test!(complex_native, "xe", "complex.json", "native");
 routed_test!(complex_ffmpeg, "xf", "complex.json", "ffmpeg");
+
+#[test]
+fn scenario1_ipv6_native() {
+    let test = "scenario1_ipv6_native";
+    if skip(test) {
+        return;
+    }
+    let path = ipv6_copy("scenario1.json");
+    // `routed` takes a file of topology/; an absolute path replaces that folder.
+    routed(test, "xv", &path, "native");
+    let _ = std::fs::remove_file(&path);
+}
