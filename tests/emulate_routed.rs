@@ -5,7 +5,7 @@
 //! namespace, also without `--bind`.
 //!
 //! One emulation per topology and relay mode (`--relay native` and `--relay ffmpeg` on every
-//! edge). In it:
+//! edge), and one of an IPv6 copy of scenario1 (native relay). In it:
 //! - every client starts on its first edge (given with `--edge`, so the start is the same on
 //!   every run) and its status line reads every edge it lists `up` with a finite RTT, the
 //!   second edge included, which sits behind routers (its replies cross them);
@@ -33,8 +33,8 @@
 //!
 //! Needs root and `ip netns` (CI runs as root); otherwise every test prints SKIPPED and
 //! returns. The silent cut needs nftables (bin/test installs it; without it every fault is a
-//! kill -9 and the test says so). Each test takes 7 s (one edge per client) to 19 s (complex),
-//! about 115 s in all.
+//! kill -9 and the test says so). Each test takes 7 s (one edge per client) to 20 s (complex),
+//! about 130 s in all.
 
 mod common;
 
