@@ -1,8 +1,10 @@
-//! The network-namespace emulation harness shared by the fault, restart and netns tests: an
-//! `Emu` run of `overlayd netns` with its own base directory (torn down on drop, kept when the
-//! test fails), log helpers that follow a device's parent for a video, headless recording
-//! clients sampled every 20 ms, and the checks and `GAP` report lines made from what they
-//! received.
+//! The network-namespace emulation harness shared by the fault, restart, routed and netns
+//! tests: an `Emu` run of `overlayd netns` under a run id of its own (random, taken only when
+//! no namespace or directory bears it, so concurrent runs never touch each other) with its own
+//! base directory (torn down on drop, kept when the test fails), log helpers that follow a
+//! device's parent for a video, headless recording clients (no `--bind`, as in CORE; on their
+//! first edge unless told otherwise) sampled every 20 ms with their status lines parsed, and
+//! the checks and `GAP` report lines made from what they received.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
