@@ -1,9 +1,14 @@
 //! `bin/demo`, the README's first command, run headless as a user would run it: it must tell
 //! its story (trees before and after the kill, one line per client with no duplicate, no
-//! reordering and a recording that decodes), exit 0, and leave nothing running.
+//! reordering and a recording that decodes), exit 0, and leave nothing running. The relay it
+//! kills by itself never cuts a video off; a victim named with `--kill` that does (O3, the only
+//! neighbour of S2, the only server of charlie) is told as such, and without ffprobe the story
+//! does not claim that the recordings decode.
 //!
 //! Uses the test build of overlayd (`OVERLAYD_BIN`), so it needs no release build; takes about
-//! 35 s. Needs no root.
+//! 35 s and 20 s. Needs no root. Each test has its own addresses (`OVERLAYD_DEMO_NET`: 127.0.91.x
+//! and 127.0.92.x), so they run side by side and never meet a user's demo on 127.0.9.x; a second
+//! run of the same test on this machine waits for the first (bin/demo's lock).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,28 +43,66 @@ fn has(cmd: &str) -> bool {
     Command::new(cmd).arg("-version").output().is_ok()
 }
 
+/// Runs `bin/demo ARGS` headless with the test build on 127.0.`net`.x, its run directory under
+/// `base`, and `PATH` as given (or inherited); returns (success, stdout).
+fn demo(
+    args: &[&str],
+    net: u8,
+    base: &std::path::Path,
+    path: Option<&std::ffi::OsStr>,
+) -> (bool, String) {
+    let _ = std::fs::remove_dir_all(base);
+    std::fs::create_dir_all(base).unwrap();
+    let started = Instant::now();
+    let mut cmd = Command::new(repo().join("bin/demo"));
+    cmd.arg("--headless")
+        .args(args)
+        .env("OVERLAYD_BIN", BIN)
+        .env("OVERLAYD_DEMO_DIR", base)
+        .env("OVERLAYD_DEMO_NET", net.to_string())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("RUST_LOG");
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("bin/demo {args:?} took {:?}", started.elapsed());
+    (out.status.success(), stdout)
+}
+
+/// Nothing of a demo run under `base` runs any more, and a successful one removed its run
+/// directory. Every process of a run names its run directory (key, topology, recording), so
+/// this looks at this run only: the other test's demo may be running by now.
+fn nothing_left(base: &std::path::Path) {
+    let left = processes_mentioning(&base.display().to_string());
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    let runs: Vec<_> = std::fs::read_dir(base).unwrap().flatten().collect();
+    assert!(
+        runs.is_empty(),
+        "a successful demo removes its run directory"
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// The client rows of the story's table, split in fields.
+fn client_rows(stdout: &str) -> Vec<Vec<String>> {
+    let table = stdout.find("Per client:").expect("a table");
+    stdout[table..]
+        .lines()
+        .filter(|l| l.trim_start().starts_with('C'))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
 #[test]
 fn demo_tells_the_story_and_leaves_nothing_running() {
     let base = std::env::temp_dir().join(format!("overlayd-demo-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).unwrap();
-    let started = Instant::now();
-    let out = Command::new(repo().join("bin/demo"))
-        .args(["--headless"])
-        .env("OVERLAYD_BIN", BIN)
-        .env("OVERLAYD_DEMO_DIR", &base)
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    println!("bin/demo took {took:?}");
-    assert!(out.status.success(), "bin/demo failed: {stdout}\n{stderr}");
+    let (ok, stdout) = demo(&[], 91, &base, None);
+    assert!(ok, "bin/demo failed: {stdout}");
 
     // The story, in order.
     let pos = |needle: &str| {
@@ -80,6 +123,14 @@ fn demo_tells_the_story_and_leaves_nothing_running() {
         .unwrap()
         .to_string();
     assert!(victim.starts_with('O'), "the victim is a relay: {victim}");
+    assert!(
+        stdout.contains("the busiest relay whose loss cuts no video off"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("unreachable"),
+        "a video was cut off:\n{stdout}"
+    );
     // Before: every client is served, through paths from a server.
     let before_tree = &stdout[before..kill];
     for c in ["C1", "C2", "C3", "C4"] {
@@ -128,24 +179,100 @@ fn demo_tells_the_story_and_leaves_nothing_running() {
         println!("client row: {r}");
     }
     assert!(stdout.contains("RESULT: ok"), "{stdout}");
+    if has("ffprobe") {
+        assert!(stdout.contains("every recording decodes"), "{stdout}");
+    }
     assert!(stdout.contains("nothing left running"), "{stdout}");
 
     // Independently of the demo's own check: nothing of it runs any more, and it cleaned up.
-    let left = processes_mentioning(&base.display().to_string());
-    assert!(left.is_empty(), "processes left: {left:#?}");
-    let left = processes_mentioning("127.0.9.");
-    assert!(left.is_empty(), "demo daemons left: {left:#?}");
-    let runs: Vec<_> = std::fs::read_dir(&base).unwrap().flatten().collect();
-    assert!(
-        runs.is_empty(),
-        "a successful demo removes its run directory"
+    nothing_left(&base);
+}
+
+/// A PATH with every command of this one except those of the ffmpeg package (links in `dir`):
+/// a machine without ffmpeg, where servers use their built-in paced reader.
+fn path_without_ffmpeg(dir: &std::path::Path) -> std::ffi::OsString {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path) {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let ffmpeg = ["ffmpeg", "ffprobe", "ffplay"].iter().any(|f| name == *f);
+            if !ffmpeg && !dir.join(&name).exists() {
+                let _ = std::os::unix::fs::symlink(e.path(), dir.join(&name));
+            }
+        }
+    }
+    dir.as_os_str().to_owned()
+}
+
+/// `--kill O3`: O3 is S2's only neighbour and S2 the only server of charlie, so C3 loses its
+/// video for good. The story says so and why, judges C3 on what it got before the kill, and
+/// the others recover as usual. Run without ffmpeg and ffprobe on the PATH: the story must not
+/// claim that the recordings decode.
+#[test]
+fn demo_says_which_video_a_named_victim_cuts_off() {
+    let base = std::env::temp_dir().join(format!("overlayd-demo-test-cut-{}", std::process::id()));
+    let bin_dir = std::env::temp_dir().join(format!("overlayd-demo-path-{}", std::process::id()));
+    let path = path_without_ffmpeg(&bin_dir);
+    let (ok, stdout) = demo(
+        &["--kill", "O3", "--duration", "10"],
+        92,
+        &base,
+        Some(&path),
     );
-    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&bin_dir);
+    assert!(ok, "bin/demo failed: {stdout}");
+    let kill = stdout.find("kill -9 O3").expect("the kill");
+    assert!(
+        stdout[kill..]
+            .contains("charlie is now unreachable for C3: S2's only neighbour O3 is dead."),
+        "{stdout}"
+    );
+    let after = stdout.find("Tree after the fault").unwrap();
+    assert!(
+        stdout[after..].contains("(charlie for C3: unreachable, S2's only neighbour O3 is dead)"),
+        "{stdout}"
+    );
+    let rows = client_rows(&stdout);
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for r in &rows {
+        assert!(r.len() >= 11, "{r:?}");
+        assert_eq!(
+            (r[7].as_str(), r[8].as_str()),
+            ("0", "0"),
+            "dup/reord: {r:?}"
+        );
+        assert_eq!(r[4] == "cut", r[0] == "C3", "only C3 is cut off: {r:?}");
+        // About 35 chunks a second: C3 until the kill (4 s), the others for 10 s.
+        let chunks: u64 = r[3].parse().unwrap();
+        let least = if r[0] == "C3" { 40 } else { 150 };
+        assert!(chunks > least, "too few chunks: {r:?}");
+        assert_eq!(r[10], "(ffprobe", "{r:?}");
+    }
+    assert!(
+        stdout.contains(
+            "RESULT: ok — cut off by the loss of O3, as the topology says: charlie (C3): \
+             S2's only neighbour O3 is dead; every other client recovered"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("every recording decodes"), "{stdout}");
+    assert!(
+        stdout.contains("recordings not checked for decoding (ffprobe not installed"),
+        "{stdout}"
+    );
+    nothing_left(&base);
 }
 
 #[test]
 fn demo_refuses_bad_arguments_in_one_line() {
-    for args in [&["--bogus"][..], &["--duration", "x"], &["--duration", "3"]] {
+    for args in [
+        &["--bogus"][..],
+        &["--duration", "x"],
+        &["--duration", "3"],
+        &["--kill", "C1"],
+        &["--kill", "O9"],
+    ] {
         let out = Command::new(repo().join("bin/demo"))
             .args(args)
             .env("OVERLAYD_BIN", BIN)
@@ -154,6 +281,19 @@ fn demo_refuses_bad_arguments_in_one_line() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    for net in ["x", "0", "255", "09"] {
+        let out = Command::new(repo().join("bin/demo"))
+            .env("OVERLAYD_BIN", BIN)
+            .env("OVERLAYD_DEMO_NET", net)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{net}: {err}");
+        assert!(
+            err.contains("OVERLAYD_DEMO_NET") && err.lines().count() == 1,
+            "{err}"
+        );
     }
     let out = Command::new(repo().join("bin/demo"))
         .arg("--help")

@@ -4,10 +4,12 @@
 //! DOM that every node, every topology link and the stream's tree are drawn, and from a
 //! screenshot that the tree is painted in the stream's colour. Then the relay on the tree is
 //! killed with SIGKILL and the page must show it dead (red) and the tree through the other
-//! relay. A reporter with the wrong key is refused and counted.
+//! relay. A reporter with the wrong key is refused and counted. With two servers offering one
+//! video (reports sent over real report connections), the legend names the server the viewers
+//! are fed from now, before and after a failover from one to the other.
 //!
 //! Addresses: 127.75.1.x (S1 .1, O1 .2, O2 .3, O3 .4, bootstrapper .100; map page port 7790,
-//! report port 7710).
+//! report port 7710); 127.75.2.x and 127.75.3.x for the other tests.
 
 mod common;
 
@@ -91,6 +93,11 @@ fn relay(m: &MapModel, video: &str) -> Option<String> {
 }
 
 fn chromium(dir: &TempDir, extra: &[&str]) -> String {
+    chromium_at(dir, map_addr(), extra)
+}
+
+/// Headless Chromium on the page at `page`: its stdout (e.g. the DOM with `--dump-dom`).
+fn chromium_at(dir: &TempDir, page: SocketAddr, extra: &[&str]) -> String {
     let profile = dir.path("chromium-profile");
     let out = Command::new("chromium")
         .args([
@@ -104,7 +111,7 @@ fn chromium(dir: &TempDir, extra: &[&str]) -> String {
             "--virtual-time-budget=2500",
         ])
         .args(extra)
-        .arg(format!("http://{}/", map_addr()))
+        .arg(format!("http://{page}/"))
         .output()
         .expect("chromium runs (bin/test installs Debian's chromium package)");
     assert!(
@@ -390,6 +397,7 @@ fn live_map_in_chromium_shows_the_tree_and_a_death() {
         .expect("a legend entry");
     assert_eq!(legend["data-video"], video);
     assert_eq!(legend["data-colour"], colour);
+    assert_eq!(legend["data-servers"], "S1");
 
     let (_, json) = http_get(map_addr(), "/map.json", Duration::from_secs(5)).unwrap();
     let c = &model().counters;
@@ -635,4 +643,196 @@ fn model_at(page: SocketAddr, f: impl Fn(&MapModel) -> bool) -> MapModel {
         assert!(Instant::now() < deadline, "never: {m:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The legend entry of `video` in a dumped page: (its `data-servers`, its text).
+fn legend_of(dom: &str, video: &str) -> (String, String) {
+    let start = dom
+        .find(&format!("<li class=\"stream\" data-video=\"{video}\""))
+        .unwrap_or_else(|| panic!("no legend entry for {video}: {dom}"));
+    let li = &dom[start..];
+    let li = &li[..li.find("</li>").unwrap()];
+    let attrs = tags(li, "li").remove(0);
+    let text = li[li.rfind('>').unwrap() + 1..].to_string();
+    (attrs.get("data-servers").cloned().unwrap_or_default(), text)
+}
+
+/// Two servers offer "alpha"; real report connections carry what the daemons would report.
+/// First the consumer on O3 is fed from S2 (S2 → O2 → O3); then O3 fails over to S1 (S1 → O1
+/// → O3) while S2 still runs its source towards O2, which no longer feeds anyone. The model
+/// and the page's legend name the server the consumer is fed from at each moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legend_names_the_server_a_stream_comes_from_now() {
+    use overlayd::wire::report::{encode_report, Report, ReportNeighbour, ReportStream};
+    let dir = TempDir::new("livemap-servers");
+    let net = "127.75.3";
+    let a = |i: u8| format!("{net}.{i}");
+    let topo = dir.path("t.json");
+    std::fs::write(
+        &topo,
+        format!(
+            r#"{{
+  "S1": {{ "neighbours": ["{o1}", "{o2}"], "addresses": ["{s1}"] }},
+  "S2": {{ "neighbours": ["{o2}"], "addresses": ["{s2}"] }},
+  "O1": {{ "neighbours": ["{s1}", "{o3}"], "addresses": ["{o1}"] }},
+  "O2": {{ "neighbours": ["{s1}", "{s2}", "{o3}"], "addresses": ["{o2}"] }},
+  "O3": {{ "neighbours": ["{o1}", "{o2}"], "addresses": ["{o3}"], "edge": true }}
+}}"#,
+            s1 = a(1),
+            s2 = a(9),
+            o1 = a(2),
+            o2 = a(3),
+            o3 = a(4)
+        ),
+    )
+    .unwrap();
+    let key = dir.path("k");
+    keygen(&key);
+    let boot_ip = a(100);
+    let boot = Daemon::spawn(
+        "bootstrapper",
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--bind",
+            &boot_ip,
+            "--map-port",
+            "7790",
+            "--report-port",
+            "7791",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    boot.wait_for(&["live map on"], WAIT);
+    let page: SocketAddr = format!("{boot_ip}:7790").parse().unwrap();
+    let psk = overlayd::keyfile::load(&key).unwrap().psk;
+
+    // (name, address index, neighbours) of every reporter.
+    let devices: [(&str, u8, &[&str]); 5] = [
+        ("S1", 1, &["O1", "O2"]),
+        ("S2", 9, &["O2"]),
+        ("O1", 2, &["S1", "O3"]),
+        ("O2", 3, &["S1", "S2", "O3"]),
+        ("O3", 4, &["O1", "O2"]),
+    ];
+    let index = |n: &str| devices.iter().find(|d| d.0 == n).unwrap().1;
+    let stream = |parent: Option<&str>, children: &[&str], state: &str| ReportStream {
+        video: "alpha".into(),
+        server: None,
+        parent: parent.map(str::to_string),
+        children: children.iter().map(|c| c.to_string()).collect(),
+        local: 0,
+        state: state.into(),
+        failovers: 0,
+        last_gap_ms: None,
+    };
+    // What each device reports about "alpha" in each phase.
+    let before: Vec<Vec<ReportStream>> = vec![
+        vec![],
+        vec![stream(None, &["O2"], "source")],
+        vec![],
+        vec![stream(Some("S2"), &["O3"], "streaming")],
+        vec![stream(Some("O2"), &["TC"], "streaming")],
+    ];
+    let after: Vec<Vec<ReportStream>> = vec![
+        vec![stream(None, &["O1"], "source")],
+        vec![stream(None, &["O2"], "source")],
+        vec![stream(Some("S1"), &["O3"], "streaming")],
+        vec![stream(Some("S2"), &[], "streaming")],
+        vec![stream(Some("O1"), &["TC"], "streaming")],
+    ];
+    // One report connection per device, kept open (a closed one means the daemon exited),
+    // each sending its device's report of the current phase every 300 ms.
+    let phase = std::sync::Arc::new(std::sync::Mutex::new(before));
+    let mut senders = Vec::new();
+    for (i, (name, ip, nbs)) in devices.iter().enumerate() {
+        let stream = tokio::net::TcpStream::connect(format!("{boot_ip}:7791"))
+            .await
+            .unwrap();
+        let conn = overlayd::net::transport::handshake(
+            stream,
+            overlayd::crypto::Side::Initiator,
+            &psk,
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        let (r, mut w) = conn.into_split();
+        let phase = phase.clone();
+        let report = Report {
+            version: overlayd::wire::report::REPORT_VERSION,
+            name: name.to_string(),
+            role: if name.starts_with('S') {
+                "server"
+            } else {
+                "node"
+            }
+            .into(),
+            listen: format!("{}:7701", a(*ip)),
+            neighbours: nbs
+                .iter()
+                .map(|n| ReportNeighbour {
+                    name: n.to_string(),
+                    addr: format!("{}:7701", a(index(n))),
+                    state: "up".into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        senders.push(tokio::spawn(async move {
+            let _keep = r;
+            for seq in 0.. {
+                let mut rep = report.clone();
+                rep.seq = seq;
+                rep.streams = phase.lock().unwrap()[i].clone();
+                if w.send(bytes::BytesMut::from(&encode_report(&rep)[..]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }));
+    }
+
+    let servers_now = |want: &'static [&'static str]| {
+        let dir = &dir;
+        async move {
+            let m = tokio::task::spawn_blocking(move || {
+                model_at(page, |m| {
+                    m.streams
+                        .iter()
+                        .any(|s| s.video == "alpha" && s.servers == want)
+                })
+            })
+            .await
+            .unwrap();
+            let dom = chromium_at(dir, page, &["--dump-dom"]);
+            (m, legend_of(&dom, "alpha"))
+        }
+    };
+    let (_, (servers, text)) = servers_now(&["S2"]).await;
+    println!("legend before the failover: {text}");
+    assert_eq!(servers, "S2");
+    assert!(text.starts_with("alpha from S2:"), "{text}");
+
+    *phase.lock().unwrap() = after;
+    let (m, (servers, text)) = servers_now(&["S1"]).await;
+    println!("legend after the failover: {text}");
+    let alpha = m.streams.iter().find(|s| s.video == "alpha").unwrap();
+    // The tree still shows S2's lingering branch; the legend names the server that feeds.
+    assert!(
+        alpha.tree.iter().any(|e| e.from == "S2" && e.to == "O2"),
+        "{alpha:?}"
+    );
+    assert_eq!(servers, "S1", "{text}");
+    assert!(text.starts_with("alpha from S1:"), "{text}");
+    for s in senders {
+        s.abort();
+    }
+    drop(boot);
 }

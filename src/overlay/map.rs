@@ -4,7 +4,9 @@
 //! latest [`Report`] of every daemon with the instant it arrived, turns report changes into
 //! events (failovers with their gap, parent switches, restarts) and, at [`MapState::model`],
 //! decides who is alive or dead, which topology links are up, and each stream's distribution
-//! tree (an edge parent → child for every live reporter's parent). A node is dead when its
+//! tree (an edge parent → child for every live reporter's parent) with the servers at its roots
+//! now: those its viewers are reached from by walking the tree up (a server that still runs a
+//! source nobody receives, or that a failover left, is not named). A node is dead when its
 //! last report is older than `dead_after` (`silent`), when its report connection closed and no
 //! new one reported yet (`exited`: a killed process closes it at once), or when every live
 //! neighbour that knows it reports it down (`neighbours`: a hung process or a cut link is seen
@@ -172,8 +174,10 @@ pub struct MapLink {
 pub struct MapStream {
     pub video: String,
     pub colour: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
+    /// The servers whose trees reach the stream's viewers now, by name: one as a rule, two
+    /// when each feeds part of the overlay, none when no viewer's path reaches a server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
     pub tree: Vec<TreeEdge>,
     /// Failovers summed over the live nodes carrying it.
     pub failovers: u64,
@@ -497,6 +501,8 @@ impl MapState {
         let mut streams: BTreeMap<String, MapStream> = BTreeMap::new();
         let mut consumers: BTreeSet<String> = BTreeSet::new();
         let mut local: BTreeMap<String, u32> = BTreeMap::new();
+        // Per video: who reports it, who is its source, who has local viewers of it.
+        let mut carriers: BTreeMap<String, Carriers> = BTreeMap::new();
         for r in self.reports.values() {
             let rep = &r.report;
             if !alive(&rep.name) {
@@ -512,10 +518,13 @@ impl MapState {
                     colour: colour.to_string(),
                     ..Default::default()
                 });
+                let c = carriers.entry(s.video.clone()).or_default();
+                c.reporters.insert(rep.name.clone());
                 if s.state == "source" {
-                    ms.server = Some(rep.name.clone());
-                } else if ms.server.is_none() {
-                    ms.server = s.server.clone();
+                    c.sources.insert(rep.name.clone());
+                }
+                if s.local > 0 {
+                    c.viewers.insert(rep.name.clone());
                 }
                 ms.failovers += s.failovers;
                 *local.entry(rep.name.clone()).or_default() += s.local;
@@ -561,6 +570,9 @@ impl MapState {
             s.tree
                 .sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
             s.tree.dedup_by(|a, b| a.from == b.from && a.to == b.to);
+            if let Some(c) = carriers.get(&s.video) {
+                s.servers = c.feeding(&s.tree);
+            }
         }
 
         // Nodes and layout.
@@ -634,6 +646,57 @@ fn pair(a: &str, b: &str) -> (String, String) {
         (a.to_string(), b.to_string())
     } else {
         (b.to_string(), a.to_string())
+    }
+}
+
+/// The reporters of one video, for finding the servers its viewers are fed from.
+#[derive(Debug, Default)]
+struct Carriers {
+    /// Live reporters carrying the video.
+    reporters: BTreeSet<String>,
+    /// Those that are its source (servers).
+    sources: BTreeSet<String>,
+    /// Those with local viewers of it.
+    viewers: BTreeSet<String>,
+}
+
+impl Carriers {
+    /// The sources the viewers are reached from, walking `tree` up from every viewer: the
+    /// reporters with local viewers, and every child that does not report the video itself
+    /// (clients, test consumers). Without any viewer, the sources that feed someone.
+    fn feeding(&self, tree: &[TreeEdge]) -> Vec<String> {
+        let mut parents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for e in tree {
+            parents
+                .entry(e.to.as_str())
+                .or_default()
+                .push(e.from.as_str());
+        }
+        let mut todo: Vec<&str> = tree
+            .iter()
+            .map(|e| e.to.as_str())
+            .filter(|to| !self.reporters.contains(*to))
+            .chain(self.viewers.iter().map(String::as_str))
+            .collect();
+        if todo.is_empty() {
+            return self
+                .sources
+                .iter()
+                .filter(|s| tree.iter().any(|e| e.from == **s))
+                .cloned()
+                .collect();
+        }
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        while let Some(n) = todo.pop() {
+            if seen.insert(n) {
+                todo.extend(parents.get(n).into_iter().flatten());
+            }
+        }
+        self.sources
+            .iter()
+            .filter(|s| seen.contains(s.as_str()))
+            .cloned()
+            .collect()
     }
 }
 
@@ -815,7 +878,12 @@ mod tests {
         Report {
             version: REPORT_VERSION,
             name: name.into(),
-            role: if name == "S1" { "server" } else { "node" }.into(),
+            role: if name.starts_with('S') {
+                "server"
+            } else {
+                "node"
+            }
+            .into(),
             seq,
             listen: format!("10.0.0.{ip}:7701"),
             neighbours: nbs,
@@ -911,10 +979,115 @@ mod tests {
         assert_eq!(m.links.len(), 4, "{:?}", m.links);
         assert!(m.links.iter().all(|l| l.state == "up" && l.configured));
         assert_eq!(m.streams.len(), 1);
-        assert_eq!(m.streams[0].server.as_deref(), Some("S1"));
+        assert_eq!(m.streams[0].servers, ["S1"]);
         assert_eq!(m.streams[0].colour, PALETTE[0]);
         assert_eq!(tree(&m), edges(&[("O1", "O3"), ("O3", "TC"), ("S1", "O1")]));
         assert!(m.events.is_empty(), "{:?}", m.events);
+    }
+
+    /// A report of `name` at `ip` with every neighbour up and the given streams of "alpha".
+    fn up_report(
+        name: &str,
+        ip: u8,
+        seq: u64,
+        neighbours: &[(&str, u8)],
+        s: Vec<ReportStream>,
+    ) -> Report {
+        let nbs = neighbours.iter().map(|(n, i)| nb(n, *i, "up")).collect();
+        report(name, ip, seq, nbs, s)
+    }
+
+    /// The diamond plus a second server S2 (10.0.0.9) behind O2, both servers offering
+    /// "alpha". `s1`, `s2`, `o1`, `o2`, `o3`: what each reports about the stream.
+    fn two_servers(
+        map: &mut MapState,
+        seq: u64,
+        now: Instant,
+        [s1, s2, o1, o2, o3]: [Vec<ReportStream>; 5],
+    ) {
+        for r in [
+            up_report("S1", 1, seq, &[("O1", 2), ("O2", 3)], s1),
+            up_report("S2", 9, seq, &[("O2", 3)], s2),
+            up_report("O1", 2, seq, &[("S1", 1), ("O3", 4)], o1),
+            up_report("O2", 3, seq, &[("S1", 1), ("S2", 9), ("O3", 4)], o2),
+            up_report("O3", 4, seq, &[("O1", 2), ("O2", 3)], o3),
+        ] {
+            map.ingest(r, now);
+        }
+    }
+
+    /// The legend's server is the one whose tree reaches the viewers now: after a failover from
+    /// S2 to S1, S2 may still run its source for a while (or O2 still carry the stream), but the
+    /// consumer is fed from S1.
+    #[test]
+    fn the_stream_is_named_after_the_server_that_feeds_its_viewers_now() {
+        let topo = diamond("");
+        let t0 = Instant::now();
+        let mut map = MapState::new(DEFAULT_DEAD_AFTER);
+        // Before: S2 → O2 → O3 → TC; S1 does not carry alpha.
+        two_servers(
+            &mut map,
+            1,
+            t0,
+            [
+                vec![],
+                vec![stream(None, &["O2"], "source")],
+                vec![],
+                vec![stream(Some("S2"), &["O3"], "streaming")],
+                vec![stream(Some("O2"), &["TC"], "streaming")],
+            ],
+        );
+        let m = map.model(&topo, t0 + Duration::from_millis(100));
+        assert_eq!(m.streams[0].servers, ["S2"], "{:?}", m.streams);
+        // After: O3 moved to S1 → O1; S2 still runs its source towards O2, which no longer
+        // feeds anyone.
+        let t1 = t0 + Duration::from_secs(1);
+        two_servers(
+            &mut map,
+            2,
+            t1,
+            [
+                vec![stream(None, &["O1"], "source")],
+                vec![stream(None, &["O2"], "source")],
+                vec![stream(Some("S1"), &["O3"], "streaming")],
+                vec![stream(Some("S2"), &[], "streaming")],
+                vec![stream(Some("O1"), &["TC"], "streaming")],
+            ],
+        );
+        let m = map.model(&topo, t1 + Duration::from_millis(100));
+        assert_eq!(m.streams[0].servers, ["S1"], "{:?}", m.streams);
+        // Both servers feed a viewer each (O2 has a local one from S2): both are named.
+        let mut o2 = stream(Some("S2"), &[], "streaming");
+        o2.local = 1;
+        two_servers(
+            &mut map,
+            3,
+            t1,
+            [
+                vec![stream(None, &["O1"], "source")],
+                vec![stream(None, &["O2"], "source")],
+                vec![stream(Some("S1"), &["O3"], "streaming")],
+                vec![o2],
+                vec![stream(Some("O1"), &["TC"], "streaming")],
+            ],
+        );
+        let m = map.model(&topo, t1 + Duration::from_millis(200));
+        assert_eq!(m.streams[0].servers, ["S1", "S2"], "{:?}", m.streams);
+        // O3 lost its parent and nothing feeds it: no server is named, though S1 runs a source.
+        two_servers(
+            &mut map,
+            4,
+            t1,
+            [
+                vec![stream(None, &[], "source")],
+                vec![],
+                vec![],
+                vec![],
+                vec![stream(None, &["TC"], "pending")],
+            ],
+        );
+        let m = map.model(&topo, t1 + Duration::from_millis(300));
+        assert!(m.streams[0].servers.is_empty(), "{:?}", m.streams);
     }
 
     #[test]

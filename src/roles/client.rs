@@ -13,7 +13,9 @@
 //!
 //! Either way a table of the edges (RTT, loss, the chosen one) is kept on screen when stdout
 //! is a terminal (redrawn in place above a scrolling area), and printed as plain periodic
-//! lines otherwise.
+//! lines otherwise. Its status line counts what the relay mode lets a client count: chunks,
+//! gaps and duplicates of the numbered datagrams of the built-in relay, or bytes, datagrams
+//! and stalls of the raw MPEG-TS of an ffmpeg relay (which carries no chunk numbers).
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,6 +37,9 @@ use crate::wire::client::ErrorCode;
 const BOOTSTRAP_GIVE_UP: Duration = Duration::from_secs(15);
 /// Plain status lines (stdout not a terminal) every this long.
 const PLAIN_STATUS_EVERY: Duration = Duration::from_secs(2);
+/// A pause in the video at least this long is a stall. Sources deliver in bursts a few hundred
+/// milliseconds apart, so a shorter pause is the normal rhythm of a live stream.
+const STALL: Duration = Duration::from_secs(1);
 
 /// Everything the client needs from the command line.
 #[derive(Debug, Clone)]
@@ -238,6 +243,7 @@ async fn headless(
     tokio::pin!(shutdown);
     let mut redraw = tokio::time::interval(ui.period());
     let mut offered: Option<Vec<String>> = None;
+    let mut stalls = Stalls::default();
     let started = Instant::now();
     let failure: Option<String> = loop {
         tokio::select! {
@@ -245,7 +251,10 @@ async fn headless(
             _ = &mut shutdown => break None,
             _ = media.player_exited() => break None,
             ts = handle.media.recv() => match ts {
-                Some(ts) => media.write(&ts).await?,
+                Some(ts) => {
+                    stalls.data(Instant::now());
+                    media.write(&ts).await?
+                }
                 None => break Some("the client driver stopped".into()),
             },
             ev = handle.events.recv() => match ev {
@@ -265,7 +274,7 @@ async fn headless(
                 Some(ev) => ui.event(&ev),
                 None => break Some("the client driver stopped".into()),
             },
-            _ = redraw.tick() => ui.draw(&handle.snapshot.borrow()),
+            _ = redraw.tick() => ui.draw(&handle.snapshot.borrow(), &stalls),
         }
     };
     // Whatever is still queued belongs to the recording.
@@ -298,6 +307,54 @@ async fn headless(
 const HELP: &str =
     "commands: list | play NAME (or just NAME) | stop | edge auto|N|IP | table | help | quit";
 
+/// What to type, printed after each video list (on a terminal the first redraw of the table
+/// clears the screen, so a help line printed at start-up is gone by the time the list comes).
+fn what_to_type(videos: &[String]) -> String {
+    match videos.first() {
+        Some(v) => format!(
+            "type a video's name and Enter to watch it (e.g. {v}); then: stop | list | \
+             edge auto|N|IP (N = row of the table) | table | help | quit"
+        ),
+        None => {
+            "no video yet: type list to ask again, help for every command, quit to leave".into()
+        }
+    }
+}
+
+/// Pauses in the video the user watches, measured where the client hands it over.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Stalls {
+    /// Completed pauses of at least [`STALL`].
+    pub count: u64,
+    /// The longest of them.
+    pub longest: Duration,
+    last_data: Option<Instant>,
+}
+
+impl Stalls {
+    /// Video arrived at `now`.
+    pub fn data(&mut self, now: Instant) {
+        if let Some(gap) = self.last_data.map(|t| now.saturating_duration_since(t)) {
+            if gap >= STALL {
+                self.count += 1;
+                self.longest = self.longest.max(gap);
+            }
+        }
+        self.last_data = Some(now);
+    }
+
+    /// How long the video has been paused at `now`, when that is a stall already.
+    pub fn current(&self, now: Instant) -> Option<Duration> {
+        let gap = now.saturating_duration_since(self.last_data?);
+        (gap >= STALL).then_some(gap)
+    }
+
+    /// A new video (or none): its pauses are counted afresh, from its first data.
+    pub fn reset(&mut self) {
+        *self = Stalls::default();
+    }
+}
+
 async fn interactive(
     mut handle: client_driver::ClientHandle,
     mut media: MediaOut,
@@ -310,11 +367,15 @@ async fn interactive(
     tokio::pin!(shutdown);
     let mut redraw = tokio::time::interval(ui.period());
     let mut listed = false;
+    let mut stalls = Stalls::default();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             ts = handle.media.recv() => match ts {
-                Some(ts) => media.write(&ts).await?,
+                Some(ts) => {
+                    stalls.data(Instant::now());
+                    media.write(&ts).await?
+                }
                 None => break,
             },
             ev = handle.events.recv() => match ev {
@@ -334,10 +395,13 @@ async fn interactive(
                         join(&edges)
                     );
                 }
-                Some(ClientEvent::VideoList { edge, videos }) => ui.say(&format!(
-                    "videos on {edge}: {}",
-                    if videos.is_empty() { "(none yet)".into() } else { videos.join(", ") }
-                )),
+                Some(ClientEvent::VideoList { edge, videos }) => {
+                    ui.say(&format!(
+                        "videos on {edge}: {}",
+                        if videos.is_empty() { "(none yet)".into() } else { videos.join(", ") }
+                    ));
+                    ui.say(&what_to_type(&videos));
+                }
                 Some(ev) => ui.event(&ev),
                 None => break,
             },
@@ -346,9 +410,16 @@ async fn interactive(
                     let snap = handle.snapshot.borrow().clone();
                     match parse_command(line.trim(), &snap) {
                         Ok(Some(Command::Quit)) => break,
-                        Ok(Some(Command::Table)) => ui.say(&render_table(&snap).join("\n")),
+                        Ok(Some(Command::Table)) => {
+                            ui.say(&render_table(&snap, &stalls, Instant::now()).join("\n"))
+                        }
                         Ok(Some(Command::Help)) => ui.say(HELP),
-                        Ok(Some(Command::Client(cmd))) => { handle.commands.send(cmd).ok(); }
+                        Ok(Some(Command::Client(cmd))) => {
+                            if matches!(cmd, ClientCommand::Play(_) | ClientCommand::Stop) {
+                                stalls.reset();
+                            }
+                            handle.commands.send(cmd).ok();
+                        }
                         Ok(None) => {}
                         Err(e) => ui.say(&e),
                     }
@@ -361,7 +432,7 @@ async fn interactive(
                     }
                 }
             },
-            _ = redraw.tick() => ui.draw(&handle.snapshot.borrow()),
+            _ = redraw.tick() => ui.draw(&handle.snapshot.borrow(), &stalls),
         }
     }
     let _ = handle.shutdown().await;
@@ -412,8 +483,8 @@ fn parse_command(line: &str, snap: &ClientSnapshot) -> Result<Option<Command>, S
     Ok(Some(cmd))
 }
 
-/// The edge table and a status line.
-pub fn render_table(s: &ClientSnapshot) -> Vec<String> {
+/// The edge table and a status line of what the client can count at `now`.
+pub fn render_table(s: &ClientSnapshot, stalls: &Stalls, now: Instant) -> Vec<String> {
     let mut lines = vec![format!(
         "   #  {:<24} {:>9} {:>6}  {:<5} {:>8}",
         "edge", "rtt", "loss", "state", "used"
@@ -433,18 +504,41 @@ pub fn render_table(s: &ClientSnapshot) -> Vec<String> {
             e.time_used.as_secs_f64()
         ));
     }
-    let st = &s.stats;
-    lines.push(format!(
-        "video {}  {:.2} MB  chunks {}  gaps {}  dup-dropped {}  late-dropped {}  switches {}",
-        s.video.as_deref().unwrap_or("-"),
-        st.bytes as f64 / 1e6,
-        st.chunks,
-        st.gaps,
-        st.duplicates_dropped,
-        st.reordered_dropped,
-        st.edge_switches
-    ));
+    lines.push(status_line(s, stalls, now));
     lines
+}
+
+/// One line: the video and its counters. Numbered datagrams (built-in relay) give chunks, gaps
+/// and dropped duplicates; raw TS (ffmpeg relay) has no chunk numbers, so then the line shows
+/// what can be counted: bytes, datagrams and stalls. Before the first byte, neither.
+fn status_line(s: &ClientSnapshot, stalls: &Stalls, now: Instant) -> String {
+    let st = &s.stats;
+    let mut stall = format!("stalls {}", stalls.count);
+    if stalls.count > 0 {
+        stall += &format!(" (longest {:.1} s)", stalls.longest.as_secs_f64());
+    }
+    if let Some(now) = stalls.current(now) {
+        stall += &format!(", stalled {:.1} s", now.as_secs_f64());
+    }
+    let video = s.video.as_deref().unwrap_or("-");
+    let mb = st.bytes as f64 / 1e6;
+    if st.bytes == 0 {
+        // Nothing yet tells which relay mode the edge uses; a "chunks 0" would be a guess.
+        format!(
+            "video {video}  no data yet  {stall}  switches {}",
+            st.edge_switches
+        )
+    } else if st.raw_datagrams > 0 && st.chunks == 0 {
+        format!(
+            "video {video}  {mb:.2} MB  datagrams {} (raw TS, no chunk numbers)  {stall}  switches {}",
+            st.raw_datagrams, st.edge_switches
+        )
+    } else {
+        format!(
+            "video {video}  {mb:.2} MB  chunks {}  gaps {}  dup-dropped {}  late-dropped {}  {stall}  switches {}",
+            st.chunks, st.gaps, st.duplicates_dropped, st.reordered_dropped, st.edge_switches
+        )
+    }
 }
 
 /// The final `key=value` line.
@@ -543,8 +637,8 @@ impl Screen {
         }
     }
 
-    fn draw(&mut self, s: &ClientSnapshot) {
-        let lines = render_table(s);
+    fn draw(&mut self, s: &ClientSnapshot, stalls: &Stalls) {
+        let lines = render_table(s, stalls, Instant::now());
         let mut out = std::io::stdout().lock();
         if self.tty {
             if !self.started {
@@ -582,11 +676,12 @@ impl Screen {
                 .collect();
             let _ = writeln!(
                 out,
-                "edges {} video={} bytes={} gaps={}",
+                "edges {} video={} bytes={} gaps={} stalls={}",
                 edges.join(" "),
                 s.video.as_deref().unwrap_or("-"),
                 s.stats.bytes,
-                s.stats.gaps
+                s.stats.gaps,
+                stalls.count
             );
         }
         let _ = out.flush();
@@ -702,6 +797,71 @@ mod tests {
         assert!(matches!(cmd("quit"), Ok(Some(Command::Quit))));
         assert!(matches!(cmd(""), Ok(None)));
         assert!(cmd("play a b").is_err());
+    }
+
+    #[test]
+    fn a_pause_of_a_second_or_more_is_a_stall() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let mut s = Stalls::default();
+        assert_eq!(s.current(ms(5000)), None, "nothing arrived yet: no stall");
+        s.data(ms(0));
+        s.data(ms(400));
+        s.data(ms(1300)); // 0.9 s: the rhythm of a bursty source, not a stall
+        assert_eq!(s.count, 0);
+        s.data(ms(2800));
+        s.data(ms(5300));
+        assert_eq!((s.count, s.longest), (2, Duration::from_millis(2500)));
+        assert_eq!(s.current(ms(5900)), None);
+        assert_eq!(s.current(ms(6800)), Some(Duration::from_millis(1500)));
+        s.reset();
+        assert_eq!((s.count, s.current(ms(9000))), (0, None));
+    }
+
+    #[test]
+    fn the_status_line_counts_what_the_relay_mode_allows() {
+        let now = Instant::now();
+        let mut snap = ClientSnapshot {
+            video: Some("alpha".into()),
+            ..ClientSnapshot::default()
+        };
+        snap.stats.bytes = 2_000_000;
+        snap.stats.datagrams = 1500;
+        snap.stats.chunks = 1500;
+        let mut stalls = Stalls::default();
+        stalls.data(now - Duration::from_secs(3));
+        stalls.data(now - Duration::from_millis(1200));
+        // Numbered datagrams (built-in relay): chunks and what was dropped.
+        let native = status_line(&snap, &stalls, now);
+        assert!(native.contains("chunks 1500"), "{native}");
+        assert!(native.contains("stalls 1 (longest 1.8 s)"), "{native}");
+        // Raw TS (ffmpeg relay): no chunk numbers, so datagrams and stalls, never "chunks 0".
+        snap.stats.chunks = 0;
+        snap.stats.raw_datagrams = 1400;
+        let raw = status_line(&snap, &stalls, now + Duration::from_millis(900));
+        assert!(!raw.contains("chunks"), "{raw}");
+        assert!(raw.contains("2.00 MB"), "{raw}");
+        assert!(raw.contains("datagrams 1400 (raw TS"), "{raw}");
+        assert!(
+            raw.contains("stalls 1 (longest 1.8 s), stalled 2.1 s"),
+            "{raw}"
+        );
+        // Nothing yet: no counter that depends on the mode.
+        let waiting = status_line(&ClientSnapshot::default(), &Stalls::default(), now);
+        assert!(
+            waiting.contains("no data yet") && !waiting.contains("chunks"),
+            "{waiting}"
+        );
+    }
+
+    #[test]
+    fn after_the_list_the_client_says_what_to_type() {
+        let hint = what_to_type(&["alpha".into(), "bravo".into()]);
+        assert!(hint.contains("e.g. alpha"), "{hint}");
+        for cmd in ["stop", "edge auto", "quit"] {
+            assert!(hint.contains(cmd), "{hint}");
+        }
+        assert!(what_to_type(&[]).contains("list"));
     }
 
     #[test]
