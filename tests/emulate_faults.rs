@@ -241,11 +241,18 @@ fn late_node_join_carries_the_stream() {
         c.wait_bytes(50_000, 10.0);
     }
     // O3 joins late; then O2, the only relay so far, dies: O3 must carry the stream.
-    let m = emu.mark("O1");
+    let marks: Vec<usize> = ["O1", "O4", "O5"].iter().map(|d| emu.mark(d)).collect();
     let tj = Instant::now();
     emu.ok(&["start", "O3"]);
-    emu.wait_log("O1", m, &["neighbour up", "neighbour=O3 "], 10.0);
-    println!("{test}: O3 joined, up with O1 after {:?}", tj.elapsed());
+    // Up with all its neighbours: the edges retry a neighbour that was down with backoff, and
+    // an edge not yet linked to O3 when O2 dies can only turn to its grandfather O1.
+    for (d, m) in ["O1", "O4", "O5"].iter().zip(marks) {
+        emu.wait_log(d, m, &["neighbour up", "neighbour=O3 "], 10.0);
+    }
+    println!(
+        "{test}: O3 joined, up with O1, O4 and O5 after {:?}",
+        tj.elapsed()
+    );
     sleep(2.5);
     let t = Instant::now();
     emu.ok(&["kill", "O2"]);

@@ -1,8 +1,9 @@
 //! The network-namespace emulator with the real binary: scenario 1 built in namespaces, every
 //! overlay neighbour up through the underlay, a non-neighbour reachable through routing, kill -9,
 //! SIGSTOP, a silent link cut and its restore, a restart, and a teardown that leaves no
-//! namespace, link or process behind. Also: the generated CORE start scripts, run in
-//! namespaces the way CORE runs them, start every device.
+//! namespace, link or process of the run behind. Also: the generated CORE start scripts, run in
+//! namespaces the way CORE runs them, start every device; routers forward and PCs do not, as
+//! in CORE; an isolated device is silent while the routes through its host still work.
 //!
 //! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
 //! the reason and returns.
@@ -80,6 +81,33 @@ fn overlay_pairs(t: &Topology) -> Vec<(String, String)> {
     v
 }
 
+/// How long a probe waits for an answer. Generous: bash itself may take a second to start on
+/// a loaded machine; the probes of one check run in parallel, so a silent one costs it once.
+const PROBE_SECS: &str = "4";
+
+/// TCP connects to a closed port (9), each from a host to an address, all at once: 1 where the
+/// address answers (refused at once), 124 where it is silent (no answer within [`PROBE_SECS`]).
+fn probes(emu: &Emu, pairs: &[(&str, &str)]) -> Vec<i32> {
+    let children: Vec<_> = pairs
+        .iter()
+        .map(|(from, to)| {
+            Command::new(BIN)
+                .args(["netns", "exec", "--run", &emu.id, from, "--"])
+                .args(["timeout", PROBE_SECS, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{to}/9"))
+                .env(netns::BASE_DIR_ENV, &emu.base)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|mut c| c.wait().unwrap().code().unwrap_or(-1))
+        .collect()
+}
+
 fn wait_all_up(logs: &dyn Fn(&str) -> Log, pairs: &[(String, String)]) {
     for (d, n) in pairs {
         logs(d).wait(
@@ -123,7 +151,25 @@ fn root_links() -> BTreeSet<String> {
         .collect()
 }
 
-fn assert_torn_down(emu: &Emu, links_before: &BTreeSet<String>) {
+/// The names of every link a run of `u` creates: hub ports and bridges (in the hub namespace)
+/// and host interfaces (in the hosts' namespaces). None of them belongs in the root namespace.
+fn run_link_names(u: &Underlay) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = (0..u.subnets.len()).map(netns::bridge).collect();
+    for (h, host) in u.hosts.iter().enumerate() {
+        for (i, f) in host.ifaces.iter().enumerate() {
+            names.insert(netns::hub_port(h, i));
+            names.insert(f.name.clone());
+        }
+    }
+    names
+}
+
+/// Nothing of this run is left: none of its namespaces, no process started from its base
+/// directory, and no link of its plan in the root namespace. Only what this run created is
+/// looked at (its namespaces and files bear its own id; root links are new ones with the
+/// plan's names), so another emulation on the machine (a CORE session, another test) with
+/// its own links and namespaces does not fail it.
+fn assert_torn_down(emu: &Emu, u: &Underlay, links_before: &BTreeSet<String>) {
     assert!(
         emu.namespaces().is_empty(),
         "namespaces left: {:?}",
@@ -131,9 +177,16 @@ fn assert_torn_down(emu: &Emu, links_before: &BTreeSet<String>) {
     );
     let procs = processes_mentioning(&emu.base.display().to_string());
     assert!(procs.is_empty(), "processes left: {procs:#?}");
+    let ours = run_link_names(u);
     let after = root_links();
-    let new: Vec<&String> = after.difference(links_before).collect();
-    assert!(new.is_empty(), "links left in the root namespace: {new:?}");
+    let new: Vec<&String> = after
+        .difference(links_before)
+        .filter(|l| ours.contains(*l))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "links of this run left in the root namespace: {new:?}"
+    );
 }
 
 #[test]
@@ -142,7 +195,7 @@ fn scenario1_neighbours_faults_and_teardown() {
         return;
     }
     let links_before = root_links();
-    let (path, _, t, _) = load("scenario1.json");
+    let (path, _, t, u) = load("scenario1.json");
     let emu = Emu::new("scenario1_neighbours_faults_and_teardown", "a");
     let out = emu.ok(&["up", path.to_str().unwrap(), "--run-id", &emu.id.clone()]);
     assert!(out.contains("started the bootstrapper on S1"), "{out}");
@@ -246,7 +299,7 @@ fn scenario1_neighbours_faults_and_teardown() {
 
     let out = emu.ok(&["down"]);
     assert!(out.contains("removed 7 namespace(s)"), "{out}");
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
 }
 
 #[test]
@@ -255,7 +308,7 @@ fn down_works_from_any_state_and_commands_explain_errors() {
         return;
     }
     let links_before = root_links();
-    let (path, _, _, _) = load("scenario2.json");
+    let (path, _, _, u) = load("scenario2.json");
     let emu = Emu::new("down_works_from_any_state_and_commands_explain_errors", "b");
     emu.up_no_start(&path);
     assert_eq!(emu.namespaces().len(), 9);
@@ -282,7 +335,7 @@ fn down_works_from_any_state_and_commands_explain_errors() {
     std::fs::remove_file(emu.run_dir().join("state.json")).unwrap();
     let out = emu.ok(&["down"]);
     assert!(out.contains("removed 9 namespace(s)"), "{out}");
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
     // down on a run that is gone is harmless.
     emu.ok(&["down"]);
 
@@ -451,7 +504,7 @@ fn core_scripts_start_every_device(topo: &str, tag: &str, legacy: bool) {
         "processes still run in {busy:?} after stop"
     );
     emu.ok(&["down"]);
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
 }
 
 #[test]
@@ -481,35 +534,99 @@ fn lan_cut_drops_only_the_cut_pair() {
         return;
     }
     let links_before = root_links();
-    let (path, _, _, _) = load("complex.json");
+    let (path, _, _, u) = load("complex.json");
     let emu = Emu::new("lan_cut_drops_only_the_cut_pair", "e");
     emu.up_no_start(&path);
-    // A TCP connect to a closed port: refused (exit 1) when reachable, silent (124) when cut.
-    let probe = |from: &str, to: &str| -> i32 {
+    // LAN 10.0.20.0/24: O6 .1, C1 .21, C2 .22, C3 .23.
+    assert_eq!(probes(&emu, &[("C1", "10.0.20.1")]), [1]);
+    emu.ok(&["cut", "C1", "O6"]);
+    // C1–O6 is cut silently; C2–O6 and C1–C2 are untouched.
+    assert_eq!(
+        probes(
+            &emu,
+            &[
+                ("C1", "10.0.20.1"),
+                ("C2", "10.0.20.1"),
+                ("C1", "10.0.20.22")
+            ]
+        ),
+        [124, 1, 1]
+    );
+    emu.ok(&["cut", "C2", "O6"]);
+    emu.ok(&["restore", "C1", "O6"]);
+    // C1–O6 is back, C2–O6 stays cut.
+    assert_eq!(
+        probes(&emu, &[("C1", "10.0.20.1"), ("C2", "10.0.20.1")]),
+        [1, 124]
+    );
+    emu.ok(&["down"]);
+    assert_torn_down(&emu, &u, &links_before);
+}
+
+#[test]
+fn isolate_silences_a_device_but_not_the_routes_through_it() {
+    let test = "isolate_silences_a_device_but_not_the_routes_through_it";
+    if skip(test) {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIPPED {test}: nft (nftables) is not installed");
+        eprintln!("SKIPPED {test}: nft (nftables) is not installed");
+        return;
+    }
+    let links_before = root_links();
+    let (path, _, _, u) = load("scenario1.json");
+    let emu = Emu::new(test, "i");
+    emu.up_no_start(&path);
+    let sysctl = |dev: &str, key: &str| -> String {
         let o = emu.cmd(&[
             "exec",
             "--run",
             &emu.id,
-            from,
+            dev,
             "--",
-            "timeout",
-            "1",
-            "bash",
-            "-c",
-            &format!("exec 3<>/dev/tcp/{to}/9"),
+            "cat",
+            &format!("/proc/sys/net/{key}"),
         ]);
-        o.status.code().unwrap_or(-1)
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
-    // LAN 10.0.20.0/24: O6 .1, C1 .21, C2 .22, C3 .23.
-    assert_eq!(probe("C1", "10.0.20.1"), 1);
-    emu.ok(&["cut", "C1", "O6"]);
-    assert_eq!(probe("C1", "10.0.20.1"), 124, "C1–O6 is cut silently");
-    assert_eq!(probe("C2", "10.0.20.1"), 1, "C2–O6 is untouched");
-    assert_eq!(probe("C1", "10.0.20.22"), 1, "C1–C2 is untouched");
-    emu.ok(&["cut", "C2", "O6"]);
-    emu.ok(&["restore", "C1", "O6"]);
-    assert_eq!(probe("C1", "10.0.20.1"), 1, "C1–O6 is back");
-    assert_eq!(probe("C2", "10.0.20.1"), 124, "C2–O6 stays cut");
+    // As in CORE: routers forward (IPForward's sysctls), one-interface hosts (PCs) do not.
+    assert_eq!(sysctl("O2", "ipv4/ip_forward"), "1");
+    assert_eq!(sysctl("O2", "ipv4/conf/all/rp_filter"), "0");
+    assert_eq!(sysctl("O2", "ipv4/conf/eth1/send_redirects"), "0");
+    assert_eq!(sysctl("C1", "ipv4/ip_forward"), "0");
+    // C1 (10.0.4.20) sits behind edge O2 (10.0.4.1); edge O3 (10.0.5.1) is reached through
+    // O2's host, O1 and O3's host.
+    assert_eq!(
+        probes(&emu, &[("C1", "10.0.4.1"), ("C1", "10.0.5.1")]),
+        [1, 1]
+    );
+    emu.ok(&["isolate", "O2"]);
+    assert!(emu.ok(&["status"]).contains("isolated: O2"));
+    // O2 is silent on every address, to its clients and its neighbours; its host still
+    // routes C1 to O3.
+    assert_eq!(
+        probes(
+            &emu,
+            &[
+                ("C1", "10.0.4.1"),
+                ("C1", "10.0.2.2"),
+                ("O1", "10.0.2.2"),
+                ("C1", "10.0.5.1")
+            ]
+        ),
+        [124, 124, 124, 1]
+    );
+    let o = emu.cmd(&["isolate", "O2", "--run", &emu.id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already isolated") && err.lines().count() == 1,
+        "{err}"
+    );
+    emu.ok(&["rejoin", "O2"]);
+    assert!(!emu.ok(&["status"]).contains("isolated"));
+    assert_eq!(probes(&emu, &[("C1", "10.0.4.1")]), [1], "O2 is back");
     emu.ok(&["down"]);
-    assert_torn_down(&emu, &links_before);
+    assert_torn_down(&emu, &u, &links_before);
 }

@@ -7,12 +7,22 @@
 //!   `h<host>e<N>` in the hub, enslaved to the subnet's bridge. Nothing is created in the root
 //!   namespace, so deleting the namespaces removes every link, and names never collide
 //!   between runs (the run id is random unless given);
-//! - hosts forward IP and carry the plan's static shortest-path routes, so any host reaches any
-//!   address through the hosts in between (grandfather connections to non-neighbours work, and
-//!   cutting a link also cuts the routed paths through it, as in a real network);
+//! - hosts carry the plan's static shortest-path routes, so any host reaches any address through
+//!   the hosts in between (grandfather connections to non-neighbours work, and cutting a link
+//!   also cuts the routed paths through it, as in a real network). As in CORE, only routers
+//!   (hosts with two or more interfaces) forward, with the sysctls of CORE's `IPForward`
+//!   service (no ICMP redirects, no reverse-path filter); a one-interface host is a CORE `PC`
+//!   and does not forward. Daemons are started without `--bind`, bound to all addresses, as
+//!   the CORE start scripts start them, so a multi-homed edge answers clients on any of its
+//!   addresses and clients reach their other edges through routers;
 //! - a silent link cut takes the link's hub ports down (point-to-point subnets): the frames
 //!   vanish in the hub, nobody sends a RST or an ICMP error. Cutting one pair on a LAN needs
 //!   nftables (a bridge-family drop rule between the two ports in the hub);
+//! - isolating a device silences its daemon without touching its host's routing: an nftables
+//!   table in the host's namespace drops every packet the host receives for itself or sends
+//!   from itself (loopback excepted), while packets it forwards pass. A client whose other edge
+//!   is reached *through* its silenced edge's host still reaches it, as when a daemon hangs on
+//!   a CORE router that keeps routing (a link cut there would cut the client off entirely);
 //! - daemons run as `ip netns exec NS overlayd --role ...`, each in its own process group (so a
 //!   kill or SIGSTOP reaches the daemon's children too), detached from the caller, stdout and
 //!   stderr appended to `<run dir>/logs/<device>.log`; the bootstrapper runs on the host the
@@ -115,6 +125,11 @@ pub enum NetnsCmd {
     Cut { a: String, b: String },
     /// Restore a cut link.
     Restore { a: String, b: String },
+    /// Silence a device: drop everything to and from its own addresses (no RST, no ICMP)
+    /// while its host keeps forwarding for others (needs nftables).
+    Isolate { device: String },
+    /// Undo `isolate`.
+    Rejoin { device: String },
     /// Run a command inside a device's namespace.
     Exec {
         device: String,
@@ -163,6 +178,9 @@ pub struct RunState {
     pub hub_ns: String,
     pub daemons: BTreeMap<String, Daemon>,
     pub cuts: Vec<Cut>,
+    /// Isolated devices (`isolate`).
+    #[serde(default)]
+    pub isolated: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,7 +289,7 @@ pub fn build_commands(u: &Underlay, hub: &str, host_ns: &[String]) -> Vec<Vec<St
             ns,
             "sh",
             "-c",
-            "echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+            &forwarding_script(u, h),
         ]));
         for r in &host.routes {
             let fam = if r.dest.is_v4() { "-4" } else { "-6" };
@@ -292,6 +310,36 @@ pub fn build_commands(u: &Underlay, hub: &str, host_ns: &[String]) -> Vec<Vec<St
     }
     c
 }
+
+/// Whether host `h` forwards IP: the hosts CORE runs as routers (two or more interfaces).
+pub fn forwards(u: &Underlay, h: usize) -> bool {
+    super::core::is_router(u, h)
+}
+
+/// The sysctls of host `h`, as CORE sets them: a router gets those of CORE's `IPForward`
+/// service (forwarding on, ICMP redirects off, reverse-path filter off, for every interface);
+/// any other host forwards nothing (the kernel's default in a new namespace, made explicit in
+/// case the machine makes namespaces inherit its own settings).
+pub fn forwarding_script(u: &Underlay, h: usize) -> String {
+    let sys = "/proc/sys/net";
+    if !forwards(u, h) {
+        return format!("echo 0 > {sys}/ipv4/ip_forward; echo 0 > {sys}/ipv6/conf/all/forwarding");
+    }
+    let mut s = format!("echo 1 > {sys}/ipv4/ip_forward");
+    let mut devs = vec!["all".to_string(), "default".to_string()];
+    devs.extend(u.hosts[h].ifaces.iter().map(|f| f.name.clone()));
+    for d in &devs {
+        s.push_str(&format!(
+            "; echo 1 > {sys}/ipv4/conf/{d}/forwarding; echo 0 > {sys}/ipv4/conf/{d}/send_redirects; echo 0 > {sys}/ipv4/conf/{d}/rp_filter; echo 1 > {sys}/ipv6/conf/{d}/forwarding"
+        ));
+    }
+    s
+}
+
+/// The nft ruleset (for `nft -f -` in a host's namespace) that isolates the host's own
+/// traffic: input and output hooks see only packets addressed to or sent by the host itself,
+/// so forwarded packets pass.
+pub const ISOLATE_RULES: &str = "table inet ovld_isolate\ndelete table inet ovld_isolate\ntable inet ovld_isolate {\n  chain input {\n    type filter hook input priority -300; policy drop;\n    iifname \"lo\" accept\n  }\n  chain output {\n    type filter hook output priority -300; policy drop;\n    oifname \"lo\" accept\n  }\n}\n";
 
 /// The commands that cut (`down`) or restore the link between hosts `a` and `b`: hub ports
 /// down/up for point-to-point subnets, nft rules for LANs (the caller re-creates the LAN rule
@@ -752,6 +800,43 @@ impl RunState {
         self.save()
     }
 
+    /// Isolate a device (`on`) or let it rejoin: see [`ISOLATE_RULES`].
+    pub fn isolate(&mut self, device: &str, on: bool) -> anyhow::Result<()> {
+        let h = self.host_index(device)?;
+        let is = self.isolated.iter().any(|d| d == device);
+        if on && is {
+            bail!("{device} is already isolated");
+        }
+        if !on && !is {
+            bail!("{device} is not isolated");
+        }
+        if run(&cmd(&["sh", "-c", "command -v nft"])).is_err() {
+            bail!("isolating a device needs nftables (`nft`): apt-get install nftables");
+        }
+        let ns = &self.host_ns[h];
+        if on {
+            run_with_stdin(
+                &["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                ISOLATE_RULES,
+            )?;
+            self.isolated.push(device.to_string());
+        } else {
+            run(&cmd(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "ovld_isolate",
+            ]))?;
+            self.isolated.retain(|d| d != device);
+        }
+        self.save()
+    }
+
     /// One line per daemon and per cut.
     pub fn status(&self) -> String {
         let present = list_namespaces(&hub_ns(&self.run_id)).unwrap_or_default();
@@ -782,6 +867,9 @@ impl RunState {
         }
         for c in &self.cuts {
             s.push_str(&format!("cut: {} – {}\n", c.a, c.b));
+        }
+        for d in &self.isolated {
+            s.push_str(&format!("isolated: {d}\n"));
         }
         s
     }
@@ -956,6 +1044,7 @@ fn up(
         hub_ns: hub,
         daemons,
         cuts: Vec::new(),
+        isolated: Vec::new(),
     };
     // Saved before anything exists, so `down` knows the run whatever happens next.
     st.save()?;
@@ -1052,7 +1141,12 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
         );
     }
     for (h, host) in u.hosts.iter().enumerate() {
-        outln!(out, "{} ({}) in {}", host.name, host.role, host_ns[h]);
+        let fwd = if forwards(&u, h) {
+            ", router: forwards IP"
+        } else {
+            ""
+        };
+        outln!(out, "{} ({}) in {}{fwd}", host.name, host.role, host_ns[h]);
         for f in &host.ifaces {
             let a: Vec<String> = f.addrs.iter().map(|a| a.to_string()).collect();
             outln!(out, "  {} {}", f.name, a.join(" "));
@@ -1126,6 +1220,7 @@ fn down(run: Option<&str>, all: bool) -> anyhow::Result<()> {
             d.start_time = None;
         }
         st.cuts.clear();
+        st.isolated.clear();
         st.save()?;
     }
     println!(
@@ -1206,6 +1301,16 @@ pub fn main(args: NetnsArgs) -> anyhow::Result<i32> {
             load(r)?.cut(&a, &b, false)?;
             println!("restored {a} – {b}");
         }
+        NetnsCmd::Isolate { device } => {
+            load(r)?.isolate(&device, true)?;
+            println!(
+                "isolated {device} (silently: its own packets are dropped, it still forwards)"
+            );
+        }
+        NetnsCmd::Rejoin { device } => {
+            load(r)?.isolate(&device, false)?;
+            println!("{device} rejoined the network");
+        }
         NetnsCmd::Exec { device, cmd } => {
             let st = load(r)?;
             let h = st.host_index(&device)?;
@@ -1273,6 +1378,49 @@ mod tests {
         assert!(c
             .iter()
             .all(|c| c[1] == "netns" || c.contains(&"-n".to_string())));
+    }
+
+    #[test]
+    fn only_routers_forward_with_cores_sysctls() {
+        let u = underlay();
+        for (h, host) in u.hosts.iter().enumerate() {
+            let script = forwarding_script(&u, h);
+            if host.ifaces.len() >= 2 {
+                assert!(forwards(&u, h), "{}", host.name);
+                assert!(script.contains("echo 1 > /proc/sys/net/ipv4/ip_forward"));
+                for f in &host.ifaces {
+                    let d = &f.name;
+                    assert!(
+                        script.contains(&format!("echo 0 > /proc/sys/net/ipv4/conf/{d}/rp_filter"))
+                    );
+                    assert!(script.contains(&format!(
+                        "echo 0 > /proc/sys/net/ipv4/conf/{d}/send_redirects"
+                    )));
+                }
+            } else {
+                assert!(!forwards(&u, h), "{}", host.name);
+                assert!(
+                    script.contains("echo 0 > /proc/sys/net/ipv4/ip_forward"),
+                    "{script}"
+                );
+                assert!(!script.contains("echo 1"), "{script}");
+            }
+        }
+        let ns = host_namespaces("t", &u);
+        let c = build_commands(&u, "ovld-t", &ns);
+        let (o1, _) = u.host("O1").unwrap();
+        assert!(c
+            .iter()
+            .any(|c| c.contains(&ns[o1]) && c.last() == Some(&forwarding_script(&u, o1))));
+    }
+
+    #[test]
+    fn isolation_drops_only_the_hosts_own_traffic() {
+        // Input and output hooks (the host's own packets), never forward (what it routes).
+        assert!(ISOLATE_RULES.contains("hook input") && ISOLATE_RULES.contains("hook output"));
+        assert!(!ISOLATE_RULES.contains("forward"));
+        assert_eq!(ISOLATE_RULES.matches("policy drop").count(), 2);
+        assert!(ISOLATE_RULES.contains("iifname \"lo\" accept"));
     }
 
     #[test]

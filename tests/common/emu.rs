@@ -1,8 +1,10 @@
-//! The network-namespace emulation harness shared by the fault, restart and netns tests: an
-//! `Emu` run of `overlayd netns` with its own base directory (torn down on drop, kept when the
-//! test fails), log helpers that follow a device's parent for a video, headless recording
-//! clients sampled every 20 ms, and the checks and `GAP` report lines made from what they
-//! received.
+//! The network-namespace emulation harness shared by the fault, restart, routed and netns
+//! tests: an `Emu` run of `overlayd netns` under a run id of its own (random, taken only when
+//! no namespace or directory bears it, so concurrent runs never touch each other) with its own
+//! base directory (torn down on drop, kept when the test fails), log helpers that follow a
+//! device's parent for a video, headless recording clients (no `--bind`, as in CORE; on their
+//! first edge unless told otherwise) sampled every 20 ms with their status lines parsed, and
+//! the checks and `GAP` report lines made from what they received.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -111,27 +113,57 @@ struct Net {
 
 impl Emu {
     /// A run id and an empty base directory; nothing built yet (the test runs `up` itself).
+    ///
+    /// The id is the tag and random hex digits (8 characters in all), and is taken only when
+    /// no namespace and no base directory of that id exist: other sessions run emulations on
+    /// the same machine at the same time, and everything a run creates (namespaces, links,
+    /// processes, files) is named after its id, so a run never touches another run's things.
     pub fn new(test: &'static str, tag: &str) -> Emu {
-        let id = format!("{tag}{:x}", std::process::id() & 0xfff);
-        let base = std::env::temp_dir().join(format!("overlayd-emu-{id}"));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        Emu {
-            test,
-            base,
-            id,
-            net: None,
+        assert!(
+            !tag.is_empty() && tag.len() <= 3 && netns::valid_run_id(tag),
+            "tag {tag:?}: 1 to 3 lower-case letters or digits"
+        );
+        let width = 8 - tag.len();
+        loop {
+            let r: u32 = rand::random();
+            let id = format!("{tag}{:0width$x}", r & ((1 << (4 * width)) - 1));
+            let base = std::env::temp_dir().join(format!("overlayd-emu-{id}"));
+            let hub = netns::hub_ns(&id);
+            let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+            let taken = String::from_utf8_lossy(&ns.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .any(|n| n == hub || n.starts_with(&format!("{hub}-")));
+            // create_dir (not _all) fails when the directory exists: the id is ours alone.
+            if taken || std::fs::create_dir(&base).is_err() {
+                continue;
+            }
+            return Emu {
+                test,
+                base,
+                id,
+                net: None,
+            };
         }
     }
 
     /// Build `topology` (a file of topology/) as namespaces; `start`: start the bootstrapper
-    /// and every server and node (else nothing).
+    /// and every server and node (else nothing). Edges use the built-in relay, which numbers
+    /// the datagrams, so the clients can count duplicates.
     pub fn up(test: &'static str, tag: &str, topo: &str, start: bool) -> Emu {
-        Emu::up_with(test, tag, topo, start, &[])
+        Emu::up_with(test, tag, topo, start, "native", &[])
     }
 
-    /// `up` with more arguments for `overlayd netns up` (e.g. `--daemon-args`).
-    pub fn up_with(test: &'static str, tag: &str, topo: &str, start: bool, extra: &[&str]) -> Emu {
+    /// `up` with the edges' relay (`native` or `ffmpeg`) and more arguments for
+    /// `overlayd netns up` (e.g. `--daemon-args`).
+    pub fn up_with(
+        test: &'static str,
+        tag: &str,
+        topo: &str,
+        start: bool,
+        relay: &str,
+        extra: &[&str],
+    ) -> Emu {
         let mut emu = Emu::new(test, tag);
         let path = repo().join("topology").join(topo);
         let t = topology::load(&path).unwrap();
@@ -141,9 +173,8 @@ impl Emu {
         let p = path.display().to_string();
         let videos = repo().join("videos").display().to_string();
         let id = emu.id.clone();
-        // The built-in relay numbers the datagrams, so the clients can count duplicates.
         let mut args = vec![
-            "up", &p, "--run-id", &id, "--videos", &videos, "--relay", "native",
+            "up", &p, "--run-id", &id, "--videos", &videos, "--relay", relay,
         ];
         if !start {
             args.push("--no-start");
@@ -305,6 +336,12 @@ impl Emu {
 
     /// A client whose files (recording, stats, log) are named `stem` (a second life of the
     /// same client needs other files), with more arguments.
+    ///
+    /// Unless `extra` says `--edge`, the client is given its first edge (`--edge IP`): it
+    /// starts there and leaves it only when it dies. With `auto` a client may start on its
+    /// other edge, reached through routers, since both answer within a millisecond here; the
+    /// fault tests cut links next to a client's own edge and count on its path not crossing
+    /// them (the automatic choice is tested in tests/edge_client.rs).
     pub fn client_with(
         &self,
         name: &str,
@@ -313,11 +350,22 @@ impl Emu {
         secs: u32,
         extra: &[&str],
     ) -> Client {
+        let first_edge: Vec<String> = if extra.contains(&"--edge") {
+            Vec::new()
+        } else {
+            let t = &self.net().t;
+            let dev = t.devices().find(|d| d.name == name).expect("a device");
+            dev.neighbours
+                .first()
+                .map(|n| vec!["--edge".to_string(), n.ip.to_string()])
+                .unwrap_or_default()
+        };
         let dir = self.run_dir();
         let rec = dir.join(format!("{stem}.ts"));
         let stats = dir.join(format!("{stem}.json"));
         let log = std::fs::File::create(dir.join("logs").join(format!("{stem}.log"))).unwrap();
-        let out = std::fs::File::create(dir.join("logs").join(format!("{stem}.out"))).unwrap();
+        let out_path = dir.join("logs").join(format!("{stem}.out"));
+        let out = std::fs::File::create(&out_path).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns_of(name), BIN])
             .args(["--role", "client", "--name", name, "--bootstrap"])
@@ -328,6 +376,7 @@ impl Emu {
             .arg(&rec)
             .arg("--stats-json")
             .arg(&stats)
+            .args(first_edge)
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -357,6 +406,7 @@ impl Emu {
             child: Some(child),
             rec,
             stats,
+            out: out_path,
             samples,
             stop,
             sampler: Some(sampler),
@@ -428,6 +478,7 @@ impl Emu {
 
 impl Drop for Emu {
     fn drop(&mut self) {
+        // The id was free when this run took it (see `new`), so whatever bears it is ours.
         let _ = self.cmd(&["down", "--run", &self.id]);
         if std::thread::panicking() || std::env::var_os("OVERLAYD_TEST_KEEP").is_some() {
             eprintln!(
@@ -451,6 +502,8 @@ pub struct Client {
     pub child: Option<Child>,
     pub rec: PathBuf,
     pub stats: PathBuf,
+    /// The client's stdout: its status lines (plain mode, every 2 s) and the summary.
+    pub out: PathBuf,
     pub samples: Arc<Mutex<Vec<(Instant, u64)>>>,
     pub stop: Arc<AtomicBool>,
     pub sampler: Option<std::thread::JoinHandle<()>>,
@@ -484,6 +537,63 @@ impl Client {
                 self.video
             );
             sleep(0.02);
+        }
+    }
+
+    /// The client's log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(
+            self.rec
+                .parent()
+                .unwrap()
+                .join("logs")
+                .join(format!("{}.log", self.name)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// The client's stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Wait (up to `secs`) for a status line printed after byte `from` of stdout in which
+    /// `ok` holds for the edge table; returns that table. Panics with the last status line.
+    pub fn wait_edges(
+        &self,
+        from: usize,
+        secs: f64,
+        what: &str,
+        ok: impl Fn(&[EdgeRow]) -> bool,
+    ) -> Vec<EdgeRow> {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        loop {
+            let out = self.stdout();
+            let lines: Vec<&str> = out
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .filter(|l| l.starts_with("edges "))
+                .collect();
+            if let Some(t) = lines.iter().map(|l| edge_rows(l)).find(|t| ok(t)) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no status line within {secs} s in which {what}; last one: {:?}",
+                self.name,
+                lines.last().copied().unwrap_or("(none)")
+            );
+            sleep(0.05);
+        }
+    }
+
+    /// SIGTERM: the client stops as at the end of `--duration` (stats written).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", c.id())])
+                .status();
         }
     }
 
@@ -538,6 +648,91 @@ impl Drop for Client {
         }
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// One edge of a client's status line: `*10.0.4.1:7702:rtt=0.5ms:loss=0%:up`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeRow {
+    pub addr: String,
+    pub chosen: bool,
+    /// Milliseconds; None before the first probe ack (`rtt=-`).
+    pub rtt_ms: Option<f64>,
+    pub loss_pct: f64,
+    pub up: bool,
+}
+
+impl EdgeRow {
+    /// Up with a finite round-trip time.
+    pub fn answers(&self) -> bool {
+        self.up && self.rtt_ms.is_some_and(f64::is_finite)
+    }
+}
+
+/// The edges of a status line (`edges A B ... video=...`).
+pub fn edge_rows(line: &str) -> Vec<EdgeRow> {
+    line.split_whitespace()
+        .skip(1)
+        .take_while(|w| !w.starts_with("video="))
+        .filter_map(|w| {
+            let (chosen, w) = match w.strip_prefix('*') {
+                Some(rest) => (true, rest),
+                None => (false, w),
+            };
+            let parts: Vec<&str> = w.rsplitn(4, ':').collect();
+            let [state, loss, rtt, addr] = parts.as_slice() else {
+                return None;
+            };
+            Some(EdgeRow {
+                addr: addr.to_string(),
+                chosen,
+                rtt_ms: rtt
+                    .strip_prefix("rtt=")?
+                    .strip_suffix("ms")
+                    .and_then(|v| v.parse().ok()),
+                loss_pct: loss
+                    .strip_prefix("loss=")?
+                    .trim_end_matches('%')
+                    .parse()
+                    .ok()?,
+                up: *state == "up",
+            })
+        })
+        .collect()
+}
+
+/// Seconds since the Unix epoch of a log line's leading RFC 3339 UTC timestamp
+/// (`2026-12-02T00:06:52.435934Z ...`).
+pub fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<f64> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([y, m, day], [h, min, sec]) = (d.as_slice(), t.as_slice()) else {
+        return None;
+    };
+    // Days from the civil date (proleptic Gregorian), as in Howard Hinnant's algorithm.
+    let y = if *m <= 2 { y - 1 } else { *y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Decoded video frames (ffprobe), or an error line.
