@@ -375,7 +375,7 @@ fn core_scripts(
             .map(|h| {
                 (
                     u.hosts[h].name.clone(),
-                    core::start_script(u, h, "t", text, opts, false).unwrap(),
+                    core::start_script(u, h, "t", text, opts).unwrap(),
                 )
             })
             .collect();

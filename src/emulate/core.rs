@@ -231,15 +231,12 @@ fn node_ids(u: &Underlay) -> (Vec<usize>, Vec<Option<usize>>) {
 }
 
 /// The start script of host `h` with the default (static) routing; see [`start_script_routed`].
-/// Both formats carry the same script: `_legacy` only keeps the signature of callers written
-/// when they differed.
 pub fn start_script(
     u: &Underlay,
     h: usize,
     scenario: &str,
     topology_text: &str,
     opts: &CoreOptions,
-    _legacy: bool,
 ) -> Result<String, String> {
     start_script_routed(u, h, scenario, topology_text, opts, Routing::default())
 }
