@@ -135,20 +135,31 @@ fn skipped(test: &str) {
     println!("SKIPPED {test}: needs root (ip netns, veth)");
 }
 
-/// A chunk feed for the ffmpeg relay: real TS (a clip of the repository), 7 packets a chunk.
+/// A chunk feed for the ffmpeg relay: a clip of the repository cut as a server cuts it (7
+/// packets a chunk, a new chunk at each keyframe, flagged), looped, a chunk every 10 ms.
 fn feed_clip(input: tokio::sync::mpsc::Sender<EdgeInput>) -> tokio::task::JoinHandle<()> {
     let ts = std::fs::read(common::media::clip("alpha.ts")).expect("videos/alpha.ts");
+    let mut chunker = overlayd::media::ts::Chunker::new(7).unwrap();
+    chunker.push(&ts);
+    let mut chunks = Vec::new();
+    while let Some(c) = chunker.poll_chunk() {
+        chunks.push(c);
+    }
+    chunks.extend(chunker.flush());
+    assert!(
+        chunks.iter().filter(|c| c.keyframe).count() > 2,
+        "a clip with keyframes"
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
-        for (seq, chunk) in ts.chunks(188 * 7).enumerate().cycle() {
+        for (seq, c) in chunks.iter().cycle().enumerate() {
             tick.tick().await;
-            let payload = bytes::Bytes::copy_from_slice(chunk);
             let chunk = EdgeInput::Chunk {
                 video: "v1".into(),
                 epoch: 1,
                 seq: seq as u64,
-                keyframe: seq == 0,
-                payload,
+                keyframe: c.keyframe,
+                payload: c.payload.clone(),
             };
             if input.send(chunk).await.is_err() {
                 return;
