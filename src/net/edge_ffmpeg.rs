@@ -24,6 +24,14 @@
 //!   instead of waiting for the next keyframe (the player still holds the reference frames).
 //!   A fresh session gets the cache as usual and so starts on a keyframe.
 //!
+//! - A new epoch (the stream now comes from another server, or from a restarted source) gets
+//!   a new child. The new epoch's timestamps start over (a source starts at its clip's
+//!   beginning); one ffmpeg child fed both, with `-copyts`, clamps every timestamp behind the
+//!   highest seen ("non-monotonous DTS") and sends in bursts with pauses of about 0.7 s until the
+//!   new timestamps catch up: seconds of unplayable video, seen in CORE. A fresh child costs
+//!   its start (about 0.7 s) once, and starts the client cleanly on the new epoch's next
+//!   keyframe.
+//!
 //! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, and
 //! children die with the daemon in any case (see [`crate::media::child`]).
 
@@ -47,6 +55,8 @@ use crate::wire::client::{
 
 /// Offset of the flags byte in a framed video datagram (after the tag and the stream id).
 const FLAGS_OFFSET: usize = 5;
+/// Offset of the epoch (`u64`, big-endian) in a framed video datagram, after the flags.
+const EPOCH_OFFSET: usize = 6;
 /// Receive buffer of the loopback socket; ffmpeg sends `pkt_size` (1316-byte) datagrams.
 const FORWARD_BUF: usize = 65_536;
 
@@ -66,6 +76,8 @@ pub struct FfmpegSinkCounters {
     pub cached_skipped: AtomicU64,
     /// Video datagrams for a client without a session, or not framed video.
     pub unroutable: AtomicU64,
+    /// Children replaced because the session's stream moved to a new epoch.
+    pub epoch_restarts: AtomicU64,
 }
 
 struct Session {
@@ -75,6 +87,9 @@ struct Session {
     from: watch::Sender<Option<IpAddr>>,
     skip_cached: bool,
     video: String,
+    stream: u32,
+    /// The epoch this child has been fed (`None` before the first datagram).
+    epoch: Option<u64>,
 }
 
 impl Drop for Session {
@@ -140,6 +155,8 @@ impl FfmpegSink {
             from,
             skip_cached: continuing,
             video: String::new(),
+            stream: 0,
+            epoch: None,
         })
     }
 }
@@ -192,6 +209,7 @@ impl VideoSink for FfmpegSink {
         match self.start(client, continuing) {
             Ok(mut session) => {
                 session.video = video.to_string();
+                session.stream = stream;
                 self.counters.sessions.fetch_add(1, Ordering::Relaxed);
                 info!(%client, video, stream, continuing, "ffmpeg relay started");
                 self.sessions.insert(client, session);
@@ -204,17 +222,35 @@ impl VideoSink for FfmpegSink {
     }
 
     fn send(&mut self, client: SocketAddr, from: Option<IpAddr>, datagram: Bytes) {
-        let Some(session) = self.sessions.get(&client) else {
-            self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        session
-            .from
-            .send_if_modified(|f| std::mem::replace(f, from) != from);
         if datagram.len() <= VIDEO_HEADER_LEN || datagram[0] != TAG_VIDEO_DATA {
             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(&datagram[EPOCH_OFFSET..EPOCH_OFFSET + 8]);
+        let epoch = u64::from_be_bytes(epoch);
+        let Some(session) = self.sessions.get_mut(&client) else {
+            self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if session.epoch.is_some_and(|e| e != epoch) {
+            // See the module doc: a new epoch gets a fresh child, started as for a new viewer.
+            let (video, stream) = (session.video.clone(), session.stream);
+            info!(%client, %video, epoch, "new epoch: ffmpeg relay restarted");
+            self.counters.epoch_restarts.fetch_add(1, Ordering::Relaxed);
+            self.open(client, &video, stream, false);
+            let Some(fresh) = self.sessions.get_mut(&client) else {
+                return;
+            };
+            fresh.epoch = Some(epoch);
+            fresh.from.send_replace(from);
+            fresh.relay.send_bytes(datagram.slice(VIDEO_HEADER_LEN..));
+            return;
+        }
+        session.epoch = Some(epoch);
+        session
+            .from
+            .send_if_modified(|f| std::mem::replace(f, from) != from);
         if session.skip_cached && datagram[FLAGS_OFFSET] & VIDEO_FLAG_CACHED != 0 {
             self.counters.cached_skipped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -270,6 +306,54 @@ mod tests {
         b.freeze()
     }
     const TS_SYNC_BYTE: u8 = 0x47;
+
+    async fn child_of(sink: &FfmpegSink, client: SocketAddr) -> u32 {
+        for _ in 0..100 {
+            if let Some(pid) = sink.child_pid(client) {
+                return pid;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no ffmpeg child for {client}");
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_gets_a_new_child() {
+        if !crate::media::relay::ffmpeg_available() {
+            eprintln!("ffmpeg not installed; skipped");
+            return;
+        }
+        let edge = Arc::new(
+            ReplySocket::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
+        let mut sink = FfmpegSink::new(edge, RelayConfig::default());
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let of_epoch = |epoch: u64, seq: u64| {
+            let mut b = BytesMut::new();
+            put_video_header(&mut b, 7, 0, epoch, seq, 0, 1);
+            b.extend_from_slice(&[TS_SYNC_BYTE; TS_PACKET_LEN]);
+            b.freeze()
+        };
+        sink.open(client, "v", 7, false);
+        sink.send(client, None, of_epoch(1, 1));
+        sink.send(client, None, of_epoch(1, 2));
+        let first = child_of(&sink, client).await;
+        let c = sink.counters();
+        assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 0);
+        // The stream comes from another server now: a fresh child, for the same session.
+        sink.send(client, None, of_epoch(5, 1));
+        assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 1);
+        let second = child_of(&sink, client).await;
+        assert_ne!(first, second, "the child was replaced");
+        assert_eq!(sink.sessions[&client].stream, 7);
+        // Later datagrams of that epoch go to the same child.
+        sink.send(client, None, of_epoch(5, 2));
+        assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.child_pid(client), Some(second));
+        sink.close(client);
+    }
 
     #[tokio::test]
     async fn continuing_sessions_skip_the_gop_cache_and_close_kills_the_child() {
