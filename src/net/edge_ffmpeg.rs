@@ -30,7 +30,8 @@
 //!   highest seen ("non-monotonous DTS") and sends in bursts with pauses of about 0.7 s until the
 //!   new timestamps catch up: seconds of unplayable video, seen in CORE. A fresh child costs
 //!   its start (about 0.7 s) once, and starts the client cleanly on the new epoch's next
-//!   keyframe.
+//!   keyframe. Stragglers of the epoch just left are dropped (each would cost another child);
+//!   only a run of it for [`EPOCH_RETURN`] means the stream went back to it.
 //!
 //! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, and
 //! children die with the daemon in any case (see [`crate::media::child`]).
@@ -57,6 +58,9 @@ use crate::wire::client::{
 const FLAGS_OFFSET: usize = 5;
 /// Offset of the epoch (`u64`, big-endian) in a framed video datagram, after the flags.
 const EPOCH_OFFSET: usize = 6;
+/// How long the epoch a session left must keep coming, with nothing of the new one, before
+/// the session goes back to it (as the client's `stale_epoch_return`).
+const EPOCH_RETURN: std::time::Duration = std::time::Duration::from_millis(100);
 /// Receive buffer of the loopback socket; ffmpeg sends `pkt_size` (1316-byte) datagrams.
 const FORWARD_BUF: usize = 65_536;
 
@@ -78,6 +82,8 @@ pub struct FfmpegSinkCounters {
     pub unroutable: AtomicU64,
     /// Children replaced because the session's stream moved to a new epoch.
     pub epoch_restarts: AtomicU64,
+    /// Stray datagrams of the epoch a session just left, dropped.
+    pub left_epoch_dropped: AtomicU64,
 }
 
 struct Session {
@@ -90,6 +96,9 @@ struct Session {
     stream: u32,
     /// The epoch this child has been fed (`None` before the first datagram).
     epoch: Option<u64>,
+    /// The epoch the session left, and since when it has been coming again with nothing of
+    /// the current one.
+    left: Option<(u64, Option<std::time::Instant>)>,
 }
 
 impl Drop for Session {
@@ -157,6 +166,7 @@ impl FfmpegSink {
             video: String::new(),
             stream: 0,
             epoch: None,
+            left: None,
         })
     }
 }
@@ -233,7 +243,18 @@ impl VideoSink for FfmpegSink {
             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if session.epoch.is_some_and(|e| e != epoch) {
+        if let Some(current) = session.epoch.filter(|&e| e != epoch) {
+            if let Some((left, since)) = &mut session.left {
+                if *left == epoch {
+                    let now = std::time::Instant::now();
+                    if now.duration_since(*since.get_or_insert(now)) < EPOCH_RETURN {
+                        self.counters
+                            .left_epoch_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
             // See the module doc: a new epoch gets a fresh child, started as for a new viewer.
             let (video, stream) = (session.video.clone(), session.stream);
             info!(%client, %video, epoch, "new epoch: ffmpeg relay restarted");
@@ -243,9 +264,13 @@ impl VideoSink for FfmpegSink {
                 return;
             };
             fresh.epoch = Some(epoch);
+            fresh.left = Some((current, None));
             fresh.from.send_replace(from);
             fresh.relay.send_bytes(datagram.slice(VIDEO_HEADER_LEN..));
             return;
+        }
+        if let Some((_, since)) = &mut session.left {
+            *since = None;
         }
         session.epoch = Some(epoch);
         session
@@ -348,10 +373,20 @@ mod tests {
         let second = child_of(&sink, client).await;
         assert_ne!(first, second, "the child was replaced");
         assert_eq!(sink.sessions[&client].stream, 7);
-        // Later datagrams of that epoch go to the same child.
+        // Later datagrams of that epoch go to the same child; a straggler of the epoch left is
+        // dropped, not worth a child.
         sink.send(client, None, of_epoch(5, 2));
+        sink.send(client, None, of_epoch(1, 3));
+        sink.send(client, None, of_epoch(5, 3));
         assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(c.left_epoch_dropped.load(Ordering::Relaxed), 1);
         assert_eq!(sink.child_pid(client), Some(second));
+        // The left epoch coming back for good (EPOCH_RETURN of it alone) is followed.
+        sink.send(client, None, of_epoch(1, 4));
+        tokio::time::sleep(EPOCH_RETURN + std::time::Duration::from_millis(20)).await;
+        sink.send(client, None, of_epoch(1, 5));
+        assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 2);
+        assert_eq!(c.left_epoch_dropped.load(Ordering::Relaxed), 2);
         sink.close(client);
     }
 

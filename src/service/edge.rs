@@ -658,6 +658,10 @@ impl EdgeService {
         let flags = if keyframe { VIDEO_FLAG_KEYFRAME } else { 0 };
         let cache = &mut state.cache;
         let new_source = cache.chunks.first().is_some_and(|c| c.epoch != epoch);
+        if new_source {
+            // Another server, or a restarted source: its viewers see the video jump.
+            info!(video, epoch, "the video's epoch changed at this edge");
+        }
         if keyframe || new_source {
             cache.chunks.clear();
             cache.bytes = 0;
