@@ -324,9 +324,27 @@ mod tests {
     use crate::wire::client::put_video_header;
     use bytes::BytesMut;
 
+    /// A sink on a loopback edge socket; None (test skipped) without ffmpeg.
+    async fn sink() -> Option<FfmpegSink> {
+        if !crate::media::relay::ffmpeg_available() {
+            eprintln!("ffmpeg not installed; skipped");
+            return None;
+        }
+        let edge = ReplySocket::bind("127.0.0.1:0".parse().unwrap()).await;
+        Some(FfmpegSink::new(
+            Arc::new(edge.unwrap()),
+            RelayConfig::default(),
+        ))
+    }
+
     fn framed(flags: u8, seq: u64) -> Bytes {
+        of_epoch(1, flags, seq)
+    }
+
+    /// A framed datagram of stream 7 with one TS packet.
+    fn of_epoch(epoch: u64, flags: u8, seq: u64) -> Bytes {
         let mut b = BytesMut::new();
-        put_video_header(&mut b, 7, flags, 1, seq, 0, 1);
+        put_video_header(&mut b, 7, flags, epoch, seq, 0, 1);
         b.extend_from_slice(&[TS_SYNC_BYTE; TS_PACKET_LEN]);
         b.freeze()
     }
@@ -344,23 +362,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_epoch_gets_a_new_child() {
-        if !crate::media::relay::ffmpeg_available() {
-            eprintln!("ffmpeg not installed; skipped");
+        let Some(mut sink) = sink().await else {
             return;
-        }
-        let edge = Arc::new(
-            ReplySocket::bind("127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap(),
-        );
-        let mut sink = FfmpegSink::new(edge, RelayConfig::default());
-        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let of_epoch = |epoch: u64, seq: u64| {
-            let mut b = BytesMut::new();
-            put_video_header(&mut b, 7, 0, epoch, seq, 0, 1);
-            b.extend_from_slice(&[TS_SYNC_BYTE; TS_PACKET_LEN]);
-            b.freeze()
         };
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let of_epoch = |epoch: u64, seq: u64| of_epoch(epoch, 0, seq);
         sink.open(client, "v", 7, false);
         sink.send(client, None, of_epoch(1, 1));
         sink.send(client, None, of_epoch(1, 2));
@@ -392,16 +398,9 @@ mod tests {
 
     #[tokio::test]
     async fn continuing_sessions_skip_the_gop_cache_and_close_kills_the_child() {
-        if !crate::media::relay::ffmpeg_available() {
-            eprintln!("ffmpeg not installed; skipped");
+        let Some(mut sink) = sink().await else {
             return;
-        }
-        let edge = Arc::new(
-            ReplySocket::bind("127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap(),
-        );
-        let mut sink = FfmpegSink::new(edge, RelayConfig::default());
+        };
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
         sink.open(client, "v", 7, true);
         sink.send(client, None, framed(VIDEO_FLAG_CACHED, 1));
