@@ -527,6 +527,29 @@ fn send_report(to: SocketAddr, psk: &overlayd::keyfile::Psk, bytes: &[u8]) -> Re
     })
 }
 
+/// A bootstrapper of `topo` on `ip` with the live map (page 7790, reports 7791), up.
+fn map_bootstrapper(topo: &Path, ip: &str, key: &Path) -> Daemon {
+    let boot = Daemon::spawn(
+        "bootstrapper",
+        &[
+            "--role",
+            "bootstrapper",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--bind",
+            ip,
+            "--map-port",
+            "7790",
+            "--report-port",
+            "7791",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    boot.wait_for(&["live map on"], WAIT);
+    boot
+}
+
 #[test]
 fn map_ports_refuse_bad_input_and_count_it() {
     let dir = TempDir::new("livemap-bad");
@@ -561,24 +584,7 @@ fn map_ports_refuse_bad_input_and_count_it() {
     assert!(err.contains("live map needs the overlay key"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
-    let boot = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topo.to_str().unwrap(),
-            "--bind",
-            &boot_ip,
-            "--map-port",
-            "7790",
-            "--report-port",
-            "7791",
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
-    );
-    boot.wait_for(&["live map on"], WAIT);
+    let boot = map_bootstrapper(&topo, &boot_ip, &key);
     let page: SocketAddr = format!("{boot_ip}:7790").parse().unwrap();
     let reports: SocketAddr = format!("{boot_ip}:7791").parse().unwrap();
     let get = |target: &str| http_get(page, target, Duration::from_secs(5)).unwrap();
@@ -689,24 +695,7 @@ async fn legend_names_the_server_a_stream_comes_from_now() {
     let key = dir.path("k");
     keygen(&key);
     let boot_ip = a(100);
-    let boot = Daemon::spawn(
-        "bootstrapper",
-        &[
-            "--role",
-            "bootstrapper",
-            "--topology",
-            topo.to_str().unwrap(),
-            "--bind",
-            &boot_ip,
-            "--map-port",
-            "7790",
-            "--report-port",
-            "7791",
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
-    );
-    boot.wait_for(&["live map on"], WAIT);
+    let boot = map_bootstrapper(&topo, &boot_ip, &key);
     let page: SocketAddr = format!("{boot_ip}:7790").parse().unwrap();
     let psk = overlayd::keyfile::load(&key).unwrap().psk;
 

@@ -27,7 +27,6 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// A TCP listener on `addr` (dual-stack for `::`, see the module doc).
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = with_fallback(addr, Type::STREAM, Protocol::TCP)?;
-    socket.set_reuse_address(true)?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
@@ -41,38 +40,29 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// A non-blocking socket bound to `addr`; `::` is dual-stack, or `0.0.0.0` where the host has
 /// no IPv6.
 fn with_fallback(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        match dual_stack(addr, ty, proto) {
-            Ok(s) => return Ok(s),
-            // No IPv6 in this kernel (or on this host): every address is every IPv4 one.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
-                ) =>
-            {
-                let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
-                return bound(v4, ty, proto);
-            }
-            Err(e) => return Err(e),
+    if !(addr.is_ipv6() && addr.ip().is_unspecified()) {
+        return bound(addr, ty, proto, false);
+    }
+    match bound(addr, ty, proto, true) {
+        // No IPv6 in this kernel (or on this host): every address is every IPv4 one.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            bound(v4, ty, proto, false)
         }
+        other => other,
     }
-    bound(addr, ty, proto)
 }
 
-fn dual_stack(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
-    let s = Socket::new(Domain::IPV6, ty, Some(proto))?;
-    s.set_only_v6(false)?;
-    if ty == Type::STREAM {
-        s.set_reuse_address(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s)
-}
-
-fn bound(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+fn bound(addr: SocketAddr, ty: Type, proto: Protocol, dual_stack: bool) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if dual_stack {
+        s.set_only_v6(false)?;
+    }
     if ty == Type::STREAM {
         s.set_reuse_address(true)?;
     }

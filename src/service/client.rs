@@ -324,6 +324,8 @@ enum Verdict {
 /// Orders framed datagrams by (epoch, seq, part); see the module docs.
 #[derive(Debug, Default)]
 struct Sequencer {
+    /// See [`ClientSettings::stale_epoch_return`].
+    stale_epoch_return: Duration,
     epoch: Option<u64>,
     last: (u64, u16, u16),
     retired: VecDeque<u64>,
@@ -348,11 +350,16 @@ struct Arrival {
     now: Instant,
     /// From the session's current edge (not one being left).
     from_session: bool,
-    /// See [`ClientSettings::stale_epoch_return`].
-    stale_epoch_return: Duration,
 }
 
 impl Sequencer {
+    fn new(stale_epoch_return: Duration) -> Sequencer {
+        Sequencer {
+            stale_epoch_return,
+            ..Sequencer::default()
+        }
+    }
+
     /// Counts one more datagram of abandoned `epoch` with nothing delivered in between; true
     /// once the session's edge has brought it for `stale_epoch_return`, or after
     /// [`STALE_EPOCH_ADOPT`] of them in a row from anywhere.
@@ -373,7 +380,7 @@ impl Sequencer {
         run.datagrams >= STALE_EPOCH_ADOPT
             || run
                 .from_session_since
-                .is_some_and(|t| at.now.saturating_duration_since(t) >= at.stale_epoch_return)
+                .is_some_and(|t| at.now.saturating_duration_since(t) >= self.stale_epoch_return)
     }
 
     /// True when `d` would be delivered after a hole.
@@ -511,6 +518,7 @@ impl ClientService {
                 first_used: None,
             });
         }
+        let stale_epoch_return = settings.stale_epoch_return;
         ClientService {
             next_stream: settings.first_stream,
             settings,
@@ -529,7 +537,7 @@ impl ClientService {
             list_wanted: false,
             list_last: None,
             next_token: 1,
-            seq: Sequencer::default(),
+            seq: Sequencer::new(stale_epoch_return),
             held: VecDeque::new(),
             hold_until: None,
             audit: None,
@@ -613,7 +621,7 @@ impl ClientService {
             busy_reported: false,
         });
         // A new stream starts a new sequence: an old video's epochs mean nothing to it.
-        self.seq = Sequencer::default();
+        self.seq = Sequencer::new(self.settings.stale_epoch_return);
         self.audit = None;
         self.drive(now);
         stream
@@ -936,7 +944,6 @@ impl ClientService {
         let at = Arrival {
             now,
             from_session: self.session.as_ref().is_some_and(|a| a.edge == e),
-            stale_epoch_return: self.settings.stale_epoch_return,
         };
         let verdict = self.seq.check(&d, at);
         match verdict {
