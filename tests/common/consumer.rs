@@ -22,9 +22,10 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// Per-stream delivery analysis.
+/// What a consumer's received sequence looks like: the process tests' twin of
+/// `overlayd::sim::SeqReport`.
 #[derive(Debug, Default, Clone)]
-pub struct Delivery {
+pub struct SeqReport {
     pub chunks: usize,
     pub duplicates: usize,
     pub reorderings: usize,
@@ -40,7 +41,7 @@ pub struct Delivery {
     pub max_gap: Duration,
 }
 
-impl std::fmt::Display for Delivery {
+impl std::fmt::Display for SeqReport {
     /// The one-line summary the process tests print.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -55,8 +56,8 @@ impl std::fmt::Display for Delivery {
     }
 }
 
-pub fn analyse(rx: &[Received]) -> Delivery {
-    let mut d = Delivery {
+pub fn analyse(rx: &[Received]) -> SeqReport {
+    let mut d = SeqReport {
         chunks: rx.len(),
         ..Default::default()
     };
