@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::consumer::Consumer;
 use common::{device, keygen, role_of, some_video, Daemon, TempDir};
 use overlayd::net::control::http_get;
-use overlayd::overlay::map::MapModel;
+use overlayd::observe::map::MapModel;
 
 const WAIT: Duration = Duration::from_secs(20);
 const NET: &str = "127.75.1";

@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::net::edge_driver::EdgeDriverCounters;
 use crate::net::node_driver::{ControlPort, ControlRequest};
-use crate::overlay::status::{EdgeStatus, NodeStatus, SessionStatus, TraceResult};
+use crate::observe::snapshot::{EdgeServiceStatus, NodeStatus, SessionStatus};
+use crate::observe::trace::TraceResult;
 use crate::service::edge::{EdgeCounters, SessionInfo};
 
 /// Default TCP port of the control endpoint.
@@ -55,7 +56,7 @@ pub struct EdgeView {
 }
 
 impl EdgeView {
-    fn status(&self, now: Instant) -> EdgeStatus {
+    fn status(&self, now: Instant) -> EdgeServiceStatus {
         let sessions = self
             .sessions
             .borrow()
@@ -75,7 +76,7 @@ impl EdgeView {
                 .collect(),
             _ => Default::default(),
         };
-        EdgeStatus {
+        EdgeServiceStatus {
             sessions,
             counters,
             video_dropped: self

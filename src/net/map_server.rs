@@ -9,7 +9,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/` | the map page (one self-contained HTML file; it polls `/map.json` every second) |
-//! | `/map.json` | the [`MapModel`](crate::overlay::map::MapModel) now |
+//! | `/map.json` | the [`MapModel`](crate::observe::map::MapModel) now |
 //!
 //! The page is plain HTTP without authentication and shows the topology: bind it to a
 //! management or loopback address.
@@ -27,7 +27,7 @@ use crate::crypto::Side;
 use crate::keyfile::Psk;
 use crate::net::control::{parse_request, response, HttpError, Request};
 use crate::net::transport;
-use crate::overlay::map::MapState;
+use crate::observe::map::MapState;
 use crate::topology::Topology;
 use crate::wire::report::decode_report;
 

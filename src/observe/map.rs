@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::status::NodeStatus;
+use super::snapshot::NodeStatus;
 use crate::topology::{DeviceRole, Topology};
 use crate::wire::report::{
     Report, ReportClient, ReportNeighbour, ReportStream, MAX_ITEMS, REPORT_VERSION,
@@ -1311,7 +1311,7 @@ mod tests {
 
     #[test]
     fn report_from_status_splits_children_and_local_consumers() {
-        use crate::overlay::status::{NeighbourStatus, RouteStatus, StreamStatus};
+        use crate::observe::snapshot::{NeighbourStatus, RouteStatus, StreamStatus};
         let mut st = NodeStatus {
             name: "O3".into(),
             role: "edge".into(),
