@@ -353,7 +353,7 @@ async fn route(req: &Request, ctx: &Ctx) -> Result<Vec<u8>, HttpError> {
         }
         "/metrics" => Ok(response(
             200,
-            "text/plain; version=0.0.4; charset=utf-8",
+            crate::observe::metrics::CONTENT_TYPE,
             &ctx.status().render_metrics(),
         )),
         "/trace" => {

@@ -1,263 +1,409 @@
-//! Prometheus metrics: a [`NodeStatus`] as Prometheus text.
+//! Prometheus metrics: a [`NodeStatus`] rendered by `prometheus-client` for `/metrics`.
+//!
+//! The snapshot is already the truth at one instant, so nothing here keeps live metric objects:
+//! a [`Collector`] walks the snapshot at scrape time and encodes each family (one HELP and TYPE)
+//! with its samples as constant counters and gauges. The text is OpenMetrics (served as
+//! [`CONTENT_TYPE`]): a counter family is named without its `_total` suffix on its HELP and TYPE
+//! lines, its samples carry it (`overlayd_stream_chunks_in_total{...}`), and the text ends with
+//! `# EOF`. Sample names, label names and label order are those of the JSON-era renderer.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::snapshot::{NodeStatus, EDGE_DROP_REASONS};
 
+/// Content type of [`NodeStatus::render_metrics`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 impl NodeStatus {
-    /// Prometheus text exposition format (version 0.0.4).
+    /// The snapshot as OpenMetrics text (see module docs).
     pub fn render_metrics(&self) -> String {
-        let mut m = Metrics::default();
-        let node = [("node", self.name.as_str())];
-        m.gauge(
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SnapshotCollector(self.clone())));
+        let mut out = String::new();
+        // Writing into a String cannot fail, and no collector here returns an error.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// A label value, escaped as the exposition format wants (backslash, double quote, newline);
+/// the library writes values as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Value<'a>(&'a str);
+
+impl EncodeLabelValue for Value<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, Value<'a>)>;
+
+/// Encode one family from its samples; a family without samples is left out.
+fn family<'a, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels<'a>, M)>,
+) -> std::fmt::Result {
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in samples {
+        v.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter family; `name` without its `_total`.
+fn counters<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
+) -> std::fmt::Result {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(enc, name, help, MetricType::Counter, samples)
+}
+
+/// A gauge family of whole numbers.
+fn gauges<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, i64)>,
+) -> std::fmt::Result {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(enc, name, help, MetricType::Gauge, samples)
+}
+
+/// A gauge family of seconds.
+fn seconds<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, f64)>,
+) -> std::fmt::Result {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(enc, name, help, MetricType::Gauge, samples)
+}
+
+/// A serialisable counter struct as `(field, value)` pairs, fields in name order.
+fn fields(v: &impl serde::Serialize) -> Vec<(String, u64)> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `node` first, then the family's own labels, in the order given.
+fn labels<'a>(node: &'a str, more: &[(&'static str, &'a str)]) -> Labels<'a> {
+    let mut l = vec![("node", Value(node))];
+    l.extend(more.iter().map(|(k, v)| (*k, Value(v))));
+    l
+}
+
+/// Encodes one snapshot at scrape time.
+#[derive(Debug)]
+struct SnapshotCollector(NodeStatus);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let name = s.name.as_str();
+        let enc = &mut enc;
+        gauges(
+            enc,
             "overlayd_info",
             "Static information about this daemon",
-            &[("node", &self.name), ("role", &self.role)],
-            1.0,
-        );
-        for n in &self.neighbours {
-            let l = [
-                ("node", self.name.as_str()),
-                ("neighbour", n.addr.as_str()),
-                ("name", n.name.as_str()),
-            ];
-            m.gauge(
-                "overlayd_neighbour_up",
-                "1 when the overlay link to the neighbour is up",
-                &l,
-                if n.state == "up" { 1.0 } else { 0.0 },
-            );
-            if let Some(rtt) = n.rtt_us {
-                m.gauge(
-                    "overlayd_neighbour_rtt_seconds",
-                    "Smoothed keepalive round-trip time",
-                    &l,
-                    rtt as f64 / 1e6,
+            [(labels(name, &[("role", &s.role)]), 1)],
+        )?;
+        gauges(
+            enc,
+            "overlayd_neighbour_up",
+            "1 when the overlay link to the neighbour is up",
+            s.neighbours.iter().map(|n| {
+                let l = labels(name, &[("neighbour", &n.addr), ("name", &n.name)]);
+                (l, i64::from(n.state == "up"))
+            }),
+        )?;
+        seconds(
+            enc,
+            "overlayd_neighbour_rtt_seconds",
+            "Smoothed keepalive round-trip time",
+            s.neighbours.iter().filter_map(|n| {
+                let l = labels(name, &[("neighbour", &n.addr), ("name", &n.name)]);
+                n.rtt_us.map(|rtt| (l, rtt as f64 / 1e6))
+            }),
+        )?;
+        seconds(
+            enc,
+            "overlayd_route_delay_seconds",
+            "EWMA one-way flood delay to the server through the neighbour (includes clock skew)",
+            s.parents.iter().map(|p| {
+                let l = labels(name, &[("server", &p.server), ("neighbour", &p.neighbour)]);
+                (l, p.delay_us as f64 / 1e6)
+            }),
+        )?;
+        seconds(
+            enc,
+            "overlayd_route_link_sum_seconds",
+            "Skew-free summed per-link RTT/2 to the server through the neighbour",
+            s.parents.iter().map(|p| {
+                let l = labels(name, &[("server", &p.server), ("neighbour", &p.neighbour)]);
+                (l, p.link_sum_us as f64 / 1e6)
+            }),
+        )?;
+
+        // Per-stream counters: one family per field of the streams' counters.
+        let per_stream: Vec<(&str, Vec<(String, u64)>)> = s
+            .streams
+            .iter()
+            .map(|st| (st.stream.as_str(), fields(&st.counters)))
+            .collect();
+        let field_names: Vec<String> = per_stream
+            .first()
+            .map(|(_, f)| f.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        for (i, field) in field_names.iter().enumerate() {
+            counters(
+                enc,
+                &format!("overlayd_stream_{field}"),
+                stream_counter_help(field),
+                per_stream.iter().filter_map(|(stream, f)| {
+                    let v = f.get(i).map(|(_, v)| *v)?;
+                    Some((labels(name, &[("stream", stream)]), v))
+                }),
+            )?;
+        }
+        counters(
+            enc,
+            "overlayd_stream_bytes_in",
+            "Payload bytes received (or produced by our source)",
+            s.streams
+                .iter()
+                .map(|st| (labels(name, &[("stream", &st.stream)]), st.bytes_in)),
+        )?;
+        counters(
+            enc,
+            "overlayd_stream_bytes_out",
+            "Payload bytes sent to children and local consumers",
+            s.streams
+                .iter()
+                .map(|st| (labels(name, &[("stream", &st.stream)]), st.bytes_out)),
+        )?;
+        counters(
+            enc,
+            "overlayd_stream_failover_gaps_measured",
+            "Failovers whose gap was measured (a chunk came from the new parent)",
+            s.streams.iter().map(|st| {
+                let l = labels(name, &[("stream", &st.stream)]);
+                (l, st.failover_gaps_measured)
+            }),
+        )?;
+        seconds(
+            enc,
+            "overlayd_stream_last_failover_gap_seconds",
+            "Time between the last chunk before the latest failover and the first after it",
+            s.streams.iter().filter_map(|st| {
+                let l = labels(name, &[("stream", &st.stream)]);
+                st.last_failover_gap_ms.map(|g| (l, g / 1e3))
+            }),
+        )?;
+        seconds(
+            enc,
+            "overlayd_stream_max_failover_gap_seconds",
+            "Longest failover gap measured",
+            s.streams.iter().filter_map(|st| {
+                let l = labels(name, &[("stream", &st.stream)]);
+                st.max_failover_gap_ms.map(|g| (l, g / 1e3))
+            }),
+        )?;
+        gauges(
+            enc,
+            "overlayd_route_destinations",
+            "Children and local consumers of the stream",
+            s.routes.iter().map(|r| {
+                let parent = r.parent.as_deref().unwrap_or("");
+                let l = labels(
+                    name,
+                    &[
+                        ("stream", &r.stream),
+                        ("parent", parent),
+                        ("state", &r.state),
+                    ],
                 );
-            }
-        }
-        for p in &self.parents {
-            let l = [
-                ("node", self.name.as_str()),
-                ("server", p.server.as_str()),
-                ("neighbour", p.neighbour.as_str()),
-            ];
-            m.gauge(
-                "overlayd_route_delay_seconds",
-                "EWMA one-way flood delay to the server through the neighbour (includes clock skew)",
-                &l,
-                p.delay_us as f64 / 1e6,
-            );
-            m.gauge(
-                "overlayd_route_link_sum_seconds",
-                "Skew-free summed per-link RTT/2 to the server through the neighbour",
-                &l,
-                p.link_sum_us as f64 / 1e6,
-            );
-        }
-        for s in &self.streams {
-            let l = [("node", self.name.as_str()), ("stream", s.stream.as_str())];
-            if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&s.counters) {
-                for (field, v) in fields {
-                    let help = stream_counter_help(&field);
-                    m.counter(
-                        &format!("overlayd_stream_{field}_total"),
-                        help,
-                        &l,
-                        v.as_u64().unwrap_or(0) as f64,
+                (l, saturating_i64(r.destinations.len() as u64))
+            }),
+        )?;
+        // Per (neighbour, stream) in both directions: in then out for each link line.
+        let link = |pick: fn(&super::snapshot::LinkStatus) -> (u64, u64)| {
+            s.links.iter().flat_map(move |k| {
+                let (i, o) = pick(k);
+                [("in", i), ("out", o)].map(|(dir, v)| {
+                    let l = labels(
+                        name,
+                        &[
+                            ("neighbour", &k.neighbour),
+                            ("stream", &k.stream),
+                            ("direction", dir),
+                        ],
                     );
-                }
-            }
-            m.counter(
-                "overlayd_stream_bytes_in_total",
-                "Payload bytes received (or produced by our source)",
-                &l,
-                s.bytes_in as f64,
-            );
-            m.counter(
-                "overlayd_stream_bytes_out_total",
-                "Payload bytes sent to children and local consumers",
-                &l,
-                s.bytes_out as f64,
-            );
-            m.counter(
-                "overlayd_stream_failover_gaps_measured_total",
-                "Failovers whose gap was measured (a chunk came from the new parent)",
-                &l,
-                s.failover_gaps_measured as f64,
-            );
-            if let Some(g) = s.last_failover_gap_ms {
-                m.gauge(
-                    "overlayd_stream_last_failover_gap_seconds",
-                    "Time between the last chunk before the latest failover and the first after it",
-                    &l,
-                    g / 1e3,
-                );
-            }
-            if let Some(g) = s.max_failover_gap_ms {
-                m.gauge(
-                    "overlayd_stream_max_failover_gap_seconds",
-                    "Longest failover gap measured",
-                    &l,
-                    g / 1e3,
-                );
-            }
+                    (l, v)
+                })
+            })
+        };
+        counters(
+            enc,
+            "overlayd_link_chunks",
+            "Video chunks per neighbour, stream and direction",
+            link(|k| (k.chunks_in, k.chunks_out)),
+        )?;
+        counters(
+            enc,
+            "overlayd_link_bytes",
+            "Video payload bytes per neighbour, stream and direction",
+            link(|k| (k.bytes_in, k.bytes_out)),
+        )?;
+        for (field, v) in fields(&s.counters) {
+            counters(
+                enc,
+                &format!("overlayd_node_{field}"),
+                "Node event counter",
+                [(labels(name, &[]), v)],
+            )?;
         }
-        for r in &self.routes {
-            let l = [
-                ("node", self.name.as_str()),
-                ("stream", r.stream.as_str()),
-                ("parent", r.parent.as_deref().unwrap_or("")),
-                ("state", r.state.as_str()),
-            ];
-            m.gauge(
-                "overlayd_route_destinations",
-                "Children and local consumers of the stream",
-                &l,
-                r.destinations.len() as f64,
-            );
-        }
-        for k in &self.links {
-            for (dir, chunks, bytes) in [
-                ("in", k.chunks_in, k.bytes_in),
-                ("out", k.chunks_out, k.bytes_out),
-            ] {
-                let l = [
-                    ("node", self.name.as_str()),
-                    ("neighbour", k.neighbour.as_str()),
-                    ("stream", k.stream.as_str()),
-                    ("direction", dir),
-                ];
-                m.counter(
-                    "overlayd_link_chunks_total",
-                    "Video chunks per neighbour, stream and direction",
-                    &l,
-                    chunks as f64,
-                );
-                m.counter(
-                    "overlayd_link_bytes_total",
-                    "Video payload bytes per neighbour, stream and direction",
-                    &l,
-                    bytes as f64,
-                );
-            }
-        }
-        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&self.counters) {
-            for (field, v) in fields {
-                m.counter(
-                    &format!("overlayd_node_{field}_total"),
-                    "Node event counter",
-                    &node,
-                    v.as_u64().unwrap_or(0) as f64,
-                );
-            }
-        }
-        if let Some(d) = &self.driver {
-            for (result, v) in [("ok", d.handshakes_ok), ("refused", d.handshakes_refused)] {
-                m.counter(
-                    "overlayd_handshakes_total",
-                    "Overlay link handshakes by result (refused: wrong key, garbage, timeout)",
-                    &[("node", &self.name), ("result", result)],
-                    v as f64,
-                );
-            }
-            for (reason, v) in [
-                ("link_queue_full", d.media_dropped_queue_full),
-                ("local_queue_full", d.delivered_dropped_queue_full),
-            ] {
-                m.counter(
-                    "overlayd_media_dropped_total",
-                    "Video chunks dropped by the driver, by reason",
-                    &[("node", &self.name), ("reason", reason)],
-                    v as f64,
-                );
-            }
-            m.counter(
-                "overlayd_frames_undecodable_total",
+        if let Some(d) = &s.driver {
+            counters(
+                enc,
+                "overlayd_handshakes",
+                "Overlay link handshakes by result (refused: wrong key, garbage, timeout)",
+                [("ok", d.handshakes_ok), ("refused", d.handshakes_refused)]
+                    .map(|(result, v)| (labels(name, &[("result", result)]), v)),
+            )?;
+            counters(
+                enc,
+                "overlayd_media_dropped",
+                "Video chunks dropped by the driver, by reason",
+                [
+                    ("link_queue_full", d.media_dropped_queue_full),
+                    ("local_queue_full", d.delivered_dropped_queue_full),
+                ]
+                .map(|(reason, v)| (labels(name, &[("reason", reason)]), v)),
+            )?;
+            counters(
+                enc,
+                "overlayd_frames_undecodable",
                 "Authenticated frames that did not decode",
-                &node,
-                d.frames_undecodable as f64,
-            );
-            for (reason, v) in &d.handshakes_refused_by_reason {
-                m.counter(
-                    "overlayd_handshakes_refused_total",
-                    "Inbound overlay handshakes refused, by reason",
-                    &[("node", &self.name), ("reason", reason)],
-                    *v as f64,
-                );
-            }
-            for (reason, v) in &d.frames_rejected {
-                m.counter(
-                    "overlayd_frames_rejected_total",
-                    "Records refused on established overlay links, by reason",
-                    &[("node", &self.name), ("reason", reason)],
-                    *v as f64,
-                );
-            }
-            m.counter(
-                "overlayd_connections_over_limit_total",
+                [(labels(name, &[]), d.frames_undecodable)],
+            )?;
+            counters(
+                enc,
+                "overlayd_handshakes_refused",
+                "Inbound overlay handshakes refused, by reason",
+                d.handshakes_refused_by_reason
+                    .iter()
+                    .map(|(reason, v)| (labels(name, &[("reason", reason)]), *v)),
+            )?;
+            counters(
+                enc,
+                "overlayd_frames_rejected",
+                "Records refused on established overlay links, by reason",
+                d.frames_rejected
+                    .iter()
+                    .map(|(reason, v)| (labels(name, &[("reason", reason)]), *v)),
+            )?;
+            counters(
+                enc,
+                "overlayd_connections_over_limit",
                 "Inbound overlay connections closed at once: too many pending handshakes",
-                &node,
-                d.connections_over_limit as f64,
-            );
-            m.gauge(
+                [(labels(name, &[]), d.connections_over_limit)],
+            )?;
+            gauges(
+                enc,
                 "overlayd_handshakes_pending",
                 "Inbound overlay connections in their handshake now",
-                &node,
-                d.handshakes_pending as f64,
-            );
-            for (reason, v) in &d.links_closed {
-                m.counter(
-                    "overlayd_links_closed_total",
-                    "Overlay links closed by the driver (peer not reading), by reason",
-                    &[("node", &self.name), ("reason", reason)],
-                    *v as f64,
-                );
-            }
-            for (neighbour, v) in &d.media_dropped_by_neighbour {
-                m.counter(
-                    "overlayd_link_media_dropped_total",
-                    "Video chunks dropped because this neighbour's media queue was full",
-                    &[("node", &self.name), ("neighbour", neighbour)],
-                    *v as f64,
-                );
-            }
+                [(labels(name, &[]), saturating_i64(d.handshakes_pending))],
+            )?;
+            counters(
+                enc,
+                "overlayd_links_closed",
+                "Overlay links closed by the driver (peer not reading), by reason",
+                d.links_closed
+                    .iter()
+                    .map(|(reason, v)| (labels(name, &[("reason", reason)]), *v)),
+            )?;
+            counters(
+                enc,
+                "overlayd_link_media_dropped",
+                "Video chunks dropped because this neighbour's media queue was full",
+                d.media_dropped_by_neighbour
+                    .iter()
+                    .map(|(neighbour, v)| (labels(name, &[("neighbour", neighbour)]), *v)),
+            )?;
         }
-        if let Some(e) = &self.edge {
-            m.gauge(
+        if let Some(e) = &s.edge {
+            gauges(
+                enc,
                 "overlayd_edge_sessions",
                 "Clients with a lease",
-                &node,
-                e.sessions.len() as f64,
-            );
-            for reason in EDGE_DROP_REASONS {
-                m.counter(
-                    "overlayd_edge_datagrams_dropped_total",
-                    "UDP datagrams from clients dropped at the edge, by reason",
-                    &[("node", &self.name), ("reason", reason)],
-                    e.counters.get(*reason).copied().unwrap_or(0) as f64,
-                );
-            }
-            m.counter(
-                "overlayd_edge_video_datagrams_dropped_total",
+                [(labels(name, &[]), saturating_i64(e.sessions.len() as u64))],
+            )?;
+            counters(
+                enc,
+                "overlayd_edge_datagrams_dropped",
+                "UDP datagrams from clients dropped at the edge, by reason",
+                EDGE_DROP_REASONS.iter().map(|reason| {
+                    let v = e.counters.get(*reason).copied().unwrap_or(0);
+                    (labels(name, &[("reason", reason)]), v)
+                }),
+            )?;
+            counters(
+                enc,
+                "overlayd_edge_video_datagrams_dropped",
                 "Video datagrams to clients the relay dropped",
-                &node,
-                e.video_dropped as f64,
-            );
+                [(labels(name, &[]), e.video_dropped)],
+            )?;
             for (field, v) in &e.counters {
                 if EDGE_DROP_REASONS.contains(&field.as_str()) {
                     continue;
                 }
-                m.counter(
-                    &format!("overlayd_edge_{field}_total"),
+                counters(
+                    enc,
+                    &format!("overlayd_edge_{field}"),
                     "Edge service counter",
-                    &node,
-                    *v as f64,
-                );
+                    [(labels(name, &[]), *v)],
+                )?;
             }
         }
-        m.finish()
+        Ok(())
     }
 }
 
@@ -285,94 +431,6 @@ fn stream_counter_help(field: &str) -> &'static str {
     }
 }
 
-/// Builder of the Prometheus text format: one HELP and TYPE per metric family, samples grouped
-/// under their family.
-#[derive(Default)]
-struct Metrics {
-    families: BTreeMap<String, (String, &'static str, Vec<String>)>,
-    order: Vec<String>,
-}
-
-impl Metrics {
-    fn sample(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: &'static str,
-        labels: &[(&str, &str)],
-        v: f64,
-    ) {
-        if !self.families.contains_key(name) {
-            self.order.push(name.to_string());
-            self.families
-                .insert(name.to_string(), (help.to_string(), kind, Vec::new()));
-        }
-        let mut line = String::from(name);
-        if !labels.is_empty() {
-            line.push('{');
-            for (i, (k, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    line.push(',');
-                }
-                let _ = write!(line, "{k}=\"{}\"", escape_label(val));
-            }
-            line.push('}');
-        }
-        let _ = write!(line, " {}", fmt_value(v));
-        self.families.get_mut(name).expect("inserted").2.push(line);
-    }
-
-    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: f64) {
-        self.sample(name, help, "counter", labels, v);
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: f64) {
-        self.sample(name, help, "gauge", labels, v);
-    }
-
-    fn finish(self) -> String {
-        let mut out = String::new();
-        for name in &self.order {
-            let (help, kind, lines) = &self.families[name];
-            let _ = writeln!(
-                out,
-                "# HELP {name} {}",
-                help.replace('\\', "\\\\").replace('\n', "\\n")
-            );
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for l in lines {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-/// Label values escape backslash, double quote and newline.
-pub fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-fn fmt_value(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else if v.is_nan() {
-        "NaN".into()
-    } else {
-        format!("{v}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,7 +440,7 @@ mod tests {
     fn metrics_are_prometheus_text_with_one_help_per_family() {
         let text = sample_status().render_metrics();
         assert!(
-            text.contains("# TYPE overlayd_stream_chunks_in_total counter\n"),
+            text.contains("# TYPE overlayd_stream_chunks_in counter\n"),
             "{text}"
         );
         assert!(
@@ -404,27 +462,47 @@ mod tests {
         ));
         assert!(text.contains("overlayd_edge_probes_total{node=\"O\\\"1\"} 7\n"));
         assert!(text.contains("overlayd_edge_sessions{node=\"O\\\"1\"} 1\n"));
-        // Every family has exactly one HELP and one TYPE, and every sample line parses.
-        let mut seen = std::collections::BTreeSet::new();
+        // Every family has exactly one HELP and one TYPE, every sample line parses and follows
+        // its family's TYPE (a counter's samples add `_total`), and the text ends with EOF.
+        let mut seen = std::collections::BTreeMap::new();
+        let mut current = None;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().unwrap();
-                assert!(seen.insert(name.to_string()), "TYPE twice for {name}");
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(
+                    seen.insert(name.to_string(), kind.to_string()).is_none(),
+                    "TYPE twice for {name}"
+                );
+                current = Some((name.to_string(), kind.to_string()));
             } else if !line.starts_with('#') {
                 let (_, value) = line.rsplit_once(' ').unwrap();
                 value
                     .parse::<f64>()
                     .unwrap_or_else(|_| panic!("bad value in {line}"));
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert!(seen.contains(name), "sample before its TYPE: {line}");
+                let (family, kind) = current.as_ref().expect("a sample before any TYPE");
+                let want = match kind.as_str() {
+                    "counter" => format!("{family}_total"),
+                    _ => family.clone(),
+                };
+                assert_eq!(name, want, "sample outside its family: {line}");
             }
         }
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert_eq!(seen.get("overlayd_info").map(String::as_str), Some("gauge"));
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(fmt_value(3.0), "3");
-        assert_eq!(fmt_value(0.25), "0.25");
+    fn label_values_are_escaped_and_whole_numbers_print_whole() {
+        let s = NodeStatus {
+            name: "a\"b\\c\nd".into(),
+            role: "node".into(),
+            ..Default::default()
+        };
+        let text = s.render_metrics();
+        assert!(
+            text.contains("overlayd_info{node=\"a\\\"b\\\\c\\nd\",role=\"node\"} 1\n"),
+            "{text}"
+        );
     }
 }
