@@ -121,6 +121,10 @@ pub struct MapCounters {
     pub auth_refused: u64,
     /// Reports from names beyond [`MAX_REPORTERS`].
     pub reports_dropped: u64,
+    /// Page requests refused by the HTTP server, by reason (filled in by the server; absent
+    /// while none was refused).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub http_refused: BTreeMap<String, u64>,
 }
 
 /// What the page draws.

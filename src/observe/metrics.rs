@@ -7,6 +7,7 @@
 //! lines, its samples carry it (`overlayd_stream_chunks_in_total{...}`), and the text ends with
 //! `# EOF`. Sample names, label names and label order are those of the JSON-era renderer.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use prometheus_client::collector::Collector;
@@ -26,12 +27,42 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 impl NodeStatus {
     /// The snapshot as OpenMetrics text (see module docs).
     pub fn render_metrics(&self) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(SnapshotCollector(self.clone())));
-        let mut out = String::new();
-        // Writing into a String cannot fail, and no collector here returns an error.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        render(self, &BTreeMap::new())
+    }
+}
+
+/// The snapshot and the control endpoint's own refusals by reason (see
+/// `crate::net::http::Refusals`) as OpenMetrics text.
+pub fn render(status: &NodeStatus, control_refused: &BTreeMap<String, u64>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(status.clone())));
+    registry.register_collector(Box::new(RefusalCollector {
+        node: status.name.clone(),
+        refused: control_refused.clone(),
+    }));
+    let mut out = String::new();
+    // Writing into a String cannot fail, and no collector here returns an error.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The control endpoint's refused requests.
+#[derive(Debug)]
+struct RefusalCollector {
+    node: String,
+    refused: BTreeMap<String, u64>,
+}
+
+impl Collector for RefusalCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        counters(
+            &mut enc,
+            "overlayd_control_refused",
+            "Control endpoint requests refused, by reason (too_large, timeout, malformed, method, not_found, other)",
+            self.refused
+                .iter()
+                .map(|(reason, v)| (labels(&self.node, &[("reason", reason)]), *v)),
+        )
     }
 }
 
