@@ -12,14 +12,14 @@ use std::fmt::Write as _;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
 };
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::snapshot::{NodeStatus, EDGE_DROP_REASONS};
+use super::snapshot::{LinkStatus, NodeStatus, StreamStatus, EDGE_DROP_REASONS};
 
 /// Content type of [`NodeStatus::render_metrics`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -117,23 +117,12 @@ fn counters<'a>(
     family(enc, name, help, MetricType::Counter, samples)
 }
 
-/// A gauge family of whole numbers.
-fn gauges<'a>(
+/// A gauge family (whole numbers, or seconds as `f64`).
+fn gauges<'a, N: EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (Labels<'a>, i64)>,
-) -> std::fmt::Result {
-    let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
-    family(enc, name, help, MetricType::Gauge, samples)
-}
-
-/// A gauge family of seconds.
-fn seconds<'a>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels<'a>, f64)>,
+    samples: impl IntoIterator<Item = (Labels<'a>, N)>,
 ) -> std::fmt::Result {
     let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
     family(enc, name, help, MetricType::Gauge, samples)
@@ -185,7 +174,7 @@ impl Collector for SnapshotCollector {
                 (l, i64::from(n.state == "up"))
             }),
         )?;
-        seconds(
+        gauges(
             enc,
             "overlayd_neighbour_rtt_seconds",
             "Smoothed keepalive round-trip time",
@@ -194,7 +183,7 @@ impl Collector for SnapshotCollector {
                 n.rtt_us.map(|rtt| (l, rtt as f64 / 1e6))
             }),
         )?;
-        seconds(
+        gauges(
             enc,
             "overlayd_route_delay_seconds",
             "EWMA one-way flood delay to the server through the neighbour (includes clock skew)",
@@ -203,7 +192,7 @@ impl Collector for SnapshotCollector {
                 (l, p.delay_us as f64 / 1e6)
             }),
         )?;
-        seconds(
+        gauges(
             enc,
             "overlayd_route_link_sum_seconds",
             "Skew-free summed per-link RTT/2 to the server through the neighbour",
@@ -234,49 +223,49 @@ impl Collector for SnapshotCollector {
                 }),
             )?;
         }
-        counters(
-            enc,
-            "overlayd_stream_bytes_in",
-            "Payload bytes received (or produced by our source)",
-            s.streams
+        type PerStream<T> = (&'static str, &'static str, fn(&StreamStatus) -> T);
+        let stream_counters: [PerStream<u64>; 3] = [
+            (
+                "overlayd_stream_bytes_in",
+                "Payload bytes received (or produced by our source)",
+                |st| st.bytes_in,
+            ),
+            (
+                "overlayd_stream_bytes_out",
+                "Payload bytes sent to children and local consumers",
+                |st| st.bytes_out,
+            ),
+            (
+                "overlayd_stream_failover_gaps_measured",
+                "Failovers whose gap was measured (a chunk came from the new parent)",
+                |st| st.failover_gaps_measured,
+            ),
+        ];
+        for (family, help, value) in stream_counters {
+            let samples = s
+                .streams
                 .iter()
-                .map(|st| (labels(name, &[("stream", &st.stream)]), st.bytes_in)),
-        )?;
-        counters(
-            enc,
-            "overlayd_stream_bytes_out",
-            "Payload bytes sent to children and local consumers",
-            s.streams
-                .iter()
-                .map(|st| (labels(name, &[("stream", &st.stream)]), st.bytes_out)),
-        )?;
-        counters(
-            enc,
-            "overlayd_stream_failover_gaps_measured",
-            "Failovers whose gap was measured (a chunk came from the new parent)",
-            s.streams.iter().map(|st| {
-                let l = labels(name, &[("stream", &st.stream)]);
-                (l, st.failover_gaps_measured)
-            }),
-        )?;
-        seconds(
-            enc,
-            "overlayd_stream_last_failover_gap_seconds",
-            "Time between the last chunk before the latest failover and the first after it",
-            s.streams.iter().filter_map(|st| {
-                let l = labels(name, &[("stream", &st.stream)]);
-                st.last_failover_gap_ms.map(|g| (l, g / 1e3))
-            }),
-        )?;
-        seconds(
-            enc,
-            "overlayd_stream_max_failover_gap_seconds",
-            "Longest failover gap measured",
-            s.streams.iter().filter_map(|st| {
-                let l = labels(name, &[("stream", &st.stream)]);
-                st.max_failover_gap_ms.map(|g| (l, g / 1e3))
-            }),
-        )?;
+                .map(|st| (labels(name, &[("stream", &st.stream)]), value(st)));
+            counters(enc, family, help, samples)?;
+        }
+        let stream_gaps: [PerStream<Option<f64>>; 2] = [
+            (
+                "overlayd_stream_last_failover_gap_seconds",
+                "Time between the last chunk before the latest failover and the first after it",
+                |st| st.last_failover_gap_ms,
+            ),
+            (
+                "overlayd_stream_max_failover_gap_seconds",
+                "Longest failover gap measured",
+                |st| st.max_failover_gap_ms,
+            ),
+        ];
+        for (family, help, gap_ms) in stream_gaps {
+            let samples = s.streams.iter().filter_map(|st| {
+                gap_ms(st).map(|g| (labels(name, &[("stream", &st.stream)]), g / 1e3))
+            });
+            gauges(enc, family, help, samples)?;
+        }
         gauges(
             enc,
             "overlayd_route_destinations",
@@ -295,7 +284,7 @@ impl Collector for SnapshotCollector {
             }),
         )?;
         // Per (neighbour, stream) in both directions: in then out for each link line.
-        let link = |pick: fn(&super::snapshot::LinkStatus) -> (u64, u64)| {
+        let link = |pick: fn(&LinkStatus) -> (u64, u64)| {
             s.links.iter().flat_map(move |k| {
                 let (i, o) = pick(k);
                 [("in", i), ("out", o)].map(|(dir, v)| {
