@@ -42,7 +42,7 @@ const TRACE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Answers kept per trace.
 const TRACE_ANSWERS: usize = 1024;
 /// Time to answer once the request head is in: the longest trace, its start, and the write.
-const ANSWER_WITHIN: Duration = TRACE_WAIT_MAX
+pub const ANSWER_WITHIN: Duration = TRACE_WAIT_MAX
     .saturating_add(TRACE_START)
     .saturating_add(http::WRITE_TIMEOUT);
 /// Time the node loop has to start a trace.
