@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use overlayd::net::control::{Ctx, ANSWER_WITHIN};
+use overlayd::net::control::{ControlEndpoint, ANSWER_WITHIN};
 use overlayd::net::http::{serve_connection, Refusals};
 use overlayd::net::node_driver::{ControlPort, ControlRequest};
 use overlayd::observe::NodeStatus;
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = answers.send(vec![hop]).await;
             }
         });
-        let ctx = Ctx::new(ControlPort { status, requests }, None, Arc::default());
+        let ctx = ControlEndpoint::new(ControlPort { status, requests }, None, Arc::default());
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let served = tokio::spawn(serve_connection(
             server,

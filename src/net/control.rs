@@ -90,17 +90,21 @@ impl EdgeView {
 
 /// The running endpoint's shared state: the [`Handler`] of its requests.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct ControlEndpoint {
     port: ControlPort,
     edge: Option<EdgeView>,
     refusals: Arc<Refusals>,
 }
 
-impl Ctx {
+impl ControlEndpoint {
     /// The endpoint of a node's control port (and an edge's view); `refusals` are the ones
     /// its server counts, shown on `/metrics`.
-    pub fn new(port: ControlPort, edge: Option<EdgeView>, refusals: Arc<Refusals>) -> Ctx {
-        Ctx {
+    pub fn new(
+        port: ControlPort,
+        edge: Option<EdgeView>,
+        refusals: Arc<Refusals>,
+    ) -> ControlEndpoint {
+        ControlEndpoint {
             port,
             edge,
             refusals,
@@ -132,11 +136,11 @@ pub async fn serve(listener: TcpListener, port: ControlPort, edge: Option<EdgeVi
         info!(listen = %a, "control endpoint (plain HTTP: /status, /metrics, /trace)");
     }
     let refusals = Arc::new(Refusals::default());
-    let ctx = Ctx::new(port, edge, refusals.clone());
+    let ctx = ControlEndpoint::new(port, edge, refusals.clone());
     http::serve(listener, ctx, refusals, ANSWER_WITHIN).await;
 }
 
-impl Handler for Ctx {
+impl Handler for ControlEndpoint {
     async fn handle(&self, req: Request) -> Result<Reply, HttpError> {
         match req.path.as_str() {
             "/" => Ok(Reply::new(
