@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::snapshot::{LinkStatus, NodeStatus, StreamStatus, EDGE_DROP_REASONS};
+use super::snapshot::{LinkStatus, NodeStatus, ParentStatus, StreamStatus, EDGE_DROP_REASONS};
 
 /// Content type of [`NodeStatus::render_metrics`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -183,24 +183,25 @@ impl Collector for SnapshotCollector {
                 n.rtt_us.map(|rtt| (l, rtt as f64 / 1e6))
             }),
         )?;
-        gauges(
-            enc,
-            "overlayd_route_delay_seconds",
-            "EWMA one-way flood delay to the server through the neighbour (includes clock skew)",
-            s.parents.iter().map(|p| {
+        let per_parent: [(&str, &str, fn(&ParentStatus) -> f64); 2] = [
+            (
+                "overlayd_route_delay_seconds",
+                "EWMA one-way flood delay to the server through the neighbour (includes clock skew)",
+                |p| p.delay_us as f64 / 1e6,
+            ),
+            (
+                "overlayd_route_link_sum_seconds",
+                "Skew-free summed per-link RTT/2 to the server through the neighbour",
+                |p| p.link_sum_us as f64 / 1e6,
+            ),
+        ];
+        for (family, help, value) in per_parent {
+            let samples = s.parents.iter().map(|p| {
                 let l = labels(name, &[("server", &p.server), ("neighbour", &p.neighbour)]);
-                (l, p.delay_us as f64 / 1e6)
-            }),
-        )?;
-        gauges(
-            enc,
-            "overlayd_route_link_sum_seconds",
-            "Skew-free summed per-link RTT/2 to the server through the neighbour",
-            s.parents.iter().map(|p| {
-                let l = labels(name, &[("server", &p.server), ("neighbour", &p.neighbour)]);
-                (l, p.link_sum_us as f64 / 1e6)
-            }),
-        )?;
+                (l, value(p))
+            });
+            gauges(enc, family, help, samples)?;
+        }
 
         // Per-stream counters: one family per field of the streams' counters.
         let per_stream: Vec<(&str, Vec<(String, u64)>)> = s
