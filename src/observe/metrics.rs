@@ -128,6 +128,9 @@ fn gauges<'a, N: EncodeGaugeValue>(
     family(enc, name, help, MetricType::Gauge, samples)
 }
 
+/// A family drawn from each item of a list: name, help and the item's value.
+type PerItem<Item, T> = (&'static str, &'static str, fn(&Item) -> T);
+
 /// A serialisable counter struct as `(field, value)` pairs, fields in name order.
 fn fields(v: &impl serde::Serialize) -> Vec<(String, u64)> {
     match serde_json::to_value(v) {
@@ -183,7 +186,7 @@ impl Collector for SnapshotCollector {
                 n.rtt_us.map(|rtt| (l, rtt as f64 / 1e6))
             }),
         )?;
-        let per_parent: [(&str, &str, fn(&ParentStatus) -> f64); 2] = [
+        let per_parent: [PerItem<ParentStatus, f64>; 2] = [
             (
                 "overlayd_route_delay_seconds",
                 "EWMA one-way flood delay to the server through the neighbour (includes clock skew)",
@@ -224,8 +227,7 @@ impl Collector for SnapshotCollector {
                 }),
             )?;
         }
-        type PerStream<T> = (&'static str, &'static str, fn(&StreamStatus) -> T);
-        let stream_counters: [PerStream<u64>; 3] = [
+        let stream_counters: [PerItem<StreamStatus, u64>; 3] = [
             (
                 "overlayd_stream_bytes_in",
                 "Payload bytes received (or produced by our source)",
@@ -249,7 +251,7 @@ impl Collector for SnapshotCollector {
                 .map(|st| (labels(name, &[("stream", &st.stream)]), value(st)));
             counters(enc, family, help, samples)?;
         }
-        let stream_gaps: [PerStream<Option<f64>>; 2] = [
+        let stream_gaps: [PerItem<StreamStatus, Option<f64>>; 2] = [
             (
                 "overlayd_stream_last_failover_gap_seconds",
                 "Time between the last chunk before the latest failover and the first after it",
