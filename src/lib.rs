@@ -9,6 +9,7 @@ pub mod emulate;
 pub mod keyfile;
 pub mod media;
 pub mod net;
+pub mod observe;
 pub mod overlay;
 pub mod roles;
 pub mod service;

@@ -696,7 +696,7 @@ fn status_command(node: &str, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", body.trim_end());
     } else {
-        let s: overlayd::overlay::NodeStatus = serde_json::from_str(&body)
+        let s: overlayd::observe::NodeStatus = serde_json::from_str(&body)
             .with_context(|| format!("{addr} sent a status this version cannot read"))?;
         print!("{}", s.render_tables());
     }
@@ -720,9 +720,9 @@ fn trace_command(video: &str, from: &str, wait_ms: u64, json: bool) -> anyhow::R
     if json {
         println!("{}", body.trim_end());
     } else {
-        let t: overlayd::overlay::status::TraceResult = serde_json::from_str(&body)
+        let t: overlayd::observe::trace::TraceResult = serde_json::from_str(&body)
             .with_context(|| format!("{addr} sent a trace this version cannot read"))?;
-        print!("{}", overlayd::overlay::status::render_trace(&t));
+        print!("{}", overlayd::observe::trace::render_trace(&t));
     }
     Ok(ExitCode::SUCCESS)
 }

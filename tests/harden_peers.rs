@@ -24,7 +24,7 @@ use overlayd::crypto::{Handshake, Side};
 use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
 use overlayd::net::node_driver::{MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_IP};
-use overlayd::overlay::status::{DriverStatus, NodeStatus};
+use overlayd::observe::snapshot::{DriverStatus, NodeStatus};
 use overlayd::wire::overlay::{Hello, OverlayMsg, OverlayRole, Ping, OVERLAY_VERSION};
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -23,7 +23,7 @@ use overlayd::keyfile::Psk;
 use overlayd::net::control::http_get;
 use overlayd::net::node_driver::WRITE_STALL;
 use overlayd::net::transport;
-use overlayd::overlay::status::NodeStatus;
+use overlayd::observe::snapshot::NodeStatus;
 use overlayd::wire::overlay::{
     Hello, OverlayMsg, OverlayRole, Ping, VideoRequest, OVERLAY_VERSION,
 };

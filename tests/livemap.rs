@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::consumer::Consumer;
 use common::{device, keygen, role_of, some_video, Daemon, TempDir};
 use overlayd::net::control::http_get;
-use overlayd::overlay::map::MapModel;
+use overlayd::observe::map::MapModel;
 
 const WAIT: Duration = Duration::from_secs(20);
 const NET: &str = "127.75.1";
@@ -593,7 +593,27 @@ fn map_ports_refuse_bad_input_and_count_it() {
     assert_eq!(code, 200);
     assert!(body.contains("<svg id=\"map\""), "{body}");
     assert_eq!(get("/nope").0, 404);
+    // A request head over 8 KiB is refused (431; the server may close before reading the
+    // rest, so the answer can be lost to a reset: the count below is what must hold).
+    {
+        use std::io::{Read, Write};
+        let mut big = std::net::TcpStream::connect(page).unwrap();
+        let _ = write!(big, "GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        let mut answer = String::new();
+        let _ = big.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+            "{answer}"
+        );
+    }
     let m: MapModel = serde_json::from_str(&get("/map.json").1).unwrap();
+    let refused = |why: &str| m.counters.http_refused.get(why).copied();
+    assert_eq!(
+        (refused("not_found"), refused("too_large")),
+        (Some(1), Some(1)),
+        "{:?}",
+        m.counters
+    );
     // Nobody reported yet: the topology is drawn, every node unknown, the link unknown.
     assert_eq!(m.nodes.len(), 2);
     assert!(

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use common::consumer::Consumer;
 use common::{bootstrapper, device, keygen, role_of, run, some_video, TempDir};
 use overlayd::net::control::http_get;
-use overlayd::overlay::status::{NodeStatus, TraceResult};
+use overlayd::observe::snapshot::NodeStatus;
+use overlayd::observe::trace::TraceResult;
 
 const WAIT: Duration = Duration::from_secs(20);
 

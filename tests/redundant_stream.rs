@@ -16,7 +16,7 @@ use common::consumer::{analyse, Consumer};
 use common::diamond::{self, Diamond};
 use common::some_video;
 use overlayd::net::control::http_get;
-use overlayd::overlay::NodeStatus;
+use overlayd::observe::NodeStatus;
 
 // Generous: the machine is shared and often loaded far beyond its two cores.
 const WAIT: Duration = Duration::from_secs(40);

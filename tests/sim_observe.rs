@@ -5,8 +5,8 @@
 mod common;
 
 use common::sim::{ms, start_and_subscribe, topology, V};
-use overlayd::overlay::status::{render_trace, NodeStatus, TraceResult};
-use overlayd::overlay::trace::hop_delays;
+use overlayd::observe::snapshot::NodeStatus;
+use overlayd::observe::trace::{hop_delays, render_trace, TraceResult};
 use overlayd::sim::{LinkParams, Sim};
 
 /// S -5ms- A; A -10ms- B; A -20ms- C; B -7ms- D. Consumers at C and D.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use overlayd::overlay::map::MapState;
+use overlayd::observe::map::MapState;
 use overlayd::topology;
 use overlayd::wire::report::{decode_report, encode_report};
 

@@ -1,50 +1,52 @@
-//! The control endpoint: a small, hand-written HTTP/1.1 server on a loopback address that
-//! shows what a running daemon knows, and the client side `overlayd status` and `overlayd trace`
-//! use.
+//! The control endpoint: an HTTP/1.1 server (hyper, through [`crate::net::http`]) on a loopback
+//! address that shows what a running daemon knows, and the client side `overlayd status` and
+//! `overlayd trace` use.
 //!
 //! Endpoints (GET only, one request per connection, `Connection: close`):
 //!
 //! | path | answer |
 //! |---|---|
 //! | `/status` | the [`NodeStatus`] snapshot as JSON (with the edge's clients when it is an edge) |
-//! | `/metrics` | the same in Prometheus text format |
+//! | `/metrics` | the same as Prometheus (OpenMetrics) text, plus the endpoint's own refusals |
 //! | `/trace?video=V[&wait_ms=N]` | starts a trace of V's tree here, collects the answers for N ms (default 1000, at most 10000), returns a [`TraceResult`] as JSON |
 //!
 //! It is plain HTTP with no authentication: it must only ever listen on loopback or a
 //! management address, never on an address the overlay (or anyone untrusted) can reach. The
-//! role wiring binds it to loopback unless told otherwise explicitly. Requests are bounded
-//! (8 KiB of head, 3 s to send it, 32 connections at once); bad requests get a one-line error
+//! role wiring binds it to loopback unless told otherwise explicitly (and warns when told).
+//! Requests are bounded (8 KiB of head, 3 s to send it, 32 connections at once); refused
+//! requests are counted by reason (`overlayd_control_refused_total`), bad ones get a one-line error
 //! and the connection is closed; nothing here panics on input.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
 
 use crate::net::edge_driver::EdgeDriverCounters;
+pub use crate::net::http::percent_encode;
+use crate::net::http::{self, Handler, HttpError, Refusals, Reply, Request};
 use crate::net::node_driver::{ControlPort, ControlRequest};
-use crate::overlay::status::{EdgeStatus, NodeStatus, SessionStatus, TraceResult};
+use crate::observe::metrics;
+use crate::observe::snapshot::{EdgeServiceStatus, NodeStatus, SessionStatus};
+use crate::observe::trace::TraceResult;
 use crate::service::edge::{EdgeCounters, SessionInfo};
 
 /// Default TCP port of the control endpoint.
 pub const DEFAULT_CONTROL_PORT: u16 = 7704;
-/// Largest request head accepted.
-pub const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-/// Time allowed to write an answer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 32;
 /// Default and largest time a trace collects answers.
 pub const TRACE_WAIT: Duration = Duration::from_millis(1000);
 const TRACE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Answers kept per trace.
 const TRACE_ANSWERS: usize = 1024;
+/// Time to answer once the request head is in: the longest trace, its start, and the write.
+pub const ANSWER_WITHIN: Duration = TRACE_WAIT_MAX
+    .saturating_add(TRACE_START)
+    .saturating_add(http::WRITE_TIMEOUT);
+/// Time the node loop has to start a trace.
+const TRACE_START: Duration = Duration::from_secs(2);
 
 /// What an edge shows on the control endpoint.
 #[derive(Clone)]
@@ -55,7 +57,7 @@ pub struct EdgeView {
 }
 
 impl EdgeView {
-    fn status(&self, now: Instant) -> EdgeStatus {
+    fn status(&self, now: Instant) -> EdgeServiceStatus {
         let sessions = self
             .sessions
             .borrow()
@@ -75,7 +77,7 @@ impl EdgeView {
                 .collect(),
             _ => Default::default(),
         };
-        EdgeStatus {
+        EdgeServiceStatus {
             sessions,
             counters,
             video_dropped: self
@@ -86,170 +88,29 @@ impl EdgeView {
     }
 }
 
-/// A parsed request line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub query: Vec<(String, String)>,
-}
-
-impl Request {
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Why a request was refused: status code and a one-line reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpError {
-    pub status: u16,
-    pub reason: String,
-}
-
-impl HttpError {
-    fn new(status: u16, reason: impl Into<String>) -> Self {
-        HttpError {
-            status,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Parse a request head from what has arrived so far. `Ok(None)`: incomplete, read more.
-pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
-    let Some(end) = find(buf, b"\r\n\r\n").or_else(|| find(buf, b"\n\n")) else {
-        if buf.len() >= MAX_REQUEST {
-            return Err(HttpError::new(431, "request head too large"));
-        }
-        return Ok(None);
-    };
-    if end > MAX_REQUEST {
-        return Err(HttpError::new(431, "request head too large"));
-    }
-    let head = std::str::from_utf8(&buf[..end])
-        .map_err(|_| HttpError::new(400, "request head is not UTF-8"))?;
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::new(400, "malformed request line"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::new(505, "only HTTP/1.x is spoken here"));
-    }
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(HttpError::new(400, "malformed method"));
-    }
-    if !target.starts_with('/') {
-        return Err(HttpError::new(400, "request target must be a path"));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut params = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k).ok_or_else(|| HttpError::new(400, "bad percent-encoding"))?;
-        let v = percent_decode(v).ok_or_else(|| HttpError::new(400, "bad percent-encoding"))?;
-        params.push((k, v));
-    }
-    Ok(Some(Request {
-        method: method.to_string(),
-        path: percent_decode(path).ok_or_else(|| HttpError::new(400, "bad percent-encoding"))?,
-        query: params,
-    }))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// `%XX` and `+` decoding; None on a bad escape or non-UTF-8 result.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-                out.push(v);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// `%`-encode a query value.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    }
-}
-
-/// A whole response.
-pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
-        reason_phrase(status),
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body.as_bytes());
-    r
-}
-
-fn error_response(e: &HttpError) -> Vec<u8> {
-    response(
-        e.status,
-        "text/plain; charset=utf-8",
-        &format!("error: {}\n", e.reason.replace('\n', " ")),
-    )
-}
-
-/// The running endpoint's shared state.
+/// The running endpoint's shared state: the [`Handler`] of its requests.
 #[derive(Clone)]
-struct Ctx {
+pub struct ControlEndpoint {
     port: ControlPort,
     edge: Option<EdgeView>,
+    refusals: Arc<Refusals>,
 }
 
-impl Ctx {
+impl ControlEndpoint {
+    /// The endpoint of a node's control port (and an edge's view); `refusals` are the ones
+    /// its server counts, shown on `/metrics`.
+    pub fn new(
+        port: ControlPort,
+        edge: Option<EdgeView>,
+        refusals: Arc<Refusals>,
+    ) -> ControlEndpoint {
+        ControlEndpoint {
+            port,
+            edge,
+            refusals,
+        }
+    }
+
     fn status(&self) -> NodeStatus {
         let mut s = (**self.port.status.borrow()).clone();
         if let Some(e) = &self.edge {
@@ -271,109 +132,50 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serve until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener, port: ControlPort, edge: Option<EdgeView>) {
-    let ctx = Ctx { port, edge };
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     if let Ok(a) = listener.local_addr() {
         info!(listen = %a, "control endpoint (plain HTTP: /status, /metrics, /trace)");
     }
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    handle(stream, peer, &ctx).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "control endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let refusals = Arc::new(Refusals::default());
+    let ctx = ControlEndpoint::new(port, edge, refusals.clone());
+    http::serve(listener, ctx, refusals, ANSWER_WITHIN).await;
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
-    let mut buf = Vec::with_capacity(512);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match parse_request(&buf) {
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => {}
-                Err(e) => return Err(e),
+impl Handler for ControlEndpoint {
+    async fn handle(&self, req: Request) -> Result<Reply, HttpError> {
+        match req.path.as_str() {
+            "/" => Ok(Reply::new(
+                "text/plain; charset=utf-8",
+                "overlayd control endpoint: GET /status, /metrics, /trace?video=NAME[&wait_ms=N]\n",
+            )),
+            "/status" => {
+                let body = serde_json::to_string_pretty(&self.status())
+                    .map_err(|e| HttpError::new(500, format!("cannot encode status: {e}")))?;
+                Ok(Reply::new("application/json", body))
             }
-            match stream.read(&mut chunk).await {
-                Ok(0) => return Err(HttpError::new(400, "connection closed mid-request")),
-                // parse_request refuses a head over MAX_REQUEST, so buf stays bounded.
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(HttpError::new(400, format!("read error: {e}"))),
+            "/metrics" => Ok(Reply::new(
+                metrics::CONTENT_TYPE,
+                metrics::render(&self.status(), &self.refusals.snapshot()),
+            )),
+            "/trace" => {
+                let video = req
+                    .param("video")
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| HttpError::new(400, "missing ?video=NAME"))?;
+                let wait = match req.param("wait_ms") {
+                    None => TRACE_WAIT,
+                    Some(v) => Duration::from_millis(
+                        v.parse()
+                            .map_err(|_| HttpError::new(400, "wait_ms must be a number"))?,
+                    )
+                    .min(TRACE_WAIT_MAX),
+                };
+                let result = trace(&self.port, video, wait).await?;
+                let body = serde_json::to_string_pretty(&result)
+                    .map_err(|e| HttpError::new(500, format!("cannot encode trace: {e}")))?;
+                Ok(Reply::new("application/json", body))
             }
+            other => Err(HttpError::new(404, format!("no such endpoint: {other}"))),
         }
-    };
-    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Err(_) => error_response(&HttpError::new(408, "request not received in time")),
-        Ok(Err(e)) => error_response(&e),
-        Ok(Ok(req)) => {
-            debug!(%peer, method = %req.method, path = %req.path, "control request");
-            match route(&req, ctx).await {
-                Ok(r) => r,
-                Err(e) => error_response(&e),
-            }
-        }
-    };
-    let write = async {
-        stream.write_all(&answer).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-}
-
-async fn route(req: &Request, ctx: &Ctx) -> Result<Vec<u8>, HttpError> {
-    if req.method != "GET" {
-        return Err(HttpError::new(
-            405,
-            format!("{} not allowed: only GET", req.method),
-        ));
-    }
-    match req.path.as_str() {
-        "/" => Ok(response(
-            200,
-            "text/plain; charset=utf-8",
-            "overlayd control endpoint: GET /status, /metrics, /trace?video=NAME[&wait_ms=N]\n",
-        )),
-        "/status" => {
-            let body = serde_json::to_string_pretty(&ctx.status())
-                .map_err(|e| HttpError::new(500, format!("cannot encode status: {e}")))?;
-            Ok(response(200, "application/json", &body))
-        }
-        "/metrics" => Ok(response(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            &ctx.status().render_metrics(),
-        )),
-        "/trace" => {
-            let video = req
-                .param("video")
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| HttpError::new(400, "missing ?video=NAME"))?;
-            let wait = match req.param("wait_ms") {
-                None => TRACE_WAIT,
-                Some(v) => Duration::from_millis(
-                    v.parse()
-                        .map_err(|_| HttpError::new(400, "wait_ms must be a number"))?,
-                )
-                .min(TRACE_WAIT_MAX),
-            };
-            let result = trace(&ctx.port, video, wait).await?;
-            let body = serde_json::to_string_pretty(&result)
-                .map_err(|e| HttpError::new(500, format!("cannot encode trace: {e}")))?;
-            Ok(response(200, "application/json", &body))
-        }
-        other => Err(HttpError::new(404, format!("no such endpoint: {other}"))),
     }
 }
 
@@ -389,7 +191,7 @@ async fn trace(port: &ControlPort, video: &str, wait: Duration) -> Result<TraceR
         })
         .await
         .map_err(|_| HttpError::new(503, "the node is shutting down"))?;
-    let id = match tokio::time::timeout(Duration::from_secs(2), started_rx).await {
+    let id = match tokio::time::timeout(TRACE_START, started_rx).await {
         Ok(Ok(Ok(id))) => id,
         Ok(Ok(Err(why))) => return Err(HttpError::new(409, why)),
         _ => return Err(HttpError::new(503, "the node did not start the trace")),
@@ -515,74 +317,7 @@ pub fn http_get(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(s: &str) -> Result<Option<Request>, HttpError> {
-        parse_request(s.as_bytes())
-    }
-
-    #[test]
-    fn parses_a_get_with_a_query() {
-        let r = req("GET /trace?video=big%20buck+bunny&wait_ms=500 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/trace");
-        assert_eq!(r.param("video"), Some("big buck bunny"));
-        assert_eq!(r.param("wait_ms"), Some("500"));
-        assert_eq!(r.param("nope"), None);
-        // Bare LF line ends (nc, hand-typed) are accepted too.
-        assert!(req("GET /status HTTP/1.0\n\n").unwrap().is_some());
-    }
-
-    #[test]
-    fn incomplete_heads_ask_for_more() {
-        assert_eq!(req("GET /status HTTP/1.1\r\nHost: x\r\n"), Ok(None));
-        assert_eq!(req(""), Ok(None));
-    }
-
-    #[test]
-    fn bad_requests_get_a_status_and_one_line() {
-        let status = |s: &str| req(s).unwrap_err().status;
-        assert_eq!(status("GARBAGE\r\n\r\n"), 400);
-        assert_eq!(status("GET /a b HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status("GET status HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status("get /status HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status("GET /status SPDY/3\r\n\r\n"), 505);
-        assert_eq!(status("GET /trace?video=%zz HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status("GET /trace?video=%ff HTTP/1.1\r\n\r\n"), 400);
-        let mut big = b"GET /".to_vec();
-        big.extend(std::iter::repeat(b'a').take(MAX_REQUEST));
-        assert_eq!(parse_request(&big).unwrap_err().status, 431);
-        let mut bytes = b"GET /\xff HTTP/1.1\r\n\r\n".to_vec();
-        assert_eq!(parse_request(&bytes).unwrap_err().status, 400);
-        bytes.clear();
-        let e = error_response(&HttpError::new(400, "two\nlines"));
-        let text = String::from_utf8(e).unwrap();
-        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nerror: two lines\n"), "{text}");
-    }
-
-    #[test]
-    fn arbitrary_bytes_never_panic_the_parser() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for _ in 0..2000 {
-            let n = rng.gen_range(0..300);
-            let mut v: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
-            if rng.gen_bool(0.5) {
-                v.extend_from_slice(b"\r\n\r\n");
-            }
-            let _ = parse_request(&v);
-        }
-    }
-
-    #[test]
-    fn percent_coding_round_trips() {
-        for s in ["movie", "a b/c?d&e=f", "clipé"] {
-            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
-        }
-        assert_eq!(percent_decode("%4"), None);
-    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn control_binds_loopback_unless_told_explicitly() {
@@ -732,6 +467,19 @@ mod tests {
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             assert!(out.starts_with(&format!("HTTP/1.1 {code} ")), "{out}");
+        }
+        // Every refusal above is counted, by reason, on /metrics.
+        let (code, body) = get("/metrics").await.unwrap().unwrap();
+        assert_eq!(code, 200);
+        for (reason, n) in [
+            ("malformed", 2),
+            ("not_found", 1),
+            ("method", 1),
+            ("other", 1),
+        ] {
+            let line =
+                format!("overlayd_control_refused_total{{node=\"O1\",reason=\"{reason}\"}} {n}\n");
+            assert!(body.contains(&line), "no {line} in\n{body}");
         }
         server.abort();
     }

@@ -2,14 +2,15 @@
 //!
 //! This module owns two listeners. The report listener accepts daemons' reports over the
 //! overlay transport (PSK handshake + AES-GCM records; a connection that fails the handshake is
-//! refused, counted and logged) and feeds them to the [`MapState`]. The HTTP listener is a
-//! small hand-written HTTP/1.1 server (the control endpoint's parser and bounds: GET only, one
-//! request per connection, 8 KiB head, 3 s to send it, 32 connections at once):
+//! refused, counted and logged) and feeds them to the [`MapState`]. The HTTP listener is the
+//! control endpoint's server ([`crate::net::http`], on hyper: GET only, one request per
+//! connection, 8 KiB head, 3 s to send it, 32 connections at once, refusals counted in the
+//! model's `counters.http_refused`):
 //!
 //! | path | answer |
 //! |---|---|
 //! | `/` | the map page (one self-contained HTML file; it polls `/map.json` every second) |
-//! | `/map.json` | the [`MapModel`](crate::overlay::map::MapModel) now |
+//! | `/map.json` | the [`MapModel`](crate::observe::map::MapModel) now |
 //!
 //! The page is plain HTTP without authentication and shows the topology: bind it to a
 //! management or loopback address.
@@ -18,25 +19,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::crypto::Side;
 use crate::keyfile::Psk;
-use crate::net::control::{parse_request, response, HttpError, Request};
+use crate::net::http::{self, Handler, HttpError, Refusals, Reply, Request};
 use crate::net::transport;
-use crate::overlay::map::MapState;
+use crate::observe::map::MapState;
 use crate::topology::Topology;
 use crate::wire::report::decode_report;
 
 /// The page, embedded in the binary.
 pub const MAP_PAGE: &str = include_str!("map.html");
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_HTTP_CONNECTIONS: usize = 32;
 /// Report connections at once (one per daemon; more wait in the backlog).
 const MAX_REPORT_CONNECTIONS: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -91,7 +88,13 @@ pub async fn serve(
         }
     }
     let reports = tokio::spawn(accept_reports(listeners.report, cfg.psk, state.clone()));
-    serve_http(listeners.http, state, topology).await;
+    let refusals = Arc::new(Refusals::default());
+    let site = Site {
+        state,
+        topology,
+        refusals: refusals.clone(),
+    };
+    http::serve(listeners.http, site, refusals, http::WRITE_TIMEOUT).await;
     reports.abort();
 }
 
@@ -203,100 +206,30 @@ async fn report_connection(
     }
 }
 
-async fn serve_http(
-    listener: TcpListener,
+/// The page's [`Handler`]: the page itself and the model now.
+#[derive(Clone)]
+struct Site {
     state: Shared,
     topology: watch::Receiver<Arc<Topology>>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let (state, topology) = (state.clone(), topology.clone());
-                tokio::spawn(async move {
-                    handle_http(stream, peer, &state, &topology).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "map: accepting a page connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    refusals: Arc<Refusals>,
 }
 
-async fn handle_http(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    state: &Shared,
-    topology: &watch::Receiver<Arc<Topology>>,
-) {
-    let mut buf = Vec::with_capacity(512);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(r) = parse_request(&buf)? {
-                return Ok(r);
+impl Handler for Site {
+    async fn handle(&self, req: Request) -> Result<Reply, HttpError> {
+        match req.path.as_str() {
+            "/" | "/index.html" => Ok(Reply::new("text/html; charset=utf-8", MAP_PAGE)),
+            "/map.json" => {
+                let topo = self.topology.borrow().clone();
+                let mut model = lock(&self.state).model(&topo, Instant::now());
+                model.counters.http_refused = self.refusals.snapshot();
+                serde_json::to_string(&model)
+                    .map(|body| Reply::new("application/json", body))
+                    .map_err(|e| HttpError::new(500, format!("cannot encode the map: {e}")))
             }
-            match stream.read(&mut chunk).await {
-                Ok(0) => {
-                    return Err(HttpError {
-                        status: 400,
-                        reason: "connection closed mid-request".into(),
-                    })
-                }
-                // parse_request refuses a head over its limit, so buf stays bounded.
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => {
-                    return Err(HttpError {
-                        status: 400,
-                        reason: format!("read error: {e}"),
-                    })
-                }
-            }
+            other => Err(HttpError::new(
+                404,
+                format!("no such page: {other} (try / or /map.json)"),
+            )),
         }
-    };
-    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Err(_) => error_response(408, "request not received in time"),
-        Ok(Err(e)) => error_response(e.status, &e.reason),
-        Ok(Ok(req)) => {
-            debug!(%peer, path = %req.path, "map request");
-            route(&req, state, topology)
-        }
-    };
-    let write = async {
-        stream.write_all(&answer).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-}
-
-fn error_response(status: u16, reason: &str) -> Vec<u8> {
-    response(
-        status,
-        "text/plain; charset=utf-8",
-        &format!("error: {}\n", reason.replace('\n', " ")),
-    )
-}
-
-fn route(req: &Request, state: &Shared, topology: &watch::Receiver<Arc<Topology>>) -> Vec<u8> {
-    if req.method != "GET" {
-        return error_response(405, &format!("{} not allowed: only GET", req.method));
-    }
-    match req.path.as_str() {
-        "/" | "/index.html" => response(200, "text/html; charset=utf-8", MAP_PAGE),
-        "/map.json" => {
-            let topo = topology.borrow().clone();
-            let model = lock(state).model(&topo, Instant::now());
-            match serde_json::to_string(&model) {
-                Ok(body) => response(200, "application/json", &body),
-                Err(e) => error_response(500, &format!("cannot encode the map: {e}")),
-            }
-        }
-        other => error_response(404, &format!("no such page: {other} (try / or /map.json)")),
     }
 }

@@ -5,6 +5,7 @@ pub mod bootstrap_client;
 pub mod client_driver;
 pub mod edge_driver;
 pub mod edge_ffmpeg;
+pub mod http;
 pub mod map_server;
 pub mod node_driver;
 pub mod reporter;

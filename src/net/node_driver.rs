@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use crate::crypto::Side;
 use crate::keyfile::Psk;
 use crate::net::transport::{self, SecureReader, SecureWriter, TransportError};
-use crate::overlay::status::{DriverStatus, NodeStatus};
+use crate::observe::snapshot::{DriverStatus, NodeStatus};
 use crate::overlay::{LinkId, Node, Output};
 use crate::wire::overlay::{Hello, OverlayMsg, TraceHop, VideoData};
 

@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 use crate::crypto::Side;
 use crate::keyfile::Psk;
 use crate::net::transport::{self, SecureWriter};
-use crate::overlay::map::report_from_status;
-use crate::overlay::status::NodeStatus;
+use crate::observe::map::report_from_status;
+use crate::observe::snapshot::NodeStatus;
 use crate::service::edge::SessionInfo;
 use crate::wire::report::{encode_report, MAX_REPORT_LEN};
 

@@ -9,19 +9,16 @@
 //! ([`neighbours`]: links, dialling with backoff, keepalive liveness), the flood and parent
 //! table ([`routing`]) and the streams ([`streams`]: fan-out, cancellation, make-before-break
 //! switching, in-order at-most-once delivery, failover and grandfathers). [`trace`] follows a
-//! video's tree hop by hop, and [`status`] turns the node's views into one serialisable
-//! snapshot (and Prometheus text) for the control endpoint.
+//! video's tree hop by hop. The node's views (`route_table`, `parent_table`, `link_traffic`,
+//! counters, ...) are plain data; `crate::observe` turns them into snapshots, metrics and tables.
 
-pub mod map;
 pub mod neighbours;
 pub mod node;
 pub mod routing;
-pub mod status;
 pub mod streams;
 pub mod trace;
 
 pub use neighbours::{LinkId, LivenessConfig, NeighbourTable};
 pub use node::{GapWatch, LinkTraffic, Node, NodeConfig, NodeCounters, Output, ParentView};
 pub use routing::Routing;
-pub use status::NodeStatus;
 pub use streams::{RouteView, StreamConfig, StreamCounters, StreamState};

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::wire::overlay::{Trace, TraceHop};
+use crate::wire::overlay::Trace;
 
 /// A probe with this many hops is answered but not forwarded further.
 pub const MAX_TRACE_HOPS: usize = 64;
@@ -97,16 +97,10 @@ pub fn probe_is_valid(from: &str, trace: &Trace) -> bool {
     !trace.reply && trace.hops.last().is_some_and(|h| h.name == from)
 }
 
-/// Per-hop delays of a path, µs (`at_us` differences; wall clocks, so skew shows here).
-pub fn hop_delays(hops: &[TraceHop]) -> Vec<i64> {
-    hops.windows(2)
-        .map(|w| w[1].at_us as i64 - w[0].at_us as i64)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::overlay::TraceHop;
 
     fn trace(names: &[&str], reply: bool) -> Trace {
         Trace {
@@ -156,14 +150,5 @@ mod tests {
             r.insert(t0 + RECENT_TTL, 100 + i);
         }
         assert!(r.len() <= RECENT_CAPACITY);
-    }
-
-    #[test]
-    fn hop_delays_are_differences() {
-        assert_eq!(
-            hop_delays(&trace(&["S", "A", "B"], false).hops),
-            vec![1000, 1000]
-        );
-        assert!(hop_delays(&[]).is_empty());
     }
 }

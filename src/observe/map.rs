@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::status::NodeStatus;
+use super::snapshot::NodeStatus;
 use crate::topology::{DeviceRole, Topology};
 use crate::wire::report::{
     Report, ReportClient, ReportNeighbour, ReportStream, MAX_ITEMS, REPORT_VERSION,
@@ -121,6 +121,10 @@ pub struct MapCounters {
     pub auth_refused: u64,
     /// Reports from names beyond [`MAX_REPORTERS`].
     pub reports_dropped: u64,
+    /// Page requests refused by the HTTP server, by reason (filled in by the server; absent
+    /// while none was refused).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub http_refused: BTreeMap<String, u64>,
 }
 
 /// What the page draws.
@@ -1311,7 +1315,7 @@ mod tests {
 
     #[test]
     fn report_from_status_splits_children_and_local_consumers() {
-        use crate::overlay::status::{NeighbourStatus, RouteStatus, StreamStatus};
+        use crate::observe::snapshot::{NeighbourStatus, RouteStatus, StreamStatus};
         let mut st = NodeStatus {
             name: "O3".into(),
             role: "edge".into(),
