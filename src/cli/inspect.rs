@@ -1,13 +1,16 @@
 //! The tools that ask a running daemon through its control endpoint: `overlayd status` (what a
 //! node knows, as tables or JSON) and `overlayd trace` (a video's tree below a node).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use serde::de::DeserializeOwned;
 
 use crate::net::control;
+use crate::overlay::status::{render_trace, TraceResult};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -24,19 +27,14 @@ impl StatusArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let addr = control::parse_node_addr(&self.node, control::DEFAULT_CONTROL_PORT)
             .map_err(|e| anyhow::anyhow!("bad --node: {e}"))?;
-        let (code, body) = control::http_get(addr, "/status", Duration::from_secs(5))
-            .map_err(anyhow::Error::msg)?;
-        if code != 200 {
-            anyhow::bail!("{addr} answered {code}: {}", body.trim());
-        }
-        if self.json {
-            println!("{}", body.trim_end());
-        } else {
-            let s: crate::overlay::NodeStatus = serde_json::from_str(&body)
-                .with_context(|| format!("{addr} sent a status this version cannot read"))?;
-            print!("{}", s.render_tables());
-        }
-        Ok(ExitCode::SUCCESS)
+        let body = get(addr, "/status", Duration::from_secs(5))?;
+        show(
+            addr,
+            &body,
+            self.json,
+            "status",
+            |s: crate::overlay::NodeStatus| s.render_tables(),
+        )
     }
 }
 
@@ -65,19 +63,37 @@ impl TraceArgs {
             control::percent_encode(&self.video),
             self.wait_ms
         );
-        let (code, body) =
-            control::http_get(addr, &target, Duration::from_millis(self.wait_ms + 5000))
-                .map_err(anyhow::Error::msg)?;
-        if code != 200 {
-            anyhow::bail!("{addr} answered {code}: {}", body.trim());
-        }
-        if self.json {
-            println!("{}", body.trim_end());
-        } else {
-            let t: crate::overlay::status::TraceResult = serde_json::from_str(&body)
-                .with_context(|| format!("{addr} sent a trace this version cannot read"))?;
-            print!("{}", crate::overlay::status::render_trace(&t));
-        }
-        Ok(ExitCode::SUCCESS)
+        let body = get(addr, &target, Duration::from_millis(self.wait_ms + 5000))?;
+        show(addr, &body, self.json, "trace", |t: TraceResult| {
+            render_trace(&t)
+        })
     }
+}
+
+/// GET `target` from a control endpoint; the body of a 200 answer, anything else an error.
+fn get(addr: SocketAddr, target: &str, timeout: Duration) -> anyhow::Result<String> {
+    let (code, body) = control::http_get(addr, target, timeout).map_err(anyhow::Error::msg)?;
+    if code != 200 {
+        anyhow::bail!("{addr} answered {code}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// Print the JSON answer as it came, or read it as a `T` (a `what` from `addr`) and print
+/// `render` of it.
+fn show<T: DeserializeOwned>(
+    addr: SocketAddr,
+    body: &str,
+    json: bool,
+    what: &str,
+    render: impl FnOnce(T) -> String,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", body.trim_end());
+    } else {
+        let value: T = serde_json::from_str(body)
+            .with_context(|| format!("{addr} sent a {what} this version cannot read"))?;
+        print!("{}", render(value));
+    }
+    Ok(ExitCode::SUCCESS)
 }

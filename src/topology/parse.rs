@@ -7,13 +7,13 @@
 //! Repeated device names and repeated keys inside a device are errors here, because serde_json
 //! would silently keep the last one. A byte-order mark and CRLF line ends are accepted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::device::{describe, validate_name, Device};
-use super::scan::{find_duplicate_key, line_col, locate, Member, NodeKind, Scanner};
+use super::scan::{find_duplicate_key, line_col, locate, Member, NodeKind, Scanner, SeenKeys};
 use super::Topology;
 
 /// A topology file that could not be loaded. Display: `FILE:LINE:COL: reason` (or `FILE: reason`
@@ -101,20 +101,17 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
     // serde_json keeps the last of duplicate keys silently; a repeated device name is almost
     // always a copy-paste slip, so it is an error pointing at the second one.
     // Everything in one pass, so the error reported is the first one in the file.
-    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut seen = SeenKeys::default();
     let mut out = BTreeMap::new();
     for m in members {
-        if let Some(&first) = first_seen.get(m.key.as_str()) {
+        if let Some(first) = seen.repeat_of(m) {
+            let name = m.key.escape_debug();
+            let line = line_col(text, first).0;
             return Err(schema(
                 m.key_at,
-                format!(
-                    "duplicate device name '{}' (first defined at line {})",
-                    m.key.escape_debug(),
-                    line_col(text, first).0
-                ),
+                format!("duplicate device name '{name}' (first defined at line {line})"),
             ));
         }
-        first_seen.insert(&m.key, m.key_at);
         validate_name(&m.key).map_err(|r| schema(m.key_at, r))?;
         if let Some((at, reason)) = find_duplicate_key(text, &m.value) {
             return Err(schema(

@@ -200,25 +200,39 @@ pub(super) fn locate(node: &Node, path: &[PathSeg]) -> usize {
     cur.at
 }
 
+/// The keys of one object met so far, with where each first stood.
+#[derive(Default)]
+pub(super) struct SeenKeys<'a>(HashMap<&'a str, usize>);
+
+impl<'a> SeenKeys<'a> {
+    /// Where an earlier member had `m`'s key; `None` (and `m` remembered) when it is new.
+    pub(super) fn repeat_of(&mut self, m: &'a Member) -> Option<usize> {
+        match self.0.get(m.key.as_str()) {
+            Some(&first) => Some(first),
+            None => {
+                self.0.insert(&m.key, m.key_at);
+                None
+            }
+        }
+    }
+}
+
 /// The first repeated key in any object under `node`, as (offset of the repeat, reason).
 pub(super) fn find_duplicate_key(text: &str, node: &Node) -> Option<(usize, String)> {
     match &node.kind {
         NodeKind::Scalar => None,
         NodeKind::Array(items) => items.iter().find_map(|n| find_duplicate_key(text, n)),
         NodeKind::Object(members) => {
-            let mut seen: HashMap<&str, usize> = HashMap::new();
+            let mut seen = SeenKeys::default();
             for m in members {
-                if let Some(&first) = seen.get(m.key.as_str()) {
+                if let Some(first) = seen.repeat_of(m) {
+                    let key = m.key.escape_debug();
+                    let line = line_col(text, first).0;
                     return Some((
                         m.key_at,
-                        format!(
-                            "duplicate key \"{}\" (first at line {})",
-                            m.key.escape_debug(),
-                            line_col(text, first).0
-                        ),
+                        format!("duplicate key \"{key}\" (first at line {line})"),
                     ));
                 }
-                seen.insert(&m.key, m.key_at);
                 if let Some(found) = find_duplicate_key(text, &m.value) {
                     return Some(found);
                 }
