@@ -41,13 +41,14 @@
 //! GHASH passes stitched). The first build used the `aes-gcm` crate; ring measured 4-7 times
 //! faster per record here (BENCHMARKS.md, record layer) and produces identical records
 //! (`tests/crypto_golden.rs` checks both byte for byte), so the two builds interoperate.
+//! HKDF and SHA-256 come from `ring` too, so the daemon has one cryptographic library; the
+//! golden test derives the same keys with the RustCrypto `hkdf` crate as an independent check.
 
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use hkdf::Hkdf;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use sha2::{Digest, Sha256};
+use ring::{digest, hkdf};
 use thiserror::Error;
 
 use crate::keyfile::Psk;
@@ -195,19 +196,22 @@ impl Handshake {
         let mut salt = [0u8; 2 * CHALLENGE_LEN];
         salt[..CHALLENGE_LEN].copy_from_slice(initiator);
         salt[CHALLENGE_LEN..].copy_from_slice(responder);
-        let hkdf = Hkdf::<Sha256>::new(Some(&salt), self.psk.as_bytes());
-        let i2r = expand_key(&hkdf, INFO_I2R);
-        let r2i = expand_key(&hkdf, INFO_R2I);
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt).extract(self.psk.as_bytes());
+        let i2r = expand_key(&prk, INFO_I2R);
+        let r2i = expand_key(&prk, INFO_R2I);
         let (send_key, recv_key) = match self.side {
             Side::Initiator => (i2r, r2i),
             Side::Responder => (r2i, i2r),
         };
 
-        let transcript_hash: [u8; 32] = Sha256::new()
-            .chain_update(hello_frame(initiator))
-            .chain_update(hello_frame(responder))
-            .finalize()
-            .into();
+        let mut transcript = digest::Context::new(&digest::SHA256);
+        transcript.update(&hello_frame(initiator));
+        transcript.update(&hello_frame(responder));
+        let transcript_hash: [u8; 32] = transcript
+            .finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 digests are 32 bytes");
 
         let mut sealer = Sealer::new(&send_key);
         let mut finished = BytesMut::with_capacity(FINISHED_LEN);
@@ -298,10 +302,12 @@ fn parse_hello(frame: &[u8]) -> Result<[u8; CHALLENGE_LEN], HandshakeError> {
         .ok_or(bad_length)
 }
 
-fn expand_key(hkdf: &Hkdf<Sha256>, info: &[u8]) -> [u8; 32] {
+fn expand_key(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
     let mut key = [0u8; 32];
-    // HKDF-SHA256 can produce up to 8160 bytes; 32 always fits.
-    hkdf.expand(info, &mut key)
+    // HKDF-SHA256 can produce up to 8160 bytes; 32 always fits. The length is given to ring as
+    // `AES_256_GCM`, whose key length is 32.
+    prk.expand(&[info], &AES_256_GCM)
+        .and_then(|okm| okm.fill(&mut key))
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     key
 }

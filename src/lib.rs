@@ -1,9 +1,17 @@
 //! overlayd: an application-layer multicast overlay for live video.
 //!
-//! The library holds everything the `overlayd` binary runs. Protocol logic lives in sans-IO
-//! state machines (`topology`, `wire`, `crypto`, `overlay`); `net` and `roles` are the thin
-//! tokio drivers that move bytes and time between sockets and those machines.
+//! The library holds everything the `overlayd` binary runs. The protocol is sans-IO state
+//! machines that read no clock and touch no socket: `wire` (message encodings), `crypto`
+//! (handshake and record layer), `overlay` (the overlay node) and `service` (the edge and
+//! client services over UDP); `sim` drives those same machines in virtual time. `net` holds the
+//! tokio drivers that feed them from sockets and timers, `media` the ffmpeg children and TS
+//! pacing, and `roles` assembles what each `--role` runs (the bootstrapper's TCP server among
+//! them). `topology` is the topology file's model, parser and checks (pure apart from loading
+//! a file), `keyfile` the overlay key on disk, `emulate` CORE scenario generation and the
+//! network-namespace emulator (which runs `ip` and `nft`), and `cli` the command line: each
+//! role's options and their conversion into that role's configuration.
 
+pub mod cli;
 pub mod crypto;
 pub mod emulate;
 pub mod keyfile;

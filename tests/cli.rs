@@ -158,6 +158,28 @@ fn missing_key_file_points_at_keygen() {
     assert!(err.contains("overlayd keygen"), "{err}");
 }
 
+/// A list of videos is one value: it parses (this used to panic inside clap) and the node goes
+/// on to the next step, loading its key.
+#[test]
+fn redundant_videos_takes_a_comma_separated_list() {
+    let (code, _, err) = run(&[
+        "--role",
+        "edge",
+        "--name",
+        "O1",
+        "--bootstrap",
+        "127.71.9.1",
+        "--redundant-videos",
+        "alpha,beta",
+        "--key-file",
+        "/nonexistent/overlayd.key",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("overlayd keygen"), "{err}");
+}
+
 #[test]
 fn check_topology_reports_errors_with_position_and_exit_code() {
     let dir = TempDir::new("checktopo");

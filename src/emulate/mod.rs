@@ -22,7 +22,10 @@
 //!   one), or else on the first server in name order (else the first device); every device is
 //!   given that host's first address as `--bootstrap`.
 //!
-//! Everything here is pure: no commands run, no files are read.
+//! The derivation in this file is pure: no commands run, no files are read. The back ends are
+//! not: [`core`] reads topology files and writes scenario files, and [`netns`] runs `ip`, `nft`,
+//! `kill` and the daemons themselves (keeping its plan, the list of commands, pure and
+//! unit-tested).
 
 pub mod core;
 pub mod netns;

@@ -33,7 +33,8 @@
 //!   every process inside them and deletes them.
 //!
 //! The plan (names and commands) is pure and unit-tested; the side effects are thin wrappers
-//! around `ip`, `nft` and `kill`.
+//! around `ip`, `nft` and `kill` Its command line (`overlayd netns ...`) is
+//! `cli::emulate`, which calls [`up`], [`plan`], [`down`] and the [`RunState`] methods.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -44,7 +45,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::topology::DeviceRole;
@@ -57,92 +57,6 @@ pub const NS_PREFIX: &str = "ovld-";
 pub const BOOTSTRAPPER: &str = "bootstrapper";
 /// Environment variable overriding the directory that holds run directories.
 pub const BASE_DIR_ENV: &str = "OVERLAYD_NETNS_DIR";
-
-/// `overlayd netns ...`
-#[derive(Args, Debug)]
-pub struct NetnsArgs {
-    /// Run id or run directory (default: the only run under the base directory).
-    #[arg(long, global = true, value_name = "ID|DIR")]
-    pub run: Option<String>,
-    #[command(subcommand)]
-    pub cmd: NetnsCmd,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum NetnsCmd {
-    /// Build a topology as namespaces and start the bootstrapper and the overlay daemons.
-    Up {
-        /// Topology JSON file (every device must list its "addresses").
-        topology: PathBuf,
-        /// Run id (lower-case letters and digits, at most 8); random by default.
-        #[arg(long)]
-        run_id: Option<String>,
-        /// Video folder for servers (a sub-folder named after the server wins if present).
-        #[arg(long)]
-        videos: Option<PathBuf>,
-        /// overlayd binary to run (default: this one).
-        #[arg(long)]
-        bin: Option<PathBuf>,
-        /// Build the network only; start nothing.
-        #[arg(long)]
-        no_start: bool,
-        /// Also start the clients (give them --client-args, e.g. a video and a recording).
-        #[arg(long)]
-        clients: bool,
-        /// Extra arguments for servers, nodes and edges (one string, split at spaces).
-        #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
-        daemon_args: Option<String>,
-        /// How edges send video to clients (`--relay` of nodes and edges); their default
-        /// when not given.
-        #[arg(long, value_parser = ["native", "ffmpeg"])]
-        relay: Option<String>,
-        /// Extra arguments for clients; {name} and {run_dir} are replaced.
-        #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
-        client_args: Option<String>,
-    },
-    /// Print the plan of a topology (namespaces, addresses, routes, commands); needs no root.
-    Plan {
-        topology: PathBuf,
-        /// Run id to use in names.
-        #[arg(long, default_value = "RUN")]
-        run_id: String,
-    },
-    /// Which devices run, which links are cut.
-    Status,
-    /// kill -9 a device (its whole process group).
-    Kill { device: String },
-    /// Stop a device gracefully (SIGTERM; SIGKILL after 5 s), so it logs its final counters.
-    Stop { device: String },
-    /// Freeze a device (SIGSTOP to its process group).
-    Hang { device: String },
-    /// Unfreeze a hung device (SIGCONT).
-    Resume { device: String },
-    /// Start a device that is not running (e.g. a client, or after kill).
-    Start { device: String },
-    /// Kill a device if it runs, then start it again with the same arguments.
-    Restart { device: String },
-    /// Cut the link between two devices silently (no RST, no ICMP).
-    Cut { a: String, b: String },
-    /// Restore a cut link.
-    Restore { a: String, b: String },
-    /// Silence a device: drop everything to and from its own addresses (no RST, no ICMP)
-    /// while its host keeps forwarding for others (needs nftables).
-    Isolate { device: String },
-    /// Undo `isolate`.
-    Rejoin { device: String },
-    /// Run a command inside a device's namespace.
-    Exec {
-        device: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        cmd: Vec<String>,
-    },
-    /// Tear a run down: kill its processes, delete its namespaces (works from any state).
-    Down {
-        /// Tear down every run of this emulator (every namespace named ovld-*).
-        #[arg(long)]
-        all: bool,
-    },
-}
 
 /// One daemon of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -717,7 +631,7 @@ impl RunState {
     }
 
     /// Signal a running daemon's process group.
-    fn signal(&self, device: &str, sig: &str) -> anyhow::Result<u32> {
+    pub fn signal(&self, device: &str, sig: &str) -> anyhow::Result<u32> {
         let d = self.daemon(device)?;
         if daemon_state(d) == ProcState::Dead {
             bail!("{device} is not running");
@@ -798,6 +712,28 @@ impl RunState {
             )?;
         }
         self.save()
+    }
+
+    /// Kill a device if it runs, then start it again with the same arguments; the new pid.
+    pub fn restart(&mut self, device: &str) -> anyhow::Result<u32> {
+        if daemon_state(self.daemon(device)?) != ProcState::Dead {
+            self.kill(device)?;
+        }
+        self.start(device)
+    }
+
+    /// Run `cmd` inside a device's namespace and wait for it; its exit status.
+    pub fn exec(&self, device: &str, cmd: &[String]) -> anyhow::Result<i32> {
+        let h = self.host_index(device)?;
+        let Some(program) = cmd.first() else {
+            bail!("no command to run in {device}");
+        };
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.host_ns[h]])
+            .args(cmd)
+            .status()
+            .with_context(|| format!("cannot run {program}"))?;
+        Ok(status.code().unwrap_or(1))
     }
 
     /// Isolate a device (`on`) or let it rejoin: see [`ISOLATE_RULES`].
@@ -950,12 +886,6 @@ fn random_run_id() -> String {
     format!("{:06x}", n & 0xff_ffff)
 }
 
-fn split_args(s: &Option<String>) -> Vec<String> {
-    s.as_deref()
-        .map(|s| s.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
 /// Wait until `log` has a line containing `needle` after byte `from`.
 fn wait_for_log(log: &Path, from: u64, needle: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -973,20 +903,43 @@ fn wait_for_log(log: &Path, from: u64, needle: &str, timeout: Duration) -> bool 
     }
 }
 
-/// `overlayd netns up`.
-#[allow(clippy::too_many_arguments)]
-fn up(
-    topology: &Path,
-    run_id: Option<String>,
-    videos: Option<PathBuf>,
-    bin: Option<PathBuf>,
-    no_start: bool,
-    clients: bool,
-    daemon_args: Vec<String>,
-    relay: Option<String>,
-    client_args: Vec<String>,
-) -> anyhow::Result<()> {
-    let topology = std::fs::canonicalize(topology)
+/// What `overlayd netns up` builds and starts.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Topology JSON file (every device must list its "addresses").
+    pub topology: PathBuf,
+    /// Run id; random when absent.
+    pub run_id: Option<String>,
+    /// Video folder for servers; `videos/` of the working directory when absent.
+    pub videos: Option<PathBuf>,
+    /// overlayd binary to run; this one when absent.
+    pub bin: Option<PathBuf>,
+    /// Build the network only; start nothing.
+    pub no_start: bool,
+    /// Also start the clients.
+    pub clients: bool,
+    /// Extra arguments for servers, nodes and edges.
+    pub daemon_args: Vec<String>,
+    /// `--relay` of nodes and edges, when given.
+    pub relay: Option<String>,
+    /// Extra arguments for clients; {name} and {run_dir} are replaced.
+    pub client_args: Vec<String>,
+}
+
+/// `overlayd netns up`: build the run's namespaces and start its daemons.
+pub fn up(opts: UpOptions) -> anyhow::Result<()> {
+    let UpOptions {
+        topology,
+        run_id,
+        videos,
+        bin,
+        no_start,
+        clients,
+        daemon_args,
+        relay,
+        client_args,
+    } = opts;
+    let topology = std::fs::canonicalize(&topology)
         .with_context(|| format!("cannot open topology {}", topology.display()))?;
     let t = crate::topology::load(&topology).map_err(|e| anyhow!("{e}"))?;
     let u = Underlay::from_topology(&t).map_err(|e| anyhow!("{}: {e}", topology.display()))?;
@@ -1107,7 +1060,8 @@ fn up(
     Ok(())
 }
 
-fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
+/// `overlayd netns plan`: print what `up` would build, without root.
+pub fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
     let t = crate::topology::load(topology).map_err(|e| anyhow!("{e}"))?;
     let u = Underlay::from_topology(&t).map_err(|e| anyhow!("{}: {e}", topology.display()))?;
     let mut out = String::new();
@@ -1174,7 +1128,8 @@ fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn down(run: Option<&str>, all: bool) -> anyhow::Result<()> {
+/// `overlayd netns down`: kill a run's processes and delete its namespaces (or every run's).
+pub fn down(run: Option<&str>, all: bool) -> anyhow::Result<()> {
     require_root()?;
     if all {
         let ns = list_namespaces(NS_PREFIX.trim_end_matches('-'))?;
@@ -1229,101 +1184,6 @@ fn down(run: Option<&str>, all: bool) -> anyhow::Result<()> {
         dir.join("logs").display()
     );
     Ok(())
-}
-
-/// Entry point of `overlayd netns`; returns the process exit code.
-pub fn main(args: NetnsArgs) -> anyhow::Result<i32> {
-    let load = |run: Option<&str>| -> anyhow::Result<RunState> {
-        require_root()?;
-        RunState::load(&resolve_run(run)?)
-    };
-    let r = args.run.as_deref();
-    match args.cmd {
-        NetnsCmd::Up {
-            topology,
-            run_id,
-            videos,
-            bin,
-            no_start,
-            clients,
-            daemon_args,
-            relay,
-            client_args,
-        } => up(
-            &topology,
-            run_id.or(args.run.filter(|r| !r.contains('/'))),
-            videos,
-            bin,
-            no_start,
-            clients,
-            split_args(&daemon_args),
-            relay,
-            split_args(&client_args),
-        )?,
-        NetnsCmd::Plan { topology, run_id } => plan(&topology, &run_id)?,
-        NetnsCmd::Status => print!("{}", load(r)?.status()),
-        NetnsCmd::Kill { device } => {
-            let pid = load(r)?.kill(&device)?;
-            println!("killed {device} (pid {pid}, SIGKILL to its process group)");
-        }
-        NetnsCmd::Stop { device } => {
-            if load(r)?.stop(&device)? {
-                println!("stopped {device} (SIGTERM)");
-            } else {
-                println!("{device} did not stop within 5 s of SIGTERM: killed (SIGKILL)");
-            }
-        }
-        NetnsCmd::Hang { device } => {
-            let pid = load(r)?.signal(&device, "STOP")?;
-            println!("hung {device} (pid {pid}, SIGSTOP)");
-        }
-        NetnsCmd::Resume { device } => {
-            let pid = load(r)?.signal(&device, "CONT")?;
-            println!("resumed {device} (pid {pid}, SIGCONT)");
-        }
-        NetnsCmd::Start { device } => {
-            let pid = load(r)?.start(&device)?;
-            println!("started {device} (pid {pid})");
-        }
-        NetnsCmd::Restart { device } => {
-            let mut st = load(r)?;
-            if daemon_state(st.daemon(&device)?) != ProcState::Dead {
-                st.kill(&device)?;
-            }
-            let pid = st.start(&device)?;
-            println!("restarted {device} (pid {pid})");
-        }
-        NetnsCmd::Cut { a, b } => {
-            load(r)?.cut(&a, &b, true)?;
-            println!("cut {a} – {b} (silently: frames are dropped)");
-        }
-        NetnsCmd::Restore { a, b } => {
-            load(r)?.cut(&a, &b, false)?;
-            println!("restored {a} – {b}");
-        }
-        NetnsCmd::Isolate { device } => {
-            load(r)?.isolate(&device, true)?;
-            println!(
-                "isolated {device} (silently: its own packets are dropped, it still forwards)"
-            );
-        }
-        NetnsCmd::Rejoin { device } => {
-            load(r)?.isolate(&device, false)?;
-            println!("{device} rejoined the network");
-        }
-        NetnsCmd::Exec { device, cmd } => {
-            let st = load(r)?;
-            let h = st.host_index(&device)?;
-            let status = Command::new("ip")
-                .args(["netns", "exec", &st.host_ns[h]])
-                .args(&cmd)
-                .status()
-                .with_context(|| format!("cannot run {}", cmd[0]))?;
-            return Ok(status.code().unwrap_or(1));
-        }
-        NetnsCmd::Down { all } => down(r, all)?,
-    }
-    Ok(0)
 }
 
 #[cfg(test)]

@@ -25,8 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hkdf::Hkdf;
-use sha2::Sha256;
+use ring::hmac;
 use tracing::{debug, info};
 
 use crate::wire::client::{
@@ -254,6 +253,8 @@ pub struct EdgeService {
     config: EdgeConfig,
     /// Origin of the cookie time buckets.
     start: Instant,
+    /// HMAC-SHA256 keyed with `config.cookie_secret`, prepared once.
+    cookie_key: hmac::Key,
     available: BTreeSet<String>,
     sessions: HashMap<SocketAddr, Session>,
     videos: HashMap<String, VideoState>,
@@ -265,6 +266,7 @@ pub struct EdgeService {
 impl EdgeService {
     pub fn new(config: EdgeConfig, now: Instant) -> EdgeService {
         EdgeService {
+            cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &config.cookie_secret),
             config,
             start: now,
             available: BTreeSet::new(),
@@ -335,10 +337,9 @@ impl EdgeService {
         }
         data[17..19].copy_from_slice(&addr.port().to_be_bytes());
         data[19..].copy_from_slice(&bucket.to_be_bytes());
-        // HKDF-Extract is HMAC(salt = secret, data): a keyed hash from a crate we already have.
-        let (mac, _) = Hkdf::<Sha256>::extract(Some(&self.config.cookie_secret), &data);
+        let mac = hmac::sign(&self.cookie_key, &data);
         let mut first = [0u8; 8];
-        first.copy_from_slice(&mac[..8]);
+        first.copy_from_slice(&mac.as_ref()[..8]);
         u64::from_be_bytes(first)
     }
 
