@@ -5,7 +5,8 @@
 //! (handshake and record layer), `overlay` (the overlay node) and `service` (the edge and
 //! client services over UDP); `sim` drives those same machines in virtual time. `net` holds the
 //! tokio drivers that feed them from sockets and timers, `media` the ffmpeg children and TS
-//! pacing, and `roles` assembles what each `--role` runs (the bootstrapper's TCP server among
+//! pacing, `observe` what a daemon shows of itself (status snapshot, metrics, CLI tables, trace
+//! view, the bootstrapper's live-map model), and `roles` assembles what each `--role` runs (the bootstrapper's TCP server among
 //! them). `topology` is the topology file's model, parser and checks (pure apart from loading
 //! a file), `keyfile` the overlay key on disk, `emulate` CORE scenario generation and the
 //! network-namespace emulator (which runs `ip` and `nft`), and `cli` the command line: each
