@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
 use super::routing::{FloodIgnored, Routing};
-use super::streams::{Ctx, RouteView, StreamConfig, StreamCounters, Streams};
+use super::streams::{Ctx, RouteView, StreamAction, StreamConfig, StreamCounters, Streams, View};
 use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
     Flood, Hello, OverlayMsg, OverlayRole, PeerAddr, Ping, Pong, Trace, TraceHop, VideoData,
@@ -746,23 +746,51 @@ impl Node {
 
     // ---- plumbing --------------------------------------------------------------------------
 
+    /// Run a streams input against a read-only view of the node, then carry out what the
+    /// streams decided, in order.
     fn with_streams<R>(
         &mut self,
         now: Instant,
         f: impl FnOnce(&mut Streams, &mut Ctx<'_>) -> R,
     ) -> R {
-        let wall_us = self.wall_us(now);
-        let mut ctx = Ctx {
+        let view = View {
             now,
             me: &self.config.name,
-            wall_us,
+            wall_us: self.wall_us(now),
             cfg: &self.config.streams,
             routing: &self.routing,
-            neighbours: &mut self.neighbours,
-            out: &mut self.outputs,
-            copies: &mut self.copies,
+            neighbours: &self.neighbours,
         };
-        f(&mut self.streams, &mut ctx)
+        let r = self.streams.with(&view, f);
+        self.drain_stream_actions(now);
+        r
+    }
+
+    fn drain_stream_actions(&mut self, now: Instant) {
+        while let Some(action) = self.streams.poll_action() {
+            match action {
+                StreamAction::Send { link, msg } => {
+                    if let (OverlayMsg::VideoData(d), Some(n)) = (&msg, self.neighbours.get(link)) {
+                        *self
+                            .copies
+                            .entry((n.name.clone(), d.video.clone()))
+                            .or_default() += 1;
+                    }
+                    self.outputs.push_back(Output::Send { link, msg });
+                }
+                StreamAction::SourceStart { video } => {
+                    self.outputs.push_back(Output::SourceStart { video })
+                }
+                StreamAction::SourceStop { video } => {
+                    self.outputs.push_back(Output::SourceStop { video })
+                }
+                StreamAction::Deliver { video, data } => {
+                    self.outputs.push_back(Output::Deliver { video, data })
+                }
+                StreamAction::Want(addr) => self.neighbours.want(now, addr, false),
+                StreamAction::Unwant(addr) => self.neighbours.unwant(addr),
+            }
+        }
     }
 
     fn flush_actions(&mut self, now: Instant) {

@@ -43,8 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::neighbours::NeighbourTable;
-use super::node::Output;
+use super::neighbours::{LinkId, NeighbourTable};
 use super::routing::{Route, Routing};
 use crate::wire::overlay::{
     GrandfatherRequest, Grandfathers, OverlayMsg, PeerAddr, VideoCancel, VideoData, VideoRequest,
@@ -184,32 +183,65 @@ pub struct RouteView {
     pub last: Option<(u64, u64)>,
 }
 
-/// Everything a stream operation needs from the rest of the node.
-pub(crate) struct Ctx<'a> {
+/// What streams want done, drained by the node ([`Streams::poll_action`]) the way it drains
+/// the neighbour table's actions: streams never write into another machine's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamAction {
+    /// Send a message to a linked neighbour.
+    Send { link: LinkId, msg: OverlayMsg },
+    /// Someone wants a video we serve: start reading it. Once per source run.
+    SourceStart { video: String },
+    /// The last consumer of a video we serve left (after the linger): stop reading it.
+    SourceStop { video: String },
+    /// A chunk for local consumers, in order and at most once.
+    Deliver { video: String, data: VideoData },
+    /// Dial this grandfather until a link is up (not a configured neighbour).
+    Want(SocketAddr),
+    /// Stop dialling this grandfather.
+    Unwant(SocketAddr),
+}
+
+/// What streams read from the rest of the node, lent read-only for one input.
+pub(crate) struct View<'a> {
     pub now: Instant,
     pub me: &'a str,
     pub wall_us: u64,
     pub cfg: &'a StreamConfig,
     pub routing: &'a Routing,
-    pub neighbours: &'a mut NeighbourTable,
-    pub out: &'a mut VecDeque<Output>,
-    /// Per (neighbour, video) copies of chunks sent.
-    pub copies: &'a mut BTreeMap<(String, String), u64>,
+    pub neighbours: &'a NeighbourTable,
+}
+
+/// One input's working context: the read-only [`View`] and the actions produced so far
+/// (the streams' own queue, lent back to it for the duration of the input).
+pub(crate) struct Ctx<'a> {
+    view: &'a View<'a>,
+    out: &'a mut VecDeque<StreamAction>,
+}
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = View<'a>;
+    fn deref(&self) -> &View<'a> {
+        self.view
+    }
 }
 
 impl Ctx<'_> {
     fn send(&mut self, to: &str, msg: OverlayMsg) -> bool {
-        match self.neighbours.by_name(to) {
+        match self.view.neighbours.by_name(to) {
             Some(n) => {
-                self.out.push_back(Output::Send { link: n.link, msg });
+                self.out.push_back(StreamAction::Send { link: n.link, msg });
                 true
             }
             None => false,
         }
     }
 
+    fn push(&mut self, action: StreamAction) {
+        self.out.push_back(action);
+    }
+
     fn linked(&self, name: &str) -> bool {
-        self.neighbours.by_name(name).is_some()
+        self.view.neighbours.by_name(name).is_some()
     }
 }
 
@@ -418,6 +450,8 @@ pub struct Streams {
     local_videos: Vec<String>,
     /// Last epoch used per video, so a restarted source run always gets a larger one.
     last_epoch: BTreeMap<String, u64>,
+    /// What we want done, for the node to drain.
+    actions: VecDeque<StreamAction>,
 }
 
 impl Streams {
@@ -426,6 +460,29 @@ impl Streams {
             local_videos,
             ..Default::default()
         }
+    }
+
+    /// Run one input against the read-only `view`; its actions wait in our queue.
+    pub(crate) fn with<R>(
+        &mut self,
+        view: &View<'_>,
+        f: impl FnOnce(&mut Self, &mut Ctx<'_>) -> R,
+    ) -> R {
+        let mut out = std::mem::take(&mut self.actions);
+        let r = f(
+            self,
+            &mut Ctx {
+                view,
+                out: &mut out,
+            },
+        );
+        self.actions = out;
+        r
+    }
+
+    /// The next action for the node, in the order they were decided.
+    pub fn poll_action(&mut self) -> Option<StreamAction> {
+        self.actions.pop_front()
     }
 
     pub fn local_videos(&self) -> &[String] {
@@ -663,7 +720,7 @@ impl Streams {
             let st = self.streams.get_mut(&video).expect("listed");
             if !local && st.source.is_some() {
                 st.source = None;
-                ctx.out.push_back(Output::SourceStop {
+                ctx.push(StreamAction::SourceStop {
                     video: video.clone(),
                 });
                 self.failover(ctx, &video);
@@ -708,7 +765,7 @@ impl Streams {
                 self.last_epoch.insert(video.to_string(), epoch);
                 st.source = Some((epoch, 0));
                 info!(video, epoch, "stream started at its source");
-                ctx.out.push_back(Output::SourceStart {
+                ctx.push(StreamAction::SourceStart {
                     video: video.to_string(),
                 });
             }
@@ -832,12 +889,12 @@ impl Streams {
             );
         }
         if st.source.is_some() {
-            ctx.out.push_back(Output::SourceStop {
+            ctx.push(StreamAction::SourceStop {
                 video: video.to_string(),
             });
         }
         for addr in st.gf_dialing.values() {
-            ctx.neighbours.unwant(*addr);
+            ctx.push(StreamAction::Unwant(*addr));
         }
     }
 
@@ -910,7 +967,7 @@ impl Streams {
                 return;
             }
             info!(video, grandfather = %gf.name, addr = %gf.addr, "failover: only parent lost, dialling a grandfather");
-            ctx.neighbours.want(ctx.now, gf.addr, false);
+            ctx.push(StreamAction::Want(gf.addr));
             st.gf_dialing.insert(gf.name, gf.addr);
             self.counters
                 .entry(video.to_string())
@@ -1097,14 +1154,11 @@ impl Streams {
         for child in st.children.keys() {
             if ctx.send(child, OverlayMsg::VideoData(data.clone())) {
                 c.chunks_out += 1;
-                *ctx.copies
-                    .entry((child.clone(), video.to_string()))
-                    .or_default() += 1;
             }
         }
         if st.local > 0 {
             c.delivered_local += 1;
-            ctx.out.push_back(Output::Deliver {
+            ctx.push(StreamAction::Deliver {
                 video: video.to_string(),
                 data,
             });
@@ -1360,7 +1414,7 @@ impl Streams {
         for video in videos {
             let st = self.streams.get_mut(&video).expect("listed");
             for addr in std::mem::take(&mut st.gf_dialing).into_values() {
-                ctx.neighbours.unwant(addr);
+                ctx.push(StreamAction::Unwant(addr));
             }
             if st.parent.is_none() {
                 // The first grandfather to answer the dial wins; the others are let go.
@@ -1414,7 +1468,7 @@ impl Streams {
         for video in videos {
             let st = self.streams.get_mut(&video).expect("listed");
             st.gf_dialing.retain(|_, a| *a != addr);
-            ctx.neighbours.unwant(addr);
+            ctx.push(StreamAction::Unwant(addr));
             if st.gf_dialing.is_empty() && st.parent.is_none() {
                 // Every grandfather failed: perhaps a route came meanwhile; else tell children.
                 self.activate(ctx, &video, true);
