@@ -1,0 +1,237 @@
+//! Switching: moving a stream to a clearly better parent, make-before-break. The candidate must
+//! beat the current path by a margin (a fraction of its delay, at least a floor) and stay better
+//! for a sustain time; then it is asked while the old parent keeps feeding, and the switch
+//! completes when the new path catches up with the old one (see [`super::sequencer`]), when the
+//! old path stalls, or when the switch times out (abandoned if the new parent delivered
+//! nothing, forced if it delivers but lags). It also owns the periodic maintenance that looks
+//! at these deadlines.
+
+use tracing::info;
+
+use super::choice::*;
+use super::stream::*;
+use super::*;
+use crate::wire::overlay::{OverlayMsg, VideoCancel};
+
+impl Streams {
+    /// Start a make-before-break switch to `to`.
+    pub(super) fn start_switch(&mut self, ctx: &mut Ctx<'_>, video: &str, to: Choice) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let old = st.parent.as_ref();
+        let (old_delay_us, old_link_sum_us) = match old {
+            Some(o) => metric(ctx.routing, o.server.as_deref(), &o.name),
+            None => (None, None),
+        };
+        let (new_delay_us, new_link_sum_us) = metric(ctx.routing, Some(&to.server), &to.neighbour);
+        info!(
+            video, from = ?old.map(|p| p.name.clone()), to = %to.neighbour,
+            server = %to.server, ?old_delay_us, ?old_link_sum_us, ?new_delay_us, ?new_link_sum_us,
+            "switching parent (make-before-break)"
+        );
+        st.pending = Some(Upstream::new(&to.neighbour, Some(to.server), ctx.now));
+        self.request(ctx, video, &to.neighbour);
+    }
+
+    pub(super) fn abandon_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        if let Some(p) = st.pending.take() {
+            ctx.send(
+                &p.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.to_string(),
+                }),
+            );
+            st.refused.insert(p.name, ctx.now + ctx.cfg.refuse_hold);
+        }
+        st.held.clear();
+        self.drain_merge(ctx, video);
+    }
+
+    /// The switch target becomes the parent; the old parent (if still linked) is cancelled
+    /// and the held chunks go out in order.
+    pub(super) fn complete_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let Some(new) = st.pending.take() else {
+            return;
+        };
+        let (delay_us, link_sum_us) = metric(ctx.routing, new.server.as_deref(), &new.name);
+        info!(
+            video, parent = %new.name, old_parent = ?st.parent.as_ref().map(|p| p.name.as_str()),
+            ?delay_us, ?link_sum_us, "parent switch complete"
+        );
+        if let Some(old) = st.parent.replace(new) {
+            ctx.send(
+                &old.name,
+                OverlayMsg::VideoCancel(VideoCancel {
+                    video: video.to_string(),
+                }),
+            );
+        }
+        st.gf_asked = None;
+        st.grandfathers.clear();
+        let held = std::mem::take(&mut st.held);
+        self.counters.entry(video.to_string()).or_default().switches += 1;
+        for data in held {
+            self.forward_if_in_order(ctx, video, data);
+        }
+        // Redundant streams: holes only the old parent could fill are given up on now.
+        self.drain_merge(ctx, video);
+        self.ask_grandfathers(ctx, video);
+    }
+
+    /// Periodic: expire refusals, time out switches and held chunks, and switch to a clearly
+    /// better parent.
+    pub(crate) fn maintain(&mut self, ctx: &mut Ctx<'_>) {
+        let videos: Vec<String> = self.streams.keys().cloned().collect();
+        for video in &videos {
+            self.release_if_unused(ctx, video);
+            let Some(st) = self.streams.get_mut(video) else {
+                continue;
+            };
+            st.refused.retain(|_, until| *until > ctx.now);
+            if !st.merge.is_empty() {
+                // A hole waited for too long is given up on.
+                self.drain_merge(ctx, video);
+            }
+            let Some(st) = self.streams.get_mut(video) else {
+                continue;
+            };
+            if let Some(p) = st.parent.as_mut() {
+                let m = metric(ctx.routing, p.server.as_deref(), &p.name);
+                if m.0.is_some() {
+                    p.metric = m;
+                }
+            }
+            if let Some(p) = &st.pending {
+                let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
+                if p.last_data.is_none() && timed_out {
+                    self.abandon_switch(ctx, video);
+                    continue;
+                }
+                if timed_out {
+                    // The new path delivers but stays behind the old one: it would never
+                    // catch up. Move now; its chunks are dropped as duplicates until they pass
+                    // the last one forwarded (a pause of the lag, nothing lost or repeated).
+                    self.complete_switch(ctx, video);
+                    continue;
+                }
+                let old_silent = st.parent.as_ref().map_or(true, |o| {
+                    ctx.now
+                        .saturating_duration_since(o.last_data.unwrap_or(o.since))
+                        >= ctx.cfg.stall_timeout
+                });
+                if p.last_data.is_some() && old_silent {
+                    // The old path died without its link closing: accept the gap.
+                    self.complete_switch(ctx, video);
+                }
+                continue;
+            }
+            self.consider_switch(ctx, video);
+        }
+        self.reconcile(ctx);
+    }
+
+    pub(super) fn consider_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get(video) else {
+            return;
+        };
+        if st.source.is_some() {
+            return;
+        }
+        let Some(cur) = st.parent.as_ref() else {
+            return;
+        };
+        let Some(cand) = choose(ctx, video, st) else {
+            return;
+        };
+        if cand.neighbour == cur.name {
+            return;
+        }
+        let swap = st.is_second(&cand.neighbour);
+        let mut withdrawn = false;
+        let servers = ctx.routing.servers();
+        let margin = |cur_us: f64| {
+            (ctx.cfg.switch_margin * cur_us).max(ctx.cfg.switch_floor.as_micros() as f64)
+        };
+        let cand_route = &servers[&cand.server].parents[&cand.neighbour];
+        // The route we are fed by: the current parent's towards the server it feeds us from.
+        // Comparing with its route to the candidate's server instead would weigh a path we do
+        // not use, and move a stream to another server (a jump in the video) for nothing. When
+        // the feeding server is unknown (a grandfather took over) or the parent's route to it
+        // is gone, its route to the candidate's server is the best guess. `true`: the same
+        // server as the candidate's.
+        let fed_by = cur
+            .server
+            .as_deref()
+            .and_then(|s| Some((s == cand.server, servers.get(s)?.parents.get(&cur.name)?)))
+            .or_else(|| Some((true, servers[&cand.server].parents.get(&cur.name)?)));
+        let clearly_shorter =
+            |cur_ls: u64| cur_ls as f64 - cand_route.link_sum_us as f64 > margin(cur_ls as f64);
+        let better = match fed_by {
+            // Same server: delays share its clock skew, so their difference is skew-free.
+            Some((true, r)) => r.delay_us - cand_route.delay_us > margin(r.link_sum_us as f64),
+            // Another server: compare skew-free path sums.
+            Some((false, r)) => clearly_shorter(r.link_sum_us),
+            // No route to either: compare with its best remaining route to any server
+            // offering the video.
+            None => match ctx
+                .routing
+                .offers(video)
+                .filter_map(|(_, s)| s.parents.get(&cur.name))
+                .map(|r| r.link_sum_us)
+                .min()
+            {
+                Some(cur_ls) => clearly_shorter(cur_ls),
+                // The parent offers no route any more (withdrawn): move.
+                None => {
+                    withdrawn = true;
+                    true
+                }
+            },
+        };
+        // Hysteresis in time: the same candidate must stay better for `switch_sustain`.
+        let st = self.streams.get_mut(video).expect("present");
+        if !better {
+            st.better_since = None;
+            return;
+        }
+        if !withdrawn {
+            match &st.better_since {
+                Some((n, since)) if *n == cand.neighbour => {
+                    if ctx.now.saturating_duration_since(*since) < ctx.cfg.switch_sustain {
+                        return;
+                    }
+                }
+                _ => {
+                    st.better_since = Some((cand.neighbour.clone(), ctx.now));
+                    if !ctx.cfg.switch_sustain.is_zero() {
+                        return;
+                    }
+                }
+            }
+        }
+        st.better_since = None;
+        if swap {
+            // Both already feed us: the roles change, no message is needed.
+            let old = st
+                .parent
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            info!(video, parent = %cand.neighbour, second = %old, "parent and second parent swap roles");
+            std::mem::swap(&mut st.parent, &mut st.second);
+            st.gf_asked = None;
+            st.grandfathers.clear();
+            self.counters.entry(video.to_string()).or_default().switches += 1;
+            self.ask_grandfathers(ctx, video);
+        } else {
+            self.start_switch(ctx, video, cand);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! A node's surroundings for the streams' unit tests: a neighbour table with live links, a
+//! flood table fed with real floods, a clock the test moves, and the actions the streams
+//! produced, with each send resolved to the neighbour's name.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Ctx, StreamAction, StreamConfig, Streams, View};
+use crate::overlay::neighbours::{LinkId, LivenessConfig, NeighbourTable};
+use crate::overlay::routing::Routing;
+use crate::wire::overlay::{Flood, Hello, OverlayMsg, OverlayRole, VideoData, OVERLAY_VERSION};
+
+/// Our wall clock in the tests (µs); floods are stamped `delay` earlier.
+const WALL_US: u64 = 1_000_000_000_000;
+
+pub(super) struct Harness {
+    pub streams: Streams,
+    pub routing: Routing,
+    pub neighbours: NeighbourTable,
+    pub cfg: StreamConfig,
+    pub now: Instant,
+    me: String,
+    next_link: u64,
+    flood_seq: u64,
+}
+
+/// What the streams decided, sends resolved to names.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Did {
+    Send(String, OverlayMsg),
+    Other(StreamAction),
+}
+
+impl Harness {
+    pub fn new(me: &str) -> Self {
+        let now = Instant::now();
+        Harness {
+            streams: Streams::new(Vec::new()),
+            routing: Routing::new(),
+            neighbours: NeighbourTable::new(me, LivenessConfig::default(), now),
+            cfg: StreamConfig {
+                switch_sustain: Duration::ZERO,
+                ..StreamConfig::default()
+            },
+            now,
+            me: me.to_string(),
+            next_link: 1,
+            flood_seq: 1,
+        }
+    }
+
+    pub fn addr_of(name: &str) -> SocketAddr {
+        let n = name.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        SocketAddr::from(([10, 0, 0, n], 7000))
+    }
+
+    /// A link to `name` comes up.
+    pub fn link(&mut self, name: &str) {
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        let hello = Hello {
+            name: name.into(),
+            role: OverlayRole::Node,
+            version: OVERLAY_VERSION,
+            listen_port: 7000,
+        };
+        let addr = Self::addr_of(name);
+        self.neighbours.link_up(self.now, link, addr, None, &hello);
+        while self.neighbours.poll_action().is_some() {}
+    }
+
+    /// The link to `name` goes down: its routes go first, then the streams hear of it.
+    pub fn unlink(&mut self, name: &str) {
+        let link = self.neighbours.by_name(name).expect("linked").link;
+        self.neighbours.link_down(self.now, link, "test");
+        while self.neighbours.poll_action().is_some() {}
+        self.routing.neighbour_down(name);
+        self.run(|s, ctx| {
+            s.neighbour_down(ctx, name);
+            s.reconcile(ctx);
+        });
+    }
+
+    /// A flood of `server` offering `videos` arrives from `via` (last relay), having crossed
+    /// `relays` before it, `delay_ms` after it was sent.
+    pub fn flood(
+        &mut self,
+        server: &str,
+        relays: &[&str],
+        via: &str,
+        delay_ms: u64,
+        videos: &[&str],
+    ) {
+        let mut visited = vec![server.to_string()];
+        visited.extend(relays.iter().map(|r| r.to_string()));
+        if via != server {
+            visited.push(via.to_string());
+        }
+        let flood = Flood {
+            server: server.into(),
+            seq: self.flood_seq,
+            sent_at_us: WALL_US - delay_ms * 1000,
+            link_sum_us: delay_ms * 1000,
+            visited,
+            videos: videos.iter().map(|v| v.to_string()).collect(),
+        };
+        self.flood_seq += 1;
+        self.routing
+            .on_flood(self.now, &self.me, via, WALL_US, 0, &flood)
+            .expect("a well-formed flood");
+    }
+
+    pub fn run<R>(&mut self, f: impl FnOnce(&mut Streams, &mut Ctx<'_>) -> R) -> R {
+        let view = View {
+            now: self.now,
+            me: &self.me,
+            wall_us: WALL_US,
+            cfg: &self.cfg,
+            routing: &self.routing,
+            neighbours: &self.neighbours,
+        };
+        self.streams.with(&view, f)
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Everything decided since the last call.
+    pub fn did(&mut self) -> Vec<Did> {
+        std::iter::from_fn(|| self.streams.poll_action())
+            .map(|a| match a {
+                StreamAction::Send { link, msg } => {
+                    let name = self.neighbours.get(link).expect("a live link").name.clone();
+                    Did::Send(name, msg)
+                }
+                other => Did::Other(other),
+            })
+            .collect()
+    }
+
+    /// The messages sent since the last call, as (to, kind, video).
+    pub fn sent(&mut self) -> Vec<(String, &'static str)> {
+        self.did()
+            .into_iter()
+            .filter_map(|d| match d {
+                Did::Send(to, msg) => Some((to, msg.kind())),
+                Did::Other(_) => None,
+            })
+            .collect()
+    }
+
+    /// (epoch, seq) of the chunks handed to local consumers since the last call.
+    pub fn delivered(&mut self) -> Vec<(u64, u64)> {
+        self.did()
+            .into_iter()
+            .filter_map(|d| match d {
+                Did::Other(StreamAction::Deliver { data, .. }) => Some((data.epoch, data.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A chunk of `video` arrives from `from`.
+    pub fn chunk(&mut self, from: &str, video: &str, epoch: u64, seq: u64) {
+        let data = VideoData {
+            video: video.into(),
+            epoch,
+            seq,
+            flags: 0,
+            payload: bytes::Bytes::from_static(b"ts"),
+        };
+        self.run(|s, ctx| s.on_data(ctx, from, data));
+    }
+}
