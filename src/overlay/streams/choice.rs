@@ -136,3 +136,73 @@ pub(super) fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> 
         server: server.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::Harness;
+    use super::*;
+
+    fn choice(h: &mut Harness, st: &Stream) -> Option<(String, String)> {
+        h.run(|_, ctx| choose(ctx, "v", st))
+            .map(|c| (c.neighbour, c.server))
+    }
+
+    #[test]
+    fn the_nearest_server_wins_and_near_equal_paths_take_fewer_hops() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("X");
+        h.flood("S1", &[], "A", 20, &["v"]);
+        h.flood("S2", &[], "X", 5, &["v"]);
+        let st = Stream::new();
+        assert_eq!(choice(&mut h, &st), Some(("X".into(), "S2".into())));
+
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("X");
+        h.flood("S", &["R1", "R2"], "A", 5, &["v"]);
+        // Half a millisecond slower (under the switch floor) but two hops shorter.
+        h.flood("S", &[], "X", 5, &["v"]);
+        let ls = |h: &Harness, n: &str| h.routing.servers()["S"].parents[n].link_sum_us;
+        assert_eq!(ls(&h, "A"), ls(&h, "X"));
+        assert_eq!(choice(&mut h, &st), Some(("X".into(), "S".into())));
+    }
+
+    #[test]
+    fn never_a_member_of_our_subtree_a_refused_or_an_unlinked_neighbour() {
+        let mut h = Harness::new("B");
+        for n in ["A", "X", "Y"] {
+            h.link(n);
+        }
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.flood("S", &[], "X", 6, &["v"]);
+        h.flood("S", &[], "Y", 7, &["v"]);
+        let mut st = Stream::new();
+        st.children.insert("C".into(), vec!["A".into(), "C".into()]);
+        assert_eq!(choice(&mut h, &st).map(|c| c.0), Some("X".into()));
+        st.refused.insert("X".into(), h.now + h.cfg.refuse_hold);
+        assert_eq!(choice(&mut h, &st).map(|c| c.0), Some("Y".into()));
+        h.neighbours
+            .link_down(h.now, h.neighbours.by_name("Y").unwrap().link, "test");
+        assert_eq!(choice(&mut h, &st), None);
+        // A refusal that ran out no longer counts.
+        h.advance(h.cfg.refuse_hold);
+        assert_eq!(choice(&mut h, &st).map(|c| c.0), Some("X".into()));
+    }
+
+    #[test]
+    fn a_second_parent_shares_as_few_relays_with_the_parent_as_it_can() {
+        let mut h = Harness::new("B");
+        for n in ["A", "X", "Y"] {
+            h.link(n);
+        }
+        h.flood("S", &["R"], "A", 5, &["v"]);
+        h.flood("S", &["R"], "X", 6, &["v"]);
+        h.flood("S", &["Q"], "Y", 9, &["v"]);
+        let mut st = Stream::new();
+        st.parent = Some(Upstream::new("A", Some("S".into()), h.now));
+        let second = h.run(|_, ctx| choose_second(ctx, "v", &st));
+        let (c, shared) = second.expect("a second parent");
+        assert_eq!((c.neighbour.as_str(), shared), ("Y", 0));
+    }
+}

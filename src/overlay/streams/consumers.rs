@@ -267,3 +267,64 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testkit::{req, Did, Harness};
+    use super::*;
+
+    #[test]
+    fn the_last_consumer_leaving_cancels_upstream_and_no_earlier() {
+        let mut h = Harness::new("B");
+        for n in ["A", "C", "D"] {
+            h.link(n);
+        }
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["C"])));
+        assert!(h.sent().contains(&("A".into(), "video_request")));
+        // A second child only updates the path we announced.
+        h.run(|s, ctx| s.on_request(ctx, "D", req("v", &["D"])));
+        assert_eq!(h.sent(), [("A".into(), "video_request")]);
+        h.run(|s, ctx| s.on_cancel(ctx, "C", "v"));
+        assert_eq!(h.sent(), [("A".into(), "video_request")]);
+        assert!(h.streams.has("v"));
+        h.run(|s, ctx| s.on_cancel(ctx, "D", "v"));
+        assert_eq!(h.sent(), [("A".into(), "video_cancel")]);
+        assert!(!h.streams.has("v"));
+    }
+
+    #[test]
+    fn a_request_from_a_node_above_us_is_refused_as_a_loop() {
+        let mut h = Harness::new("B");
+        h.link("C");
+        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["B", "C"])));
+        assert_eq!(h.sent(), [("C".into(), "video_unavailable")]);
+        assert!(!h.streams.has("v"));
+        assert_eq!(h.streams.counters("v").map(|c| c.loops_refused), Some(1));
+    }
+
+    #[test]
+    fn a_source_lingers_after_its_last_consumer_then_stops() {
+        let mut h = Harness::new("S");
+        h.streams = Streams::new(vec!["v".into()]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        assert!(h
+            .did()
+            .contains(&Did::Other(StreamAction::SourceStart { video: "v".into() })));
+        h.run(|s, ctx| s.unsubscribe_local(ctx, "v"));
+        assert_eq!(h.did(), []);
+        assert!(h.streams.has("v"));
+        h.advance(h.cfg.source_linger - Duration::from_millis(1));
+        h.run(|s, ctx| s.maintain(ctx));
+        assert_eq!(h.did(), []);
+        h.advance(Duration::from_millis(1));
+        h.run(|s, ctx| s.maintain(ctx));
+        assert_eq!(
+            h.did(),
+            [Did::Other(StreamAction::SourceStop { video: "v".into() })]
+        );
+        assert!(!h.streams.has("v"));
+    }
+}

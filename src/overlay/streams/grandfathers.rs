@@ -122,3 +122,74 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{req, Did, Harness};
+    use super::*;
+
+    #[test]
+    fn an_only_parent_is_asked_for_its_providers_and_they_are_dialled_when_it_dies() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.flood("S", &["G"], "A", 5, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        assert!(h.sent().contains(&("A".into(), "grandfather_request")));
+        let g = PeerAddr {
+            name: "G".into(),
+            addr: Harness::addr_of("G"),
+        };
+        let reply = Grandfathers {
+            video: "v".into(),
+            grandfathers: vec![g.clone()],
+        };
+        h.run(|s, ctx| s.on_grandfathers(ctx, "A", reply));
+        assert_eq!(h.streams.grandfathers("v"), std::slice::from_ref(&g));
+        h.unlink("A");
+        assert_eq!(h.did(), [Did::Other(StreamAction::Want(g.addr))]);
+        assert_eq!(
+            h.streams.counters("v").map(|c| c.grandfather_dials),
+            Some(1)
+        );
+        h.link("G");
+        h.run(|s, ctx| s.neighbour_up(ctx, "G"));
+        let did = h.did();
+        assert!(did.contains(&Did::Other(StreamAction::Unwant(g.addr))));
+        assert!(did.iter().any(|d| matches!(d,
+            Did::Send(to, OverlayMsg::VideoRequest(_)) if to == "G")));
+        assert_eq!(h.streams.parent("v"), Some("G"));
+    }
+
+    #[test]
+    fn a_child_that_asked_is_told_when_our_providers_change() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("C");
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["C"])));
+        h.sent();
+        h.run(|s, ctx| s.on_grandfather_request(ctx, "C", "v"));
+        let told = |h: &mut Harness| -> Vec<Vec<String>> {
+            h.did()
+                .into_iter()
+                .filter_map(|d| match d {
+                    Did::Send(to, OverlayMsg::GrandfatherReply(g))
+                    | Did::Send(to, OverlayMsg::GrandfatherUpdate(g))
+                        if to == "C" =>
+                    {
+                        Some(g.grandfathers.into_iter().map(|p| p.name).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(told(&mut h), [vec!["A".to_string()]]);
+        h.link("Y");
+        h.flood("S", &[], "Y", 7, &["v"]);
+        h.run(|s, ctx| s.reconcile(ctx));
+        assert_eq!(told(&mut h), [vec!["A".to_string(), "Y".to_string()]]);
+        // Nothing changed: nothing is sent.
+        h.run(|s, ctx| s.reconcile(ctx));
+        assert_eq!(told(&mut h), Vec::<Vec<String>>::new());
+    }
+}

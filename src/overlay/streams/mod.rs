@@ -5,36 +5,16 @@
 //! parent (chosen from the flood [`Routing`] table); a node already receiving or requesting a
 //! video only adds the child (fan-out); when its last consumer leaves it cancels upstream, so a
 //! cancellation travels exactly as far as it should. Requests carry the requester's whole
-//! subtree for that video (its `path`), and a node re-sends its request when its subtree
-//! changes; a node never takes as parent a member of its own subtree, which is what keeps a
-//! failover or a switch from closing a forwarding loop.
+//! subtree for that video (its `path`); a node never takes as parent a member of its own
+//! subtree, which is what keeps a failover or a switch from closing a forwarding loop.
 //!
-//! Switching is make-before-break: the new parent is asked while the old one keeps feeding;
-//! chunks from the new parent that are ahead of the old path are held in a small bounded
-//! reorder buffer until the old path catches up, then the old parent is cancelled. Chunks carry
-//! (epoch, seq); the sequencer forwards a chunk only if it is the next one, or after a gap the
-//! old path can no longer fill, so nothing is delivered twice or out of order downstream. A new
-//! epoch from the current parent is a new stream start (server restart, or another server for
-//! the same name). A server's source lingers a little after its last consumer leaves, so a
-//! consumer moving to another branch (whose cancel may overtake its new request) continues
-//! the same epoch instead of restarting the video.
-//!
-//! Failover: a dead parent is replaced at once by the next-best one; with none left, the
-//! node dials its grandfathers (its parent's own providers, learnt by grandfather request and
-//! kept current by updates) and asks them. A node that cannot feed a child any more tells it
-//! ([`VideoUnavailable`]) so the child moves on without waiting for routes to expire.
-//!
-//! Hitless redundancy (opt-in, [`StreamConfig::redundant`]): a stream with consumers also keeps
-//! a *second parent* towards the same server (so both feeds carry the same (epoch, seq)), on a
-//! path as disjoint from the parent's as the floods tell (their visited lists: a different
-//! neighbour whose route does not run through the parent, sharing as few relays as possible).
-//! Both feeds go through one merge: a chunk is forwarded when it is the next one; a chunk ahead
-//! of a hole waits in a bounded buffer until the other feed fills the hole, or until no live
-//! feed can fill it any more (each feed is in order, so a feed that passed the hole never
-//! will); the later copy of each chunk is dropped and counted as the redundancy's cost. So the
-//! death of either parent loses nothing: the other one already delivers. The survivor becomes
-//! the parent and a new second parent is sought. Only the node that opted in takes two feeds:
-//! its parents see an ordinary child, and it sends its children one copy.
+//! It is a folder of small parts over one [`Streams`] state, each in its own file with its own
+//! tests: [`stream`] (one video's state), [`consumers`] (children, reference counting,
+//! cancellation), [`upstream`] (parent, failover, link events), [`switch`] (make-before-break
+//! to a better parent), [`sequencer`] (order and at-most-once, hold buffer), [`redundancy`]
+//! (merge of two parents), [`refusals`], [`grandfathers`] and [`choice`] (pure parent choice).
+//! Streams read the rest of the node through a read-only [`View`] and answer with
+//! [`StreamAction`]s the node drains, as it does for the neighbour table.
 
 mod choice;
 mod consumers;

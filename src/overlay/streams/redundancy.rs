@@ -232,3 +232,68 @@ impl Streams {
         self.drain_merge(ctx, video);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::Harness;
+
+    /// B takes v from A (5 ms) and, redundantly, from X (10 ms) on a disjoint path.
+    fn redundant() -> Harness {
+        let mut h = Harness::new("B");
+        h.cfg.redundant_videos = vec!["v".into()];
+        h.link("A");
+        h.link("X");
+        h.flood("S", &["R1"], "A", 5, &["v"]);
+        h.flood("S", &["R2"], "X", 10, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.run(|s, ctx| s.reconcile(ctx));
+        h
+    }
+
+    #[test]
+    fn the_second_parent_fills_a_hole_of_the_parent_and_copies_are_counted() {
+        let mut h = redundant();
+        let (sent, _) = h.drain();
+        assert!(sent.contains(&("A".into(), "video_request")));
+        assert!(sent.contains(&("X".into(), "video_request")));
+        assert_eq!(h.streams.second("v"), Some("X"));
+        h.chunk("A", "v", 1, 1);
+        h.chunk("X", "v", 1, 1);
+        // A skips 2: 3 waits, X is live and behind the hole.
+        h.chunk("A", "v", 1, 3);
+        assert_eq!(h.drain().1, [(1, 1)]);
+        h.chunk("X", "v", 1, 2);
+        h.chunk("X", "v", 1, 3);
+        assert_eq!(h.drain().1, [(1, 2), (1, 3)]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!(
+            (c.redundant_duplicates, c.gap_chunks, c.duplicates),
+            (2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn the_death_of_the_parent_loses_nothing() {
+        let mut h = redundant();
+        h.chunk("A", "v", 1, 1);
+        h.chunk("X", "v", 1, 1);
+        h.drain();
+        h.unlink("A");
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        h.chunk("X", "v", 1, 2);
+        assert_eq!(h.drain().1, [(1, 2)]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.hitless_failovers, c.gap_chunks), (1, 0));
+    }
+
+    #[test]
+    fn a_hole_no_live_feed_can_fill_is_given_up_at_once() {
+        let mut h = redundant();
+        h.chunk("A", "v", 1, 1);
+        h.drain();
+        // X never delivered: nothing can fill 2.
+        h.chunk("A", "v", 1, 3);
+        assert_eq!(h.drain().1, [(1, 3)]);
+        assert_eq!(h.streams.counters("v").map(|c| c.gap_chunks), Some(1));
+    }
+}

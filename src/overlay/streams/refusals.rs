@@ -33,3 +33,43 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::Harness;
+
+    #[test]
+    fn a_refusing_parent_is_skipped_until_a_flood_from_it_offers_the_video() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("X");
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.flood("S", &[], "X", 10, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.sent();
+        h.run(|s, ctx| s.on_unavailable(ctx, "A", "v"));
+        assert!(h.sent().contains(&("X".into(), "video_request")));
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        assert!(h.streams.streams["v"].refused.contains_key("A"));
+        h.streams.flood_from("A", &["w".into()]);
+        assert!(h.streams.streams["v"].refused.contains_key("A"));
+        h.streams.flood_from("A", &["v".into()]);
+        assert!(!h.streams.streams["v"].refused.contains_key("A"));
+    }
+
+    #[test]
+    fn a_refusal_from_a_switch_target_keeps_the_parent() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("X");
+        h.flood("S", &[], "A", 50, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.flood("S", &[], "X", 5, &["v"]);
+        h.run(|s, ctx| s.maintain(ctx));
+        assert!(h.sent().contains(&("X".into(), "video_request")));
+        h.run(|s, ctx| s.on_unavailable(ctx, "X", "v"));
+        assert_eq!(h.sent(), []);
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        assert_eq!(h.streams.counters("v").map_or(0, |c| c.failovers), 0);
+    }
+}

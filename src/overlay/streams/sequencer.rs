@@ -151,6 +151,7 @@ impl Streams {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::{req, Harness};
     use super::*;
     use bytes::Bytes;
 
@@ -185,5 +186,50 @@ mod tests {
         // A restarted server (larger epoch) or another server (any epoch) starts afresh.
         assert_eq!(verdict(Some((7, 10)), 9, 0), Some((0, true)));
         assert_eq!(verdict(Some((7, 10)), 2, 0), Some((0, true)));
+    }
+
+    #[test]
+    fn repeats_are_dropped_and_counted_and_a_gap_is_accepted_once() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        for seq in [1, 2, 2, 1, 5, 6] {
+            h.chunk("A", "v", 3, seq);
+        }
+        assert_eq!(h.drain().1, [(3, 1), (3, 2), (3, 5), (3, 6)]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.duplicates, c.gap_chunks, c.epochs), (2, 2, 1));
+        // A new epoch is a new stream start, even with a smaller sequence number.
+        h.chunk("A", "v", 4, 0);
+        assert_eq!(h.drain().1, [(4, 0)]);
+        assert_eq!(h.streams.counters("v").map(|c| c.epochs), Some(2));
+    }
+
+    #[test]
+    fn chunks_are_copied_to_every_child_and_once_to_local_consumers() {
+        let mut h = Harness::new("B");
+        for n in ["A", "C", "D"] {
+            h.link(n);
+        }
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["C"])));
+        h.run(|s, ctx| s.on_request(ctx, "D", req("v", &["D"])));
+        h.drain();
+        h.chunk("A", "v", 1, 1);
+        h.chunk("X", "v", 1, 2);
+        let (sent, delivered) = h.drain();
+        assert_eq!(
+            sent,
+            [("C".into(), "video_data"), ("D".into(), "video_data")]
+        );
+        assert_eq!(delivered, [(1, 1)]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!(
+            (c.chunks_in, c.chunks_out, c.delivered_local, c.stray),
+            (2, 2, 1, 1)
+        );
     }
 }

@@ -235,3 +235,75 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::Harness;
+
+    /// B fed by A (50 ms); X (5 ms) appears: B switches to it.
+    fn switching() -> Harness {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("X");
+        h.flood("S", &[], "A", 50, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.chunk("A", "v", 1, 1);
+        h.chunk("A", "v", 1, 2);
+        h.flood("S", &[], "X", 5, &["v"]);
+        h.sent();
+        h.run(|s, ctx| s.maintain(ctx));
+        h
+    }
+
+    #[test]
+    fn make_before_break_keeps_the_old_parent_until_the_new_one_catches_up() {
+        let mut h = switching();
+        let (sent, _) = h.drain();
+        assert!(sent.contains(&("X".into(), "video_request")));
+        assert!(!sent.contains(&("A".into(), "video_cancel")));
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        // X is ahead: its chunk waits for the old path.
+        h.chunk("X", "v", 1, 4);
+        assert_eq!(h.drain(), (vec![], vec![]));
+        // A fills the hole: the switch completes, in order, and A is let go.
+        h.chunk("A", "v", 1, 3);
+        let (sent, delivered) = h.drain();
+        assert_eq!(delivered, [(1, 3), (1, 4)]);
+        assert!(sent.contains(&("A".into(), "video_cancel")));
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        h.chunk("A", "v", 1, 4);
+        h.chunk("X", "v", 1, 5);
+        assert_eq!(h.drain().1, [(1, 5)]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.switches, c.stray, c.gap_chunks), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_switch_target_that_delivers_nothing_is_abandoned_and_not_asked_again_at_once() {
+        let mut h = switching();
+        h.drain();
+        h.advance(h.cfg.switch_timeout);
+        h.run(|s, ctx| s.maintain(ctx));
+        assert_eq!(h.sent(), [("X".into(), "video_cancel")]);
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        h.run(|s, ctx| s.maintain(ctx));
+        assert_eq!(h.sent(), []);
+        // After the refusal hold, X is tried again.
+        h.advance(h.cfg.refuse_hold);
+        h.run(|s, ctx| s.maintain(ctx));
+        assert!(h.sent().contains(&("X".into(), "video_request")));
+    }
+
+    #[test]
+    fn a_stalled_old_parent_ends_the_switch_and_the_gap_is_accepted() {
+        let mut h = switching();
+        h.chunk("X", "v", 1, 6);
+        h.drain();
+        h.advance(h.cfg.stall_timeout);
+        h.run(|s, ctx| s.maintain(ctx));
+        let (sent, delivered) = h.drain();
+        assert_eq!(delivered, [(1, 6)]);
+        assert!(sent.contains(&("A".into(), "video_cancel")));
+        assert_eq!(h.streams.counters("v").map(|c| c.gap_chunks), Some(3));
+    }
+}

@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 use super::{Ctx, StreamAction, StreamConfig, Streams, View};
 use crate::overlay::neighbours::{LinkId, LivenessConfig, NeighbourTable};
 use crate::overlay::routing::Routing;
-use crate::wire::overlay::{Flood, Hello, OverlayMsg, OverlayRole, VideoData, OVERLAY_VERSION};
+use crate::wire::overlay::{
+    Flood, Hello, OverlayMsg, OverlayRole, VideoData, VideoRequest, OVERLAY_VERSION,
+};
 
 /// Our wall clock in the tests (µs); floods are stamped `delay` earlier.
 const WALL_US: u64 = 1_000_000_000_000;
+
+/// Messages sent as (to, kind).
+pub(super) type Sent = Vec<(String, &'static str)>;
 
 pub(super) struct Harness {
     pub streams: Streams,
@@ -140,23 +145,12 @@ impl Harness {
     }
 
     /// The messages sent since the last call, as (to, kind, video).
-    pub fn sent(&mut self) -> Vec<(String, &'static str)> {
+    pub fn sent(&mut self) -> Sent {
         self.did()
             .into_iter()
             .filter_map(|d| match d {
                 Did::Send(to, msg) => Some((to, msg.kind())),
                 Did::Other(_) => None,
-            })
-            .collect()
-    }
-
-    /// (epoch, seq) of the chunks handed to local consumers since the last call.
-    pub fn delivered(&mut self) -> Vec<(u64, u64)> {
-        self.did()
-            .into_iter()
-            .filter_map(|d| match d {
-                Did::Other(StreamAction::Deliver { data, .. }) => Some((data.epoch, data.seq)),
-                _ => None,
             })
             .collect()
     }
@@ -171,5 +165,30 @@ impl Harness {
             payload: bytes::Bytes::from_static(b"ts"),
         };
         self.run(|s, ctx| s.on_data(ctx, from, data));
+    }
+
+    /// (messages sent as (to, kind), chunks delivered locally as (epoch, seq)) since the
+    /// last call.
+    pub fn drain(&mut self) -> (Sent, Vec<(u64, u64)>) {
+        let mut sent = Vec::new();
+        let mut delivered = Vec::new();
+        for d in self.did() {
+            match d {
+                Did::Send(to, msg) => sent.push((to, msg.kind())),
+                Did::Other(StreamAction::Deliver { data, .. }) => {
+                    delivered.push((data.epoch, data.seq))
+                }
+                Did::Other(_) => {}
+            }
+        }
+        (sent, delivered)
+    }
+}
+
+/// A request for `video` carrying `path` (the asker's subtree, the asker last).
+pub(super) fn req(video: &str, path: &[&str]) -> VideoRequest {
+    VideoRequest {
+        video: video.into(),
+        path: path.iter().map(|s| s.to_string()).collect(),
     }
 }

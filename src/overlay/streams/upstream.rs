@@ -252,3 +252,37 @@ impl Streams {
         self.update_grandchildren(ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{req, Harness};
+
+    #[test]
+    fn a_dead_parent_is_replaced_by_the_next_best_at_once() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("X");
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.flood("S", &[], "X", 10, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        assert!(h.sent().contains(&("A".into(), "video_request")));
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        h.unlink("A");
+        assert!(h.sent().contains(&("X".into(), "video_request")));
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        assert_eq!(h.streams.counters("v").map(|c| c.failovers), Some(1));
+    }
+
+    #[test]
+    fn with_no_parent_and_no_grandfather_left_the_children_are_told() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.link("C");
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["C"])));
+        h.sent();
+        h.unlink("A");
+        assert_eq!(h.sent(), [("C".into(), "video_unavailable")]);
+        assert!(!h.streams.has("v"));
+    }
+}

@@ -13,6 +13,11 @@
 //! wall time counts from the node's creation, which keeps rankings for one server correct
 //! (they are skew-free) but makes one-way delays meaningless.
 
+mod views;
+
+use views::traffic_entry;
+pub use views::{GapWatch, LinkTraffic, ParentView};
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,11 +27,10 @@ use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
 use super::routing::{FloodIgnored, Routing};
-use super::streams::{Ctx, RouteView, StreamAction, StreamConfig, StreamCounters, Streams, View};
+use super::streams::{Ctx, StreamAction, StreamConfig, Streams, View};
 use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
-    Flood, Hello, OverlayMsg, OverlayRole, PeerAddr, Ping, Pong, Trace, TraceHop, VideoData,
-    OVERLAY_VERSION,
+    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, OVERLAY_VERSION,
 };
 
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks our own source produced.
@@ -143,43 +147,6 @@ pub struct NodeCounters {
     pub traces_forwarded: u64,
     pub traces_answered: u64,
     pub traces_dropped: u64,
-}
-
-/// Video chunks and payload bytes that crossed one (neighbour, video) pair, both ways.
-/// Bytes count the chunk payloads (MPEG-TS), not framing or encryption.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LinkTraffic {
-    pub chunks_in: u64,
-    pub bytes_in: u64,
-    pub chunks_out: u64,
-    pub bytes_out: u64,
-}
-
-/// Failover gaps measured at this node for one video: the time between the last chunk
-/// forwarded before a failover and the first one forwarded after it (from the new parent).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct GapWatch {
-    /// Gaps measured so far.
-    pub measured: u64,
-    pub last_gap: Option<Duration>,
-    pub max_gap: Option<Duration>,
-    failovers_seen: u64,
-    last: Option<(u64, u64)>,
-    last_at: Option<Instant>,
-}
-
-/// One parent-table line: a route to a server through a neighbour.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParentView {
-    pub server: String,
-    pub neighbour: String,
-    /// EWMA one-way delay, µs (includes clock skew: ranks parents of this server only).
-    pub delay_us: i64,
-    pub samples: u64,
-    pub age: Duration,
-    /// Skew-free metric: summed per-link RTT/2 along the path, µs (ranks servers).
-    pub link_sum_us: u64,
-    pub videos: Vec<String>,
 }
 
 /// See module docs.
@@ -550,7 +517,7 @@ impl Node {
         Some(t)
     }
 
-    // ---- traces and failover gaps -----------------------------------------------------------
+    // ---- traces -----------------------------------------------------------
 
     /// Start a trace of `video`'s tree from here (see [`crate::overlay::trace`]). `id` should be
     /// random. Our own hop comes back at once as the first [`Output::TraceReply`]; the answers of
@@ -644,104 +611,6 @@ impl Node {
             });
         }
         self.forward_trace(t);
-    }
-
-    /// After a chunk from a neighbour: if it was forwarded and a failover happened since the
-    /// previous forwarded chunk, the time between the two is the failover gap.
-    fn watch_gap(&mut self, now: Instant, video: &str) {
-        let failovers = self.streams.counters(video).map_or(0, |c| c.failovers);
-        let last = self.streams.last(video);
-        let w = self.gaps.entry(video.to_string()).or_default();
-        if last == w.last || last.is_none() {
-            return;
-        }
-        if failovers > w.failovers_seen {
-            if let Some(at) = w.last_at {
-                let gap = now.saturating_duration_since(at);
-                w.measured += 1;
-                w.last_gap = Some(gap);
-                w.max_gap = Some(w.max_gap.map_or(gap, |m| m.max(gap)));
-                info!(
-                    video,
-                    gap_ms = gap.as_secs_f64() * 1e3,
-                    parent = ?self.streams.parent(video),
-                    failovers,
-                    "failover gap: first chunk from the new parent"
-                );
-            }
-        }
-        w.failovers_seen = failovers;
-        w.last = last;
-        w.last_at = Some(now);
-    }
-
-    // ---- read-only views -------------------------------------------------------------------
-
-    /// Chunks and bytes per neighbour (or [`SOURCE_LINK`] / [`LOCAL_LINK`]) and video.
-    pub fn link_traffic(&self) -> &BTreeMap<String, BTreeMap<String, LinkTraffic>> {
-        &self.traffic
-    }
-
-    /// Failover gaps measured per video.
-    pub fn failover_gaps(&self) -> &BTreeMap<String, GapWatch> {
-        &self.gaps
-    }
-
-    /// Whether we carry `video` (source, fed, or waiting for a parent).
-    pub fn carries(&self, video: &str) -> bool {
-        self.streams.has(video)
-    }
-
-    /// The parent table: every route to every server, sorted by server then neighbour.
-    pub fn parent_table(&self, now: Instant) -> Vec<ParentView> {
-        self.routing
-            .servers()
-            .iter()
-            .flat_map(|(server, s)| {
-                s.parents.iter().map(move |(n, r)| ParentView {
-                    server: server.clone(),
-                    neighbour: n.clone(),
-                    delay_us: r.delay_us as i64,
-                    samples: r.samples,
-                    age: now.saturating_duration_since(r.last_heard),
-                    link_sum_us: r.link_sum_us,
-                    videos: s.videos.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// The route table: one line per stream.
-    pub fn route_table(&self) -> Vec<RouteView> {
-        self.streams.route_table(&self.routing)
-    }
-
-    /// Our current parent for a video.
-    pub fn parent_of(&self, video: &str) -> Option<&str> {
-        self.streams.parent(video)
-    }
-
-    /// Our second parent for a video (hitless redundancy), if any.
-    pub fn second_parent_of(&self, video: &str) -> Option<&str> {
-        self.streams.second(video)
-    }
-
-    /// Our grandfathers for a video (our parent's providers).
-    pub fn grandfathers(&self, video: &str) -> &[PeerAddr] {
-        self.streams.grandfathers(video)
-    }
-
-    pub fn stream_counters(&self, video: &str) -> Option<&StreamCounters> {
-        self.streams.counters(video)
-    }
-
-    pub fn all_stream_counters(&self) -> &BTreeMap<String, StreamCounters> {
-        self.streams.all_counters()
-    }
-
-    /// Chunks sent per (neighbour, video).
-    pub fn link_copies(&self) -> &BTreeMap<(String, String), u64> {
-        &self.copies
     }
 
     // ---- plumbing --------------------------------------------------------------------------
@@ -841,19 +710,4 @@ impl Node {
             }
         }
     }
-}
-
-fn traffic_entry<'a>(
-    traffic: &'a mut BTreeMap<String, BTreeMap<String, LinkTraffic>>,
-    neighbour: &str,
-    video: &str,
-) -> &'a mut LinkTraffic {
-    if !traffic.contains_key(neighbour) {
-        traffic.insert(neighbour.to_string(), BTreeMap::new());
-    }
-    let per = traffic.get_mut(neighbour).expect("inserted");
-    if !per.contains_key(video) {
-        per.insert(video.to_string(), LinkTraffic::default());
-    }
-    per.get_mut(video).expect("inserted")
 }
