@@ -13,12 +13,16 @@
 //! wall time counts from the node's creation, which keeps rankings for one server correct
 //! (they are skew-free) but makes one-way delays meaningless.
 
+mod timers;
 mod views;
 
-use views::traffic_entry;
+pub use timers::Timer;
+use timers::TimerTable;
+
+use views::{traffic_entry, VideoId, VideoIds};
 pub use views::{GapWatch, LinkTraffic, ParentView};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -55,8 +59,6 @@ pub struct NodeConfig {
     /// Routes not refreshed for this many flood intervals expire (default 3, plus half an
     /// interval of slack for jitter).
     pub missed_floods: u32,
-    /// How often switches, held chunks and route expiry are looked at (default 100 ms).
-    pub maintenance_interval: Duration,
     /// Switching, reordering and refusal timings.
     pub streams: StreamConfig,
 }
@@ -94,7 +96,6 @@ impl Default for NodeConfig {
             videos: Vec::new(),
             flood_interval: Duration::from_secs(1),
             missed_floods: 3,
-            maintenance_interval: Duration::from_millis(100),
             streams: StreamConfig::default(),
         }
     }
@@ -158,7 +159,12 @@ pub struct Node {
     streams: Streams,
     outputs: VecDeque<Output>,
     counters: NodeCounters,
-    copies: BTreeMap<(String, String), u64>,
+    /// Chunks sent per (link, video): keyed by interned ids, so the per-chunk, per-child
+    /// count allocates nothing.
+    copies: HashMap<(LinkId, VideoId), u64>,
+    /// The neighbour on each link that carried copies (kept after the link closes).
+    copy_links: HashMap<LinkId, String>,
+    videos: VideoIds,
     /// Per neighbour (or [`SOURCE_LINK`] / [`LOCAL_LINK`]), per video.
     traffic: BTreeMap<String, BTreeMap<String, LinkTraffic>>,
     gaps: BTreeMap<String, GapWatch>,
@@ -168,7 +174,11 @@ pub struct Node {
     /// Next flood (when we flood) and its sequence number.
     next_flood: Option<Instant>,
     flood_seq: Option<u64>,
-    next_maintenance: Instant,
+    /// The exact deadline of each kind of timer (see [`timers`]).
+    timers: TimerTable,
+    /// An input changed what the neighbour table waits for (a dial wanted or dropped) on a
+    /// path that otherwise leaves its deadline alone (a chunk).
+    links_touched: bool,
 }
 
 impl Node {
@@ -184,19 +194,23 @@ impl Node {
             streams,
             outputs: VecDeque::new(),
             counters: NodeCounters::default(),
-            copies: BTreeMap::new(),
+            copies: HashMap::new(),
+            copy_links: HashMap::new(),
+            videos: VideoIds::default(),
             traffic: BTreeMap::new(),
             gaps: BTreeMap::new(),
             traces_seen: RecentIds::default(),
             wall_anchor: (now, 0),
             next_flood: None,
             flood_seq: None,
-            next_maintenance: now + config.maintenance_interval,
+            timers: TimerTable::default(),
+            links_touched: false,
             config,
         };
         if node.floods() {
             node.next_flood = Some(now);
         }
+        node.rearm();
         node.handle_timeout(now);
         node
     }
@@ -259,18 +273,21 @@ impl Node {
         }
         self.with_streams(now, |s, ctx| s.set_local_videos(ctx, videos));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A local consumer (an edge's client, a test) wants `video`; counted like one child.
     pub fn subscribe_local(&mut self, now: Instant, video: &str) {
         self.with_streams(now, |s, ctx| s.subscribe_local(ctx, video));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A local consumer left.
     pub fn unsubscribe_local(&mut self, now: Instant, video: &str) {
         self.with_streams(now, |s, ctx| s.unsubscribe_local(ctx, video));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A chunk read from a video we serve (after [`Output::SourceStart`]). The node numbers
@@ -291,6 +308,7 @@ impl Node {
         } else {
             self.counters.source_chunks_dropped += 1;
         }
+        self.rearm_after_chunk();
     }
 
     pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
@@ -304,6 +322,7 @@ impl Node {
         }
         self.with_streams(now, |s, ctx| s.dial_failed(ctx, addr));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A link passed the encrypted handshake and the hello exchange. `dialled` is the address
@@ -328,15 +347,18 @@ impl Node {
             if let Some(addr) = dialled {
                 self.neighbours.dial_failed(now, addr);
             }
+            self.rearm();
             return;
         }
         self.neighbours.link_up(now, link, remote, dialled, &hello);
         self.flush_actions(now);
+        self.rearm();
     }
 
     pub fn handle_link_down(&mut self, now: Instant, link: LinkId, reason: &str) {
         self.neighbours.link_down(now, link, reason);
         self.flush_actions(now);
+        self.rearm();
     }
 
     pub fn handle_message(&mut self, now: Instant, link: LinkId, msg: OverlayMsg) {
@@ -346,6 +368,7 @@ impl Node {
             return;
         };
         self.neighbours.heard(now, link);
+        let chunk = msg.is_media();
         match msg {
             OverlayMsg::Ping(Ping { token }) => self.neighbours.handle_ping(link, token),
             OverlayMsg::Pong(Pong { token }) => self.neighbours.handle_pong(now, link, token),
@@ -360,12 +383,12 @@ impl Node {
                 self.with_streams(now, |s, ctx| s.on_unavailable(ctx, &from, &u.video))
             }
             OverlayMsg::VideoData(d) => {
-                let video = d.video.clone();
-                let t = traffic_entry(&mut self.traffic, &from, &video);
+                let video = self.videos.intern(&d.video);
+                let t = traffic_entry(&mut self.traffic, &from, &d.video);
                 t.chunks_in += 1;
                 t.bytes_in += d.payload.len() as u64;
                 self.with_streams(now, |s, ctx| s.on_data(ctx, &from, d));
-                self.watch_gap(now, &video);
+                self.watch_gap(now, video);
             }
             OverlayMsg::Trace(t) => self.handle_trace(now, &from, t),
             OverlayMsg::GrandfatherRequest(r) => {
@@ -380,6 +403,11 @@ impl Node {
             }
         }
         self.flush_actions(now);
+        if chunk {
+            self.rearm_after_chunk();
+        } else {
+            self.rearm();
+        }
     }
 
     fn handle_flood(&mut self, now: Instant, link: LinkId, from: &str, flood: Flood) {
@@ -412,9 +440,9 @@ impl Node {
                         });
                     }
                 }
-                if rec.routes_changed {
-                    self.with_streams(now, |s, ctx| s.reconcile(ctx));
-                }
+                // Any flood may make another parent clearly better (its delay moved) or
+                // feed a waiting stream: streams look at once, not at a later scan.
+                self.with_streams(now, |s, ctx| s.routes_updated(ctx));
             }
             Err(why) => {
                 self.counters.floods_dropped += 1;
@@ -425,26 +453,64 @@ impl Node {
         }
     }
 
+    /// Handle every timer due at `now` (see [`Node::poll_timeout`]); calling it early does
+    /// nothing but re-arm.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.neighbours.handle_timeout(now);
-        self.flush_actions(now);
-        if self.next_flood.is_some_and(|t| t <= now) {
-            if self.floods() {
-                self.send_flood(now, None);
-                self.next_flood = Some(now + self.config.flood_interval);
-            } else {
-                self.next_flood = None;
+        let due: Vec<Timer> = self.timers.due(now).collect();
+        for timer in due {
+            match timer {
+                Timer::Links => {
+                    self.neighbours.handle_timeout(now);
+                    self.flush_actions(now);
+                }
+                Timer::Flood => {
+                    if self.floods() {
+                        self.send_flood(now, None);
+                        self.next_flood = Some(now + self.config.flood_interval);
+                    } else {
+                        self.next_flood = None;
+                    }
+                }
+                Timer::RouteExpiry => {
+                    if self.routing.expire(now, self.config.flood_expiry()) {
+                        self.with_streams(now, |s, ctx| s.reconcile(ctx));
+                        self.flush_actions(now);
+                    }
+                }
+                Timer::Streams => {
+                    self.with_streams(now, |s, ctx| s.handle_timeout(ctx));
+                    self.flush_actions(now);
+                }
             }
         }
-        if self.next_maintenance <= now {
-            self.next_maintenance = now + self.config.maintenance_interval;
-            let expiry = self.config.flood_expiry();
-            if self.routing.expire(now, expiry) {
-                self.with_streams(now, |s, ctx| s.reconcile(ctx));
-            }
-            self.with_streams(now, |s, ctx| s.maintain(ctx));
-            self.flush_actions(now);
+        self.rearm();
+    }
+
+    /// Set every timer from the part that owns it.
+    fn rearm(&mut self) {
+        self.links_touched = false;
+        self.timers
+            .set(Timer::Links, self.neighbours.poll_timeout());
+        self.timers.set(Timer::Flood, self.next_flood);
+        let expiry = self.config.flood_expiry();
+        self.timers
+            .set(Timer::RouteExpiry, self.routing.next_expiry(expiry));
+        self.rearm_streams();
+    }
+
+    /// After a chunk: only the streams' deadline moved (a neighbour heard from only pushes
+    /// its own deadlines later, and an early wake-up merely re-arms).
+    fn rearm_after_chunk(&mut self) {
+        if self.links_touched {
+            self.rearm();
+        } else {
+            self.rearm_streams();
         }
+    }
+
+    fn rearm_streams(&mut self) {
+        let at = self.streams.poll_timeout(&self.config.streams);
+        self.timers.set(Timer::Streams, at);
     }
 
     /// Flood to every neighbour (a new sequence number), or re-send the current flood to one
@@ -506,15 +572,9 @@ impl Node {
         Some(out)
     }
 
+    /// The nearest deadline of any timer, exactly; `None` when nothing waits.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.next_maintenance;
-        if let Some(n) = self.neighbours.poll_timeout() {
-            t = t.min(n);
-        }
-        if let Some(f) = self.next_flood {
-            t = t.min(f);
-        }
-        Some(t)
+        self.timers.next()
     }
 
     // ---- traces -----------------------------------------------------------
@@ -640,10 +700,12 @@ impl Node {
             match action {
                 StreamAction::Send { link, msg } => {
                     if let (OverlayMsg::VideoData(d), Some(n)) = (&msg, self.neighbours.get(link)) {
-                        *self
-                            .copies
-                            .entry((n.name.clone(), d.video.clone()))
-                            .or_default() += 1;
+                        let video = self.videos.intern(&d.video);
+                        *self.copies.entry((link, video)).or_default() += 1;
+                        // Keyed by the link id: the name is cloned once per link.
+                        self.copy_links
+                            .entry(link)
+                            .or_insert_with(|| n.name.clone());
                     }
                     self.outputs.push_back(Output::Send { link, msg });
                 }
@@ -656,8 +718,14 @@ impl Node {
                 StreamAction::Deliver { video, data } => {
                     self.outputs.push_back(Output::Deliver { video, data })
                 }
-                StreamAction::Want(addr) => self.neighbours.want(now, addr, false),
-                StreamAction::Unwant(addr) => self.neighbours.unwant(addr),
+                StreamAction::Want(addr) => {
+                    self.neighbours.want(now, addr, false);
+                    self.links_touched = true;
+                }
+                StreamAction::Unwant(addr) => {
+                    self.neighbours.unwant(addr);
+                    self.links_touched = true;
+                }
             }
         }
     }

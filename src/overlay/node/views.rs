@@ -3,7 +3,7 @@
 //! between the last chunk forwarded before a failover and the first one after it). Plain
 //! data for the status snapshot and the tests; the protocol never reads it back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -49,13 +49,46 @@ pub struct ParentView {
     pub videos: Vec<String>,
 }
 
+/// A video's name interned once: per-chunk bookkeeping is keyed by it instead of an owned
+/// name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct VideoId(u32);
+
+/// The interning table (videos are few and never forgotten: a name costs one allocation for
+/// the node's lifetime).
+#[derive(Debug, Default)]
+pub(super) struct VideoIds {
+    ids: HashMap<String, VideoId>,
+    names: Vec<String>,
+}
+
+impl VideoIds {
+    pub(super) fn intern(&mut self, name: &str) -> VideoId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = VideoId(self.names.len() as u32);
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    pub(super) fn name(&self, id: VideoId) -> &str {
+        &self.names[id.0 as usize]
+    }
+}
+
 impl Node {
     /// After a chunk from a neighbour: if it was forwarded and a failover happened since the
     /// previous forwarded chunk, the time between the two is the failover gap.
-    pub(super) fn watch_gap(&mut self, now: Instant, video: &str) {
+    pub(super) fn watch_gap(&mut self, now: Instant, video: VideoId) {
+        let video = self.videos.name(video);
         let failovers = self.streams.counters(video).map_or(0, |c| c.failovers);
         let last = self.streams.last(video);
-        let w = self.gaps.entry(video.to_string()).or_default();
+        if !self.gaps.contains_key(video) {
+            self.gaps.insert(video.to_string(), GapWatch::default());
+        }
+        let w = self.gaps.get_mut(video).expect("inserted");
         if last == w.last || last.is_none() {
             return;
         }
@@ -142,8 +175,14 @@ impl Node {
     }
 
     /// Chunks sent per (neighbour, video).
-    pub fn link_copies(&self) -> &BTreeMap<(String, String), u64> {
-        &self.copies
+    pub fn link_copies(&self) -> BTreeMap<(String, String), u64> {
+        let mut by_name = BTreeMap::new();
+        for ((link, video), chunks) in &self.copies {
+            let neighbour = self.copy_links.get(link).cloned().unwrap_or_default();
+            let video = self.videos.name(*video).to_string();
+            *by_name.entry((neighbour, video)).or_default() += chunks;
+        }
+        by_name
     }
 }
 

@@ -45,10 +45,7 @@ impl Streams {
         // We are already below the asker: feeding it would close a loop.
         let below = req.path.iter().any(|n| n == ctx.me);
         if crossed || below {
-            self.counters
-                .entry(video.clone())
-                .or_default()
-                .loops_refused += 1;
+            counters_of(&mut self.counters, &video).loops_refused += 1;
             ctx.send(
                 from,
                 OverlayMsg::VideoUnavailable(VideoUnavailable { video }),
@@ -142,10 +139,7 @@ impl Streams {
             flags: if keyframe { FLAG_KEYFRAME } else { 0 },
             payload,
         };
-        self.counters
-            .entry(video.to_string())
-            .or_default()
-            .chunks_in += 1;
+        counters_of(&mut self.counters, video).chunks_in += 1;
         self.forward(ctx, video, data);
         true
     }
@@ -313,18 +307,22 @@ mod tests {
         assert!(h
             .did()
             .contains(&Did::Other(StreamAction::SourceStart { video: "v".into() })));
+        assert_eq!(h.streams.poll_timeout(&h.cfg), None);
         h.run(|s, ctx| s.unsubscribe_local(ctx, "v"));
         assert_eq!(h.did(), []);
+        let linger_end = h.now + h.cfg.source_linger;
+        assert_eq!(h.streams.poll_timeout(&h.cfg), Some(linger_end));
         assert!(h.streams.has("v"));
         h.advance(h.cfg.source_linger - Duration::from_millis(1));
-        h.run(|s, ctx| s.maintain(ctx));
+        h.run(|s, ctx| s.handle_timeout(ctx));
         assert_eq!(h.did(), []);
         h.advance(Duration::from_millis(1));
-        h.run(|s, ctx| s.maintain(ctx));
+        h.run(|s, ctx| s.handle_timeout(ctx));
         assert_eq!(
             h.did(),
             [Did::Other(StreamAction::SourceStop { video: "v".into() })]
         );
         assert!(!h.streams.has("v"));
+        assert_eq!(h.streams.poll_timeout(&h.cfg), None);
     }
 }

@@ -125,7 +125,7 @@ impl Streams {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{req, Did, Harness};
+    use super::super::testkit::{Did, Harness};
     use super::*;
 
     #[test]
@@ -162,11 +162,8 @@ mod tests {
 
     #[test]
     fn a_child_that_asked_is_told_when_our_providers_change() {
-        let mut h = Harness::new("B");
-        h.link("A");
-        h.link("C");
-        h.flood("S", &[], "A", 5, &["v"]);
-        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["C"])));
+        let mut h = Harness::with_routes("B", &[("A", 5)], &["C"]);
+        h.request_from("C");
         h.sent();
         h.run(|s, ctx| s.on_grandfather_request(ctx, "C", "v"));
         let told = |h: &mut Harness| -> Vec<Vec<String>> {

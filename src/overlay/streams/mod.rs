@@ -18,6 +18,7 @@
 
 mod choice;
 mod consumers;
+mod deadlines;
 mod grandfathers;
 mod redundancy;
 mod refusals;
@@ -232,6 +233,18 @@ impl Ctx<'_> {
     }
 }
 
+/// The counters of `video`, created on first use. Looked up by `&str`, so the per-chunk path
+/// allocates nothing once they exist.
+fn counters_of<'a>(
+    counters: &'a mut BTreeMap<String, StreamCounters>,
+    video: &str,
+) -> &'a mut StreamCounters {
+    if !counters.contains_key(video) {
+        counters.insert(video.to_string(), StreamCounters::default());
+    }
+    counters.get_mut(video).expect("inserted")
+}
+
 /// All streams of a node (see module docs).
 #[derive(Debug, Default)]
 pub struct Streams {
@@ -244,6 +257,10 @@ pub struct Streams {
     last_epoch: BTreeMap<String, u64>,
     /// What we want done, for the node to drain.
     actions: VecDeque<StreamAction>,
+    /// A stream's upstreams changed (failover, switch end, refusal, second parent let go):
+    /// look for what that makes possible (a new second parent, grandfathers, children to
+    /// update) before the input ends, not at a later scan.
+    upstreams_changed: bool,
 }
 impl Streams {
     pub fn new(local_videos: Vec<String>) -> Self {
@@ -260,13 +277,15 @@ impl Streams {
         f: impl FnOnce(&mut Self, &mut Ctx<'_>) -> R,
     ) -> R {
         let mut out = std::mem::take(&mut self.actions);
-        let r = f(
-            self,
-            &mut Ctx {
-                view,
-                out: &mut out,
-            },
-        );
+        let mut ctx = Ctx {
+            view,
+            out: &mut out,
+        };
+        let r = f(self, &mut ctx);
+        if std::mem::take(&mut self.upstreams_changed) {
+            self.reconcile(&mut ctx);
+            self.upstreams_changed = false;
+        }
         self.actions = out;
         r
     }

@@ -27,7 +27,7 @@ impl Streams {
     /// A chunk of a redundant stream, from any of its feeds (see module docs).
     pub(super) fn on_data_merged(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
         let video = data.video.clone();
-        let c = self.counters.entry(video.clone()).or_default();
+        let c = counters_of(&mut self.counters, &video);
         c.chunks_in += 1;
         let Some(st) = self.streams.get_mut(&video) else {
             c.stray += 1;
@@ -203,16 +203,14 @@ impl Streams {
             metric: (delay_us, link_sum_us),
             ..Upstream::new(&c.neighbour, Some(c.server), ctx.now)
         });
-        self.counters
-            .entry(video.to_string())
-            .or_default()
-            .second_parents += 1;
+        counters_of(&mut self.counters, video).second_parents += 1;
         let name = c.neighbour;
         self.request(ctx, video, &name);
     }
 
     /// Let the second parent go (cancelled if still linked).
     pub(super) fn drop_second(&mut self, ctx: &mut Ctx<'_>, video: &str, why: &str) {
+        self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };

@@ -7,6 +7,7 @@ use super::*;
 
 impl Streams {
     pub(crate) fn on_unavailable(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
+        self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
@@ -40,11 +41,7 @@ mod tests {
 
     #[test]
     fn a_refusing_parent_is_skipped_until_a_flood_from_it_offers_the_video() {
-        let mut h = Harness::new("B");
-        h.link("A");
-        h.link("X");
-        h.flood("S", &[], "A", 5, &["v"]);
-        h.flood("S", &[], "X", 10, &["v"]);
+        let mut h = Harness::with_routes("B", &[("A", 5), ("X", 10)], &[]);
         h.run(|s, ctx| s.subscribe_local(ctx, "v"));
         h.sent();
         h.run(|s, ctx| s.on_unavailable(ctx, "A", "v"));
@@ -65,7 +62,7 @@ mod tests {
         h.flood("S", &[], "A", 50, &["v"]);
         h.run(|s, ctx| s.subscribe_local(ctx, "v"));
         h.flood("S", &[], "X", 5, &["v"]);
-        h.run(|s, ctx| s.maintain(ctx));
+        h.run(|s, ctx| s.routes_updated(ctx));
         assert!(h.sent().contains(&("X".into(), "video_request")));
         h.run(|s, ctx| s.on_unavailable(ctx, "X", "v"));
         assert_eq!(h.sent(), []);

@@ -45,7 +45,7 @@ impl Streams {
             return;
         }
         let video = data.video.clone();
-        let c = self.counters.entry(video.clone()).or_default();
+        let c = counters_of(&mut self.counters, &video);
         c.chunks_in += 1;
         let Some(st) = self.streams.get_mut(&video) else {
             c.stray += 1;
@@ -66,7 +66,7 @@ impl Streams {
             self.forward_if_in_order(ctx, &video, data);
             // Has the old path caught up with what the new one holds?
             let st = self.streams.get_mut(&video).expect("present");
-            let c = self.counters.entry(video.clone()).or_default();
+            let c = counters_of(&mut self.counters, &video);
             if let (Some((e, s)), true) = (st.last, st.pending.is_some()) {
                 while st.held.front().is_some_and(|h| h.epoch == e && h.seq <= s) {
                     st.held.pop_front();
@@ -114,7 +114,7 @@ impl Streams {
         let Some(st) = self.streams.get(video) else {
             return;
         };
-        let c = self.counters.entry(video.to_string()).or_default();
+        let c = counters_of(&mut self.counters, video);
         match order(st.last, &data) {
             Order::Duplicate => c.duplicates += 1,
             Order::Forward { gap, new_epoch } => {
@@ -133,7 +133,7 @@ impl Streams {
             return;
         };
         st.last = Some((data.epoch, data.seq));
-        let c = self.counters.entry(video.to_string()).or_default();
+        let c = counters_of(&mut self.counters, video);
         for child in st.children.keys() {
             if ctx.send(child, OverlayMsg::VideoData(data.clone())) {
                 c.chunks_out += 1;

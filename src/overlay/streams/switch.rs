@@ -3,8 +3,8 @@
 //! for a sustain time; then it is asked while the old parent keeps feeding, and the switch
 //! completes when the new path catches up with the old one (see [`super::sequencer`]), when the
 //! old path stalls, or when the switch times out (abandoned if the new parent delivered
-//! nothing, forced if it delivers but lags). It also owns the periodic maintenance that looks
-//! at these deadlines.
+//! nothing, forced if it delivers but lags). The deadlines themselves are
+//! in [`super::deadlines`].
 
 use tracing::info;
 
@@ -35,6 +35,7 @@ impl Streams {
     }
 
     pub(super) fn abandon_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
@@ -54,6 +55,7 @@ impl Streams {
     /// The switch target becomes the parent; the old parent (if still linked) is cancelled
     /// and the held chunks go out in order.
     pub(super) fn complete_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
@@ -76,7 +78,7 @@ impl Streams {
         st.gf_asked = None;
         st.grandfathers.clear();
         let held = std::mem::take(&mut st.held);
-        self.counters.entry(video.to_string()).or_default().switches += 1;
+        counters_of(&mut self.counters, video).switches += 1;
         for data in held {
             self.forward_if_in_order(ctx, video, data);
         }
@@ -85,74 +87,54 @@ impl Streams {
         self.ask_grandfathers(ctx, video);
     }
 
-    /// Periodic: expire refusals, time out switches and held chunks, and switch to a clearly
-    /// better parent.
-    pub(crate) fn maintain(&mut self, ctx: &mut Ctx<'_>) {
-        let videos: Vec<String> = self.streams.keys().cloned().collect();
-        for video in &videos {
-            self.release_if_unused(ctx, video);
-            let Some(st) = self.streams.get_mut(video) else {
-                continue;
-            };
-            st.refused.retain(|_, until| *until > ctx.now);
-            if !st.merge.is_empty() {
-                // A hole waited for too long is given up on.
-                self.drain_merge(ctx, video);
-            }
-            let Some(st) = self.streams.get_mut(video) else {
-                continue;
-            };
-            if let Some(p) = st.parent.as_mut() {
-                let m = metric(ctx.routing, p.server.as_deref(), &p.name);
-                if m.0.is_some() {
-                    p.metric = m;
-                }
-            }
-            if let Some(p) = &st.pending {
-                let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
-                if p.last_data.is_none() && timed_out {
-                    self.abandon_switch(ctx, video);
-                    continue;
-                }
-                if timed_out {
-                    // The new path delivers but stays behind the old one: it would never
-                    // catch up. Move now; its chunks are dropped as duplicates until they pass
-                    // the last one forwarded (a pause of the lag, nothing lost or repeated).
-                    self.complete_switch(ctx, video);
-                    continue;
-                }
-                let old_silent = st.parent.as_ref().map_or(true, |o| {
-                    ctx.now
-                        .saturating_duration_since(o.last_data.unwrap_or(o.since))
-                        >= ctx.cfg.stall_timeout
-                });
-                if p.last_data.is_some() && old_silent {
-                    // The old path died without its link closing: accept the gap.
-                    self.complete_switch(ctx, video);
-                }
-                continue;
-            }
-            self.consider_switch(ctx, video);
-        }
-        self.reconcile(ctx);
-    }
-
-    pub(super) fn consider_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+    /// At a deadline: end a switch that timed out or whose old parent stalled, or, with no
+    /// switch under way, switch to a clearly better parent.
+    pub(super) fn check_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
         let Some(st) = self.streams.get(video) else {
             return;
         };
-        if st.source.is_some() {
-            return;
-        }
-        let Some(cur) = st.parent.as_ref() else {
+        let Some(p) = &st.pending else {
+            self.consider_switch(ctx, video);
             return;
         };
-        let Some(cand) = choose(ctx, video, st) else {
-            return;
-        };
-        if cand.neighbour == cur.name {
+        let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
+        if p.last_data.is_none() && timed_out {
+            self.abandon_switch(ctx, video);
             return;
         }
+        if timed_out {
+            // The new path delivers but stays behind the old one: it would never catch up.
+            // Move now; its chunks are dropped as duplicates until they pass the last one
+            // forwarded (a pause of the lag, nothing lost or repeated).
+            self.complete_switch(ctx, video);
+            return;
+        }
+        let old_silent = st.parent.as_ref().map_or(true, |o| {
+            ctx.now
+                .saturating_duration_since(o.last_data.unwrap_or(o.since))
+                >= ctx.cfg.stall_timeout
+        });
+        if p.last_data.is_some() && old_silent {
+            // The old path died without its link closing: accept the gap.
+            self.complete_switch(ctx, video);
+        }
+    }
+
+    pub(super) fn consider_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
+        let cand = match (&st.source, &st.parent) {
+            (None, Some(cur)) => choose(ctx, video, st).filter(|c| c.neighbour != cur.name),
+            _ => None,
+        };
+        let Some(cand) = cand else {
+            // No candidate other than the parent: nothing has stayed better (and the sustain
+            // deadline must not stay armed).
+            st.better_since = None;
+            return;
+        };
+        let cur = st.parent.as_ref().expect("a candidate needs a parent");
         let swap = st.is_second(&cand.neighbour);
         let mut withdrawn = false;
         let servers = ctx.routing.servers();
@@ -228,7 +210,7 @@ impl Streams {
             std::mem::swap(&mut st.parent, &mut st.second);
             st.gf_asked = None;
             st.grandfathers.clear();
-            self.counters.entry(video.to_string()).or_default().switches += 1;
+            counters_of(&mut self.counters, video).switches += 1;
             self.ask_grandfathers(ctx, video);
         } else {
             self.start_switch(ctx, video, cand);
@@ -251,7 +233,7 @@ mod tests {
         h.chunk("A", "v", 1, 2);
         h.flood("S", &[], "X", 5, &["v"]);
         h.sent();
-        h.run(|s, ctx| s.maintain(ctx));
+        h.run(|s, ctx| s.routes_updated(ctx));
         h
     }
 
@@ -282,15 +264,15 @@ mod tests {
     fn a_switch_target_that_delivers_nothing_is_abandoned_and_not_asked_again_at_once() {
         let mut h = switching();
         h.drain();
-        h.advance(h.cfg.switch_timeout);
-        h.run(|s, ctx| s.maintain(ctx));
+        // The switch's deadline, exactly.
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.switch_timeout));
+        h.expire(h.cfg.switch_timeout);
         assert_eq!(h.sent(), [("X".into(), "video_cancel")]);
         assert_eq!(h.streams.parent("v"), Some("A"));
-        h.run(|s, ctx| s.maintain(ctx));
+        h.run(|s, ctx| s.handle_timeout(ctx));
         assert_eq!(h.sent(), []);
         // After the refusal hold, X is tried again.
-        h.advance(h.cfg.refuse_hold);
-        h.run(|s, ctx| s.maintain(ctx));
+        h.expire(h.cfg.refuse_hold);
         assert!(h.sent().contains(&("X".into(), "video_request")));
     }
 
@@ -299,8 +281,9 @@ mod tests {
         let mut h = switching();
         h.chunk("X", "v", 1, 6);
         h.drain();
-        h.advance(h.cfg.stall_timeout);
-        h.run(|s, ctx| s.maintain(ctx));
+        // The old parent's stall, exactly (it last spoke now).
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.stall_timeout));
+        h.expire(h.cfg.stall_timeout);
         let (sent, delivered) = h.drain();
         assert_eq!(delivered, [(1, 6)]);
         assert!(sent.contains(&("A".into(), "video_cancel")));

@@ -183,6 +183,39 @@ impl Harness {
         }
         (sent, delivered)
     }
+    /// `me` linked to `routes` and `others`, with a route to server S (offering "v") through
+    /// each of `routes` (name, delay in ms).
+    pub fn with_routes(me: &str, routes: &[(&str, u64)], others: &[&str]) -> Self {
+        let mut h = Harness::new(me);
+        for (n, _) in routes {
+            h.link(n);
+        }
+        for n in others {
+            h.link(n);
+        }
+        for (n, ms) in routes {
+            h.flood("S", &[], n, *ms, &["v"]);
+        }
+        h
+    }
+
+    /// `child` asks us for "v".
+    pub fn request_from(&mut self, child: &str) {
+        self.run(|s, ctx| s.on_request(ctx, child, req("v", &[child])));
+    }
+
+    /// Time moves on by `by`, and the streams' deadlines run.
+    pub fn expire(&mut self, by: Duration) {
+        self.advance(by);
+        self.run(|s, ctx| s.handle_timeout(ctx));
+    }
+
+    /// How long from now until the streams' next deadline.
+    pub fn next_deadline_in(&self) -> Option<Duration> {
+        self.streams
+            .poll_timeout(&self.cfg)
+            .map(|t| t.saturating_duration_since(self.now))
+    }
 }
 
 /// A request for `video` carrying `path` (the asker's subtree, the asker last).

@@ -84,6 +84,7 @@ impl Streams {
     /// The parent is gone (death, refusal, loop): the switch target takes over, else the
     /// next-best parent, else the grandfathers; with none, children are told.
     pub(super) fn failover(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+        self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
@@ -92,10 +93,7 @@ impl Streams {
             self.release_if_unused(ctx, video);
             return;
         }
-        self.counters
-            .entry(video.to_string())
-            .or_default()
-            .failovers += 1;
+        counters_of(&mut self.counters, video).failovers += 1;
         if let Some(second) = st.second.take() {
             // Hitless: the second parent already feeds us; it becomes the parent, and the
             // merge stops waiting for the dead feed. A new second parent is sought by
@@ -107,10 +105,7 @@ impl Streams {
             st.parent = Some(second);
             st.gf_asked = None;
             st.grandfathers.clear();
-            self.counters
-                .entry(video.to_string())
-                .or_default()
-                .hitless_failovers += 1;
+            counters_of(&mut self.counters, video).hitless_failovers += 1;
             self.drain_merge(ctx, video);
             self.ask_grandfathers(ctx, video);
             return;
@@ -152,10 +147,7 @@ impl Streams {
             info!(video, grandfather = %gf.name, addr = %gf.addr, "failover: only parent lost, dialling a grandfather");
             ctx.push(StreamAction::Want(gf.addr));
             st.gf_dialing.insert(gf.name, gf.addr);
-            self.counters
-                .entry(video.to_string())
-                .or_default()
-                .grandfather_dials += 1;
+            counters_of(&mut self.counters, video).grandfather_dials += 1;
         }
         if st.gf_dialing.is_empty() {
             info!(
@@ -255,15 +247,11 @@ impl Streams {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{req, Harness};
+    use super::super::testkit::Harness;
 
     #[test]
     fn a_dead_parent_is_replaced_by_the_next_best_at_once() {
-        let mut h = Harness::new("B");
-        h.link("A");
-        h.link("X");
-        h.flood("S", &[], "A", 5, &["v"]);
-        h.flood("S", &[], "X", 10, &["v"]);
+        let mut h = Harness::with_routes("B", &[("A", 5), ("X", 10)], &[]);
         h.run(|s, ctx| s.subscribe_local(ctx, "v"));
         assert!(h.sent().contains(&("A".into(), "video_request")));
         assert_eq!(h.streams.parent("v"), Some("A"));
@@ -275,11 +263,8 @@ mod tests {
 
     #[test]
     fn with_no_parent_and_no_grandfather_left_the_children_are_told() {
-        let mut h = Harness::new("B");
-        h.link("A");
-        h.link("C");
-        h.flood("S", &[], "A", 5, &["v"]);
-        h.run(|s, ctx| s.on_request(ctx, "C", req("v", &["C"])));
+        let mut h = Harness::with_routes("B", &[("A", 5)], &["C"]);
+        h.request_from("C");
         h.sent();
         h.unlink("A");
         assert_eq!(h.sent(), [("C".into(), "video_unavailable")]);
