@@ -200,3 +200,19 @@ pub(super) fn traffic_entry<'a>(
     }
     per.get_mut(video).expect("inserted")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_video_name_is_interned_once() {
+        let mut ids = VideoIds::default();
+        let a = ids.intern("a");
+        let b = ids.intern("b");
+        assert_ne!(a, b);
+        assert_eq!(ids.intern("a"), a);
+        assert_eq!(ids.name(b), "b");
+        assert_eq!(ids.names.len(), 2);
+    }
+}

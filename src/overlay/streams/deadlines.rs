@@ -110,3 +110,58 @@ impl Streams {
         self.reconcile(ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testkit::Harness;
+
+    #[test]
+    fn a_stream_that_flows_with_nothing_pending_has_no_deadline() {
+        let mut h = Harness::with_routes("B", &[("A", 5)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.chunk("A", "v", 1, 1);
+        assert_eq!(h.next_deadline_in(), None);
+    }
+
+    #[test]
+    fn a_merge_hole_waits_exactly_until_its_last_live_feed_falls_silent() {
+        let mut h = Harness::new("B");
+        h.cfg.redundant_videos = vec!["v".into()];
+        h.link("A");
+        h.link("X");
+        h.flood("S", &["R1"], "A", 5, &["v"]);
+        h.flood("S", &["R2"], "X", 10, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.run(|s, ctx| s.reconcile(ctx));
+        h.chunk("X", "v", 1, 1);
+        let spoke = Duration::from_millis(100);
+        h.advance(spoke);
+        // A skips 2; X, which has not passed the hole, is live for stall_timeout after it
+        // last spoke.
+        h.chunk("A", "v", 1, 3);
+        h.drain();
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.stall_timeout - spoke));
+        h.expire(h.cfg.stall_timeout - spoke - Duration::from_millis(1));
+        assert_eq!(h.drain().1, []);
+        h.expire(Duration::from_millis(1));
+        assert_eq!(h.drain().1, [(1, 3)]);
+        assert_eq!(h.streams.counters("v").map(|c| c.gap_chunks), Some(1));
+        assert_eq!(h.next_deadline_in(), None);
+    }
+
+    #[test]
+    fn a_better_candidate_is_looked_at_again_exactly_when_its_sustain_ends() {
+        let mut h = Harness::with_routes("B", &[("A", 50)], &["X"]);
+        h.cfg.switch_sustain = Duration::from_millis(1500);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.chunk("A", "v", 1, 1);
+        h.flood("S", &[], "X", 5, &["v"]);
+        h.run(|s, ctx| s.routes_updated(ctx));
+        h.sent();
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.switch_sustain));
+        h.expire(h.cfg.switch_sustain);
+        assert!(h.sent().contains(&("X".into(), "video_request")));
+    }
+}
