@@ -127,14 +127,7 @@ mod tests {
 
     #[test]
     fn a_merge_hole_waits_exactly_until_its_last_live_feed_falls_silent() {
-        let mut h = Harness::new("B");
-        h.cfg.redundant_videos = vec!["v".into()];
-        h.link("A");
-        h.link("X");
-        h.flood("S", &["R1"], "A", 5, &["v"]);
-        h.flood("S", &["R2"], "X", 10, &["v"]);
-        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
-        h.run(|s, ctx| s.reconcile(ctx));
+        let mut h = Harness::redundant();
         h.chunk("X", "v", 1, 1);
         let spoke = Duration::from_millis(100);
         h.advance(spoke);

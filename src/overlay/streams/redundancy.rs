@@ -235,22 +235,9 @@ impl Streams {
 mod tests {
     use super::super::testkit::Harness;
 
-    /// B takes v from A (5 ms) and, redundantly, from X (10 ms) on a disjoint path.
-    fn redundant() -> Harness {
-        let mut h = Harness::new("B");
-        h.cfg.redundant_videos = vec!["v".into()];
-        h.link("A");
-        h.link("X");
-        h.flood("S", &["R1"], "A", 5, &["v"]);
-        h.flood("S", &["R2"], "X", 10, &["v"]);
-        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
-        h.run(|s, ctx| s.reconcile(ctx));
-        h
-    }
-
     #[test]
     fn the_second_parent_fills_a_hole_of_the_parent_and_copies_are_counted() {
-        let mut h = redundant();
+        let mut h = Harness::redundant();
         let (sent, _) = h.drain();
         assert!(sent.contains(&("A".into(), "video_request")));
         assert!(sent.contains(&("X".into(), "video_request")));
@@ -272,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_death_of_the_parent_loses_nothing() {
-        let mut h = redundant();
+        let mut h = Harness::redundant();
         h.chunk("A", "v", 1, 1);
         h.chunk("X", "v", 1, 1);
         h.drain();
@@ -286,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_hole_no_live_feed_can_fill_is_given_up_at_once() {
-        let mut h = redundant();
+        let mut h = Harness::redundant();
         h.chunk("A", "v", 1, 1);
         h.drain();
         // X never delivered: nothing can fill 2.

@@ -199,6 +199,19 @@ impl Harness {
         h
     }
 
+    /// B takes "v" from A (5 ms) and, redundantly, from X (10 ms) on a disjoint path.
+    pub fn redundant() -> Self {
+        let mut h = Harness::new("B");
+        h.cfg.redundant_videos = vec!["v".into()];
+        h.link("A");
+        h.link("X");
+        h.flood("S", &["R1"], "A", 5, &["v"]);
+        h.flood("S", &["R2"], "X", 10, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.run(|s, ctx| s.reconcile(ctx));
+        h
+    }
+
     /// `child` asks us for "v".
     pub fn request_from(&mut self, child: &str) {
         self.run(|s, ctx| s.on_request(ctx, child, req("v", &[child])));
