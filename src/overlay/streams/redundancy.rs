@@ -27,10 +27,7 @@ impl Streams {
     /// A chunk of a redundant stream, from any of its feeds (see module docs).
     pub(super) fn on_data_merged(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
         let video = data.video.clone();
-        let c = counters_of(&mut self.counters, &video);
-        c.chunks_in += 1;
-        let Some(st) = self.streams.get_mut(&video) else {
-            c.stray += 1;
+        let Some((c, st)) = self.chunk_in(&video) else {
             return;
         };
         let feed = if st.is_parent(from) {

@@ -39,16 +39,27 @@ pub(super) fn order(last: Option<(u64, u64)>, data: &VideoData) -> Order {
 }
 
 impl Streams {
+    /// Count a chunk in: its stream's counters and state, or `None` (counted as stray) when we
+    /// carry no such stream.
+    pub(super) fn chunk_in(&mut self, video: &str) -> Option<(&mut StreamCounters, &mut Stream)> {
+        let c = counters_of(&mut self.counters, video);
+        c.chunks_in += 1;
+        match self.streams.get_mut(video) {
+            Some(st) => Some((c, st)),
+            None => {
+                c.stray += 1;
+                None
+            }
+        }
+    }
+
     pub(crate) fn on_data(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
         if ctx.cfg.redundant_for(&data.video) {
             self.on_data_merged(ctx, from, data);
             return;
         }
         let video = data.video.clone();
-        let c = counters_of(&mut self.counters, &video);
-        c.chunks_in += 1;
-        let Some(st) = self.streams.get_mut(&video) else {
-            c.stray += 1;
+        let Some((c, st)) = self.chunk_in(&video) else {
             return;
         };
         if st.is_parent(from) {
