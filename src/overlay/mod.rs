@@ -7,10 +7,13 @@
 //!
 //! [`Node`] is the one machine a daemon runs. It composes the neighbour table
 //! ([`neighbours`]: links, dialling with backoff, keepalive liveness), the flood and parent
-//! table ([`routing`]) and the streams ([`streams`]: fan-out, cancellation, make-before-break
-//! switching, in-order at-most-once delivery, failover and grandfathers). [`trace`] follows a
-//! video's tree hop by hop, and [`status`] turns the node's views into one serialisable
-//! snapshot (and Prometheus text) for the control endpoint.
+//! table ([`routing`]) and the streams ([`streams`], a folder of small parts: fan-out,
+//! cancellation, make-before-break switching, in-order at-most-once delivery, failover and
+//! grandfathers), drains their actions, and combines their exact deadlines in one timer table
+//! (no scan tick).
+//!
+//! [`trace`] follows a video's tree hop by hop, and [`status`] turns the node's views into one
+//! serialisable snapshot (and Prometheus text) for the control endpoint.
 
 pub mod map;
 pub mod neighbours;

@@ -7,6 +7,9 @@
 //! (parents per server) and the [`Streams`] (distribution tree, switching, grandfathers), and
 //! is the only place where they meet: a neighbour's death, for instance, withdraws its routes
 //! first and then fails its streams over, so the failover already sees the routes that remain.
+//! The parts never write into each other's queues: the node drains the neighbour table's
+//! actions and the streams' actions, and combines their exact deadlines in its timer table
+//! ([`Timer`]; [`Node::poll_timeout`] is `None` when nothing waits).
 //!
 //! Wall time (flood timestamps) is never read from the system: the driver anchors it with
 //! [`Node::set_wall_clock`] and the node derives it from the monotonic `now`. Without an anchor

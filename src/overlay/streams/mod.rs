@@ -12,7 +12,8 @@
 //! tests: [`stream`] (one video's state), [`consumers`] (children, reference counting,
 //! cancellation), [`upstream`] (parent, failover, link events), [`switch`] (make-before-break
 //! to a better parent), [`sequencer`] (order and at-most-once, hold buffer), [`redundancy`]
-//! (merge of two parents), [`refusals`], [`grandfathers`] and [`choice`] (pure parent choice).
+//! (merge of two parents), [`refusals`], [`grandfathers`], [`choice`] (pure parent choice)
+//! and [`deadlines`] (each stream's exact next deadline, and the work done then).
 //! Streams read the rest of the node through a read-only [`View`] and answer with
 //! [`StreamAction`]s the node drains, as it does for the neighbour table.
 
