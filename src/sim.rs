@@ -852,7 +852,10 @@ impl Sim {
                 }
             }
         }
+        // Virtual time jumps straight to the node's next deadline; with none, it sleeps
+        // until an input comes.
         let Some(t) = self.nodes[i].node.as_ref().and_then(Node::poll_timeout) else {
+            self.nodes[i].timer_at = None;
             return;
         };
         let at = t.saturating_duration_since(self.base).max(self.now);

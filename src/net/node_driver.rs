@@ -12,9 +12,11 @@
 //! has the handshake deadline, and one over the limit is closed at once and counted. A refused
 //! connection never reaches the node: only a finished handshake and hello make a link.
 //! All protocol decisions are the node's: this loop feeds it link events, decoded messages and
-//! timer expiries, and carries out its outputs. Every [`STATUS_REFRESH`] it publishes a
-//! [`NodeStatus`] snapshot on a watch channel, and it starts traces for the control endpoint
-//! ([`ControlPort`]), passing their answers back.
+//! the node's exact deadlines (sleeping for ever when it has none), and carries out its
+//! outputs. On clocks of its own, never the node's timer, it re-anchors wall time, checks the
+//! videos offered, and every [`STATUS_REFRESH`] publishes a [`NodeStatus`] snapshot on a
+//! watch channel; it also starts traces for the control endpoint ([`ControlPort`]), passing
+//! their answers back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -347,18 +349,26 @@ impl NodeDriver {
     /// Run the node until `shutdown` completes.
     pub async fn run(mut self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
-        let mut anchored = Instant::now();
-        let mut videos_checked = anchored;
+        let started = Instant::now();
         let mut videos: Vec<String> = Vec::new();
-        node.set_wall_clock(anchored, wall_clock_us());
+        node.set_wall_clock(started, wall_clock_us());
+        // The driver's own periodic work has its own clocks: the node's timer is only the
+        // node's (exact deadlines, none when nothing waits).
+        let every = |period: Duration| {
+            let mut i = tokio::time::interval_at((started + period).into(), period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        };
+        let mut status_tick = every(STATUS_REFRESH);
+        let mut anchor_tick = every(WALL_CLOCK_REANCHOR);
+        let mut videos_tick = every(VIDEOS_CHECK);
         let next_link = Arc::new(AtomicU64::new(1));
         let mut links: HashMap<LinkId, LinkHandle> = HashMap::new();
         let hello = node.hello();
-        let mut status_at = anchored;
         // Media drops per neighbour name, kept after the link closes.
         let mut link_drops: BTreeMap<String, u64> = BTreeMap::new();
         let pending = Arc::new(Mutex::new(PendingTable::default()));
-        self.publish_status(&node, anchored, &link_drops);
+        self.publish_status(&node, started, &link_drops);
         let mut traces: HashMap<u64, (mpsc::Sender<Vec<TraceHop>>, Instant)> = HashMap::new();
         tokio::pin!(shutdown);
 
@@ -433,10 +443,7 @@ impl NodeDriver {
                 }
             }
 
-            let deadline = node
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let deadline = node.poll_timeout();
 
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -542,25 +549,22 @@ impl NodeDriver {
                         let _ = started.send(r.map(|()| id));
                     }
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = super::sleep_until_or_never(deadline) => {
+                    node.handle_timeout(Instant::now());
+                }
+                _ = status_tick.tick() => {
                     let now = Instant::now();
-                    if now.duration_since(status_at) >= STATUS_REFRESH {
-                        status_at = now;
-                        self.publish_status(&node, now, &link_drops);
-                        traces.retain(|_, (tx, until)| *until > now && !tx.is_closed());
-                    }
-                    if now.duration_since(anchored) >= WALL_CLOCK_REANCHOR {
-                        anchored = now;
-                        node.set_wall_clock(now, wall_clock_us());
-                    }
-                    node.handle_timeout(now);
-                    if now.duration_since(videos_checked) >= VIDEOS_CHECK {
-                        videos_checked = now;
-                        let offered = node.routing().videos();
-                        if offered != videos {
-                            videos.clone_from(&offered);
-                            let _ = self.local.events.send(LocalEvent::Videos(offered));
-                        }
+                    self.publish_status(&node, now, &link_drops);
+                    traces.retain(|_, (tx, until)| *until > now && !tx.is_closed());
+                }
+                _ = anchor_tick.tick() => {
+                    node.set_wall_clock(Instant::now(), wall_clock_us());
+                }
+                _ = videos_tick.tick() => {
+                    let offered = node.routing().videos();
+                    if offered != videos {
+                        videos.clone_from(&offered);
+                        let _ = self.local.events.send(LocalEvent::Videos(offered));
                     }
                 }
             }

@@ -7,10 +7,14 @@
 //!
 //! [`Node`] is the one machine a daemon runs. It composes the neighbour table
 //! ([`neighbours`]: links, dialling with backoff, keepalive liveness), the flood and parent
-//! table ([`routing`]) and the streams ([`streams`]: fan-out, cancellation, make-before-break
-//! switching, in-order at-most-once delivery, failover and grandfathers). [`trace`] follows a
-//! video's tree hop by hop. The node's views (`route_table`, `parent_table`, `link_traffic`,
-//! counters, ...) are plain data; `crate::observe` turns them into snapshots, metrics and tables.
+//! table ([`routing`]) and the streams ([`streams`], a folder of small parts: fan-out,
+//! cancellation, make-before-break switching, in-order at-most-once delivery, failover and
+//! grandfathers), drains their actions, and combines their exact deadlines in one timer table
+//! (no scan tick).
+//!
+//! [`trace`] follows a video's tree hop by hop. The node's views (`route_table`,
+//! `parent_table`, `link_traffic`, counters, ...) are plain data; `crate::observe` turns them
+//! into snapshots, metrics and tables.
 
 pub mod neighbours;
 pub mod node;

@@ -191,6 +191,15 @@ impl Routing {
         changed
     }
 
+    /// When the oldest route runs out without a fresh flood ([`Routing::expire`]'s deadline).
+    pub fn next_expiry(&self, expiry: Duration) -> Option<Instant> {
+        self.servers
+            .values()
+            .flat_map(|s| s.parents.values())
+            .map(|r| r.last_heard + expiry)
+            .min()
+    }
+
     /// Servers offering `video`, with their routes.
     pub fn offers<'a>(
         &'a self,

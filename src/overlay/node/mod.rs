@@ -7,13 +7,25 @@
 //! (parents per server) and the [`Streams`] (distribution tree, switching, grandfathers), and
 //! is the only place where they meet: a neighbour's death, for instance, withdraws its routes
 //! first and then fails its streams over, so the failover already sees the routes that remain.
+//! The parts never write into each other's queues: the node drains the neighbour table's
+//! actions and the streams' actions, and combines their exact deadlines in its timer table
+//! ([`Timer`]; [`Node::poll_timeout`] is `None` when nothing waits).
 //!
 //! Wall time (flood timestamps) is never read from the system: the driver anchors it with
 //! [`Node::set_wall_clock`] and the node derives it from the monotonic `now`. Without an anchor
 //! wall time counts from the node's creation, which keeps rankings for one server correct
 //! (they are skew-free) but makes one-way delays meaningless.
 
-use std::collections::{BTreeMap, VecDeque};
+mod timers;
+mod views;
+
+pub use timers::Timer;
+use timers::TimerTable;
+
+use views::{traffic_entry, VideoId, VideoIds};
+pub use views::{GapWatch, LinkTraffic, ParentView};
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,11 +34,10 @@ use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
 use super::routing::{FloodIgnored, Routing};
-use super::streams::{Ctx, RouteView, StreamConfig, StreamCounters, Streams};
+use super::streams::{Ctx, StreamAction, StreamConfig, Streams, View};
 use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
-    Flood, Hello, OverlayMsg, OverlayRole, PeerAddr, Ping, Pong, Trace, TraceHop, VideoData,
-    OVERLAY_VERSION,
+    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, OVERLAY_VERSION,
 };
 
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks our own source produced.
@@ -51,8 +62,6 @@ pub struct NodeConfig {
     /// Routes not refreshed for this many flood intervals expire (default 3, plus half an
     /// interval of slack for jitter).
     pub missed_floods: u32,
-    /// How often switches, held chunks and route expiry are looked at (default 100 ms).
-    pub maintenance_interval: Duration,
     /// Switching, reordering and refusal timings.
     pub streams: StreamConfig,
 }
@@ -90,7 +99,6 @@ impl Default for NodeConfig {
             videos: Vec::new(),
             flood_interval: Duration::from_secs(1),
             missed_floods: 3,
-            maintenance_interval: Duration::from_millis(100),
             streams: StreamConfig::default(),
         }
     }
@@ -145,43 +153,6 @@ pub struct NodeCounters {
     pub traces_dropped: u64,
 }
 
-/// Video chunks and payload bytes that crossed one (neighbour, video) pair, both ways.
-/// Bytes count the chunk payloads (MPEG-TS), not framing or encryption.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LinkTraffic {
-    pub chunks_in: u64,
-    pub bytes_in: u64,
-    pub chunks_out: u64,
-    pub bytes_out: u64,
-}
-
-/// Failover gaps measured at this node for one video: the time between the last chunk
-/// forwarded before a failover and the first one forwarded after it (from the new parent).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct GapWatch {
-    /// Gaps measured so far.
-    pub measured: u64,
-    pub last_gap: Option<Duration>,
-    pub max_gap: Option<Duration>,
-    failovers_seen: u64,
-    last: Option<(u64, u64)>,
-    last_at: Option<Instant>,
-}
-
-/// One parent-table line: a route to a server through a neighbour.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParentView {
-    pub server: String,
-    pub neighbour: String,
-    /// EWMA one-way delay, µs (includes clock skew: ranks parents of this server only).
-    pub delay_us: i64,
-    pub samples: u64,
-    pub age: Duration,
-    /// Skew-free metric: summed per-link RTT/2 along the path, µs (ranks servers).
-    pub link_sum_us: u64,
-    pub videos: Vec<String>,
-}
-
 /// See module docs.
 #[derive(Debug)]
 pub struct Node {
@@ -191,7 +162,12 @@ pub struct Node {
     streams: Streams,
     outputs: VecDeque<Output>,
     counters: NodeCounters,
-    copies: BTreeMap<(String, String), u64>,
+    /// Chunks sent per (link, video): keyed by interned ids, so the per-chunk, per-child
+    /// count allocates nothing.
+    copies: HashMap<(LinkId, VideoId), u64>,
+    /// The neighbour on each link that carried copies (kept after the link closes).
+    copy_links: HashMap<LinkId, String>,
+    videos: VideoIds,
     /// Per neighbour (or [`SOURCE_LINK`] / [`LOCAL_LINK`]), per video.
     traffic: BTreeMap<String, BTreeMap<String, LinkTraffic>>,
     gaps: BTreeMap<String, GapWatch>,
@@ -201,7 +177,11 @@ pub struct Node {
     /// Next flood (when we flood) and its sequence number.
     next_flood: Option<Instant>,
     flood_seq: Option<u64>,
-    next_maintenance: Instant,
+    /// The exact deadline of each kind of timer (see [`timers`]).
+    timers: TimerTable,
+    /// An input changed what the neighbour table waits for (a dial wanted or dropped) on a
+    /// path that otherwise leaves its deadline alone (a chunk).
+    links_touched: bool,
 }
 
 impl Node {
@@ -217,19 +197,23 @@ impl Node {
             streams,
             outputs: VecDeque::new(),
             counters: NodeCounters::default(),
-            copies: BTreeMap::new(),
+            copies: HashMap::new(),
+            copy_links: HashMap::new(),
+            videos: VideoIds::default(),
             traffic: BTreeMap::new(),
             gaps: BTreeMap::new(),
             traces_seen: RecentIds::default(),
             wall_anchor: (now, 0),
             next_flood: None,
             flood_seq: None,
-            next_maintenance: now + config.maintenance_interval,
+            timers: TimerTable::default(),
+            links_touched: false,
             config,
         };
         if node.floods() {
             node.next_flood = Some(now);
         }
+        node.rearm();
         node.handle_timeout(now);
         node
     }
@@ -292,18 +276,21 @@ impl Node {
         }
         self.with_streams(now, |s, ctx| s.set_local_videos(ctx, videos));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A local consumer (an edge's client, a test) wants `video`; counted like one child.
     pub fn subscribe_local(&mut self, now: Instant, video: &str) {
         self.with_streams(now, |s, ctx| s.subscribe_local(ctx, video));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A local consumer left.
     pub fn unsubscribe_local(&mut self, now: Instant, video: &str) {
         self.with_streams(now, |s, ctx| s.unsubscribe_local(ctx, video));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A chunk read from a video we serve (after [`Output::SourceStart`]). The node numbers
@@ -324,6 +311,7 @@ impl Node {
         } else {
             self.counters.source_chunks_dropped += 1;
         }
+        self.rearm_after_chunk();
     }
 
     pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
@@ -337,6 +325,7 @@ impl Node {
         }
         self.with_streams(now, |s, ctx| s.dial_failed(ctx, addr));
         self.flush_actions(now);
+        self.rearm();
     }
 
     /// A link passed the encrypted handshake and the hello exchange. `dialled` is the address
@@ -361,15 +350,18 @@ impl Node {
             if let Some(addr) = dialled {
                 self.neighbours.dial_failed(now, addr);
             }
+            self.rearm();
             return;
         }
         self.neighbours.link_up(now, link, remote, dialled, &hello);
         self.flush_actions(now);
+        self.rearm();
     }
 
     pub fn handle_link_down(&mut self, now: Instant, link: LinkId, reason: &str) {
         self.neighbours.link_down(now, link, reason);
         self.flush_actions(now);
+        self.rearm();
     }
 
     pub fn handle_message(&mut self, now: Instant, link: LinkId, msg: OverlayMsg) {
@@ -379,6 +371,7 @@ impl Node {
             return;
         };
         self.neighbours.heard(now, link);
+        let chunk = msg.is_media();
         match msg {
             OverlayMsg::Ping(Ping { token }) => self.neighbours.handle_ping(link, token),
             OverlayMsg::Pong(Pong { token }) => self.neighbours.handle_pong(now, link, token),
@@ -393,12 +386,12 @@ impl Node {
                 self.with_streams(now, |s, ctx| s.on_unavailable(ctx, &from, &u.video))
             }
             OverlayMsg::VideoData(d) => {
-                let video = d.video.clone();
-                let t = traffic_entry(&mut self.traffic, &from, &video);
+                let video = self.videos.intern(&d.video);
+                let t = traffic_entry(&mut self.traffic, &from, &d.video);
                 t.chunks_in += 1;
                 t.bytes_in += d.payload.len() as u64;
                 self.with_streams(now, |s, ctx| s.on_data(ctx, &from, d));
-                self.watch_gap(now, &video);
+                self.watch_gap(now, video);
             }
             OverlayMsg::Trace(t) => self.handle_trace(now, &from, t),
             OverlayMsg::GrandfatherRequest(r) => {
@@ -413,6 +406,11 @@ impl Node {
             }
         }
         self.flush_actions(now);
+        if chunk {
+            self.rearm_after_chunk();
+        } else {
+            self.rearm();
+        }
     }
 
     fn handle_flood(&mut self, now: Instant, link: LinkId, from: &str, flood: Flood) {
@@ -445,9 +443,9 @@ impl Node {
                         });
                     }
                 }
-                if rec.routes_changed {
-                    self.with_streams(now, |s, ctx| s.reconcile(ctx));
-                }
+                // Any flood may make another parent clearly better (its delay moved) or
+                // feed a waiting stream: streams look at once, not at a later scan.
+                self.with_streams(now, |s, ctx| s.routes_updated(ctx));
             }
             Err(why) => {
                 self.counters.floods_dropped += 1;
@@ -458,26 +456,64 @@ impl Node {
         }
     }
 
+    /// Handle every timer due at `now` (see [`Node::poll_timeout`]); calling it early does
+    /// nothing but re-arm.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.neighbours.handle_timeout(now);
-        self.flush_actions(now);
-        if self.next_flood.is_some_and(|t| t <= now) {
-            if self.floods() {
-                self.send_flood(now, None);
-                self.next_flood = Some(now + self.config.flood_interval);
-            } else {
-                self.next_flood = None;
+        let due: Vec<Timer> = self.timers.due(now).collect();
+        for timer in due {
+            match timer {
+                Timer::Links => {
+                    self.neighbours.handle_timeout(now);
+                    self.flush_actions(now);
+                }
+                Timer::Flood => {
+                    if self.floods() {
+                        self.send_flood(now, None);
+                        self.next_flood = Some(now + self.config.flood_interval);
+                    } else {
+                        self.next_flood = None;
+                    }
+                }
+                Timer::RouteExpiry => {
+                    if self.routing.expire(now, self.config.flood_expiry()) {
+                        self.with_streams(now, |s, ctx| s.reconcile(ctx));
+                        self.flush_actions(now);
+                    }
+                }
+                Timer::Streams => {
+                    self.with_streams(now, |s, ctx| s.handle_timeout(ctx));
+                    self.flush_actions(now);
+                }
             }
         }
-        if self.next_maintenance <= now {
-            self.next_maintenance = now + self.config.maintenance_interval;
-            let expiry = self.config.flood_expiry();
-            if self.routing.expire(now, expiry) {
-                self.with_streams(now, |s, ctx| s.reconcile(ctx));
-            }
-            self.with_streams(now, |s, ctx| s.maintain(ctx));
-            self.flush_actions(now);
+        self.rearm();
+    }
+
+    /// Set every timer from the part that owns it.
+    fn rearm(&mut self) {
+        self.links_touched = false;
+        self.timers
+            .set(Timer::Links, self.neighbours.poll_timeout());
+        self.timers.set(Timer::Flood, self.next_flood);
+        let expiry = self.config.flood_expiry();
+        self.timers
+            .set(Timer::RouteExpiry, self.routing.next_expiry(expiry));
+        self.rearm_streams();
+    }
+
+    /// After a chunk: only the streams' deadline moved (a neighbour heard from only pushes
+    /// its own deadlines later, and an early wake-up merely re-arms).
+    fn rearm_after_chunk(&mut self) {
+        if self.links_touched {
+            self.rearm();
+        } else {
+            self.rearm_streams();
         }
+    }
+
+    fn rearm_streams(&mut self) {
+        let at = self.streams.poll_timeout(&self.config.streams);
+        self.timers.set(Timer::Streams, at);
     }
 
     /// Flood to every neighbour (a new sequence number), or re-send the current flood to one
@@ -539,18 +575,12 @@ impl Node {
         Some(out)
     }
 
+    /// The nearest deadline of any timer, exactly; `None` when nothing waits.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.next_maintenance;
-        if let Some(n) = self.neighbours.poll_timeout() {
-            t = t.min(n);
-        }
-        if let Some(f) = self.next_flood {
-            t = t.min(f);
-        }
-        Some(t)
+        self.timers.next()
     }
 
-    // ---- traces and failover gaps -----------------------------------------------------------
+    // ---- traces -----------------------------------------------------------
 
     /// Start a trace of `video`'s tree from here (see [`crate::overlay::trace`]). `id` should be
     /// random. Our own hop comes back at once as the first [`Output::TraceReply`]; the answers of
@@ -646,123 +676,61 @@ impl Node {
         self.forward_trace(t);
     }
 
-    /// After a chunk from a neighbour: if it was forwarded and a failover happened since the
-    /// previous forwarded chunk, the time between the two is the failover gap.
-    fn watch_gap(&mut self, now: Instant, video: &str) {
-        let failovers = self.streams.counters(video).map_or(0, |c| c.failovers);
-        let last = self.streams.last(video);
-        let w = self.gaps.entry(video.to_string()).or_default();
-        if last == w.last || last.is_none() {
-            return;
-        }
-        if failovers > w.failovers_seen {
-            if let Some(at) = w.last_at {
-                let gap = now.saturating_duration_since(at);
-                w.measured += 1;
-                w.last_gap = Some(gap);
-                w.max_gap = Some(w.max_gap.map_or(gap, |m| m.max(gap)));
-                info!(
-                    video,
-                    gap_ms = gap.as_secs_f64() * 1e3,
-                    parent = ?self.streams.parent(video),
-                    failovers,
-                    "failover gap: first chunk from the new parent"
-                );
-            }
-        }
-        w.failovers_seen = failovers;
-        w.last = last;
-        w.last_at = Some(now);
-    }
-
-    // ---- read-only views -------------------------------------------------------------------
-
-    /// Chunks and bytes per neighbour (or [`SOURCE_LINK`] / [`LOCAL_LINK`]) and video.
-    pub fn link_traffic(&self) -> &BTreeMap<String, BTreeMap<String, LinkTraffic>> {
-        &self.traffic
-    }
-
-    /// Failover gaps measured per video.
-    pub fn failover_gaps(&self) -> &BTreeMap<String, GapWatch> {
-        &self.gaps
-    }
-
-    /// Whether we carry `video` (source, fed, or waiting for a parent).
-    pub fn carries(&self, video: &str) -> bool {
-        self.streams.has(video)
-    }
-
-    /// The parent table: every route to every server, sorted by server then neighbour.
-    pub fn parent_table(&self, now: Instant) -> Vec<ParentView> {
-        self.routing
-            .servers()
-            .iter()
-            .flat_map(|(server, s)| {
-                s.parents.iter().map(move |(n, r)| ParentView {
-                    server: server.clone(),
-                    neighbour: n.clone(),
-                    delay_us: r.delay_us as i64,
-                    samples: r.samples,
-                    age: now.saturating_duration_since(r.last_heard),
-                    link_sum_us: r.link_sum_us,
-                    videos: s.videos.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// The route table: one line per stream.
-    pub fn route_table(&self) -> Vec<RouteView> {
-        self.streams.route_table(&self.routing)
-    }
-
-    /// Our current parent for a video.
-    pub fn parent_of(&self, video: &str) -> Option<&str> {
-        self.streams.parent(video)
-    }
-
-    /// Our second parent for a video (hitless redundancy), if any.
-    pub fn second_parent_of(&self, video: &str) -> Option<&str> {
-        self.streams.second(video)
-    }
-
-    /// Our grandfathers for a video (our parent's providers).
-    pub fn grandfathers(&self, video: &str) -> &[PeerAddr] {
-        self.streams.grandfathers(video)
-    }
-
-    pub fn stream_counters(&self, video: &str) -> Option<&StreamCounters> {
-        self.streams.counters(video)
-    }
-
-    pub fn all_stream_counters(&self) -> &BTreeMap<String, StreamCounters> {
-        self.streams.all_counters()
-    }
-
-    /// Chunks sent per (neighbour, video).
-    pub fn link_copies(&self) -> &BTreeMap<(String, String), u64> {
-        &self.copies
-    }
-
     // ---- plumbing --------------------------------------------------------------------------
 
+    /// Run a streams input against a read-only view of the node, then carry out what the
+    /// streams decided, in order.
     fn with_streams<R>(
         &mut self,
         now: Instant,
         f: impl FnOnce(&mut Streams, &mut Ctx<'_>) -> R,
     ) -> R {
-        let wall_us = self.wall_us(now);
-        let mut ctx = Ctx {
+        let view = View {
             now,
             me: &self.config.name,
-            wall_us,
+            wall_us: self.wall_us(now),
             cfg: &self.config.streams,
             routing: &self.routing,
-            neighbours: &mut self.neighbours,
-            out: &mut self.outputs,
-            copies: &mut self.copies,
+            neighbours: &self.neighbours,
         };
-        f(&mut self.streams, &mut ctx)
+        let r = self.streams.with(&view, f);
+        self.drain_stream_actions(now);
+        r
+    }
+
+    fn drain_stream_actions(&mut self, now: Instant) {
+        while let Some(action) = self.streams.poll_action() {
+            match action {
+                StreamAction::Send { link, msg } => {
+                    if let (OverlayMsg::VideoData(d), Some(n)) = (&msg, self.neighbours.get(link)) {
+                        let video = self.videos.intern(&d.video);
+                        *self.copies.entry((link, video)).or_default() += 1;
+                        // Keyed by the link id: the name is cloned once per link.
+                        self.copy_links
+                            .entry(link)
+                            .or_insert_with(|| n.name.clone());
+                    }
+                    self.outputs.push_back(Output::Send { link, msg });
+                }
+                StreamAction::SourceStart { video } => {
+                    self.outputs.push_back(Output::SourceStart { video })
+                }
+                StreamAction::SourceStop { video } => {
+                    self.outputs.push_back(Output::SourceStop { video })
+                }
+                StreamAction::Deliver { video, data } => {
+                    self.outputs.push_back(Output::Deliver { video, data })
+                }
+                StreamAction::Want(addr) => {
+                    self.neighbours.want(now, addr, false);
+                    self.links_touched = true;
+                }
+                StreamAction::Unwant(addr) => {
+                    self.neighbours.unwant(addr);
+                    self.links_touched = true;
+                }
+            }
+        }
     }
 
     fn flush_actions(&mut self, now: Instant) {
@@ -813,19 +781,4 @@ impl Node {
             }
         }
     }
-}
-
-fn traffic_entry<'a>(
-    traffic: &'a mut BTreeMap<String, BTreeMap<String, LinkTraffic>>,
-    neighbour: &str,
-    video: &str,
-) -> &'a mut LinkTraffic {
-    if !traffic.contains_key(neighbour) {
-        traffic.insert(neighbour.to_string(), BTreeMap::new());
-    }
-    let per = traffic.get_mut(neighbour).expect("inserted");
-    if !per.contains_key(video) {
-        per.insert(video.to_string(), LinkTraffic::default());
-    }
-    per.get_mut(video).expect("inserted")
 }
