@@ -18,6 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -279,7 +280,7 @@ pub struct Sim {
     next_run: u64,
     payload: Bytes,
     /// Crossings per (connection pair, video, epoch, seq).
-    crossings: HashMap<(usize, usize, String, u64, u64), u32>,
+    crossings: HashMap<(usize, usize, Arc<str>, u64, u64), u32>,
     /// Trace answers per (originating node, trace id), in arrival order.
     traces: BTreeMap<(usize, u64), Vec<Vec<TraceHop>>>,
     /// Events handled so far.
@@ -607,7 +608,7 @@ impl Sim {
     pub fn links_carrying(&self, video: &str) -> BTreeMap<(String, String), u64> {
         let mut m = BTreeMap::new();
         for (a, b, v, _, _) in self.crossings.keys() {
-            if v == video {
+            if &**v == video {
                 *m.entry((self.nodes[*a].name.clone(), self.nodes[*b].name.clone()))
                     .or_insert(0) += 1;
             }

@@ -45,6 +45,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -217,7 +218,9 @@ pub struct VideoUnavailable {
 /// One chunk of a live stream.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VideoData {
-    pub video: String,
+    /// Shared, not owned: a relay copies the chunk to every child, and a copy must not
+    /// allocate the name again.
+    pub video: Arc<str>,
     /// Identifies one run of one source; `seq` restarts per epoch.
     pub epoch: u64,
     /// Per-stream chunk sequence number.
@@ -368,7 +371,7 @@ impl OverlayMsg {
                 video: r.str_u16("video_cancel.video")?,
             }),
             TAG_VIDEO_DATA => OverlayMsg::VideoData(VideoData {
-                video: r.str_u16("video_data.video")?,
+                video: r.str_u16("video_data.video")?.into(),
                 epoch: r.u64("video_data.epoch")?,
                 seq: r.u64("video_data.seq")?,
                 flags: r.u8("video_data.flags")?,
@@ -673,7 +676,7 @@ mod tests {
 
     fn video_data_empty() -> OverlayMsg {
         OverlayMsg::VideoData(VideoData {
-            video: String::new(),
+            video: "".into(),
             epoch: 0,
             seq: u64::MAX,
             flags: 0x80,
@@ -1059,7 +1062,7 @@ mod tests {
 
         assert!(encode_video_data_header(&long, 0, 0, 0, &mut buf).is_err());
         let msg = OverlayMsg::VideoData(VideoData {
-            video: long,
+            video: long.into(),
             epoch: 0,
             seq: 0,
             flags: 0,
@@ -1298,7 +1301,7 @@ mod tests {
             )
                 .prop_map(|(video, epoch, seq, flags, payload)| {
                     OverlayMsg::VideoData(VideoData {
-                        video,
+                        video: video.into(),
                         epoch,
                         seq,
                         flags,

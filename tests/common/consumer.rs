@@ -241,7 +241,7 @@ async fn run(
                 };
                 match OverlayMsg::decode(frame.freeze()).map_err(|e| e.to_string())? {
                     OverlayMsg::Ping(p) => send(&mut w, OverlayMsg::Pong(Pong { token: p.token })).await?,
-                    OverlayMsg::VideoData(d) if d.video == video => {
+                    OverlayMsg::VideoData(d) if *d.video == *video => {
                         sink.lock().unwrap().push(Received { epoch: d.epoch, seq: d.seq, at: Instant::now() });
                     }
                     _ => {}

@@ -133,7 +133,7 @@ impl Streams {
             return false;
         };
         let data = VideoData {
-            video: video.to_string(),
+            video: video.into(),
             epoch,
             seq,
             flags: if keyframe { FLAG_KEYFRAME } else { 0 },

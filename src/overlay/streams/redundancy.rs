@@ -91,7 +91,7 @@ impl Streams {
         self.drain_merge(ctx, &video);
         // A switch target in step with what we forward takes over: nothing is lost, and the
         // old parent's chunks would only be copies from now on.
-        if let Some(st) = self.streams.get(&video) {
+        if let Some(st) = self.streams.get(&*video) {
             if st
                 .pending
                 .as_ref()

@@ -76,7 +76,7 @@ impl Streams {
             }
             self.forward_if_in_order(ctx, &video, data);
             // Has the old path caught up with what the new one holds?
-            let st = self.streams.get_mut(&video).expect("present");
+            let st = self.streams.get_mut(&*video).expect("present");
             let c = counters_of(&mut self.counters, &video);
             if let (Some((e, s)), true) = (st.last, st.pending.is_some()) {
                 while st.held.front().is_some_and(|h| h.epoch == e && h.seq <= s) {
