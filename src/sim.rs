@@ -14,6 +14,10 @@
 //! source (a chunk every `chunk_interval` while `SourceStart` holds). The simulator records what
 //! each local consumer received, how many times each chunk crossed each overlay connection,
 //! and lets tests read every node's tables.
+//!
+//! Time is driven exactly as the daemons' drivers drive it: each node has at most one timer
+//! event queued, at its [`Node::poll_timeout`] (none when it returns `None`), and virtual time
+//! jumps from one event to the next; nothing ticks.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};

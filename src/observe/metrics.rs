@@ -5,7 +5,8 @@
 //! with its samples as constant counters and gauges. The text is OpenMetrics (served as
 //! [`CONTENT_TYPE`]): a counter family is named without its `_total` suffix on its HELP and TYPE
 //! lines, its samples carry it (`overlayd_stream_chunks_in_total{...}`), and the text ends with
-//! `# EOF`. Sample names, label names and label order are those of the JSON-era renderer.
+//! `# EOF`. Sample names, label names and label order are those of the hand-written renderer this
+//! replaced, so scrapers and dashboards keep working.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -6,8 +6,8 @@
 //! bootstrapper sends them ([`Device::from_json`]); `parse` turns a file into a [`Topology`]
 //! with `FILE:LINE:COL` errors; `scan` finds where each key and value starts in the text, so
 //! schema errors can point at them; `check` holds the consistency checks behind
-//! `overlayd check-topology`. Everything public is re-exported here. Parsing and checking work on text and values; only [`load`],
-//! [`check_file`] and [`run_check`] read files.
+//! `overlayd check-topology`. Everything public is re-exported here. Parsing and checking work
+//! on text and values; only [`load`], [`check_file`] and [`run_check`] read files.
 //!
 //! Roles: a device's role is its `"role"` field when present. Otherwise `"edge": true` makes it an
 //! edge node, and else the role is inferred from the name, as in the report: a name starting with
