@@ -105,8 +105,11 @@ pub struct StreamCounters {
     pub delivered_local: u64,
     /// Chunks dropped because they were already forwarded (make-before-break overlap).
     pub duplicates: u64,
-    /// Chunks from a neighbour that is not our parent for that video (in flight after a cancel).
+    /// Chunks from a neighbour that is not our parent for that video (in flight after a cancel,
+    /// or from a neighbour that still counts us as its child).
     pub stray: u64,
+    /// Cancels sent to a neighbour because of its stray chunks (see `sequencer::stray`).
+    pub stray_cancels: u64,
     /// Sequence gaps accepted (chunks that never came), summed.
     pub gap_chunks: u64,
     /// Epoch changes (stream restarts) forwarded.
@@ -262,6 +265,8 @@ pub struct Streams {
     /// look for what that makes possible (a new second parent, grandfathers, children to
     /// update) before the input ends, not at a later scan.
     upstreams_changed: bool,
+    /// When we last cancelled a neighbour's stray chunks of a video (rate limit).
+    stray_cancelled: BTreeMap<(String, String), Instant>,
 }
 impl Streams {
     pub fn new(local_videos: Vec<String>) -> Self {

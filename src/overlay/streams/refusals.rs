@@ -4,10 +4,20 @@
 //! through us). A refusal from the parent is a failover.
 
 use super::*;
+use crate::wire::overlay::{OverlayMsg, VideoCancel};
 
 impl Streams {
     pub(crate) fn on_unavailable(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
         self.upstreams_changed = true;
+        // Acknowledged with a cancel, sent before anything this refusal makes us ask: a path
+        // update (a request again) of ours may have crossed the refusal, and the neighbour would
+        // take it as a new request and keep us as a child that no longer listens.
+        ctx.send(
+            from,
+            OverlayMsg::VideoCancel(VideoCancel {
+                video: video.to_string(),
+            }),
+        );
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
@@ -65,8 +75,22 @@ mod tests {
         h.run(|s, ctx| s.routes_updated(ctx));
         assert!(h.sent().contains(&("X".into(), "video_request")));
         h.run(|s, ctx| s.on_unavailable(ctx, "X", "v"));
-        assert_eq!(h.sent(), []);
+        assert_eq!(h.sent(), [("X".into(), "video_cancel")]);
         assert_eq!(h.streams.parent("v"), Some("A"));
         assert_eq!(h.streams.counters("v").map_or(0, |c| c.failovers), 0);
+    }
+
+    #[test]
+    fn a_refusal_is_acknowledged_with_a_cancel_before_the_next_request() {
+        // A path update of ours may have crossed the refusal and made us A's child again:
+        // the cancel, sent first, undoes it before anything else reaches A.
+        let mut h = Harness::with_routes("B", &[("A", 5), ("X", 10)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        assert_eq!(h.sent(), [("A".into(), "video_request")]);
+        h.run(|s, ctx| s.on_unavailable(ctx, "A", "v"));
+        assert_eq!(
+            h.sent(),
+            [("A".into(), "video_cancel"), ("X".into(), "video_request")]
+        );
     }
 }

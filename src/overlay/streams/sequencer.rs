@@ -7,7 +7,10 @@
 //! copies a chunk to every child and hands one to the local consumers.
 
 use super::*;
-use crate::wire::overlay::{OverlayMsg, VideoData};
+use crate::wire::overlay::{OverlayMsg, VideoCancel, VideoData};
+
+/// At most one cancel of a neighbour's stray chunks per neighbour and video in this time.
+pub(super) const STRAY_CANCEL_EVERY: Duration = Duration::from_secs(1);
 
 /// How a chunk relates to the last one forwarded.
 pub(super) enum Order {
@@ -41,15 +44,48 @@ pub(super) fn order(last: Option<(u64, u64)>, data: &VideoData) -> Order {
 impl Streams {
     /// Count a chunk in: its stream's counters and state, or `None` (counted as stray) when we
     /// carry no such stream.
-    pub(super) fn chunk_in(&mut self, video: &str) -> Option<(&mut StreamCounters, &mut Stream)> {
+    pub(super) fn chunk_in(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: &str,
+        video: &str,
+    ) -> Option<(&mut StreamCounters, &mut Stream)> {
+        counters_of(&mut self.counters, video).chunks_in += 1;
+        if !self.streams.contains_key(video) {
+            self.stray(ctx, from, video);
+            return None;
+        }
         let c = counters_of(&mut self.counters, video);
-        c.chunks_in += 1;
-        match self.streams.get_mut(video) {
-            Some(st) => Some((c, st)),
-            None => {
-                c.stray += 1;
-                None
-            }
+        self.streams.get_mut(video).map(|st| (c, st))
+    }
+
+    /// A chunk from a neighbour that is none of the stream's upstreams, or of a stream we do
+    /// not carry: counted and dropped. The neighbour may still count us as its child (its
+    /// acceptance of a request crossed our cancel, or a refusal of an earlier request): then
+    /// it would feed us, and keep its stream up, for ever. So it is told to stop, at most once
+    /// per [`STRAY_CANCEL_EVERY`] per neighbour and video: chunks still in flight after a
+    /// cancel of ours land here too, and one more cancel is all they cost.
+    pub(super) fn stray(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
+        let c = counters_of(&mut self.counters, video);
+        c.stray += 1;
+        let key = (from.to_string(), video.to_string());
+        if self
+            .stray_cancelled
+            .get(&key)
+            .is_some_and(|&t| ctx.now.saturating_duration_since(t) < STRAY_CANCEL_EVERY)
+        {
+            return;
+        }
+        self.stray_cancelled
+            .retain(|_, t| ctx.now.saturating_duration_since(*t) < STRAY_CANCEL_EVERY);
+        if ctx.send(
+            from,
+            OverlayMsg::VideoCancel(VideoCancel {
+                video: video.to_string(),
+            }),
+        ) {
+            c.stray_cancels += 1;
+            self.stray_cancelled.insert(key, ctx.now);
         }
     }
 
@@ -59,7 +95,7 @@ impl Streams {
             return;
         }
         let video = data.video.clone();
-        let Some((c, st)) = self.chunk_in(&video) else {
+        let Some((c, st)) = self.chunk_in(ctx, from, &video) else {
             return;
         };
         if st.is_parent(from) {
@@ -117,7 +153,7 @@ impl Streams {
                 }
             }
         } else {
-            c.stray += 1;
+            self.stray(ctx, from, &video);
         }
     }
 
@@ -242,5 +278,39 @@ mod tests {
             (c.chunks_in, c.chunks_out, c.delivered_local, c.stray),
             (2, 2, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_neighbour_feeding_us_unasked_is_cancelled_once_a_second() {
+        // A still counts us as its child (its acceptance crossed our cancel): without a word
+        // from us it would feed us, and keep its stream, for ever.
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.chunk("A", "v", 1, 1);
+        assert_eq!(h.sent(), [("A".into(), "video_cancel")]);
+        h.advance(STRAY_CANCEL_EVERY / 2);
+        h.chunk("A", "v", 1, 2);
+        assert_eq!(h.sent(), []);
+        h.advance(STRAY_CANCEL_EVERY / 2);
+        h.chunk("A", "v", 1, 3);
+        assert_eq!(h.sent(), [("A".into(), "video_cancel")]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.stray, c.stray_cancels), (3, 2));
+    }
+
+    #[test]
+    fn the_old_parents_chunks_after_a_switch_cost_one_cancel() {
+        let mut h = Harness::with_routes("B", &[("A", 5)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.chunk("A", "v", 1, 1);
+        h.drain();
+        // X, not an upstream of ours, sends two chunks of a stream we carry.
+        h.link("X");
+        h.chunk("X", "v", 1, 2);
+        h.chunk("X", "v", 1, 3);
+        let (sent, delivered) = h.drain();
+        assert_eq!(sent, [("X".into(), "video_cancel")]);
+        assert_eq!(delivered, []);
+        assert_eq!(h.streams.parent("v"), Some("A"));
     }
 }
