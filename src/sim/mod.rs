@@ -29,6 +29,8 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub mod fuzz;
+
 use crate::overlay::{LinkId, Node, NodeConfig, Output};
 use crate::wire::overlay::{OverlayMsg, OverlayRole, TraceHop};
 
@@ -522,6 +524,7 @@ impl Sim {
     /// A local consumer on `name` subscribes to `video`.
     pub fn subscribe(&mut self, name: &str, video: &str) {
         let i = self.idx(name);
+        let _span = tracing::debug_span!("sim", node = %name, t = ?self.now).entered();
         let now = self.instant();
         if let Some(n) = self.nodes[i].node.as_mut() {
             n.subscribe_local(now, video);
@@ -531,6 +534,7 @@ impl Sim {
 
     pub fn unsubscribe(&mut self, name: &str, video: &str) {
         let i = self.idx(name);
+        let _span = tracing::debug_span!("sim", node = %name, t = ?self.now).entered();
         let now = self.instant();
         if let Some(n) = self.nodes[i].node.as_mut() {
             n.unsubscribe_local(now, video);
@@ -568,6 +572,27 @@ impl Sim {
 
     pub fn is_up(&self, name: &str) -> bool {
         self.nodes[self.idx(name)].state == State::Up
+    }
+
+    /// Frozen by [`Sim::hang`], not yet resumed.
+    pub fn is_hung(&self, name: &str) -> bool {
+        self.nodes[self.idx(name)].state == State::Hung
+    }
+
+    /// Not started yet, or crashed.
+    pub fn is_down(&self, name: &str) -> bool {
+        self.nodes[self.idx(name)].state == State::Down
+    }
+
+    /// Whether the node's synthetic source of `video` runs (it was told `SourceStart` and not
+    /// `SourceStop` since).
+    pub fn source_running(&self, name: &str, video: &str) -> bool {
+        self.nodes[self.idx(name)].sources.contains_key(video)
+    }
+
+    /// Whether the path between two nodes is cut.
+    pub fn is_cut(&self, a: &str, b: &str) -> bool {
+        self.cuts.contains(&pair(self.idx(a), self.idx(b)))
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -720,6 +745,9 @@ impl Sim {
             State::Up => {}
         }
         let now = self.instant();
+        // Logs of the machines say which node and when (virtual time).
+        let _span =
+            tracing::debug_span!("sim", node = %self.nodes[i].name, t = ?self.now).entered();
         match ev {
             Event::Timer { .. } => {
                 if self.nodes[i].timer_at != Some(self.now) {
