@@ -108,7 +108,7 @@ pub struct StreamCounters {
     /// Chunks from a neighbour that is not our parent for that video (in flight after a cancel,
     /// or from a neighbour that still counts us as its child).
     pub stray: u64,
-    /// Cancels sent to a neighbour because of its stray chunks (see `sequencer::stray`).
+    /// Cancels sent to a neighbour because of its stray chunks (see `sequencer::cancel_stray`).
     pub stray_cancels: u64,
     /// Sequence gaps accepted (chunks that never came), summed.
     pub gap_chunks: u64,

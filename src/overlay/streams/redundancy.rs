@@ -27,7 +27,8 @@ impl Streams {
     /// A chunk of a redundant stream, from any of its feeds (see module docs).
     pub(super) fn on_data_merged(&mut self, ctx: &mut Ctx<'_>, from: &str, data: VideoData) {
         let video = data.video.clone();
-        let Some((c, st)) = self.chunk_in(ctx, from, &video) else {
+        let Some((c, st)) = self.chunk_in(&video) else {
+            self.cancel_stray(ctx, from, &video);
             return;
         };
         let feed = if st.is_parent(from) {
@@ -37,7 +38,8 @@ impl Streams {
         } else if st.is_pending(from) {
             Feed::Pending
         } else {
-            self.stray(ctx, from, &video);
+            c.stray += 1;
+            self.cancel_stray(ctx, from, &video);
             return;
         };
         let up = match feed {

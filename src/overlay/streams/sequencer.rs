@@ -44,30 +44,25 @@ pub(super) fn order(last: Option<(u64, u64)>, data: &VideoData) -> Order {
 impl Streams {
     /// Count a chunk in: its stream's counters and state, or `None` (counted as stray) when we
     /// carry no such stream.
-    pub(super) fn chunk_in(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        from: &str,
-        video: &str,
-    ) -> Option<(&mut StreamCounters, &mut Stream)> {
-        counters_of(&mut self.counters, video).chunks_in += 1;
-        if !self.streams.contains_key(video) {
-            self.stray(ctx, from, video);
-            return None;
-        }
+    pub(super) fn chunk_in(&mut self, video: &str) -> Option<(&mut StreamCounters, &mut Stream)> {
         let c = counters_of(&mut self.counters, video);
-        self.streams.get_mut(video).map(|st| (c, st))
+        c.chunks_in += 1;
+        match self.streams.get_mut(video) {
+            Some(st) => Some((c, st)),
+            None => {
+                c.stray += 1;
+                None
+            }
+        }
     }
 
-    /// A chunk from a neighbour that is none of the stream's upstreams, or of a stream we do
-    /// not carry: counted and dropped. The neighbour may still count us as its child (its
-    /// acceptance of a request crossed our cancel, or a refusal of an earlier request): then
-    /// it would feed us, and keep its stream up, for ever. So it is told to stop, at most once
-    /// per [`STRAY_CANCEL_EVERY`] per neighbour and video: chunks still in flight after a
-    /// cancel of ours land here too, and one more cancel is all they cost.
-    pub(super) fn stray(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
-        let c = counters_of(&mut self.counters, video);
-        c.stray += 1;
+    /// After a stray chunk (counted by the caller): one from a neighbour that is none of the
+    /// stream's upstreams, or of a stream we do not carry. The neighbour may still count us as
+    /// its child (its acceptance of a request crossed our cancel, or a refusal of an earlier
+    /// request): then it would feed us, and keep its stream up, for ever. So it is told to
+    /// stop, at most once per [`STRAY_CANCEL_EVERY`] per neighbour and video: chunks still in
+    /// flight after a cancel of ours land here too, and one more cancel is all they cost.
+    pub(super) fn cancel_stray(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
         let key = (from.to_string(), video.to_string());
         if self
             .stray_cancelled
@@ -84,7 +79,7 @@ impl Streams {
                 video: video.to_string(),
             }),
         ) {
-            c.stray_cancels += 1;
+            counters_of(&mut self.counters, video).stray_cancels += 1;
             self.stray_cancelled.insert(key, ctx.now);
         }
     }
@@ -95,7 +90,8 @@ impl Streams {
             return;
         }
         let video = data.video.clone();
-        let Some((c, st)) = self.chunk_in(ctx, from, &video) else {
+        let Some((c, st)) = self.chunk_in(&video) else {
+            self.cancel_stray(ctx, from, &video);
             return;
         };
         if st.is_parent(from) {
@@ -153,7 +149,8 @@ impl Streams {
                 }
             }
         } else {
-            self.stray(ctx, from, &video);
+            c.stray += 1;
+            self.cancel_stray(ctx, from, &video);
         }
     }
 
