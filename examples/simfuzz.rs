@@ -3,58 +3,57 @@
 //! summary: seeds run, failures, worst recovery time after the last fault.
 //!
 //! Arguments: `--seeds N` (default 1000), `--from S` (first seed, default 1), `--nodes A-B`
-//! (relays per run, default 10-40), `--seed S` (play one seed and print its event log).
+//! (relays per run, default 10-40), `--seed S` (play one seed and print its event log);
+//! `--help` says the same.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use overlayd::sim::fuzz::{run, FuzzConfig};
 
-fn main() -> ExitCode {
-    let mut seeds = 1000u64;
-    let mut from = 1u64;
-    let mut one: Option<u64> = None;
-    let mut cfg = FuzzConfig::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| match args.next() {
-            Some(v) => v,
-            None => {
-                eprintln!("simfuzz: {name} needs a value");
-                std::process::exit(2);
-            }
-        };
-        let number = |name: &str, v: String| -> u64 {
-            v.parse().unwrap_or_else(|_| {
-                eprintln!("simfuzz: {name} takes a number, not '{v}'");
-                std::process::exit(2);
-            })
-        };
-        match a.as_str() {
-            "--seeds" => seeds = number("--seeds", value("--seeds")),
-            "--from" => from = number("--from", value("--from")),
-            "--seed" => one = Some(number("--seed", value("--seed"))),
-            "--nodes" => {
-                let v = value("--nodes");
-                let Some((lo, hi)) = v.split_once('-') else {
-                    eprintln!("simfuzz: --nodes takes A-B, not '{v}'");
-                    return ExitCode::from(2);
-                };
-                let (lo, hi) = (number("--nodes", lo.into()), number("--nodes", hi.into()));
-                if lo < 2 || lo > hi {
-                    eprintln!("simfuzz: --nodes A-B needs 2 <= A <= B");
-                    return ExitCode::from(2);
-                }
-                cfg.nodes = (lo as usize, hi as usize);
-            }
-            _ => {
-                eprintln!(
-                    "simfuzz: unknown argument '{a}' (--seeds N, --from S, --seed S, --nodes A-B)"
-                );
-                return ExitCode::from(2);
-            }
-        }
+#[derive(Parser)]
+#[command(about = "Randomized fault simulation over many seeds")]
+struct Args {
+    /// How many seeds to play.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Play this one seed and print its report or its violation with the events before it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Relays per run, drawn in A-B.
+    #[arg(long, value_name = "A-B", value_parser = parse_nodes, default_value = "10-40")]
+    nodes: (usize, usize),
+}
+
+fn parse_nodes(v: &str) -> Result<(usize, usize), String> {
+    let range = v
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    match range {
+        Some((lo, hi)) if 2 <= lo && lo <= hi => Ok((lo, hi)),
+        _ => Err(format!("'{v}' is not A-B with 2 <= A <= B")),
     }
+}
+
+fn main() -> ExitCode {
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit(); // --help
+        }
+        let text = e.to_string();
+        let line = text.lines().next().unwrap_or("bad arguments");
+        eprintln!("simfuzz: {}", line.trim_start_matches("error: "));
+        std::process::exit(2);
+    });
+    let (seeds, from, one) = (args.seeds, args.from, args.seed);
+    let cfg = FuzzConfig {
+        nodes: args.nodes,
+        ..FuzzConfig::default()
+    };
     if let Some(seed) = one {
         // One seed: RUST_LOG=debug shows what every node did (with the simulator's time).
         if std::env::var_os("RUST_LOG").is_some() {
