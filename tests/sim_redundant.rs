@@ -633,11 +633,9 @@ fn random_mesh_relay_crashes_lose_far_less_with_redundancy() {
 }
 
 /// The same crashes over 24 other meshes: one mesh's figure moves with any change of timing
-/// (a deadline 20 ms earlier picks another victim), the sum over many does not. A README
-/// command (`cargo nextest run --test sim_redundant --run-ignored only --no-capture`), not CI:
-/// it takes about a minute.
+/// (a deadline 20 ms earlier picks another victim), the sum over many does not. About a minute
+/// in the debug build, in parallel with the rest of the suite.
 #[test]
-#[ignore = "simulation sweep, about a minute: a README command"]
 fn random_mesh_sweep_loses_far_less_with_redundancy() {
     let (mut without, mut with) = (0, 0);
     for seed in 1..=24u64 {
