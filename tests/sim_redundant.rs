@@ -16,6 +16,11 @@ use overlayd::sim::{seq_report, LinkParams, SeqReport, Sim, SimConfig};
 /// S feeds C through A (5+5 ms), B (12+12 ms) or X (20+20 ms); D is C's child. C opts in to
 /// redundancy when `redundant`. Both C and D consume.
 fn fan(seed: u64, redundant: bool) -> Sim {
+    fan_with(seed, redundant, true)
+}
+
+/// [`fan`], with stall suspicion on or off (the old liveness rule) at every node.
+fn fan_with(seed: u64, redundant: bool, suspect: bool) -> Sim {
     let (a, b, x) = (LinkParams::ms(5), LinkParams::ms(12), LinkParams::ms(20));
     let mut s = topology(
         seed,
@@ -32,6 +37,9 @@ fn fan(seed: u64, redundant: bool) -> Sim {
         ],
     );
     s.config_mut("C").streams.redundant = redundant;
+    for n in ["S", "A", "B", "X", "C", "D"] {
+        s.config_mut(n).streams.suspect = suspect;
+    }
     start_and_subscribe(&mut s, secs(3), &["C", "D"], secs(2));
     assert_eq!(s.chain("D", V), vec!["D", "C", "A", "S"]);
     s
@@ -183,18 +191,34 @@ fn lossy_paths_merge_in_order_without_duplicates() {
     assert!(k.redundant_duplicates > 400, "{k:?}");
     assert!(c.chunks > 400);
 
-    // The same without redundancy: the stalls reach the consumer as long gaps.
-    let mut base = fan(13, false);
-    for (a, b) in [("A", "C"), ("B", "C")] {
-        base.set_link(a, b, LinkParams::ms(8).jitter(ms(4)).loss(0.05));
-    }
-    base.run_for(secs(10));
-    let b = seq_report(base.delivered("C", V), t);
+    // The same without redundancy, under the old liveness rule: the stalls reach the
+    // consumer as long gaps. With stall suspicion the stream hops to the other path instead
+    // (printed: it may beat the merge, whose holes wait for either feed).
+    let lossy = |suspect: bool| {
+        let mut base = fan_with(13, false, suspect);
+        for (a, b) in [("A", "C"), ("B", "C")] {
+            base.set_link(a, b, LinkParams::ms(8).jitter(ms(4)).loss(0.05));
+        }
+        base.run_for(secs(10));
+        let r = seq_report(base.delivered("C", V), t);
+        assert_eq!((r.duplicates, r.reorderings), (0, 0), "{r:?}");
+        (r, base.node("C").stream_counters(V).cloned().unwrap())
+    };
+    let (old, _) = lossy(false);
+    let (new, k) = lossy(true);
     println!(
-        "longest gap at C with redundancy {:?}, without {:?}",
-        after.max_gap, b.max_gap
+        "longest gap at C with redundancy {:?}, without: old rule {:?}, stall suspicion {:?} \
+         ({} suspicions, {} cleared, {} switches, {} missing)",
+        after.max_gap,
+        old.max_gap,
+        new.max_gap,
+        k.suspicions,
+        k.suspicions_cleared,
+        k.switches,
+        new.missing
     );
-    assert!(after.max_gap < b.max_gap);
+    assert!(after.max_gap < old.max_gap);
+    assert!(k.suspicions > 0, "{k:?}");
 }
 
 #[test]

@@ -46,6 +46,12 @@ pub struct OverlayArgs {
     /// A neighbour silent this long (milliseconds) is dead.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     pub dead_ms: u64,
+    /// The old liveness rule: a parent that falls silent is noticed only by the link's dead
+    /// timer (--dead-ms). By default a parent silent well beyond its stream's own chunk
+    /// spacing is suspected at once: the stream moves make-before-break to another parent and
+    /// the link is probed fast (3 × 50 ms).
+    #[arg(long)]
+    pub no_suspicion: bool,
     /// TCP port of the control endpoint (plain HTTP: /status, /metrics, /trace); 0 turns it off.
     #[arg(long, default_value_t = crate::net::control::DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
@@ -91,6 +97,7 @@ impl OverlayArgs {
             source: SourcePreference::Auto,
             switch_margin: self.switch_margin,
             switch_sustain: Duration::from_millis(self.switch_sustain_ms),
+            suspicion: !self.no_suspicion,
             flood_interval: Duration::from_secs(1),
             edge_port: DEFAULT_EDGE_PORT,
             relay: RelayMode::Auto,

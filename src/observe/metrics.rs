@@ -451,6 +451,8 @@ fn stream_counter_help(field: &str) -> &'static str {
         "redundant_bytes" => "Payload bytes of redundant copies (redundancy's extra bandwidth)",
         "hitless_failovers" => "Parent losses where the second parent took over with no gap",
         "second_parents" => "Second parents asked (hitless redundancy)",
+        "suspicions" => "Parents suspected: silent beyond the stream's own chunk spacing",
+        "suspicions_cleared" => "Suspected parents that spoke again before the stream moved",
         _ => "Stream counter",
     }
 }

@@ -8,7 +8,9 @@
 //! lexicographically smaller name). Liveness: every link is pinged on a fixed interval in both
 //! directions, whatever direction floods travel, and any frame heard counts as life; a link
 //! silent for `dead_after` is declared dead, which catches hung processes and silently cut links
-//! that TCP alone would notice only after minutes.
+//! that TCP alone would notice only after minutes. A link the streams suspect (a parent silent
+//! beyond its stream's chunk spacing) is probed fast instead: pinged every `probe_interval`,
+//! and dead when nothing at all is heard for `probe_count` of them; any frame clears it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +39,10 @@ pub struct LivenessConfig {
     pub dial_backoff_initial: Duration,
     /// Redial delay cap.
     pub dial_backoff_max: Duration,
+    /// Ping interval of a suspected link (BFD's 50 ms) ...
+    pub probe_interval: Duration,
+    /// ... which is dead when silent for this many intervals from the suspicion.
+    pub probe_count: u32,
 }
 
 impl Default for LivenessConfig {
@@ -46,6 +52,8 @@ impl Default for LivenessConfig {
             dead_after: Duration::from_millis(1000),
             dial_backoff_initial: Duration::from_millis(200),
             dial_backoff_max: Duration::from_secs(5),
+            probe_interval: Duration::from_millis(50),
+            probe_count: 3,
         }
     }
 }
@@ -119,6 +127,8 @@ pub struct Neighbour {
     pub rtt: Option<Duration>,
     pub rtt_samples: u64,
     next_ping: Instant,
+    /// Suspected since (probed fast), until any frame is heard.
+    pub probing_since: Option<Instant>,
 }
 
 /// A wanted address without a live link (see [`NeighbourTable::unlinked`]).
@@ -287,6 +297,7 @@ impl NeighbourTable {
                     rtt: None,
                     rtt_samples: 0,
                     next_ping: now,
+                    probing_since: None,
                 },
             );
             self.names.insert(hello.name.clone(), link);
@@ -341,10 +352,34 @@ impl NeighbourTable {
         gone
     }
 
-    /// Any frame from a link proves it alive.
+    /// Any frame from a link proves it alive (and clears a suspicion).
     pub fn heard(&mut self, now: Instant, link: LinkId) {
         if let Some(n) = self.links.get_mut(&link) {
             n.last_heard = now;
+            n.probing_since = None;
+        }
+    }
+
+    /// A stream suspects the neighbour on `link` (module docs): ping it now and every
+    /// `probe_interval`; nothing heard for `probe_count` intervals and it is dead.
+    pub fn suspect(&mut self, now: Instant, link: LinkId) {
+        if self.config.probe_count == 0 {
+            return;
+        }
+        if let Some(n) = self.links.get_mut(&link) {
+            if n.probing_since.is_none() {
+                n.probing_since = Some(now);
+                n.next_ping = now;
+            }
+        }
+    }
+
+    /// When the link dies unless something is heard: its dead timer, or sooner while probed.
+    fn dead_at(&self, n: &Neighbour) -> Instant {
+        let quiet = n.last_heard + self.config.dead_after;
+        match n.probing_since {
+            Some(since) => quiet.min(since + self.config.probe_interval * self.config.probe_count),
+            None => quiet,
         }
     }
 
@@ -382,10 +417,11 @@ impl NeighbourTable {
         }
         let now_us = self.micros(now);
         let mut dead = Vec::new();
-        for n in self.links.values_mut() {
+        let dead_at: Vec<Instant> = self.links.values().map(|n| self.dead_at(n)).collect();
+        for (n, dead_at) in self.links.values_mut().zip(dead_at) {
             let silent = now.saturating_duration_since(n.last_heard);
-            if silent >= self.config.dead_after {
-                dead.push((n.link, silent));
+            if now >= dead_at {
+                dead.push((n.link, silent, n.probing_since.is_some()));
                 continue;
             }
             if n.next_ping <= now {
@@ -393,12 +429,22 @@ impl NeighbourTable {
                     link: n.link,
                     token: now_us,
                 });
-                n.next_ping = now + self.config.ping_interval;
+                n.next_ping = now
+                    + match n.probing_since {
+                        Some(_) => self.config.probe_interval,
+                        None => self.config.ping_interval,
+                    };
             }
         }
         dead.sort();
-        for (link, silent) in dead {
-            let reason = format!("silent for {} ms", silent.as_millis());
+        for (link, silent, probed) in dead {
+            let reason = match probed {
+                true => format!(
+                    "silent for {} ms, unanswered fast probes",
+                    silent.as_millis()
+                ),
+                false => format!("silent for {} ms", silent.as_millis()),
+            };
             self.close(link, &reason);
             self.link_down(now, link, &reason);
         }
@@ -412,7 +458,7 @@ impl NeighbourTable {
         let links = self
             .links
             .values()
-            .flat_map(|n| [n.next_ping, n.last_heard + self.config.dead_after]);
+            .flat_map(|n| [n.next_ping, self.dead_at(n)]);
         dials.chain(links).min()
     }
 
@@ -497,6 +543,62 @@ mod tests {
 
     fn drain(t: &mut NeighbourTable) -> Vec<Action> {
         std::iter::from_fn(|| t.poll_action()).collect()
+    }
+
+    #[test]
+    fn a_suspected_link_is_probed_fast_and_dies_after_its_unanswered_probes() {
+        let t0 = Instant::now();
+        let cfg = LivenessConfig::default();
+        let mut t = NeighbourTable::new("A", cfg.clone(), t0);
+        let b = addr("127.0.0.2:7701");
+        assert!(t.link_up(t0, LinkId(1), b, None, &hello("B", 7701)));
+        t.handle_timeout(t0);
+        drain(&mut t);
+        let t1 = t0 + Duration::from_millis(30);
+        t.heard(t1, LinkId(1));
+        t.suspect(t1, LinkId(1));
+        // A ping at once, then every probe interval, and death at the third unanswered.
+        assert_eq!(t.poll_timeout(), Some(t1));
+        t.handle_timeout(t1);
+        assert!(matches!(drain(&mut t)[..], [Action::Ping { .. }]));
+        let dead_at = t1 + cfg.probe_interval * cfg.probe_count;
+        let mut now = t1;
+        for _ in 1..cfg.probe_count {
+            now += cfg.probe_interval;
+            assert_eq!(t.poll_timeout(), Some(now));
+            t.handle_timeout(now);
+            assert!(matches!(drain(&mut t)[..], [Action::Ping { .. }]));
+        }
+        assert_eq!(t.poll_timeout(), Some(dead_at));
+        t.handle_timeout(dead_at);
+        let acts = drain(&mut t);
+        assert!(
+            matches!(&acts[..], [Action::Close { reason, .. }, Action::Down { .. }] if reason.contains("fast probes")),
+            "{acts:?}"
+        );
+        assert!(dead_at < t1 + cfg.dead_after);
+
+        // Any frame clears the suspicion: back to slow pings and the dead timer.
+        let mut t = NeighbourTable::new("A", cfg.clone(), t0);
+        assert!(t.link_up(t0, LinkId(1), b, None, &hello("B", 7701)));
+        t.handle_timeout(t0);
+        t.suspect(t0, LinkId(1));
+        t.handle_timeout(t0);
+        drain(&mut t);
+        t.heard(t0 + Duration::from_millis(10), LinkId(1));
+        t.handle_timeout(t0 + Duration::from_millis(10));
+        drain(&mut t);
+        // The probe already planned still goes; the next one is a slow ping.
+        assert_eq!(t.poll_timeout(), Some(t0 + cfg.probe_interval));
+        t.handle_timeout(t0 + Duration::from_millis(60));
+        drain(&mut t);
+        assert_eq!(
+            t.poll_timeout(),
+            Some(t0 + Duration::from_millis(60) + cfg.ping_interval)
+        );
+        t.handle_timeout(dead_at);
+        assert!(drain(&mut t).is_empty(), "no death while heard recently");
+        assert!(t.by_name("B").is_some());
     }
 
     #[test]

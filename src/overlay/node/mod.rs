@@ -729,6 +729,10 @@ impl Node {
                     self.neighbours.unwant(addr);
                     self.links_touched = true;
                 }
+                StreamAction::Probe { link } => {
+                    self.neighbours.suspect(now, link);
+                    self.links_touched = true;
+                }
             }
         }
     }

@@ -88,12 +88,36 @@ pub(super) fn choose_second(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<(
 /// The best usable parent for a stream: among servers offering the video, the one with the
 /// smallest skew-free `link_sum_us`; towards it, the neighbour with the smallest delay.
 pub(super) fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> {
+    choose_among(ctx, video, st, |_, _| true)
+}
+
+/// The best usable parent other than `avoid` whose route does not run through it (a
+/// suspected parent: a path through it would stall with it).
+pub(super) fn choose_avoiding(
+    ctx: &Ctx<'_>,
+    video: &str,
+    st: &Stream,
+    avoid: &str,
+) -> Option<Choice> {
+    choose_among(ctx, video, st, |n, r| {
+        n != avoid && !r.visited.iter().any(|v| v == avoid)
+    })
+}
+
+/// [`choose`] over the routes `ok` accepts.
+fn choose_among(
+    ctx: &Ctx<'_>,
+    video: &str,
+    st: &Stream,
+    ok: impl Fn(&str, &Route) -> bool,
+) -> Option<Choice> {
     let down = st.downstream();
-    let usable = |n: &str| {
+    let usable = |n: &str, r: &Route| {
         n != ctx.me
             && !down.contains(n)
             && !st.refused.get(n).is_some_and(|until| *until > ctx.now)
             && ctx.neighbours.by_name(n).is_some()
+            && ok(n, r)
     };
     // Differences under the switch floor are measurement noise (on a LAN or loopback every
     // path is a fraction of a millisecond): among routes that close, the one with fewer hops
@@ -103,7 +127,7 @@ pub(super) fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> 
         .routing
         .offers(video)
         .filter_map(|(server, routes)| {
-            let usable_routes = routes.parents.iter().filter(|(n, _)| usable(n));
+            let usable_routes = routes.parents.iter().filter(|(n, r)| usable(n, r));
             let ls = usable_routes.clone().map(|(_, r)| r.link_sum_us).min()?;
             let hops = usable_routes.map(|(_, r)| r.visited.len()).min()?;
             Some((ls, hops, server))
@@ -115,7 +139,11 @@ pub(super) fn choose(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<Choice> 
         .filter(|(ls, _, _)| (*ls as f64) <= best_ls as f64 + floor_us)
         .min_by_key(|(ls, hops, server)| (*hops, *ls, *server))?;
     let routes = &ctx.routing.servers()[*server];
-    let parents: Vec<_> = routes.parents.iter().filter(|(n, _)| usable(n)).collect();
+    let parents: Vec<_> = routes
+        .parents
+        .iter()
+        .filter(|(n, r)| usable(n, r))
+        .collect();
     let best_delay = parents
         .iter()
         .map(|(_, r)| r.delay_us)

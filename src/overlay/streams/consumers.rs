@@ -67,7 +67,7 @@ impl Streams {
             .as_ref()
             .is_some_and(|p| st.downstream().contains(p.name.as_str()))
         {
-            self.abandon_switch(ctx, &video);
+            self.abandon_switch(ctx, &video, true);
         }
         let st = self.streams.get_mut(&video).expect("just inserted");
         if st

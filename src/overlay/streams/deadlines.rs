@@ -7,6 +7,7 @@
 //!   (`switch_timeout` after it was asked); an old parent silent for `stall_timeout` while
 //!   the new one delivers ends the switch;
 //! - a better candidate parent has stayed better for `switch_sustain`;
+//! - the parent has been silent beyond the stream's own chunk spacing ([`super::suspicion`]);
 //! - a hole in a redundant stream's merge has waited `stall_timeout`, or the last live feed
 //!   that could fill it goes silent.
 //!
@@ -31,6 +32,9 @@ impl Stream {
         }
         if let Some(until) = self.refused.values().min() {
             at(*until);
+        }
+        if let Some(t) = self.suspect_at(cfg) {
+            at(t);
         }
         if let Some(p) = &self.pending {
             at(p.since + cfg.switch_timeout);
@@ -72,7 +76,8 @@ impl Streams {
     }
 
     /// A deadline came (see module docs): expire refusals, stop lingering sources, give up
-    /// holes, time out switches, and switch to a clearly better parent.
+    /// holes, suspect silent parents, time out switches, and switch to a clearly better
+    /// parent.
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let videos: Vec<String> = self.streams.keys().cloned().collect();
         for video in &videos {
@@ -84,6 +89,7 @@ impl Streams {
             if !st.merge.is_empty() {
                 self.drain_merge(ctx, video);
             }
+            self.check_suspicion(ctx, video);
             self.check_switch(ctx, video);
         }
         self.reconcile(ctx);

@@ -12,8 +12,9 @@
 //! tests: [`stream`] (one video's state), [`consumers`] (children, reference counting,
 //! cancellation), [`upstream`] (parent, failover, link events), [`switch`] (make-before-break
 //! to a better parent), [`sequencer`] (order and at-most-once, hold buffer), [`redundancy`]
-//! (merge of two parents), [`refusals`], [`grandfathers`], [`choice`] (pure parent choice)
-//! and [`deadlines`] (each stream's exact next deadline, and the work done then).
+//! (merge of two parents), [`refusals`], [`grandfathers`], [`choice`] (pure parent choice),
+//! [`suspicion`] (a parent silent beyond the stream's own chunk spacing) and [`deadlines`]
+//! (each stream's exact next deadline, and the work done then).
 //! Streams read the rest of the node through a read-only [`View`] and answer with
 //! [`StreamAction`]s the node drains, as it does for the neighbour table.
 
@@ -25,6 +26,7 @@ mod redundancy;
 mod refusals;
 mod sequencer;
 mod stream;
+mod suspicion;
 mod switch;
 mod upstream;
 
@@ -68,6 +70,13 @@ pub struct StreamConfig {
     pub redundant: bool,
     /// ... or only for these videos.
     pub redundant_videos: Vec<String>,
+    /// Suspect a parent silent beyond the stream's own chunk spacing ([`suspicion`]); off:
+    /// only the link's dead timer notices a silent parent (the old rule).
+    pub suspect: bool,
+    /// A parent is suspected after this many times the stream's peak chunk gap ...
+    pub suspect_factor: f64,
+    /// ... and never sooner than this.
+    pub suspect_floor: Duration,
 }
 
 impl StreamConfig {
@@ -90,6 +99,9 @@ impl Default for StreamConfig {
             source_linger: Duration::from_secs(2),
             redundant: false,
             redundant_videos: Vec::new(),
+            suspect: true,
+            suspect_factor: 3.0,
+            suspect_floor: Duration::from_millis(40),
         }
     }
 }
@@ -136,6 +148,12 @@ pub struct StreamCounters {
     /// Second parents asked (first one and replacements).
     #[serde(default)]
     pub second_parents: u64,
+    /// Parents suspected: silent beyond the stream's own chunk spacing.
+    #[serde(default)]
+    pub suspicions: u64,
+    /// ... that spoke again before the stream moved (no switch).
+    #[serde(default)]
+    pub suspicions_cleared: u64,
 }
 
 /// What a stream is doing.
@@ -191,6 +209,9 @@ pub enum StreamAction {
     Want(SocketAddr),
     /// Stop dialling this grandfather.
     Unwant(SocketAddr),
+    /// A parent on this link is suspected: probe the link fast, so that a dead one is known
+    /// as dead in a few probe intervals.
+    Probe { link: LinkId },
 }
 
 /// What streams read from the rest of the node, lent read-only for one input.

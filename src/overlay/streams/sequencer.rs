@@ -3,7 +3,8 @@
 //! fill ([`order`] is the pure rule: the first chunk after a gap is ahead, not old). A new
 //! epoch is a new stream start. During a make-before-break switch, chunks from the new parent
 //! that are ahead of the old path wait in a small bounded hold buffer until the old path
-//! catches up; the switch then completes without a duplicate or a reordering. Forwarding
+//! catches up; the switch then completes without a duplicate or a reordering (unless the old
+//! parent is suspected of being dead: then the first newer chunk completes it). Forwarding
 //! copies a chunk to every child and hands one to the local consumers.
 
 use super::*;
@@ -95,15 +96,20 @@ impl Streams {
             return;
         };
         if st.is_parent(from) {
-            if let Some(p) = st.parent.as_mut() {
-                p.last_data = Some(ctx.now);
+            let p = st.parent.as_mut().expect("is_parent");
+            p.last_data = Some(ctx.now);
+            let was_suspected = p.suspected;
+            st.spacing.sample(ctx.now);
+            if was_suspected {
+                self.clear_suspicion(ctx, &video);
             }
+            let st = self.streams.get_mut(&*video).expect("present");
             if let Order::Forward {
                 new_epoch: true, ..
             } = order(st.last, &data)
             {
                 // The held chunks belong to the epoch that just ended.
-                c.duplicates += st.held.len() as u64;
+                counters_of(&mut self.counters, &video).duplicates += st.held.len() as u64;
                 st.held.clear();
             }
             self.forward_if_in_order(ctx, &video, data);
@@ -127,6 +133,7 @@ impl Streams {
             if let Some(p) = st.pending.as_mut() {
                 p.last_data = Some(ctx.now);
             }
+            let old_suspected = st.parent.as_ref().is_some_and(|p| p.suspected);
             match st.last {
                 Some((e, s)) if data.epoch == e && data.seq <= s => {
                     // The new path is behind: keep the old one until it catches up.
@@ -135,6 +142,7 @@ impl Streams {
                 Some((e, s))
                     if data.epoch == e
                         && data.seq > s + 1
+                        && !old_suspected
                         && st.held.len() < ctx.cfg.reorder_capacity =>
                 {
                     // The new path is ahead: hold until the old path fills the gap.
@@ -143,7 +151,8 @@ impl Streams {
                 }
                 _ => {
                     // Next in sequence, a new epoch (nothing to align with), the first chunk
-                    // ever, or a full buffer: the new parent takes over now.
+                    // ever, a full buffer, or an old parent that is suspected (silent: the
+                    // gap is accepted): the new parent takes over now.
                     self.complete_switch(ctx, &video);
                     self.forward_if_in_order(ctx, &video, data);
                 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::suspicion::Spacing;
 use super::*;
 use crate::wire::overlay::{PeerAddr, VideoData};
 
@@ -24,6 +25,10 @@ pub(super) struct Upstream {
     /// Last known (delay µs, link sum µs) of the route through it (kept for the failover
     /// log line, when the route itself is already gone).
     pub(super) metric: (Option<i64>, Option<u64>),
+    /// Silent beyond the stream's spacing ([`super::suspicion`]); cleared when it speaks.
+    pub(super) suspected: bool,
+    /// A switch target asked because the parent was suspected (let go if it speaks again).
+    pub(super) by_suspicion: bool,
 }
 
 impl Upstream {
@@ -35,6 +40,8 @@ impl Upstream {
             last_data: None,
             rx: None,
             metric: (None, None),
+            suspected: false,
+            by_suspicion: false,
         }
     }
 }
@@ -71,6 +78,8 @@ pub(super) struct Stream {
     pub(super) gf_dialing: BTreeMap<String, SocketAddr>,
     /// Neighbours skipped for this video until the instant.
     pub(super) refused: BTreeMap<String, Instant>,
+    /// The measured spacing of the parent's chunks ([`super::suspicion`]).
+    pub(super) spacing: Spacing,
 }
 
 impl Stream {
@@ -93,6 +102,7 @@ impl Stream {
             gf_asked: None,
             gf_dialing: BTreeMap::new(),
             refused: BTreeMap::new(),
+            spacing: Spacing::default(),
         }
     }
 

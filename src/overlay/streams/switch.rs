@@ -34,7 +34,9 @@ impl Streams {
         self.request(ctx, video, &to.neighbour);
     }
 
-    pub(super) fn abandon_switch(&mut self, ctx: &mut Ctx<'_>, video: &str) {
+    /// Let the switch target go; `refuse`: it failed (delivered nothing), so it is skipped
+    /// for a while.
+    pub(super) fn abandon_switch(&mut self, ctx: &mut Ctx<'_>, video: &str, refuse: bool) {
         self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
             return;
@@ -46,7 +48,9 @@ impl Streams {
                     video: video.to_string(),
                 }),
             );
-            st.refused.insert(p.name, ctx.now + ctx.cfg.refuse_hold);
+            if refuse {
+                st.refused.insert(p.name, ctx.now + ctx.cfg.refuse_hold);
+            }
         }
         st.held.clear();
         self.drain_merge(ctx, video);
@@ -77,6 +81,7 @@ impl Streams {
         }
         st.gf_asked = None;
         st.grandfathers.clear();
+        st.spacing.restart();
         let held = std::mem::take(&mut st.held);
         counters_of(&mut self.counters, video).switches += 1;
         for data in held {
@@ -99,7 +104,7 @@ impl Streams {
         };
         let timed_out = ctx.now >= p.since + ctx.cfg.switch_timeout;
         if p.last_data.is_none() && timed_out {
-            self.abandon_switch(ctx, video);
+            self.abandon_switch(ctx, video, true);
             return;
         }
         if timed_out {
@@ -110,9 +115,11 @@ impl Streams {
             return;
         }
         let old_silent = st.parent.as_ref().map_or(true, |o| {
-            ctx.now
-                .saturating_duration_since(o.last_data.unwrap_or(o.since))
-                >= ctx.cfg.stall_timeout
+            o.suspected
+                || ctx
+                    .now
+                    .saturating_duration_since(o.last_data.unwrap_or(o.since))
+                    >= ctx.cfg.stall_timeout
         });
         if p.last_data.is_some() && old_silent {
             // The old path died without its link closing: accept the gap.

@@ -27,6 +27,8 @@ pub(super) struct Harness {
     me: String,
     next_link: u64,
     flood_seq: u64,
+    /// Neighbours whose links the streams asked to probe, in order.
+    probed: Vec<String>,
 }
 
 /// What the streams decided, sends resolved to names.
@@ -51,6 +53,7 @@ impl Harness {
             me: me.to_string(),
             next_link: 1,
             flood_seq: 1,
+            probed: Vec::new(),
         }
     }
 
@@ -131,17 +134,36 @@ impl Harness {
         self.now += by;
     }
 
-    /// Everything decided since the last call.
+    /// Everything decided since the last call (probes are also kept for [`Self::probes`]).
     pub fn did(&mut self) -> Vec<Did> {
-        std::iter::from_fn(|| self.streams.poll_action())
+        let actions: Vec<_> = std::iter::from_fn(|| self.streams.poll_action()).collect();
+        actions
+            .into_iter()
             .map(|a| match a {
                 StreamAction::Send { link, msg } => {
                     let name = self.neighbours.get(link).expect("a live link").name.clone();
                     Did::Send(name, msg)
                 }
-                other => Did::Other(other),
+                other => {
+                    if let StreamAction::Probe { link } = &other {
+                        let name = self
+                            .neighbours
+                            .get(*link)
+                            .expect("a live link")
+                            .name
+                            .clone();
+                        self.probed.push(name);
+                    }
+                    Did::Other(other)
+                }
             })
             .collect()
+    }
+
+    /// The neighbours the streams asked to probe since the last call.
+    pub fn probes(&mut self) -> Vec<String> {
+        self.did();
+        std::mem::take(&mut self.probed)
     }
 
     /// The messages sent since the last call, as (to, kind, video).

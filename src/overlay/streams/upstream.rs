@@ -77,6 +77,7 @@ impl Streams {
         });
         st.gf_asked = None;
         st.grandfathers.clear();
+        st.spacing.restart();
         self.request(ctx, video, &c.neighbour);
         self.ask_grandfathers(ctx, video);
     }
