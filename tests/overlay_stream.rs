@@ -1,6 +1,6 @@
 //! Real processes on loopback: a server streams a real clip through a diamond of nodes to a
-//! test consumer; kill -9 of the active middle node moves the stream to the other branch with
-//! no duplicate and no reordering. The measured gap is printed (timing goals are the
+//! test consumer; kill -9 or SIGSTOP of the active middle node moves the stream to the other
+//! branch with no duplicate and no reordering. The measured gap is printed (timing goals are the
 //! benchmarks' business; the bounds here are generous liveness bounds).
 //!
 //! Addresses: 127.72.N.x per test.
@@ -49,7 +49,42 @@ fn current_parent(d: &Daemon) -> Option<String> {
 
 #[test]
 fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
-    let net = 1;
+    let (middle, gap, d, _) = fault_moves_the_stream(1, |ov, middle| ov.daemon(middle).kill());
+    println!(
+        "kill -9 of {middle}: gap at the consumer {:.1} ms; overall {d}",
+        gap.as_secs_f64() * 1e3
+    );
+}
+
+/// A hung relay closes nothing: O4 suspects it from the stream's silence alone (long before
+/// the 1 s dead timer could) and moves make-before-break.
+#[test]
+fn a_hung_middle_node_is_suspected_and_left_without_duplicates() {
+    // The stopped process is killed (SIGKILL works on it) when the overlay is dropped.
+    let (middle, gap, d, o4_log) = fault_moves_the_stream(3, |ov, middle| {
+        let pid = ov.daemon(middle).pid();
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    });
+    println!(
+        "SIGSTOP of {middle}: gap at the consumer {:.1} ms; overall {d}",
+        gap.as_secs_f64() * 1e3
+    );
+    let suspicion = o4_log
+        .iter()
+        .find(|l| l.contains("parent stalled: suspected") && l.contains(&middle));
+    let Some(suspicion) = suspicion else {
+        panic!("O4 never suspected {middle}:\n{}", o4_log.join("\n"));
+    };
+    println!("O4: {suspicion}");
+}
+
+/// O4 streams through a middle node; `fault` hits it; the stream must come back through the
+/// other branch (or the grandfather O1) with no duplicate and no reordering. Returns the
+/// middle node, the gap at the consumer, the consumer's analysis and O4's log.
+fn fault_moves_the_stream(
+    net: u8,
+    fault: impl FnOnce(&mut Diamond, &str),
+) -> (String, Duration, common::consumer::SeqReport, Vec<String>) {
     let mut ov = start_diamond(net);
     let (_, consumer) = consume_at_o4(&mut ov, net);
     assert!(
@@ -62,14 +97,13 @@ fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
     let middle = current_parent(ov.daemon("O4")).expect("O4 logged its parent");
     let other = if middle == "O2" { "O3" } else { "O2" };
     assert!(middle == "O2" || middle == "O3", "parent {middle}");
-    let middle = middle.as_str();
 
     let before = consumer.received().len();
-    let killed_at = Instant::now();
-    ov.daemon(middle).kill();
+    let fault_at = Instant::now();
+    fault(&mut ov, &middle);
     assert!(
         consumer.wait_chunks(before + 100, WAIT),
-        "stream did not resume after killing {middle}; O4 log:\n{}",
+        "stream did not resume after the fault on {middle}; O4 log:\n{}",
         ov.daemon("O4").log().join("\n")
     );
     // O4 moves to the other branch, or (when it has no route through it yet, e.g. on a loaded
@@ -87,20 +121,18 @@ fn kill_of_the_active_middle_node_moves_the_stream_without_duplicates() {
 
     let rx = consumer.received();
     let d = analyse(&rx);
-    let first_after = rx.iter().find(|r| r.at > killed_at).map(|r| r.at);
-    let last_before = rx.iter().rev().find(|r| r.at <= killed_at).map(|r| r.at);
+    let first_after = rx.iter().find(|r| r.at > fault_at).map(|r| r.at);
+    let last_before = rx.iter().rev().find(|r| r.at <= fault_at).map(|r| r.at);
     let gap = match (last_before, first_after) {
         (Some(a), Some(b)) => b.duration_since(a),
         _ => Duration::ZERO,
     };
-    println!(
-        "kill -9 of {middle}: gap at the consumer {:.1} ms; overall {d}",
-        gap.as_secs_f64() * 1e3
-    );
-    assert_eq!(d.duplicates, 0);
-    assert_eq!(d.reorderings, 0);
+    assert_eq!(d.duplicates, 0, "{d}");
+    assert_eq!(d.reorderings, 0, "{d}");
     assert!(gap < Duration::from_secs(5), "gap {gap:?}");
     consumer.stop().unwrap();
+    let o4_log = ov.daemon("O4").log();
+    (middle, gap, d, o4_log)
 }
 
 #[test]

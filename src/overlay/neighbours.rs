@@ -9,8 +9,9 @@
 //! directions, whatever direction floods travel, and any frame heard counts as life; a link
 //! silent for `dead_after` is declared dead, which catches hung processes and silently cut links
 //! that TCP alone would notice only after minutes. A link the streams suspect (a parent silent
-//! beyond its stream's chunk spacing) is probed fast instead: pinged every `probe_interval`,
-//! and dead when nothing at all is heard for `probe_count` of them; any frame clears it.
+//! beyond its stream's chunk spacing, whose probe went unanswered) is probed fast instead:
+//! pinged every `probe_interval`, and dead when nothing at all is heard for `probe_count` of
+//! them; any frame clears it. A stream may also ask for one ping at once (a probe).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -357,6 +358,14 @@ impl NeighbourTable {
         if let Some(n) = self.links.get_mut(&link) {
             n.last_heard = now;
             n.probing_since = None;
+        }
+    }
+
+    /// A stream doubts the neighbour on `link`: ping it now (its answer, like any frame,
+    /// shows in `last_heard`).
+    pub fn probe(&mut self, now: Instant, link: LinkId) {
+        if let Some(n) = self.links.get_mut(&link) {
+            n.next_ping = n.next_ping.min(now);
         }
     }
 

@@ -730,6 +730,10 @@ impl Node {
                     self.links_touched = true;
                 }
                 StreamAction::Probe { link } => {
+                    self.neighbours.probe(now, link);
+                    self.links_touched = true;
+                }
+                StreamAction::Suspect { link } => {
                     self.neighbours.suspect(now, link);
                     self.links_touched = true;
                 }

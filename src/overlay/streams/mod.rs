@@ -73,10 +73,18 @@ pub struct StreamConfig {
     /// Suspect a parent silent beyond the stream's own chunk spacing ([`suspicion`]); off:
     /// only the link's dead timer notices a silent parent (the old rule).
     pub suspect: bool,
-    /// A parent is suspected after this many times the stream's peak chunk gap ...
+    /// A parent's link is probed when it has been silent this many times the stream's mean
+    /// chunk gap ...
+    pub doubt_factor: f64,
+    /// ... but never sooner than this;
+    pub doubt_floor: Duration,
+    /// it is suspected when nothing at all is heard on its link this long (plus the link's
+    /// round trip) after the probe,
+    pub probe_wait: Duration,
+    /// or anyway after this many times the stream's peak chunk gap (at least 250 ms, which
+    /// leaves a live parent the time to mend a stall upstream itself; at most
+    /// `stall_timeout`).
     pub suspect_factor: f64,
-    /// ... and never sooner than this.
-    pub suspect_floor: Duration,
 }
 
 impl StreamConfig {
@@ -100,8 +108,10 @@ impl Default for StreamConfig {
             redundant: false,
             redundant_videos: Vec::new(),
             suspect: true,
+            doubt_factor: 2.0,
+            doubt_floor: Duration::from_millis(25),
+            probe_wait: Duration::from_millis(30),
             suspect_factor: 3.0,
-            suspect_floor: Duration::from_millis(40),
         }
     }
 }
@@ -209,9 +219,11 @@ pub enum StreamAction {
     Want(SocketAddr),
     /// Stop dialling this grandfather.
     Unwant(SocketAddr),
+    /// A parent on this link is doubted: ping it now, its answer tells whether it lives.
+    Probe { link: LinkId },
     /// A parent on this link is suspected: probe the link fast, so that a dead one is known
     /// as dead in a few probe intervals.
-    Probe { link: LinkId },
+    Suspect { link: LinkId },
 }
 
 /// What streams read from the rest of the node, lent read-only for one input.

@@ -98,6 +98,7 @@ impl Streams {
         if st.is_parent(from) {
             let p = st.parent.as_mut().expect("is_parent");
             p.last_data = Some(ctx.now);
+            p.doubt = Default::default();
             let was_suspected = p.suspected;
             st.spacing.sample(ctx.now);
             if was_suspected {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::suspicion::Spacing;
+use super::suspicion::{Doubt, Spacing};
 use super::*;
 use crate::wire::overlay::{PeerAddr, VideoData};
 
@@ -25,7 +25,9 @@ pub(super) struct Upstream {
     /// Last known (delay µs, link sum µs) of the route through it (kept for the failover
     /// log line, when the route itself is already gone).
     pub(super) metric: (Option<i64>, Option<u64>),
-    /// Silent beyond the stream's spacing ([`super::suspicion`]); cleared when it speaks.
+    /// Doubted (probed) for a silence beyond the stream's spacing ([`super::suspicion`]) ...
+    pub(super) doubt: Doubt,
+    /// ... or suspected; both cleared when it speaks.
     pub(super) suspected: bool,
     /// A switch target asked because the parent was suspected (let go if it speaks again).
     pub(super) by_suspicion: bool,
@@ -40,6 +42,7 @@ impl Upstream {
             last_data: None,
             rx: None,
             metric: (None, None),
+            doubt: Doubt::Trusted,
             suspected: false,
             by_suspicion: false,
         }

@@ -1,14 +1,22 @@
 //! Suspicion: a stream that flows is its own heartbeat. It owns the stream's measured chunk
-//! spacing ([`Spacing`]: a peak of the gaps between the parent's chunks that follows a rise at
-//! once and decays slowly) and what a parent's silence well beyond that spacing sets off: the
-//! parent is *suspected*, a make-before-break switch starts towards the best other parent
-//! whose route does not run through it, and the node is asked to probe the link fast
-//! ([`StreamAction::Probe`]). A dead link (a hung relay, a silent cut) then costs the stream
-//! about the suspicion time, not the link's dead timer; the switch completes as soon as the
-//! new parent brings a chunk newer than the last forwarded (the gap is accepted: the old path
-//! is silent). If the old parent speaks first (a scheduler hiccup, a stall of the source that
-//! every path shares) the suspicion is cleared and the switch target let go: no switch
-//! happens, nothing is counted but the suspicion. Redundant streams do not suspect: their
+//! spacing ([`Spacing`]: a mean of the gaps between the parent's chunks, and a peak that
+//! follows a rise at once and decays slowly) and what a parent's silence sets off, in two
+//! steps, the way BFD's echo works:
+//! - *doubt*: silent for twice the mean gap (at least `doubt_floor`), the parent's link is
+//!   pinged once ([`StreamAction::Probe`]); a live parent in a natural pause of its stream
+//!   answers within a round trip, and the doubt ends there;
+//! - *suspicion*: the probe unanswered for `probe_wait` plus the link's round trip (nothing
+//!   at all heard on the link), or
+//!   the stream silent for three times its peak gap (at least [`MEND_TIME`]) even though the
+//!   link answers (a stall upstream the parent cannot mend): a make-before-break switch
+//!   starts towards the best
+//!   other parent whose route does not run through the suspect, and the link is probed fast
+//!   ([`StreamAction::Suspect`]: dead after a few unanswered probes).
+//!
+//! The switch completes as soon as the new parent brings a chunk newer than the last
+//! forwarded (the gap is accepted: the old path is silent). If the old parent speaks first (a
+//! scheduler hiccup, a stall of the source that every path shares) the suspicion is cleared
+//! and the switch target let go: no switch happens. Redundant streams do not suspect: their
 //! merge already rides through the death of either feed.
 
 use std::time::{Duration, Instant};
@@ -25,14 +33,34 @@ pub(super) const MIN_SAMPLES: u32 = 16;
 /// Time constant of the peak's decay: a burst of wide gaps is remembered for tens of
 /// seconds, so a jittery source does not raise a suspicion at each of its bursts.
 const PEAK_DECAY: Duration = Duration::from_secs(10);
+/// A parent that answers its probe is left this long at least to mend a stall upstream of
+/// it (its own suspicion does that in about a tenth of it) before its children move too:
+/// a stall high in the tree must not move every subtree under it.
+pub(super) const MEND_TIME: Duration = Duration::from_millis(250);
+
+/// Weight of a new gap in the mean.
+const MEAN_NEW: f64 = 1.0 / 16.0;
 
 /// The measured spacing of a stream's chunks (see module docs). Pure: fed arrival instants.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Spacing {
     /// Peak gap, µs: `max(gap, peak · e^(-gap/τ))`.
     peak_us: f64,
+    /// Mean gap, µs (EWMA).
+    mean_us: f64,
     samples: u32,
     prev: Option<Instant>,
+}
+
+/// Where a parent stands in the two steps (module docs); back to `Trusted` at its next chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Doubt {
+    #[default]
+    Trusted,
+    /// Probed at `at`; unanswered so far; suspected if still unanswered at `until`.
+    Probed { at: Instant, until: Instant },
+    /// The link answered the probe: alive, only the stream pauses.
+    Answered,
 }
 
 impl Spacing {
@@ -41,7 +69,12 @@ impl Spacing {
         if let Some(prev) = self.prev {
             let gap = now.saturating_duration_since(prev);
             let decay = (-gap.as_secs_f64() / PEAK_DECAY.as_secs_f64()).exp();
-            self.peak_us = (gap.as_micros() as f64).max(self.peak_us * decay);
+            let gap_us = gap.as_micros() as f64;
+            self.peak_us = gap_us.max(self.peak_us * decay);
+            self.mean_us = match self.samples {
+                0 => gap_us,
+                _ => self.mean_us + MEAN_NEW * (gap_us - self.mean_us),
+            };
             self.samples = self.samples.saturating_add(1);
         }
         self.prev = Some(now);
@@ -57,31 +90,51 @@ impl Spacing {
         Duration::from_micros(self.peak_us as u64)
     }
 
-    /// How long the parent may be silent before it is suspected: `factor ×` the peak gap,
-    /// at least the floor, at most the stall timeout; `None` while too few gaps were seen or
-    /// when suspicion is off.
+    pub(super) fn mean(&self) -> Duration {
+        Duration::from_micros(self.mean_us as u64)
+    }
+
+    /// How long the parent may be silent before its link is probed: `doubt_factor ×` the
+    /// mean gap, at least the floor, at most the suspicion time.
+    pub(super) fn doubt_after(&self, cfg: &StreamConfig) -> Option<Duration> {
+        let suspect = self.suspect_after(cfg)?;
+        let t = self.mean().mul_f64(cfg.doubt_factor);
+        Some(t.max(cfg.doubt_floor).min(suspect))
+    }
+
+    /// How long the parent may be silent before it is suspected even though its link
+    /// answers: `factor ×` the peak gap, at least [`MEND_TIME`], at most the stall timeout;
+    /// `None` while too few gaps were seen or when suspicion is off.
     pub(super) fn suspect_after(&self, cfg: &StreamConfig) -> Option<Duration> {
         if !cfg.suspect || self.samples < MIN_SAMPLES {
             return None;
         }
         let t = self.peak().mul_f64(cfg.suspect_factor);
-        Some(t.max(cfg.suspect_floor).min(cfg.stall_timeout))
+        Some(t.max(MEND_TIME).min(cfg.stall_timeout))
     }
 }
 
 impl Stream {
-    /// When the parent becomes suspect if it stays silent, if suspicion applies.
+    /// When the parent is next looked at if it stays silent (a probe to send, a probe's
+    /// answer to check, or the silence that suspects it anyway), if suspicion applies.
     pub(super) fn suspect_at(&self, cfg: &StreamConfig) -> Option<Instant> {
         if self.source.is_some() || self.second.is_some() || self.consumers() == 0 {
             return None;
         }
         let parent = self.parent.as_ref().filter(|p| !p.suspected)?;
-        Some(parent.last_data? + self.spacing.suspect_after(cfg)?)
+        let last = parent.last_data?;
+        let anyway = last + self.spacing.suspect_after(cfg)?;
+        Some(match parent.doubt {
+            Doubt::Trusted => last + self.spacing.doubt_after(cfg)?,
+            Doubt::Probed { until, .. } => until.min(anyway),
+            Doubt::Answered => anyway,
+        })
     }
 }
 
 impl Streams {
-    /// At a deadline: suspect a parent silent beyond the stream's own spacing (module docs).
+    /// At a deadline: doubt, then suspect, a parent silent beyond the stream's own spacing
+    /// (module docs).
     pub(super) fn check_suspicion(&mut self, ctx: &mut Ctx<'_>, video: &str) {
         let Some(st) = self.streams.get_mut(video) else {
             return;
@@ -90,17 +143,41 @@ impl Streams {
             return;
         }
         let peak = st.spacing.peak();
+        let anyway = st.spacing.suspect_after(ctx.cfg);
         let parent = st.parent.as_mut().expect("suspect_at needs a parent");
-        parent.suspected = true;
         let name = parent.name.clone();
         let silent = ctx
             .now
             .saturating_duration_since(parent.last_data.unwrap_or(parent.since));
+        let link = ctx
+            .neighbours
+            .by_name(&name)
+            .map(|n| (n.link, n.last_heard, n.rtt.unwrap_or_default()));
+        if anyway.is_some_and(|a| silent < a) {
+            match (parent.doubt, link) {
+                (Doubt::Trusted, Some((link, _, rtt))) => {
+                    // The answer needs a round trip, and the peer a moment to be scheduled.
+                    parent.doubt = Doubt::Probed {
+                        at: ctx.now,
+                        until: ctx.now + ctx.cfg.probe_wait + rtt,
+                    };
+                    ctx.push(StreamAction::Probe { link });
+                    return;
+                }
+                (Doubt::Probed { at, .. }, Some((_, heard, _))) if heard >= at => {
+                    parent.doubt = Doubt::Answered;
+                    return;
+                }
+                // Unanswered (or no link at all: its loss is on its way).
+                _ => {}
+            }
+        }
+        let probe_unanswered = matches!(parent.doubt, Doubt::Probed { .. });
+        parent.suspected = true;
         st.spacing.restart();
         counters_of(&mut self.counters, video).suspicions += 1;
-        if let Some(n) = ctx.neighbours.by_name(&name) {
-            let link = n.link;
-            ctx.push(StreamAction::Probe { link });
+        if let Some((link, _, _)) = link {
+            ctx.push(StreamAction::Suspect { link });
         }
         let target = match &st.pending {
             // A switch already under way: it now completes as soon as its target delivers.
@@ -116,7 +193,7 @@ impl Streams {
         };
         info!(
             video, parent = %name, silent_ms = silent.as_millis() as u64,
-            peak_gap_ms = peak.as_millis() as u64, to = ?target,
+            peak_gap_ms = peak.as_millis() as u64, probe_unanswered, to = ?target,
             "parent stalled: suspected, make-before-break to another parent and a fast probe"
         );
     }
@@ -149,7 +226,7 @@ mod tests {
     const GAP: Duration = Duration::from_millis(10);
 
     #[test]
-    fn the_peak_follows_a_rise_at_once_and_decays_slowly() {
+    fn the_mean_and_peak_gaps_set_the_doubt_and_the_suspicion() {
         let t0 = Instant::now();
         let mut s = Spacing::default();
         let cfg = StreamConfig::default();
@@ -157,28 +234,30 @@ mod tests {
             assert_eq!(s.suspect_after(&cfg), None, "after {i} gaps");
             s.sample(t0 + GAP * i);
         }
-        assert_eq!(s.peak(), GAP);
-        // The floor rules over a small spacing.
-        assert_eq!(s.suspect_after(&cfg), Some(cfg.suspect_floor));
-        let t1 = t0 + GAP * MIN_SAMPLES + Duration::from_millis(40);
+        assert_eq!((s.mean(), s.peak()), (GAP, GAP));
+        // The floors rule over a small spacing.
+        assert_eq!(s.doubt_after(&cfg), Some(cfg.doubt_floor));
+        assert_eq!(s.suspect_after(&cfg), Some(MEND_TIME));
+        // A wide gap: the peak follows at once, the mean a sixteenth of the way.
+        let t1 = t0 + GAP * MIN_SAMPLES + Duration::from_millis(100);
         s.sample(t1);
-        assert_eq!(s.peak(), Duration::from_millis(40));
-        assert_eq!(
-            s.suspect_after(&cfg),
-            Some(Duration::from_millis(40).mul_f64(cfg.suspect_factor))
-        );
+        assert_eq!(s.peak(), Duration::from_millis(100));
+        assert_eq!(s.suspect_after(&cfg), Some(Duration::from_millis(300)));
+        let mean = s.mean().as_secs_f64() * 1e3;
+        assert!((15.6..15.7).contains(&mean), "mean {mean} ms");
+        assert_eq!(s.doubt_after(&cfg), Some(s.mean() * 2));
         // A second of 10 ms gaps later the peak has decayed by about e^(-1/10), not more.
         let mut t = t1;
         for _ in 0..100 {
             t += GAP;
             s.sample(t);
         }
-        let p = s.peak().as_secs_f64() * 1000.0;
-        assert!((35.0..37.0).contains(&p), "peak {p} ms");
+        let p = s.peak().as_secs_f64() * 1e3;
+        assert!((89.0..92.0).contains(&p), "peak {p} ms");
         // A restart leaves the gap across it unmeasured.
         s.restart();
         s.sample(t + Duration::from_secs(5));
-        assert!(s.peak() < Duration::from_millis(40));
+        assert!(s.peak() < Duration::from_millis(100));
         // Never beyond the stall timeout; off when suspicion is off.
         s.sample(t + Duration::from_secs(7));
         assert_eq!(s.suspect_after(&cfg), Some(cfg.stall_timeout));
@@ -186,10 +265,10 @@ mod tests {
             suspect: false,
             ..StreamConfig::default()
         };
-        assert_eq!(s.suspect_after(&off), None);
+        assert_eq!((s.suspect_after(&off), s.doubt_after(&off)), (None, None));
     }
 
-    /// B fed by A over a flowing stream; X offers the same server too.
+    /// B fed by A over a flowing stream (a chunk every 10 ms); X offers the same server too.
     fn flowing() -> (Harness, u64) {
         let mut h = Harness::new("B");
         h.link("A");
@@ -207,18 +286,26 @@ mod tests {
         (h, seq)
     }
 
-    #[test]
-    fn a_silent_parent_is_suspected_exactly_and_the_stream_moves_on_the_first_newer_chunk() {
-        let (mut h, seq) = flowing();
-        let after = h.cfg.suspect_floor;
-        // A spoke one gap ago.
-        assert_eq!(h.next_deadline_in(), Some(after - GAP));
-        h.expire(after - GAP - Duration::from_millis(1));
+    /// Doubt A exactly (it spoke one gap ago): a probe, nothing else.
+    fn doubt_a(h: &mut Harness) {
+        let doubt = h.cfg.doubt_floor - GAP;
+        assert_eq!(h.next_deadline_in(), Some(doubt));
+        h.expire(doubt - Duration::from_millis(1));
         assert_eq!(h.drain(), (vec![], vec![]));
         h.expire(Duration::from_millis(1));
+        assert_eq!(h.drain(), (vec![], vec![]));
+        assert_eq!(h.probes(), [("probe", "A".to_string())]);
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.probe_wait));
+    }
+
+    #[test]
+    fn an_unanswered_probe_suspects_the_parent_and_the_first_newer_chunk_moves_the_stream() {
+        let (mut h, seq) = flowing();
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
         let (sent, _) = h.drain();
         assert_eq!(sent, [("X".into(), "video_request")]);
-        assert_eq!(h.probes(), ["A"]);
+        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
         // X brings a chunk beyond a hole: the old path is silent, the gap is accepted.
         h.chunk("X", "v", 1, seq + 3);
         let (sent, delivered) = h.drain();
@@ -230,9 +317,50 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_waits_a_round_trip_more_on_a_slow_link() {
+        let (mut h, _) = flowing();
+        // A round trip of 40 ms measured on A's link (the token is the ping's send time in
+        // µs since the table started, which is when the harness did).
+        let link = h.neighbours.by_name("A").unwrap().link;
+        let since_start = (GAP * (MIN_SAMPLES + 1)).as_micros() as u64;
+        h.neighbours.handle_pong(h.now, link, since_start - 40_000);
+        assert_eq!(h.neighbours.by_name("A").unwrap().rtt, Some(Duration::from_millis(40)));
+        h.expire(h.cfg.doubt_floor - GAP);
+        assert_eq!(h.probes(), [("probe", "A".to_string())]);
+        assert_eq!(
+            h.next_deadline_in(),
+            Some(h.cfg.probe_wait + Duration::from_millis(40))
+        );
+    }
+
+    #[test]
+    fn an_answered_probe_waits_for_the_mend_time_then_suspects_anyway() {
+        let (mut h, _) = flowing();
+        doubt_a(&mut h);
+        // The pong: the link lives, only the stream pauses.
+        let link = h.neighbours.by_name("A").unwrap().link;
+        h.advance(Duration::from_millis(1));
+        h.neighbours.heard(h.now, link);
+        let silent = h.cfg.doubt_floor + Duration::from_millis(1);
+        assert_eq!(
+            h.next_deadline_in(),
+            Some(h.cfg.probe_wait - Duration::from_millis(1))
+        );
+        h.expire(h.cfg.probe_wait - Duration::from_millis(1));
+        assert_eq!(h.drain(), (vec![], vec![]));
+        assert_eq!(h.probes(), []);
+        let silent = silent + h.cfg.probe_wait - Duration::from_millis(1);
+        assert_eq!(h.next_deadline_in(), Some(MEND_TIME - silent));
+        h.expire(MEND_TIME - silent);
+        assert_eq!(h.drain().0, [("X".into(), "video_request")]);
+        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
+    }
+
+    #[test]
     fn a_suspected_parent_that_speaks_again_keeps_the_stream_and_nothing_switches() {
         let (mut h, seq) = flowing();
-        h.expire(h.cfg.suspect_floor);
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain().0, [("X".into(), "video_request")]);
         // A was only slow: it speaks before X brought anything.
         h.chunk("A", "v", 1, seq + 1);
@@ -245,12 +373,13 @@ mod tests {
         // X is not held as refused: the next suspicion may ask it at once.
         h.chunk("A", "v", 1, seq + 2);
         h.drain();
-        h.expire(h.cfg.suspect_floor);
+        h.expire(h.cfg.doubt_floor);
+        h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain().0, [("X".into(), "video_request")]);
     }
 
     #[test]
-    fn no_other_parent_means_a_probe_only_and_the_old_rule_suspects_nothing() {
+    fn no_other_parent_means_probes_only_and_the_old_rule_suspects_nothing() {
         let mut h = Harness::new("B");
         h.link("A");
         h.flood("S", &[], "A", 5, &["v"]);
@@ -260,9 +389,10 @@ mod tests {
             h.advance(GAP);
         }
         h.drain();
-        h.expire(h.cfg.suspect_floor);
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain(), (vec![], vec![]));
-        assert_eq!(h.probes(), ["A"]);
+        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
         // Suspected once: no deadline until it speaks again.
         assert_eq!(h.next_deadline_in(), None);
 
@@ -285,8 +415,9 @@ mod tests {
             h.advance(GAP);
         }
         h.drain();
-        h.expire(h.cfg.suspect_floor);
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain().0, []);
-        assert_eq!(h.probes(), ["A"]);
+        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
     }
 }

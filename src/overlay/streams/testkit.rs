@@ -27,8 +27,8 @@ pub(super) struct Harness {
     me: String,
     next_link: u64,
     flood_seq: u64,
-    /// Neighbours whose links the streams asked to probe, in order.
-    probed: Vec<String>,
+    /// Links the streams asked to probe ("probe": once, "suspect": fast), in order.
+    probed: Vec<(&'static str, String)>,
 }
 
 /// What the streams decided, sends resolved to names.
@@ -145,14 +145,14 @@ impl Harness {
                     Did::Send(name, msg)
                 }
                 other => {
-                    if let StreamAction::Probe { link } = &other {
-                        let name = self
-                            .neighbours
-                            .get(*link)
-                            .expect("a live link")
-                            .name
-                            .clone();
-                        self.probed.push(name);
+                    let probe = match &other {
+                        StreamAction::Probe { link } => Some(("probe", *link)),
+                        StreamAction::Suspect { link } => Some(("suspect", *link)),
+                        _ => None,
+                    };
+                    if let Some((kind, link)) = probe {
+                        let name = self.neighbours.get(link).expect("a live link").name.clone();
+                        self.probed.push((kind, name));
                     }
                     Did::Other(other)
                 }
@@ -160,8 +160,8 @@ impl Harness {
             .collect()
     }
 
-    /// The neighbours the streams asked to probe since the last call.
-    pub fn probes(&mut self) -> Vec<String> {
+    /// The links the streams asked to probe since the last call, as (kind, neighbour).
+    pub fn probes(&mut self) -> Vec<(&'static str, String)> {
         self.did();
         std::mem::take(&mut self.probed)
     }
