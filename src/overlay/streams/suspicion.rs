@@ -324,7 +324,10 @@ mod tests {
         let link = h.neighbours.by_name("A").unwrap().link;
         let since_start = (GAP * (MIN_SAMPLES + 1)).as_micros() as u64;
         h.neighbours.handle_pong(h.now, link, since_start - 40_000);
-        assert_eq!(h.neighbours.by_name("A").unwrap().rtt, Some(Duration::from_millis(40)));
+        assert_eq!(
+            h.neighbours.by_name("A").unwrap().rtt,
+            Some(Duration::from_millis(40))
+        );
         h.expire(h.cfg.doubt_floor - GAP);
         assert_eq!(h.probes(), [("probe", "A".to_string())]);
         assert_eq!(
