@@ -1,6 +1,6 @@
 //! Real processes on loopback: a server streams a real clip through a diamond of nodes to a
 //! test consumer; kill -9 or SIGSTOP of the active middle node moves the stream to the other
-//! branch with no duplicate and no reordering. The measured gap is printed (timing goals are the
+//! branch with no duplicate and no reordering, and SIGTERM (a drain) with no loss either. The measured gap is printed (timing goals are the
 //! benchmarks' business; the bounds here are generous liveness bounds).
 //!
 //! Addresses: 127.72.N.x per test.
@@ -76,6 +76,66 @@ fn a_hung_middle_node_is_suspected_and_left_without_duplicates() {
         panic!("O4 never suspected {middle}:\n{}", o4_log.join("\n"));
     };
     println!("O4: {suspicion}");
+}
+
+/// SIGTERM of the active middle node: it drains — O4 moves make-before-break to the other
+/// branch while it still feeds — and exits by itself; the consumer loses nothing.
+#[test]
+fn a_terminated_middle_node_drains_its_child_away_without_losing_a_chunk() {
+    let net = 4;
+    let mut ov = start_diamond(net);
+    let (_, consumer) = consume_at_o4(&mut ov, net);
+    assert!(
+        consumer.wait_chunks(50, WAIT),
+        "no stream reached the consumer"
+    );
+    ov.daemon("O4").wait_for(&["parent chosen"], WAIT);
+    let middle = current_parent(ov.daemon("O4")).expect("O4 logged its parent");
+    assert!(middle == "O2" || middle == "O3", "parent {middle}");
+    // Both branches must be usable before the drain, or there is nowhere to go.
+    let other = if middle == "O2" { "O3" } else { "O2" };
+    ov.daemon("O4").wait_for(&["neighbour up", other], WAIT);
+
+    let before = consumer.received().len();
+    let pid = ov.daemon(&middle).pid();
+    let term_at = Instant::now();
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let code = ov.daemon(&middle).wait_exit(Duration::from_secs(10));
+    let exited_after = term_at.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "{middle} did not exit cleanly; its log:\n{}",
+        ov.daemon(&middle).log().join("\n")
+    );
+    assert!(
+        !ov.daemon(&middle)
+            .matching(&["drained: every child moved elsewhere"])
+            .is_empty(),
+        "{middle} exited without draining; its log:\n{}",
+        ov.daemon(&middle).log().join("\n")
+    );
+    assert!(
+        consumer.wait_chunks(before + 100, WAIT),
+        "stream did not go on after {middle} drained; O4 log:\n{}",
+        ov.daemon("O4").log().join("\n")
+    );
+    assert_eq!(current_parent(ov.daemon("O4")).as_deref(), Some(other));
+    let rx = consumer.received();
+    let d = analyse(&rx);
+    let longest_after = rx
+        .windows(2)
+        .filter(|w| w[1].at > term_at)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "SIGTERM of {middle}: exited after {:.0} ms, longest gap after it {:.1} ms; overall {d}",
+        exited_after.as_secs_f64() * 1e3,
+        longest_after.as_secs_f64() * 1e3
+    );
+    assert_eq!((d.missing, d.duplicates, d.reorderings), (0, 0, 0), "{d}");
+    consumer.stop().unwrap();
 }
 
 /// O4 streams through a middle node; `fault` hits it; the stream must come back through the

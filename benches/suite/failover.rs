@@ -26,6 +26,8 @@ pub enum Fault {
     Stop,
     /// Every packet between O4 and the chosen middle node dropped, both ways: no close.
     Cut,
+    /// SIGTERM: the relay drains (its child moves first), then exits.
+    Term,
 }
 
 /// An nftables table dropping loopback traffic between two addresses, removed on drop.
@@ -81,8 +83,14 @@ struct Trial {
 }
 
 fn trial(net: u8, fault: Fault, old_rule: bool) -> Result<Trial, String> {
+    // The old rule: no stall suspicion, or (SIGTERM) no drain.
+    let old = if fault == Fault::Term {
+        "--drain-ms=0"
+    } else {
+        "--no-suspicion"
+    };
     let mut ov = match old_rule {
-        true => diamond::start("bench", "127.74", net, |_| vec!["--no-suspicion"]),
+        true => diamond::start("bench", "127.74", net, |_| vec![old]),
         false => start_diamond(net),
     };
     let video = some_video();
@@ -111,13 +119,18 @@ fn trial(net: u8, fault: Fault, old_rule: bool) -> Result<Trial, String> {
             let _ = Command::new("kill").args(["-STOP", &pid]).status();
         }
         Fault::Cut => cut = Some(SilentCut::new(net, &addr(net, 5), &middle_ip)?),
+        Fault::Term => {
+            let pid = ov.daemon(middle).pid().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
     }
     std::thread::sleep(OBSERVE);
     let rx = consumer.received();
     let _ = consumer.stop();
     drop(cut);
     let o4 = ov.daemon("O4");
-    if o4.matching(&["failover"]).is_empty() && o4.matching(&["suspected"]).is_empty() {
+    let moved = ["failover", "suspected", "parent draining"];
+    if moved.iter().all(|m| o4.matching(&[m]).is_empty()) {
         return Err(format!("O4 logged no failover after the fault on {middle}"));
     }
     Ok(measure(&rx, fault_at))
@@ -171,16 +184,19 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     rep.start("failover gap at a consumer");
     let mut t = Table::new(
         "Media gap at a consumer when the active relay fails",
-        "every fault, default liveness: <= 150 ms p95 over 20 trials, never a second gap, 0 dup+reord",
+        "every fault, default rules: <= 150 ms p95 over 20 trials, never a second gap, 0 dup+reord; \
+         SIGTERM (drain): 0 chunks lost",
         "Real daemons on loopback, diamond S1 - O1 - {O2, O3} - O4 (tests/overlay_stream.rs), a test \
          consumer on O4 records the arrival of every chunk; the fault hits the middle node O4 chose. \
          Gap = last chunk before the fault to first chunk after it; normal = longest inter-chunk gap \
          in the second before the fault (the stream's own floor); a second gap is a later \
          inter-chunk gap over max(100 ms, 2 x normal) in the 3 s observed. A silent cut drops every \
          packet between O4 and the middle node with nftables (root). A fresh overlay per trial; \
-         default timers (ping 200 ms, dead 1000 ms); \"default\" = stall suspicion (a parent silent \
-         for 3 x the stream's peak chunk gap, at least 40 ms, is left make-before-break and probed \
-         every 50 ms, dead after 3 unanswered), \"old rule\" = --no-suspicion.",
+         default timers (ping 200 ms, dead 1000 ms). \"default\" = stall suspicion (a parent silent \
+         for 2 x the stream's mean chunk gap, at least 25 ms, is probed; unanswered for 30 ms + RTT \
+         it is left make-before-break and probed every 50 ms, dead after 3 unanswered) and drain on \
+         SIGTERM (children moved make-before-break before the exit, at most 2 s); \"old rule\" = \
+         --no-suspicion, or --drain-ms=0 for SIGTERM (exit at once).",
         &[
             "fault",
             "liveness",
@@ -202,6 +218,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         (Fault::Kill, "kill -9"),
         (Fault::Stop, "SIGSTOP"),
         (Fault::Cut, "silent cut"),
+        (Fault::Term, "SIGTERM (drain)"),
     ] {
         for old_rule in [false, true] {
             let rule = if old_rule { "old rule" } else { "default" };

@@ -52,6 +52,11 @@ pub struct OverlayArgs {
     /// the link is probed fast (3 × 50 ms).
     #[arg(long)]
     pub no_suspicion: bool,
+    /// On SIGTERM or SIGINT, first tell the neighbours and let every stream we feed move to
+    /// another parent make-before-break, then exit; wait at most this long (milliseconds).
+    /// 0: exit at once (the old behaviour). SIGKILL never drains.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub drain_ms: u64,
     /// TCP port of the control endpoint (plain HTTP: /status, /metrics, /trace); 0 turns it off.
     #[arg(long, default_value_t = crate::net::control::DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
@@ -98,6 +103,7 @@ impl OverlayArgs {
             switch_margin: self.switch_margin,
             switch_sustain: Duration::from_millis(self.switch_sustain_ms),
             suspicion: !self.no_suspicion,
+            drain: Duration::from_millis(self.drain_ms),
             flood_interval: Duration::from_secs(1),
             edge_port: DEFAULT_EDGE_PORT,
             relay: RelayMode::Auto,

@@ -147,6 +147,9 @@ pub struct DriverConfig {
     pub psk: Psk,
     /// Time allowed for TCP connect, encrypted handshake and hello exchange together.
     pub handshake_timeout: Duration,
+    /// On shutdown, how long at most to drain (let children move elsewhere) before exiting;
+    /// zero: exit at once.
+    pub drain: Duration,
 }
 
 /// Counters the driver keeps (shared, readable while it runs).
@@ -346,7 +349,7 @@ impl NodeDriver {
         self.counters.clone()
     }
 
-    /// Run the node until `shutdown` completes.
+    /// Run the node until `shutdown` completes, then drain (see [`DriverConfig::drain`]).
     pub async fn run(mut self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let started = Instant::now();
@@ -371,6 +374,8 @@ impl NodeDriver {
         self.publish_status(&node, started, &link_drops);
         let mut traces: HashMap<u64, (mpsc::Sender<Vec<TraceHop>>, Instant)> = HashMap::new();
         tokio::pin!(shutdown);
+        // Draining since the shutdown signal, until this instant at most.
+        let mut drain_until: Option<Instant> = None;
 
         loop {
             while let Some(out) = node.poll_output() {
@@ -443,10 +448,30 @@ impl NodeDriver {
                 }
             }
 
+            if let Some(until) = drain_until {
+                if node.drained() {
+                    info!("drained: every child moved elsewhere; exiting");
+                    break;
+                }
+                if Instant::now() >= until {
+                    warn!(
+                        wait_ms = self.cfg.drain.as_millis() as u64,
+                        "drain timed out with children still fed by us; exiting"
+                    );
+                    break;
+                }
+            }
             let deadline = node.poll_timeout();
 
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if drain_until.is_none() => {
+                    if self.cfg.drain.is_zero() || node.drained() {
+                        break;
+                    }
+                    node.start_drain(self.cfg.drain);
+                    drain_until = Some(Instant::now() + self.cfg.drain);
+                }
+                _ = super::sleep_until_or_never(drain_until) => {}
                 Some(ev) = events.recv() => match ev {
                     Event::LinkUp(up) => {
                         let Established { link, remote, dialled, hello, reader, writer } = *up;

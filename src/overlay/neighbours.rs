@@ -130,6 +130,8 @@ pub struct Neighbour {
     next_ping: Instant,
     /// Suspected since (probed fast), until any frame is heard.
     pub probing_since: Option<Instant>,
+    /// It announced it is shutting down (a drain notice): no stream takes it as a parent.
+    pub draining: bool,
 }
 
 /// A wanted address without a live link (see [`NeighbourTable::unlinked`]).
@@ -299,6 +301,7 @@ impl NeighbourTable {
                     rtt_samples: 0,
                     next_ping: now,
                     probing_since: None,
+                    draining: false,
                 },
             );
             self.names.insert(hello.name.clone(), link);
@@ -358,6 +361,18 @@ impl NeighbourTable {
         if let Some(n) = self.links.get_mut(&link) {
             n.last_heard = now;
             n.probing_since = None;
+        }
+    }
+
+    /// The neighbour on `link` announced it is draining; false if it had already (or the
+    /// link is gone).
+    pub fn set_draining(&mut self, link: LinkId) -> bool {
+        match self.links.get_mut(&link) {
+            Some(n) if !n.draining => {
+                n.draining = true;
+                true
+            }
+            _ => false,
         }
     }
 

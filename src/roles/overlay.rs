@@ -82,6 +82,8 @@ pub struct OverlayRoleConfig {
     pub switch_sustain: Duration,
     /// Suspect a parent silent beyond its stream's spacing (off: `--no-suspicion`).
     pub suspicion: bool,
+    /// On SIGTERM, let children move elsewhere for at most this long (`--drain-ms`).
+    pub drain: Duration,
     pub edge_port: u16,
     /// Edge relay (ignored when the device is not an edge).
     pub relay: RelayMode,
@@ -147,6 +149,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
         dial_from: (!cfg.bind.is_unspecified()).then_some(cfg.bind),
         psk: key.psk.clone(),
         handshake_timeout: Duration::from_secs(3),
+        drain: cfg.drain,
     })
     .await?;
     info!(listen = %driver.local_addr(), "overlay listening");

@@ -30,6 +30,7 @@
 //! | `0x0A` | [`Pong`]             | `token: u64`                                                                       |
 //! | `0x0B` | [`Trace`]            | `id: u64`, `video: str`, `reply: bool`, `hops: list<TraceHop>`                     |
 //! | `0x0C` | [`VideoUnavailable`] | `video: str`                                                                       |
+//! | `0x0E` | [`Drain`]            | `within_ms: u32`                                                                   |
 //!
 //! | Item         | Fields in order                   |
 //! |--------------|-----------------------------------|
@@ -79,6 +80,8 @@ pub const TAG_PING: u8 = 0x09;
 pub const TAG_PONG: u8 = 0x0A;
 /// Tag byte of [`OverlayMsg::Trace`].
 pub const TAG_TRACE: u8 = 0x0B;
+/// Tag byte of [`OverlayMsg::Drain`].
+pub const TAG_DRAIN: u8 = 0x0E;
 /// Tag byte of [`OverlayMsg::VideoUnavailable`].
 pub const TAG_VIDEO_UNAVAILABLE: u8 = 0x0C;
 
@@ -206,6 +209,14 @@ pub struct VideoCancel {
     pub video: String,
 }
 
+/// The sender is shutting down on purpose (SIGTERM) and exits within `within_ms`: take no new
+/// stream from it, and move every stream it feeds elsewhere, make-before-break, while it still
+/// feeds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    pub within_ms: u32,
+}
+
 /// A parent's answer to a child it cannot (or can no longer) feed a video: it has no route
 /// to a server offering the video except through the child's own subtree. The child drops the
 /// sender as a parent of that video for a while and asks its next-best parent at once, instead
@@ -317,6 +328,7 @@ pub enum OverlayMsg {
     Pong(Pong),
     Trace(Trace),
     VideoUnavailable(VideoUnavailable),
+    Drain(Drain),
 }
 
 impl OverlayMsg {
@@ -392,6 +404,9 @@ impl OverlayMsg {
             TAG_VIDEO_UNAVAILABLE => OverlayMsg::VideoUnavailable(VideoUnavailable {
                 video: r.str_u16("video_unavailable.video")?,
             }),
+            TAG_DRAIN => OverlayMsg::Drain(Drain {
+                within_ms: r.u32("drain.within_ms")?,
+            }),
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -413,6 +428,7 @@ impl OverlayMsg {
             OverlayMsg::Pong(_) => TAG_PONG,
             OverlayMsg::Trace(_) => TAG_TRACE,
             OverlayMsg::VideoUnavailable(_) => TAG_VIDEO_UNAVAILABLE,
+            OverlayMsg::Drain(_) => TAG_DRAIN,
         }
     }
 
@@ -431,6 +447,7 @@ impl OverlayMsg {
             OverlayMsg::Pong(_) => "pong",
             OverlayMsg::Trace(_) => "trace",
             OverlayMsg::VideoUnavailable(_) => "video_unavailable",
+            OverlayMsg::Drain(_) => "drain",
         }
     }
 
@@ -489,6 +506,7 @@ impl OverlayMsg {
             OverlayMsg::VideoUnavailable(m) => {
                 put_str(dst, "video_unavailable.video", &m.video)?;
             }
+            OverlayMsg::Drain(m) => dst.put_u32(m.within_ms),
             // Written above, before the tag.
             OverlayMsg::VideoData(_) => {}
         }
@@ -551,6 +569,7 @@ impl_from_for_msg!(
     Pong,
     Trace,
     VideoUnavailable,
+    Drain,
 );
 
 #[cfg(test)]
@@ -662,6 +681,10 @@ mod tests {
         OverlayMsg::VideoUnavailable(VideoUnavailable {
             video: "movie".into(),
         })
+    }
+
+    fn drain() -> OverlayMsg {
+        OverlayMsg::Drain(Drain { within_ms: 2000 })
     }
 
     fn video_data() -> OverlayMsg {
@@ -899,6 +922,19 @@ mod tests {
     }
 
     #[test]
+    fn golden_drain() {
+        assert_golden(drain(), "0e 000007d0");
+    }
+
+    #[test]
+    fn round_trip_drain() {
+        assert_round_trip(drain());
+        assert_round_trip(OverlayMsg::Drain(Drain {
+            within_ms: u32::MAX,
+        }));
+    }
+
+    #[test]
     fn golden_video_unavailable() {
         assert_golden(video_unavailable(), "0c 0005 6d6f766965");
     }
@@ -990,12 +1026,14 @@ mod tests {
             pong(),
             trace(),
             video_unavailable(),
+            drain(),
         ];
         let tags: std::collections::BTreeSet<u8> = all.iter().map(OverlayMsg::tag).collect();
         let kinds: std::collections::BTreeSet<&str> = all.iter().map(OverlayMsg::kind).collect();
         assert_eq!(tags.len(), all.len());
         assert_eq!(kinds.len(), all.len());
-        assert_eq!(tags, (0x01..=0x0c).collect());
+        // 0x0D is the route withdrawal's.
+        assert_eq!(tags, (0x01..=0x0c).chain([0x0e]).collect());
     }
 
     #[test]
@@ -1292,6 +1330,7 @@ mod tests {
                 .prop_map(|(video, path)| OverlayMsg::VideoRequest(VideoRequest { video, path })),
             arb_str().prop_map(|video| OverlayMsg::VideoCancel(VideoCancel { video })),
             arb_str().prop_map(|video| OverlayMsg::VideoUnavailable(VideoUnavailable { video })),
+            any::<u32>().prop_map(|within_ms| OverlayMsg::Drain(Drain { within_ms })),
             (
                 arb_str(),
                 any::<u64>(),

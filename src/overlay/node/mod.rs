@@ -16,6 +16,7 @@
 //! wall time counts from the node's creation, which keeps rankings for one server correct
 //! (they are skew-free) but makes one-way delays meaningless.
 
+mod drain;
 mod timers;
 mod views;
 
@@ -151,6 +152,14 @@ pub struct NodeCounters {
     pub traces_forwarded: u64,
     pub traces_answered: u64,
     pub traces_dropped: u64,
+    /// Drain notices sent (we are draining), received from draining neighbours, and
+    /// repeated ones ignored.
+    #[serde(default)]
+    pub drain_notices_sent: u64,
+    #[serde(default)]
+    pub drain_notices_received: u64,
+    #[serde(default)]
+    pub drain_notices_repeated: u64,
 }
 
 /// See module docs.
@@ -182,6 +191,8 @@ pub struct Node {
     /// An input changed what the neighbour table waits for (a dial wanted or dropped) on a
     /// path that otherwise leaves its deadline alone (a chunk).
     links_touched: bool,
+    /// Draining (see [`drain`]): we exit within this.
+    draining: Option<Duration>,
 }
 
 impl Node {
@@ -208,6 +219,7 @@ impl Node {
             flood_seq: None,
             timers: TimerTable::default(),
             links_touched: false,
+            draining: None,
             config,
         };
         if node.floods() {
@@ -400,6 +412,7 @@ impl Node {
             OverlayMsg::GrandfatherReply(g) | OverlayMsg::GrandfatherUpdate(g) => {
                 self.with_streams(now, |s, ctx| s.on_grandfathers(ctx, &from, g))
             }
+            OverlayMsg::Drain(d) => self.handle_drain_notice(now, link, &from, d),
             other @ OverlayMsg::Hello(_) => {
                 self.counters.messages_ignored += 1;
                 debug!(%link, kind = other.kind(), "message not handled by this node");
@@ -427,7 +440,8 @@ impl Node {
         {
             Ok(rec) => {
                 self.streams.flood_from(from, &flood.videos);
-                if let Some(fwd) = rec.forward {
+                // A draining node offers no path any more.
+                if let Some(fwd) = rec.forward.filter(|_| self.draining.is_none()) {
                     let targets: Vec<LinkId> = self
                         .neighbours
                         .neighbours()
@@ -467,7 +481,7 @@ impl Node {
                     self.flush_actions(now);
                 }
                 Timer::Flood => {
-                    if self.floods() {
+                    if self.floods() && self.draining.is_none() {
                         self.send_flood(now, None);
                         self.next_flood = Some(now + self.config.flood_interval);
                     } else {
@@ -768,7 +782,9 @@ impl Node {
                         addr = %n.map(|n| n.listen_addr.to_string()).unwrap_or_default(),
                         "neighbour up"
                     );
-                    if self.flood_seq.is_some() && self.floods() {
+                    if self.draining.is_some() {
+                        self.send_drain_notice(link);
+                    } else if self.flood_seq.is_some() && self.floods() {
                         self.send_flood(now, Some(link));
                     }
                     self.with_streams(now, |s, ctx| s.neighbour_up(ctx, &name));

@@ -2,7 +2,7 @@
 //! the one with the smallest skew-free link sum (near-equal paths: fewer hops), towards it the
 //! neighbour with the smallest delay; for a redundant stream the second parent sharing the
 //! fewest relays with the parent's route. Never a member of our own subtree, a refused
-//! neighbour, or one without a link.
+//! neighbour, a draining one, or one without a link.
 
 use std::collections::BTreeSet;
 
@@ -68,7 +68,7 @@ pub(super) fn choose_second(ctx: &Ctx<'_>, video: &str, st: &Stream) -> Option<(
                 && n.as_str() != ctx.me
                 && !down.contains(n.as_str())
                 && !st.refused.get(*n).is_some_and(|until| *until > ctx.now)
-                && ctx.neighbours.by_name(n).is_some()
+                && ctx.neighbours.by_name(n).is_some_and(|nb| !nb.draining)
                 && !r.visited.contains(&parent.name)
                 && !r.visited.iter().any(|v| down.contains(v.as_str()))
         })
@@ -116,7 +116,7 @@ fn choose_among(
         n != ctx.me
             && !down.contains(n)
             && !st.refused.get(n).is_some_and(|until| *until > ctx.now)
-            && ctx.neighbours.by_name(n).is_some()
+            && ctx.neighbours.by_name(n).is_some_and(|nb| !nb.draining)
             && ok(n, r)
     };
     // Differences under the switch floor are measurement noise (on a LAN or loopback every

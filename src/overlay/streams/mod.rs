@@ -354,6 +354,11 @@ impl Streams {
     }
 
     /// Whether we carry `video` (a stream entry exists: source, fed, or waiting).
+    /// Whether any stream here feeds a child (a draining node waits until none does).
+    pub fn feeds_a_child(&self) -> bool {
+        self.streams.values().any(|st| !st.children.is_empty())
+    }
+
     pub fn has(&self, video: &str) -> bool {
         self.streams.contains_key(video)
     }

@@ -135,10 +135,21 @@ impl Streams {
                 p.last_data = Some(ctx.now);
             }
             let old_suspected = st.parent.as_ref().is_some_and(|p| p.suspected);
+            let old_draining = st
+                .parent
+                .as_ref()
+                .and_then(|p| ctx.neighbours.by_name(&p.name))
+                .is_some_and(|n| n.draining);
             match st.last {
                 Some((e, s)) if data.epoch == e && data.seq <= s => {
-                    // The new path is behind: keep the old one until it catches up.
+                    // The new path is behind: keep the old one until it catches up, unless
+                    // the old one is going away; then move now: the new path's chunks are
+                    // dropped until they pass the last one forwarded (a pause of the lag,
+                    // nothing lost or repeated).
                     c.duplicates += 1;
+                    if old_draining {
+                        self.complete_switch(ctx, &video);
+                    }
                 }
                 Some((e, s))
                     if data.epoch == e

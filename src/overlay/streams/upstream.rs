@@ -2,7 +2,7 @@
 //! best parent ([`super::choice`]); a lost parent (death, refusal, loop) is replaced at once by
 //! the second parent, the switch target, the next-best parent, or the grandfathers, in that
 //! order; with none left the children are told so they move on. Link events (a neighbour up or
-//! down, a failed dial) and route changes arrive here.
+//! down or draining, a failed dial) and route changes arrive here.
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,7 @@ use tracing::info;
 use super::choice::*;
 use super::stream::*;
 use super::*;
+use crate::wire::overlay::VideoCancel;
 
 impl Streams {
     /// Make sure a stream with consumers is fed: start our source, or ask the best parent.
@@ -213,6 +214,67 @@ impl Streams {
         }
     }
 
+    /// `name` is draining (it will exit soon): every stream it feeds moves elsewhere while it
+    /// still feeds — the parent by a make-before-break switch (completed as soon as the new
+    /// path delivers, ahead or behind, so nothing is lost), a second parent by the other feed
+    /// taking over; a switch towards it is let go. With nowhere else to go a stream stays
+    /// until the link goes.
+    pub(crate) fn neighbour_draining(&mut self, ctx: &mut Ctx<'_>, name: &str) {
+        let videos: Vec<String> = self.streams.keys().cloned().collect();
+        for video in videos {
+            let Some(st) = self.streams.get_mut(&video) else {
+                continue;
+            };
+            if st.is_pending(name) {
+                self.abandon_switch(ctx, &video, false);
+            }
+            let st = self.streams.get_mut(&video).expect("present");
+            if st.is_second(name) {
+                info!(video, second = %name, "second parent draining: let go");
+                st.second = None;
+                self.upstreams_changed = true;
+                ctx.send(
+                    name,
+                    OverlayMsg::VideoCancel(VideoCancel {
+                        video: video.clone(),
+                    }),
+                );
+                self.drain_merge(ctx, &video);
+            }
+            let st = self.streams.get_mut(&video).expect("present");
+            if !st.is_parent(name) || st.pending.is_some() {
+                continue;
+            }
+            if let Some(second) = st.second.take() {
+                // The other feed already carries every chunk: it takes over.
+                info!(video, old_parent = %name, parent = %second.name, "parent draining: second parent takes over");
+                st.parent = Some(second);
+                st.gf_asked = None;
+                st.grandfathers.clear();
+                self.upstreams_changed = true;
+                counters_of(&mut self.counters, &video).switches += 1;
+                ctx.send(
+                    name,
+                    OverlayMsg::VideoCancel(VideoCancel {
+                        video: video.clone(),
+                    }),
+                );
+                self.drain_merge(ctx, &video);
+                self.ask_grandfathers(ctx, &video);
+                continue;
+            }
+            match choose(ctx, &video, st) {
+                Some(c) => {
+                    info!(video, parent = %name, to = %c.neighbour, "parent draining: make-before-break to another parent");
+                    self.start_switch(ctx, &video, c);
+                }
+                None => {
+                    info!(video, parent = %name, "parent draining and no other parent: staying until it goes");
+                }
+            }
+        }
+    }
+
     pub(crate) fn dial_failed(&mut self, ctx: &mut Ctx<'_>, addr: SocketAddr) {
         let videos: Vec<String> = self
             .streams
@@ -249,6 +311,76 @@ impl Streams {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::Harness;
+
+    /// B streams "v" from A (X is the other way); A announces it drains.
+    fn draining_parent() -> Harness {
+        let mut h = Harness::with_routes("B", &[("A", 5), ("X", 10)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.chunk("A", "v", 1, 1);
+        h.chunk("A", "v", 1, 2);
+        h.drain();
+        let link = h.neighbours.by_name("A").unwrap().link;
+        assert!(h.neighbours.set_draining(link));
+        assert!(
+            !h.neighbours.set_draining(link),
+            "a repeated notice changes nothing"
+        );
+        h.run(|s, ctx| s.neighbour_draining(ctx, "A"));
+        h
+    }
+
+    #[test]
+    fn a_draining_parent_is_left_make_before_break_without_losing_a_chunk() {
+        let mut h = draining_parent();
+        let (sent, _) = h.drain();
+        assert_eq!(sent, [("X".into(), "video_request")]);
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        // A still feeds; X (behind) delivers a chunk already forwarded: the switch completes
+        // at once instead of waiting for X to catch up.
+        h.chunk("A", "v", 1, 3);
+        h.chunk("X", "v", 1, 2);
+        let (sent, delivered) = h.drain();
+        assert_eq!(delivered, [(1, 3)]);
+        assert!(sent.contains(&("A".into(), "video_cancel")));
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        h.chunk("X", "v", 1, 3);
+        h.chunk("X", "v", 1, 4);
+        assert_eq!(h.drain().1, [(1, 4)]);
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.gap_chunks, c.switches, c.failovers), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_draining_parent_is_kept_until_a_new_path_ahead_of_it_catches_up() {
+        let mut h = draining_parent();
+        h.drain();
+        // X ahead: held until A fills the hole, then the switch completes, in order.
+        h.chunk("X", "v", 1, 4);
+        assert_eq!(h.drain(), (vec![], vec![]));
+        h.chunk("A", "v", 1, 3);
+        let (sent, delivered) = h.drain();
+        assert_eq!(delivered, [(1, 3), (1, 4)]);
+        assert!(sent.contains(&("A".into(), "video_cancel")));
+        assert_eq!(h.streams.counters("v").unwrap().gap_chunks, 0);
+    }
+
+    #[test]
+    fn a_draining_neighbour_is_never_chosen_and_a_lone_one_is_kept() {
+        let mut h = Harness::with_routes("B", &[("A", 5)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.chunk("A", "v", 1, 1);
+        h.drain();
+        let link = h.neighbours.by_name("A").unwrap().link;
+        h.neighbours.set_draining(link);
+        h.run(|s, ctx| s.neighbour_draining(ctx, "A"));
+        assert_eq!(h.drain(), (vec![], vec![]));
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        // A new stream does not take it.
+        h.run(|s, ctx| s.subscribe_local(ctx, "w"));
+        h.flood("S", &[], "A", 5, &["v", "w"]);
+        h.run(|s, ctx| s.routes_updated(ctx));
+        assert_eq!(h.streams.parent("w"), None);
+    }
 
     #[test]
     fn a_dead_parent_is_replaced_by_the_next_best_at_once() {
