@@ -279,6 +279,14 @@ pub fn run(opts: &Opts, rep: &mut Report) {
                 f1(median(&rates)),
             ]);
             let p95 = pct(&gaps, 95.0);
+            let lost: u64 = trials.iter().map(|x| x.missing).sum();
+            if fault == Fault::Term && !old_rule && !trials.is_empty() {
+                let n = trials.len();
+                t.note(match lost {
+                    0 => format!("{label}: 0 chunks lost over {n} trials, meets the goal."),
+                    l => format!("{label}: {l} chunks lost over {n} trials, misses the goal (0)."),
+                });
+            }
             if p95.is_nan() {
                 t.note(format!("{label}: no trial could be measured."));
             } else if old_rule {
