@@ -453,6 +453,7 @@ fn stream_counter_help(field: &str) -> &'static str {
         "second_parents" => "Second parents asked (hitless redundancy)",
         "suspicions" => "Parents suspected: silent beyond the stream's own chunk spacing",
         "suspicions_cleared" => "Suspected parents that spoke again before the stream moved",
+        "suspected_switches" => "Parent switches that left a suspected (silent) parent",
         _ => "Stream counter",
     }
 }

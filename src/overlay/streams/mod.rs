@@ -164,6 +164,9 @@ pub struct StreamCounters {
     /// ... that spoke again before the stream moved (no switch).
     #[serde(default)]
     pub suspicions_cleared: u64,
+    /// Switches (in `switches`) that left a suspected parent.
+    #[serde(default)]
+    pub suspected_switches: u64,
 }
 
 /// What a stream is doing.

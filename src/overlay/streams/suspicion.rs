@@ -314,6 +314,7 @@ mod tests {
         assert_eq!(h.streams.parent("v"), Some("X"));
         let c = h.streams.counters("v").unwrap();
         assert_eq!((c.suspicions, c.switches, c.gap_chunks), (1, 1, 2));
+        assert_eq!(c.suspected_switches, 1);
     }
 
     #[test]

@@ -71,7 +71,9 @@ impl Streams {
             video, parent = %new.name, old_parent = ?st.parent.as_ref().map(|p| p.name.as_str()),
             ?delay_us, ?link_sum_us, "parent switch complete"
         );
+        let mut suspected = false;
         if let Some(old) = st.parent.replace(new) {
+            suspected = old.suspected;
             ctx.send(
                 &old.name,
                 OverlayMsg::VideoCancel(VideoCancel {
@@ -83,7 +85,9 @@ impl Streams {
         st.grandfathers.clear();
         st.spacing.restart();
         let held = std::mem::take(&mut st.held);
-        counters_of(&mut self.counters, video).switches += 1;
+        let c = counters_of(&mut self.counters, video);
+        c.switches += 1;
+        c.suspected_switches += u64::from(suspected);
         for data in held {
             self.forward_if_in_order(ctx, video, data);
         }
