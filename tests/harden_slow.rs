@@ -72,6 +72,7 @@ impl Sloth {
                     OverlayMsg::VideoRequest(VideoRequest {
                         video: video.clone(),
                         path: vec!["Sloth".into()],
+                        has: None,
                     }),
                 ] {
                     let mut buf = BytesMut::new();

@@ -124,6 +124,7 @@ async fn child(
                 OverlayMsg::VideoRequest(VideoRequest {
                     video: VIDEO.into(),
                     path: vec![name.clone()],
+                    has: None,
                 }),
             )
             .await?;

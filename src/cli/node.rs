@@ -32,8 +32,9 @@ pub struct NodeArgs {
     /// Hitless redundancy for these videos only (comma-separated names).
     #[arg(long, value_name = "A,B", value_parser = parse_video_list)]
     pub redundant_videos: Option<VideoList>,
-    /// Bound of an edge's GOP cache per video, in bytes (the chunks since the last keyframe,
-    /// replayed to a joining client so its player starts at once); 0 turns the cache off.
+    /// Bound of the GOP cache per video, in bytes (the chunks since the last keyframe,
+    /// replayed to a joining client of an edge, or a joining child in the overlay, so its
+    /// player starts at once; at most 192 chunks in the overlay); 0 turns the cache off.
     #[arg(long, default_value_t = EdgeConfig::DEFAULT_GOP_CACHE_BYTES)]
     pub gop_cache_bytes: usize,
     /// Most client sessions an edge serves at once; more are refused as busy.

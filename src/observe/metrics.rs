@@ -454,6 +454,7 @@ fn stream_counter_help(field: &str) -> &'static str {
         "suspicions" => "Parents suspected: silent beyond the stream's own chunk spacing",
         "suspicions_cleared" => "Suspected parents that spoke again before the stream moved",
         "suspected_switches" => "Parent switches that left a suspected (silent) parent",
+        "gop_chunks_sent" => "Cached chunks since the last keyframe sent to joining children",
         _ => "Stream counter",
     }
 }

@@ -91,7 +91,8 @@ pub struct OverlayRoleConfig {
     pub redundant: bool,
     /// ... or for these videos (`--redundant-videos`).
     pub redundant_videos: Vec<String>,
-    /// Edge GOP cache bound per video in bytes; 0: off (`--gop-cache-bytes`).
+    /// GOP cache bound per video in bytes, at the edge and in the overlay; 0: off
+    /// (`--gop-cache-bytes`).
     pub gop_cache_bytes: usize,
     /// Most client sessions of an edge (`--max-clients`).
     pub max_clients: usize,
@@ -160,6 +161,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     node_cfg.streams.switch_margin = cfg.switch_margin;
     node_cfg.streams.switch_sustain = cfg.switch_sustain;
     node_cfg.streams.suspect = cfg.suspicion;
+    node_cfg.streams.gop_cache_bytes = cfg.gop_cache_bytes;
     node_cfg.streams.redundant = cfg.redundant;
     node_cfg.streams.redundant_videos = cfg.redundant_videos.clone();
     if cfg.redundant || !cfg.redundant_videos.is_empty() {

@@ -633,6 +633,18 @@ impl Sim {
         self.crossings.values().copied().max().unwrap_or(0)
     }
 
+    /// The chunks that crossed one connection more than `n` times: (from, to, epoch, seq).
+    pub fn crossings_over(&self, n: u32) -> Vec<((String, String, u64, u64), u32)> {
+        self.crossings
+            .iter()
+            .filter(|(_, c)| **c > n)
+            .map(|((a, b, _, e, s), c)| {
+                let names = (self.nodes[*a].name.clone(), self.nodes[*b].name.clone());
+                ((names.0, names.1, *e, *s), *c)
+            })
+            .collect()
+    }
+
     /// Overlay pairs that carried `video`, with the number of chunks each carried.
     pub fn links_carrying(&self, video: &str) -> BTreeMap<(String, String), u64> {
         let mut m = BTreeMap::new();
@@ -846,7 +858,12 @@ impl Sim {
                         continue;
                     };
                     let side = usize::from(self.conns[&conn].ends[0] != i);
-                    if let OverlayMsg::VideoData(d) = &msg {
+                    // A GOP replay re-sends on purpose what a child lacks (it may have
+                    // dropped it as stray before): not a copy the tree made twice.
+                    if let Some(d) = match &msg {
+                        OverlayMsg::VideoData(d) if !d.is_replayed() => Some(d),
+                        _ => None,
+                    } {
                         let c = &self.conns[&conn];
                         let (a, b) = pair(c.ends[0], c.ends[1]);
                         *self

@@ -23,7 +23,7 @@
 //! | `0x03` | [`GrandfatherRequest`] | `video: str`                                                                     |
 //! | `0x04` | grandfather reply ([`Grandfathers`]) | `video: str`, `grandfathers: list<PeerAddr>`                        |
 //! | `0x05` | grandfather update ([`Grandfathers`]) | same as `0x04`                                                     |
-//! | `0x06` | [`VideoRequest`]     | `video: str`, `path: list<str>`                                                    |
+//! | `0x06` | [`VideoRequest`]     | `video: str`, `path: list<str>`, `has: bool`, then if `has`: `epoch: u64`, `seq: u64` |
 //! | `0x07` | [`VideoCancel`]      | `video: str`                                                                       |
 //! | `0x08` | [`VideoData`]        | `video: str`, `epoch: u64`, `seq: u64`, `flags: u8`, then the payload: every remaining byte of the record |
 //! | `0x09` | [`Ping`]             | `token: u64`                                                                       |
@@ -56,7 +56,7 @@ use super::{
 };
 
 /// Version of the overlay protocol this build speaks, sent in [`Hello`].
-pub const OVERLAY_VERSION: u16 = 1;
+pub const OVERLAY_VERSION: u16 = 2;
 
 /// Tag byte of [`OverlayMsg::Hello`].
 pub const TAG_HELLO: u8 = 0x01;
@@ -87,6 +87,9 @@ pub const TAG_VIDEO_UNAVAILABLE: u8 = 0x0C;
 
 /// [`VideoData::flags`] bit: the chunk starts with a keyframe (a random access point).
 pub const FLAG_KEYFRAME: u8 = 0x01;
+/// [`VideoData::flags`] bit: a copy from the sender's GOP cache, replayed to a joining child
+/// (one hop only: a relay forwards it without the bit).
+pub const FLAG_REPLAYED: u8 = 0x02;
 
 /// Bytes of a [`VideoData`] message before the payload when the video name is empty:
 /// tag, string length, epoch, seq, flags.
@@ -201,6 +204,9 @@ pub struct VideoRequest {
     pub video: String,
     /// Names the request climbed so far (loop prevention).
     pub path: Vec<String>,
+    /// The last (epoch, seq) the asker forwarded, if any: a parent that carries the same
+    /// epoch sends it the cached chunks after that one (its GOP cache) before the live ones.
+    pub has: Option<(u64, u64)>,
 }
 
 /// Tells a parent this child no longer wants a video.
@@ -253,6 +259,11 @@ impl VideoData {
     /// True when the chunk starts with a keyframe.
     pub fn is_keyframe(&self) -> bool {
         self.flags & FLAG_KEYFRAME != 0
+    }
+
+    /// Whether this copy was replayed from a GOP cache ([`FLAG_REPLAYED`]).
+    pub fn is_replayed(&self) -> bool {
+        self.flags & FLAG_REPLAYED != 0
     }
 }
 
@@ -378,6 +389,10 @@ impl OverlayMsg {
             TAG_VIDEO_REQUEST => OverlayMsg::VideoRequest(VideoRequest {
                 video: r.str_u16("video_request.video")?,
                 path: r.str_list("video_request.path")?,
+                has: match r.bool("video_request.has")? {
+                    true => Some((r.u64("video_request.epoch")?, r.u64("video_request.seq")?)),
+                    false => None,
+                },
             }),
             TAG_VIDEO_CANCEL => OverlayMsg::VideoCancel(VideoCancel {
                 video: r.str_u16("video_cancel.video")?,
@@ -491,6 +506,11 @@ impl OverlayMsg {
             OverlayMsg::VideoRequest(m) => {
                 put_str(dst, "video_request.video", &m.video)?;
                 put_str_list(dst, "video_request.path", &m.path)?;
+                put_bool(dst, m.has.is_some());
+                if let Some((epoch, seq)) = m.has {
+                    dst.put_u64(epoch);
+                    dst.put_u64(seq);
+                }
             }
             OverlayMsg::VideoCancel(m) => {
                 put_str(dst, "video_cancel.video", &m.video)?;
@@ -668,6 +688,7 @@ mod tests {
         OverlayMsg::VideoRequest(VideoRequest {
             video: "movie".into(),
             path: strings(&["O5", "O3"]),
+            has: None,
         })
     }
 
@@ -795,6 +816,7 @@ mod tests {
         assert_round_trip(OverlayMsg::VideoRequest(VideoRequest {
             video: "movie".into(),
             path: vec![],
+            has: Some((u64::MAX, 7)),
         }));
         assert_round_trip(video_cancel());
     }
@@ -853,7 +875,7 @@ mod tests {
             hello(),
             concat!(
                 "01",        // tag
-                "0001",      // version 1
+                "0002",      // version 2
                 "02",        // role node
                 "1b58",      // listen_port 7000
                 "0002 4f31", // name "O1"
@@ -912,8 +934,18 @@ mod tests {
     fn golden_video_request() {
         assert_golden(
             video_request(),
-            "06 0005 6d6f766965 0002 0002 4f35 0002 4f33",
+            "06 0005 6d6f766965 0002 0002 4f35 0002 4f33 00",
         );
+    }
+
+    #[test]
+    fn golden_video_request_with_what_it_has() {
+        let msg = OverlayMsg::VideoRequest(VideoRequest {
+            video: "v".into(),
+            path: vec![],
+            has: Some((3, 256)),
+        });
+        assert_golden(msg, "06 0001 76 0000 01 0000000000000003 0000000000000100");
     }
 
     #[test]
@@ -1087,6 +1119,7 @@ mod tests {
         let msg = OverlayMsg::VideoRequest(VideoRequest {
             video: "v".into(),
             path: vec![String::new(); MAX_LIST_LEN + 1],
+            has: None,
         });
         assert_eq!(
             msg.encode(&mut buf),
@@ -1115,6 +1148,7 @@ mod tests {
         let msg = OverlayMsg::VideoRequest(VideoRequest {
             video: "v".repeat(MAX_STR_LEN),
             path: vec!["O".into(); MAX_LIST_LEN],
+            has: Some((1, 2)),
         });
         assert_round_trip(msg);
     }
@@ -1326,8 +1360,9 @@ mod tests {
                 .prop_map(|video| OverlayMsg::GrandfatherRequest(GrandfatherRequest { video })),
             arb_grandfathers().prop_map(OverlayMsg::GrandfatherReply),
             arb_grandfathers().prop_map(OverlayMsg::GrandfatherUpdate),
-            (arb_str(), arb_strs())
-                .prop_map(|(video, path)| OverlayMsg::VideoRequest(VideoRequest { video, path })),
+            (arb_str(), arb_strs(), any::<Option<(u64, u64)>>()).prop_map(|(video, path, has)| {
+                OverlayMsg::VideoRequest(VideoRequest { video, path, has })
+            }),
             arb_str().prop_map(|video| OverlayMsg::VideoCancel(VideoCancel { video })),
             arb_str().prop_map(|video| OverlayMsg::VideoUnavailable(VideoUnavailable { video })),
             any::<u32>().prop_map(|within_ms| OverlayMsg::Drain(Drain { within_ms })),

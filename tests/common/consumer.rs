@@ -224,6 +224,7 @@ async fn run(
         OverlayMsg::VideoRequest(VideoRequest {
             video: video.clone(),
             path: vec![name],
+            has: None,
         }),
     )
     .await?;

@@ -34,6 +34,7 @@ impl Streams {
 
     pub(crate) fn on_request(&mut self, ctx: &mut Ctx<'_>, from: &str, req: VideoRequest) {
         let video = req.video;
+        let has = req.has;
         // Our second parent asks us for the video before it learnt it feeds us: two redundant
         // nodes picked each other at once. Serving would make each the other's child, both
         // would let go and pick each other again, forever. The smaller name keeps its second
@@ -60,7 +61,11 @@ impl Streams {
         if !path.iter().any(|n| n == from) {
             path.push(from.to_string());
         }
-        st.children.insert(from.to_string(), path);
+        let new_child = st.children.insert(from.to_string(), path).is_none();
+        if st.last.is_none() && st.has_hint.is_none() {
+            // We have nothing yet: what the child has is what our subtree has seen.
+            st.has_hint = has;
+        }
         // A child leaving the pending switch target in our subtree: the switch would loop.
         if st
             .pending
@@ -99,6 +104,9 @@ impl Streams {
             self.send_path_update(ctx, &video);
         }
         self.activate(ctx, &video, true);
+        if new_child {
+            self.replay_gop(ctx, &video, from, has);
+        }
     }
 
     pub(crate) fn on_cancel(&mut self, ctx: &mut Ctx<'_>, from: &str, video: &str) {
@@ -188,6 +196,7 @@ impl Streams {
             OverlayMsg::VideoRequest(VideoRequest {
                 video: video.to_string(),
                 path,
+                has: st.has(),
             }),
         );
     }

@@ -12,7 +12,8 @@
 //! tests: [`stream`] (one video's state), [`consumers`] (children, reference counting,
 //! cancellation), [`upstream`] (parent, failover, link events), [`switch`] (make-before-break
 //! to a better parent), [`sequencer`] (order and at-most-once, hold buffer), [`redundancy`]
-//! (merge of two parents), [`refusals`], [`grandfathers`], [`choice`] (pure parent choice),
+//! (merge of two parents), [`refusals`], [`grandfathers`], [`gop`] (the chunks since the last
+//! keyframe, for joining children), [`choice`] (pure parent choice),
 //! [`suspicion`] (a parent silent beyond the stream's own chunk spacing) and [`deadlines`]
 //! (each stream's exact next deadline, and the work done then).
 //! Streams read the rest of the node through a read-only [`View`] and answer with
@@ -21,6 +22,7 @@
 mod choice;
 mod consumers;
 mod deadlines;
+mod gop;
 mod grandfathers;
 mod redundancy;
 mod refusals;
@@ -70,6 +72,8 @@ pub struct StreamConfig {
     pub redundant: bool,
     /// ... or only for these videos.
     pub redundant_videos: Vec<String>,
+    /// Bound of each stream's GOP cache in bytes ([`gop`]); 0: off.
+    pub gop_cache_bytes: usize,
     /// Suspect a parent silent beyond the stream's own chunk spacing ([`suspicion`]); off:
     /// only the link's dead timer notices a silent parent (the old rule).
     pub suspect: bool,
@@ -107,6 +111,7 @@ impl Default for StreamConfig {
             source_linger: Duration::from_secs(2),
             redundant: false,
             redundant_videos: Vec::new(),
+            gop_cache_bytes: 512 << 10,
             suspect: true,
             doubt_factor: 2.0,
             doubt_floor: Duration::from_millis(25),
@@ -167,6 +172,9 @@ pub struct StreamCounters {
     /// Switches (in `switches`) that left a suspected parent.
     #[serde(default)]
     pub suspected_switches: u64,
+    /// Cached chunks (since the last keyframe) sent to joining children.
+    #[serde(default)]
+    pub gop_chunks_sent: u64,
 }
 
 /// What a stream is doing.

@@ -1,14 +1,15 @@
 //! Sequencer: every chunk that passes, in order and at most once. Chunks carry (epoch, seq);
 //! a chunk is forwarded only if it is the next one, or after a gap the old path can no longer
 //! fill ([`order`] is the pure rule: the first chunk after a gap is ahead, not old). A new
-//! epoch is a new stream start. During a make-before-break switch, chunks from the new parent
+//! epoch is a new stream start; a return to an epoch we left passes only beyond what we
+//! forwarded of it then (the last few epochs are remembered). During a make-before-break switch, chunks from the new parent
 //! that are ahead of the old path wait in a small bounded hold buffer until the old path
 //! catches up; the switch then completes without a duplicate or a reordering (unless the old
 //! parent is suspected of being dead: then the first newer chunk completes it). Forwarding
 //! copies a chunk to every child and hands one to the local consumers.
 
 use super::*;
-use crate::wire::overlay::{OverlayMsg, VideoCancel, VideoData};
+use crate::wire::overlay::{OverlayMsg, VideoCancel, VideoData, FLAG_REPLAYED};
 
 /// At most one cancel of a neighbour's stray chunks per neighbour and video in this time.
 pub(super) const STRAY_CANCEL_EVERY: Duration = Duration::from_secs(1);
@@ -180,7 +181,14 @@ impl Streams {
             return;
         };
         let c = counters_of(&mut self.counters, video);
+        // Back to an epoch we left (a stream moved between servers and back, or a cache of
+        // it replayed): what we forwarded of it then must not go out again.
+        let left_epoch_repeat = st
+            .epochs_seen
+            .iter()
+            .any(|&(e, s)| e == data.epoch && data.seq <= s && st.last.map(|l| l.0) != Some(e));
         match order(st.last, &data) {
+            Order::Forward { .. } if left_epoch_repeat => c.duplicates += 1,
             Order::Duplicate => c.duplicates += 1,
             Order::Forward { gap, new_epoch } => {
                 c.gap_chunks += gap;
@@ -193,11 +201,15 @@ impl Streams {
     }
 
     /// Send a chunk to every child and local consumer.
-    pub(super) fn forward(&mut self, ctx: &mut Ctx<'_>, video: &str, data: VideoData) {
+    pub(super) fn forward(&mut self, ctx: &mut Ctx<'_>, video: &str, mut data: VideoData) {
+        // A replay is marked for its one hop only.
+        data.flags &= !FLAG_REPLAYED;
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
         st.last = Some((data.epoch, data.seq));
+        st.note_epoch(data.epoch, data.seq);
+        st.gop.push(&data, ctx.cfg.gop_cache_bytes);
         let c = counters_of(&mut self.counters, video);
         for child in st.children.keys() {
             if ctx.send(child, OverlayMsg::VideoData(data.clone())) {
@@ -235,6 +247,23 @@ mod tests {
             Order::Forward { gap, new_epoch } => Some((gap, new_epoch)),
             Order::Duplicate => None,
         }
+    }
+
+    #[test]
+    fn a_return_to_an_epoch_left_repeats_nothing_of_it() {
+        let mut h = Harness::with_routes("B", &[("A", 5)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        for seq in 1..=3 {
+            h.chunk("A", "v", 1, seq);
+        }
+        h.chunk("A", "v", 2, 1);
+        // Back to epoch 1: what was forwarded of it is not again, what is new is.
+        h.chunk("A", "v", 1, 2);
+        h.chunk("A", "v", 1, 3);
+        h.chunk("A", "v", 1, 4);
+        let delivered = h.drain().1;
+        assert_eq!(delivered, [(1, 1), (1, 2), (1, 3), (2, 1), (1, 4)]);
+        assert_eq!(h.streams.counters("v").unwrap().duplicates, 2);
     }
 
     #[test]

@@ -9,9 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::gop::GopCache;
 use super::suspicion::{Doubt, Spacing};
 use super::*;
 use crate::wire::overlay::{PeerAddr, VideoData};
+
+/// Epochs a stream remembers having forwarded ([`Stream::epochs_seen`]).
+const EPOCHS_REMEMBERED: usize = 8;
 
 #[derive(Debug, Clone)]
 pub(super) struct Upstream {
@@ -83,6 +87,13 @@ pub(super) struct Stream {
     pub(super) refused: BTreeMap<String, Instant>,
     /// The measured spacing of the parent's chunks ([`super::suspicion`]).
     pub(super) spacing: Spacing,
+    /// The chunks forwarded since the last keyframe ([`super::gop`]).
+    pub(super) gop: GopCache,
+    /// Before we forward anything: what the child that made us ask had (its request's
+    /// `has`), passed on in our own request so a parent replays only what it lacks.
+    pub(super) has_hint: Option<(u64, u64)>,
+    /// The last few epochs forwarded, each with the highest seq forwarded in it.
+    pub(super) epochs_seen: VecDeque<(u64, u64)>,
 }
 
 impl Stream {
@@ -106,6 +117,40 @@ impl Stream {
             gf_dialing: BTreeMap::new(),
             refused: BTreeMap::new(),
             spacing: Spacing::default(),
+            gop: GopCache::default(),
+            has_hint: None,
+            epochs_seen: VecDeque::new(),
+        }
+    }
+
+    /// What we tell a parent we have (a request's `has`): the last chunk forwarded, or held
+    /// ahead of a hole (a chunk must not cross a link twice), or what the child that made us
+    /// ask has when we have nothing yet.
+    pub(super) fn has(&self) -> Option<(u64, u64)> {
+        let Some((e, s)) = self.last else {
+            return self.has_hint;
+        };
+        let merged = self.merge.keys().next_back().copied().unwrap_or(0);
+        let held = self
+            .held
+            .iter()
+            .filter(|d| d.epoch == e)
+            .map(|d| d.seq)
+            .max()
+            .unwrap_or(0);
+        Some((e, s.max(merged).max(held)))
+    }
+
+    /// Remember that (epoch, seq) was forwarded (see [`Self::epochs_seen`]).
+    pub(super) fn note_epoch(&mut self, epoch: u64, seq: u64) {
+        match self.epochs_seen.iter_mut().find(|(e, _)| *e == epoch) {
+            Some((_, s)) => *s = (*s).max(seq),
+            None => {
+                if self.epochs_seen.len() == EPOCHS_REMEMBERED {
+                    self.epochs_seen.pop_front();
+                }
+                self.epochs_seen.push_back((epoch, seq));
+            }
         }
     }
 

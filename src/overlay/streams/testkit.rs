@@ -258,5 +258,6 @@ pub(super) fn req(video: &str, path: &[&str]) -> VideoRequest {
     VideoRequest {
         video: video.into(),
         path: path.iter().map(|s| s.to_string()).collect(),
+        has: None,
     }
 }
