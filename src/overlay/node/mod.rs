@@ -174,6 +174,8 @@ pub struct Node {
     traces_seen: RecentIds,
     /// (monotonic, wall µs) anchor.
     wall_anchor: (Instant, u64),
+    /// [`Node::set_wall_clock`] was called at least once.
+    wall_anchored: bool,
     /// Next flood (when we flood) and its sequence number.
     next_flood: Option<Instant>,
     flood_seq: Option<u64>,
@@ -204,6 +206,7 @@ impl Node {
             gaps: BTreeMap::new(),
             traces_seen: RecentIds::default(),
             wall_anchor: (now, 0),
+            wall_anchored: false,
             next_flood: None,
             flood_seq: None,
             timers: TimerTable::default(),
@@ -252,6 +255,15 @@ impl Node {
     /// epoch). Flood timestamps and delays derive from it.
     pub fn set_wall_clock(&mut self, now: Instant, wall_us: u64) {
         self.wall_anchor = (now, wall_us);
+        if !std::mem::replace(&mut self.wall_anchored, true) {
+            // The first flood went out at creation, before any anchor, numbered from wall time
+            // 0. A restarted server must flood newer numbers than its previous life, or every
+            // node still holding the old (higher) sequence number records its floods without
+            // forwarding them: rebase once on the real wall clock.
+            if let Some(seq) = self.flood_seq {
+                self.flood_seq = Some(seq.max(wall_us / 1000));
+            }
+        }
     }
 
     /// Our wall clock at `now`, µs since the UNIX epoch.
@@ -767,6 +779,8 @@ impl Node {
                 }
                 Action::Replaced { old, new, name } => {
                     debug!(%old, %new, neighbour = %name, "duplicate link resolved");
+                    // What we sent on the losing link is lost if the peer closed it first.
+                    self.with_streams(now, |s, ctx| s.neighbour_relinked(ctx, &name));
                 }
                 Action::Down { link, name, reason } => {
                     self.counters.links_down += 1;
@@ -780,5 +794,70 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_flood_seq(node: &mut Node, now: Instant) -> u64 {
+        let hello = Hello {
+            name: "N".into(),
+            role: OverlayRole::Node,
+            version: OVERLAY_VERSION,
+            listen_port: 7000,
+        };
+        let peer: SocketAddr = "10.0.0.2:7000".parse().expect("address");
+        node.handle_link_up(now, LinkId(1), peer, None, hello);
+        std::iter::from_fn(|| node.poll_output())
+            .find_map(|o| match o {
+                Output::Send {
+                    msg: OverlayMsg::Flood(f),
+                    ..
+                } => Some(f.seq),
+                _ => None,
+            })
+            .expect("a server floods to a new neighbour")
+    }
+
+    fn server(now: Instant, wall_us: u64) -> Node {
+        let mut cfg = NodeConfig::new("S", OverlayRole::Server, 7000, vec![]);
+        cfg.videos = vec!["v".into()];
+        let mut node = Node::new(cfg, now);
+        // As the drivers do: the wall clock is anchored after creation.
+        node.set_wall_clock(now, wall_us);
+        node
+    }
+
+    #[test]
+    fn a_restarted_server_floods_newer_sequence_numbers_than_its_previous_life() {
+        // Regression (seeds 66 and others of the fault simulation): the first flood was
+        // numbered at creation, before the wall clock was anchored, so every life of a server
+        // counted from 0, and nodes still holding the previous life's higher number recorded
+        // the new floods without forwarding them.
+        let t0 = Instant::now();
+        let wall0 = 1_700_000_000_000_000;
+        let mut first = server(t0, wall0);
+        let mut seq = first_flood_seq(&mut first, t0);
+        // The first life runs 20 floods.
+        for i in 1..=20 {
+            let t = t0 + first.config().flood_interval * i;
+            first.handle_timeout(t);
+            for o in std::iter::from_fn(|| first.poll_output()) {
+                if let Output::Send {
+                    msg: OverlayMsg::Flood(f),
+                    ..
+                } = o
+                {
+                    assert!(f.seq > seq);
+                    seq = f.seq;
+                }
+            }
+        }
+        // Restarted 1 s after its last flood.
+        let t1 = t0 + Duration::from_secs(21);
+        let mut second = server(t1, wall0 + 21_000_000);
+        assert!(first_flood_seq(&mut second, t1) > seq);
     }
 }
