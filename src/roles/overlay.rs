@@ -80,6 +80,8 @@ pub struct OverlayRoleConfig {
     pub switch_margin: f64,
     /// How long a better parent must stay better before a switch (`--switch-sustain-ms`).
     pub switch_sustain: Duration,
+    /// Withdraw the routes over a dead link to a server at once (off: `--no-route-withdrawal`).
+    pub route_withdrawal: bool,
     pub edge_port: u16,
     /// Edge relay (ignored when the device is not an edge).
     pub relay: RelayMode,
@@ -154,6 +156,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     node_cfg.flood_interval = cfg.flood_interval;
     node_cfg.streams.switch_margin = cfg.switch_margin;
     node_cfg.streams.switch_sustain = cfg.switch_sustain;
+    node_cfg.route_withdrawal = cfg.route_withdrawal;
     node_cfg.streams.redundant = cfg.redundant;
     node_cfg.streams.redundant_videos = cfg.redundant_videos.clone();
     if cfg.redundant || !cfg.redundant_videos.is_empty() {

@@ -30,6 +30,7 @@
 //! | `0x0A` | [`Pong`]             | `token: u64`                                                                       |
 //! | `0x0B` | [`Trace`]            | `id: u64`, `video: str`, `reply: bool`, `hops: list<TraceHop>`                     |
 //! | `0x0C` | [`VideoUnavailable`] | `video: str`                                                                       |
+//! | `0x0D` | [`Withdrawal`]       | `server: str`, `neighbour: str`, `last_seq: u64`                                   |
 //!
 //! | Item         | Fields in order                   |
 //! |--------------|-----------------------------------|
@@ -81,6 +82,8 @@ pub const TAG_PONG: u8 = 0x0A;
 pub const TAG_TRACE: u8 = 0x0B;
 /// Tag byte of [`OverlayMsg::VideoUnavailable`].
 pub const TAG_VIDEO_UNAVAILABLE: u8 = 0x0C;
+/// Tag byte of [`OverlayMsg::Withdrawal`].
+pub const TAG_WITHDRAWAL: u8 = 0x0D;
 
 /// [`VideoData::flags`] bit: the chunk starts with a keyframe (a random access point).
 pub const FLAG_KEYFRAME: u8 = 0x01;
@@ -177,6 +180,18 @@ pub struct Flood {
     pub visited: Vec<String>,
     /// Videos the server offers.
     pub videos: Vec<String>,
+}
+
+/// The link between a server and one of its neighbours went down: every route whose path
+/// starts with that link (`server` then `neighbour`) and was learnt from a flood not newer
+/// than `last_seq` is gone. Sent by the neighbour, flooded first-copy-only like floods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawal {
+    pub server: String,
+    /// The node that lost its link to the server, and sent this.
+    pub neighbour: String,
+    /// The highest flood sequence number of `server` the neighbour had seen.
+    pub last_seq: u64,
 }
 
 /// Asks a parent for its own parents (the asker's grandfathers) for one video.
@@ -317,6 +332,7 @@ pub enum OverlayMsg {
     Pong(Pong),
     Trace(Trace),
     VideoUnavailable(VideoUnavailable),
+    Withdrawal(Withdrawal),
 }
 
 impl OverlayMsg {
@@ -392,6 +408,11 @@ impl OverlayMsg {
             TAG_VIDEO_UNAVAILABLE => OverlayMsg::VideoUnavailable(VideoUnavailable {
                 video: r.str_u16("video_unavailable.video")?,
             }),
+            TAG_WITHDRAWAL => OverlayMsg::Withdrawal(Withdrawal {
+                server: r.str_u16("withdrawal.server")?,
+                neighbour: r.str_u16("withdrawal.neighbour")?,
+                last_seq: r.u64("withdrawal.last_seq")?,
+            }),
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -413,6 +434,7 @@ impl OverlayMsg {
             OverlayMsg::Pong(_) => TAG_PONG,
             OverlayMsg::Trace(_) => TAG_TRACE,
             OverlayMsg::VideoUnavailable(_) => TAG_VIDEO_UNAVAILABLE,
+            OverlayMsg::Withdrawal(_) => TAG_WITHDRAWAL,
         }
     }
 
@@ -431,6 +453,7 @@ impl OverlayMsg {
             OverlayMsg::Pong(_) => "pong",
             OverlayMsg::Trace(_) => "trace",
             OverlayMsg::VideoUnavailable(_) => "video_unavailable",
+            OverlayMsg::Withdrawal(_) => "withdrawal",
         }
     }
 
@@ -488,6 +511,11 @@ impl OverlayMsg {
             }
             OverlayMsg::VideoUnavailable(m) => {
                 put_str(dst, "video_unavailable.video", &m.video)?;
+            }
+            OverlayMsg::Withdrawal(m) => {
+                put_str(dst, "withdrawal.server", &m.server)?;
+                put_str(dst, "withdrawal.neighbour", &m.neighbour)?;
+                dst.put_u64(m.last_seq);
             }
             // Written above, before the tag.
             OverlayMsg::VideoData(_) => {}
@@ -551,6 +579,7 @@ impl_from_for_msg!(
     Pong,
     Trace,
     VideoUnavailable,
+    Withdrawal,
 );
 
 #[cfg(test)]
@@ -661,6 +690,14 @@ mod tests {
     fn video_unavailable() -> OverlayMsg {
         OverlayMsg::VideoUnavailable(VideoUnavailable {
             video: "movie".into(),
+        })
+    }
+
+    fn withdrawal() -> OverlayMsg {
+        OverlayMsg::Withdrawal(Withdrawal {
+            server: "S1".into(),
+            neighbour: "O1".into(),
+            last_seq: 7,
         })
     }
 
@@ -904,6 +941,21 @@ mod tests {
     }
 
     #[test]
+    fn golden_withdrawal() {
+        assert_golden(withdrawal(), "0d 0002 5331 0002 4f31 0000000000000007");
+    }
+
+    #[test]
+    fn round_trip_withdrawal() {
+        assert_round_trip(withdrawal());
+        assert_round_trip(OverlayMsg::Withdrawal(Withdrawal {
+            server: String::new(),
+            neighbour: String::new(),
+            last_seq: u64::MAX,
+        }));
+    }
+
+    #[test]
     fn golden_video_data() {
         assert_golden(
             video_data(),
@@ -990,12 +1042,13 @@ mod tests {
             pong(),
             trace(),
             video_unavailable(),
+            withdrawal(),
         ];
         let tags: std::collections::BTreeSet<u8> = all.iter().map(OverlayMsg::tag).collect();
         let kinds: std::collections::BTreeSet<&str> = all.iter().map(OverlayMsg::kind).collect();
         assert_eq!(tags.len(), all.len());
         assert_eq!(kinds.len(), all.len());
-        assert_eq!(tags, (0x01..=0x0c).collect());
+        assert_eq!(tags, (0x01..=0x0d).collect());
     }
 
     #[test]
@@ -1091,7 +1144,7 @@ mod tests {
                 what: "message tag"
             })
         );
-        for tag in [0x00, 0x0d, 0x7f, 0xff] {
+        for tag in [0x00, 0x0e, 0x7f, 0xff] {
             assert_eq!(dec(&[tag]), Err(DecodeError::UnknownTag(tag)));
             assert_eq!(dec(&[tag, 0, 0, 0]), Err(DecodeError::UnknownTag(tag)));
         }
@@ -1292,6 +1345,13 @@ mod tests {
                 .prop_map(|(video, path)| OverlayMsg::VideoRequest(VideoRequest { video, path })),
             arb_str().prop_map(|video| OverlayMsg::VideoCancel(VideoCancel { video })),
             arb_str().prop_map(|video| OverlayMsg::VideoUnavailable(VideoUnavailable { video })),
+            (arb_str(), arb_str(), any::<u64>()).prop_map(|(server, neighbour, last_seq)| {
+                OverlayMsg::Withdrawal(Withdrawal {
+                    server,
+                    neighbour,
+                    last_seq,
+                })
+            }),
             (
                 arb_str(),
                 any::<u64>(),
