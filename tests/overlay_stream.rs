@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::consumer::{analyse, Consumer};
 use common::diamond::{self, Diamond};
-use common::{bootstrapper, device, keygen, role_of, some_video, Daemon, TempDir};
+use common::{some_video, Daemon};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -124,46 +124,22 @@ fn cancel_stops_the_stream_all_the_way_to_the_server() {
 /// its node withdraws the routes over the dead link at once, and O3 is fed by the other server.
 /// Returns the time from the kill to the first chunk of the other server at the consumer.
 fn server_death(net: u8, withdraw: bool) -> Duration {
-    let ip = |i: u8| format!("127.79.{net}.{i}");
-    let dir = TempDir::new("server-death");
-    let q = |i: u8| format!("\"{}\"", ip(i));
-    let text = format!(
-        r#"{{
-  "S1": {{ "neighbours": [{o1}], "addresses": [{s1}] }},
-  "S2": {{ "neighbours": [{o2}], "addresses": [{s2}] }},
-  "O1": {{ "neighbours": [{s1}, {o3}], "addresses": [{o1}] }},
-  "O2": {{ "neighbours": [{s2}, {o3}], "addresses": [{o2}] }},
-  "O3": {{ "neighbours": [{o1}, {o2}], "addresses": [{o3}] }}
-}}"#,
-        s1 = q(1),
-        s2 = q(2),
-        o1 = q(3),
-        o2 = q(4),
-        o3 = q(5)
-    );
-    let topo = dir.path("topology.json");
-    std::fs::write(&topo, text).unwrap();
-    let key = dir.path("k");
-    keygen(&key);
-    let boot = ip(100);
-    let _b = bootstrapper(&topo, &boot);
-    let extra: &[&str] = if withdraw {
-        &[]
-    } else {
-        &["--no-route-withdrawal"]
+    let extra = move |_: &str| {
+        if withdraw {
+            vec![]
+        } else {
+            vec!["--no-route-withdrawal"]
+        }
     };
-    let mut daemons: Vec<Daemon> = ["S1", "S2", "O1", "O2", "O3"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| device(role_of(name), name, &ip(i as u8 + 1), &boot, &key, extra))
-        .collect();
+    let mut ov = diamond::two_servers("server-death", "127.79", net, extra);
+    let daemons = &mut ov.daemons;
     let o3 = 4;
     daemons[o3].wait_for(&["neighbour up", "O1"], WAIT);
     daemons[o3].wait_for(&["neighbour up", "O2"], WAIT);
     // A flood of each server (every second) has reached O3.
     std::thread::sleep(Duration::from_millis(1500));
     let video = some_video();
-    let consumer = Consumer::at(&ip(5), &key, "TestConsumer", &video);
+    let consumer = Consumer::at(&format!("127.79.{net}.5"), &ov.key, "TestConsumer", &video);
     assert!(
         consumer.wait_chunks(50, WAIT),
         "no stream reached the consumer; O3 log:\n{}",

@@ -142,6 +142,8 @@ pub enum Output {
 
 /// Counters a driver or a test can read.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+// A status from a daemon without the newer counters still reads.
+#[serde(default)]
 pub struct NodeCounters {
     pub links_up: u64,
     pub links_down: u64,
@@ -154,10 +156,11 @@ pub struct NodeCounters {
     pub floods_forwarded: u64,
     /// Floods that carried our own name (went round a loop) or a forged sender.
     pub floods_dropped: u64,
-    /// Withdrawals we started (our link to a server went down), received, and forwarded.
+    /// Withdrawal copies sent of our own (our link to a server went down) and of others'
+    /// (forwarded), and withdrawals received.
     pub withdrawals_sent: u64,
-    pub withdrawals_received: u64,
     pub withdrawals_forwarded: u64,
+    pub withdrawals_received: u64,
     /// Withdrawals received that made no sense (a server losing a link to itself).
     pub withdrawals_malformed: u64,
     /// Withdrawals over a neighbour's budget ([`WITHDRAWAL_BURST`]), dropped unread.
