@@ -1,9 +1,11 @@
 //! Real processes on loopback: a server streams a real clip through a diamond of nodes to a
 //! test consumer; kill -9 or SIGSTOP of the active middle node moves the stream to the other
-//! branch with no duplicate and no reordering, and SIGTERM (a drain) with no loss either. The measured gap is printed (timing goals are the
+//! branch with no duplicate and no reordering, and SIGTERM (a drain) with no loss either; kill
+//! -9 of the server feeding a consumer moves it to another server offering the same video. The
+//! measured gaps are printed (timing goals are the
 //! benchmarks' business; the bounds here are generous liveness bounds).
 //!
-//! Addresses: 127.72.N.x per test.
+//! Addresses: 127.72.N.x per test (127.79.N.x for the two-server overlay).
 
 mod common;
 
@@ -208,4 +210,79 @@ fn cancel_stops_the_stream_all_the_way_to_the_server() {
     }
     ov.daemon("S1").wait_for(&["stream stopped", &video], WAIT);
     ov.daemon("S1").wait_for(&["source stopped", &video], WAIT);
+}
+
+/// Two servers with the same clips, each behind its own node, both reaching O3 where the test
+/// consumer is: S1 - O1 - O3 - O2 - S2, on 127.79.`net`.x. kill -9 of the server feeding O3:
+/// its node withdraws the routes over the dead link at once, and O3 is fed by the other server.
+/// Returns the time from the kill to the first chunk of the other server at the consumer.
+fn server_death(net: u8, withdraw: bool) -> Duration {
+    let extra = move |_: &str| {
+        if withdraw {
+            vec![]
+        } else {
+            vec!["--no-route-withdrawal"]
+        }
+    };
+    let mut ov = diamond::two_servers("server-death", "127.79", net, extra);
+    let daemons = &mut ov.daemons;
+    let o3 = 4;
+    daemons[o3].wait_for(&["neighbour up", "O1"], WAIT);
+    daemons[o3].wait_for(&["neighbour up", "O2"], WAIT);
+    // A flood of each server (every second) has reached O3.
+    std::thread::sleep(Duration::from_millis(1500));
+    let video = some_video();
+    let consumer = Consumer::at(&format!("127.79.{net}.5"), &ov.key, "TestConsumer", &video);
+    assert!(
+        consumer.wait_chunks(50, WAIT),
+        "no stream reached the consumer; O3 log:\n{}",
+        daemons[o3].log().join("\n")
+    );
+    let parent = current_parent(&daemons[o3]).expect("O3 logged its parent");
+    let (feeder, other_node) = match parent.as_str() {
+        "O1" => ("S1", "O2"),
+        "O2" => ("S2", "O1"),
+        p => panic!("O3 fed by {p}"),
+    };
+    let old_epoch = consumer.received().last().expect("fed").epoch;
+    let killed_at = Instant::now();
+    daemons
+        .iter_mut()
+        .find(|d| d.name == feeder)
+        .expect("listed")
+        .kill();
+    let deadline = Instant::now() + WAIT;
+    let first_new = loop {
+        if let Some(r) = consumer
+            .received()
+            .into_iter()
+            .find(|r| r.at > killed_at && r.epoch != old_epoch)
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer was not fed by the other server after kill -9 of {feeder}; O3 log:\n{}",
+            daemons[o3].log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(consumer.wait_chunks(consumer.received().len() + 50, WAIT));
+    assert_eq!(current_parent(&daemons[o3]).as_deref(), Some(other_node));
+    let d = analyse(&consumer.received());
+    assert_eq!((d.duplicates, d.reordered_in_epoch), (0, 0), "{d}");
+    consumer.stop().unwrap();
+    first_new.at.duration_since(killed_at)
+}
+
+#[test]
+fn kill_of_the_feeding_server_moves_the_consumer_to_the_other_server() {
+    let new = server_death(1, true);
+    let old = server_death(2, false);
+    println!(
+        "kill -9 of the feeding server, video on the other server: first chunk of the other \
+         server {:.1} ms after the kill with withdrawals ({:.1} ms with --no-route-withdrawal)",
+        new.as_secs_f64() * 1e3,
+        old.as_secs_f64() * 1e3
+    );
 }

@@ -5,7 +5,8 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, join, fanout, scale).
+//! record, control, edge, join, fanout, scale; server-death is the server-death part of
+//! failover alone).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -65,6 +66,9 @@ fn main() {
     rep.set_only(opts.only.clone());
     if opts.wants("failover") {
         failover::run(&opts, &mut rep);
+    }
+    if opts.wants("failover") || opts.wants("server-death") {
+        failover::run_server_death(&opts, &mut rep);
     }
     if opts.wants("throughput") {
         chain::throughput(&opts, &mut rep);

@@ -43,6 +43,10 @@ pub struct OverlayArgs {
     /// delay spike of a loaded host does not move streams back and forth.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub switch_sustain_ms: u64,
+    /// Old behaviour: when a link to a server goes down, do not flood a withdrawal of the
+    /// routes over it (they expire after about 3.5 s of missed floods instead).
+    #[arg(long)]
+    pub no_route_withdrawal: bool,
     /// A neighbour silent this long (milliseconds) is dead.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     pub dead_ms: u64,
@@ -104,6 +108,7 @@ impl OverlayArgs {
             switch_sustain: Duration::from_millis(self.switch_sustain_ms),
             suspicion: !self.no_suspicion,
             drain: Duration::from_millis(self.drain_ms),
+            route_withdrawal: !self.no_route_withdrawal,
             flood_interval: Duration::from_secs(1),
             edge_port: DEFAULT_EDGE_PORT,
             relay: RelayMode::Auto,

@@ -84,6 +84,8 @@ pub struct OverlayRoleConfig {
     pub suspicion: bool,
     /// On SIGTERM, let children move elsewhere for at most this long (`--drain-ms`).
     pub drain: Duration,
+    /// Withdraw the routes over a dead link to a server at once (off: `--no-route-withdrawal`).
+    pub route_withdrawal: bool,
     pub edge_port: u16,
     /// Edge relay (ignored when the device is not an edge).
     pub relay: RelayMode,
@@ -162,6 +164,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     node_cfg.streams.switch_sustain = cfg.switch_sustain;
     node_cfg.streams.suspect = cfg.suspicion;
     node_cfg.streams.gop_cache_bytes = cfg.gop_cache_bytes;
+    node_cfg.route_withdrawal = cfg.route_withdrawal;
     node_cfg.streams.redundant = cfg.redundant;
     node_cfg.streams.redundant_videos = cfg.redundant_videos.clone();
     if cfg.redundant || !cfg.redundant_videos.is_empty() {

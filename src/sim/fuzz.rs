@@ -42,7 +42,7 @@ pub struct FuzzConfig {
     /// A consumer that can be fed must be fed again within this after the last fault.
     pub recovery_bound: Duration,
     /// A consumer not fed in time is a violation (else it is only listed in
-    /// [`FuzzReport::unfed`]): see `tests/sim_fuzz.rs` for why CI asks less for now.
+    /// [`FuzzReport::unfed`], for exploring a change that is known to starve some).
     pub feeding_must_hold: bool,
 }
 

@@ -30,6 +30,7 @@
 //! | `0x0A` | [`Pong`]             | `token: u64`                                                                       |
 //! | `0x0B` | [`Trace`]            | `id: u64`, `video: str`, `reply: bool`, `hops: list<TraceHop>`                     |
 //! | `0x0C` | [`VideoUnavailable`] | `video: str`                                                                       |
+//! | `0x0D` | [`Withdrawal`]       | `server: str`, `neighbour: str`, `last_seq: u64`                                   |
 //! | `0x0E` | [`Drain`]            | `within_ms: u32`                                                                   |
 //!
 //! | Item         | Fields in order                   |
@@ -84,6 +85,8 @@ pub const TAG_TRACE: u8 = 0x0B;
 pub const TAG_DRAIN: u8 = 0x0E;
 /// Tag byte of [`OverlayMsg::VideoUnavailable`].
 pub const TAG_VIDEO_UNAVAILABLE: u8 = 0x0C;
+/// Tag byte of [`OverlayMsg::Withdrawal`].
+pub const TAG_WITHDRAWAL: u8 = 0x0D;
 
 /// [`VideoData::flags`] bit: the chunk starts with a keyframe (a random access point).
 pub const FLAG_KEYFRAME: u8 = 0x01;
@@ -183,6 +186,18 @@ pub struct Flood {
     pub visited: Vec<String>,
     /// Videos the server offers.
     pub videos: Vec<String>,
+}
+
+/// The link between a server and one of its neighbours went down: every route whose path
+/// starts with that link (`server` then `neighbour`) and was learnt from a flood not newer
+/// than `last_seq` is gone. Sent by the neighbour, flooded first-copy-only like floods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawal {
+    pub server: String,
+    /// The node that lost its link to the server, and sent this.
+    pub neighbour: String,
+    /// The highest flood sequence number of `server` the neighbour had seen.
+    pub last_seq: u64,
 }
 
 /// Asks a parent for its own parents (the asker's grandfathers) for one video.
@@ -339,6 +354,7 @@ pub enum OverlayMsg {
     Pong(Pong),
     Trace(Trace),
     VideoUnavailable(VideoUnavailable),
+    Withdrawal(Withdrawal),
     Drain(Drain),
 }
 
@@ -422,6 +438,11 @@ impl OverlayMsg {
             TAG_DRAIN => OverlayMsg::Drain(Drain {
                 within_ms: r.u32("drain.within_ms")?,
             }),
+            TAG_WITHDRAWAL => OverlayMsg::Withdrawal(Withdrawal {
+                server: r.str_u16("withdrawal.server")?,
+                neighbour: r.str_u16("withdrawal.neighbour")?,
+                last_seq: r.u64("withdrawal.last_seq")?,
+            }),
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -443,6 +464,7 @@ impl OverlayMsg {
             OverlayMsg::Pong(_) => TAG_PONG,
             OverlayMsg::Trace(_) => TAG_TRACE,
             OverlayMsg::VideoUnavailable(_) => TAG_VIDEO_UNAVAILABLE,
+            OverlayMsg::Withdrawal(_) => TAG_WITHDRAWAL,
             OverlayMsg::Drain(_) => TAG_DRAIN,
         }
     }
@@ -462,6 +484,7 @@ impl OverlayMsg {
             OverlayMsg::Pong(_) => "pong",
             OverlayMsg::Trace(_) => "trace",
             OverlayMsg::VideoUnavailable(_) => "video_unavailable",
+            OverlayMsg::Withdrawal(_) => "withdrawal",
             OverlayMsg::Drain(_) => "drain",
         }
     }
@@ -526,6 +549,11 @@ impl OverlayMsg {
             OverlayMsg::VideoUnavailable(m) => {
                 put_str(dst, "video_unavailable.video", &m.video)?;
             }
+            OverlayMsg::Withdrawal(m) => {
+                put_str(dst, "withdrawal.server", &m.server)?;
+                put_str(dst, "withdrawal.neighbour", &m.neighbour)?;
+                dst.put_u64(m.last_seq);
+            }
             OverlayMsg::Drain(m) => dst.put_u32(m.within_ms),
             // Written above, before the tag.
             OverlayMsg::VideoData(_) => {}
@@ -589,6 +617,7 @@ impl_from_for_msg!(
     Pong,
     Trace,
     VideoUnavailable,
+    Withdrawal,
     Drain,
 );
 
@@ -706,6 +735,14 @@ mod tests {
 
     fn drain() -> OverlayMsg {
         OverlayMsg::Drain(Drain { within_ms: 2000 })
+    }
+
+    fn withdrawal() -> OverlayMsg {
+        OverlayMsg::Withdrawal(Withdrawal {
+            server: "S1".into(),
+            neighbour: "O1".into(),
+            last_seq: 7,
+        })
     }
 
     fn video_data() -> OverlayMsg {
@@ -972,6 +1009,21 @@ mod tests {
     }
 
     #[test]
+    fn golden_withdrawal() {
+        assert_golden(withdrawal(), "0d 0002 5331 0002 4f31 0000000000000007");
+    }
+
+    #[test]
+    fn round_trip_withdrawal() {
+        assert_round_trip(withdrawal());
+        assert_round_trip(OverlayMsg::Withdrawal(Withdrawal {
+            server: String::new(),
+            neighbour: String::new(),
+            last_seq: u64::MAX,
+        }));
+    }
+
+    #[test]
     fn golden_video_data() {
         assert_golden(
             video_data(),
@@ -1058,14 +1110,14 @@ mod tests {
             pong(),
             trace(),
             video_unavailable(),
+            withdrawal(),
             drain(),
         ];
         let tags: std::collections::BTreeSet<u8> = all.iter().map(OverlayMsg::tag).collect();
         let kinds: std::collections::BTreeSet<&str> = all.iter().map(OverlayMsg::kind).collect();
         assert_eq!(tags.len(), all.len());
         assert_eq!(kinds.len(), all.len());
-        // 0x0D is the route withdrawal's.
-        assert_eq!(tags, (0x01..=0x0c).chain([0x0e]).collect());
+        assert_eq!(tags, (0x01..=0x0e).collect());
     }
 
     #[test]
@@ -1163,7 +1215,7 @@ mod tests {
                 what: "message tag"
             })
         );
-        for tag in [0x00, 0x0d, 0x7f, 0xff] {
+        for tag in [0x00, 0x0f, 0x7f, 0xff] {
             assert_eq!(dec(&[tag]), Err(DecodeError::UnknownTag(tag)));
             assert_eq!(dec(&[tag, 0, 0, 0]), Err(DecodeError::UnknownTag(tag)));
         }
@@ -1365,6 +1417,13 @@ mod tests {
             }),
             arb_str().prop_map(|video| OverlayMsg::VideoCancel(VideoCancel { video })),
             arb_str().prop_map(|video| OverlayMsg::VideoUnavailable(VideoUnavailable { video })),
+            (arb_str(), arb_str(), any::<u64>()).prop_map(|(server, neighbour, last_seq)| {
+                OverlayMsg::Withdrawal(Withdrawal {
+                    server,
+                    neighbour,
+                    last_seq,
+                })
+            }),
             any::<u32>().prop_map(|within_ms| OverlayMsg::Drain(Drain { within_ms })),
             (
                 arb_str(),

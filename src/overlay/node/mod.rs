@@ -34,17 +34,24 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
-use super::routing::{FloodIgnored, Routing};
+use super::routing::{FloodIgnored, Routing, WithdrawalIgnored};
 use super::streams::{Ctx, StreamAction, StreamConfig, Streams, View};
 use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
-    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, OVERLAY_VERSION,
+    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, Withdrawal,
+    OVERLAY_VERSION,
 };
 
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks our own source produced.
 pub const SOURCE_LINK: &str = "@source";
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks handed to local consumers.
 pub const LOCAL_LINK: &str = "@local";
+
+/// Withdrawals one neighbour may send us at once, and per second after that. One server's
+/// death sends as many as it had links, and each reaches us once per neighbour: a burst of a
+/// few dozen is legitimate, a steady stream is not.
+pub const WITHDRAWAL_BURST: f64 = 64.0;
+pub const WITHDRAWALS_PER_SEC: f64 = 16.0;
 
 /// Configuration of a node. Build it with [`NodeConfig::new`] and change what you need.
 #[derive(Debug, Clone)]
@@ -65,6 +72,9 @@ pub struct NodeConfig {
     pub missed_floods: u32,
     /// Switching, reordering and refusal timings.
     pub streams: StreamConfig,
+    /// When our link to a server goes down, flood a withdrawal of the routes over it (see
+    /// [`crate::overlay::routing`]); false keeps the old behaviour (they expire).
+    pub route_withdrawal: bool,
 }
 
 impl NodeConfig {
@@ -101,6 +111,7 @@ impl Default for NodeConfig {
             flood_interval: Duration::from_secs(1),
             missed_floods: 3,
             streams: StreamConfig::default(),
+            route_withdrawal: true,
         }
     }
 }
@@ -132,6 +143,8 @@ pub enum Output {
 
 /// Counters a driver or a test can read.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+// A status from a daemon without the newer counters still reads.
+#[serde(default)]
 pub struct NodeCounters {
     pub links_up: u64,
     pub links_down: u64,
@@ -144,6 +157,15 @@ pub struct NodeCounters {
     pub floods_forwarded: u64,
     /// Floods that carried our own name (went round a loop) or a forged sender.
     pub floods_dropped: u64,
+    /// Withdrawal copies sent of our own (our link to a server went down) and of others'
+    /// (forwarded), and withdrawals received.
+    pub withdrawals_sent: u64,
+    pub withdrawals_forwarded: u64,
+    pub withdrawals_received: u64,
+    /// Withdrawals received that made no sense (a server losing a link to itself).
+    pub withdrawals_malformed: u64,
+    /// Withdrawals over a neighbour's budget ([`WITHDRAWAL_BURST`]), dropped unread.
+    pub withdrawals_limited: u64,
     /// Source chunks for a video nobody is consuming (raced with a stop).
     pub source_chunks_dropped: u64,
     /// Traces started here, probes forwarded to children, answers sent, and probes or
@@ -183,11 +205,15 @@ pub struct Node {
     traces_seen: RecentIds,
     /// (monotonic, wall µs) anchor.
     wall_anchor: (Instant, u64),
+    /// [`Node::set_wall_clock`] was called at least once.
+    wall_anchored: bool,
     /// Next flood (when we flood) and its sequence number.
     next_flood: Option<Instant>,
     flood_seq: Option<u64>,
     /// The exact deadline of each kind of timer (see [`timers`]).
     timers: TimerTable,
+    /// Per neighbour: withdrawals it may still send (a token bucket) and when it was filled.
+    withdrawal_budget: HashMap<String, (f64, Instant)>,
     /// An input changed what the neighbour table waits for (a dial wanted or dropped) on a
     /// path that otherwise leaves its deadline alone (a chunk).
     links_touched: bool,
@@ -215,9 +241,11 @@ impl Node {
             gaps: BTreeMap::new(),
             traces_seen: RecentIds::default(),
             wall_anchor: (now, 0),
+            wall_anchored: false,
             next_flood: None,
             flood_seq: None,
             timers: TimerTable::default(),
+            withdrawal_budget: HashMap::new(),
             links_touched: false,
             draining: None,
             config,
@@ -264,6 +292,15 @@ impl Node {
     /// epoch). Flood timestamps and delays derive from it.
     pub fn set_wall_clock(&mut self, now: Instant, wall_us: u64) {
         self.wall_anchor = (now, wall_us);
+        if !std::mem::replace(&mut self.wall_anchored, true) {
+            // The first flood went out at creation, before any anchor, numbered from wall time
+            // 0. A restarted server must flood newer numbers than its previous life, or every
+            // node still holding the old (higher) sequence number records its floods without
+            // forwarding them: rebase once on the real wall clock.
+            if let Some(seq) = self.flood_seq {
+                self.flood_seq = Some(seq.max(wall_us / 1000));
+            }
+        }
     }
 
     /// Our wall clock at `now`, µs since the UNIX epoch.
@@ -388,6 +425,7 @@ impl Node {
             OverlayMsg::Ping(Ping { token }) => self.neighbours.handle_ping(link, token),
             OverlayMsg::Pong(Pong { token }) => self.neighbours.handle_pong(now, link, token),
             OverlayMsg::Flood(f) => self.handle_flood(now, link, &from, f),
+            OverlayMsg::Withdrawal(w) => self.handle_withdrawal(now, link, &from, w),
             OverlayMsg::VideoRequest(r) => {
                 self.with_streams(now, |s, ctx| s.on_request(ctx, &from, r))
             }
@@ -467,6 +505,61 @@ impl Node {
                     debug!(%link, server = %flood.server, "flood with a forged visited list dropped");
                 }
             }
+        }
+    }
+
+    fn handle_withdrawal(&mut self, now: Instant, link: LinkId, from: &str, w: Withdrawal) {
+        self.counters.withdrawals_received += 1;
+        let (tokens, at) = self
+            .withdrawal_budget
+            .entry(from.to_string())
+            .or_insert((WITHDRAWAL_BURST, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * WITHDRAWALS_PER_SEC;
+        *tokens = (*tokens + refill).min(WITHDRAWAL_BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            self.counters.withdrawals_limited += 1;
+            debug!(%link, from, "withdrawal over the neighbour's budget dropped");
+            return;
+        }
+        *tokens -= 1.0;
+        match self.routing.on_withdrawal(now, &w) {
+            Ok(changed) => {
+                info!(server = %w.server, neighbour = %w.neighbour, last_seq = w.last_seq, from,
+                    routes_withdrawn = changed, "link to a server down");
+                self.send_withdrawal(&w, Some(link));
+                if changed {
+                    // A stream whose parent no longer offers a route moves at once.
+                    self.with_streams(now, |s, ctx| s.routes_updated(ctx));
+                }
+            }
+            Err(WithdrawalIgnored::Seen) => {}
+            Err(WithdrawalIgnored::Malformed) => {
+                self.counters.withdrawals_malformed += 1;
+                debug!(%link, from, server = %w.server, "malformed withdrawal dropped");
+            }
+        }
+    }
+
+    /// Send a withdrawal to every neighbour but the one it came from.
+    fn send_withdrawal(&mut self, w: &Withdrawal, except: Option<LinkId>) {
+        let targets: Vec<LinkId> = self
+            .neighbours
+            .neighbours()
+            .into_iter()
+            .filter(|n| Some(n.link) != except && n.name != w.server)
+            .map(|n| n.link)
+            .collect();
+        for t in targets {
+            if except.is_some() {
+                self.counters.withdrawals_forwarded += 1;
+            } else {
+                self.counters.withdrawals_sent += 1;
+            }
+            self.outputs.push_back(Output::Send {
+                link: t,
+                msg: OverlayMsg::Withdrawal(w.clone()),
+            });
         }
     }
 
@@ -791,10 +884,21 @@ impl Node {
                 }
                 Action::Replaced { old, new, name } => {
                     debug!(%old, %new, neighbour = %name, "duplicate link resolved");
+                    // What we sent on the losing link is lost if the peer closed it first.
+                    self.with_streams(now, |s, ctx| s.neighbour_relinked(ctx, &name));
                 }
                 Action::Down { link, name, reason } => {
                     self.counters.links_down += 1;
                     info!(%link, neighbour = %name, reason, "neighbour down");
+                    self.withdrawal_budget.remove(&name);
+                    if self.config.route_withdrawal {
+                        let me = &self.config.name;
+                        if let Some(w) = self.routing.withdrawal_for(now, me, &name) {
+                            info!(server = %name, last_seq = w.last_seq,
+                                "link to a server down: its routes over us withdrawn");
+                            self.send_withdrawal(&w, None);
+                        }
+                    }
                     // Routes first, so the failover sees only what remains.
                     self.routing.neighbour_down(&name);
                     self.with_streams(now, |s, ctx| {
@@ -804,5 +908,180 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_flood_seq(node: &mut Node, now: Instant) -> u64 {
+        let hello = Hello {
+            name: "N".into(),
+            role: OverlayRole::Node,
+            version: OVERLAY_VERSION,
+            listen_port: 7000,
+        };
+        let peer: SocketAddr = "10.0.0.2:7000".parse().expect("address");
+        node.handle_link_up(now, LinkId(1), peer, None, hello);
+        std::iter::from_fn(|| node.poll_output())
+            .find_map(|o| match o {
+                Output::Send {
+                    msg: OverlayMsg::Flood(f),
+                    ..
+                } => Some(f.seq),
+                _ => None,
+            })
+            .expect("a server floods to a new neighbour")
+    }
+
+    fn server(now: Instant, wall_us: u64) -> Node {
+        let mut cfg = NodeConfig::new("S", OverlayRole::Server, 7000, vec![]);
+        cfg.videos = vec!["v".into()];
+        let mut node = Node::new(cfg, now);
+        // As the drivers do: the wall clock is anchored after creation.
+        node.set_wall_clock(now, wall_us);
+        node
+    }
+
+    #[test]
+    fn a_restarted_server_floods_newer_sequence_numbers_than_its_previous_life() {
+        // Regression (seeds 66 and others of the fault simulation): the first flood was
+        // numbered at creation, before the wall clock was anchored, so every life of a server
+        // counted from 0, and nodes still holding the previous life's higher number recorded
+        // the new floods without forwarding them.
+        let t0 = Instant::now();
+        let wall0 = 1_700_000_000_000_000;
+        let mut first = server(t0, wall0);
+        let mut seq = first_flood_seq(&mut first, t0);
+        // The first life runs 20 floods.
+        for i in 1..=20 {
+            let t = t0 + first.config().flood_interval * i;
+            first.handle_timeout(t);
+            for o in std::iter::from_fn(|| first.poll_output()) {
+                if let Output::Send {
+                    msg: OverlayMsg::Flood(f),
+                    ..
+                } = o
+                {
+                    assert!(f.seq > seq);
+                    seq = f.seq;
+                }
+            }
+        }
+        // Restarted 1 s after its last flood.
+        let t1 = t0 + Duration::from_secs(21);
+        let mut second = server(t1, wall0 + 21_000_000);
+        assert!(first_flood_seq(&mut second, t1) > seq);
+    }
+
+    fn hello(name: &str, role: OverlayRole) -> Hello {
+        Hello {
+            name: name.into(),
+            role,
+            version: OVERLAY_VERSION,
+            listen_port: 7000,
+        }
+    }
+
+    /// Node A linked to server S (link 1) and node B (link 2), with S's flood heard.
+    fn a_between_s_and_b(withdraw: bool) -> (Node, Instant) {
+        let t0 = Instant::now();
+        let mut cfg = NodeConfig::new("A", OverlayRole::Node, 7000, vec![]);
+        cfg.route_withdrawal = withdraw;
+        let mut a = Node::new(cfg, t0);
+        let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 7000));
+        a.handle_link_up(
+            t0,
+            LinkId(1),
+            addr(1),
+            None,
+            hello("S", OverlayRole::Server),
+        );
+        a.handle_link_up(t0, LinkId(2), addr(2), None, hello("B", OverlayRole::Node));
+        let flood = Flood {
+            server: "S".into(),
+            seq: 42,
+            sent_at_us: 0,
+            link_sum_us: 0,
+            visited: vec!["S".into()],
+            videos: vec!["v".into()],
+        };
+        a.handle_message(t0, LinkId(1), OverlayMsg::Flood(flood));
+        while a.poll_output().is_some() {}
+        (a, t0)
+    }
+
+    fn withdrawals_sent(node: &mut Node) -> Vec<(LinkId, Withdrawal)> {
+        std::iter::from_fn(|| node.poll_output())
+            .filter_map(|o| match o {
+                Output::Send {
+                    link,
+                    msg: OverlayMsg::Withdrawal(w),
+                } => Some((link, w)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_death_of_a_link_to_a_server_is_flooded_as_a_withdrawal() {
+        let (mut a, t0) = a_between_s_and_b(true);
+        a.handle_link_down(t0, LinkId(1), "connection closed by peer");
+        let sent = withdrawals_sent(&mut a);
+        let expected = Withdrawal {
+            server: "S".into(),
+            neighbour: "A".into(),
+            last_seq: 42,
+        };
+        assert_eq!(sent, vec![(LinkId(2), expected)]);
+        assert_eq!(a.counters().withdrawals_sent, 1);
+        // A node link's death withdraws nothing.
+        a.handle_link_down(t0, LinkId(2), "connection closed by peer");
+        assert!(withdrawals_sent(&mut a).is_empty());
+    }
+
+    #[test]
+    fn the_old_behaviour_withdraws_nothing() {
+        let (mut a, t0) = a_between_s_and_b(false);
+        a.handle_link_down(t0, LinkId(1), "connection closed by peer");
+        assert!(withdrawals_sent(&mut a).is_empty());
+        assert!(
+            a.routing().servers().is_empty(),
+            "the direct routes still go"
+        );
+    }
+
+    #[test]
+    fn withdrawals_are_forwarded_once_checked_and_rate_limited_per_neighbour() {
+        let (mut a, t0) = a_between_s_and_b(true);
+        let w = |server: &str, seq: u64| {
+            OverlayMsg::Withdrawal(Withdrawal {
+                server: server.into(),
+                neighbour: "X".into(),
+                last_seq: seq,
+            })
+        };
+        // From B: forwarded to S only (not back to B), once.
+        a.handle_message(t0, LinkId(2), w("T", 1));
+        assert_eq!(withdrawals_sent(&mut a).len(), 1);
+        a.handle_message(t0, LinkId(2), w("T", 1));
+        assert!(withdrawals_sent(&mut a).is_empty());
+        // Malformed: counted, not forwarded.
+        a.handle_message(t0, LinkId(2), w("X", 1));
+        assert!(withdrawals_sent(&mut a).is_empty());
+        assert_eq!(a.counters().withdrawals_malformed, 1);
+        // A flood of them from B: the burst passes, the rest is dropped and counted.
+        let burst = WITHDRAWAL_BURST as u64;
+        for seq in 10..10 + 2 * burst {
+            a.handle_message(t0, LinkId(2), w("T", seq));
+        }
+        let c = a.counters();
+        assert_eq!(c.withdrawals_received, 3 + 2 * burst);
+        assert_eq!(c.withdrawals_limited, burst + 3);
+        // The budget refills with time.
+        let later = t0 + Duration::from_secs(1);
+        a.handle_message(later, LinkId(2), w("T", 1000));
+        assert_eq!(a.counters().withdrawals_limited, burst + 3);
     }
 }

@@ -182,6 +182,28 @@ impl Streams {
         self.reconcile(ctx);
     }
 
+    /// A neighbour's link was replaced by a duplicate (both ends keep one of two links opened
+    /// at once). What we sent on the losing link is lost if the peer closed it first, a
+    /// request among it, which would leave us waiting for a parent that never heard us: ask
+    /// again (a repeated request only updates the path).
+    pub(crate) fn neighbour_relinked(&mut self, ctx: &mut Ctx<'_>, name: &str) {
+        let is = |u: &Option<Upstream>| u.as_ref().is_some_and(|u| u.name == name);
+        let videos: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| is(&s.parent) || is(&s.pending) || is(&s.second))
+            .map(|(v, _)| v.clone())
+            .collect();
+        for video in videos {
+            self.request(ctx, &video, name);
+            let st = self.streams.get_mut(&video).expect("listed");
+            if st.gf_asked.as_deref() == Some(name) {
+                st.gf_asked = None;
+                self.ask_grandfathers(ctx, &video);
+            }
+        }
+    }
+
     pub(crate) fn neighbour_down(&mut self, ctx: &mut Ctx<'_>, name: &str) {
         for w in self.gf_watch.values_mut() {
             w.told.remove(name);
@@ -402,5 +424,20 @@ mod tests {
         h.unlink("A");
         assert_eq!(h.sent(), [("C".into(), "video_unavailable")]);
         assert!(!h.streams.has("v"));
+    }
+
+    #[test]
+    fn a_replaced_link_to_the_parent_repeats_the_request() {
+        // The request may have gone out on the duplicate link the parent closed (seed 323 of
+        // the fault simulation: the consumer waited for ever on a parent that never heard it).
+        let mut h = Harness::with_routes("B", &[("A", 5), ("X", 10)], &[]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        h.sent();
+        h.run(|s, ctx| s.neighbour_relinked(ctx, "A"));
+        assert!(h.sent().contains(&("A".into(), "video_request")));
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        // Another neighbour's link: nothing to repeat.
+        h.run(|s, ctx| s.neighbour_relinked(ctx, "X"));
+        assert!(h.sent().is_empty());
     }
 }
