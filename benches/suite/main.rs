@@ -5,7 +5,7 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, join, fanout, scale).
+//! record, control, edge, edgefail, join, fanout, scale).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -80,6 +80,9 @@ fn main() {
     }
     if opts.wants("edge") {
         edge::run(&opts, &mut rep);
+    }
+    if opts.wants("edgefail") {
+        edge::failover(&opts, &mut rep);
     }
     if opts.wants("join") {
         join::run(&opts, &mut rep);
