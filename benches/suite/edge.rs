@@ -918,7 +918,7 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
          `--relay native|ffmpeg` on the edges), video alpha. Per trial two clients run in this \
          process (the real ClientService under the real client driver, as `overlayd --role \
          client`), both pinned to E1 with E2 as their other edge: one with the 1 s rule \
-         (`--edge-suspect-ms 0`), one with the stream rule (default: suspected after 2.5 x the \
+         (`--edge-suspect-ms 0`), one with the stream rule (default: suspected after 2 x the \
          peak gap between datagrams, floor 60 ms; the next edge asked to continue; switch on its \
          first newer video). After 2.5 s of steady play E1 is killed (kill -9) or stopped \
          (SIGSTOP); 3 s observed; E1 restarted or continued for the next trial. Gap = longest \

@@ -53,7 +53,7 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 0)]
     pub player_port: u16,
     /// The edge is suspected (and the next-best one asked to continue the stream) after a
-    /// silence of 2.5 times the stream's peak gap between datagrams, and at least this many
+    /// silence of twice the stream's peak gap between datagrams, and at least this many
     /// milliseconds; 0: no suspicion, an edge is left only after 1 s without any sign of life
     /// (the rule before).
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_SUSPECT_FLOOR_MS)]

@@ -10,7 +10,7 @@
 //! the player until the new one delivers, then it is cancelled.
 //!
 //! The stream is its own heartbeat: the client follows the peak gap between the video
-//! datagrams of its edge (decaying slowly), and a silence of 2.5 times that peak (bounded by
+//! datagrams of its edge (decaying slowly), and a silence of twice that peak (bounded by
 //! `suspect_floor` and `dead_after`) makes the edge *suspected*: the next-best edge is asked
 //! for the stream while the old one is still listened to. The first datagram of the new edge
 //! that the player has not had (framed: newer than the last delivered; raw TS: any) completes
@@ -114,7 +114,7 @@ pub struct ClientSettings {
     /// `None`: no suspicion, only `dead_after` (the rule before stream-based suspicion).
     pub suspect_floor: Option<Duration>,
     /// The session's edge is suspected after this many times the recent peak gap between its
-    /// video datagrams. 2.5: a stream that pauses up to its peak gap is never suspected, and
+    /// video datagrams. 2: a stream that pauses up to its peak gap is never suspected, and
     /// a false suspicion costs only a request (the switch needs newer video from the other
     /// edge), so the factor can be low.
     pub suspect_factor: f64,
@@ -154,7 +154,7 @@ impl Default for ClientSettings {
             reorder_hold: Duration::from_millis(300),
             stale_epoch_return: Duration::from_millis(100),
             suspect_floor: Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS)),
-            suspect_factor: 2.5,
+            suspect_factor: 2.0,
             suspect_samples: 16,
             gap_peak_half_life: Duration::from_secs(10),
             first_stream: 1,
@@ -2322,7 +2322,7 @@ mod tests {
             net.switches().last(),
             Some(&(net.edges[1].addr, SwitchReason::Stalled))
         );
-        // 2.5 × 40 ms of silence, one tick, a request and the next chunk over 15 ms each way.
+        // 2 × 40 ms of silence, one tick, a request and the next chunk over 15 ms each way.
         let took = first_from_b.unwrap();
         assert!(took <= Duration::from_millis(220), "{took:?}");
         let after = net.assert_in_order();
@@ -2438,10 +2438,10 @@ mod tests {
     }
 
     #[test]
-    fn suspicion_starts_exactly_at_two_and_a_half_peak_gaps_and_asks_the_next_edge_to_continue() {
+    fn suspicion_starts_exactly_at_two_peak_gaps_and_asks_the_next_edge_to_continue() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 20);
         assert_eq!(c.gaps.peak, CHUNK_EVERY);
-        let at = last + CHUNK_EVERY * 5 / 2;
+        let at = last + 2 * CHUNK_EVERY;
         assert_eq!(c.suspect_at(), Some(at));
         assert!(c.poll_timeout().is_some_and(|t| t <= at));
         c.handle_timeout(at - Duration::from_millis(1));
@@ -2463,7 +2463,7 @@ mod tests {
     #[test]
     fn the_old_edge_speaking_first_clears_the_suspicion_and_lets_the_standby_go() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 20);
-        let at = last + CHUNK_EVERY * 5 / 2;
+        let at = last + 2 * CHUNK_EVERY;
         c.handle_timeout(at);
         requests(&mut c);
         c.handle_datagram(at + TICK, a, framed(1, 1, 20, 0, 1));
@@ -2482,14 +2482,14 @@ mod tests {
         c.handle_datagram(at + TICK, b, framed(1, 1, 21, 0, 1));
         assert_eq!(delivered(&mut c), 0);
         assert_eq!(c.current_edge(), Some(a));
-        // The 105 ms silence was the stream's rhythm after all: the peak follows it.
-        assert_eq!(c.gaps.peak, CHUNK_EVERY * 5 / 2 + TICK);
+        // The 85 ms silence was the stream's rhythm after all: the peak follows it.
+        assert_eq!(c.gaps.peak, 2 * CHUNK_EVERY + TICK);
     }
 
     #[test]
     fn newer_video_from_the_standby_completes_the_switch_without_duplicates() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 20);
-        let at = last + CHUNK_EVERY * 5 / 2;
+        let at = last + 2 * CHUNK_EVERY;
         c.handle_timeout(at);
         requests(&mut c);
         // The standby's GOP cache: video the player had; dropped, no switch yet.
@@ -2595,7 +2595,7 @@ mod tests {
             (b, a)
         };
         assert_eq!(delivered(&mut c), 20);
-        let at = t + CHUNK_EVERY * 5 / 2;
+        let at = t + 2 * CHUNK_EVERY;
         c.handle_timeout(at);
         assert_eq!(c.stats(at).suspicions, 1);
         // The standby's child started 100 ms behind what the player had (PCR 1760).
