@@ -118,8 +118,12 @@ pub struct ClientSettings {
     /// a false suspicion costs only a request (the switch needs newer video from the other
     /// edge), so the factor can be low.
     pub suspect_factor: f64,
-    /// Gaps measured before the peak is trusted; until then only `dead_after` holds.
+    /// Gaps measured, over at least `suspect_warmup` of stream, before the peak is trusted;
+    /// until then only `dead_after` holds. The time matters for a bursty stream (an ffmpeg
+    /// relay sends bursts about 350 ms apart): many gaps within a burst say nothing of the
+    /// pauses between bursts.
     pub suspect_samples: u32,
+    pub suspect_warmup: Duration,
     /// The measured peak gap halves in this long (a burst of lateness is remembered a while).
     pub gap_peak_half_life: Duration,
     /// The first stream id; give each run a different one (random) so an edge never mistakes
@@ -156,6 +160,7 @@ impl Default for ClientSettings {
             suspect_floor: Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS)),
             suspect_factor: 2.0,
             suspect_samples: 16,
+            suspect_warmup: Duration::from_secs(1),
             gap_peak_half_life: Duration::from_secs(10),
             first_stream: 1,
             token_key: 0,
@@ -370,6 +375,8 @@ enum Verdict {
 /// between its video datagrams, decaying with a half-life.
 #[derive(Debug, Clone, Default)]
 struct GapMeter {
+    /// The first video measured (of the stream, whichever edge).
+    first: Option<Instant>,
     last: Option<Instant>,
     peak: Duration,
     samples: u32,
@@ -383,6 +390,7 @@ impl GapMeter {
             self.peak = gap.max(self.peak.mul_f64(0.5f64.powf(halvings)));
             self.samples = self.samples.saturating_add(1);
         }
+        self.first.get_or_insert(now);
         self.last = Some(now);
     }
 
@@ -1131,7 +1139,13 @@ impl ClientService {
         if !att.got_data || self.current != Some(att.edge) {
             return None;
         }
-        if self.gaps.samples < self.settings.suspect_samples {
+        let measured = match (self.gaps.first, self.gaps.last) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        };
+        if self.gaps.samples < self.settings.suspect_samples
+            || measured < self.settings.suspect_warmup
+        {
             return None;
         }
         let after = self
@@ -2402,14 +2416,41 @@ mod tests {
         });
         c.handle_datagram(now, a, ok.to_bytes().unwrap());
         while c.poll_output().is_some() {}
+        let mut got = 0;
         for seq in 0..n {
             if seq > 0 {
                 now += CHUNK_EVERY;
             }
-            c.handle_datagram(now, a, framed(1, 1, seq, 0, 1));
+            got += fed(&mut c, now, a, framed(1, 1, seq, 0, 1));
         }
-        assert_eq!(delivered(&mut c), n as usize);
+        assert_eq!(got, n as usize);
         (c, a, b, now)
+    }
+
+    /// One datagram from `from`, then the timers, with every probe answered at once (the
+    /// edges stay alive; 10.0.0.1 gives cookie 9, the other 8); returns the datagrams handed
+    /// to the player.
+    fn fed(c: &mut ClientService, now: Instant, from: SocketAddr, datagram: Bytes) -> usize {
+        c.handle_datagram(now, from, datagram);
+        c.handle_timeout(now);
+        let mut delivered = 0;
+        while let Some(o) = c.poll_output() {
+            match o {
+                ClientOutput::Deliver(_) => delivered += 1,
+                ClientOutput::Send { to, bytes } => {
+                    if let Ok(ClientMsg::Probe(p)) = ClientMsg::decode(bytes) {
+                        let cookie = if to == addr("10.0.0.1:7702") { 9 } else { 8 };
+                        let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+                            token: p.token,
+                            cookie,
+                        });
+                        c.handle_datagram(now, to, ack.to_bytes().unwrap());
+                    }
+                }
+                ClientOutput::Event(_) => {}
+            }
+        }
+        delivered
     }
 
     /// Video requests and cancels sent, as (to, message).
@@ -2439,7 +2480,7 @@ mod tests {
 
     #[test]
     fn suspicion_starts_exactly_at_two_peak_gaps_and_asks_the_next_edge_to_continue() {
-        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 20);
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
         assert_eq!(c.gaps.peak, CHUNK_EVERY);
         let at = last + 2 * CHUNK_EVERY;
         assert_eq!(c.suspect_at(), Some(at));
@@ -2462,11 +2503,11 @@ mod tests {
 
     #[test]
     fn the_old_edge_speaking_first_clears_the_suspicion_and_lets_the_standby_go() {
-        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 20);
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
         let at = last + 2 * CHUNK_EVERY;
         c.handle_timeout(at);
         requests(&mut c);
-        c.handle_datagram(at + TICK, a, framed(1, 1, 20, 0, 1));
+        c.handle_datagram(at + TICK, a, framed(1, 1, 30, 0, 1));
         let (n, sent) = drain(&mut c);
         assert_eq!(n, 1);
         assert!(
@@ -2479,7 +2520,7 @@ mod tests {
             (1, 1, 0)
         );
         // The standby's video, arriving late, is not for the player.
-        c.handle_datagram(at + TICK, b, framed(1, 1, 21, 0, 1));
+        c.handle_datagram(at + TICK, b, framed(1, 1, 31, 0, 1));
         assert_eq!(delivered(&mut c), 0);
         assert_eq!(c.current_edge(), Some(a));
         // The 85 ms silence was the stream's rhythm after all: the peak follows it.
@@ -2488,19 +2529,19 @@ mod tests {
 
     #[test]
     fn newer_video_from_the_standby_completes_the_switch_without_duplicates() {
-        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 20);
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
         let at = last + 2 * CHUNK_EVERY;
         c.handle_timeout(at);
         requests(&mut c);
         // The standby's GOP cache: video the player had; dropped, no switch yet.
         let t = at + TICK;
-        for seq in 15..20 {
+        for seq in 25..30 {
             c.handle_datagram(t, b, framed(1, 1, seq, 0, 1));
         }
         assert_eq!(delivered(&mut c), 0);
         assert_eq!(c.current_edge(), Some(a));
         // Then newer video: the switch completes and the old edge is cancelled.
-        for seq in 20..24 {
+        for seq in 30..34 {
             c.handle_datagram(t, b, framed(1, 1, seq, 0, 1));
         }
         let (n, sent) = drain(&mut c);
@@ -2512,8 +2553,8 @@ mod tests {
             "{sent:?}"
         );
         // The old edge waking up changes nothing.
-        c.handle_datagram(t, a, framed(1, 1, 20, 0, 1));
-        c.handle_datagram(t, a, framed(1, 1, 24, 0, 1));
+        c.handle_datagram(t, a, framed(1, 1, 30, 0, 1));
+        c.handle_datagram(t, a, framed(1, 1, 34, 0, 1));
         assert_eq!(delivered(&mut c), 0);
         let st = c.stats(t);
         assert_eq!(
@@ -2530,6 +2571,9 @@ mod tests {
     fn before_enough_gaps_and_with_the_old_rule_only_dead_after_holds() {
         let (c, ..) = playing_two(ClientSettings::default(), 10);
         assert_eq!(c.suspect_at(), None, "9 gaps are not enough");
+        // Nor are 16 gaps within less than a second (bursts of an ffmpeg relay).
+        let (c, ..) = playing_two(ClientSettings::default(), 20);
+        assert_eq!(c.suspect_at(), None, "760 ms are not enough");
         let (c, ..) = playing_two(old_rule(), 40);
         assert_eq!(c.suspect_at(), None);
         // The floor holds for a dense stream, `dead_after` caps a sparse one.
@@ -2537,13 +2581,13 @@ mod tests {
             suspect_floor: Some(Duration::from_millis(150)),
             ..ClientSettings::default()
         };
-        let (c, _, _, last) = playing_two(dense, 20);
+        let (c, _, _, last) = playing_two(dense, 30);
         assert_eq!(c.suspect_at(), Some(last + Duration::from_millis(150)));
         let sparse = ClientSettings {
             suspect_factor: 40.0,
             ..ClientSettings::default()
         };
-        let (c, _, _, last) = playing_two(sparse, 20);
+        let (c, _, _, last) = playing_two(sparse, 30);
         assert_eq!(c.suspect_at(), Some(last + Duration::from_millis(1000)));
     }
 
@@ -2580,28 +2624,27 @@ mod tests {
         }
         c.handle_timeout(now);
         c.play(now, "v1");
+        while c.poll_output().is_some() {}
         let mut t = now;
-        for i in 0..20 {
+        let mut got = 0;
+        for i in 0..30 {
             t = now + CHUNK_EVERY * i;
-            c.handle_datagram(
-                t,
-                c.current_edge().unwrap(),
-                raw_with_pcr(1000 + 40 * u64::from(i), 7),
-            );
+            let e = c.current_edge().unwrap();
+            got += fed(&mut c, t, e, raw_with_pcr(1000 + 40 * u64::from(i), 7));
         }
         let (old, standby) = if c.current_edge() == Some(a) {
             (a, b)
         } else {
             (b, a)
         };
-        assert_eq!(delivered(&mut c), 20);
+        assert_eq!(got, 30);
         let at = t + 2 * CHUNK_EVERY;
         c.handle_timeout(at);
         assert_eq!(c.stats(at).suspicions, 1);
-        // The standby's child started 100 ms behind what the player had (PCR 1760).
-        c.handle_datagram(at, standby, raw_with_pcr(1660, 7));
-        c.handle_datagram(at, standby, raw_with_pcr(1700, 7));
-        c.handle_datagram(at, old, raw_with_pcr(1800, 7));
+        // The standby's child started 100 ms behind what the player had (PCR 2160).
+        c.handle_datagram(at, standby, raw_with_pcr(2060, 7));
+        c.handle_datagram(at, standby, raw_with_pcr(2100, 7));
+        c.handle_datagram(at, old, raw_with_pcr(2200, 7));
         assert_eq!(delivered(&mut c), 2);
         let st = c.stats(at);
         assert_eq!(c.current_edge(), Some(standby));
