@@ -489,12 +489,39 @@ fn killed_client_lease_expires_and_stream_stops_upstream(mode: Mode) {
 }
 both_relays!(killed_client_lease_expires_and_stream_stops_upstream);
 
-/// The client's edge is killed mid-stream: the client moves to the other edge and the recording
-/// goes on and decodes.
-fn edge_death_moves_the_client_to_the_other_edge(mode: Mode) {
+/// Waits until `d`'s log has `n` lines containing every one of `parts`; returns when.
+fn wait_count(d: &Daemon, parts: &[&str], n: usize) -> Instant {
+    let deadline = Instant::now() + WAIT;
+    while d.matching(parts).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{}: fewer than {n} log lines with {parts:?}; log:\n{}",
+            d.name,
+            d.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Instant::now()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// The client's edge hangs mid-stream (SIGSTOP: nothing closes, nothing answers): the client
+/// moves to the other edge; the hung edge wakes up (SIGCONT), then the other edge is killed
+/// (kill -9): the client moves back. The recording goes on and decodes; with the built-in relay
+/// it has no duplicate and no reordering; with ffmpeg's raw TS the video repeated at the
+/// switches is measured (PCR) and printed. The time from each fault to the client's first
+/// video from the other edge (its log, polled every 5 ms) is printed, not asserted.
+fn edge_hang_then_death_move_the_client(mode: Mode) {
     let t0 = Instant::now();
     let mut net = Net::start(4, mode, &["E1", "E2"]);
-    let secs = 14;
+    let secs = 20;
     let (mut c1, rec, stats) = net.client("C1", secs);
     let line = c1.wait_for(&["receiving video from edge"], WAIT);
     let (first, other) = if line.contains(&format!("{}:", net.ip(3))) {
@@ -502,37 +529,57 @@ fn edge_death_moves_the_client_to_the_other_edge(mode: Mode) {
     } else {
         ("E2", "E1")
     };
-    std::thread::sleep(Duration::from_secs(4));
+    let ip_of = |e: &str| net.ip(if e == "E1" { 3 } else { 4 });
+    let (first_ip, other_ip) = (format!("{}:", ip_of(first)), format!("{}:", ip_of(other)));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let first_pid = net.daemon(first).pid();
+    let hung = Instant::now();
+    signal(first_pid, "-STOP");
+    let moved = wait_count(&c1, &["receiving video from edge", &other_ip], 1);
+    let hang_move = moved.duration_since(hung).as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    signal(first_pid, "-CONT");
+    // The woken edge drops the session the client cancelled and serves again.
+    std::thread::sleep(Duration::from_secs(3));
+
     let killed = Instant::now();
-    net.daemon_mut(first).kill();
-    let other_ip = net.ip(if other == "E1" { 3 } else { 4 });
-    let moved = c1.wait_for(&["receiving video from edge", &other_ip], WAIT);
-    let moved_after = killed.elapsed().as_secs_f64();
+    net.daemon_mut(other).kill();
+    let back = wait_count(&c1, &["receiving video from edge", &first_ip], 2);
+    let kill_move = back.duration_since(killed).as_secs_f64();
+
     let st = finish(&mut c1, &stats, secs);
     let p = probe(&rec);
     let edges = st["edges"].to_string();
     println!(
-        "[{}] kill -9 of {first}: client receiving from {other} after {moved_after:.2} s; recording: {}; client: switches {}, gaps {}, missing chunks {}, duplicates {}, reorderings {}, duplicates dropped {}, late dropped {}, raw datagrams {}, edges {edges}; test {:.1} s",
+        "[{}] SIGSTOP of {first}: client receiving from {other} after {hang_move:.3} s; kill -9 of {other}: back on {first} after {kill_move:.3} s; recording: {}; client: switches {}, suspicions {} (cleared {}), gap peak {} ms, gaps {}, missing chunks {}, duplicates {}, reorderings {}, raw repeated {} ms, raw datagrams {}, edges {edges}; test {:.1} s",
         mode.flag(),
         show(&p),
         st["switches"],
+        st["suspicions"],
+        st["suspicions_cleared"],
+        st["gap_peak_ms"],
         st["gaps"],
         st["missing_chunks"],
         st["duplicates"],
         st["reorderings"],
-        st["duplicates_dropped"],
-        st["reordered_dropped"],
+        st["raw_repeated_ms"],
         st["raw_datagrams"],
         t0.elapsed().as_secs_f64()
     );
-    assert!(moved.contains(&other_ip), "{moved}");
-    assert!(st["switches"].as_u64().unwrap() >= 1, "no switch recorded");
-    assert!(edges.contains(&other_ip), "{edges}");
-    assert!(p.frames > 0 && p.first_key, "{p:?}");
-    // Video from both edges is in the recording: more than was recorded before the kill.
     assert!(
-        p.duration > 6.0,
-        "recording of {:.2} s did not go on after the switch",
+        st["switches"].as_u64().unwrap() >= 2,
+        "fewer than two switches"
+    );
+    assert!(
+        edges.contains(&other_ip) && edges.contains(&first_ip),
+        "{edges}"
+    );
+    assert!(p.frames > 0 && p.first_key, "{p:?}");
+    // Video after both faults is in the recording.
+    assert!(
+        p.duration > 12.0,
+        "recording of {:.2} s did not go on after the switches",
         p.duration
     );
     if mode == Mode::Native {
@@ -540,4 +587,4 @@ fn edge_death_moves_the_client_to_the_other_edge(mode: Mode) {
         assert_eq!(st["reorderings"], 0);
     }
 }
-both_relays!(edge_death_moves_the_client_to_the_other_edge);
+both_relays!(edge_hang_then_death_move_the_client);

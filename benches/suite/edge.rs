@@ -725,3 +725,317 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     );
     rep.add(t);
 }
+
+// ---- edge failover at the client ------------------------------------------------------------
+
+/// What one client saw in one edge-failover trial.
+struct Failover {
+    /// Longest pause of the media handed to the player that ends after the fault.
+    gap: Duration,
+    /// Longest pause in the second before the fault (the stream's own rhythm).
+    normal: Duration,
+    stats: overlayd::service::client::ClientStats,
+    /// Switches before the fault (false switches).
+    early_switches: u64,
+}
+
+/// Starts the client (`old`: the 1 s rule) pinned to `e1` with `e2` as the other edge, playing
+/// `video`; its media arrival times go to the returned list.
+async fn failover_client(
+    bind: IpAddr,
+    e1: SocketAddr,
+    e2: SocketAddr,
+    old: bool,
+    video: &str,
+) -> (
+    overlayd::net::client_driver::ClientHandle,
+    Arc<Mutex<Vec<Instant>>>,
+) {
+    use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig};
+    use overlayd::service::client::{ClientService, ClientSettings, EdgeChoice};
+    let settings = ClientSettings {
+        suspect_floor: if old {
+            None
+        } else {
+            ClientSettings::default().suspect_floor
+        },
+        first_stream: rand::random(),
+        token_key: rand::random(),
+        ..ClientSettings::default()
+    };
+    let service = ClientService::new(
+        settings,
+        vec![e1, e2],
+        EdgeChoice::Pinned(e1),
+        Instant::now(),
+    );
+    let mut h = client_driver::spawn(
+        ClientDriverConfig {
+            bind: SocketAddr::new(bind, 0),
+            media_queue: 8192,
+        },
+        service,
+    )
+    .await
+    .expect("client socket");
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let mut media = std::mem::replace(&mut h.media, tokio::sync::mpsc::channel(1).1);
+    let sink = arrivals.clone();
+    tokio::spawn(async move {
+        while media.recv().await.is_some() {
+            sink.lock().unwrap().push(Instant::now());
+        }
+    });
+    h.commands
+        .send(ClientCommand::Play(video.to_string()))
+        .expect("client driver running");
+    (h, arrivals)
+}
+
+fn failover_measure(arrivals: &[Instant], fault_at: Instant) -> (Duration, Duration) {
+    let mut gap = Duration::ZERO;
+    let mut normal = Duration::ZERO;
+    for w in arrivals.windows(2) {
+        let d = w[1].duration_since(w[0]);
+        if w[1] > fault_at {
+            gap = gap.max(d);
+        } else if fault_at.duration_since(w[1]) < Duration::from_secs(1) {
+            normal = normal.max(d);
+        }
+    }
+    (gap, normal)
+}
+
+const FAILOVER_VIDEO: &str = "alpha";
+
+/// One trial: an old-rule and a new-rule client on E1, E1 killed or stopped, both observed,
+/// E1 restored.
+fn failover_trial(
+    rt: &tokio::runtime::Runtime,
+    net: &mut Net,
+    prefix: &str,
+    relay: &str,
+    stop: bool,
+    k: usize,
+) -> Result<[Failover; 2], String> {
+    let e1: SocketAddr = format!("{prefix}.3:7702").parse().unwrap();
+    let e2: SocketAddr = format!("{prefix}.4:7702").parse().unwrap();
+    let mut clients = Vec::new();
+    for (i, old) in [true, false].into_iter().enumerate() {
+        let ip: IpAddr = format!("{prefix}.{}", 10 + (2 * k + i) % 200)
+            .parse()
+            .unwrap();
+        clients.push(rt.block_on(failover_client(ip, e1, e2, old, FAILOVER_VIDEO)));
+    }
+    // Both fed from E1, then a steady stretch (the new rule measures the rhythm).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fed =
+        |c: &(
+            overlayd::net::client_driver::ClientHandle,
+            Arc<Mutex<Vec<Instant>>>,
+        )| { c.0.snapshot.borrow().current == Some(e1) && c.1.lock().unwrap().len() > 10 };
+    while !clients.iter().all(fed) {
+        if Instant::now() > deadline {
+            return Err("clients not fed from E1 within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let early: Vec<u64> = clients
+        .iter()
+        .map(|c| c.0.snapshot.borrow().stats.edge_switches)
+        .collect();
+    let pid = net.daemon("E1").pid();
+    let fault_at = Instant::now();
+    if stop {
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+    } else {
+        net.daemons
+            .iter_mut()
+            .find(|d| d.name == "E1")
+            .unwrap()
+            .kill();
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    let mut out = Vec::new();
+    for (c, early) in clients.into_iter().zip(early) {
+        let (handle, arrivals) = c;
+        let on_e2 = handle.snapshot.borrow().current == Some(e2);
+        let snap = rt.block_on(handle.shutdown());
+        let (gap, normal) = failover_measure(&arrivals.lock().unwrap(), fault_at);
+        out.push((
+            on_e2,
+            Failover {
+                gap,
+                normal,
+                stats: snap.stats,
+                early_switches: early,
+            },
+        ));
+    }
+    // E1 back for the next trial.
+    if stop {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+    } else {
+        let key = net.dir.path("k");
+        let idx = net.daemons.iter().position(|d| d.name == "E1").unwrap();
+        let extra = ["--relay", relay];
+        net.daemons[idx] = device(
+            "edge",
+            "E1",
+            &format!("{prefix}.3"),
+            &format!("{prefix}.100"),
+            &key,
+            &extra,
+        );
+        net.daemons[idx].wait_for(&["edge serving clients"], Duration::from_secs(20));
+        net.daemons[idx].wait_for(&["neighbour up"], Duration::from_secs(20));
+    }
+    // The restored edge is back in the overlay and knows the video's route.
+    std::thread::sleep(Duration::from_secs(4));
+    if let Some((_, f)) = out.iter().find(|(on_e2, _)| !on_e2) {
+        return Err(format!(
+            "a client is not on E2 after the fault (switches {})",
+            f.stats.edge_switches
+        ));
+    }
+    let mut it = out.into_iter().map(|(_, f)| f);
+    Ok([it.next().unwrap(), it.next().unwrap()])
+}
+
+/// Media gap at a client when its edge dies (kill -9) or hangs (SIGSTOP), both relays, the 1 s
+/// rule against the stream rule, measured in the same trials.
+pub fn failover(opts: &Opts, rep: &mut Report) {
+    rep.start("edge failover at the client");
+    let mut t = Table::new(
+        "Media gap at a client when its edge dies or hangs",
+        "<= 250 ms p95 over 20 trials, both relays (native: 0 duplicates, 0 reorderings; ffmpeg: repeats bounded and counted); no switch before the fault",
+        "Real daemons on loopback: S1 - O1 - {E1, E2} (127.94.R.x, one overlay per relay, \
+         `--relay native|ffmpeg` on the edges), video alpha. Per trial two clients run in this \
+         process (the real ClientService under the real client driver, as `overlayd --role \
+         client`), both pinned to E1 with E2 as their other edge: one with the 1 s rule \
+         (`--edge-suspect-ms 0`), one with the stream rule (default: suspected after 2 x the \
+         peak gap between datagrams, floor 60 ms; the next edge asked to continue; switch on its \
+         first newer video). After 2.5 s of steady play E1 is killed (kill -9) or stopped \
+         (SIGSTOP); 3 s observed; E1 restarted or continued for the next trial. Gap = longest \
+         pause between datagrams handed to the player that ends after the fault; normal = \
+         longest pause in the second before. E2 carries the stream only once asked (a cold \
+         subscription one hop away, and a new ffmpeg child with the ffmpeg relay).",
+        &[
+            "relay",
+            "fault",
+            "rule",
+            "trials ok",
+            "gap p50 ms",
+            "gap p95 ms",
+            "gap max ms",
+            "normal p50 ms",
+            "chunks lost (total)",
+            "dup+reord (native) / repeated ms (ffmpeg), total",
+            "suspicions (cleared)",
+            "switches before fault",
+        ],
+    );
+    let rt = runtime();
+    let n = if opts.quick { 5 } else { 20 };
+    for (r, relay) in ["native", "ffmpeg"].into_iter().enumerate() {
+        let prefix = format!("127.94.{}", r + 1);
+        let ip = |h: u8| format!("{prefix}.{h}");
+        let edge_args = vec!["--relay".to_string(), relay.to_string()];
+        let mut net = Net::start(
+            &ip(100),
+            &[
+                ("S1", ip(1), "server", vec![]),
+                ("O1", ip(2), "node", vec![]),
+                ("E1", ip(3), "edge", edge_args.clone()),
+                ("E2", ip(4), "edge", edge_args),
+            ],
+            &[("S1", "O1"), ("O1", "E1"), ("O1", "E2")],
+        );
+        // A flood or two, so the edges know a route to the video.
+        std::thread::sleep(Duration::from_millis(2500));
+        for (stop, fault) in [(false, "kill -9"), (true, "SIGSTOP")] {
+            let mut trials: Vec<[Failover; 2]> = Vec::new();
+            let mut failed = Vec::new();
+            for k in 0..n {
+                match failover_trial(
+                    &rt,
+                    &mut net,
+                    &prefix,
+                    relay,
+                    stop,
+                    k + if stop { n } else { 0 },
+                ) {
+                    Ok(tr) => {
+                        println!(
+                            "  {relay} {fault} trial {k}: gap old {:.0} ms, new {:.0} ms (normal {:.0} ms, peak {} ms); new: suspicions {} cleared {}, lost {}, dup {} reord {}, repeated {} ms",
+                            tr[0].gap.as_secs_f64() * 1e3,
+                            tr[1].gap.as_secs_f64() * 1e3,
+                            tr[1].normal.as_secs_f64() * 1e3,
+                            tr[1].stats.gap_peak_ms,
+                            tr[1].stats.suspicions,
+                            tr[1].stats.suspicions_cleared,
+                            tr[1].stats.missing_chunks,
+                            tr[1].stats.delivered_duplicates,
+                            tr[1].stats.delivered_reorderings,
+                            tr[1].stats.raw_repeated_ms,
+                        );
+                        trials.push(tr);
+                    }
+                    Err(e) => {
+                        println!("  {relay} {fault} trial {k}: not measured: {e}");
+                        failed.push(e);
+                    }
+                }
+            }
+            for (i, rule) in ["1 s rule", "stream rule"].into_iter().enumerate() {
+                let of: Vec<&Failover> = trials.iter().map(|tr| &tr[i]).collect();
+                let gaps: Vec<f64> = of.iter().map(|f| f.gap.as_secs_f64() * 1e3).collect();
+                let normals: Vec<f64> = of.iter().map(|f| f.normal.as_secs_f64() * 1e3).collect();
+                let sum = |g: &dyn Fn(&Failover) -> u64| of.iter().map(|f| g(f)).sum::<u64>();
+                let dup = if relay == "native" {
+                    sum(&|f| f.stats.delivered_duplicates + f.stats.delivered_reorderings)
+                } else {
+                    sum(&|f| f.stats.raw_repeated_ms)
+                };
+                t.row(vec![
+                    relay.into(),
+                    fault.into(),
+                    rule.into(),
+                    format!("{}/{}", of.len(), n),
+                    f1(median(&gaps)),
+                    f1(pct(&gaps, 95.0)),
+                    f1(crate::report::max(&gaps)),
+                    f1(median(&normals)),
+                    if relay == "native" {
+                        sum(&|f| f.stats.missing_chunks).to_string()
+                    } else {
+                        "-".into()
+                    },
+                    dup.to_string(),
+                    format!(
+                        "{} ({})",
+                        sum(&|f| f.stats.suspicions),
+                        sum(&|f| f.stats.suspicions_cleared)
+                    ),
+                    sum(&|f| f.early_switches).to_string(),
+                ]);
+                let p95 = pct(&gaps, 95.0);
+                if i == 1 && !p95.is_nan() {
+                    t.note(format!(
+                        "{relay}, {fault}, stream rule: p95 {p95:.0} ms {} the goal (250 ms).",
+                        if p95 <= 250.0 { "meets" } else { "misses" }
+                    ));
+                }
+            }
+            for e in failed {
+                t.note(format!("{relay}, {fault}: a trial was not measured: {e}"));
+            }
+        }
+    }
+    rep.add(t);
+}

@@ -5,8 +5,8 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, join, fanout, scale; server-death is the server-death part of
-//! failover alone).
+//! record, control, edge, edgefail, join, fanout, scale; server-death is the server-death part
+//! of failover alone).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -84,6 +84,9 @@ fn main() {
     }
     if opts.wants("edge") {
         edge::run(&opts, &mut rep);
+    }
+    if opts.wants("edgefail") {
+        edge::failover(&opts, &mut rep);
     }
     if opts.wants("join") {
         join::run(&opts, &mut rep);

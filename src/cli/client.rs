@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use super::{parse_bootstrap, CliError, LogArgs, DEFAULT_CLIENT_PORT, DEFAULT_EDGE_PORT};
 use crate::roles::client::ClientConfig;
+use crate::service::client::DEFAULT_SUSPECT_FLOOR_MS;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +52,12 @@ pub struct ClientArgs {
     /// Local port (on 127.0.0.1) ffplay listens on; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub player_port: u16,
+    /// The edge is suspected (and the next-best one asked to continue the stream) after a
+    /// silence of twice the stream's peak gap between datagrams, and at least this many
+    /// milliseconds; 0: no suspicion, an edge is left only after 1 s without any sign of life
+    /// (the rule before).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_SUSPECT_FLOOR_MS)]
+    pub edge_suspect_ms: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -86,6 +93,7 @@ impl TryFrom<ClientArgs> for ClientConfig {
             edge_port: a.edge_port,
             stats_json: a.stats_json,
             player_port: a.player_port,
+            edge_suspect: (a.edge_suspect_ms > 0).then(|| Duration::from_millis(a.edge_suspect_ms)),
         })
     }
 }
@@ -110,6 +118,15 @@ mod tests {
         let cfg = config("").unwrap();
         assert!(cfg.player);
         assert_eq!(cfg.duration, None);
+        assert_eq!(
+            cfg.edge_suspect,
+            Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS))
+        );
+        assert_eq!(config("--edge-suspect-ms 0").unwrap().edge_suspect, None);
+        assert_eq!(
+            config("--edge-suspect-ms 150").unwrap().edge_suspect,
+            Some(Duration::from_millis(150))
+        );
     }
 
     #[test]

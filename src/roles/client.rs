@@ -58,6 +58,8 @@ pub struct ClientConfig {
     pub stats_json: Option<PathBuf>,
     /// Local UDP port ffplay listens on (on 127.0.0.1); 0 picks a free one.
     pub player_port: u16,
+    /// Shortest stream silence that makes the edge suspected; `None`: only the 1 s dead rule.
+    pub edge_suspect: Option<Duration>,
 }
 
 /// Where the ordered TS goes: the player's local port and/or a file.
@@ -193,6 +195,7 @@ pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
     info!(name = %cfg.name, edges = %join(&edges), "got edges from bootstrapper {}", cfg.bootstrap);
 
     let settings = ClientSettings {
+        suspect_floor: cfg.edge_suspect,
         first_stream: rand::random(),
         token_key: rand::random(),
         ..ClientSettings::default()
@@ -552,7 +555,8 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
     format!(
         "summary video={video} seconds={:.1} bytes={} datagrams={} chunks={} raw_datagrams={} \
          gaps={} missing_chunks={} duplicates={} reorderings={} duplicates_dropped={} \
-         reordered_dropped={} stale_dropped={} switches={} media_dropped={} edges={}",
+         reordered_dropped={} stale_dropped={} switches={} suspicions={} suspicions_cleared={} \
+         raw_repeated_ms={} gap_peak_ms={} media_dropped={} edges={}",
         elapsed.as_secs_f64(),
         st.bytes,
         st.datagrams,
@@ -566,6 +570,10 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         st.reordered_dropped,
         st.stale_dropped,
         st.edge_switches,
+        st.suspicions,
+        st.suspicions_cleared,
+        st.raw_repeated_ms,
+        st.gap_peak_ms,
         s.media_dropped,
         if edges.is_empty() {
             "-".into()
@@ -594,6 +602,10 @@ pub fn summary_json(video: &str, s: &ClientSnapshot, elapsed: Duration) -> serde
         "stale_dropped": st.stale_dropped,
         "epoch_changes": st.epoch_changes,
         "switches": st.edge_switches,
+        "suspicions": st.suspicions,
+        "suspicions_cleared": st.suspicions_cleared,
+        "raw_repeated_ms": st.raw_repeated_ms,
+        "gap_peak_ms": st.gap_peak_ms,
         "media_dropped": s.media_dropped,
         "edges": st.edges.iter().map(|u| serde_json::json!({
             "edge": u.edge.to_string(),

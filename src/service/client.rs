@@ -9,13 +9,23 @@
 //! margin for a hold time (hysteresis). A move is make-before-break: the old edge keeps feeding
 //! the player until the new one delivers, then it is cancelled.
 //!
+//! The stream is its own heartbeat: the client follows the peak gap between the video
+//! datagrams of its edge (decaying slowly), and a silence of twice that peak (bounded by
+//! `suspect_floor` and `dead_after`) makes the edge *suspected*: the next-best edge is asked
+//! for the stream while the old one is still listened to. The first datagram of the new edge
+//! that the player has not had (framed: newer than the last delivered; raw TS: any) completes
+//! the move; if the old edge speaks first, the suspicion is cleared and the new edge let go,
+//! with no switch. A stall of the source itself therefore never moves the client (no edge
+//! brings anything newer), and a slow machine only raises the peak it measures.
+//!
 //! What reaches the player: framed datagrams are ordered by `(epoch, seq, part)`. A datagram
 //! at or behind the last one delivered is dropped (duplicate or late), and an epoch left behind
 //! is not returned to while the new one flows (only a sustained run of it, when the overlay went
 //! back to that source, brings it back), so across any number of switches the player sees each
 //! TS packet at most once and in order; holes are counted as gaps. Raw-TS datagrams (an edge relaying through
 //! ffmpeg) carry no numbers: they are taken only from the session's edge (or, until it
-//! delivers, the edge being left), so a switch can repeat or skip a little video there.
+//! delivers, the edge being left), so a switch can repeat or skip a little video there; the
+//! span repeated is measured from the TS packets' PCRs and counted (`raw_repeated_ms`).
 //!
 //! An edge is known by the address the client sends to, or by another address it proved to
 //! answer from (a probe ack echoing a keyed token: NAT, or an edge without source-address
@@ -45,6 +55,13 @@ const MAX_HELD: usize = 2048;
 const STALE_EPOCH_ADOPT: u32 = 64;
 /// How many abandoned epochs are remembered (not returned to while another one flows).
 const RETIRED_EPOCHS: usize = 16;
+/// Default of [`ClientSettings::suspect_floor`], in milliseconds (`--edge-suspect-ms`).
+pub const DEFAULT_SUSPECT_FLOOR_MS: u64 = 60;
+/// PCR ticks per millisecond (27 MHz clock).
+const PCR_PER_MS: u64 = 27_000;
+/// A PCR step back larger than this across a switch is a new timeline (a restarted source),
+/// not video repeated.
+const PCR_REPEAT_LIMIT: u64 = 10_000 * PCR_PER_MS;
 
 /// Tunables of the client.
 #[derive(Debug, Clone)]
@@ -93,6 +110,22 @@ pub struct ClientSettings {
     /// than the gap between chunks, so a return costs about one chunk, and a stray datagram of
     /// an old path never makes the player jump.
     pub stale_epoch_return: Duration,
+    /// Shortest stream silence that makes the session's edge suspected (see the module docs);
+    /// `None`: no suspicion, only `dead_after` (the rule before stream-based suspicion).
+    pub suspect_floor: Option<Duration>,
+    /// The session's edge is suspected after this many times the recent peak gap between its
+    /// video datagrams. 2: a stream that pauses up to its peak gap is never suspected, and
+    /// a false suspicion costs only a request (the switch needs newer video from the other
+    /// edge), so the factor can be low.
+    pub suspect_factor: f64,
+    /// Gaps measured, over at least `suspect_warmup` of stream, before the peak is trusted;
+    /// until then only `dead_after` holds. The time matters for a bursty stream (an ffmpeg
+    /// relay sends bursts about 350 ms apart): many gaps within a burst say nothing of the
+    /// pauses between bursts.
+    pub suspect_samples: u32,
+    pub suspect_warmup: Duration,
+    /// The measured peak gap halves in this long (a burst of lateness is remembered a while).
+    pub gap_peak_half_life: Duration,
     /// The first stream id; give each run a different one (random) so an edge never mistakes
     /// a new run's request for a retransmission of an old one.
     pub first_stream: u32,
@@ -124,6 +157,11 @@ impl Default for ClientSettings {
             drain_limit: Duration::from_secs(2),
             reorder_hold: Duration::from_millis(300),
             stale_epoch_return: Duration::from_millis(100),
+            suspect_floor: Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS)),
+            suspect_factor: 2.0,
+            suspect_samples: 16,
+            suspect_warmup: Duration::from_secs(1),
+            gap_peak_half_life: Duration::from_secs(10),
             first_stream: 1,
             token_key: 0,
         }
@@ -145,6 +183,8 @@ pub enum SwitchReason {
     Initial,
     /// The edge went silent.
     Dead,
+    /// The edge's stream stalled beyond its rhythm and another edge brought newer video.
+    Stalled,
     /// Another edge was better by the margin for the hold time.
     Degraded,
     /// The user picked it.
@@ -158,6 +198,7 @@ impl SwitchReason {
         match self {
             SwitchReason::Initial => "initial",
             SwitchReason::Dead => "edge dead",
+            SwitchReason::Stalled => "edge stalled",
             SwitchReason::Degraded => "edge degraded",
             SwitchReason::User => "user choice",
             SwitchReason::Busy => "edge busy",
@@ -262,6 +303,15 @@ pub struct ClientStats {
     pub delivered_reorderings: u64,
     pub epoch_changes: u64,
     pub edge_switches: u64,
+    /// Times the session's edge was suspected (its stream silent beyond its rhythm).
+    pub suspicions: u64,
+    /// Suspicions cleared by the old edge speaking again before the new one delivered.
+    pub suspicions_cleared: u64,
+    /// Raw TS (ffmpeg relay): video handed to the player twice across edge switches, in
+    /// milliseconds of stream time (PCR), all switches together.
+    pub raw_repeated_ms: u64,
+    /// Current peak gap between the session edge's video datagrams, in milliseconds.
+    pub gap_peak_ms: u64,
     pub malformed: u64,
     /// Edges found answering from another address than the one probed (a multi-homed edge
     /// without source-address control, or NAT), recognised by the tokens they echoed.
@@ -319,6 +369,55 @@ enum Verdict {
     Duplicate,
     Late,
     StaleEpoch,
+}
+
+/// The rhythm of the stream on the session's edge: a peak-following estimate of the gap
+/// between its video datagrams, decaying with a half-life.
+#[derive(Debug, Clone, Default)]
+struct GapMeter {
+    /// The first video measured (of the stream, whichever edge).
+    first: Option<Instant>,
+    last: Option<Instant>,
+    peak: Duration,
+    samples: u32,
+}
+
+impl GapMeter {
+    fn arrival(&mut self, now: Instant, half_life: Duration) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last);
+            let halvings = gap.as_secs_f64() / half_life.as_secs_f64().max(1e-3);
+            self.peak = gap.max(self.peak.mul_f64(0.5f64.powf(halvings)));
+            self.samples = self.samples.saturating_add(1);
+        }
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// The next arrival starts a new measurement (the gap across a switch is no rhythm of
+    /// the stream).
+    fn restart(&mut self) {
+        self.last = None;
+    }
+}
+
+/// The session's edge is suspected: since when, and the edge asked for the stream meanwhile.
+#[derive(Debug)]
+struct Suspect {
+    since: Instant,
+    standby: Option<Attachment>,
+    /// The standby edge refused (busy, unknown video): no other is asked in this suspicion.
+    refused: bool,
+}
+
+/// Raw TS across switches: the highest PCR handed to the player, and that PCR at the last
+/// switch until the new edge's first PCR arrives.
+#[derive(Debug, Default)]
+struct RawClock {
+    max_pcr: Option<u64>,
+    at_switch: Option<u64>,
+    /// The edge whose video was handed over last.
+    edge: Option<usize>,
 }
 
 /// Orders framed datagrams by (epoch, seq, part); see the module docs.
@@ -399,6 +498,18 @@ impl Sequencer {
         }
     }
 
+    /// True when `d` would reach the player now: not had, not behind the last delivered, not
+    /// of an abandoned epoch (a new edge's video that completes a switch).
+    fn is_new(&self, d: &VideoData) -> bool {
+        if self.recent.contains(&(d.epoch, d.seq, d.part)) {
+            return false;
+        }
+        match self.epoch {
+            Some(e) if e == d.epoch => (d.seq, d.part) > (self.last.0, self.last.1),
+            _ => !self.retired.contains(&d.epoch),
+        }
+    }
+
     fn check(&mut self, d: &VideoData, at: Arrival) -> Verdict {
         let key = (d.epoch, d.seq, d.part);
         if self.recent.contains(&key) {
@@ -474,6 +585,10 @@ pub struct ClientService {
     next_stream: u32,
     session: Option<Attachment>,
     draining: Option<Attachment>,
+    /// The session's edge went silent beyond the stream's rhythm.
+    suspect: Option<Suspect>,
+    gaps: GapMeter,
+    raw_clock: RawClock,
     list_wanted: bool,
     list_last: Option<Instant>,
     next_token: u64,
@@ -534,6 +649,9 @@ impl ClientService {
             want: None,
             session: None,
             draining: None,
+            suspect: None,
+            gaps: GapMeter::default(),
+            raw_clock: RawClock::default(),
             list_wanted: false,
             list_last: None,
             next_token: 1,
@@ -590,6 +708,7 @@ impl ClientService {
             .filter_map(|(i, e)| e.first_used.map(|order| (order, i)))
             .collect();
         used.sort();
+        stats.gap_peak_ms = self.gaps.peak.as_millis() as u64;
         stats.edges = used
             .into_iter()
             .map(|(_, i)| EdgeUse {
@@ -623,6 +742,8 @@ impl ClientService {
         // A new stream starts a new sequence: an old video's epochs mean nothing to it.
         self.seq = Sequencer::new(self.settings.stale_epoch_return);
         self.audit = None;
+        self.gaps = GapMeter::default();
+        self.raw_clock = RawClock::default();
         self.drive(now);
         stream
     }
@@ -633,7 +754,8 @@ impl ClientService {
         self.held.clear();
         self.hold_until = None;
         if let Some(want) = self.want.take() {
-            for att in [self.session.take(), self.draining.take()]
+            let standby = self.suspect.take().and_then(|s| s.standby);
+            for att in [self.session.take(), self.draining.take(), standby]
                 .into_iter()
                 .flatten()
             {
@@ -676,6 +798,9 @@ impl ClientService {
                 at(*sent + s.probe_timeout);
             }
         }
+        if let Some(t) = self.suspect_at() {
+            at(t);
+        }
         if let Some(c) = self.current {
             at(self.heard(c) + s.dead_after);
         } else if self.first_ack_at.is_none() && !self.no_edge_reported {
@@ -689,7 +814,11 @@ impl ClientService {
         if let Some((_, since)) = self.better {
             at(since + s.switch_hold);
         }
-        for att in [&self.session, &self.draining].into_iter().flatten() {
+        let standby = self.suspect.as_ref().and_then(|s| s.standby.as_ref());
+        for att in [self.session.as_ref(), self.draining.as_ref(), standby]
+            .into_iter()
+            .flatten()
+        {
             match (att.accepted, att.last_request) {
                 (false, Some(t)) => at(t + s.request_retry),
                 (false, None) => {}
@@ -769,7 +898,8 @@ impl ClientService {
             ClientMsg::Challenge(c) => {
                 self.edges[e].cookie = Some(c.cookie);
                 // Whatever was refused goes again at the next tick, with the new cookie.
-                for att in [&mut self.session, &mut self.draining]
+                let standby = self.suspect.as_mut().and_then(|s| s.standby.as_mut());
+                for att in [self.session.as_mut(), self.draining.as_mut(), standby]
                     .into_iter()
                     .flatten()
                 {
@@ -805,6 +935,12 @@ impl ClientService {
                         info!(%video, edge = %from, "video accepted by edge");
                         self.event(ClientEvent::Accepted { video, edge: from });
                     }
+                } else if let Some(att) = self.standby_mut(e) {
+                    if !att.accepted {
+                        att.accepted = true;
+                        att.last_keepalive = Some(now);
+                        debug!(%video, edge = %from, "standby edge accepted the video");
+                    }
                 }
             }
             ClientMsg::Error(err) => self.edge_error(now, e, err.code, err.stream),
@@ -834,11 +970,40 @@ impl ClientService {
     }
 
     fn edge_error(&mut self, now: Instant, e: usize, code: ErrorCode, stream: u32) {
-        let Some(want) = &mut self.want else { return };
-        if stream != want.stream {
+        if self.want.as_ref().is_none_or_stream(stream) {
             return;
         }
         let edge = self.edges[e].addr;
+        if self.standby_mut(e).is_some() {
+            let video = self
+                .want
+                .as_ref()
+                .map(|w| w.video.clone())
+                .unwrap_or_default();
+            match code {
+                ErrorCode::UnknownStream => {
+                    if let Some(att) = self.standby_mut(e) {
+                        att.accepted = false;
+                        att.last_request = None;
+                    }
+                    self.drive(now);
+                }
+                // The standby edge cannot serve: the suspicion waits for the old edge (or
+                // `dead_after`) without it.
+                _ => {
+                    if code == ErrorCode::Busy {
+                        self.edges[e].busy_until = Some(now + self.settings.busy_backoff);
+                    }
+                    if let Some(s) = &mut self.suspect {
+                        s.standby = None;
+                        s.refused = true;
+                    }
+                    info!(%video, %edge, ?code, "standby edge refused the video");
+                }
+            }
+            return;
+        }
+        let Some(want) = &mut self.want else { return };
         let video = want.video.clone();
         let session = self.session.as_ref().filter(|a| a.edge == e);
         let on_session = session.is_some();
@@ -896,6 +1061,15 @@ impl ClientService {
             self.stats.stale_dropped += 1;
             return;
         }
+        self.session_edge_heard(now, e);
+        if self.standby_mut(e).is_some() {
+            if !self.seq.is_new(&d) {
+                // The GOP cache of the standby edge, or video the player already has.
+                self.stats.stale_dropped += 1;
+                return;
+            }
+            self.complete_standby(now);
+        }
         let session = self.session.as_ref().map(|a| (a.edge, a.got_data));
         let draining = self.draining.as_ref().map(|a| a.edge);
         match (session, draining) {
@@ -924,6 +1098,145 @@ impl ClientService {
                 }
             }
             _ => self.stats.stale_dropped += 1,
+        }
+    }
+
+    /// The session's edge `e` brought video: the stream's rhythm, and the end of a suspicion
+    /// (the old edge spoke first: the standby edge is let go, no switch).
+    fn session_edge_heard(&mut self, now: Instant, e: usize) {
+        if !self
+            .session
+            .as_ref()
+            .is_some_and(|a| a.edge == e && a.got_data)
+        {
+            return;
+        }
+        self.gaps.arrival(now, self.settings.gap_peak_half_life);
+        if let Some(sus) = self.suspect.take() {
+            self.stats.suspicions_cleared += 1;
+            let silent = now.saturating_duration_since(sus.since);
+            info!(edge = %self.edges[e].addr, ?silent, "edge spoke again: suspicion cleared");
+            if let (Some(att), Some(stream)) = (sus.standby, self.want.as_ref().map(|w| w.stream)) {
+                self.send_cancel(att.edge, stream);
+            }
+        }
+    }
+
+    fn standby_mut(&mut self, e: usize) -> Option<&mut Attachment> {
+        self.suspect
+            .as_mut()
+            .and_then(|s| s.standby.as_mut())
+            .filter(|a| a.edge == e)
+    }
+
+    /// When the session's edge becomes suspected, if it is not yet.
+    fn suspect_at(&self) -> Option<Instant> {
+        let floor = self.settings.suspect_floor?;
+        if self.suspect.is_some() || self.draining.is_some() || self.want.is_none() {
+            return None;
+        }
+        let att = self.session.as_ref()?;
+        if !att.got_data || self.current != Some(att.edge) {
+            return None;
+        }
+        let measured = match (self.gaps.first, self.gaps.last) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        };
+        if self.gaps.samples < self.settings.suspect_samples
+            || measured < self.settings.suspect_warmup
+        {
+            return None;
+        }
+        let after = self
+            .gaps
+            .peak
+            .mul_f64(self.settings.suspect_factor)
+            .clamp(floor, self.settings.dead_after.max(floor));
+        Some(self.edges[att.edge].last_data? + after)
+    }
+
+    /// Starts a suspicion when the session's edge has been silent too long, and asks the
+    /// next-best edge for the stream (make-before-break).
+    fn check_suspicion(&mut self, now: Instant) {
+        if self.suspect_at().is_some_and(|t| now >= t) {
+            let Some(c) = self.current else { return };
+            self.stats.suspicions += 1;
+            let silent = self.edges[c]
+                .last_data
+                .map(|t| now.saturating_duration_since(t));
+            info!(edge = %self.edges[c].addr, ?silent, peak_gap = ?self.gaps.peak, "edge suspected: stream silent beyond its rhythm");
+            self.suspect = Some(Suspect {
+                since: now,
+                standby: None,
+                refused: false,
+            });
+        }
+        let Some(c) = self.current else { return };
+        let Some(sus) = &self.suspect else { return };
+        if sus.standby.is_some() || sus.refused {
+            return;
+        }
+        // No live edge yet: asked again at the next tick.
+        if let Some(alt) = self.best(now, Some(c)) {
+            info!(edge = %self.edges[alt].addr, "asking the next-best edge for the stream");
+            if let Some(sus) = &mut self.suspect {
+                sus.standby = Some(Attachment {
+                    edge: alt,
+                    accepted: false,
+                    got_data: false,
+                    last_request: None,
+                    last_keepalive: None,
+                    since: now,
+                });
+            }
+        }
+    }
+
+    /// The standby edge brought video the player has not had: it becomes the session's edge
+    /// and the suspected one is cancelled.
+    fn complete_standby(&mut self, now: Instant) {
+        let Some(sus) = self.suspect.take() else {
+            return;
+        };
+        let Some(standby) = sus.standby else { return };
+        let stream = self.want.as_ref().map(|w| w.stream);
+        if let (Some(old), Some(stream)) = (self.session.take(), stream) {
+            self.send_cancel(old.edge, stream);
+        }
+        // A make-before-break in progress (none while suspected) would be superseded.
+        if let (Some(d), Some(stream)) = (self.draining.take(), stream) {
+            self.send_cancel(d.edge, stream);
+        }
+        let e = standby.edge;
+        self.session = Some(standby);
+        self.gaps.restart();
+        let waited = now.saturating_duration_since(sus.since);
+        info!(edge = %self.edges[e].addr, ?waited, "standby edge brought newer video");
+        self.switch_to(now, e, SwitchReason::Stalled);
+        self.mark_session_data(e);
+    }
+
+    /// Follows the PCRs of raw TS handed to the player; the first PCR after a change of edge
+    /// that is behind the highest one before tells how much video is repeated.
+    fn raw_clock_update(&mut self, e: usize, datagram: &[u8]) {
+        let clock = &mut self.raw_clock;
+        if clock.edge.is_some_and(|prev| prev != e) {
+            clock.at_switch = clock.max_pcr;
+        }
+        clock.edge = Some(e);
+        for pcr in crate::media::ts::packets(datagram).filter_map(|p| p.pcr()) {
+            if let Some(before) = clock.at_switch.take() {
+                let back = before.saturating_sub(pcr);
+                if back > 0 && back < PCR_REPEAT_LIMIT {
+                    self.stats.raw_repeated_ms += back / PCR_PER_MS;
+                }
+            }
+            clock.max_pcr = Some(match clock.max_pcr {
+                // A big step back is a new timeline (wrap, restarted source).
+                Some(m) if m > pcr && m - pcr < PCR_REPEAT_LIMIT => m,
+                _ => pcr,
+            });
         }
     }
 
@@ -1005,11 +1318,18 @@ impl ClientService {
             self.stats.stale_dropped += 1;
             return;
         };
+        self.session_edge_heard(now, e);
+        if self.standby_mut(e).is_some() {
+            // No numbers: the standby edge's first video completes the move (a continuing
+            // session there starts at the live point).
+            self.complete_standby(now);
+        }
         if !self.accepts_from(e, stream) {
             self.stats.stale_dropped += 1;
             return;
         }
         self.stats.raw_datagrams += 1;
+        self.raw_clock_update(e, &datagram);
         self.deliver(now, e, datagram);
     }
 
@@ -1160,6 +1480,7 @@ impl ClientService {
         if self.hold_until.is_some_and(|t| now >= t) {
             self.release_held(now);
         }
+        self.check_suspicion(now);
         self.choose(now);
         self.place_session(now);
         self.retransmit(now);
@@ -1251,6 +1572,18 @@ impl ClientService {
         if !self.held.is_empty() {
             self.release_held(now);
         }
+        // A suspicion ends with the move: its standby edge, if it is the new one, is the
+        // session already asked.
+        let standby = self.suspect.take().and_then(|s| s.standby);
+        let mut adopted = None;
+        if let Some(sb) = standby {
+            if sb.edge == c {
+                adopted = Some(sb);
+            } else {
+                self.send_cancel(sb.edge, stream);
+            }
+        }
+        self.gaps.restart();
         if let Some(old) = self.session.take() {
             // Make-before-break: an old edge still alive keeps feeding until the new one
             // delivers; a dead one is cancelled at once (in case it is only mute).
@@ -1265,6 +1598,10 @@ impl ClientService {
         if self.draining.as_ref().is_some_and(|d| d.edge == c) {
             // Coming back to the edge being left: it is the session again.
             self.session = self.draining.take();
+            return;
+        }
+        if adopted.is_some() {
+            self.session = adopted;
             return;
         }
         self.session = Some(Attachment {
@@ -1282,28 +1619,15 @@ impl ClientService {
         if let Some(want) = &self.want {
             let (stream, video, continuing) = (want.stream, want.video.clone(), want.delivered);
             if let Some(mut att) = self.session.take() {
-                let cookie = self.edges[att.edge].cookie;
-                if !att.accepted {
-                    let due = att
-                        .last_request
-                        .map_or(true, |t| now >= t + s.request_retry);
-                    if let (true, Some(cookie)) = (due, cookie) {
-                        att.last_request = Some(now);
-                        let flags = if continuing { REQUEST_FLAG_CONTINUE } else { 0 };
-                        self.send(
-                            att.edge,
-                            ClientMsg::VideoRequest(VideoRequest {
-                                cookie,
-                                stream,
-                                flags,
-                                video,
-                            }),
-                        );
-                    }
-                } else {
-                    self.keepalive(now, &mut att, stream);
-                }
+                self.request_or_keepalive(now, &mut att, stream, &video, continuing);
                 self.session = Some(att);
+            }
+            if let Some(mut att) = self.suspect.as_mut().and_then(|s| s.standby.take()) {
+                // Always a continuation: the player is mid-stream.
+                self.request_or_keepalive(now, &mut att, stream, &video, true);
+                if let Some(sus) = &mut self.suspect {
+                    sus.standby = Some(att);
+                }
             }
             if let Some(mut d) = self.draining.take() {
                 let new_delivers = self.session.as_ref().is_some_and(|a| a.got_data);
@@ -1324,6 +1648,38 @@ impl ClientService {
                     self.send(c, ClientMsg::ListRequest(ListRequest { cookie }));
                 }
             }
+        }
+    }
+
+    /// The request of an attachment not yet accepted (again every `request_retry`), else its
+    /// keepalive.
+    fn request_or_keepalive(
+        &mut self,
+        now: Instant,
+        att: &mut Attachment,
+        stream: u32,
+        video: &str,
+        continuing: bool,
+    ) {
+        if att.accepted {
+            self.keepalive(now, att, stream);
+            return;
+        }
+        let due = att
+            .last_request
+            .map_or(true, |t| now >= t + self.settings.request_retry);
+        if let (true, Some(cookie)) = (due, self.edges[att.edge].cookie) {
+            att.last_request = Some(now);
+            let flags = if continuing { REQUEST_FLAG_CONTINUE } else { 0 };
+            self.send(
+                att.edge,
+                ClientMsg::VideoRequest(VideoRequest {
+                    cookie,
+                    stream,
+                    flags,
+                    video: video.to_owned(),
+                }),
+            );
         }
     }
 
@@ -1639,7 +1995,8 @@ mod tests {
 
     #[test]
     fn edge_death_mid_stream_moves_to_the_next_edge_without_duplicates_or_reordering() {
-        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        // The rule before stream-based suspicion: silence for `dead_after`.
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, old_rule());
         net.run(Duration::from_millis(500));
         net.play("v1");
         net.run(Duration::from_secs(3));
@@ -1720,7 +2077,7 @@ mod tests {
 
     #[test]
     fn switch_happens_within_about_a_second_of_silence() {
-        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, old_rule());
         net.run(Duration::from_millis(500));
         net.play("v1");
         net.run(Duration::from_secs(2));
@@ -1736,7 +2093,9 @@ mod tests {
 
     #[test]
     fn degradation_switches_after_the_hold_and_spikes_do_not() {
-        let mut net = Net::new(&[5, 20], EdgeChoice::Auto, ClientSettings::default());
+        // The spike below stalls the stream for 195 ms, which the stream rule rightly takes
+        // for a stall (see `a_stalled_edge_...`); here only the degradation rule is tested.
+        let mut net = Net::new(&[5, 20], EdgeChoice::Auto, old_rule());
         net.run(Duration::from_millis(500));
         net.play("v1");
         net.run(Duration::from_secs(4));
@@ -1777,7 +2136,7 @@ mod tests {
         let mut net = Net::new(
             &[30, 5],
             EdgeChoice::Pinned(addr("10.0.1.1:7702")),
-            ClientSettings::default(),
+            old_rule(),
         );
         net.run(Duration::from_millis(500));
         net.play("v1");
@@ -1946,6 +2305,350 @@ mod tests {
         net.run(Duration::from_secs(1));
         assert!(net.delivered.len() > before);
         net.assert_in_order();
+    }
+
+    fn old_rule() -> ClientSettings {
+        ClientSettings {
+            suspect_floor: None,
+            ..ClientSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_stalled_edge_is_left_for_newer_video_without_duplicates_or_reordering() {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(3));
+        // Chunks every 40 ms, two datagrams each: the peak gap is the chunk spacing.
+        assert_eq!(net.client.stats(net.now).gap_peak_ms, 40);
+        let before = net.assert_in_order();
+        net.edges[0].up = false; // a hang: nothing in or out
+        let hung = net.now;
+        let mut first_from_b = None;
+        while net.now < hung + Duration::from_secs(3) {
+            net.step();
+            if first_from_b.is_none() && net.switches().len() == 2 {
+                first_from_b = Some(net.now - hung);
+            }
+        }
+        assert_eq!(
+            net.switches().last(),
+            Some(&(net.edges[1].addr, SwitchReason::Stalled))
+        );
+        // 2 × 40 ms of silence, one tick, a request and the next chunk over 15 ms each way.
+        let took = first_from_b.unwrap();
+        assert!(took <= Duration::from_millis(220), "{took:?}");
+        let after = net.assert_in_order();
+        assert!(after > before + 300, "{before} -> {after}");
+        let st = net.client.stats(net.now);
+        assert_eq!(
+            (st.edge_switches, st.suspicions, st.suspicions_cleared),
+            (1, 1, 0)
+        );
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        assert!(st.missing_chunks <= 6, "{st:?}");
+        // The hung edge was cancelled (it would end its session when it wakes up).
+        net.edges[0].up = true;
+        net.run(Duration::from_secs(1));
+        assert!(net
+            .unsubscribes
+            .contains(&(net.edges[0].addr, "v1".to_string())));
+        assert_eq!(net.client.current_edge(), Some(net.edges[1].addr));
+    }
+
+    #[test]
+    fn a_source_stall_moves_nobody_and_the_standby_edge_is_let_go() {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        // The source pauses for 600 ms (both edges starve): the client suspects its edge and
+        // asks the other, which has nothing newer; when the stream resumes the first edge
+        // is heard first (it is nearer) and the other is let go.
+        net.next_chunk = net.now + Duration::from_millis(600);
+        net.run(Duration::from_secs(2));
+        let st = net.client.stats(net.now);
+        assert_eq!(net.switches().len(), 1, "{:?}", net.switches());
+        assert_eq!((st.suspicions, st.suspicions_cleared), (1, 1));
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        assert!(net
+            .subscribes
+            .contains(&(net.edges[1].addr, "v1".to_string())));
+        assert!(net
+            .unsubscribes
+            .contains(&(net.edges[1].addr, "v1".to_string())));
+        // The pause raised the peak: the same pause again is no suspicion.
+        assert!(st.gap_peak_ms >= 500, "{st:?}");
+        net.next_chunk = net.now + Duration::from_millis(600);
+        net.run(Duration::from_secs(2));
+        assert_eq!(net.client.stats(net.now).suspicions, 1);
+        net.assert_in_order();
+    }
+
+    /// A client playing stream 1 from edge `a` (the faster) with `b` alive, fed `n` framed
+    /// datagrams from `a` 40 ms apart (seq 0..n); returns the time of the last.
+    fn playing_two(
+        settings: ClientSettings,
+        n: u64,
+    ) -> (ClientService, SocketAddr, SocketAddr, Instant) {
+        let mut now = Instant::now();
+        let (a, b) = (addr("10.0.0.1:7702"), addr("10.0.0.2:7702"));
+        let mut c = ClientService::new(settings, vec![a, b], EdgeChoice::Auto, now);
+        c.handle_timeout(now);
+        let ack = |token, cookie| {
+            ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+                token: probe_token(0, token),
+                cookie,
+            })
+            .to_bytes()
+            .unwrap()
+        };
+        c.handle_datagram(now, a, ack(1, 9));
+        now += Duration::from_millis(10);
+        c.handle_datagram(now, b, ack(2, 8));
+        c.handle_timeout(now);
+        assert_eq!(c.current_edge(), Some(a));
+        c.play(now, "v1");
+        let ok = ClientMsg::VideoOk(crate::wire::client::VideoOk {
+            stream: 1,
+            video: "v1".into(),
+        });
+        c.handle_datagram(now, a, ok.to_bytes().unwrap());
+        while c.poll_output().is_some() {}
+        let mut got = 0;
+        for seq in 0..n {
+            if seq > 0 {
+                now += CHUNK_EVERY;
+            }
+            got += fed(&mut c, now, a, framed(1, 1, seq, 0, 1));
+        }
+        assert_eq!(got, n as usize);
+        (c, a, b, now)
+    }
+
+    /// One datagram from `from`, then the timers, with every probe answered at once (the
+    /// edges stay alive; 10.0.0.1 gives cookie 9, the other 8); returns the datagrams handed
+    /// to the player.
+    fn fed(c: &mut ClientService, now: Instant, from: SocketAddr, datagram: Bytes) -> usize {
+        c.handle_datagram(now, from, datagram);
+        c.handle_timeout(now);
+        let mut delivered = 0;
+        while let Some(o) = c.poll_output() {
+            match o {
+                ClientOutput::Deliver(_) => delivered += 1,
+                ClientOutput::Send { to, bytes } => {
+                    if let Ok(ClientMsg::Probe(p)) = ClientMsg::decode(bytes) {
+                        let cookie = if to == addr("10.0.0.1:7702") { 9 } else { 8 };
+                        let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+                            token: p.token,
+                            cookie,
+                        });
+                        c.handle_datagram(now, to, ack.to_bytes().unwrap());
+                    }
+                }
+                ClientOutput::Event(_) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Video requests and cancels sent, as (to, message).
+    fn requests(c: &mut ClientService) -> Vec<(SocketAddr, ClientMsg)> {
+        drain(c).1
+    }
+
+    /// Datagrams handed to the player, and video requests and cancels sent.
+    fn drain(c: &mut ClientService) -> (usize, Vec<(SocketAddr, ClientMsg)>) {
+        let mut delivered = 0;
+        let mut sent = Vec::new();
+        while let Some(o) = c.poll_output() {
+            match o {
+                ClientOutput::Deliver(_) => delivered += 1,
+                ClientOutput::Send { to, bytes } => {
+                    if let Ok(m @ (ClientMsg::VideoRequest(_) | ClientMsg::VideoCancel(_))) =
+                        ClientMsg::decode(bytes)
+                    {
+                        sent.push((to, m))
+                    }
+                }
+                ClientOutput::Event(_) => {}
+            }
+        }
+        (delivered, sent)
+    }
+
+    #[test]
+    fn suspicion_starts_exactly_at_two_peak_gaps_and_asks_the_next_edge_to_continue() {
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
+        assert_eq!(c.gaps.peak, CHUNK_EVERY);
+        let at = last + 2 * CHUNK_EVERY;
+        assert_eq!(c.suspect_at(), Some(at));
+        assert!(c.poll_timeout().is_some_and(|t| t <= at));
+        c.handle_timeout(at - Duration::from_millis(1));
+        assert_eq!(c.stats(at).suspicions, 0);
+        assert!(requests(&mut c).is_empty());
+        c.handle_timeout(at);
+        assert_eq!(c.stats(at).suspicions, 1);
+        let sent = requests(&mut c);
+        assert!(
+            matches!(&sent[..], [(to, ClientMsg::VideoRequest(r))]
+                if *to == b && r.flags & REQUEST_FLAG_CONTINUE != 0 && r.cookie == 8),
+            "{sent:?}"
+        );
+        // Still on the old edge: the suspicion is no switch.
+        assert_eq!(c.current_edge(), Some(a));
+        assert_eq!(c.stats(at).edge_switches, 0);
+    }
+
+    #[test]
+    fn the_old_edge_speaking_first_clears_the_suspicion_and_lets_the_standby_go() {
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
+        let at = last + 2 * CHUNK_EVERY;
+        c.handle_timeout(at);
+        requests(&mut c);
+        c.handle_datagram(at + TICK, a, framed(1, 1, 30, 0, 1));
+        let (n, sent) = drain(&mut c);
+        assert_eq!(n, 1);
+        assert!(
+            matches!(&sent[..], [(to, ClientMsg::VideoCancel(_))] if *to == b),
+            "{sent:?}"
+        );
+        let st = c.stats(at);
+        assert_eq!(
+            (st.suspicions, st.suspicions_cleared, st.edge_switches),
+            (1, 1, 0)
+        );
+        // The standby's video, arriving late, is not for the player.
+        c.handle_datagram(at + TICK, b, framed(1, 1, 31, 0, 1));
+        assert_eq!(delivered(&mut c), 0);
+        assert_eq!(c.current_edge(), Some(a));
+        // The 85 ms silence was the stream's rhythm after all: the peak follows it.
+        assert_eq!(c.gaps.peak, 2 * CHUNK_EVERY + TICK);
+    }
+
+    #[test]
+    fn newer_video_from_the_standby_completes_the_switch_without_duplicates() {
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
+        let at = last + 2 * CHUNK_EVERY;
+        c.handle_timeout(at);
+        requests(&mut c);
+        // The standby's GOP cache: video the player had; dropped, no switch yet.
+        let t = at + TICK;
+        for seq in 25..30 {
+            c.handle_datagram(t, b, framed(1, 1, seq, 0, 1));
+        }
+        assert_eq!(delivered(&mut c), 0);
+        assert_eq!(c.current_edge(), Some(a));
+        // Then newer video: the switch completes and the old edge is cancelled.
+        for seq in 30..34 {
+            c.handle_datagram(t, b, framed(1, 1, seq, 0, 1));
+        }
+        let (n, sent) = drain(&mut c);
+        assert_eq!(n, 4);
+        assert_eq!(c.current_edge(), Some(b));
+        assert!(
+            sent.iter()
+                .any(|(to, m)| *to == a && matches!(m, ClientMsg::VideoCancel(_))),
+            "{sent:?}"
+        );
+        // The old edge waking up changes nothing.
+        c.handle_datagram(t, a, framed(1, 1, 30, 0, 1));
+        c.handle_datagram(t, a, framed(1, 1, 34, 0, 1));
+        assert_eq!(delivered(&mut c), 0);
+        let st = c.stats(t);
+        assert_eq!(
+            (st.suspicions, st.suspicions_cleared, st.edge_switches),
+            (1, 0, 1)
+        );
+        assert_eq!(
+            (st.delivered_duplicates, st.delivered_reorderings, st.gaps),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn before_enough_gaps_and_with_the_old_rule_only_dead_after_holds() {
+        let (c, ..) = playing_two(ClientSettings::default(), 10);
+        assert_eq!(c.suspect_at(), None, "9 gaps are not enough");
+        // Nor are 16 gaps within less than a second (bursts of an ffmpeg relay).
+        let (c, ..) = playing_two(ClientSettings::default(), 20);
+        assert_eq!(c.suspect_at(), None, "760 ms are not enough");
+        let (c, ..) = playing_two(old_rule(), 40);
+        assert_eq!(c.suspect_at(), None);
+        // The floor holds for a dense stream, `dead_after` caps a sparse one.
+        let dense = ClientSettings {
+            suspect_floor: Some(Duration::from_millis(150)),
+            ..ClientSettings::default()
+        };
+        let (c, _, _, last) = playing_two(dense, 30);
+        assert_eq!(c.suspect_at(), Some(last + Duration::from_millis(150)));
+        let sparse = ClientSettings {
+            suspect_factor: 40.0,
+            ..ClientSettings::default()
+        };
+        let (c, _, _, last) = playing_two(sparse, 30);
+        assert_eq!(c.suspect_at(), Some(last + Duration::from_millis(1000)));
+    }
+
+    /// `packets` TS packets, the first with a PCR of `ms` milliseconds.
+    fn raw_with_pcr(ms: u64, packets: usize) -> Bytes {
+        let mut v = chunk(ms, packets).to_vec();
+        let base = ms * 90;
+        // Adaptation field only, with a PCR (base × 300, extension 0).
+        v[3] = 0x20;
+        v[4] = 7;
+        v[5] = 0x10;
+        v[6] = (base >> 25) as u8;
+        v[7] = (base >> 17) as u8;
+        v[8] = (base >> 9) as u8;
+        v[9] = (base >> 1) as u8;
+        v[10] = ((base & 1) << 7) as u8;
+        v[11] = 0;
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn raw_ts_from_the_standby_completes_the_switch_and_repeats_are_measured() {
+        let now = Instant::now();
+        let (a, b) = (addr("10.0.0.1:7702"), addr("10.0.0.2:7702"));
+        let mut c =
+            ClientService::new(ClientSettings::default(), vec![a, b], EdgeChoice::Auto, now);
+        c.handle_timeout(now);
+        for (e, token) in [(a, 1), (b, 2)] {
+            let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+                token: probe_token(0, token),
+                cookie: 9,
+            });
+            c.handle_datagram(now, e, ack.to_bytes().unwrap());
+        }
+        c.handle_timeout(now);
+        c.play(now, "v1");
+        while c.poll_output().is_some() {}
+        let mut t = now;
+        let mut got = 0;
+        for i in 0..30 {
+            t = now + CHUNK_EVERY * i;
+            let e = c.current_edge().unwrap();
+            got += fed(&mut c, t, e, raw_with_pcr(1000 + 40 * u64::from(i), 7));
+        }
+        let (old, standby) = if c.current_edge() == Some(a) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(got, 30);
+        let at = t + 2 * CHUNK_EVERY;
+        c.handle_timeout(at);
+        assert_eq!(c.stats(at).suspicions, 1);
+        // The standby's child started 100 ms behind what the player had (PCR 2160).
+        c.handle_datagram(at, standby, raw_with_pcr(2060, 7));
+        c.handle_datagram(at, standby, raw_with_pcr(2100, 7));
+        c.handle_datagram(at, old, raw_with_pcr(2200, 7));
+        assert_eq!(delivered(&mut c), 2);
+        let st = c.stats(at);
+        assert_eq!(c.current_edge(), Some(standby));
+        assert_eq!((st.edge_switches, st.raw_repeated_ms), (1, 100));
     }
 
     fn framed(stream: u32, epoch: u64, seq: u64, part: u16, parts: u16) -> Bytes {
