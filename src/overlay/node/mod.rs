@@ -19,9 +19,11 @@
 mod drain;
 mod timers;
 mod views;
+mod withdrawals;
 
 pub use timers::Timer;
 use timers::TimerTable;
+pub use withdrawals::{WITHDRAWALS_PER_SEC, WITHDRAWAL_BURST};
 
 use views::{traffic_entry, VideoId, VideoIds};
 pub use views::{GapWatch, LinkTraffic, ParentView};
@@ -34,24 +36,17 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
-use super::routing::{FloodIgnored, Routing, WithdrawalIgnored};
+use super::routing::{FloodIgnored, Routing};
 use super::streams::{Ctx, StreamAction, StreamConfig, Streams, View};
 use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
-    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, Withdrawal,
-    OVERLAY_VERSION,
+    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, OVERLAY_VERSION,
 };
 
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks our own source produced.
 pub const SOURCE_LINK: &str = "@source";
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks handed to local consumers.
 pub const LOCAL_LINK: &str = "@local";
-
-/// Withdrawals one neighbour may send us at once, and per second after that. One server's
-/// death sends as many as it had links, and each reaches us once per neighbour: a burst of a
-/// few dozen is legitimate, a steady stream is not.
-pub const WITHDRAWAL_BURST: f64 = 64.0;
-pub const WITHDRAWALS_PER_SEC: f64 = 16.0;
 
 /// Configuration of a node. Build it with [`NodeConfig::new`] and change what you need.
 #[derive(Debug, Clone)]
@@ -508,61 +503,6 @@ impl Node {
         }
     }
 
-    fn handle_withdrawal(&mut self, now: Instant, link: LinkId, from: &str, w: Withdrawal) {
-        self.counters.withdrawals_received += 1;
-        let (tokens, at) = self
-            .withdrawal_budget
-            .entry(from.to_string())
-            .or_insert((WITHDRAWAL_BURST, now));
-        let refill = now.saturating_duration_since(*at).as_secs_f64() * WITHDRAWALS_PER_SEC;
-        *tokens = (*tokens + refill).min(WITHDRAWAL_BURST);
-        *at = now;
-        if *tokens < 1.0 {
-            self.counters.withdrawals_limited += 1;
-            debug!(%link, from, "withdrawal over the neighbour's budget dropped");
-            return;
-        }
-        *tokens -= 1.0;
-        match self.routing.on_withdrawal(now, &w) {
-            Ok(changed) => {
-                info!(server = %w.server, neighbour = %w.neighbour, last_seq = w.last_seq, from,
-                    routes_withdrawn = changed, "link to a server down");
-                self.send_withdrawal(&w, Some(link));
-                if changed {
-                    // A stream whose parent no longer offers a route moves at once.
-                    self.with_streams(now, |s, ctx| s.routes_updated(ctx));
-                }
-            }
-            Err(WithdrawalIgnored::Seen) => {}
-            Err(WithdrawalIgnored::Malformed) => {
-                self.counters.withdrawals_malformed += 1;
-                debug!(%link, from, server = %w.server, "malformed withdrawal dropped");
-            }
-        }
-    }
-
-    /// Send a withdrawal to every neighbour but the one it came from.
-    fn send_withdrawal(&mut self, w: &Withdrawal, except: Option<LinkId>) {
-        let targets: Vec<LinkId> = self
-            .neighbours
-            .neighbours()
-            .into_iter()
-            .filter(|n| Some(n.link) != except && n.name != w.server)
-            .map(|n| n.link)
-            .collect();
-        for t in targets {
-            if except.is_some() {
-                self.counters.withdrawals_forwarded += 1;
-            } else {
-                self.counters.withdrawals_sent += 1;
-            }
-            self.outputs.push_back(Output::Send {
-                link: t,
-                msg: OverlayMsg::Withdrawal(w.clone()),
-            });
-        }
-    }
-
     /// Handle every timer due at `now` (see [`Node::poll_timeout`]); calling it early does
     /// nothing but re-arm.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -914,6 +854,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::overlay::Withdrawal;
 
     fn first_flood_seq(node: &mut Node, now: Instant) -> u64 {
         let hello = Hello {

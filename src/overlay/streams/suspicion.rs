@@ -268,6 +268,19 @@ mod tests {
         assert_eq!((s.suspect_after(&off), s.doubt_after(&off)), (None, None));
     }
 
+    /// B subscribes and A feeds it a chunk every 10 ms, enough to trust the spacing; returns
+    /// the last seq.
+    fn subscribe_and_feed_from_a(h: &mut Harness) -> u64 {
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        let last = u64::from(MIN_SAMPLES) + 1;
+        for seq in 1..=last {
+            h.chunk("A", "v", 1, seq);
+            h.advance(GAP);
+        }
+        h.drain();
+        last
+    }
+
     /// B fed by A over a flowing stream (a chunk every 10 ms); X offers the same server too.
     fn flowing() -> (Harness, u64) {
         let mut h = Harness::new("B");
@@ -275,14 +288,7 @@ mod tests {
         h.link("X");
         h.flood("S", &[], "A", 5, &["v"]);
         h.flood("S", &[], "X", 8, &["v"]);
-        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
-        let mut seq = 0;
-        for _ in 0..=MIN_SAMPLES {
-            seq += 1;
-            h.chunk("A", "v", 1, seq);
-            h.advance(GAP);
-        }
-        h.drain();
+        let seq = subscribe_and_feed_from_a(&mut h);
         (h, seq)
     }
 
@@ -387,12 +393,7 @@ mod tests {
         let mut h = Harness::new("B");
         h.link("A");
         h.flood("S", &[], "A", 5, &["v"]);
-        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
-        for seq in 1..=u64::from(MIN_SAMPLES) + 1 {
-            h.chunk("A", "v", 1, seq);
-            h.advance(GAP);
-        }
-        h.drain();
+        subscribe_and_feed_from_a(&mut h);
         doubt_a(&mut h);
         h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain(), (vec![], vec![]));
@@ -413,12 +414,7 @@ mod tests {
         h.flood("S", &[], "A", 5, &["v"]);
         // X's route to S runs through A.
         h.flood("S", &["A"], "X", 8, &["v"]);
-        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
-        for seq in 1..=u64::from(MIN_SAMPLES) + 1 {
-            h.chunk("A", "v", 1, seq);
-            h.advance(GAP);
-        }
-        h.drain();
+        subscribe_and_feed_from_a(&mut h);
         doubt_a(&mut h);
         h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain().0, []);
