@@ -9,7 +9,10 @@
 //! first and then fails its streams over, so the failover already sees the routes that remain.
 //! The parts never write into each other's queues: the node drains the neighbour table's
 //! actions and the streams' actions, and combines their exact deadlines in its timer table
-//! ([`Timer`]; [`Node::poll_timeout`] is `None` when nothing waits).
+//! ([`Timer`]; [`Node::poll_timeout`] is `None` when nothing waits). Its own parts are
+//! [`floods`] (receiving, forwarding and sending floods), [`withdrawals`] (a dead server
+//! link's routes withdrawn everywhere), [`drain`] (leaving on purpose), [`timers`] and
+//! [`views`] (read-only views for status).
 //!
 //! Wall time (flood timestamps) is never read from the system: the driver anchors it with
 //! [`Node::set_wall_clock`] and the node derives it from the monotonic `now`. Without an anchor
@@ -17,6 +20,7 @@
 //! (they are skew-free) but makes one-way delays meaningless.
 
 mod drain;
+mod floods;
 mod timers;
 mod views;
 mod withdrawals;
@@ -36,11 +40,11 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::neighbours::{Action, LinkId, LivenessConfig, NeighbourTable};
-use super::routing::{FloodIgnored, Routing};
+use super::routing::Routing;
 use super::streams::{Ctx, StreamAction, StreamConfig, Streams, View};
 use super::trace::{self, RecentIds, ReplyStep, MAX_TRACE_HOPS};
 use crate::wire::overlay::{
-    Flood, Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, OVERLAY_VERSION,
+    Hello, OverlayMsg, OverlayRole, Ping, Pong, Trace, TraceHop, VideoData, OVERLAY_VERSION,
 };
 
 /// Pseudo-neighbour of [`Node::link_traffic`]: chunks our own source produced.
@@ -459,50 +463,6 @@ impl Node {
         }
     }
 
-    fn handle_flood(&mut self, now: Instant, link: LinkId, from: &str, flood: Flood) {
-        self.counters.floods_received += 1;
-        let half_rtt_us = self
-            .neighbours
-            .get(link)
-            .and_then(|n| n.rtt)
-            .map_or(0, |rtt| rtt.as_micros() as u64 / 2);
-        let wall = self.wall_us(now);
-        match self
-            .routing
-            .on_flood(now, &self.config.name, from, wall, half_rtt_us, &flood)
-        {
-            Ok(rec) => {
-                self.streams.flood_from(from, &flood.videos);
-                // A draining node offers no path any more.
-                if let Some(fwd) = rec.forward.filter(|_| self.draining.is_none()) {
-                    let targets: Vec<LinkId> = self
-                        .neighbours
-                        .neighbours()
-                        .into_iter()
-                        .filter(|n| n.link != link && !fwd.visited.contains(&n.name))
-                        .map(|n| n.link)
-                        .collect();
-                    for t in targets {
-                        self.counters.floods_forwarded += 1;
-                        self.outputs.push_back(Output::Send {
-                            link: t,
-                            msg: OverlayMsg::Flood(fwd.clone()),
-                        });
-                    }
-                }
-                // Any flood may make another parent clearly better (its delay moved) or
-                // feed a waiting stream: streams look at once, not at a later scan.
-                self.with_streams(now, |s, ctx| s.routes_updated(ctx));
-            }
-            Err(why) => {
-                self.counters.floods_dropped += 1;
-                if why == FloodIgnored::Malformed {
-                    debug!(%link, server = %flood.server, "flood with a forged visited list dropped");
-                }
-            }
-        }
-    }
-
     /// Handle every timer due at `now` (see [`Node::poll_timeout`]); calling it early does
     /// nothing but re-arm.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -561,42 +521,6 @@ impl Node {
     fn rearm_streams(&mut self) {
         let at = self.streams.poll_timeout(&self.config.streams);
         self.timers.set(Timer::Streams, at);
-    }
-
-    /// Flood to every neighbour (a new sequence number), or re-send the current flood to one
-    /// new neighbour so it learns our routes without waiting an interval.
-    fn send_flood(&mut self, now: Instant, only: Option<LinkId>) {
-        let seq = match (self.flood_seq, only) {
-            (Some(s), Some(_)) => s,
-            (Some(s), None) => s + 1,
-            // Start from wall milliseconds so a restarted server's floods are newer.
-            (None, _) => self.wall_us(now) / 1000,
-        };
-        self.flood_seq = Some(seq);
-        let flood = Flood {
-            server: self.config.name.clone(),
-            seq,
-            sent_at_us: self.wall_us(now),
-            link_sum_us: 0,
-            visited: vec![self.config.name.clone()],
-            videos: self.config.videos.clone(),
-        };
-        let links: Vec<LinkId> = match only {
-            Some(l) => vec![l],
-            None => self
-                .neighbours
-                .neighbours()
-                .iter()
-                .map(|n| n.link)
-                .collect(),
-        };
-        for link in links {
-            self.counters.floods_sent += 1;
-            self.outputs.push_back(Output::Send {
-                link,
-                msg: OverlayMsg::Flood(flood.clone()),
-            });
-        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -854,7 +778,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::overlay::Withdrawal;
+    use crate::wire::overlay::{Flood, Withdrawal};
 
     fn first_flood_seq(node: &mut Node, now: Instant) -> u64 {
         let hello = Hello {
