@@ -70,17 +70,24 @@ fn relay_fault(test: &'static str, tag: &str, fault: RelayFault) {
         if !affected.contains(e) {
             continue;
         }
-        let line = emu.wait_log(e, *m, &["failover", "alpha"], 5.0);
+        // A silent fault is noticed by the stream's own silence (a suspected parent whose
+        // probe went unanswered), or by the link's death when there is nowhere to move.
+        let suspected: &[&str] = &[
+            "parent stalled: suspected",
+            "alpha",
+            "probe_unanswered=true",
+        ];
+        let line = emu.wait_log_any(e, *m, &[&["failover", "alpha"], suspected], 5.0);
         let took = t.elapsed();
         println!("{test}: {e} failed over after {took:?}: {line}");
         match fault {
             // A kill closes the sockets: seen at once.
-            RelayFault::Kill => assert!(took < Duration::from_millis(900), "{took:?}"),
-            // Silent: seen by keepalive (dead after 1 s of silence).
-            _ => assert!(
-                took >= Duration::from_millis(500) && took < Duration::from_secs(3),
-                "{took:?}"
-            ),
+            RelayFault::Kill => {
+                assert!(line.contains("failover"), "{line}");
+                assert!(took < Duration::from_millis(900), "{took:?}");
+            }
+            // Silent: no close to see; the bound is only one of liveness.
+            _ => assert!(took < Duration::from_secs(3), "{took:?}"),
         }
         assert_ne!(
             parent_in(&emu.log(e), "alpha").as_deref(),
@@ -95,7 +102,8 @@ fn relay_fault(test: &'static str, tag: &str, fault: RelayFault) {
         r.check(test, 250);
         report(test, &what, r, t, None);
     }
-    // The daemons' counters (graceful stop): each affected edge counted its failover.
+    // The daemons' counters (graceful stop): each affected edge counted its failover, or
+    // its switch away from a suspected parent.
     if let RelayFault::Hang = fault {
         emu.ok(&["resume", &relay]);
     }
@@ -103,8 +111,9 @@ fn relay_fault(test: &'static str, tag: &str, fault: RelayFault) {
         emu.ok(&["stop", e]);
         let log = emu.log(e);
         let failovers = final_counter(&log, "alpha", "failovers");
+        let suspected = final_counter(&log, "alpha", "suspected_switches");
         assert!(
-            failovers >= Some(1),
+            failovers.unwrap_or(0) + suspected.unwrap_or(0) >= 1,
             "{test}: {e} counted no failover: {log}"
         );
         assert!(

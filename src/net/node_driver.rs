@@ -612,7 +612,8 @@ fn log_final_counters(node: &Node) {
             video = %video, chunks_in = c.chunks_in, chunks_out = c.chunks_out,
             delivered_local = c.delivered_local, duplicates = c.duplicates,
             gap_chunks = c.gap_chunks, switches = c.switches, failovers = c.failovers,
-            "final stream counters"
+            suspicions = c.suspicions, suspected_switches = c.suspected_switches,
+            gop_chunks_sent = c.gop_chunks_sent, "final stream counters"
         );
     }
 }

@@ -262,20 +262,31 @@ impl Emu {
 
     /// Wait for a line of `device`'s log after byte `from` containing every part; returns it.
     pub fn wait_log(&self, device: &str, from: usize, parts: &[&str], secs: f64) -> String {
+        self.wait_log_any(device, from, &[parts], secs)
+    }
+
+    /// The first line (from byte `from` of `device`'s log) that has all the parts of one of
+    /// `alternatives`, waiting up to `secs`.
+    pub fn wait_log_any(
+        &self,
+        device: &str,
+        from: usize,
+        alternatives: &[&[&str]],
+        secs: f64,
+    ) -> String {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         loop {
             let text = self.log(device);
-            if let Some(l) = text
-                .get(from..)
-                .unwrap_or("")
-                .lines()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
+            if let Some(l) = text.get(from..).unwrap_or("").lines().find(|l| {
+                alternatives
+                    .iter()
+                    .any(|parts| parts.iter().all(|p| l.contains(p)))
+            }) {
                 return l.to_string();
             }
             assert!(
                 Instant::now() < deadline,
-                "{}: {device} logged no line with {parts:?} within {secs} s; its log:\n{text}",
+                "{}: {device} logged no line with {alternatives:?} within {secs} s; its log:\n{text}",
                 self.test
             );
             sleep(0.02);
