@@ -89,9 +89,18 @@ fn relay_fault(test: &'static str, tag: &str, fault: RelayFault) {
             // Silent: no close to see; the bound is only one of liveness.
             _ => assert!(took < Duration::from_secs(3), "{took:?}"),
         }
+        // A suspicion starts a make-before-break switch: the parent changes when the new one
+        // delivers, a moment after the line above.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while parent_in(&emu.log(e), "alpha").as_deref() == Some(relay.as_str())
+            && Instant::now() < deadline
+        {
+            sleep(0.02);
+        }
         assert_ne!(
             parent_in(&emu.log(e), "alpha").as_deref(),
-            Some(relay.as_str())
+            Some(relay.as_str()),
+            "{test}: {e} still names {relay} its parent"
         );
     }
     for c in &clients {
