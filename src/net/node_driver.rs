@@ -613,7 +613,8 @@ fn log_final_counters(node: &Node) {
             delivered_local = c.delivered_local, duplicates = c.duplicates,
             gap_chunks = c.gap_chunks, switches = c.switches, failovers = c.failovers,
             suspicions = c.suspicions, suspected_switches = c.suspected_switches,
-            gop_chunks_sent = c.gop_chunks_sent, "final stream counters"
+            gop_chunks_sent = c.gop_chunks_sent, parent_retries = c.parent_retries,
+            "final stream counters"
         );
     }
 }

@@ -441,7 +441,7 @@ fn stream_counter_help(field: &str) -> &'static str {
         "gap_chunks" => "Sequence numbers skipped (chunks that never came)",
         "epochs" => "Stream (re)starts forwarded",
         "switches" => "Completed make-before-break parent switches",
-        "failovers" => "Parent losses handled",
+        "failovers" => "Losses of a parent that had fed the stream",
         "held" => "Chunks held in the reorder buffer during a switch",
         "loops_refused" => "Requests refused because they would close a loop",
         "grandfather_dials" => "Grandfather dials after the only parent died",
@@ -455,6 +455,7 @@ fn stream_counter_help(field: &str) -> &'static str {
         "suspicions_cleared" => "Suspected parents that spoke again before the stream moved",
         "suspected_switches" => "Parent switches that left a suspected (silent) parent",
         "gop_chunks_sent" => "Cached chunks since the last keyframe sent to joining children",
+        "parent_retries" => "Losses of a parent asked but not yet feeding (request moved on)",
         _ => "Stream counter",
     }
 }

@@ -143,7 +143,7 @@ pub struct StreamCounters {
     pub epochs: u64,
     /// Completed make-before-break switches.
     pub switches: u64,
-    /// Parent losses (death, refusal) handled.
+    /// Losses (death, refusal) of a parent that had fed us: the stream moved on.
     pub failovers: u64,
     /// Chunks that waited in the reorder buffer.
     pub held: u64,
@@ -175,6 +175,11 @@ pub struct StreamCounters {
     /// Cached chunks (since the last keyframe) sent to joining children.
     #[serde(default)]
     pub gop_chunks_sent: u64,
+    /// Losses (death, refusal) of a parent asked but not yet feeding: the request moved on to
+    /// the next-best parent. Not a failover (no flow broke): a parent whose route turned out to
+    /// run through us, or one that died while the stream was being set up.
+    #[serde(default)]
+    pub parent_retries: u64,
 }
 
 /// What a stream is doing.

@@ -58,6 +58,9 @@ mod tests {
         assert!(h.sent().contains(&("X".into(), "video_request")));
         assert_eq!(h.streams.parent("v"), Some("X"));
         assert!(h.streams.streams["v"].refused.contains_key("A"));
+        // A had not fed us yet (a setup race, e.g. its route ran through us): not a failover.
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.failovers, c.parent_retries), (0, 1));
         h.streams.flood_from("A", &["w".into()]);
         assert!(h.streams.streams["v"].refused.contains_key("A"));
         h.streams.flood_from("A", &["v".into()]);

@@ -84,7 +84,8 @@ impl Streams {
     }
 
     /// The parent is gone (death, refusal, loop): the switch target takes over, else the
-    /// next-best parent, else the grandfathers; with none, children are told.
+    /// next-best parent, else the grandfathers; with none, children are told. Counted as a
+    /// failover when it had fed us, else as a retry of the request.
     pub(super) fn failover(&mut self, ctx: &mut Ctx<'_>, video: &str) {
         self.upstreams_changed = true;
         let Some(st) = self.streams.get_mut(video) else {
@@ -95,7 +96,12 @@ impl Streams {
             self.release_if_unused(ctx, video);
             return;
         }
-        counters_of(&mut self.counters, video).failovers += 1;
+        let counters = counters_of(&mut self.counters, video);
+        if old.as_ref().is_some_and(|o| o.last_data.is_some()) {
+            counters.failovers += 1;
+        } else {
+            counters.parent_retries += 1;
+        }
         if let Some(second) = st.second.take() {
             // Hitless: the second parent already feeds us; it becomes the parent, and the
             // merge stops waiting for the dead feed. A new second parent is sought by
@@ -410,10 +416,17 @@ mod tests {
         h.run(|s, ctx| s.subscribe_local(ctx, "v"));
         assert!(h.sent().contains(&("A".into(), "video_request")));
         assert_eq!(h.streams.parent("v"), Some("A"));
+        h.chunk("A", "v", 1, 1);
+        h.drain();
         h.unlink("A");
         assert!(h.sent().contains(&("X".into(), "video_request")));
         assert_eq!(h.streams.parent("v"), Some("X"));
-        assert_eq!(h.streams.counters("v").map(|c| c.failovers), Some(1));
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.failovers, c.parent_retries), (1, 0));
+        // X dies before it fed anything: no flow broke, so a retry, not a failover.
+        h.unlink("X");
+        let c = h.streams.counters("v").unwrap();
+        assert_eq!((c.failovers, c.parent_retries), (1, 1));
     }
 
     #[test]
