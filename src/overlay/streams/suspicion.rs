@@ -6,7 +6,8 @@
 //!   pinged once ([`StreamAction::Probe`]); a live parent in a natural pause of its stream
 //!   answers within a round trip, and the doubt ends there;
 //! - *suspicion*: the probe unanswered for `probe_wait` plus the link's round trip (nothing
-//!   at all heard on the link), or
+//!   at all heard on the link) and the silence longer than the stream's peak gap (a pause it
+//!   already came through is no sign of death: a saturated machine makes such pauses), or
 //!   the stream silent for three times its peak gap (at least [`MEND_TIME`]) even though the
 //!   link answers (a stall upstream the parent cannot mend): a make-before-break switch
 //!   starts towards the best
@@ -157,9 +158,14 @@ impl Streams {
             match (parent.doubt, link) {
                 (Doubt::Trusted, Some((link, _, rtt))) => {
                     // The answer needs a round trip, and the peer a moment to be scheduled.
+                    // And a silence no longer than one this stream already came through
+                    // (its peak gap) is no sign of death: on a saturated machine a live
+                    // parent misses a ping's deadline now and then, and its stream shows
+                    // such pauses.
+                    let last = parent.last_data.unwrap_or(parent.since);
                     parent.doubt = Doubt::Probed {
                         at: ctx.now,
-                        until: ctx.now + ctx.cfg.probe_wait + rtt,
+                        until: (ctx.now + ctx.cfg.probe_wait + rtt).max(last + peak),
                     };
                     ctx.push(StreamAction::Probe { link });
                     return;
@@ -321,6 +327,34 @@ mod tests {
         let c = h.streams.counters("v").unwrap();
         assert_eq!((c.suspicions, c.switches, c.gap_chunks), (1, 1, 2));
         assert_eq!(c.suspected_switches, 1);
+    }
+
+    #[test]
+    fn an_unanswered_probe_waits_out_a_pause_the_stream_already_came_through() {
+        let (mut h, seq) = flowing();
+        // One pause of 80 ms that the stream came through (a hiccup of a loaded machine).
+        let pause = Duration::from_millis(80);
+        h.advance(pause - GAP);
+        h.chunk("A", "v", 1, seq + 1);
+        h.advance(GAP);
+        h.chunk("A", "v", 1, seq + 2);
+        h.drain();
+        h.probes();
+        // Silent again: the probe goes out at the doubt as before...
+        let doubt = h.next_deadline_in().unwrap();
+        h.expire(doubt);
+        assert_eq!(h.probes(), [("probe", "A".to_string())]);
+        // ...but its deadline passing is no suspicion while the silence is within the peak.
+        let peak = h.streams.streams["v"].spacing.peak();
+        assert!(peak > pause - GAP && doubt + h.cfg.probe_wait < peak);
+        assert_eq!(h.next_deadline_in(), Some(peak - doubt));
+        h.expire(h.cfg.probe_wait);
+        assert_eq!(h.drain(), (vec![], vec![]));
+        assert!(h.probes().is_empty());
+        h.expire(peak - doubt - h.cfg.probe_wait);
+        let (sent, _) = h.drain();
+        assert_eq!(sent, [("X".into(), "video_request")]);
+        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
     }
 
     #[test]
