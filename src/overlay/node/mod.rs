@@ -466,6 +466,9 @@ impl Node {
     /// Handle every timer due at `now` (see [`Node::poll_timeout`]); calling it early does
     /// nothing but re-arm.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(due) = self.timers.next().filter(|&t| t <= now) {
+            self.streams.deadline_handled(now, due);
+        }
         let due: Vec<Timer> = self.timers.due(now).collect();
         for timer in due {
             match timer {

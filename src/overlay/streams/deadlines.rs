@@ -14,7 +14,7 @@
 //! A deadline is a wake-up, never an action: at it the same checks run as on any input, so a
 //! deadline that moved (a feed that spoke again) costs one look and nothing else.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::choice::metric;
 use super::stream::Stream;
@@ -22,7 +22,9 @@ use super::*;
 
 impl Stream {
     /// The nearest instant at which this stream has something to do, if any.
-    pub(super) fn next_deadline(&self, cfg: &StreamConfig) -> Option<Instant> {
+    /// `slack`: how much longer a silence must last on this machine (see
+    /// [`super::suspicion::Lateness`]).
+    pub(super) fn next_deadline(&self, cfg: &StreamConfig, slack: Duration) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         if self.consumers() == 0 {
@@ -33,7 +35,7 @@ impl Stream {
         if let Some(until) = self.refused.values().min() {
             at(*until);
         }
-        if let Some(t) = self.suspect_at(cfg) {
+        if let Some(t) = self.suspect_at(cfg, slack) {
             at(t);
         }
         if let Some(p) = &self.pending {
@@ -71,7 +73,7 @@ impl Streams {
     pub fn poll_timeout(&self, cfg: &StreamConfig) -> Option<Instant> {
         self.streams
             .values()
-            .filter_map(|st| st.next_deadline(cfg))
+            .filter_map(|st| st.next_deadline(cfg, self.lateness.slack()))
             .min()
     }
 

@@ -316,6 +316,8 @@ pub struct Streams {
     upstreams_changed: bool,
     /// When we last cancelled a neighbour's stray chunks of a video (rate limit).
     stray_cancelled: BTreeMap<(String, String), Instant>,
+    /// How late our own deadlines fire: how slow this machine is now.
+    lateness: suspicion::Lateness,
 }
 impl Streams {
     pub fn new(local_videos: Vec<String>) -> Self {

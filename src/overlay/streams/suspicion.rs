@@ -14,6 +14,9 @@
 //!   other parent whose route does not run through the suspect, and the link is probed fast
 //!   ([`StreamAction::Suspect`]: dead after a few unanswered probes).
 //!
+//! Both waits are stretched by twice how late our own deadlines have fired lately
+//! ([`Lateness`]): on a saturated machine every process waits for the CPU, the parent too.
+//!
 //! The switch completes as soon as the new parent brings a chunk newer than the last
 //! forwarded (the gap is accepted: the old path is silent). If the old parent speaks first (a
 //! scheduler hiccup, a stall of the source that every path shares) the suspicion is cleared
@@ -41,6 +44,39 @@ pub(super) const MEND_TIME: Duration = Duration::from_millis(250);
 
 /// Weight of a new gap in the mean.
 const MEAN_NEW: f64 = 1.0 / 16.0;
+/// A silence must outlast this many times the peak lateness of our own deadlines before it
+/// suspects a parent ...
+const LATENESS_FACTOR: f64 = 2.0;
+/// ... up to this much more: even a machine that slow notices a death within a second.
+const MAX_SLACK: Duration = Duration::from_millis(500);
+
+/// How late our own deadlines fire: a peak of `now − deadline`, decaying like the spacing's.
+/// On a saturated machine every process waits for the CPU; a parent then answers late and
+/// its stream pauses for as long as our own timers are late, so its silence says less. The
+/// stretch it gives ([`Lateness::slack`]) is nothing on an idle machine and nothing in the
+/// simulator (exact timers).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lateness {
+    peak_us: f64,
+    at: Option<Instant>,
+}
+
+impl Lateness {
+    /// A deadline due at `due` was handled at `now`.
+    pub(super) fn sample(&mut self, now: Instant, due: Instant) {
+        let decay = self.at.map_or(0.0, |at| {
+            (-now.saturating_duration_since(at).as_secs_f64() / PEAK_DECAY.as_secs_f64()).exp()
+        });
+        let late_us = now.saturating_duration_since(due).as_micros() as f64;
+        self.peak_us = late_us.max(self.peak_us * decay);
+        self.at = Some(now);
+    }
+
+    /// How much longer than on an idle machine a silence must last to suspect a parent.
+    pub(super) fn slack(&self) -> Duration {
+        Duration::from_micros((self.peak_us * LATENESS_FACTOR) as u64).min(MAX_SLACK)
+    }
+}
 
 /// The measured spacing of a stream's chunks (see module docs). Pure: fed arrival instants.
 #[derive(Debug, Clone, Default)]
@@ -118,16 +154,17 @@ impl Spacing {
 impl Stream {
     /// When the parent is next looked at if it stays silent (a probe to send, a probe's
     /// answer to check, or the silence that suspects it anyway), if suspicion applies.
-    pub(super) fn suspect_at(&self, cfg: &StreamConfig) -> Option<Instant> {
+    pub(super) fn suspect_at(&self, cfg: &StreamConfig, slack: Duration) -> Option<Instant> {
         if self.source.is_some() || self.second.is_some() || self.consumers() == 0 {
             return None;
         }
         let parent = self.parent.as_ref().filter(|p| !p.suspected)?;
         let last = parent.last_data?;
-        let anyway = last + self.spacing.suspect_after(cfg)?;
+        let anyway = last + self.spacing.suspect_after(cfg)? + slack;
         Some(match parent.doubt {
+            // A probe costs nothing: sent on time, whatever the machine's load.
             Doubt::Trusted => last + self.spacing.doubt_after(cfg)?,
-            Doubt::Probed { until, .. } => until.min(anyway),
+            Doubt::Probed { until, .. } => (until + slack).min(anyway),
             Doubt::Answered => anyway,
         })
     }
@@ -140,11 +177,15 @@ impl Streams {
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
-        if !st.suspect_at(ctx.cfg).is_some_and(|at| at <= ctx.now) {
+        let slack = self.lateness.slack();
+        if !st
+            .suspect_at(ctx.cfg, slack)
+            .is_some_and(|at| at <= ctx.now)
+        {
             return;
         }
         let peak = st.spacing.peak();
-        let anyway = st.spacing.suspect_after(ctx.cfg);
+        let anyway = st.spacing.suspect_after(ctx.cfg).map(|a| a + slack);
         let parent = st.parent.as_mut().expect("suspect_at needs a parent");
         let name = parent.name.clone();
         let silent = ctx
@@ -202,6 +243,12 @@ impl Streams {
             peak_gap_ms = peak.as_millis() as u64, probe_unanswered, to = ?target,
             "parent stalled: suspected, make-before-break to another parent and a fast probe"
         );
+    }
+
+    /// One of our deadlines, due at `due`, is handled at `now`: how late that was tells how
+    /// slow the machine is ([`Lateness`]).
+    pub fn deadline_handled(&mut self, now: Instant, due: Instant) {
+        self.lateness.sample(now, due);
     }
 
     /// The suspected parent spoke again: the suspicion is cleared, and a switch it started
@@ -327,6 +374,37 @@ mod tests {
         let c = h.streams.counters("v").unwrap();
         assert_eq!((c.suspicions, c.switches, c.gap_chunks), (1, 1, 2));
         assert_eq!(c.suspected_switches, 1);
+    }
+
+    #[test]
+    fn late_deadlines_stretch_the_suspicion_and_the_stretch_decays() {
+        let mut l = Lateness::default();
+        assert_eq!(l.slack(), Duration::ZERO);
+        let t = Instant::now();
+        l.sample(t, t - Duration::from_millis(30));
+        assert_eq!(l.slack(), Duration::from_millis(60));
+        // On time again: the peak decays with τ = 10 s, and is capped.
+        l.sample(t + Duration::from_secs(10), t + Duration::from_secs(10));
+        let s = l.slack().as_secs_f64() * 1e3;
+        assert!((21.0..23.0).contains(&s), "slack {s} ms");
+        l.sample(t + Duration::from_secs(11), t);
+        assert_eq!(l.slack(), MAX_SLACK);
+
+        // A deadline handled 30 ms late: the unanswered probe suspects 60 ms later.
+        let (mut h, _) = flowing();
+        let now = h.now;
+        h.streams
+            .deadline_handled(now, now - Duration::from_millis(30));
+        // The probe itself is not delayed.
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.doubt_floor - GAP));
+        h.expire(h.cfg.doubt_floor - GAP);
+        assert_eq!(h.probes(), [("probe", "A".to_string())]);
+        let slack = Duration::from_millis(60);
+        assert_eq!(h.next_deadline_in(), Some(h.cfg.probe_wait + slack));
+        h.expire(h.cfg.probe_wait);
+        assert!(h.probes().is_empty());
+        h.expire(slack);
+        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
     }
 
     #[test]
