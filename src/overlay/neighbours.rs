@@ -11,7 +11,7 @@
 //! that TCP alone would notice only after minutes. A link the streams suspect (a parent silent
 //! beyond its stream's chunk spacing, whose probe went unanswered) is probed fast instead:
 //! pinged every `probe_interval`, and dead when nothing at all is heard for `probe_count` of
-//! them; any frame clears it. A stream may also ask for one ping at once (a probe).
+//! them and the grace the stream gives on a slow machine; any frame clears it. A stream may also ask for one ping at once (a probe).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -130,6 +130,8 @@ pub struct Neighbour {
     next_ping: Instant,
     /// Suspected since (probed fast), until any frame is heard.
     pub probing_since: Option<Instant>,
+    /// How much longer than `probe_count` intervals the fast probes wait (see `suspect`).
+    pub probe_grace: Duration,
     /// It announced it is shutting down (a drain notice): no stream takes it as a parent.
     pub draining: bool,
 }
@@ -301,6 +303,7 @@ impl NeighbourTable {
                     rtt_samples: 0,
                     next_ping: now,
                     probing_since: None,
+                    probe_grace: Duration::ZERO,
                     draining: false,
                 },
             );
@@ -385,14 +388,16 @@ impl NeighbourTable {
     }
 
     /// A stream suspects the neighbour on `link` (module docs): ping it now and every
-    /// `probe_interval`; nothing heard for `probe_count` intervals and it is dead.
-    pub fn suspect(&mut self, now: Instant, link: LinkId) {
+    /// `probe_interval`; nothing heard for `probe_count` intervals and `grace` more (the
+    /// machine is slow now) and it is dead.
+    pub fn suspect(&mut self, now: Instant, link: LinkId, grace: Duration) {
         if self.config.probe_count == 0 {
             return;
         }
         if let Some(n) = self.links.get_mut(&link) {
             if n.probing_since.is_none() {
                 n.probing_since = Some(now);
+                n.probe_grace = grace;
                 n.next_ping = now;
             }
         }
@@ -402,7 +407,8 @@ impl NeighbourTable {
     fn dead_at(&self, n: &Neighbour) -> Instant {
         let quiet = n.last_heard + self.config.dead_after;
         match n.probing_since {
-            Some(since) => quiet.min(since + self.config.probe_interval * self.config.probe_count),
+            Some(since) => quiet
+                .min(since + self.config.probe_interval * self.config.probe_count + n.probe_grace),
             None => quiet,
         }
     }
@@ -580,7 +586,7 @@ mod tests {
         drain(&mut t);
         let t1 = t0 + Duration::from_millis(30);
         t.heard(t1, LinkId(1));
-        t.suspect(t1, LinkId(1));
+        t.suspect(t1, LinkId(1), Duration::ZERO);
         // A ping at once, then every probe interval, and death at the third unanswered.
         assert_eq!(t.poll_timeout(), Some(t1));
         t.handle_timeout(t1);
@@ -602,11 +608,26 @@ mod tests {
         );
         assert!(dead_at < t1 + cfg.dead_after);
 
+        // On a slow machine the stream gives a grace: death that much later.
+        let mut t = NeighbourTable::new("A", cfg.clone(), t0);
+        assert!(t.link_up(t0, LinkId(1), b, None, &hello("B", 7701)));
+        t.heard(t1, LinkId(1));
+        let grace = Duration::from_millis(40);
+        t.suspect(t1, LinkId(1), grace);
+        t.handle_timeout(dead_at);
+        assert!(!drain(&mut t)
+            .iter()
+            .any(|a| matches!(a, Action::Down { .. })));
+        t.handle_timeout(dead_at + grace);
+        assert!(drain(&mut t)
+            .iter()
+            .any(|a| matches!(a, Action::Down { .. })));
+
         // Any frame clears the suspicion: back to slow pings and the dead timer.
         let mut t = NeighbourTable::new("A", cfg.clone(), t0);
         assert!(t.link_up(t0, LinkId(1), b, None, &hello("B", 7701)));
         t.handle_timeout(t0);
-        t.suspect(t0, LinkId(1));
+        t.suspect(t0, LinkId(1), Duration::ZERO);
         t.handle_timeout(t0);
         drain(&mut t);
         t.heard(t0 + Duration::from_millis(10), LinkId(1));

@@ -707,8 +707,8 @@ impl Node {
                     self.neighbours.probe(now, link);
                     self.links_touched = true;
                 }
-                StreamAction::Suspect { link } => {
-                    self.neighbours.suspect(now, link);
+                StreamAction::Suspect { link, grace } => {
+                    self.neighbours.suspect(now, link, grace);
                     self.links_touched = true;
                 }
             }

@@ -239,7 +239,11 @@ pub enum StreamAction {
     Probe { link: LinkId },
     /// A parent on this link is suspected: probe the link fast, so that a dead one is known
     /// as dead in a few probe intervals.
-    Suspect { link: LinkId },
+    Suspect {
+        link: LinkId,
+        /// Extra time before the fast probes declare it dead (the machine is slow now).
+        grace: Duration,
+    },
 }
 
 /// What streams read from the rest of the node, lent read-only for one input.

@@ -224,7 +224,7 @@ impl Streams {
         st.spacing.restart();
         counters_of(&mut self.counters, video).suspicions += 1;
         if let Some((link, _, _)) = link {
-            ctx.push(StreamAction::Suspect { link });
+            ctx.push(StreamAction::Suspect { link, grace: slack });
         }
         let target = match &st.pending {
             // A switch already under way: it now completes as soon as its target delivers.
@@ -240,7 +240,8 @@ impl Streams {
         };
         info!(
             video, parent = %name, silent_ms = silent.as_millis() as u64,
-            peak_gap_ms = peak.as_millis() as u64, probe_unanswered, to = ?target,
+            peak_gap_ms = peak.as_millis() as u64, slack_ms = slack.as_millis() as u64,
+            probe_unanswered, to = ?target,
             "parent stalled: suspected, make-before-break to another parent and a fast probe"
         );
     }

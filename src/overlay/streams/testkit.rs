@@ -147,7 +147,7 @@ impl Harness {
                 other => {
                     let probe = match &other {
                         StreamAction::Probe { link } => Some(("probe", *link)),
-                        StreamAction::Suspect { link } => Some(("suspect", *link)),
+                        StreamAction::Suspect { link, .. } => Some(("suspect", *link)),
                         _ => None,
                     };
                     if let Some((kind, link)) = probe {
