@@ -44,6 +44,9 @@ pub enum EdgeInput {
     },
     /// The videos the edge can reach now (from its route table).
     Videos(Vec<String>),
+    /// We are shutting down: tell the clients to move to another edge (see
+    /// [`EdgeService::start_drain`]); their sessions end as they cancel.
+    Drain,
 }
 
 /// What the edge asks of the overlay node.
@@ -406,13 +409,21 @@ async fn run(
                     l.service.handle_chunk(Instant::now(), &video, epoch, seq, keyframe, payload);
                 }
                 Some(EdgeInput::Videos(videos)) => l.service.set_videos(Instant::now(), videos),
+                Some(EdgeInput::Drain) => l.service.start_drain(Instant::now()),
                 None => inputs_open = false,
             },
             _ = sleep => l.service.handle_timeout(Instant::now()),
         }
         l.flush().await;
     }
-    info!("edge driver stopped");
+    let c = l.service.counters();
+    info!(
+        sessions_left = l.service.sessions().count(),
+        draining = l.service.draining(),
+        drain_notices_sent = c.drain_notices_sent,
+        drain_refused = c.drain_refused,
+        "edge driver stopped"
+    );
 }
 
 impl Loop {

@@ -917,9 +917,9 @@ impl ClientService {
                     None => sample,
                 });
                 push_outcome(edge, false, self.settings.loss_window);
-                let was_silent = edge
-                    .last_ack
-                    .is_none_or(|t| now.saturating_duration_since(t) > self.settings.dead_after);
+                let was_silent = edge.last_ack.map_or(true, |t| {
+                    now.saturating_duration_since(t) > self.settings.dead_after
+                });
                 if was_silent && edge.leaving.take().is_some() {
                     info!(edge = %edge.addr, "edge that was leaving answers again (restarted)");
                 }

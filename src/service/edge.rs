@@ -658,6 +658,12 @@ impl EdgeService {
             CloseReason::Replaced => self.counters.sessions_replaced += 1,
         }
         info!(%client, video = %session.video, ?reason, "client session closed");
+        if self.draining.is_some() && self.sessions.is_empty() {
+            info!(
+                notices = self.counters.drain_notices_sent,
+                "edge drained: every client left"
+            );
+        }
         self.outputs.push_back(EdgeOutput::SessionClosed {
             client,
             video: session.video.clone(),
