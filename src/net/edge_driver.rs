@@ -44,9 +44,9 @@ pub enum EdgeInput {
     },
     /// The videos the edge can reach now (from its route table).
     Videos(Vec<String>),
-    /// We are shutting down: tell the clients to move to another edge (see
-    /// [`EdgeService::start_drain`]); their sessions end as they cancel.
-    Drain,
+    /// We are shutting down within this long: tell the clients to move to another edge
+    /// (see [`EdgeService::start_drain`]); their sessions end as they cancel.
+    Drain(std::time::Duration),
 }
 
 /// What the edge asks of the overlay node.
@@ -409,7 +409,7 @@ async fn run(
                     l.service.handle_chunk(Instant::now(), &video, epoch, seq, keyframe, payload);
                 }
                 Some(EdgeInput::Videos(videos)) => l.service.set_videos(Instant::now(), videos),
-                Some(EdgeInput::Drain) => l.service.start_drain(Instant::now()),
+                Some(EdgeInput::Drain(within)) => l.service.start_drain(Instant::now(), within),
                 None => inputs_open = false,
             },
             _ = sleep => l.service.handle_timeout(Instant::now()),

@@ -340,9 +340,9 @@ async fn serve_local(
                         let _ = tx.send(EdgeInput::Videos(videos)).await;
                     }
                 }
-                Some(LocalEvent::Drain(_)) => {
+                Some(LocalEvent::Drain(within)) => {
                     if let Some(tx) = &edge_input {
-                        let _ = tx.send(EdgeInput::Drain).await;
+                        let _ = tx.send(EdgeInput::Drain(within)).await;
                     }
                 }
             },

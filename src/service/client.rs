@@ -30,8 +30,9 @@
 //! An edge that is shutting down says so (a drain notice, accepted only from the session's
 //! edge and only with the session's stream and a cookie the client echoed to that edge): the
 //! client moves to the next-best edge at once, make-before-break like any move (the leaving
-//! edge keeps feeding until the new one delivers), and avoids the leaving edge until it has
-//! been silent (it restarted) or for `drained_avoid`. With no other edge it stays until the
+//! edge keeps feeding until the new one delivers), and avoids the leaving edge, unless no
+//! other is alive, until the time the notice gives for its exit has passed or it has missed a
+//! probe (it exited: what answers next has restarted). With no other edge it stays until the
 //! edge goes. Repeated notices change nothing and are counted; so are ignored ones.
 //!
 //! An edge is known by the address the client sends to, or by another address it proved to
@@ -62,6 +63,8 @@ const MAX_HELD: usize = 2048;
 const STALE_EPOCH_ADOPT: u32 = 64;
 /// How many abandoned epochs are remembered (not returned to while another one flows).
 const RETIRED_EPOCHS: usize = 16;
+/// A drain notice's exit time is believed this far ahead at most (`--drain-ms` goes to 60 s).
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// Default of [`ClientSettings::suspect_floor`], in milliseconds (`--edge-suspect-ms`).
 pub const DEFAULT_SUSPECT_FLOOR_MS: u64 = 60;
 /// PCR ticks per millisecond (27 MHz clock).
@@ -106,9 +109,6 @@ pub struct ClientSettings {
     pub unknown_video_grace: Duration,
     /// A busy edge is avoided for this long.
     pub busy_backoff: Duration,
-    /// An edge that sent a drain notice is avoided until it has been silent for `dead_after`
-    /// (it exited; what answers next is a restarted edge), or for this long at most.
-    pub drained_avoid: Duration,
     /// The edge being left is cancelled after this long even if the new one has not delivered.
     pub drain_limit: Duration,
     /// During a make-before-break switch, datagrams of the new edge that are ahead of the old
@@ -164,7 +164,6 @@ impl Default for ClientSettings {
             no_edge_timeout: Duration::from_secs(5),
             unknown_video_grace: Duration::from_secs(3),
             busy_backoff: Duration::from_secs(5),
-            drained_avoid: Duration::from_secs(10),
             drain_limit: Duration::from_secs(2),
             reorder_hold: Duration::from_millis(300),
             stale_epoch_return: Duration::from_millis(100),
@@ -349,7 +348,7 @@ struct EdgeState {
     cookie: Option<u64>,
     /// The cookie before `cookie`: the edge may still quote it in a drain notice.
     prev_cookie: Option<u64>,
-    /// The edge said it is shutting down, at this instant.
+    /// The edge said it is shutting down, and is gone by this instant.
     leaving: Option<Instant>,
     pending: VecDeque<(u64, Instant)>,
     /// Recent probe outcomes, `true` = lost.
@@ -917,10 +916,13 @@ impl ClientService {
                     None => sample,
                 });
                 push_outcome(edge, false, self.settings.loss_window);
-                let was_silent = edge.last_ack.map_or(true, |t| {
-                    now.saturating_duration_since(t) > self.settings.dead_after
-                });
-                if was_silent && edge.leaving.take().is_some() {
+                // An older probe unanswered, or none answered for `dead_after`: the leaving
+                // edge went away, and what answers now is a restarted one.
+                let was_gone = i > 0
+                    || edge.last_ack.map_or(true, |t| {
+                        now.saturating_duration_since(t) > self.settings.dead_after
+                    });
+                if was_gone && edge.leaving.take().is_some() {
                     info!(edge = %edge.addr, "edge that was leaving answers again (restarted)");
                 }
                 edge.last_ack = Some(now);
@@ -1009,9 +1011,10 @@ impl ClientService {
             return;
         }
         self.stats.drain_notices += 1;
-        self.edges[e].leaving = Some(now);
+        let within = Duration::from_millis(u64::from(n.within_ms)).min(MAX_DRAIN_WAIT);
+        self.edges[e].leaving = Some(now + within);
         let addr = self.edges[e].addr;
-        match self.best(now, Some(e)) {
+        match self.best_staying(now, Some(e)) {
             Some(_) if self.current == Some(e) => {
                 info!(edge = %addr, "edge draining: moving to the next-best edge")
             }
@@ -1029,12 +1032,10 @@ impl ClientService {
         self.drive(now);
     }
 
-    /// The edge said it is shutting down and has not been silent since (nor for
-    /// `drained_avoid`).
+    /// The edge said it is shutting down, has not yet reached the time it gave for its exit
+    /// and has not missed a probe since.
     fn leaving(&self, e: usize, now: Instant) -> bool {
-        self.edges[e]
-            .leaving
-            .is_some_and(|t| now < t + self.settings.drained_avoid)
+        self.edges[e].leaving.is_some_and(|t| now < t)
     }
 
     /// The edge that `datagram`, from an address of no edge, proves to come from: a probe
@@ -1491,15 +1492,24 @@ impl ClientService {
             .map(|rtt| rtt + self.settings.loss_penalty.mul_f64(loss(edge)))
     }
 
-    /// The best live, not busy, not leaving edge other than `except`.
+    /// The best live, not busy edge other than `except`; one that is leaving only when no
+    /// other is alive (it still serves until it goes).
     fn best(&self, now: Instant, except: Option<usize>) -> Option<usize> {
-        (0..self.edges.len())
-            .filter(|&i| Some(i) != except && self.alive(i, now))
-            .filter(|&i| self.edges[i].busy_until.map_or(true, |t| now >= t))
-            .filter(|&i| !self.leaving(i, now))
-            .filter_map(|i| self.score(i).map(|s| (s, i)))
-            .min()
-            .map(|(_, i)| i)
+        let pick = |leaving: bool| {
+            (0..self.edges.len())
+                .filter(|&i| Some(i) != except && self.alive(i, now))
+                .filter(|&i| self.edges[i].busy_until.map_or(true, |t| now >= t))
+                .filter(|&i| self.leaving(i, now) == leaving)
+                .filter_map(|i| self.score(i).map(|s| (s, i)))
+                .min()
+                .map(|(_, i)| i)
+        };
+        pick(false).or_else(|| pick(true))
+    }
+
+    /// [`Self::best`], never a leaving edge.
+    fn best_staying(&self, now: Instant, except: Option<usize>) -> Option<usize> {
+        self.best(now, except).filter(|&i| !self.leaving(i, now))
     }
 
     fn unaccounted(&self, e: usize, now: Instant) -> Duration {
@@ -1608,7 +1618,7 @@ impl ClientService {
                 // A leaving edge is left as soon as another can take the session, whatever
                 // the choice (pinned included: it is going away).
                 if self.leaving(c, now) {
-                    if let Some(alt) = self.best(now, Some(c)) {
+                    if let Some(alt) = self.best_staying(now, Some(c)) {
                         self.switch_to(now, alt, SwitchReason::Drained);
                         return;
                     }
@@ -1633,14 +1643,14 @@ impl ClientService {
                     self.better = None;
                     return;
                 }
-                let candidate =
-                    self.best(now, Some(c))
-                        .filter(|&alt| match (self.score(alt), self.score(c)) {
-                            (Some(a), Some(cur)) => {
-                                a < cur.mul_f64(s.switch_ratio) && a + s.switch_min_gain < cur
-                            }
-                            _ => false,
-                        });
+                let candidate = self.best_staying(now, Some(c)).filter(|&alt| {
+                    match (self.score(alt), self.score(c)) {
+                        (Some(a), Some(cur)) => {
+                            a < cur.mul_f64(s.switch_ratio) && a + s.switch_min_gain < cur
+                        }
+                        _ => false,
+                    }
+                });
                 match (candidate, self.better) {
                     (Some(alt), Some((b, since))) if alt == b => {
                         if now >= since + s.switch_hold {
@@ -2662,9 +2672,13 @@ mod tests {
     }
 
     fn notice(cookie: u64, stream: u32) -> Bytes {
-        ClientMsg::Drain(DrainNotice { cookie, stream })
-            .to_bytes()
-            .unwrap()
+        ClientMsg::Drain(DrainNotice {
+            cookie,
+            stream,
+            within_ms: 2000,
+        })
+        .to_bytes()
+        .unwrap()
     }
 
     #[test]
@@ -2682,6 +2696,9 @@ mod tests {
         // a's notice: b is asked at once to continue the stream; a is not cancelled.
         c.handle_datagram(t, a, notice(9, 1));
         assert_eq!(c.current_edge(), Some(b));
+        // Avoided until the exit time the notice gave, at most.
+        let gone_by = t + Duration::from_millis(2000);
+        assert!(c.leaving(0, gone_by - TICK) && !c.leaving(0, gone_by));
         let mut sent = Vec::new();
         let mut chosen = Vec::new();
         while let Some(o) = c.poll_output() {
@@ -2743,13 +2760,18 @@ mod tests {
             (st.delivered_duplicates, st.delivered_reorderings, st.gaps),
             (0, 0, 0)
         );
-        // The leaving edge is avoided while it answers; once silent for `dead_after` and
-        // back (a restarted edge), it may be chosen again.
-        assert!(c.leaving(0, t) && c.best(t, Some(1)).is_none());
-        c.edges[0].last_ack = Some(t);
-        t += c.settings.dead_after + TICK;
+        // The leaving edge is avoided while it answers every probe (it did, above), though
+        // still taken if nothing else were alive; once it misses a probe (it exited) the next
+        // answer is a restarted edge, which may be chosen again.
+        assert!(c.leaving(0, t) && c.best_staying(t, Some(1)).is_none());
+        assert_eq!(c.best(t, Some(1)), Some(0));
+        c.edges[0].next_probe = t;
         c.handle_timeout(t);
-        let token = c.edges[0].pending.back().unwrap().0;
+        t += c.settings.probe_interval;
+        c.handle_timeout(t);
+        let pending = &c.edges[0].pending;
+        assert_eq!(pending.len(), 2, "{pending:?}");
+        let token = pending.back().unwrap().0;
         let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck { token, cookie: 5 });
         c.handle_datagram(t, a, ack.to_bytes().unwrap());
         assert!(!c.leaving(0, t));

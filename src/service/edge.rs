@@ -277,8 +277,8 @@ pub struct EdgeService {
     buckets: HashMap<IpAddr, TokenBucket>,
     outputs: VecDeque<EdgeOutput>,
     counters: EdgeCounters,
-    /// Draining: when the notices go out again.
-    draining: Option<Instant>,
+    /// Draining: when the notices go out again, and when the edge exits at the latest.
+    draining: Option<(Instant, Instant)>,
 }
 
 impl EdgeService {
@@ -787,16 +787,18 @@ impl EdgeService {
         }
     }
 
-    /// Start draining (see the module docs): every session is told to move elsewhere.
-    /// Idempotent.
-    pub fn start_drain(&mut self, now: Instant) {
+    /// Start draining (see the module docs): every session is told to move elsewhere; the
+    /// edge exits within `within`. Idempotent.
+    pub fn start_drain(&mut self, now: Instant, within: Duration) {
         if self.draining.is_some() {
             return;
         }
         info!(
             sessions = self.sessions.len(),
+            within_ms = within.as_millis() as u64,
             "edge draining: every client told to move to another edge"
         );
+        self.draining = Some((now, now + within));
         self.send_drain_notices(now);
     }
 
@@ -811,7 +813,14 @@ impl EdgeService {
     }
 
     fn send_drain_notices(&mut self, now: Instant) {
-        self.draining = Some(now + self.config.drain_notice_interval);
+        let Some((next, until)) = &mut self.draining else {
+            return;
+        };
+        *next = now + self.config.drain_notice_interval;
+        let within_ms = until
+            .saturating_duration_since(now)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32;
         let notices: Vec<(Peer, DrainNotice)> = self
             .sessions
             .iter()
@@ -823,6 +832,7 @@ impl EdgeService {
                 let notice = DrainNotice {
                     cookie: s.cookie,
                     stream: s.stream,
+                    within_ms,
                 };
                 (peer, notice)
             })
@@ -844,7 +854,7 @@ impl EdgeService {
         for client in expired {
             self.close_session(client, CloseReason::Expired);
         }
-        if self.draining.is_some_and(|t| now >= t) && !self.sessions.is_empty() {
+        if self.draining.is_some_and(|(t, _)| now >= t) && !self.sessions.is_empty() {
             self.send_drain_notices(now);
         }
     }
@@ -852,7 +862,10 @@ impl EdgeService {
     /// When [`EdgeService::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lease = self.sessions.values().map(|s| s.lease_until).min();
-        let notice = self.draining.filter(|_| !self.sessions.is_empty());
+        let notice = self
+            .draining
+            .map(|(t, _)| t)
+            .filter(|_| !self.sessions.is_empty());
         lease.into_iter().chain(notice).min()
     }
 
@@ -1492,16 +1505,17 @@ mod tests {
         let a_cookie = h.edge.cookie_in_bucket(a, 0);
         assert!(!h.edge.draining() && !h.edge.drained());
 
-        h.edge.start_drain(h.now);
-        h.edge.start_drain(h.now);
+        h.edge.start_drain(h.now, Duration::from_secs(2));
+        h.edge.start_drain(h.now, Duration::from_secs(2));
         assert_eq!(
             h.control_to(a),
             [ClientMsg::Drain(DrainNotice {
                 cookie: a_cookie,
-                stream: 11
+                stream: 11,
+                within_ms: 2000,
             })]
         );
-        h.edge.start_drain(h.now);
+        h.edge.start_drain(h.now, Duration::from_secs(2));
         assert!(h.outputs().is_empty(), "start_drain is idempotent");
         assert_eq!(h.edge.counters().drain_notices_sent, 2);
         // Still fed while it stays.
@@ -1531,7 +1545,8 @@ mod tests {
             again,
             [ClientMsg::Drain(DrainNotice {
                 cookie: b_cookie,
-                stream: 22
+                stream: 22,
+                within_ms: 1750,
             })]
         );
         // Both clients move away (cancel): drained, and the video is unsubscribed.

@@ -21,7 +21,7 @@
 //! | `0x08` | [`Challenge`]      | edge → client | `cookie: u64`                                                       | 9      |
 //! | `0x09` | [`VideoOk`]        | edge → client | `stream: u32`, `video: str`                                         | ≥ 7    |
 //! | `0x0A` | [`ErrorMsg`]       | edge → client | `code: u8` ([`ErrorCode`]), `stream: u32`                           | 6      |
-//! | `0x0B` | [`DrainNotice`]    | edge → client | `cookie: u64`, `stream: u32`                                        | 13     |
+//! | `0x0B` | [`DrainNotice`]    | edge → client | `cookie: u64`, `stream: u32`, `within_ms: u32`                      | 17     |
 //! | `0x10` | [`VideoData`]      | edge → client | `stream: u32`, `flags: u8`, `epoch: u64`, `seq: u64`, `part: u16`, `parts: u16`, then whole 188-byte TS packets to the end | 26 + 188·k |
 //!
 //! A datagram whose first byte is `0x47` (the MPEG-TS sync byte) is *raw* TS, as an ffmpeg
@@ -207,6 +207,9 @@ pub struct ErrorMsg {
 pub struct DrainNotice {
     pub cookie: u64,
     pub stream: u32,
+    /// The edge exits within this long (after that, whatever answers at its address is a
+    /// restarted edge).
+    pub within_ms: u32,
 }
 
 /// One datagram of video: part `part` of `parts` of chunk `(epoch, seq)`.
@@ -352,6 +355,7 @@ impl ClientMsg {
                 dst.put_u8(TAG_DRAIN);
                 dst.put_u64(m.cookie);
                 dst.put_u32(m.stream);
+                dst.put_u32(m.within_ms);
             }
             ClientMsg::VideoData(m) => {
                 check_ts_payload(m.payload.len()).map_err(|len| EncodeError::TooLong {
@@ -434,6 +438,7 @@ impl ClientMsg {
             TAG_DRAIN => ClientMsg::Drain(DrainNotice {
                 cookie: r.u64("drain.cookie")?,
                 stream: r.u32("drain.stream")?,
+                within_ms: r.u32("drain.within_ms")?,
             }),
             TAG_VIDEO_DATA => {
                 let stream = r.u32("video_data.stream")?;
@@ -619,8 +624,9 @@ mod tests {
                 ClientMsg::Drain(DrainNotice {
                     cookie: 0xa1a2a3a4a5a6a7a8,
                     stream: 7,
+                    within_ms: 2000,
                 }),
-                "0b a1a2a3a4a5a6a7a8 00000007",
+                "0b a1a2a3a4a5a6a7a8 00000007 000007d0",
             ),
         ]
     }
@@ -825,8 +831,13 @@ mod tests {
                 code: ErrorCode::from_u8(code).unwrap(),
                 stream
             })),
-            (any::<u64>(), any::<u32>())
-                .prop_map(|(cookie, stream)| ClientMsg::Drain(DrainNotice { cookie, stream })),
+            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(cookie, stream, within_ms)| {
+                ClientMsg::Drain(DrainNotice {
+                    cookie,
+                    stream,
+                    within_ms,
+                })
+            }),
             (
                 any::<u32>(),
                 any::<u8>(),
