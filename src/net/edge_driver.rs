@@ -3,8 +3,9 @@
 //!
 //! It owns one UDP socket (the edge port, a [`ReplySocket`]: every datagram to a client
 //! leaves from the address that client sent to) and runs an [`EdgeService`] over it. The overlay
-//! side talks to it through an [`EdgeHandle`]: chunks and video lists go in
-//! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
+//! side talks to it through an [`EdgeHandle`]: chunks, video lists and the drain order go in
+//! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]); a drained edge's
+//! last `Unsubscribe` is what lets the node's driver exit. Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
 //! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
 //! socket at once while the socket takes them, else through bounded per-client queues served

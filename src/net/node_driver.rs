@@ -354,7 +354,10 @@ impl NodeDriver {
         self.counters.clone()
     }
 
-    /// Run the node until `shutdown` completes, then drain (see [`DriverConfig::drain`]).
+    /// Run the node until `shutdown` completes, then drain (see [`DriverConfig::drain`]): the
+    /// node tells its neighbours, the local parts are told ([`LocalEvent::Drain`]: an edge
+    /// tells its clients), and the loop ends when no child and no local consumer is fed any
+    /// more, or at the bound, saying which.
     pub async fn run(mut self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let started = Instant::now();
