@@ -4,7 +4,8 @@
 //! datagrams from the built-in relay; `--relay ffmpeg`, raw MPEG-TS from one ffmpeg child per
 //! client) with the same assertions.
 //!
-//! Topology of every test (addresses 127.73.N.x, N = 10·test + mode):
+//! Topology of every test (addresses 127.73.N.x, N = 10·test + mode; the drain tests use
+//! 127.125.N.x):
 //!
 //! ```text
 //!   S1 (.1) ── O1 (.2) ─┬─ E1 (.3, edge) ── C1 (.5)    C1 lists E1, or E1 and E2
@@ -65,6 +66,8 @@ macro_rules! both_relays {
 }
 
 struct Net {
+    /// Second octet of every address.
+    octet: u8,
     net: u8,
     dir: TempDir,
     _bootstrapper: Daemon,
@@ -73,7 +76,7 @@ struct Net {
 
 impl Net {
     fn ip(&self, host: u8) -> String {
-        format!("127.73.{}.{host}", self.net)
+        format!("127.{}.{}.{host}", self.octet, self.net)
     }
 
     fn boot(&self) -> String {
@@ -90,9 +93,14 @@ impl Net {
 
     /// Start bootstrapper, S1, O1, E1, E2; C1 lists `c1_edges` (names), C2 lists E2.
     fn start(test: u8, mode: Mode, c1_edges: &[&str]) -> Net {
+        Net::start_on(73, test, mode, c1_edges)
+    }
+
+    /// [`Net::start`] on addresses 127.`octet`.N.x.
+    fn start_on(octet: u8, test: u8, mode: Mode, c1_edges: &[&str]) -> Net {
         let net = test * 10 + mode.index();
-        let dir = TempDir::new(&format!("edge-overlay-{net}"));
-        let ip = |h: u8| format!("\"127.73.{net}.{h}\"");
+        let dir = TempDir::new(&format!("edge-overlay-{octet}-{net}"));
+        let ip = |h: u8| format!("\"127.{octet}.{net}.{h}\"");
         let host = |n: &str| match n {
             "E1" => 3,
             "E2" => 4,
@@ -120,11 +128,11 @@ impl Net {
         std::fs::write(&topo, text).unwrap();
         let key = dir.path("k");
         keygen(&key);
-        let boot = format!("127.73.{net}.100");
+        let boot = format!("127.{octet}.{net}.100");
         let b = bootstrapper(&topo, &boot);
         let mut daemons = Vec::new();
         for (i, name) in ["S1", "O1", "E1", "E2"].iter().enumerate() {
-            let addr = format!("127.73.{net}.{}", i + 1);
+            let addr = format!("127.{octet}.{net}.{}", i + 1);
             let extra: &[&str] = if *name == "S1" {
                 &[]
             } else {
@@ -133,6 +141,7 @@ impl Net {
             daemons.push(device(role_of(name), name, &addr, &boot, &key, extra));
         }
         let n = Net {
+            octet,
             net,
             dir,
             _bootstrapper: b,
@@ -152,6 +161,24 @@ impl Net {
         // A flood or two, so the edges know a route to the video before clients ask.
         std::thread::sleep(Duration::from_millis(2500));
         n
+    }
+
+    /// Start edge `name` again (after it exited) with the same arguments; waits until it
+    /// serves clients and is linked to O1.
+    fn start_edge_again(&mut self, name: &str, mode: Mode) {
+        let addr = self.ip(if name == "E1" { 3 } else { 4 });
+        let d = device(
+            "node",
+            name,
+            &addr,
+            &self.boot(),
+            &self.dir.path("k"),
+            &["--relay", mode.flag()],
+        );
+        d.wait_for(&["edge serving clients"], WAIT);
+        d.wait_for(&["neighbour up", "O1"], WAIT);
+        let slot = self.daemons.iter_mut().find(|d| d.name == name).unwrap();
+        *slot = d;
     }
 
     /// A headless client recording for `secs`.
@@ -588,3 +615,107 @@ fn edge_hang_then_death_move_the_client(mode: Mode) {
     }
 }
 both_relays!(edge_hang_then_death_move_the_client);
+
+/// Drain of an edge (native relay): SIGTERM on the client's edge makes it tell the client (a
+/// drain notice) and keep feeding it until the client has moved to the other edge
+/// make-before-break; the edge then exits by itself, well before its bound. The edge is started
+/// again, and the other edge is stopped the same way: the client moves back. Across both
+/// drains and the restart the client loses no chunk and hands the player no duplicate and no
+/// reordering. Times (SIGTERM to the client's first video from the other edge, to the edge's
+/// exit) are printed, not asserted.
+#[test]
+fn edge_drain_moves_the_client_without_loss_and_a_restart_costs_nothing() {
+    let t0 = Instant::now();
+    let mode = Mode::Native;
+    let mut net = Net::start_on(125, 1, mode, &["E1", "E2"]);
+    let secs = 24;
+    let (mut c1, rec, stats) = net.client("C1", secs);
+    let line = c1.wait_for(&["receiving video from edge"], WAIT);
+    let (first, other) = if line.contains(&format!("{}:", net.ip(3))) {
+        ("E1", "E2")
+    } else {
+        ("E2", "E1")
+    };
+    let ip_of = |e: &str| net.ip(if e == "E1" { 3 } else { 4 });
+    let (first_ip, other_ip) = (format!("{}:", ip_of(first)), format!("{}:", ip_of(other)));
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Drain 1: the client's edge.
+    let mut figures = Vec::new();
+    for (round, (leaving, target, target_ip)) in [
+        (first, other, other_ip.clone()),
+        (other, first, first_ip.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let stopped = Instant::now();
+        sigterm(net.daemon(leaving).pid());
+        let moved = wait_count(&c1, &["receiving video from edge", &target_ip], 1 + round);
+        let code = net.daemon_mut(leaving).wait_exit(Duration::from_secs(10));
+        let exited = stopped.elapsed().as_secs_f64();
+        let d = net.daemon(leaving);
+        assert_eq!(
+            code,
+            Some(0),
+            "{leaving} did not exit by itself; log:\n{}",
+            d.log().join("\n")
+        );
+        // Its last lines (the log reader may lag behind the exit a little).
+        d.wait_for(&["edge drained: every client left"], WAIT);
+        d.wait_for(
+            &["drained: every child and local client moved elsewhere"],
+            WAIT,
+        );
+        d.wait_for(&["shut down"], WAIT);
+        assert!(
+            d.matching(&["drain timed out"]).is_empty(),
+            "{leaving} hit its drain bound"
+        );
+        figures.push(format!(
+            "SIGTERM of {leaving}: client receiving from {target} after {:.3} s, {leaving} exited after {exited:.3} s",
+            moved.duration_since(stopped).as_secs_f64()
+        ));
+        if round == 0 {
+            // Restart: the edge comes back and the client's next move goes to it.
+            net.start_edge_again(leaving, mode);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    assert_eq!(
+        c1.matching(&["edge draining: moving to the next-best edge"])
+            .len(),
+        2,
+        "the client did not take both drain notices; log:\n{}",
+        c1.log().join("\n")
+    );
+
+    let st = finish(&mut c1, &stats, secs);
+    let p = probe(&rec);
+    println!(
+        "[drain] {}; recording: {}; client: switches {}, drain notices {} (repeated {}, ignored {}), suspicions {}, gaps {}, missing chunks {}, duplicates {}, reorderings {}, edges {}; test {:.1} s",
+        figures.join("; "),
+        show(&p),
+        st["switches"],
+        st["drain_notices"],
+        st["drain_notices_repeated"],
+        st["drain_notices_ignored"],
+        st["suspicions"],
+        st["gaps"],
+        st["missing_chunks"],
+        st["duplicates"],
+        st["reorderings"],
+        st["edges"],
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(st["drain_notices"], 2);
+    assert_eq!(st["drain_notices_ignored"], 0);
+    assert!(st["switches"].as_u64().unwrap() >= 2);
+    assert_eq!(st["missing_chunks"], 0, "chunks lost across the drains");
+    assert_eq!(st["gaps"], 0, "holes across the drains");
+    assert_eq!(st["duplicates"], 0);
+    assert_eq!(st["reorderings"], 0);
+    assert!(p.frames > 0 && p.first_key, "{p:?}");
+    assert!(p.duration > 15.0, "recording of {:.2} s", p.duration);
+    net.stop_all();
+}

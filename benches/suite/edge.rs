@@ -1039,3 +1039,203 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
     }
     rep.add(t);
 }
+
+/// One drain trial: a client on E1 (E2 its other edge), SIGTERM to E1 (started with `drain`
+/// args), observed for 3 s; E1 started again with `next` args. Returns the client's gap and
+/// statistics and how long E1 took to exit by itself (`None`: it had to be killed).
+fn drain_trial(
+    rt: &tokio::runtime::Runtime,
+    net: &mut Net,
+    prefix: &str,
+    next: &[String],
+    k: usize,
+) -> Result<(Failover, Option<Duration>), String> {
+    let e1: SocketAddr = format!("{prefix}.3:7702").parse().unwrap();
+    let e2: SocketAddr = format!("{prefix}.4:7702").parse().unwrap();
+    let ip: IpAddr = format!("{prefix}.{}", 10 + k % 200).parse().unwrap();
+    let (handle, arrivals) = rt.block_on(failover_client(ip, e1, e2, false, FAILOVER_VIDEO));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(handle.snapshot.borrow().current == Some(e1) && arrivals.lock().unwrap().len() > 10) {
+        if Instant::now() > deadline {
+            return Err("client not fed from E1 within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let early = handle.snapshot.borrow().stats.edge_switches;
+    let idx = net.daemons.iter().position(|d| d.name == "E1").unwrap();
+    let fault_at = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &net.daemons[idx].pid().to_string()])
+        .status();
+    let exited = net.daemons[idx]
+        .wait_exit(Duration::from_secs(10))
+        .map(|_| fault_at.elapsed());
+    if exited.is_none() {
+        net.daemons[idx].kill();
+    }
+    let rest = Duration::from_secs(3).saturating_sub(fault_at.elapsed());
+    std::thread::sleep(rest);
+    let on_e2 = handle.snapshot.borrow().current == Some(e2);
+    let snap = rt.block_on(handle.shutdown());
+    let (gap, normal) = failover_measure(&arrivals.lock().unwrap(), fault_at);
+    // E1 back, with the next trial's arguments.
+    let key = net.dir.path("k");
+    let extra: Vec<&str> = next.iter().map(String::as_str).collect();
+    net.daemons[idx] = device(
+        "edge",
+        "E1",
+        &format!("{prefix}.3"),
+        &format!("{prefix}.100"),
+        &key,
+        &extra,
+    );
+    net.daemons[idx].wait_for(&["edge serving clients"], Duration::from_secs(20));
+    net.daemons[idx].wait_for(&["neighbour up"], Duration::from_secs(20));
+    // The restored edge knows the video's route, and its drain notice's bound has passed.
+    std::thread::sleep(Duration::from_secs(4));
+    if !on_e2 {
+        return Err(format!(
+            "the client is not on E2 after the SIGTERM (switches {})",
+            snap.stats.edge_switches
+        ));
+    }
+    Ok((
+        Failover {
+            gap,
+            normal,
+            stats: snap.stats,
+            early_switches: early,
+        },
+        exited,
+    ))
+}
+
+/// Media gap at a client when its edge is stopped with SIGTERM: the edge drains (tells its
+/// clients, feeds them until they moved) by default, against `--drain-ms 0` (exit at once, the
+/// client notices by stall suspicion), alternating in the same run.
+pub fn edge_drain(opts: &Opts, rep: &mut Report) {
+    rep.start("edge drain at the client");
+    let mut t = Table::new(
+        "Media gap at a client when its edge is stopped (SIGTERM): drain vs --drain-ms 0",
+        "drain: 0 chunks lost, 0 duplicates, 0 reorderings, gap no longer than the stream's own rhythm; the edge exits by itself well before its bound",
+        "Real daemons on loopback: S1 - O1 - {E1, E2} (127.126.1.x, `--relay native`), video \
+         alpha. Per trial one client runs in this process (the real ClientService under the \
+         real client driver, default settings), pinned to E1 with E2 as its other edge. After \
+         2.5 s of steady play E1 gets SIGTERM; 3 s observed; E1 started again for the next \
+         trial, alternately with the default drain (`--drain-ms 2000`: the edge sends its \
+         clients a drain notice and feeds them until they moved make-before-break) and with \
+         `--drain-ms 0` (exit at once: the client finds out by stall suspicion). Gap = longest \
+         pause between datagrams handed to the player that ends after the SIGTERM; normal = \
+         longest pause in the second before; exit = SIGTERM to E1's exit.",
+        &[
+            "E1 on SIGTERM",
+            "trials ok",
+            "gap p50 ms",
+            "gap p95 ms",
+            "gap max ms",
+            "normal p50 ms",
+            "chunks lost (total)",
+            "dup+reord (total)",
+            "drain notices taken",
+            "suspicions",
+            "exit p50 ms",
+            "exit max ms",
+        ],
+    );
+    let rt = runtime();
+    let n = if opts.quick { 4 } else { 10 };
+    let prefix = "127.126.1";
+    let ip = |h: u8| format!("{prefix}.{h}");
+    let modes: [(&str, Vec<String>); 2] = [
+        (
+            "drain (default, --drain-ms 2000)",
+            vec!["--relay".into(), "native".into()],
+        ),
+        (
+            "--drain-ms 0",
+            vec![
+                "--relay".into(),
+                "native".into(),
+                "--drain-ms".into(),
+                "0".into(),
+            ],
+        ),
+    ];
+    let mut net = Net::start(
+        &ip(100),
+        &[
+            ("S1", ip(1), "server", vec![]),
+            ("O1", ip(2), "node", vec![]),
+            ("E1", ip(3), "edge", modes[0].1.clone()),
+            ("E2", ip(4), "edge", modes[0].1.clone()),
+        ],
+        &[("S1", "O1"), ("O1", "E1"), ("O1", "E2")],
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut results: [Vec<(Failover, Option<Duration>)>; 2] = [Vec::new(), Vec::new()];
+    let mut failed: Vec<String> = Vec::new();
+    for k in 0..2 * n {
+        let m = k % 2;
+        let next = &modes[(k + 1) % 2].1;
+        match drain_trial(&rt, &mut net, prefix, next, k) {
+            Ok((f, exited)) => {
+                println!(
+                    "  {} trial {}: gap {:.0} ms (normal {:.0} ms), lost {}, dup {} reord {}, drain notices {}, suspicions {}, exit {}",
+                    modes[m].0,
+                    k / 2,
+                    f.gap.as_secs_f64() * 1e3,
+                    f.normal.as_secs_f64() * 1e3,
+                    f.stats.missing_chunks,
+                    f.stats.delivered_duplicates,
+                    f.stats.delivered_reorderings,
+                    f.stats.drain_notices,
+                    f.stats.suspicions,
+                    exited.map_or("killed".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+                );
+                results[m].push((f, exited));
+            }
+            Err(e) => {
+                println!("  {} trial {}: not measured: {e}", modes[m].0, k / 2);
+                failed.push(format!("{}: {e}", modes[m].0));
+            }
+        }
+    }
+    for (m, (name, _)) in modes.iter().enumerate() {
+        let of = &results[m];
+        let gaps: Vec<f64> = of.iter().map(|(f, _)| f.gap.as_secs_f64() * 1e3).collect();
+        let normals: Vec<f64> = of
+            .iter()
+            .map(|(f, _)| f.normal.as_secs_f64() * 1e3)
+            .collect();
+        let exits: Vec<f64> = of
+            .iter()
+            .filter_map(|(_, e)| e.map(|d| d.as_secs_f64() * 1e3))
+            .collect();
+        let sum = |g: &dyn Fn(&Failover) -> u64| of.iter().map(|(f, _)| g(f)).sum::<u64>();
+        t.row(vec![
+            (*name).into(),
+            format!("{}/{}", of.len(), n),
+            f1(median(&gaps)),
+            f1(pct(&gaps, 95.0)),
+            f1(crate::report::max(&gaps)),
+            f1(median(&normals)),
+            sum(&|f| f.stats.missing_chunks).to_string(),
+            sum(&|f| f.stats.delivered_duplicates + f.stats.delivered_reorderings).to_string(),
+            sum(&|f| f.stats.drain_notices).to_string(),
+            sum(&|f| f.stats.suspicions).to_string(),
+            f1(median(&exits)),
+            f1(crate::report::max(&exits)),
+        ]);
+        let killed = of.iter().filter(|(_, e)| e.is_none()).count();
+        if killed > 0 {
+            t.note(format!(
+                "{name}: E1 did not exit within 10 s of SIGTERM in {killed} trial(s) (killed)."
+            ));
+        }
+    }
+    for e in failed {
+        t.note(format!("a trial was not measured: {e}"));
+    }
+    rep.add(t);
+}

@@ -6,7 +6,7 @@
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
 //! record, control, edge, edgefail, join, fanout, scale; server-death is the server-death part
-//! of failover alone).
+//! of failover alone, edgedrain the edge-drain part of edgefail alone).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -87,6 +87,9 @@ fn main() {
     }
     if opts.wants("edgefail") {
         edge::failover(&opts, &mut rep);
+    }
+    if opts.wants("edgefail") || opts.wants("edgedrain") {
+        edge::edge_drain(&opts, &mut rep);
     }
     if opts.wants("join") {
         join::run(&opts, &mut rep);

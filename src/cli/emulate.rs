@@ -104,7 +104,9 @@ pub enum NetnsCmd {
     Status,
     /// kill -9 a device (its whole process group).
     Kill { device: String },
-    /// Stop a device gracefully (SIGTERM; SIGKILL after 5 s), so it logs its final counters.
+    /// Stop a device gracefully (SIGTERM: a relay or an edge first lets its children and
+    /// clients move elsewhere; SIGKILL after its --drain-ms + 3 s), so it logs its final
+    /// counters.
     Stop { device: String },
     /// Freeze a device (SIGSTOP to its process group).
     Hang { device: String },
@@ -218,7 +220,7 @@ impl NetnsArgs {
                 if load(r)?.stop(&device)? {
                     println!("stopped {device} (SIGTERM)");
                 } else {
-                    println!("{device} did not stop within 5 s of SIGTERM: killed (SIGKILL)");
+                    println!("{device} did not stop in time after SIGTERM: killed (SIGKILL)");
                 }
             }
             NetnsCmd::Hang { device } => {

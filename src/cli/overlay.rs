@@ -59,7 +59,7 @@ pub struct OverlayArgs {
     /// On SIGTERM or SIGINT, first tell the neighbours and let every stream we feed move to
     /// another parent make-before-break, then exit; wait at most this long (milliseconds).
     /// 0: exit at once (the old behaviour). SIGKILL never drains.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    #[arg(long, default_value_t = crate::net::node_driver::DEFAULT_DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub drain_ms: u64,
     /// TCP port of the control endpoint (plain HTTP: /status, /metrics, /trace); 0 turns it off.
     #[arg(long, default_value_t = crate::net::control::DEFAULT_CONTROL_PORT)]

@@ -273,6 +273,28 @@ pub fn start_script_routed(
         w,
         "  for f in overlayd.pid bootstrapper.pid; do [ -f $f ] && kill $(cat $f) 2>/dev/null; done"
     );
+    // SIGTERM makes a relay or an edge drain (its children and clients move elsewhere
+    // first, --drain-ms) and then exit by itself: CORE must not tear the node down before.
+    let polls = crate::emulate::stop_wait(&[]).as_millis() / 100;
+    let _ = writeln!(
+        w,
+        "  # Each daemon drains (--drain-ms) and exits by itself; SIGKILL after {:.0} s.",
+        polls as f64 / 10.0
+    );
+    let _ = writeln!(w, "  i=0");
+    let _ = writeln!(w, "  while [ $i -lt {polls} ]; do");
+    let _ = writeln!(w, "    up=0");
+    let _ = writeln!(
+        w,
+        "    for f in overlayd.pid bootstrapper.pid; do [ -f $f ] && kill -0 $(cat $f) 2>/dev/null && up=1; done"
+    );
+    let _ = writeln!(w, "    [ $up = 0 ] && exit 0");
+    let _ = writeln!(w, "    sleep 0.1; i=$((i + 1))");
+    let _ = writeln!(w, "  done");
+    let _ = writeln!(
+        w,
+        "  for f in overlayd.pid bootstrapper.pid; do [ -f $f ] && kill -9 $(cat $f) 2>/dev/null; done"
+    );
     let _ = writeln!(w, "  exit 0");
     let _ = writeln!(w, "fi");
     let static_router = routing == Routing::Static && is_router(u, h);

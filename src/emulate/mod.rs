@@ -37,6 +37,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::topology::{self, DeviceRole, Topology};
 
+/// How long a stop waits for a daemon run with `argv` to exit after SIGTERM before SIGKILL:
+/// its drain bound (`--drain-ms`, else the default), in which a relay or an edge lets its
+/// children and clients move elsewhere, plus 3 s to log its final counters and exit.
+pub fn stop_wait(argv: &[String]) -> std::time::Duration {
+    let mut drain_ms = crate::net::node_driver::DEFAULT_DRAIN_MS;
+    let mut args = argv.iter();
+    while let Some(a) = args.next() {
+        let value = match a.strip_prefix("--drain-ms") {
+            Some("") => args.next().map(String::as_str),
+            Some(v) => v.strip_prefix('='),
+            None => None,
+        };
+        if let Some(ms) = value.and_then(|v| v.parse().ok()) {
+            drain_ms = ms;
+        }
+    }
+    std::time::Duration::from_millis(drain_ms + 3000)
+}
+
 /// Prefix length used for IPv4 subnets.
 pub const V4_PREFIX: u8 = 24;
 /// Prefix length used for IPv6 subnets.
@@ -494,6 +513,25 @@ mod tests {
         "O2": {"addresses": ["10.0.2.2", "10.0.3.1"], "neighbours": ["10.0.2.1"], "edge": true},
         "C1": {"addresses": ["10.0.3.20"], "neighbours": ["10.0.3.1"]}
     }"#;
+
+    #[test]
+    fn stop_waits_for_the_drain_bound_plus_three_seconds() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(stop_wait(&[]), std::time::Duration::from_millis(5000));
+        assert_eq!(
+            stop_wait(&args(&["--role", "node", "--drain-ms", "8000"])),
+            std::time::Duration::from_millis(11_000)
+        );
+        assert_eq!(
+            stop_wait(&args(&["--drain-ms=0", "--name", "E1"])),
+            std::time::Duration::from_millis(3000)
+        );
+        // A value that is no number leaves the default (the daemon refuses it anyway).
+        assert_eq!(
+            stop_wait(&args(&["--drain-ms", "soon"])),
+            std::time::Duration::from_millis(5000)
+        );
+    }
 
     #[test]
     fn subnets_interfaces_and_routes() {

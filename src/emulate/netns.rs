@@ -652,14 +652,14 @@ impl RunState {
         Ok(pid)
     }
 
-    /// SIGTERM a device and wait (up to 5 s) until it exits; SIGKILL if it does not.
-    /// Returns whether it exited on its own.
+    /// SIGTERM a device and wait until it exits (it drains first: [`super::stop_wait`]);
+    /// SIGKILL if it does not. Returns whether it exited on its own.
     pub fn stop(&mut self, device: &str) -> anyhow::Result<bool> {
         let pid = self.signal(device, "TERM")?;
         let d = self.daemon(device)?.clone();
         // A hung device cannot handle SIGTERM.
         let _ = signal_group(pid, "CONT");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + super::stop_wait(&d.argv);
         while daemon_state(&d) != ProcState::Dead {
             if Instant::now() >= deadline {
                 self.kill(device)?;

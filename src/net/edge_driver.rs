@@ -3,8 +3,9 @@
 //!
 //! It owns one UDP socket (the edge port, a [`ReplySocket`]: every datagram to a client
 //! leaves from the address that client sent to) and runs an [`EdgeService`] over it. The overlay
-//! side talks to it through an [`EdgeHandle`]: chunks and video lists go in
-//! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]). Control replies are
+//! side talks to it through an [`EdgeHandle`]: chunks, video lists and the drain order go in
+//! ([`EdgeInput`]), `Subscribe`/`Unsubscribe` come out ([`EdgeEvent`]); a drained edge's
+//! last `Unsubscribe` is what lets the node's driver exit. Control replies are
 //! sent straight from the loop; video goes through a [`VideoSink`], the seam between the
 //! service and a relay: the built-in [`NativeSink`] sends the framed datagrams from the edge
 //! socket at once while the socket takes them, else through bounded per-client queues served
@@ -44,6 +45,9 @@ pub enum EdgeInput {
     },
     /// The videos the edge can reach now (from its route table).
     Videos(Vec<String>),
+    /// We are shutting down within this long: tell the clients to move to another edge
+    /// (see [`EdgeService::start_drain`]); their sessions end as they cancel.
+    Drain(std::time::Duration),
 }
 
 /// What the edge asks of the overlay node.
@@ -406,13 +410,21 @@ async fn run(
                     l.service.handle_chunk(Instant::now(), &video, epoch, seq, keyframe, payload);
                 }
                 Some(EdgeInput::Videos(videos)) => l.service.set_videos(Instant::now(), videos),
+                Some(EdgeInput::Drain(within)) => l.service.start_drain(Instant::now(), within),
                 None => inputs_open = false,
             },
             _ = sleep => l.service.handle_timeout(Instant::now()),
         }
         l.flush().await;
     }
-    info!("edge driver stopped");
+    let c = l.service.counters();
+    info!(
+        sessions_left = l.service.sessions().count(),
+        draining = l.service.draining(),
+        drain_notices_sent = c.drain_notices_sent,
+        drain_refused = c.drain_refused,
+        "edge driver stopped"
+    );
 }
 
 impl Loop {

@@ -62,6 +62,8 @@ const DELIVERED_QUEUE: usize = 512;
 const WALL_CLOCK_REANCHOR: Duration = Duration::from_secs(10);
 /// How often the offered video list is compared with the last one reported.
 const VIDEOS_CHECK: Duration = Duration::from_millis(500);
+/// Default of [`DriverConfig::drain`], in milliseconds (`--drain-ms`).
+pub const DEFAULT_DRAIN_MS: u64 = 2000;
 /// How often the status snapshot is rebuilt and published.
 pub const STATUS_REFRESH: Duration = Duration::from_millis(250);
 /// Answers of a trace are passed on for at most this long after it started.
@@ -112,6 +114,9 @@ pub enum LocalEvent {
     SourceStop(String),
     /// The videos the overlay offers here changed (from the floods; an edge lists them).
     Videos(Vec<String>),
+    /// We are shutting down: local consumers (an edge's clients) should move elsewhere
+    /// within this long, and unsubscribe when they have.
+    Drain(Duration),
 }
 
 /// A chunk for local consumers, deduplicated and in order.
@@ -349,7 +354,10 @@ impl NodeDriver {
         self.counters.clone()
     }
 
-    /// Run the node until `shutdown` completes, then drain (see [`DriverConfig::drain`]).
+    /// Run the node until `shutdown` completes, then drain (see [`DriverConfig::drain`]): the
+    /// node tells its neighbours, the local parts are told ([`LocalEvent::Drain`]: an edge
+    /// tells its clients), and the loop ends when no child and no local consumer is fed any
+    /// more, or at the bound, saying which.
     pub async fn run(mut self, mut node: Node, shutdown: impl std::future::Future<Output = ()>) {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let started = Instant::now();
@@ -449,14 +457,23 @@ impl NodeDriver {
             }
 
             if let Some(until) = drain_until {
-                if node.drained() {
-                    info!("drained: every child moved elsewhere; exiting");
+                if node.drained() && !node.serves_local() {
+                    let waited = self
+                        .cfg
+                        .drain
+                        .saturating_sub(until.saturating_duration_since(Instant::now()));
+                    info!(
+                        waited_ms = waited.as_millis() as u64,
+                        "drained: every child and local client moved elsewhere; exiting"
+                    );
                     break;
                 }
                 if Instant::now() >= until {
                     warn!(
                         wait_ms = self.cfg.drain.as_millis() as u64,
-                        "drain timed out with children still fed by us; exiting"
+                        children_left = !node.drained(),
+                        local_clients_left = node.serves_local(),
+                        "drain timed out with children or clients still fed by us; exiting"
                     );
                     break;
                 }
@@ -465,10 +482,11 @@ impl NodeDriver {
 
             tokio::select! {
                 _ = &mut shutdown, if drain_until.is_none() => {
-                    if self.cfg.drain.is_zero() || node.drained() {
+                    if self.cfg.drain.is_zero() || (node.drained() && !node.serves_local()) {
                         break;
                     }
                     node.start_drain(self.cfg.drain);
+                    let _ = self.local.events.send(LocalEvent::Drain(self.cfg.drain));
                     drain_until = Some(Instant::now() + self.cfg.drain);
                 }
                 _ = super::sleep_until_or_never(drain_until) => {}

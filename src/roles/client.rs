@@ -556,7 +556,7 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         "summary video={video} seconds={:.1} bytes={} datagrams={} chunks={} raw_datagrams={} \
          gaps={} missing_chunks={} duplicates={} reorderings={} duplicates_dropped={} \
          reordered_dropped={} stale_dropped={} switches={} suspicions={} suspicions_cleared={} \
-         raw_repeated_ms={} gap_peak_ms={} media_dropped={} edges={}",
+         drain_notices={} drain_notices_repeated={} drain_notices_ignored={} raw_repeated_ms={} gap_peak_ms={} media_dropped={} edges={}",
         elapsed.as_secs_f64(),
         st.bytes,
         st.datagrams,
@@ -572,6 +572,9 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         st.edge_switches,
         st.suspicions,
         st.suspicions_cleared,
+        st.drain_notices,
+        st.drain_notices_repeated,
+        st.drain_notices_ignored,
         st.raw_repeated_ms,
         st.gap_peak_ms,
         s.media_dropped,
@@ -604,6 +607,9 @@ pub fn summary_json(video: &str, s: &ClientSnapshot, elapsed: Duration) -> serde
         "switches": st.edge_switches,
         "suspicions": st.suspicions,
         "suspicions_cleared": st.suspicions_cleared,
+        "drain_notices": st.drain_notices,
+        "drain_notices_repeated": st.drain_notices_repeated,
+        "drain_notices_ignored": st.drain_notices_ignored,
         "raw_repeated_ms": st.raw_repeated_ms,
         "gap_peak_ms": st.gap_peak_ms,
         "media_dropped": s.media_dropped,

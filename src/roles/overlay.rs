@@ -340,6 +340,11 @@ async fn serve_local(
                         let _ = tx.send(EdgeInput::Videos(videos)).await;
                     }
                 }
+                Some(LocalEvent::Drain(within)) => {
+                    if let Some(tx) = &edge_input {
+                        let _ = tx.send(EdgeInput::Drain(within)).await;
+                    }
+                }
             },
             Some(d) = delivered.recv() => {
                 if let Some(tx) = &edge_input {

@@ -27,6 +27,14 @@
 //! delivers, the edge being left), so a switch can repeat or skip a little video there; the
 //! span repeated is measured from the TS packets' PCRs and counted (`raw_repeated_ms`).
 //!
+//! An edge that is shutting down says so (a drain notice, accepted only from the session's
+//! edge and only with the session's stream and a cookie the client echoed to that edge): the
+//! client moves to the next-best edge at once, make-before-break like any move (the leaving
+//! edge keeps feeding until the new one delivers), and avoids the leaving edge, unless no
+//! other is alive, until the time the notice gives for its exit has passed or it has missed a
+//! probe (it exited: what answers next has restarted). With no other edge it stays until the
+//! edge goes. Repeated notices change nothing and are counted; so are ignored ones.
+//!
 //! An edge is known by the address the client sends to, or by another address it proved to
 //! answer from (a probe ack echoing a keyed token: NAT, or an edge without source-address
 //! control on a multi-homed host), never by a claim alone.
@@ -42,8 +50,8 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use crate::wire::client::{
-    is_raw_ts, ClientMsg, ErrorCode, Keepalive, ListRequest, Probe, VideoCancel, VideoData,
-    VideoRequest, REQUEST_FLAG_CONTINUE,
+    is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Probe, VideoCancel,
+    VideoData, VideoRequest, REQUEST_FLAG_CONTINUE,
 };
 
 /// How many recent datagram positions are remembered to tell duplicates from late arrivals.
@@ -55,6 +63,8 @@ const MAX_HELD: usize = 2048;
 const STALE_EPOCH_ADOPT: u32 = 64;
 /// How many abandoned epochs are remembered (not returned to while another one flows).
 const RETIRED_EPOCHS: usize = 16;
+/// A drain notice's exit time is believed this far ahead at most (`--drain-ms` goes to 60 s).
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// Default of [`ClientSettings::suspect_floor`], in milliseconds (`--edge-suspect-ms`).
 pub const DEFAULT_SUSPECT_FLOOR_MS: u64 = 60;
 /// PCR ticks per millisecond (27 MHz clock).
@@ -191,6 +201,8 @@ pub enum SwitchReason {
     User,
     /// The edge said it is busy.
     Busy,
+    /// The edge said it is shutting down (a drain notice).
+    Drained,
 }
 
 impl SwitchReason {
@@ -202,6 +214,7 @@ impl SwitchReason {
             SwitchReason::Degraded => "edge degraded",
             SwitchReason::User => "user choice",
             SwitchReason::Busy => "edge busy",
+            SwitchReason::Drained => "edge draining",
         }
     }
 }
@@ -307,6 +320,12 @@ pub struct ClientStats {
     pub suspicions: u64,
     /// Suspicions cleared by the old edge speaking again before the new one delivered.
     pub suspicions_cleared: u64,
+    /// Drain notices taken (an edge of ours is shutting down), one per edge and drain.
+    pub drain_notices: u64,
+    /// Drain notices repeated by an edge already known to be leaving.
+    pub drain_notices_repeated: u64,
+    /// Drain notices dropped: no session of that stream, or not a cookie of that edge.
+    pub drain_notices_ignored: u64,
     /// Raw TS (ffmpeg relay): video handed to the player twice across edge switches, in
     /// milliseconds of stream time (PCR), all switches together.
     pub raw_repeated_ms: u64,
@@ -327,6 +346,10 @@ struct EdgeState {
     /// Another address the edge answers from, proven by echoing a probe token.
     answers_from: Option<SocketAddr>,
     cookie: Option<u64>,
+    /// The cookie before `cookie`: the edge may still quote it in a drain notice.
+    prev_cookie: Option<u64>,
+    /// The edge said it is shutting down, and is gone by this instant.
+    leaving: Option<Instant>,
     pending: VecDeque<(u64, Instant)>,
     /// Recent probe outcomes, `true` = lost.
     window: VecDeque<bool>,
@@ -621,6 +644,8 @@ impl ClientService {
                 addr,
                 answers_from: None,
                 cookie: None,
+                prev_cookie: None,
+                leaving: None,
                 pending: VecDeque::new(),
                 window: VecDeque::new(),
                 rtt: None,
@@ -891,12 +916,21 @@ impl ClientService {
                     None => sample,
                 });
                 push_outcome(edge, false, self.settings.loss_window);
+                // An older probe unanswered, or none answered for `dead_after`: the leaving
+                // edge went away, and what answers now is a restarted one.
+                let was_gone = i > 0
+                    || edge.last_ack.map_or(true, |t| {
+                        now.saturating_duration_since(t) > self.settings.dead_after
+                    });
+                if was_gone && edge.leaving.take().is_some() {
+                    info!(edge = %edge.addr, "edge that was leaving answers again (restarted)");
+                }
                 edge.last_ack = Some(now);
-                edge.cookie = Some(ack.cookie);
+                self.set_cookie(e, ack.cookie);
                 self.first_ack_at.get_or_insert(now);
             }
             ClientMsg::Challenge(c) => {
-                self.edges[e].cookie = Some(c.cookie);
+                self.set_cookie(e, c.cookie);
                 // Whatever was refused goes again at the next tick, with the new cookie.
                 let standby = self.suspect.as_mut().and_then(|s| s.standby.as_mut());
                 for att in [self.session.as_mut(), self.draining.as_mut(), standby]
@@ -944,12 +978,64 @@ impl ClientService {
                 }
             }
             ClientMsg::Error(err) => self.edge_error(now, e, err.code, err.stream),
+            ClientMsg::Drain(n) => self.drain_notice(now, e, n),
             ClientMsg::VideoData(d) => self.framed_video(now, e, d),
             other => {
                 self.stats.malformed += 1;
                 debug!(%from, kind = other.kind(), "edge sent a client-only message");
             }
         }
+    }
+
+    fn set_cookie(&mut self, e: usize, cookie: u64) {
+        let edge = &mut self.edges[e];
+        if edge.cookie != Some(cookie) {
+            edge.prev_cookie = edge.cookie.replace(cookie);
+        }
+    }
+
+    /// Edge `e` says it is shutting down. Taken only for the stream we play and with a cookie
+    /// this edge gave us (the edge quotes the one our latest request or keepalive echoed):
+    /// a forger would need to have seen our traffic to the edge.
+    fn drain_notice(&mut self, now: Instant, e: usize, n: DrainNotice) {
+        let edge = &self.edges[e];
+        let ours = !self.want.as_ref().is_none_or_stream(n.stream)
+            && (edge.cookie == Some(n.cookie) || edge.prev_cookie == Some(n.cookie));
+        if !ours {
+            self.stats.drain_notices_ignored += 1;
+            debug!(edge = %edge.addr, stream = n.stream, "drain notice not for our session ignored");
+            return;
+        }
+        if edge.leaving.is_some() {
+            self.stats.drain_notices_repeated += 1;
+            return;
+        }
+        self.stats.drain_notices += 1;
+        let within = Duration::from_millis(u64::from(n.within_ms)).min(MAX_DRAIN_WAIT);
+        self.edges[e].leaving = Some(now + within);
+        let addr = self.edges[e].addr;
+        match self.best_staying(now, Some(e)) {
+            Some(_) if self.current == Some(e) => {
+                info!(edge = %addr, "edge draining: moving to the next-best edge")
+            }
+            Some(_) => info!(edge = %addr, "edge draining: it will not be used"),
+            None => {
+                info!(edge = %addr, "edge draining and no other edge alive: staying until it goes")
+            }
+        }
+        // A standby on the leaving edge is let go: the suspicion asks another one.
+        if self.standby_mut(e).is_some() {
+            if let Some(att) = self.suspect.as_mut().and_then(|s| s.standby.take()) {
+                self.send_cancel(att.edge, n.stream);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The edge said it is shutting down, has not yet reached the time it gave for its exit
+    /// and has not missed a probe since.
+    fn leaving(&self, e: usize, now: Instant) -> bool {
+        self.edges[e].leaving.is_some_and(|t| now < t)
     }
 
     /// The edge that `datagram`, from an address of no edge, proves to come from: a probe
@@ -1406,14 +1492,24 @@ impl ClientService {
             .map(|rtt| rtt + self.settings.loss_penalty.mul_f64(loss(edge)))
     }
 
-    /// The best live, not busy edge other than `except`.
+    /// The best live, not busy edge other than `except`; one that is leaving only when no
+    /// other is alive (it still serves until it goes).
     fn best(&self, now: Instant, except: Option<usize>) -> Option<usize> {
-        (0..self.edges.len())
-            .filter(|&i| Some(i) != except && self.alive(i, now))
-            .filter(|&i| self.edges[i].busy_until.map_or(true, |t| now >= t))
-            .filter_map(|i| self.score(i).map(|s| (s, i)))
-            .min()
-            .map(|(_, i)| i)
+        let pick = |leaving: bool| {
+            (0..self.edges.len())
+                .filter(|&i| Some(i) != except && self.alive(i, now))
+                .filter(|&i| self.edges[i].busy_until.map_or(true, |t| now >= t))
+                .filter(|&i| self.leaving(i, now) == leaving)
+                .filter_map(|i| self.score(i).map(|s| (s, i)))
+                .min()
+                .map(|(_, i)| i)
+        };
+        pick(false).or_else(|| pick(true))
+    }
+
+    /// [`Self::best`], never a leaving edge.
+    fn best_staying(&self, now: Instant, except: Option<usize>) -> Option<usize> {
+        self.best(now, except).filter(|&i| !self.leaving(i, now))
     }
 
     fn unaccounted(&self, e: usize, now: Instant) -> Duration {
@@ -1519,6 +1615,14 @@ impl ClientService {
                 }
             }
             Some(c) => {
+                // A leaving edge is left as soon as another can take the session, whatever
+                // the choice (pinned included: it is going away).
+                if self.leaving(c, now) {
+                    if let Some(alt) = self.best_staying(now, Some(c)) {
+                        self.switch_to(now, alt, SwitchReason::Drained);
+                        return;
+                    }
+                }
                 if now.saturating_duration_since(self.heard(c)) > s.dead_after {
                     match self.best(now, Some(c)) {
                         Some(alt) => self.switch_to(now, alt, SwitchReason::Dead),
@@ -1539,14 +1643,14 @@ impl ClientService {
                     self.better = None;
                     return;
                 }
-                let candidate =
-                    self.best(now, Some(c))
-                        .filter(|&alt| match (self.score(alt), self.score(c)) {
-                            (Some(a), Some(cur)) => {
-                                a < cur.mul_f64(s.switch_ratio) && a + s.switch_min_gain < cur
-                            }
-                            _ => false,
-                        });
+                let candidate = self.best_staying(now, Some(c)).filter(|&alt| {
+                    match (self.score(alt), self.score(c)) {
+                        (Some(a), Some(cur)) => {
+                            a < cur.mul_f64(s.switch_ratio) && a + s.switch_min_gain < cur
+                        }
+                        _ => false,
+                    }
+                });
                 match (candidate, self.better) {
                     (Some(alt), Some((b, since))) if alt == b => {
                         if now >= since + s.switch_hold {
@@ -2565,6 +2669,144 @@ mod tests {
             (st.delivered_duplicates, st.delivered_reorderings, st.gaps),
             (0, 0, 0)
         );
+    }
+
+    fn notice(cookie: u64, stream: u32) -> Bytes {
+        ClientMsg::Drain(DrainNotice {
+            cookie,
+            stream,
+            within_ms: 2000,
+        })
+        .to_bytes()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_drain_notice_moves_make_before_break_without_loss_duplicates_or_reordering() {
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
+        let mut t = last + TICK;
+        // Forged notices: another stream, a cookie a never gave (b's is 8), or from b.
+        fed(&mut c, t, a, notice(9, 2));
+        fed(&mut c, t, a, notice(8, 1));
+        fed(&mut c, t, b, notice(9, 1));
+        // A flood of guesses costs a comparison each and is only counted.
+        for guess in 0..1000u64 {
+            c.handle_datagram(t, a, notice(1000 + guess, 1));
+        }
+        assert_eq!(c.current_edge(), Some(a));
+        assert_eq!(c.stats(t).drain_notices_ignored, 1003);
+        assert!(c.edges.iter().all(|e| e.leaving.is_none()));
+        assert!(requests(&mut c).is_empty());
+
+        // a's notice: b is asked at once to continue the stream; a is not cancelled.
+        c.handle_datagram(t, a, notice(9, 1));
+        assert_eq!(c.current_edge(), Some(b));
+        // Avoided until the exit time the notice gave, at most.
+        let gone_by = t + Duration::from_millis(2000);
+        assert!(c.leaving(0, gone_by - TICK) && !c.leaving(0, gone_by));
+        let mut sent = Vec::new();
+        let mut chosen = Vec::new();
+        while let Some(o) = c.poll_output() {
+            match o {
+                ClientOutput::Send { to, bytes } => {
+                    if let Ok(m @ ClientMsg::VideoRequest(_)) = ClientMsg::decode(bytes) {
+                        sent.push((to, m));
+                    }
+                }
+                ClientOutput::Event(ClientEvent::EdgeChosen { edge, reason, .. }) => {
+                    chosen.push((edge, reason))
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(chosen, [(b, SwitchReason::Drained)]);
+        assert!(
+            matches!(sent.as_slice(), [(to, ClientMsg::VideoRequest(r))]
+                if *to == b && r.flags & REQUEST_FLAG_CONTINUE != 0),
+            "{sent:?}"
+        );
+        // Repeats change nothing.
+        fed(&mut c, t, a, notice(9, 1));
+        assert!(requests(&mut c).is_empty());
+        let ok = ClientMsg::VideoOk(crate::wire::client::VideoOk {
+            stream: 1,
+            video: "v1".into(),
+        });
+        c.handle_datagram(t, b, ok.to_bytes().unwrap());
+        // a keeps feeding while b has not delivered.
+        let mut got = fed(&mut c, t, a, framed(1, 1, 30, 0, 1));
+        t += CHUNK_EVERY;
+        got += fed(&mut c, t, a, framed(1, 1, 31, 0, 1));
+        // b joined live ahead of a: its video waits until a fills the hole.
+        got += fed(&mut c, t, b, framed(1, 1, 33, 0, 1));
+        c.handle_datagram(t, a, framed(1, 1, 32, 0, 1));
+        c.handle_timeout(t);
+        let (n, sent) = drain(&mut c);
+        got += n;
+        assert_eq!(got, 4, "30, 31 and 32 from a, 33 from b");
+        assert!(
+            sent.iter()
+                .any(|(to, m)| *to == a && matches!(m, ClientMsg::VideoCancel(_))),
+            "the leaving edge is let go once the new one delivers: {sent:?}"
+        );
+        t += CHUNK_EVERY;
+        assert_eq!(fed(&mut c, t, b, framed(1, 1, 34, 0, 1)), 1);
+        assert_eq!(fed(&mut c, t, a, framed(1, 1, 34, 0, 1)), 0);
+        let st = c.stats(t);
+        assert_eq!(
+            (
+                st.drain_notices,
+                st.drain_notices_repeated,
+                st.edge_switches
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            (st.delivered_duplicates, st.delivered_reorderings, st.gaps),
+            (0, 0, 0)
+        );
+        // The leaving edge is avoided while it answers every probe (it did, above), though
+        // still taken if nothing else were alive; once it misses a probe (it exited) the next
+        // answer is a restarted edge, which may be chosen again.
+        assert!(c.leaving(0, t) && c.best_staying(t, Some(1)).is_none());
+        assert_eq!(c.best(t, Some(1)), Some(0));
+        c.edges[0].next_probe = t;
+        c.handle_timeout(t);
+        t += c.settings.probe_interval;
+        c.handle_timeout(t);
+        let pending = &c.edges[0].pending;
+        assert_eq!(pending.len(), 2, "{pending:?}");
+        let token = pending.back().unwrap().0;
+        let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck { token, cookie: 5 });
+        c.handle_datagram(t, a, ack.to_bytes().unwrap());
+        assert!(!c.leaving(0, t));
+    }
+
+    #[test]
+    fn a_client_with_no_other_edge_stays_on_a_draining_edge_until_another_answers() {
+        let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
+        // b has gone quiet: it is not alive.
+        c.edges[1].last_ack = Some(last - Duration::from_secs(5));
+        c.edges[1].pending.clear();
+        let t = last + TICK;
+        c.handle_datagram(t, a, notice(9, 1));
+        assert_eq!(c.current_edge(), Some(a));
+        assert_eq!(c.stats(t).drain_notices, 1);
+        // Still playing from a, nothing cancelled.
+        let mut delivered = 0;
+        c.handle_datagram(t, a, framed(1, 1, 30, 0, 1));
+        let (n, sent) = drain(&mut c);
+        delivered += n;
+        assert_eq!(delivered, 1);
+        assert!(sent.is_empty(), "{sent:?}");
+        // b answers again: the client moves at once.
+        c.edges[1].next_probe = t;
+        c.handle_timeout(t);
+        let token = c.edges[1].pending.back().unwrap().0;
+        let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck { token, cookie: 8 });
+        c.handle_datagram(t, b, ack.to_bytes().unwrap());
+        c.handle_timeout(t);
+        assert_eq!(c.current_edge(), Some(b));
     }
 
     #[test]

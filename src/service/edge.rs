@@ -19,6 +19,11 @@
 //! - **GOP cache.** Per subscribed video, the chunks since the last keyframe (bounded in
 //!   bytes): a client joining a running stream gets them first, so its player starts on a
 //!   keyframe at once; a client joining before any cache waits for the next keyframe.
+//! - **Drain.** An edge told to stop ([`EdgeService::start_drain`]) sends each session a
+//!   drain notice (again every `drain_notice_interval` while it stays), refuses new sessions
+//!   as busy, and keeps feeding the ones it has until their clients cancel (they moved to
+//!   another edge, make-before-break); [`EdgeService::drained`] then says it may exit. The
+//!   driver bounds the wait.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -29,8 +34,8 @@ use ring::hmac;
 use tracing::{debug, info};
 
 use crate::wire::client::{
-    put_video_header, Challenge, ClientMsg, ErrorCode, ErrorMsg, ListReply, ProbeAck, VideoOk,
-    MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN, VIDEO_FLAG_CACHED,
+    put_video_header, Challenge, ClientMsg, DrainNotice, ErrorCode, ErrorMsg, ListReply, ProbeAck,
+    VideoOk, MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN, VIDEO_FLAG_CACHED,
     VIDEO_FLAG_KEYFRAME,
 };
 use crate::wire::DecodeError;
@@ -62,6 +67,9 @@ pub struct EdgeConfig {
     pub keyframe_wait: Duration,
     /// TS packets per video datagram (chunks are split at packet boundaries).
     pub ts_per_datagram: usize,
+    /// While draining, a session still here is sent the drain notice again this often (a
+    /// notice is one datagram and may be lost).
+    pub drain_notice_interval: Duration,
 }
 
 impl EdgeConfig {
@@ -84,6 +92,7 @@ impl Default for EdgeConfig {
             gop_cache_bytes: Self::DEFAULT_GOP_CACHE_BYTES,
             keyframe_wait: Duration::from_secs(3),
             ts_per_datagram: MAX_TS_PER_DATAGRAM,
+            drain_notice_interval: Duration::from_millis(250),
         }
     }
 }
@@ -178,6 +187,10 @@ pub struct EdgeCounters {
     pub cache_overflows: u64,
     pub video_datagrams_out: u64,
     pub video_bytes_out: u64,
+    /// Drain notices sent to sessions (first ones and repeats).
+    pub drain_notices_sent: u64,
+    /// Video requests refused (busy) because the edge is draining.
+    pub drain_refused: u64,
 }
 
 impl EdgeCounters {
@@ -207,6 +220,9 @@ struct Session {
     stream: u32,
     /// The edge address the client sends to: its video leaves from there.
     local: Option<IpAddr>,
+    /// The cookie of the client's latest request or keepalive of this session (a drain
+    /// notice carries it back).
+    cookie: u64,
     lease_until: Instant,
     /// Until a keyframe (or this deadline) the session gets no live chunks.
     wait_keyframe_until: Option<Instant>,
@@ -261,6 +277,8 @@ pub struct EdgeService {
     buckets: HashMap<IpAddr, TokenBucket>,
     outputs: VecDeque<EdgeOutput>,
     counters: EdgeCounters,
+    /// Draining: when the notices go out again, and when the edge exits at the latest.
+    draining: Option<(Instant, Instant)>,
 }
 
 impl EdgeService {
@@ -275,6 +293,7 @@ impl EdgeService {
             buckets: HashMap::new(),
             outputs: VecDeque::new(),
             counters: EdgeCounters::default(),
+            draining: None,
         }
     }
 
@@ -446,7 +465,7 @@ impl EdgeService {
             ClientMsg::VideoRequest(r) => {
                 self.counters.video_requests += 1;
                 if self.check_cookie(now, peer, r.cookie) {
-                    self.video_request(now, peer, r.stream, r.flags, r.video);
+                    self.video_request(now, peer, r.cookie, r.stream, r.flags, r.video);
                 }
             }
             ClientMsg::Keepalive(k) => {
@@ -458,6 +477,7 @@ impl EdgeService {
                     Some(s) if s.stream == k.stream => {
                         s.lease_until = now + self.config.lease;
                         s.local = local;
+                        s.cookie = k.cookie;
                     }
                     _ => {
                         self.counters.unknown_stream += 1;
@@ -518,16 +538,38 @@ impl EdgeService {
         ClientMsg::ListReply(ListReply { videos })
     }
 
-    fn video_request(&mut self, now: Instant, peer: Peer, stream: u32, flags: u8, video: String) {
+    fn video_request(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        cookie: u64,
+        stream: u32,
+        flags: u8,
+        video: String,
+    ) {
         let from = peer.addr;
         if let Some(s) = self.sessions.get_mut(&from) {
             if s.stream == stream && s.video == video {
                 // A retransmitted request: renew and confirm again.
                 s.lease_until = now + self.config.lease;
                 s.local = peer.local;
+                s.cookie = cookie;
                 self.control(peer, ClientMsg::VideoOk(VideoOk { stream, video }));
                 return;
             }
+        }
+        if self.draining.is_some() {
+            // Leaving: a new session would only have to move again. Busy sends the client
+            // to another edge.
+            self.counters.drain_refused += 1;
+            self.control(
+                peer,
+                ClientMsg::Error(ErrorMsg {
+                    code: ErrorCode::Busy,
+                    stream,
+                }),
+            );
+            return;
         }
         if !self.available.contains(&video) {
             self.counters.unknown_video += 1;
@@ -582,6 +624,7 @@ impl EdgeService {
             video,
             stream,
             local: peer.local,
+            cookie,
             lease_until: now + self.config.lease,
             wait_keyframe_until: None,
             datagrams_sent: 0,
@@ -615,6 +658,12 @@ impl EdgeService {
             CloseReason::Replaced => self.counters.sessions_replaced += 1,
         }
         info!(%client, video = %session.video, ?reason, "client session closed");
+        if self.draining.is_some() && self.sessions.is_empty() {
+            info!(
+                notices = self.counters.drain_notices_sent,
+                "edge drained: every client left"
+            );
+        }
         self.outputs.push_back(EdgeOutput::SessionClosed {
             client,
             video: session.video.clone(),
@@ -738,7 +787,63 @@ impl EdgeService {
         }
     }
 
-    /// Expires sessions whose lease ran out.
+    /// Start draining (see the module docs): every session is told to move elsewhere; the
+    /// edge exits within `within`. Idempotent.
+    pub fn start_drain(&mut self, now: Instant, within: Duration) {
+        if self.draining.is_some() {
+            return;
+        }
+        info!(
+            sessions = self.sessions.len(),
+            within_ms = within.as_millis() as u64,
+            "edge draining: every client told to move to another edge"
+        );
+        self.draining = Some((now, now + within));
+        self.send_drain_notices(now);
+    }
+
+    /// Whether the edge is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// Draining, and no session left: no client depends on this edge any more.
+    pub fn drained(&self) -> bool {
+        self.draining.is_some() && self.sessions.is_empty()
+    }
+
+    fn send_drain_notices(&mut self, now: Instant) {
+        let Some((next, until)) = &mut self.draining else {
+            return;
+        };
+        *next = now + self.config.drain_notice_interval;
+        let within_ms = until
+            .saturating_duration_since(now)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32;
+        let notices: Vec<(Peer, DrainNotice)> = self
+            .sessions
+            .iter()
+            .map(|(addr, s)| {
+                let peer = Peer {
+                    addr: *addr,
+                    local: s.local,
+                };
+                let notice = DrainNotice {
+                    cookie: s.cookie,
+                    stream: s.stream,
+                    within_ms,
+                };
+                (peer, notice)
+            })
+            .collect();
+        for (peer, notice) in notices {
+            self.counters.drain_notices_sent += 1;
+            self.control(peer, ClientMsg::Drain(notice));
+        }
+    }
+
+    /// Expires sessions whose lease ran out; while draining, repeats the notices.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<SocketAddr> = self
             .sessions
@@ -749,11 +854,19 @@ impl EdgeService {
         for client in expired {
             self.close_session(client, CloseReason::Expired);
         }
+        if self.draining.is_some_and(|(t, _)| now >= t) && !self.sessions.is_empty() {
+            self.send_drain_notices(now);
+        }
     }
 
     /// When [`EdgeService::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.values().map(|s| s.lease_until).min()
+        let lease = self.sessions.values().map(|s| s.lease_until).min();
+        let notice = self
+            .draining
+            .map(|(t, _)| t)
+            .filter(|_| !self.sessions.is_empty());
+        lease.into_iter().chain(notice).min()
     }
 
     pub fn poll_output(&mut self) -> Option<EdgeOutput> {
@@ -1365,5 +1478,86 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["closed", "unsub", "control", "opened", "sub"]);
         assert_eq!(h.edge.counters().sessions_replaced, 1);
+    }
+
+    #[test]
+    fn draining_tells_each_session_with_its_cookie_refuses_new_ones_and_ends_when_all_left() {
+        let mut h = Harness::new();
+        let (a, b, late) = (
+            addr("127.0.0.1:1"),
+            addr("127.0.0.2:1"),
+            addr("127.0.0.3:1"),
+        );
+        h.request(a, "v1", 11, 0);
+        h.request(b, "v1", 22, 0);
+        h.outputs();
+        // b's keepalive a bucket later: its notice carries the newer cookie it echoed.
+        h.now += Duration::from_secs(10);
+        let b_cookie = h.cookie(b);
+        h.send(
+            b,
+            ClientMsg::Keepalive(Keepalive {
+                cookie: b_cookie,
+                stream: 22,
+            }),
+        );
+        h.outputs();
+        let a_cookie = h.edge.cookie_in_bucket(a, 0);
+        assert!(!h.edge.draining() && !h.edge.drained());
+
+        h.edge.start_drain(h.now, Duration::from_secs(2));
+        h.edge.start_drain(h.now, Duration::from_secs(2));
+        assert_eq!(
+            h.control_to(a),
+            [ClientMsg::Drain(DrainNotice {
+                cookie: a_cookie,
+                stream: 11,
+                within_ms: 2000,
+            })]
+        );
+        h.edge.start_drain(h.now, Duration::from_secs(2));
+        assert!(h.outputs().is_empty(), "start_drain is idempotent");
+        assert_eq!(h.edge.counters().drain_notices_sent, 2);
+        // Still fed while it stays.
+        h.chunk("v1", 1, true);
+        assert_eq!(video_of(&h.outputs(), b).len(), 1);
+        // A new client is refused (busy); a retransmitted request of a session is not.
+        h.request(late, "v1", 33, 0);
+        assert!(matches!(
+            h.control_to(late).as_slice(),
+            [ClientMsg::Error(ErrorMsg {
+                code: ErrorCode::Busy,
+                stream: 33
+            })]
+        ));
+        h.request(a, "v1", 11, 0);
+        assert!(matches!(
+            h.control_to(a).as_slice(),
+            [ClientMsg::VideoOk(_)]
+        ));
+        assert_eq!(h.edge.counters().drain_refused, 1);
+        // The notices go again at the interval while sessions stay.
+        let interval = config().drain_notice_interval;
+        assert_eq!(h.edge.poll_timeout(), Some(h.now + interval));
+        h.advance(interval);
+        let again = h.control_to(b);
+        assert_eq!(
+            again,
+            [ClientMsg::Drain(DrainNotice {
+                cookie: b_cookie,
+                stream: 22,
+                within_ms: 1750,
+            })]
+        );
+        // Both clients move away (cancel): drained, and the video is unsubscribed.
+        for (c, stream) in [(a, 11), (b, 22)] {
+            let cookie = h.edge.cookie_for(c, h.now);
+            h.send(c, ClientMsg::VideoCancel(VideoCancel { cookie, stream }));
+        }
+        assert!(h
+            .outputs()
+            .contains(&EdgeOutput::Unsubscribe { video: "v1".into() }));
+        assert!(h.edge.drained());
+        assert_eq!(h.edge.poll_timeout(), None, "no notice timer once drained");
     }
 }

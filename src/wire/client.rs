@@ -21,6 +21,7 @@
 //! | `0x08` | [`Challenge`]      | edge → client | `cookie: u64`                                                       | 9      |
 //! | `0x09` | [`VideoOk`]        | edge → client | `stream: u32`, `video: str`                                         | ≥ 7    |
 //! | `0x0A` | [`ErrorMsg`]       | edge → client | `code: u8` ([`ErrorCode`]), `stream: u32`                           | 6      |
+//! | `0x0B` | [`DrainNotice`]    | edge → client | `cookie: u64`, `stream: u32`, `within_ms: u32`                      | 17     |
 //! | `0x10` | [`VideoData`]      | edge → client | `stream: u32`, `flags: u8`, `epoch: u64`, `seq: u64`, `part: u16`, `parts: u16`, then whole 188-byte TS packets to the end | 26 + 188·k |
 //!
 //! A datagram whose first byte is `0x47` (the MPEG-TS sync byte) is *raw* TS, as an ffmpeg
@@ -41,6 +42,10 @@
 //!   switching edges mid-stream drops duplicates and late datagrams by `(epoch, seq, part)` and
 //!   hands the player only the TS packets, in order. `stream` is the client's id for one
 //!   request, so datagrams of a video it has just left are told apart from the new one.
+//! - **Drain notices are tied to the session.** An edge that is shutting down tells each
+//!   client in a [`DrainNotice`] carrying the session's `stream` and the cookie the client
+//!   last echoed for it: a host that did not see the session's traffic cannot forge one, and
+//!   a client takes it only from its session's edge address.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -61,6 +66,7 @@ pub const TAG_KEEPALIVE: u8 = 0x07;
 pub const TAG_CHALLENGE: u8 = 0x08;
 pub const TAG_VIDEO_OK: u8 = 0x09;
 pub const TAG_ERROR: u8 = 0x0A;
+pub const TAG_DRAIN: u8 = 0x0B;
 pub const TAG_VIDEO_DATA: u8 = 0x10;
 
 /// Padding after a probe's token, so a probe is exactly as large as its ack.
@@ -194,6 +200,18 @@ pub struct ErrorMsg {
     pub stream: u32,
 }
 
+/// "This edge is shutting down: move session `stream` elsewhere, I feed it until you
+/// cancel." `cookie` is the cookie the client echoed in its latest request or keepalive of
+/// the session, which proves the notice comes from the edge the client talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainNotice {
+    pub cookie: u64,
+    pub stream: u32,
+    /// The edge exits within this long (after that, whatever answers at its address is a
+    /// restarted edge).
+    pub within_ms: u32,
+}
+
 /// One datagram of video: part `part` of `parts` of chunk `(epoch, seq)`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VideoData {
@@ -247,6 +265,7 @@ pub enum ClientMsg {
     Challenge(Challenge),
     VideoOk(VideoOk),
     Error(ErrorMsg),
+    Drain(DrainNotice),
     VideoData(VideoData),
 }
 
@@ -264,6 +283,7 @@ impl ClientMsg {
             ClientMsg::Challenge(_) => "challenge",
             ClientMsg::VideoOk(_) => "video_ok",
             ClientMsg::Error(_) => "error",
+            ClientMsg::Drain(_) => "drain",
             ClientMsg::VideoData(_) => "video_data",
         }
     }
@@ -330,6 +350,12 @@ impl ClientMsg {
                 dst.put_u8(TAG_ERROR);
                 dst.put_u8(m.code.to_u8());
                 dst.put_u32(m.stream);
+            }
+            ClientMsg::Drain(m) => {
+                dst.put_u8(TAG_DRAIN);
+                dst.put_u64(m.cookie);
+                dst.put_u32(m.stream);
+                dst.put_u32(m.within_ms);
             }
             ClientMsg::VideoData(m) => {
                 check_ts_payload(m.payload.len()).map_err(|len| EncodeError::TooLong {
@@ -409,6 +435,11 @@ impl ClientMsg {
                     stream: r.u32("error.stream")?,
                 })
             }
+            TAG_DRAIN => ClientMsg::Drain(DrainNotice {
+                cookie: r.u64("drain.cookie")?,
+                stream: r.u32("drain.stream")?,
+                within_ms: r.u32("drain.within_ms")?,
+            }),
             TAG_VIDEO_DATA => {
                 let stream = r.u32("video_data.stream")?;
                 let flags = r.u8("video_data.flags")?;
@@ -588,6 +619,14 @@ mod tests {
                     stream: 1,
                 }),
                 "0a 03 00000001",
+            ),
+            (
+                ClientMsg::Drain(DrainNotice {
+                    cookie: 0xa1a2a3a4a5a6a7a8,
+                    stream: 7,
+                    within_ms: 2000,
+                }),
+                "0b a1a2a3a4a5a6a7a8 00000007 000007d0",
             ),
         ]
     }
@@ -792,6 +831,13 @@ mod tests {
                 code: ErrorCode::from_u8(code).unwrap(),
                 stream
             })),
+            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(cookie, stream, within_ms)| {
+                ClientMsg::Drain(DrainNotice {
+                    cookie,
+                    stream,
+                    within_ms,
+                })
+            }),
             (
                 any::<u32>(),
                 any::<u8>(),
@@ -833,7 +879,7 @@ mod tests {
 
         #[test]
         fn prop_bytes_after_a_known_tag_never_panic(
-            tag in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0x10]),
+            tag in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x10]),
             body in prop::collection::vec(any::<u8>(), 0..420),
         ) {
             let mut bytes = vec![tag];

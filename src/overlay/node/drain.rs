@@ -5,7 +5,9 @@
 //! bounds the wait). A neighbour's notice marks it draining in the neighbour table, so no
 //! stream takes it as a parent again, and moves the streams it feeds (see
 //! [`Streams::neighbour_draining`](super::Streams)). Notices are idempotent: a repeated one
-//! changes nothing and is only counted, so a peer sending many costs nothing.
+//! changes nothing and is only counted, so a peer sending many costs nothing. An edge's own
+//! clients are local consumers: the edge's client service drains them
+//! ([`crate::service::edge`]), and [`Node::serves_local`] tells the driver when they are gone.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,12 @@ impl Node {
     /// True when nothing depends on us any more: no neighbour takes a stream from us.
     pub fn drained(&self) -> bool {
         !self.streams.feeds_a_child()
+    }
+
+    /// True while a local consumer (an edge's clients) takes a stream from us: a draining
+    /// edge's driver waits for its clients too, which leave through the edge's own drain.
+    pub fn serves_local(&self) -> bool {
+        self.streams.feeds_local()
     }
 
     pub(super) fn send_drain_notice(&mut self, link: LinkId) {

@@ -381,6 +381,11 @@ impl Streams {
         self.streams.values().any(|st| !st.children.is_empty())
     }
 
+    /// Whether any stream here has a local consumer (an edge's clients).
+    pub fn feeds_local(&self) -> bool {
+        self.streams.values().any(|st| st.local > 0)
+    }
+
     pub fn has(&self, video: &str) -> bool {
         self.streams.contains_key(video)
     }
