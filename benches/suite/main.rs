@@ -5,7 +5,7 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, edgefail, join, fanout, scale; server-death is the server-death part
+//! record, control, edge, edgefail, join, start, fanout, scale; server-death is the server-death part
 //! of failover alone).
 
 #[path = "../../tests/common/mod.rs"]
@@ -20,6 +20,7 @@ mod join;
 mod record;
 mod report;
 mod scale;
+mod start;
 
 use report::Report;
 
@@ -90,6 +91,9 @@ fn main() {
     }
     if opts.wants("join") {
         join::run(&opts, &mut rep);
+    }
+    if opts.wants("start") {
+        start::run(&opts, &mut rep);
     }
     if opts.wants("fanout") {
         fanout::run(&opts, &mut rep);

@@ -33,8 +33,18 @@
 //!   keyframe. Stragglers of the epoch just left are dropped (each would cost another child);
 //!   only a run of it for [`EPOCH_RETURN`] means the stream went back to it.
 //!
-//! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, and
-//! children die with the daemon in any case (see [`crate::media::child`]).
+//! Start-up ([`RelayStart`]): a child costs its exec and initialisation (about 0.1 s on a
+//! busy host) and then reads its input before it forwards a byte (its probe, see
+//! [`Probe`]). With `Warm` (the default) the sink keeps one child started ahead for a fresh
+//! session and one for a continuing session (their ffmpeg options differ), each with its
+//! loopback socket, waiting on an empty stdin; a session takes the spare and another is
+//! started behind it, so neither a joining client nor one moving here waits for an exec. The
+//! probe is `Quick`: a few TS packets of stream. `Cold` is the behaviour before, kept for
+//! comparison (`--ffmpeg-relay-start cold`): a child started when the session opens, with the
+//! `Long` probe (0.5 s of stream), so a client waited about 0.5–1 s for its first frame.
+//!
+//! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, spares
+//! included, and children die with the daemon in any case (see [`crate::media::child`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -49,7 +59,7 @@ use tracing::{debug, info, warn};
 
 use super::edge_driver::{Relay as EdgeRelay, VideoSink};
 use super::udp::ReplySocket;
-use crate::media::relay::{Relay, RelayConfig};
+use crate::media::relay::{Probe, Relay, RelayConfig};
 use crate::wire::client::{
     is_raw_ts, TAG_VIDEO_DATA, TS_PACKET_LEN, VIDEO_FLAG_CACHED, VIDEO_HEADER_LEN,
 };
@@ -71,6 +81,10 @@ pub struct FfmpegSinkCounters {
     pub sessions: AtomicU64,
     /// Sessions that could not start (no loopback socket, no ffmpeg).
     pub start_failures: AtomicU64,
+    /// Sessions given a child started ahead ([`RelayStart::Warm`]).
+    pub warm_starts: AtomicU64,
+    /// Spare children that could not be started (the session then starts its own).
+    pub spare_failures: AtomicU64,
     /// Datagrams forwarded from ffmpeg to clients.
     pub forwarded: AtomicU64,
     pub forwarded_bytes: AtomicU64,
@@ -107,10 +121,29 @@ impl Drop for Session {
     }
 }
 
+/// How the sink starts a session's child (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayStart {
+    /// A child started ahead, quick probe.
+    Warm,
+    /// A child started with the session, long probe (the behaviour before `Warm`).
+    Cold,
+}
+
+/// A child started ahead of its session: ffmpeg waiting on stdin, and the loopback socket it
+/// will send to.
+struct Spare {
+    relay: Relay,
+    local: UdpSocket,
+}
+
 /// See the module docs.
 pub struct FfmpegSink {
     socket: Arc<ReplySocket>,
     config: RelayConfig,
+    start: RelayStart,
+    /// Spare children for a fresh session (`[0]`) and a continuing one (`[1]`).
+    spares: [Option<Spare>; 2],
     loopback: IpAddr,
     sessions: HashMap<SocketAddr, Session>,
     counters: Arc<FfmpegSinkCounters>,
@@ -119,16 +152,25 @@ pub struct FfmpegSink {
 }
 
 impl FfmpegSink {
-    /// A sink sending from the edge's `socket`, with `config` for every child's relay.
-    pub fn new(socket: Arc<ReplySocket>, config: RelayConfig) -> FfmpegSink {
-        FfmpegSink {
+    /// A sink sending from the edge's `socket`, with `config` for every child's relay (its
+    /// probe set by `start`). Must run within a tokio runtime, which the spares start on.
+    pub fn new(socket: Arc<ReplySocket>, mut config: RelayConfig, start: RelayStart) -> FfmpegSink {
+        config.probe = match start {
+            RelayStart::Warm => Probe::Quick,
+            RelayStart::Cold => Probe::Long,
+        };
+        let mut sink = FfmpegSink {
             socket,
             config,
+            start,
+            spares: [None, None],
             loopback: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sessions: HashMap::new(),
             counters: Arc::new(FfmpegSinkCounters::default()),
             closed_dropped: 0,
-        }
+        };
+        sink.refill();
+        sink
     }
 
     pub fn counters(&self) -> Arc<FfmpegSinkCounters> {
@@ -140,7 +182,13 @@ impl FfmpegSink {
         self.sessions.get(&client).and_then(|s| s.relay.child_pid())
     }
 
-    fn start(&mut self, client: SocketAddr, continuing: bool) -> std::io::Result<Session> {
+    /// Process ids of the spare children (fresh, continuing) that have started.
+    pub fn spare_pids(&self) -> [Option<u32>; 2] {
+        [0, 1].map(|k| self.spares[k].as_ref().and_then(|s| s.relay.child_pid()))
+    }
+
+    /// A child (with its loopback socket) for a fresh or a `continuing` session.
+    fn spawn_child(&self, continuing: bool) -> std::io::Result<Spare> {
         let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.loopback, 0))?;
         std_socket.set_nonblocking(true)?;
         let local = UdpSocket::from_std(std_socket)?;
@@ -151,6 +199,39 @@ impl FfmpegSink {
             cfg.ffmpeg_options.extend(["-copyinkf".into()]);
         }
         let relay = Relay::ffmpeg(dest, cfg).map_err(std::io::Error::other)?;
+        Ok(Spare { relay, local })
+    }
+
+    /// Starts the spares missing (`Warm` only).
+    fn refill(&mut self) {
+        if self.start != RelayStart::Warm {
+            return;
+        }
+        for (k, continuing) in [false, true].into_iter().enumerate() {
+            if self.spares[k].is_some() {
+                continue;
+            }
+            match self.spawn_child(continuing) {
+                Ok(spare) => self.spares[k] = Some(spare),
+                Err(e) => {
+                    if self.counters.spare_failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                        warn!(error = %e, "cannot start a spare ffmpeg relay");
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, client: SocketAddr, continuing: bool) -> std::io::Result<Session> {
+        let spare = match self.spares[usize::from(continuing)].take() {
+            Some(spare) => {
+                self.counters.warm_starts.fetch_add(1, Ordering::Relaxed);
+                spare
+            }
+            None => self.spawn_child(continuing)?,
+        };
+        self.refill();
+        let Spare { relay, local } = spare;
         let (from, from_rx) = watch::channel(None);
         let forward = tokio::spawn(forward(
             local,
@@ -311,10 +392,10 @@ impl VideoSink for FfmpegSink {
     }
 }
 
-/// The edge driver's relay setting for ffmpeg children with `config`.
-pub fn relay(config: RelayConfig) -> EdgeRelay {
+/// The edge driver's relay setting for ffmpeg children with `config`, started as `start` says.
+pub fn relay(config: RelayConfig, start: RelayStart) -> EdgeRelay {
     EdgeRelay::Custom(Box::new(move |socket| {
-        Box::new(FfmpegSink::new(socket, config)) as Box<dyn VideoSink>
+        Box::new(FfmpegSink::new(socket, config, start)) as Box<dyn VideoSink>
     }))
 }
 
@@ -334,6 +415,7 @@ mod tests {
         Some(FfmpegSink::new(
             Arc::new(edge.unwrap()),
             RelayConfig::default(),
+            RelayStart::Warm,
         ))
     }
 
