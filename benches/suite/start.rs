@@ -1,9 +1,9 @@
 //! Client start: from starting `overlayd --role client --video V --record F` (the real binary,
 //! a new process) to the first decodable frame in its recording, as a user feels it. Real
 //! daemons S1 - O1 - {E1, E2, E3} on 127.123.1.x: E1 runs the built-in relay, E2 the ffmpeg
-//! relay as now (`--ffmpeg-relay-start warm`: children started ahead, quick probe), E3 the
-//! ffmpeg relay as before (`cold`: a child per session, 0.5 s probe), side by side in the same
-//! run. Warm: another client already plays the video from the same edge; cold: nothing flows
+//! relay as now (`--ffmpeg-relay-start warm`: children started ahead), E3 the ffmpeg relay as
+//! before (`cold`: a child started per session), side by side in the same run; the client's
+//! player input (ffplay on its stdin, now, or on a UDP port, before) likewise. Warm: another client already plays the video from the same edge; cold: nothing flows
 //! (the server starts its source for the request).
 
 use std::net::IpAddr;
@@ -175,9 +175,8 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             "Real daemons on loopback: S1 - O1 - {{E1, E2, E3}} (127.123.1.x), video alpha (H.264 \
              + AAC, a keyframe every 1 s, about 50 kB/s), default GOP cache. E1: `--relay \
              native`; E2: `--relay ffmpeg` (default `--ffmpeg-relay-start warm`: a child started \
-             ahead per kind of session, a 16 KiB / 0.1 s probe); E3: `--relay ffmpeg \
-             --ffmpeg-relay-start cold` (the behaviour before: a child started per session, a 64 \
-             KiB / 0.5 s probe). Each client device lists one edge. The clock starts when this \
+             ahead per kind of session); E3: `--relay ffmpeg --ffmpeg-relay-start cold` (the \
+             behaviour before: a child started per session); both probe 0.5 s of stream. Each client device lists one edge. The clock starts when this \
              process spawns `overlayd --role client --video alpha --record F --player none \
              --duration {RECORD_SECS}` (bootstrap, probes, edge choice, request included); the \
              recording's size is read every 2 ms; ffprobe on the recording gives the first \

@@ -26,9 +26,9 @@ pub struct NodeArgs {
     /// built-in relay (numbered datagrams). Default: ffmpeg when it is installed, else native.
     #[arg(long, value_enum)]
     pub relay: Option<RelayArg>,
-    /// How the ffmpeg relay starts a client's child: `warm` keeps children started ahead and
-    /// forwards after a short look at the stream; `cold` starts one per session and probes
-    /// 0.5 s of stream (the behaviour before, for comparison).
+    /// How the ffmpeg relay starts a client's child: `warm` keeps children started ahead, so a
+    /// session does not wait for ffmpeg to start; `cold` starts one when the session opens
+    /// (the behaviour before, for comparison).
     #[arg(long, value_enum, default_value_t = RelayStartArg::Warm)]
     pub ffmpeg_relay_start: RelayStartArg,
     /// Hitless redundancy for every stream consumed here or below: keep a second parent on

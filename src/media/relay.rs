@@ -51,37 +51,6 @@ pub struct RelayConfig {
     /// Extra ffmpeg options placed after the input and before `-c copy` (e.g. `-copyts`);
     /// ignored by the native relay.
     pub ffmpeg_options: Vec<String>,
-    /// How long ffmpeg looks at its input before forwarding (see [`Probe`]).
-    pub probe: Probe,
-}
-
-/// How much of its input an ffmpeg relay reads before it starts forwarding. `-c copy` needs
-/// only the streams (PAT/PMT) and the codecs, not frame rates or the decoder's view of them,
-/// and every byte looked at is video the client waits for: at our clips' 50 kB/s a 64 KiB
-/// probe is over a second of live stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// 16 KiB or 0.1 s of stream, no frame-rate estimate (`-fpsprobesize 0`): the default.
-    Quick,
-    /// 64 KiB or 0.5 s of stream, ffmpeg's frame-rate estimate (about 20 frames): the
-    /// setting before `Quick`, kept for comparison (`--ffmpeg-relay-start cold`).
-    Long,
-}
-
-impl Probe {
-    fn args(self) -> &'static [&'static str] {
-        match self {
-            Probe::Quick => &[
-                "-probesize",
-                "16384",
-                "-analyzeduration",
-                "100000",
-                "-fpsprobesize",
-                "0",
-            ],
-            Probe::Long => &["-probesize", "65536", "-analyzeduration", "500000"],
-        }
-    }
 }
 
 impl Default for RelayConfig {
@@ -92,7 +61,6 @@ impl Default for RelayConfig {
             max_datagram: 7 * PACKET_LEN,
             backoff: Backoff::default(),
             ffmpeg_options: Vec::new(),
-            probe: Probe::Quick,
         }
     }
 }
@@ -163,20 +131,27 @@ pub use super::child::ffmpeg_available;
 
 /// The ffmpeg arguments that read MPEG-TS on stdin and send it to `dest` over UDP; `options`
 /// go between the input and the output (see [`RelayConfig::ffmpeg_options`]).
-pub fn ffmpeg_relay_args(
-    dest: SocketAddr,
-    max_datagram: usize,
-    probe: Probe,
-    options: &[String],
-) -> Vec<String> {
-    let head = ["-hide_banner", "-loglevel", "error", "-nostdin"];
-    // Start forwarding after a short look at the input (see `Probe`) instead of the default
-    // 5 s. (-fflags nobuffer was tried: it drops what was probed, the first keyframe with it.)
-    let input = ["-f", "mpegts", "-i", "pipe:0"];
+pub fn ffmpeg_relay_args(dest: SocketAddr, max_datagram: usize, options: &[String]) -> Vec<String> {
+    let input = [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        // Start forwarding after a short look at the input (0.5 s, 64 KiB) instead of the
+        // default 5 s; -c copy needs no decoder parameters. (-fflags nobuffer was tried and
+        // loses the first second of the stream.)
+        "-probesize",
+        "65536",
+        "-analyzeduration",
+        "500000",
+        "-f",
+        "mpegts",
+        "-i",
+        "pipe:0",
+    ];
     let output = ["-c", "copy", "-f", "mpegts"];
-    head.iter()
-        .chain(probe.args())
-        .chain(input.iter())
+    input
+        .iter()
         .map(|s| s.to_string())
         .chain(options.iter().cloned())
         .chain(output.iter().map(|s| s.to_string()))
@@ -248,7 +223,7 @@ impl Relay {
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let task = tokio::spawn(run_ffmpeg(
-            ffmpeg_relay_args(dest, max, cfg.probe, &cfg.ffmpeg_options),
+            ffmpeg_relay_args(dest, max, &cfg.ffmpeg_options),
             dest,
             cfg.backoff,
             rx,
@@ -476,18 +451,14 @@ mod tests {
 
     #[test]
     fn relay_args() {
-        let local = "127.0.0.1:5000".parse().unwrap();
-        let a = ffmpeg_relay_args(local, 1316, Probe::Quick, &[]).join(" ");
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &[]).join(" ");
         assert!(
             a.ends_with("-f mpegts -i pipe:0 -c copy -f mpegts udp://127.0.0.1:5000?pkt_size=1316")
         );
-        assert!(a.contains("-probesize 16384 -analyzeduration 100000 -fpsprobesize 0 -f mpegts"));
-        let a = ffmpeg_relay_args(local, 1316, Probe::Long, &[]).join(" ");
-        assert!(a.contains("-probesize 65536 -analyzeduration 500000 -f mpegts"));
-        let a = ffmpeg_relay_args("[::1]:5000".parse().unwrap(), 1316, Probe::Quick, &[]);
-        assert!(a.join(" ").ends_with("udp://[::1]:5000?pkt_size=1316"));
+        let a = ffmpeg_relay_args("[::1]:5000".parse().unwrap(), 1316, &[]).join(" ");
+        assert!(a.ends_with("udp://[::1]:5000?pkt_size=1316"));
         let opts = vec!["-copyts".to_string()];
-        let a = ffmpeg_relay_args(local, 1316, Probe::Quick, &opts).join(" ");
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &opts).join(" ");
         assert!(a.contains("-i pipe:0 -copyts -c copy -f mpegts udp://"));
     }
 

@@ -33,15 +33,21 @@
 //!   keyframe. Stragglers of the epoch just left are dropped (each would cost another child);
 //!   only a run of it for [`EPOCH_RETURN`] means the stream went back to it.
 //!
-//! Start-up ([`RelayStart`]): a child costs its exec and initialisation (about 0.1 s on a
-//! busy host) and then reads its input before it forwards a byte (its probe, see
-//! [`Probe`]). With `Warm` (the default) the sink keeps one child started ahead for a fresh
-//! session and one for a continuing session (their ffmpeg options differ), each with its
-//! loopback socket, waiting on an empty stdin; a session takes the spare and another is
-//! started behind it, so neither a joining client nor one moving here waits for an exec. The
-//! probe is `Quick`: a few TS packets of stream. `Cold` is the behaviour before, kept for
-//! comparison (`--ffmpeg-relay-start cold`): a child started when the session opens, with the
-//! `Long` probe (0.5 s of stream), so a client waited about 0.5–1 s for its first frame.
+//! Start-up ([`RelayStart`]): a child costs its exec and initialisation (about 0.1 s, more
+//! on a busy host) before it reads its input. With `Warm` (the default) the sink keeps one
+//! child started ahead for a fresh session and one for a continuing session (their ffmpeg
+//! options differ), each with its loopback socket, waiting on an empty stdin; a session takes
+//! the spare and another is started behind it, so neither a joining client nor one moving here
+//! waits for an exec. `Cold` is the behaviour before, kept for comparison
+//! (`--ffmpeg-relay-start cold`): a child started when the session opens.
+//!
+//! What a child still costs is its probe (`-analyzeduration 0.5 s`, see
+//! [`crate::media::relay::ffmpeg_relay_args`]): ffmpeg's MPEG-TS demuxer never ends its probe
+//! early (streams may appear at any time), so a session waits until 0.5 s of stream has
+//! reached the child, at once for a fresh session whose GOP-cache burst spans that much, else
+//! on the live stream. A shorter probe (16 KiB / 0.1 s) was tried: it starts in about 0.1 s,
+//! but a track whose first whole PES arrives later is left out of the output (AAC from an
+//! ffmpeg muxer comes in PES of about 0.5 s: clients lost the sound), so it is not used.
 //!
 //! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, spares
 //! included, and children die with the daemon in any case (see [`crate::media::child`]).
@@ -59,7 +65,7 @@ use tracing::{debug, info, warn};
 
 use super::edge_driver::{Relay as EdgeRelay, VideoSink};
 use super::udp::ReplySocket;
-use crate::media::relay::{Probe, Relay, RelayConfig};
+use crate::media::relay::{Relay, RelayConfig};
 use crate::wire::client::{
     is_raw_ts, TAG_VIDEO_DATA, TS_PACKET_LEN, VIDEO_FLAG_CACHED, VIDEO_HEADER_LEN,
 };
@@ -124,9 +130,9 @@ impl Drop for Session {
 /// How the sink starts a session's child (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayStart {
-    /// A child started ahead, quick probe.
+    /// Children started ahead.
     Warm,
-    /// A child started with the session, long probe (the behaviour before `Warm`).
+    /// A child started with the session (the behaviour before `Warm`).
     Cold,
 }
 
@@ -152,13 +158,9 @@ pub struct FfmpegSink {
 }
 
 impl FfmpegSink {
-    /// A sink sending from the edge's `socket`, with `config` for every child's relay (its
-    /// probe set by `start`). Must run within a tokio runtime, which the spares start on.
-    pub fn new(socket: Arc<ReplySocket>, mut config: RelayConfig, start: RelayStart) -> FfmpegSink {
-        config.probe = match start {
-            RelayStart::Warm => Probe::Quick,
-            RelayStart::Cold => Probe::Long,
-        };
+    /// A sink sending from the edge's `socket`, with `config` for every child's relay. Must run
+    /// within a tokio runtime, which the spares start on.
+    pub fn new(socket: Arc<ReplySocket>, config: RelayConfig, start: RelayStart) -> FfmpegSink {
         let mut sink = FfmpegSink {
             socket,
             config,
