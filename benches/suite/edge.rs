@@ -920,7 +920,8 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
         "Real daemons on loopback: S1 - O1 - {E1, E2} (127.94.R.x, one overlay per relay, \
          `--relay native|ffmpeg` on the edges; a third overlay on 127.124.1.x runs the ffmpeg \
          relay as before, `--ffmpeg-relay-start cold`: a child started with the session, where the \
-         default keeps children started ahead), video alpha. Per trial two clients run in this \
+         default keeps children started ahead and writes without interleaving delay), video \
+         alpha. Per trial two clients run in this \
          process (the real ClientService under the real client driver, as `overlayd --role \
          client`), both pinned to E1 with E2 as their other edge: one with the 1 s rule \
          (`--edge-suspect-ms 0`), one with the stream rule (default: suspected after 2 x the \

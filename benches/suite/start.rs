@@ -175,7 +175,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             "Real daemons on loopback: S1 - O1 - {{E1, E2, E3}} (127.123.1.x), video alpha (H.264 \
              + AAC, a keyframe every 1 s, about 50 kB/s), default GOP cache. E1: `--relay \
              native`; E2: `--relay ffmpeg` (default `--ffmpeg-relay-start warm`: a child started \
-             ahead per kind of session); E3: `--relay ffmpeg --ffmpeg-relay-start cold` (the \
+             ahead per kind of session, `-max_interleave_delta` 20 ms); E3: `--relay ffmpeg --ffmpeg-relay-start cold` (the \
              behaviour before: a child started per session); both probe 0.5 s of stream. Each client device lists one edge. The clock starts when this \
              process spawns `overlayd --role client --video alpha --record F --player none \
              --duration {RECORD_SECS}` (bootstrap, probes, edge choice, request included); the \

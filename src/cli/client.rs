@@ -132,7 +132,13 @@ mod tests {
         assert_eq!(cfg.client_port, DEFAULT_CLIENT_PORT);
         let cfg = config("").unwrap();
         assert!(cfg.player);
+        assert_eq!(cfg.player_input, PlayerInput::Pipe);
         assert_eq!(cfg.duration, None);
+        let cfg = config("--player-input udp --player-port 5000").unwrap();
+        assert_eq!(
+            (cfg.player_input, cfg.player_port),
+            (PlayerInput::Udp, 5000)
+        );
         assert_eq!(
             cfg.edge_suspect,
             Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS))

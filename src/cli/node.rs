@@ -27,8 +27,9 @@ pub struct NodeArgs {
     #[arg(long, value_enum)]
     pub relay: Option<RelayArg>,
     /// How the ffmpeg relay starts a client's child: `warm` keeps children started ahead, so a
-    /// session does not wait for ffmpeg to start; `cold` starts one when the session opens
-    /// (the behaviour before, for comparison).
+    /// session does not wait for ffmpeg to start, and has them write packets without holding
+    /// video for audio; `cold` starts one when the session opens (the behaviour before, for
+    /// comparison).
     #[arg(long, value_enum, default_value_t = RelayStartArg::Warm)]
     pub ffmpeg_relay_start: RelayStartArg,
     /// Hitless redundancy for every stream consumed here or below: keep a second parent on
@@ -143,7 +144,10 @@ mod tests {
         // Defaults: the relay picks itself, the bootstrap port is 7700.
         let cfg = config("n --name O1 --bootstrap 10.0.0.1").unwrap();
         assert_eq!(cfg.relay, RelayMode::Auto);
+        assert_eq!(cfg.relay_start, RelayStart::Warm);
         assert_eq!(cfg.bootstrap.port(), 7700);
+        let cfg = config("n --name O1 --bootstrap 10.0.0.1 --ffmpeg-relay-start cold").unwrap();
+        assert_eq!(cfg.relay_start, RelayStart::Cold);
         assert_eq!(cfg.report_interval.map(|d| d.as_millis()), Some(1000));
     }
 

@@ -41,6 +41,12 @@
 //! waits for an exec. `Cold` is the behaviour before, kept for comparison
 //! (`--ffmpeg-relay-start cold`): a child started when the session opens.
 //!
+//! With `Warm` the child also writes each packet at once (`-max_interleave_delta` 20 ms):
+//! ffmpeg's muxer otherwise holds video until it has audio of a later timestamp, and AAC from
+//! an ffmpeg muxer comes in PES of about 0.5 s, so the client got bursts up to 0.44 s apart
+//! (0.11–0.15 s with the option, offline on alpha re-muxed); a client suspects its edge after
+//! twice the peak gap, so the bursts slowed every edge switch.
+//!
 //! What a child still costs is its probe (`-analyzeduration 0.5 s`, see
 //! [`crate::media::relay::ffmpeg_relay_args`]): ffmpeg's MPEG-TS demuxer never ends its probe
 //! early (streams may appear at any time), so a session waits until 0.5 s of stream has
@@ -77,6 +83,8 @@ const EPOCH_OFFSET: usize = 6;
 /// How long the epoch a session left must keep coming, with nothing of the new one, before
 /// the session goes back to it (as the client's `stale_epoch_return`).
 const EPOCH_RETURN: std::time::Duration = std::time::Duration::from_millis(100);
+/// ffmpeg's `-max_interleave_delta` with [`RelayStart::Warm`], in microseconds.
+const INTERLEAVE_US: &str = "20000";
 /// Receive buffer of the loopback socket; ffmpeg sends `pkt_size` (1316-byte) datagrams.
 const FORWARD_BUF: usize = 65_536;
 
@@ -130,7 +138,7 @@ impl Drop for Session {
 /// How the sink starts a session's child (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayStart {
-    /// Children started ahead.
+    /// Children started ahead, writing without interleaving delay.
     Warm,
     /// A child started with the session (the behaviour before `Warm`).
     Cold,
@@ -197,6 +205,11 @@ impl FfmpegSink {
         let dest = local.local_addr()?;
         let mut cfg = self.config.clone();
         cfg.ffmpeg_options.push("-copyts".into());
+        if self.start == RelayStart::Warm {
+            // See the module docs: write each packet without waiting for the other track.
+            cfg.ffmpeg_options
+                .extend(["-max_interleave_delta".into(), INTERLEAVE_US.into()]);
+        }
         if continuing {
             cfg.ffmpeg_options.extend(["-copyinkf".into()]);
         }
@@ -478,6 +491,50 @@ mod tests {
         assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 2);
         assert_eq!(c.left_epoch_dropped.load(Ordering::Relaxed), 2);
         sink.close(client);
+    }
+
+    /// Both spare children, once started.
+    async fn spares_of(sink: &FfmpegSink) -> [u32; 2] {
+        for _ in 0..100 {
+            if let [Some(a), Some(b)] = sink.spare_pids() {
+                return [a, b];
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no spare ffmpeg children");
+    }
+
+    #[tokio::test]
+    async fn sessions_take_the_spare_child_of_their_kind_and_another_is_started() {
+        let Some(mut sink) = sink().await else {
+            return;
+        };
+        let [fresh, continuing] = spares_of(&sink).await;
+        assert_ne!(fresh, continuing);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:10".parse().unwrap(),
+        );
+        sink.open(a, "v", 7, false);
+        sink.open(b, "v", 8, true);
+        assert_eq!(sink.child_pid(a), Some(fresh));
+        assert_eq!(sink.child_pid(b), Some(continuing));
+        let c = sink.counters();
+        assert_eq!(c.warm_starts.load(Ordering::Relaxed), 2);
+        let next = spares_of(&sink).await;
+        assert!(!next.contains(&fresh) && !next.contains(&continuing));
+        sink.close(a);
+        sink.close(b);
+        // The sink started cold keeps no spare: each session starts its own child.
+        let edge = ReplySocket::bind("127.0.0.1:0".parse().unwrap()).await;
+        let cfg = RelayConfig::default();
+        let mut cold = FfmpegSink::new(Arc::new(edge.unwrap()), cfg, RelayStart::Cold);
+        assert_eq!(cold.spare_pids(), [None, None]);
+        cold.open(a, "v", 7, false);
+        child_of(&cold, a).await;
+        assert_eq!(cold.counters().warm_starts.load(Ordering::Relaxed), 0);
+        assert_eq!(cold.spare_pids(), [None, None]);
+        cold.close(a);
     }
 
     #[tokio::test]
