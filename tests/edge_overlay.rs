@@ -488,7 +488,11 @@ fn killed_client_lease_expires_and_stream_stops_upstream(mode: Mode) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let after = children(e1_pid);
-    assert_eq!(after.len(), spares, "E1 still has the session's child: {after:?}");
+    assert_eq!(
+        after.len(),
+        spares,
+        "E1 still has the session's child: {after:?}"
+    );
     assert!(
         after.iter().all(|c| relays_before.contains(c)),
         "E1 started children after the session ended: {after:?}, before {relays_before:?}"
