@@ -45,6 +45,8 @@ fn client_with(
         .args(["--bind", &bind.to_string(), "--video", "alpha"])
         .args(["--duration", secs])
         .args(extra)
+        // ffplay's window goes to the bench's Xvfb (see `player`).
+        .env("DISPLAY", DISPLAY)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
