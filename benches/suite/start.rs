@@ -328,8 +328,14 @@ fn player(opts: &Opts, rep: &mut Report, clients: &[&str], ip: &mut impl FnMut()
         for input in ["pipe", "udp"] {
             let mut shown = Vec::new();
             for _ in 0..trials {
+                // The previous player's window is gone (its client ended it).
+                let clear = Instant::now() + Duration::from_secs(5);
+                while screen_uniform() != Some(true) && Instant::now() < clear {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 if screen_uniform() != Some(true) {
-                    std::thread::sleep(Duration::from_millis(500));
+                    println!("  ffplay {relay} {input}: the screen is not clear; trial skipped");
+                    continue;
                 }
                 let t0 = Instant::now();
                 let mut child = client_with(
@@ -347,7 +353,10 @@ fn player(opts: &Opts, rep: &mut Report, clients: &[&str], ip: &mut impl FnMut()
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                let _ = child.kill();
+                // SIGTERM: the client stops its ffplay on the way out (SIGKILL would leave it).
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
                 let _ = child.wait();
             }
             println!("  ffplay {relay} {input}: {shown:.0?} ms");
