@@ -444,7 +444,10 @@ async fn interactive_client_counts_raw_ts_from_an_ffmpeg_relay() {
     let edge = edge_driver::spawn(EdgeDriverConfig {
         bind: "127.72.14.2:7702".parse().unwrap(),
         service: EdgeConfig::default(),
-        relay: overlayd::net::edge_ffmpeg::relay(RelayConfig::default()),
+        relay: overlayd::net::edge_ffmpeg::relay(
+            RelayConfig::default(),
+            overlayd::net::edge_ffmpeg::RelayStart::Warm,
+        ),
     })
     .await
     .unwrap();

@@ -238,7 +238,7 @@ fn run(host: &VethHost, bind: &str, ffmpeg: bool, targets: &[(&str, IpAddr)]) ->
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let edge_thread = host.block_on_inside(move || async move {
         let relay = if ffmpeg {
-            edge_ffmpeg::relay(RelayConfig::default())
+            edge_ffmpeg::relay(RelayConfig::default(), edge_ffmpeg::RelayStart::Warm)
         } else {
             Relay::default()
         };

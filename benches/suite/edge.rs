@@ -391,6 +391,7 @@ impl Net {
     ) -> Net {
         let dir = TempDir::new("bench-edge");
         let ip_of = |n: &str| devices.iter().find(|d| d.0 == n).unwrap().1.clone();
+        let is_client = |n: &str| devices.iter().any(|d| d.0 == n && d.2 == "client");
         let mut entries = Vec::new();
         for (name, ip, role, _) in devices {
             let neigh: Vec<String> = links
@@ -398,7 +399,7 @@ impl Net {
                 .filter_map(|(a, b)| {
                     if a == name {
                         Some(format!("\"{}\"", ip_of(b)))
-                    } else if b == name {
+                    } else if b == name && !is_client(a) {
                         Some(format!("\"{}\"", ip_of(a)))
                     } else {
                         None
@@ -421,11 +422,13 @@ impl Net {
         keygen(&key);
         let boot = bootstrapper(&topo, boot_ip);
         let mut daemons = Vec::new();
-        for (name, ip, role, extra) in devices {
+        // A "client" device is only a topology entry (its edges as neighbours, listed first in
+        // its links); the bench starts its processes.
+        for (name, ip, role, extra) in devices.iter().filter(|d| d.2 != "client") {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             daemons.push(device(role, name, ip, boot_ip, &key, &extra));
         }
-        for (name, _, role, _) in devices {
+        for (name, _, role, _) in devices.iter().filter(|d| d.2 != "client") {
             let d = daemons.iter().find(|d| d.name == *name).unwrap();
             d.wait_for(&["neighbour up"], Duration::from_secs(20));
             if *role == "edge" {
@@ -814,7 +817,7 @@ fn failover_trial(
     rt: &tokio::runtime::Runtime,
     net: &mut Net,
     prefix: &str,
-    relay: &str,
+    edge_args: &[String],
     stop: bool,
     k: usize,
 ) -> Result<[Failover; 2], String> {
@@ -883,7 +886,7 @@ fn failover_trial(
     } else {
         let key = net.dir.path("k");
         let idx = net.daemons.iter().position(|d| d.name == "E1").unwrap();
-        let extra = ["--relay", relay];
+        let extra: Vec<&str> = edge_args.iter().map(String::as_str).collect();
         net.daemons[idx] = device(
             "edge",
             "E1",
@@ -915,7 +918,10 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
         "Media gap at a client when its edge dies or hangs",
         "<= 250 ms p95 over 20 trials, both relays (native: 0 duplicates, 0 reorderings; ffmpeg: repeats bounded and counted); no switch before the fault",
         "Real daemons on loopback: S1 - O1 - {E1, E2} (127.94.R.x, one overlay per relay, \
-         `--relay native|ffmpeg` on the edges), video alpha. Per trial two clients run in this \
+         `--relay native|ffmpeg` on the edges; a third overlay on 127.124.1.x runs the ffmpeg \
+         relay as before, `--ffmpeg-relay-start cold`: a child started with the session, where the \
+         default keeps children started ahead and writes without interleaving delay), video \
+         alpha. Per trial two clients run in this \
          process (the real ClientService under the real client driver, as `overlayd --role \
          client`), both pinned to E1 with E2 as their other edge: one with the 1 s rule \
          (`--edge-suspect-ms 0`), one with the stream rule (default: suspected after 2 x the \
@@ -924,7 +930,7 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
          (SIGSTOP); 3 s observed; E1 restarted or continued for the next trial. Gap = longest \
          pause between datagrams handed to the player that ends after the fault; normal = \
          longest pause in the second before. E2 carries the stream only once asked (a cold \
-         subscription one hop away, and a new ffmpeg child with the ffmpeg relay).",
+         subscription one hop away, and a new session's ffmpeg child with the ffmpeg relay).",
         &[
             "relay",
             "fault",
@@ -942,17 +948,27 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
     );
     let rt = runtime();
     let n = if opts.quick { 5 } else { 20 };
-    for (r, relay) in ["native", "ffmpeg"].into_iter().enumerate() {
-        let prefix = format!("127.94.{}", r + 1);
+    // The ffmpeg relay as before (a child started with the session, long probe) for
+    // comparison, in its own overlay (on 127.124.1.x).
+    let setups = [
+        ("native", "127.94.1", &["--relay", "native"][..]),
+        ("ffmpeg", "127.94.2", &["--relay", "ffmpeg"][..]),
+        (
+            "ffmpeg, cold start (before)",
+            "127.124.1",
+            &["--relay", "ffmpeg", "--ffmpeg-relay-start", "cold"][..],
+        ),
+    ];
+    for (relay, prefix, edge_args) in setups {
         let ip = |h: u8| format!("{prefix}.{h}");
-        let edge_args = vec!["--relay".to_string(), relay.to_string()];
+        let edge_args: Vec<String> = edge_args.iter().map(|a| a.to_string()).collect();
         let mut net = Net::start(
             &ip(100),
             &[
                 ("S1", ip(1), "server", vec![]),
                 ("O1", ip(2), "node", vec![]),
                 ("E1", ip(3), "edge", edge_args.clone()),
-                ("E2", ip(4), "edge", edge_args),
+                ("E2", ip(4), "edge", edge_args.clone()),
             ],
             &[("S1", "O1"), ("O1", "E1"), ("O1", "E2")],
         );
@@ -965,8 +981,8 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
                 match failover_trial(
                     &rt,
                     &mut net,
-                    &prefix,
-                    relay,
+                    prefix,
+                    &edge_args,
                     stop,
                     k + if stop { n } else { 0 },
                 ) {

@@ -5,8 +5,8 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, edgefail, join, fanout, scale; server-death is the server-death part
-//! of failover alone, edgedrain the edge-drain part of edgefail alone).
+//! record, control, edge, edgefail, join, start, fanout, scale; server-death is the server-death
+//! part of failover alone, edgedrain the edge-drain part of edgefail alone).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -20,6 +20,7 @@ mod join;
 mod record;
 mod report;
 mod scale;
+mod start;
 
 use report::Report;
 
@@ -93,6 +94,9 @@ fn main() {
     }
     if opts.wants("join") {
         join::run(&opts, &mut rep);
+    }
+    if opts.wants("start") {
+        start::run(&opts, &mut rep);
     }
     if opts.wants("fanout") {
         fanout::run(&opts, &mut rep);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use super::{parse_bootstrap, CliError, LogArgs, DEFAULT_CLIENT_PORT, DEFAULT_EDGE_PORT};
-use crate::roles::client::ClientConfig;
+use crate::roles::client::{ClientConfig, PlayerInput};
 use crate::service::client::DEFAULT_SUSPECT_FLOOR_MS;
 
 #[derive(Parser, Debug)]
@@ -49,7 +49,12 @@ pub struct ClientArgs {
     /// With --video: write the final statistics as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// Local port (on 127.0.0.1) ffplay listens on; 0 picks a free one.
+    /// How the stream reaches ffplay: `pipe` (its stdin: it shows the picture as soon as it is
+    /// up) or `udp` (a local port, the way before: what arrives while ffplay starts is lost).
+    #[arg(long, value_enum, default_value_t = PlayerInputArg::Pipe)]
+    pub player_input: PlayerInputArg,
+    /// With `--player-input udp`: the local port (on 127.0.0.1) ffplay listens on; 0 picks a
+    /// free one.
     #[arg(long, default_value_t = 0)]
     pub player_port: u16,
     /// The edge is suspected (and the next-best one asked to continue the stream) after a
@@ -60,6 +65,12 @@ pub struct ClientArgs {
     pub edge_suspect_ms: u64,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlayerInputArg {
+    Pipe,
+    Udp,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +103,10 @@ impl TryFrom<ClientArgs> for ClientConfig {
             client_port: a.client_port,
             edge_port: a.edge_port,
             stats_json: a.stats_json,
+            player_input: match a.player_input {
+                PlayerInputArg::Pipe => PlayerInput::Pipe,
+                PlayerInputArg::Udp => PlayerInput::Udp,
+            },
             player_port: a.player_port,
             edge_suspect: (a.edge_suspect_ms > 0).then(|| Duration::from_millis(a.edge_suspect_ms)),
         })
@@ -117,7 +132,13 @@ mod tests {
         assert_eq!(cfg.client_port, DEFAULT_CLIENT_PORT);
         let cfg = config("").unwrap();
         assert!(cfg.player);
+        assert_eq!(cfg.player_input, PlayerInput::Pipe);
         assert_eq!(cfg.duration, None);
+        let cfg = config("--player-input udp --player-port 5000").unwrap();
+        assert_eq!(
+            (cfg.player_input, cfg.player_port),
+            (PlayerInput::Udp, 5000)
+        );
         assert_eq!(
             cfg.edge_suspect,
             Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS))

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 
 use super::overlay::OverlayArgs;
 use super::{CliError, DEFAULT_EDGE_PORT};
+use crate::net::edge_ffmpeg::RelayStart;
 use crate::roles::overlay::{Kind, OverlayRoleConfig, RelayMode};
 use crate::service::edge::EdgeConfig;
 
@@ -25,6 +26,12 @@ pub struct NodeArgs {
     /// built-in relay (numbered datagrams). Default: ffmpeg when it is installed, else native.
     #[arg(long, value_enum)]
     pub relay: Option<RelayArg>,
+    /// How the ffmpeg relay starts a client's child: `warm` keeps children started ahead, so a
+    /// session does not wait for ffmpeg to start, and has them write packets without holding
+    /// video for audio; `cold` starts one when the session opens (the behaviour before, for
+    /// comparison).
+    #[arg(long, value_enum, default_value_t = RelayStartArg::Warm)]
+    pub ffmpeg_relay_start: RelayStartArg,
     /// Hitless redundancy for every stream consumed here or below: keep a second parent on
     /// another path and merge both by sequence number (costs one extra feed of bandwidth in).
     #[arg(long)]
@@ -53,6 +60,12 @@ pub struct NodeArgs {
 pub struct VideoList(pub Vec<String>);
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RelayStartArg {
+    Warm,
+    Cold,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RelayArg {
     Ffmpeg,
     Native,
@@ -73,6 +86,10 @@ impl TryFrom<NodeArgs> for OverlayRoleConfig {
             None => RelayMode::Auto,
             Some(RelayArg::Ffmpeg) => RelayMode::Ffmpeg,
             Some(RelayArg::Native) => RelayMode::Native,
+        };
+        cfg.relay_start = match a.ffmpeg_relay_start {
+            RelayStartArg::Warm => RelayStart::Warm,
+            RelayStartArg::Cold => RelayStart::Cold,
         };
         cfg.redundant = a.redundant;
         cfg.redundant_videos = a.redundant_videos.map(|v| v.0).unwrap_or_default();
@@ -127,7 +144,10 @@ mod tests {
         // Defaults: the relay picks itself, the bootstrap port is 7700.
         let cfg = config("n --name O1 --bootstrap 10.0.0.1").unwrap();
         assert_eq!(cfg.relay, RelayMode::Auto);
+        assert_eq!(cfg.relay_start, RelayStart::Warm);
         assert_eq!(cfg.bootstrap.port(), 7700);
+        let cfg = config("n --name O1 --bootstrap 10.0.0.1 --ffmpeg-relay-start cold").unwrap();
+        assert_eq!(cfg.relay_start, RelayStart::Cold);
         assert_eq!(cfg.report_interval.map(|d| d.as_millis()), Some(1000));
     }
 

@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::DEFAULT_OVERLAY_PORT;
 use super::{parse_bootstrap, CliError, LogArgs, DEFAULT_EDGE_PORT, DEFAULT_KEY_FILE};
+use crate::net::edge_ffmpeg::RelayStart;
 use crate::roles::overlay::{Kind, OverlayRoleConfig, RelayMode, SourcePreference};
 use crate::service::edge::EdgeConfig;
 
@@ -112,6 +113,7 @@ impl OverlayArgs {
             flood_interval: Duration::from_secs(1),
             edge_port: DEFAULT_EDGE_PORT,
             relay: RelayMode::Auto,
+            relay_start: RelayStart::Warm,
             redundant: false,
             redundant_videos: Vec::new(),
             gop_cache_bytes: EdgeConfig::DEFAULT_GOP_CACHE_BYTES,

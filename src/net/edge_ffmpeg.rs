@@ -33,8 +33,30 @@
 //!   keyframe. Stragglers of the epoch just left are dropped (each would cost another child);
 //!   only a run of it for [`EPOCH_RETURN`] means the stream went back to it.
 //!
-//! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, and
-//! children die with the daemon in any case (see [`crate::media::child`]).
+//! Start-up ([`RelayStart`]): a child costs its exec and initialisation (about 0.1 s, more
+//! on a busy host) before it reads its input. With `Warm` (the default) the sink keeps one
+//! child started ahead for a fresh session and one for a continuing session (their ffmpeg
+//! options differ), each with its loopback socket, waiting on an empty stdin; a session takes
+//! the spare and another is started behind it, so neither a joining client nor one moving here
+//! waits for an exec. `Cold` is the behaviour before, kept for comparison
+//! (`--ffmpeg-relay-start cold`): a child started when the session opens.
+//!
+//! With `Warm` the child also writes each packet at once (`-max_interleave_delta` 20 ms):
+//! ffmpeg's muxer otherwise holds video until it has audio of a later timestamp, and AAC from
+//! an ffmpeg muxer comes in PES of about 0.5 s, so the client got bursts up to 0.44 s apart
+//! (0.11–0.15 s with the option, offline on alpha re-muxed); a client suspects its edge after
+//! twice the peak gap, so the bursts slowed every edge switch.
+//!
+//! What a child still costs is its probe (`-analyzeduration 0.5 s`, see
+//! [`crate::media::relay::ffmpeg_relay_args`]): ffmpeg's MPEG-TS demuxer never ends its probe
+//! early (streams may appear at any time), so a session waits until 0.5 s of stream has
+//! reached the child, at once for a fresh session whose GOP-cache burst spans that much, else
+//! on the live stream. A shorter probe (16 KiB / 0.1 s) was tried: it starts in about 0.1 s,
+//! but a track whose first whole PES arrives later is left out of the output (AAC from an
+//! ffmpeg muxer comes in PES of about 0.5 s: clients lost the sound), so it is not used.
+//!
+//! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, spares
+//! included, and children die with the daemon in any case (see [`crate::media::child`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -61,6 +83,8 @@ const EPOCH_OFFSET: usize = 6;
 /// How long the epoch a session left must keep coming, with nothing of the new one, before
 /// the session goes back to it (as the client's `stale_epoch_return`).
 const EPOCH_RETURN: std::time::Duration = std::time::Duration::from_millis(100);
+/// ffmpeg's `-max_interleave_delta` with [`RelayStart::Warm`], in microseconds.
+const INTERLEAVE_US: &str = "20000";
 /// Receive buffer of the loopback socket; ffmpeg sends `pkt_size` (1316-byte) datagrams.
 const FORWARD_BUF: usize = 65_536;
 
@@ -71,6 +95,10 @@ pub struct FfmpegSinkCounters {
     pub sessions: AtomicU64,
     /// Sessions that could not start (no loopback socket, no ffmpeg).
     pub start_failures: AtomicU64,
+    /// Sessions given a child started ahead ([`RelayStart::Warm`]).
+    pub warm_starts: AtomicU64,
+    /// Spare children that could not be started (the session then starts its own).
+    pub spare_failures: AtomicU64,
     /// Datagrams forwarded from ffmpeg to clients.
     pub forwarded: AtomicU64,
     pub forwarded_bytes: AtomicU64,
@@ -107,10 +135,29 @@ impl Drop for Session {
     }
 }
 
+/// How the sink starts a session's child (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayStart {
+    /// Children started ahead, writing without interleaving delay.
+    Warm,
+    /// A child started with the session (the behaviour before `Warm`).
+    Cold,
+}
+
+/// A child started ahead of its session: ffmpeg waiting on stdin, and the loopback socket it
+/// will send to.
+struct Spare {
+    relay: Relay,
+    local: UdpSocket,
+}
+
 /// See the module docs.
 pub struct FfmpegSink {
     socket: Arc<ReplySocket>,
     config: RelayConfig,
+    start: RelayStart,
+    /// Spare children for a fresh session (`[0]`) and a continuing one (`[1]`).
+    spares: [Option<Spare>; 2],
     loopback: IpAddr,
     sessions: HashMap<SocketAddr, Session>,
     counters: Arc<FfmpegSinkCounters>,
@@ -119,16 +166,21 @@ pub struct FfmpegSink {
 }
 
 impl FfmpegSink {
-    /// A sink sending from the edge's `socket`, with `config` for every child's relay.
-    pub fn new(socket: Arc<ReplySocket>, config: RelayConfig) -> FfmpegSink {
-        FfmpegSink {
+    /// A sink sending from the edge's `socket`, with `config` for every child's relay. Must run
+    /// within a tokio runtime, which the spares start on.
+    pub fn new(socket: Arc<ReplySocket>, config: RelayConfig, start: RelayStart) -> FfmpegSink {
+        let mut sink = FfmpegSink {
             socket,
             config,
+            start,
+            spares: [None, None],
             loopback: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sessions: HashMap::new(),
             counters: Arc::new(FfmpegSinkCounters::default()),
             closed_dropped: 0,
-        }
+        };
+        sink.refill();
+        sink
     }
 
     pub fn counters(&self) -> Arc<FfmpegSinkCounters> {
@@ -140,17 +192,61 @@ impl FfmpegSink {
         self.sessions.get(&client).and_then(|s| s.relay.child_pid())
     }
 
-    fn start(&mut self, client: SocketAddr, continuing: bool) -> std::io::Result<Session> {
+    /// Process ids of the spare children (fresh, continuing) that have started.
+    pub fn spare_pids(&self) -> [Option<u32>; 2] {
+        [0, 1].map(|k| self.spares[k].as_ref().and_then(|s| s.relay.child_pid()))
+    }
+
+    /// A child (with its loopback socket) for a fresh or a `continuing` session.
+    fn spawn_child(&self, continuing: bool) -> std::io::Result<Spare> {
         let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.loopback, 0))?;
         std_socket.set_nonblocking(true)?;
         let local = UdpSocket::from_std(std_socket)?;
         let dest = local.local_addr()?;
         let mut cfg = self.config.clone();
         cfg.ffmpeg_options.push("-copyts".into());
+        if self.start == RelayStart::Warm {
+            // See the module docs: write each packet without waiting for the other track.
+            cfg.ffmpeg_options
+                .extend(["-max_interleave_delta".into(), INTERLEAVE_US.into()]);
+        }
         if continuing {
             cfg.ffmpeg_options.extend(["-copyinkf".into()]);
         }
         let relay = Relay::ffmpeg(dest, cfg).map_err(std::io::Error::other)?;
+        Ok(Spare { relay, local })
+    }
+
+    /// Starts the spares missing (`Warm` only).
+    fn refill(&mut self) {
+        if self.start != RelayStart::Warm {
+            return;
+        }
+        for (k, continuing) in [false, true].into_iter().enumerate() {
+            if self.spares[k].is_some() {
+                continue;
+            }
+            match self.spawn_child(continuing) {
+                Ok(spare) => self.spares[k] = Some(spare),
+                Err(e) => {
+                    if self.counters.spare_failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                        warn!(error = %e, "cannot start a spare ffmpeg relay");
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, client: SocketAddr, continuing: bool) -> std::io::Result<Session> {
+        let spare = match self.spares[usize::from(continuing)].take() {
+            Some(spare) => {
+                self.counters.warm_starts.fetch_add(1, Ordering::Relaxed);
+                spare
+            }
+            None => self.spawn_child(continuing)?,
+        };
+        self.refill();
+        let Spare { relay, local } = spare;
         let (from, from_rx) = watch::channel(None);
         let forward = tokio::spawn(forward(
             local,
@@ -311,10 +407,10 @@ impl VideoSink for FfmpegSink {
     }
 }
 
-/// The edge driver's relay setting for ffmpeg children with `config`.
-pub fn relay(config: RelayConfig) -> EdgeRelay {
+/// The edge driver's relay setting for ffmpeg children with `config`, started as `start` says.
+pub fn relay(config: RelayConfig, start: RelayStart) -> EdgeRelay {
     EdgeRelay::Custom(Box::new(move |socket| {
-        Box::new(FfmpegSink::new(socket, config)) as Box<dyn VideoSink>
+        Box::new(FfmpegSink::new(socket, config, start)) as Box<dyn VideoSink>
     }))
 }
 
@@ -334,6 +430,7 @@ mod tests {
         Some(FfmpegSink::new(
             Arc::new(edge.unwrap()),
             RelayConfig::default(),
+            RelayStart::Warm,
         ))
     }
 
@@ -394,6 +491,50 @@ mod tests {
         assert_eq!(c.epoch_restarts.load(Ordering::Relaxed), 2);
         assert_eq!(c.left_epoch_dropped.load(Ordering::Relaxed), 2);
         sink.close(client);
+    }
+
+    /// Both spare children, once started.
+    async fn spares_of(sink: &FfmpegSink) -> [u32; 2] {
+        for _ in 0..100 {
+            if let [Some(a), Some(b)] = sink.spare_pids() {
+                return [a, b];
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no spare ffmpeg children");
+    }
+
+    #[tokio::test]
+    async fn sessions_take_the_spare_child_of_their_kind_and_another_is_started() {
+        let Some(mut sink) = sink().await else {
+            return;
+        };
+        let [fresh, continuing] = spares_of(&sink).await;
+        assert_ne!(fresh, continuing);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:10".parse().unwrap(),
+        );
+        sink.open(a, "v", 7, false);
+        sink.open(b, "v", 8, true);
+        assert_eq!(sink.child_pid(a), Some(fresh));
+        assert_eq!(sink.child_pid(b), Some(continuing));
+        let c = sink.counters();
+        assert_eq!(c.warm_starts.load(Ordering::Relaxed), 2);
+        let next = spares_of(&sink).await;
+        assert!(!next.contains(&fresh) && !next.contains(&continuing));
+        sink.close(a);
+        sink.close(b);
+        // The sink started cold keeps no spare: each session starts its own child.
+        let edge = ReplySocket::bind("127.0.0.1:0".parse().unwrap()).await;
+        let cfg = RelayConfig::default();
+        let mut cold = FfmpegSink::new(Arc::new(edge.unwrap()), cfg, RelayStart::Cold);
+        assert_eq!(cold.spare_pids(), [None, None]);
+        cold.open(a, "v", 7, false);
+        child_of(&cold, a).await;
+        assert_eq!(cold.counters().warm_starts.load(Ordering::Relaxed), 0);
+        assert_eq!(cold.spare_pids(), [None, None]);
+        cold.close(a);
     }
 
     #[tokio::test]

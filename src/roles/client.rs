@@ -2,8 +2,9 @@
 //! recording, and the terminal interface.
 //!
 //! The client asks the bootstrapper for its edges, runs a [`ClientService`] under the client
-//! driver, and hands the ordered raw TS to ffplay (through a local UDP port, so an edge switch
-//! never restarts the player) and/or to a recording file. Two modes:
+//! driver, and hands the ordered raw TS to ffplay (on its stdin, or through a local UDP port
+//! with `--player-input udp`; either way an edge switch never restarts the player) and/or to a
+//! recording file. Two modes:
 //! - **headless** (`--video NAME`): plays or records that video for `--duration` (or until
 //!   Ctrl-C), then prints one `summary ...` line of `key=value` statistics (and writes them as
 //!   JSON with `--stats-json`). It fails with a one-line reason when no edge answers, the video
@@ -56,17 +57,73 @@ pub struct ClientConfig {
     pub edge_port: u16,
     /// Write the final statistics as JSON here (headless mode).
     pub stats_json: Option<PathBuf>,
-    /// Local UDP port ffplay listens on (on 127.0.0.1); 0 picks a free one.
+    /// How the TS reaches ffplay.
+    pub player_input: PlayerInput,
+    /// With [`PlayerInput::Udp`]: the local UDP port ffplay listens on (on 127.0.0.1); 0 picks
+    /// a free one.
     pub player_port: u16,
     /// Shortest stream silence that makes the edge suspected; `None`: only the 1 s dead rule.
     pub edge_suspect: Option<Duration>,
 }
 
-/// Where the ordered TS goes: the player's local port and/or a file.
+/// How the ordered TS reaches ffplay (`--player-input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlayerInput {
+    /// ffplay's stdin, a pipe open before ffplay runs: what arrives while it starts waits in
+    /// the pipe (the GOP cache's keyframe first), and ffplay is told the format and probes a
+    /// few packets, so it shows the picture as soon as it is up.
+    Pipe,
+    /// A local UDP port ffplay listens on (the way before `Pipe`): datagrams sent before ffplay
+    /// has bound its port are lost, the first keyframe with them, and ffplay probes seconds of
+    /// stream before it shows anything.
+    Udp,
+}
+
+/// Datagrams waiting for the player's pipe; more are dropped (a stalled player must not stall
+/// the client) and counted. About 4 s of our clips.
+const PLAYER_QUEUE: usize = 256;
+
+/// Where the TS goes to the player.
+enum PlayerOut {
+    Udp(UdpSocket, SocketAddr),
+    Pipe(tokio::sync::mpsc::Sender<bytes::Bytes>),
+}
+
+/// Where the ordered TS goes: the player and/or a file.
 struct MediaOut {
     record: Option<tokio::fs::File>,
-    player: Option<(UdpSocket, SocketAddr)>,
+    player: Option<PlayerOut>,
     child: Option<tokio::process::Child>,
+    /// Datagrams the player's pipe queue refused.
+    player_dropped: u64,
+}
+
+/// Starts ffplay reading the TS on its stdin, and the task that writes it there.
+fn pipe_player(title: &str) -> anyhow::Result<(PlayerOut, tokio::process::Child)> {
+    let mut child = tokio::process::Command::new("ffplay")
+        .args(["-loglevel", "error", "-flags", "low_delay", "-infbuf"])
+        // What -c copy or a decoder needs is in the first keyframe: no need to look further,
+        // nor to estimate the frame rate. (-fflags nobuffer would drop what was probed.)
+        .args(["-probesize", "16384", "-analyzeduration", "100000"])
+        .args(["-fpsprobesize", "0"])
+        .args(["-window_title", title])
+        .args(["-f", "mpegts", "-i", "pipe:0"])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start ffplay (install ffmpeg, or use --player none)")?;
+    let mut stdin = child.stdin.take().context("ffplay's stdin")?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(PLAYER_QUEUE);
+    tokio::spawn(async move {
+        while let Some(ts) = rx.recv().await {
+            if stdin.write_all(&ts).await.is_err() {
+                // The player is gone; its exit ends the client (see `player_exited`).
+                break;
+            }
+        }
+    });
+    info!("ffplay started (TS on its stdin)");
+    Ok((PlayerOut::Pipe(tx), child))
 }
 
 impl MediaOut {
@@ -78,7 +135,10 @@ impl MediaOut {
                 })?),
                 None => None,
             };
-        let (player, child) = if cfg.player {
+        let (player, child) = if cfg.player && cfg.player_input == PlayerInput::Pipe {
+            let (player, child) = pipe_player(title)?;
+            (Some(player), Some(child))
+        } else if cfg.player {
             let port = match cfg.player_port {
                 0 => free_udp_port()?,
                 p => p,
@@ -104,7 +164,7 @@ impl MediaOut {
                 .await
                 .context("cannot open the local socket to the player")?;
             info!(port, "ffplay started");
-            (Some((socket, target)), Some(child))
+            (Some(PlayerOut::Udp(socket, target)), Some(child))
         } else {
             (None, None)
         };
@@ -112,6 +172,7 @@ impl MediaOut {
             record,
             player,
             child,
+            player_dropped: 0,
         })
     }
 
@@ -121,9 +182,17 @@ impl MediaOut {
                 .await
                 .context("cannot write the recording")?;
         }
-        if let Some((socket, target)) = &self.player {
-            // The player may not be listening yet, or be gone: video is best effort.
-            let _ = socket.send_to(ts, *target).await;
+        match &self.player {
+            Some(PlayerOut::Udp(socket, target)) => {
+                // The player may not be listening yet, or be gone: video is best effort.
+                let _ = socket.send_to(ts, *target).await;
+            }
+            Some(PlayerOut::Pipe(tx))
+                if tx.try_send(bytes::Bytes::copy_from_slice(ts)).is_err() =>
+            {
+                self.player_dropped += 1;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -141,6 +210,12 @@ impl MediaOut {
     async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(f) = &mut self.record {
             f.flush().await.context("cannot write the recording")?;
+        }
+        if self.player_dropped > 0 {
+            warn!(
+                datagrams = self.player_dropped,
+                "the player did not keep up: video dropped on its way to it"
+            );
         }
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();

@@ -23,7 +23,7 @@ use crate::media::source::{Source, SourceHandle, SourceMode, VideoLibrary};
 use crate::net::bootstrap_client::{self, RetryPolicy};
 use crate::net::control;
 use crate::net::edge_driver::{self, EdgeDriverConfig, EdgeEvent, EdgeInput};
-use crate::net::edge_ffmpeg;
+use crate::net::edge_ffmpeg::{self, RelayStart};
 use crate::net::node_driver::{DriverConfig, LocalEvent, LocalInput, LocalPort, NodeDriver};
 use crate::net::reporter;
 use crate::overlay::{LivenessConfig, Node, NodeConfig};
@@ -89,6 +89,8 @@ pub struct OverlayRoleConfig {
     pub edge_port: u16,
     /// Edge relay (ignored when the device is not an edge).
     pub relay: RelayMode,
+    /// How the ffmpeg relay starts a session's child (`--ffmpeg-relay-start`).
+    pub relay_start: RelayStart,
     /// Hitless redundancy for every stream (`--redundant`) ...
     pub redundant: bool,
     /// ... or for these videos (`--redundant-videos`).
@@ -193,7 +195,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
             m => m,
         };
         let relay = match mode {
-            RelayMode::Ffmpeg => edge_ffmpeg::relay(RelayConfig::default()),
+            RelayMode::Ffmpeg => edge_ffmpeg::relay(RelayConfig::default(), cfg.relay_start),
             // One chunk fans out to every client at once: room for a few such bursts.
             _ => edge_driver::Relay::Native {
                 queue: (4 * cfg.max_clients).max(1024),
