@@ -153,14 +153,14 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         &format!(
             "Real daemons S1 - O1 - O2 - O3 - O4 - {{E1, E2}} on loopback (127.91.1.x); E1 runs \
              the default GOP cache, E2 `--gop-cache-bytes 0`; built-in relay; alpha (H.264, a \
-             keyframe every 1 s), server source `auto` (ffmpeg). A light client probes for a \
+             keyframe every 1 s), server source `auto` (the built-in paced reader for these clips). A light client probes for a \
              cookie, then the clock starts when it sends its video request. First chunk: first \
              video datagram; keyframe flag: first datagram flagged keyframe by the edge; first \
              decodable frame: the client's {:.1} s of received TS given to ffprobe, whose first \
              decoded video frame is complete when the next video packet starts: the arrival of \
              that byte. Warm: another client on the same edge has streamed for 1.5 s and joins \
              are spread over the GOP (random 0-1 s pauses); cold: every source stopped before \
-             the request, so it climbs 5 hops and the server starts ffmpeg. {trials} trials per \
+             the request, so it climbs 5 hops and the server starts its source. {trials} trials per \
              row; p50 and p95 in ms.",
             RECORD.as_secs_f64()
         ),
@@ -268,7 +268,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     if let Some(c) = p50.get(&("cold 5-hop", "on")) {
         t.note(format!(
             "Cold 5-hop: first chunk p50 {:.0} ms, first frame p50 {:.0} ms; the cache cannot \
-             help (nothing cached yet); it includes the server starting its ffmpeg source.",
+             help (nothing cached yet); it includes the server starting its source.",
             c.0, c.1
         ));
     }
