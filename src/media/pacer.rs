@@ -11,12 +11,14 @@
 //! rate, so pacing never stalls or bursts.
 //!
 //! Start (`fast_start`, the default): a live source should be decodable from its first
-//! chunk and show a picture at once. Until the first keyframe, only program tables (PIDs below
-//! 0x20 and the PMT) are passed on, so the stream begins on a keyframe even when the file does
-//! not; the chunks up to the end of that first frame (the next PES start on its PID) are
-//! released at once instead of at the pace of their bytes, and real time starts from the last
-//! of them. Skipping ends at the end of the first pass or after [`FAST_START_LIMIT`] bytes, so
-//! a file whose keyframes cannot be detected still plays.
+//! chunk. Until the first keyframe, only program tables (PIDs below 0x20 and the PMT) are
+//! passed on, so the stream begins on a keyframe even when the file does not. With
+//! `first_frame_at_once` (off by default) the chunks up to the end of that first frame (the
+//! next PES start on its PID) are released at once instead of at the pace of their bytes, and
+//! real time starts from the last of them: off because downstream stall suspicion learns the
+//! stream's chunk gap from its first chunks, and a burst there makes the paced gaps that
+//! follow look like stalls. Skipping ends at the end of the first pass or after
+//! [`FAST_START_LIMIT`] bytes, so a file whose keyframes cannot be detected still plays.
 //!
 //! Looping: with `restamp` (the default) the pacer makes the looped stream one continuous
 //! stream, as `ffmpeg -stream_loop` does: from the second pass on, PCR, PTS and DTS are shifted
@@ -57,8 +59,10 @@ pub struct PacerConfig {
     pub max_lag: Duration,
     /// Rewrite PCR/PTS/DTS and continuity counters so the loop is seamless.
     pub restamp: bool,
-    /// Begin on a keyframe and release its frame at once (see the module documentation).
+    /// Begin on a keyframe (see the module documentation).
     pub fast_start: bool,
+    /// With `fast_start`, release the first frame at once (see the module documentation).
+    pub first_frame_at_once: bool,
 }
 
 impl Default for PacerConfig {
@@ -69,6 +73,7 @@ impl Default for PacerConfig {
             max_lag: Duration::from_secs(1),
             restamp: true,
             fast_start: true,
+            first_frame_at_once: false,
         }
     }
 }
@@ -341,13 +346,14 @@ impl Pacer {
         let chunk = if self.start == Start::Paced {
             chunk
         } else {
-            self.burst += 1;
             match self.start_filter(chunk) {
-                Some(c) => c,
-                None => {
-                    self.burst -= 1;
-                    return;
+                Some(c) => {
+                    if self.cfg.first_frame_at_once {
+                        self.burst += 1;
+                    }
+                    c
                 }
+                None => return,
             }
         };
         let start = self.offset;
@@ -742,7 +748,11 @@ mod tests {
         for (name, data) in [("whole", whole), ("cut", cut)] {
             let first_video = ts::packets(&data).find(|p| p.pid() == VIDEO_PID).unwrap();
             assert_eq!(first_video.starts_keyframe(), name == "whole");
-            let r = run(&data, PacerConfig::default(), 2, 65536);
+            let cfg = PacerConfig {
+                first_frame_at_once: true,
+                ..PacerConfig::default()
+            };
+            let r = run(&data, cfg, 2, 65536);
             let packets: Vec<ts::Packet> = r
                 .out
                 .iter()
@@ -805,6 +815,19 @@ mod tests {
                 }
             }
             assert_eq!(r.pacer.stats().discontinuities, 0, "{name}");
+            // By default the stream still begins on the keyframe, and the first frame is paced.
+            let r = run(&data, PacerConfig::default(), 1, 65536);
+            let first_video = r
+                .out
+                .iter()
+                .flat_map(|(t, c)| ts::packets(&c.payload).map(move |p| (*t, p)))
+                .find(|(_, p)| p.pid() == VIDEO_PID)
+                .unwrap();
+            assert!(first_video.1.starts_keyframe(), "{name}");
+            assert!(
+                r.out.iter().filter(|(t, _)| *t == r.start).count() <= 1,
+                "{name}"
+            );
         }
     }
 

@@ -6,8 +6,8 @@
 //! MPEG-TS when they fit, transcoding with libx264/aac otherwise; ffprobe decides) and cuts its
 //! stdout with the [`Chunker`]; a dead child is restarted with backoff. [`SourceMode::Paced`]
 //! reads a `.ts` file itself and releases it in real time with the [`Pacer`], starting on a
-//! keyframe whose frame goes out at once, so a server works without ffmpeg and a source starts
-//! in a few ms (no ffprobe, no child). [`SourceMode::auto`] picks the paced reader for MPEG-TS
+//! keyframe, so a server works without ffmpeg and a source starts in a few ms (no ffprobe, no
+//! child). [`SourceMode::auto`] picks the paced reader for MPEG-TS
 //! files it can pass on as they are ([`plays_as_is`]), ffmpeg for the rest. A full channel slows
 //! the source down (backpressure); a closed channel stops it.
 
