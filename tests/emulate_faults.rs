@@ -1,15 +1,17 @@
-//! Fault tests in network namespaces: the real binary, real ffmpeg sources, headless clients
-//! recording what they receive. Each test builds a topology with the netns emulator, starts
-//! two or more clients, injects a fault (kill -9 or SIGSTOP of the active relay, a silent cut
-//! on the active path, the chain case, late starts, everybody leaving), and checks
-//! from the clients' stats JSON (duplicates and reorderings 0), the recordings (ffprobe
-//! decodes them) and the daemons' logs and final counters that the overlay recovered.
+//! Fault tests in network namespaces: the real binary, real sources (`auto`: the built-in
+//! paced reader for these clips), headless clients recording what they receive. Each test
+//! builds a topology with the netns emulator, starts two or more clients, injects a fault
+//! (kill -9 or SIGSTOP of the active relay, a silent cut on the active path, the chain case,
+//! late starts, everybody leaving), and checks from the clients' stats JSON (duplicates and
+//! reorderings 0), the recordings (ffprobe decodes them) and the daemons' logs and final
+//! counters that the overlay recovered.
 //!
 //! Gaps are measured at the clients and printed (and appended to
 //! `$CARGO_TARGET_TMPDIR/emulate_faults_gaps.txt`): *stall* is the longest time a recording
 //! did not grow across the fault (sampled every 20 ms), *normal* the same before the fault
-//! (the sources deliver in bursts of about 0.35 s, so that is the floor), *lost* the chunks
-//! missing in sequence (one chunk is about 35 ms of these clips).
+//! (an ffmpeg source delivers in bursts of about 0.35 s, the paced reader chunk by chunk: that
+//! is the floor), *lost* the chunks missing in sequence (one chunk is about 35 ms of these
+//! clips).
 //!
 //! A failed test keeps its run directory (logs, recordings, stats) and says where;
 //! `OVERLAYD_TEST_KEEP=1` keeps it always.

@@ -215,7 +215,10 @@ fn cancel_stops_the_stream_all_the_way_to_the_server() {
 /// Two servers with the same clips, each behind its own node, both reaching O3 where the test
 /// consumer is: S1 - O1 - O3 - O2 - S2, on 127.79.`net`.x. kill -9 of the server feeding O3:
 /// its node withdraws the routes over the dead link at once, and O3 is fed by the other server.
-/// Returns the time from the kill to the first chunk of the other server at the consumer.
+/// The other server's source starts cold, in its default mode (`auto`: the paced reader for
+/// these clips), and its stream begins on a keyframe: no chunk of the new epoch before the
+/// first keyframe chunk holds video. Returns the time from the kill to the first chunk of the
+/// other server at the consumer.
 fn server_death(net: u8, withdraw: bool) -> Duration {
     let extra = move |_: &str| {
         if withdraw {
@@ -269,8 +272,31 @@ fn server_death(net: u8, withdraw: bool) -> Duration {
     };
     assert!(consumer.wait_chunks(consumer.received().len() + 50, WAIT));
     assert_eq!(current_parent(&daemons[o3]).as_deref(), Some(other_node));
-    let d = analyse(&consumer.received());
+    let rx = consumer.received();
+    let d = analyse(&rx);
     assert_eq!((d.duplicates, d.reordered_in_epoch), (0, 0), "{d}");
+    // Fed by the other server: every chunk after the switch is of its epoch.
+    let new: Vec<_> = rx.iter().filter(|r| r.at >= first_new.at).collect();
+    assert!(new.iter().all(|r| r.epoch == first_new.epoch), "{d}");
+    let key = new
+        .iter()
+        .position(|r| r.keyframe)
+        .expect("a keyframe from the other server");
+    assert!(
+        new[..key].iter().all(|r| !r.video_start) && new[key].video_start,
+        "the other server's stream does not begin on a keyframe: {:?}",
+        &new[..=key]
+    );
+    let other_server = if feeder == "S1" { "S2" } else { "S1" };
+    let other = daemons
+        .iter()
+        .find(|d| d.name == other_server)
+        .expect("listed");
+    let started = other.matching(&["source started", &video]);
+    assert!(
+        started.iter().any(|l| l.contains("mode=Paced")),
+        "{other_server} did not start the paced reader: {started:?}"
+    );
     consumer.stop().unwrap();
     first_new.at.duration_since(killed_at)
 }

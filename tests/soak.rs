@@ -620,7 +620,9 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
         ];
         let v = videos.to_str().unwrap().to_string();
         if name.starts_with('S') {
-            args.extend(["--videos", &v]);
+            // ffmpeg children, so that their lifecycle is soaked too (auto would pick the
+            // built-in paced reader for these clips).
+            args.extend(["--videos", &v, "--source", "ffmpeg"]);
         } else {
             args.extend(["--relay", "native"]);
         }

@@ -315,14 +315,19 @@ pub fn run(opts: &Opts, rep: &mut Report) {
 /// same clips; tests/overlay_stream.rs), a test consumer on O3: kill -9 of the server feeding
 /// it. Gap = last chunk of the dead server's stream to the first of the other server's; lost =
 /// chunks skipped within an epoch. `withdraw` false runs every daemon with
-/// `--no-route-withdrawal` (the old behaviour: routes expire).
-fn server_death_trial(net: u8, withdraw: bool) -> Result<Trial, String> {
-    let extra = move |_: &str| {
-        if withdraw {
-            vec![]
-        } else {
-            vec!["--no-route-withdrawal"]
+/// `--no-route-withdrawal` (the old behaviour: routes expire); `ffmpeg` runs the servers with
+/// `--source ffmpeg` (the old source: ffprobe, then an ffmpeg child) instead of `auto` (the
+/// built-in paced reader for these clips).
+fn server_death_trial(net: u8, withdraw: bool, ffmpeg: bool) -> Result<Trial, String> {
+    let extra = move |name: &str| {
+        let mut v = vec![];
+        if !withdraw {
+            v.push("--no-route-withdrawal");
         }
+        if ffmpeg && name.starts_with('S') {
+            v.extend(["--source", "ffmpeg"]);
+        }
+        v
     };
     let mut ov = diamond::two_servers("bench-sd", "127.74", net, extra);
     let video = some_video();
@@ -375,9 +380,11 @@ pub fn run_server_death(opts: &Opts, rep: &mut Report) {
         "Real daemons on loopback, S1 - O1 - O3 - O2 - S2, both servers serving the same clips \
          (tests/overlay_stream.rs); a test consumer on O3; kill -9 of the server O3 is fed from. \
          Gap = last chunk of the dead server's stream to the first chunk of the other server's \
-         (its source starts cold: ffprobe, then ffmpeg); lost = chunks skipped within an epoch. \
-         Old: every daemon with --no-route-withdrawal (routes to the dead server expire after \
-         ~3.5 s); new: its neighbour floods a withdrawal. A fresh overlay per trial.",
+         (its source starts cold); lost = chunks skipped within an epoch. Old: every daemon with \
+         --no-route-withdrawal (routes to the dead server expire after ~3.5 s); new: its \
+         neighbour floods a withdrawal. Source: `auto` (the default; the built-in paced reader \
+         for these .ts clips, no child process) or `--source ffmpeg` (ffprobe of the file, then \
+         an ffmpeg child), the old source start. A fresh overlay per trial.",
         &[
             "behaviour",
             "trials ok",
@@ -390,14 +397,15 @@ pub fn run_server_death(opts: &Opts, rep: &mut Report) {
     );
     let n = if opts.quick { 5 } else { 20 };
     let mut net = 101u8;
-    for (withdraw, label) in [
-        (false, "old: routes expire"),
-        (true, "new: route withdrawal"),
+    for (withdraw, ffmpeg, label) in [
+        (false, true, "old: routes expire, ffmpeg source"),
+        (true, true, "route withdrawal, ffmpeg source"),
+        (true, false, "new: route withdrawal, paced source (auto)"),
     ] {
         let mut trials = Vec::new();
         let mut failed = Vec::new();
         for i in 0..n {
-            let r = server_death_trial(net, withdraw);
+            let r = server_death_trial(net, withdraw, ffmpeg);
             net = net.wrapping_add(1).max(101);
             match r {
                 Ok(tr) => {
@@ -433,9 +441,9 @@ pub fn run_server_death(opts: &Opts, rep: &mut Report) {
         }
     }
     t.note(
-        "Most of the gap is the other server's cold source start (ffprobe of the file, then \
-         ffmpeg's first chunk, about 250 ms here); the overlay's own reaction (withdrawal, \
-         switch, request) takes a few ms."
+        "With an ffmpeg source most of the gap is the other server's cold source start (ffprobe \
+         of the file, then ffmpeg's first chunk, hundreds of ms); the paced reader starts in a \
+         few ms, and the overlay's own reaction (withdrawal, switch, request) takes a few ms."
             .to_string(),
     );
     rep.add(t);

@@ -21,7 +21,8 @@ pub struct ServerArgs {
     #[arg(long)]
     pub videos: PathBuf,
     /// How files become live streams: ffmpeg child, built-in paced reader (.ts only), or auto
-    /// (ffmpeg when installed).
+    /// (the paced reader for plain MPEG-TS files that need no transcoding, which starts in a
+    /// few ms; ffmpeg for the other files).
     #[arg(long, value_enum, default_value_t = SourceArg::Auto)]
     pub source: SourceArg,
     /// Flood interval in milliseconds.

@@ -10,6 +10,16 @@
 //! PCR or a jump of more than [`MAX_PCR_STEP`] is a discontinuity: it is bridged at the byte
 //! rate, so pacing never stalls or bursts.
 //!
+//! Start (`fast_start`, the default): a live source should be decodable from its first
+//! chunk. Until the first keyframe, only program tables (PIDs below 0x20 and the PMT) are
+//! passed on, so the stream begins on a keyframe even when the file does not. With
+//! `first_frame_at_once` (off by default) the chunks up to the end of that first frame (the
+//! next PES start on its PID) are released at once instead of at the pace of their bytes, and
+//! real time starts from the last of them: off because downstream stall suspicion learns the
+//! stream's chunk gap from its first chunks, and a burst there makes the paced gaps that
+//! follow look like stalls. Skipping ends at the end of the first pass or after
+//! [`FAST_START_LIMIT`] bytes, so a file whose keyframes cannot be detected still plays.
+//!
 //! Looping: with `restamp` (the default) the pacer makes the looped stream one continuous
 //! stream, as `ffmpeg -stream_loop` does: from the second pass on, PCR, PTS and DTS are shifted
 //! by the duration of the passes before, and continuity counters continue per PID, so players
@@ -23,13 +33,17 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use thiserror::Error;
 
-use super::ts::{self, Chunk, Chunker, TsError, PACKET_LEN, PCR_HZ, PCR_MODULUS};
+use super::ts::{self, Chunk, Chunker, PsiTracker, TsError, PACKET_LEN, PCR_HZ, PCR_MODULUS};
 
 /// A PCR step larger than this (or backwards) is a discontinuity. The standard asks for a PCR
 /// at least every 100 ms; one second leaves room for sloppy muxers.
 pub const MAX_PCR_STEP: u64 = PCR_HZ;
 /// Bytes of chunks allowed to wait for the next PCR before they are timed by byte rate.
 pub const PCR_WAIT_BYTES: u64 = 64 * 1024;
+
+/// Input bytes searched for the first keyframe (and its frame's end) before pacing starts
+/// anyway.
+pub const FAST_START_LIMIT: u64 = 1 << 20;
 
 const PTS_MODULUS: u64 = 1 << 33;
 
@@ -45,6 +59,10 @@ pub struct PacerConfig {
     pub max_lag: Duration,
     /// Rewrite PCR/PTS/DTS and continuity counters so the loop is seamless.
     pub restamp: bool,
+    /// Begin on a keyframe (see the module documentation).
+    pub fast_start: bool,
+    /// With `fast_start`, release the first frame at once (see the module documentation).
+    pub first_frame_at_once: bool,
 }
 
 impl Default for PacerConfig {
@@ -54,6 +72,8 @@ impl Default for PacerConfig {
             fallback_bitrate: 1_500_000,
             max_lag: Duration::from_secs(1),
             restamp: true,
+            fast_start: true,
+            first_frame_at_once: false,
         }
     }
 }
@@ -116,11 +136,33 @@ struct LoopState {
     cc_add: HashMap<u16, u8>,
 }
 
+/// Where the stream is in its start (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// No keyframe yet: only program tables pass.
+    Seeking,
+    /// The first keyframe's frame is being read, on this video PID.
+    FirstFrame(u16),
+    /// Every packet passes; chunks are released in real time.
+    Paced,
+}
+
 /// The paced reader's state machine (see the module documentation).
 #[derive(Debug)]
 pub struct Pacer {
     cfg: PacerConfig,
-    anchor: Instant,
+    /// The instant at which stream time `origin_ticks` is due.
+    origin: Instant,
+    origin_ticks: u64,
+    start: Start,
+    /// Input bytes read while starting.
+    start_bytes: u64,
+    /// Program tables seen while starting (for the PMT's PID).
+    psi: PsiTracker,
+    /// Chunks of the start queued and not yet released (they go out at once).
+    burst: u64,
+    /// Release instant and stream time of the last start chunk: real time begins there.
+    rebase: Option<(Instant, u64)>,
     chunker: Chunker,
     pcr_pid: Option<u16>,
     /// Output bytes stamped or pending so far (position in the endless output stream).
@@ -146,9 +188,20 @@ impl Pacer {
             return Err(PacerError::ZeroBitrate);
         }
         let chunker = Chunker::new(cfg.packets_per_chunk)?;
+        let start = if cfg.fast_start {
+            Start::Seeking
+        } else {
+            Start::Paced
+        };
         Ok(Pacer {
             cfg,
-            anchor: now,
+            origin: now,
+            origin_ticks: 0,
+            start,
+            start_bytes: 0,
+            psi: PsiTracker::new(),
+            burst: 0,
+            rebase: None,
             chunker,
             pcr_pid: None,
             offset: 0,
@@ -198,6 +251,8 @@ impl Pacer {
         if self.pass.bytes == 0 {
             return Err(PacerError::NoPackets);
         }
+        // A whole pass without a keyframe: play it as it is.
+        self.start = Start::Paced;
         self.stats.loops += 1;
         let span = match (self.pass.first_pcr, self.pass.last_pcr) {
             (Some((first, first_pos)), Some((last, last_pos))) => {
@@ -237,7 +292,30 @@ impl Pacer {
         let Some(&(_, ticks)) = self.ready.front() else {
             return PacerPoll::NeedInput;
         };
-        let due = self.anchor + ticks_to_duration(ticks) + self.lag_shift;
+        if self.burst > 0 {
+            // A chunk of the start: out at once.
+            let (chunk, ticks) = self.ready.pop_front().expect("front checked above");
+            self.burst -= 1;
+            self.rebase = Some((now, ticks));
+            self.stats.chunks += 1;
+            self.stats.bytes += chunk.payload.len() as u64;
+            return PacerPoll::Chunk(PacedChunk {
+                chunk,
+                release: now,
+            });
+        }
+        if self.start != Start::Paced {
+            // The first frame's end is not read yet.
+            return PacerPoll::NeedInput;
+        }
+        if let Some((at, ticks)) = self.rebase.take() {
+            self.origin = at;
+            self.origin_ticks = ticks;
+            self.lag_shift = Duration::ZERO;
+        }
+        let due = self.origin
+            + ticks_to_duration(ticks.saturating_sub(self.origin_ticks))
+            + self.lag_shift;
         if due > now {
             return PacerPoll::WaitUntil(due);
         }
@@ -263,6 +341,21 @@ impl Pacer {
         } else {
             chunk
         };
+        // The pass counts file bytes (the restamp's positions), skipped or not.
+        self.pass.bytes += chunk.payload.len() as u64;
+        let chunk = if self.start == Start::Paced {
+            chunk
+        } else {
+            match self.start_filter(chunk) {
+                Some(c) => {
+                    if self.cfg.first_frame_at_once {
+                        self.burst += 1;
+                    }
+                    c
+                }
+                None => return,
+            }
+        };
         let start = self.offset;
         let mut pcrs = Vec::new();
         for (i, p) in ts::packets(&chunk.payload).enumerate() {
@@ -274,7 +367,6 @@ impl Pacer {
         }
         let len = chunk.payload.len() as u64;
         self.offset += len;
-        self.pass.bytes += len;
         self.pending.push_back((chunk, self.offset));
         self.pending_bytes += len;
         for (pos, pcr, disc) in pcrs {
@@ -323,6 +415,41 @@ impl Pacer {
         }
         self.reference = (pos, ticks);
         self.prev_pcr = Some(pcr);
+    }
+
+    /// A chunk read while starting: drop what comes before the first keyframe except program
+    /// tables, and notice the end of the first frame. `None` when nothing is left.
+    fn start_filter(&mut self, chunk: Chunk) -> Option<Chunk> {
+        self.start_bytes += chunk.payload.len() as u64;
+        self.psi.observe(&chunk.payload);
+        let mut out = BytesMut::with_capacity(chunk.payload.len());
+        for pkt in chunk.payload.chunks_exact(PACKET_LEN) {
+            let Ok(p) = ts::Packet::parse(pkt) else {
+                continue;
+            };
+            match self.start {
+                Start::Seeking if p.starts_keyframe() => self.start = Start::FirstFrame(p.pid()),
+                Start::Seeking => {
+                    let pid = p.pid();
+                    let table = pid < 0x20 || Some(pid) == self.psi.pmt_pid();
+                    if !table {
+                        continue;
+                    }
+                }
+                Start::FirstFrame(pid) if p.pid() == pid && p.payload_unit_start() => {
+                    self.start = Start::Paced;
+                }
+                Start::FirstFrame(_) | Start::Paced => {}
+            }
+            out.extend_from_slice(pkt);
+        }
+        if self.start_bytes > FAST_START_LIMIT {
+            self.start = Start::Paced;
+        }
+        (!out.is_empty()).then(|| Chunk {
+            payload: out.freeze(),
+            keyframe: chunk.keyframe,
+        })
     }
 
     /// No PCR for a long stretch: time the waiting chunks by byte rate.
@@ -516,7 +643,11 @@ mod tests {
     #[test]
     fn real_clip_follows_pcr_across_loops() {
         let data = clip("alpha.ts");
-        let r = run(&data, PacerConfig::default(), 3, 65536);
+        let cfg = PacerConfig {
+            fast_start: false,
+            ..PacerConfig::default()
+        };
+        let r = run(&data, cfg, 3, 65536);
         let stats = r.pacer.stats();
         assert!(stats.loops >= 2);
         assert_eq!(stats.discontinuities, 0, "restamped loop must be seamless");
@@ -550,6 +681,7 @@ mod tests {
         let data = clip("bravo.ts");
         let cfg = PacerConfig {
             restamp: false,
+            fast_start: false,
             ..PacerConfig::default()
         };
         let r = run(&data, cfg, 2, 4000);
@@ -604,6 +736,106 @@ mod tests {
         }
     }
 
+    /// Video PID of the clips.
+    const VIDEO_PID: u16 = 0x100;
+
+    #[test]
+    fn fast_start_begins_on_a_keyframe_and_sends_its_frame_at_once() {
+        let whole = clip("alpha.ts");
+        // The file as it is (a keyframe after the tables and two audio packets), and cut in the
+        // middle of a GOP (0.5 s in), then looped.
+        let cut = whole[(whole.len() / 20 / PACKET_LEN) * PACKET_LEN..].to_vec();
+        for (name, data) in [("whole", whole), ("cut", cut)] {
+            let first_video = ts::packets(&data).find(|p| p.pid() == VIDEO_PID).unwrap();
+            assert_eq!(first_video.starts_keyframe(), name == "whole");
+            let cfg = PacerConfig {
+                first_frame_at_once: true,
+                ..PacerConfig::default()
+            };
+            let r = run(&data, cfg, 2, 65536);
+            let packets: Vec<ts::Packet> = r
+                .out
+                .iter()
+                .flat_map(|(_, c)| ts::packets(&c.payload))
+                .collect();
+            // Before the keyframe: program tables only.
+            let key = packets
+                .iter()
+                .position(|p| p.starts_keyframe())
+                .expect("a keyframe");
+            assert!(
+                packets[..key]
+                    .iter()
+                    .all(|p| p.pid() < 0x20 || p.pid() == 0x1000),
+                "{name}"
+            );
+            assert!(
+                packets[..key].iter().any(|p| p.pid() == 0),
+                "{name}: PAT first"
+            );
+            assert_eq!(packets[key].pid(), VIDEO_PID);
+            // The chunk holding the keyframe is flagged, and every chunk up to the end of its
+            // frame (the next video PES start) goes out at the start instant.
+            let kchunk = r.out.iter().position(|(_, c)| c.keyframe).unwrap();
+            assert!(r.out[kchunk].1.payload[..PACKET_LEN] == *packets[key].bytes());
+            // Chunk index of every packet; the frame ends where the next video PES starts.
+            let chunk_of: Vec<usize> = r
+                .out
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, c))| std::iter::repeat(i).take(c.packets()))
+                .collect();
+            let next = (key + 1..packets.len())
+                .find(|&i| packets[i].pid() == VIDEO_PID && packets[i].payload_unit_start())
+                .unwrap();
+            let end = chunk_of[next];
+            assert!(end > kchunk);
+            assert!(r.out[..=end].iter().all(|(t, _)| *t == r.start), "{name}");
+            // Then real time at the clip's own rate, no catch-up burst.
+            assert!(r.out[end + 1].0 > r.start, "{name}");
+            let bytes: usize = r.out[end + 1..].iter().map(|(_, c)| c.payload.len()).sum();
+            let secs = (r.out.last().unwrap().0 - r.out[end].0).as_secs_f64();
+            let rate = bytes as f64 / secs / whole_len_rate();
+            assert!(
+                (0.95..1.05).contains(&rate),
+                "{name}: rate {rate} of the clip's"
+            );
+            // Continuity counters still continue per PID across the wrap.
+            let mut last_cc: HashMap<u16, u8> = HashMap::new();
+            for p in &packets {
+                if p.payload().is_some() {
+                    if let Some(prev) = last_cc.insert(p.pid(), p.continuity_counter()) {
+                        assert_eq!(
+                            (prev + 1) & 0x0F,
+                            p.continuity_counter(),
+                            "{name} pid {}",
+                            p.pid()
+                        );
+                    }
+                }
+            }
+            assert_eq!(r.pacer.stats().discontinuities, 0, "{name}");
+            // By default the stream still begins on the keyframe, and the first frame is paced.
+            let r = run(&data, PacerConfig::default(), 1, 65536);
+            let first_video = r
+                .out
+                .iter()
+                .flat_map(|(t, c)| ts::packets(&c.payload).map(move |p| (*t, p)))
+                .find(|(_, p)| p.pid() == VIDEO_PID)
+                .unwrap();
+            assert!(first_video.1.starts_keyframe(), "{name}");
+            assert!(
+                r.out.iter().filter(|(t, _)| *t == r.start).count() <= 1,
+                "{name}"
+            );
+        }
+    }
+
+    /// Bytes per second of alpha.ts (10 s).
+    fn whole_len_rate() -> f64 {
+        clip("alpha.ts").len() as f64 / 10.0
+    }
+
     #[test]
     fn no_pcr_uses_fallback_bitrate() {
         // 1000 plain packets, 188 000 bytes, at 188 000 × 8 bit/s: one second per pass.
@@ -623,7 +855,11 @@ mod tests {
     fn late_driver_skips_ahead_instead_of_bursting() {
         let data = clip("alpha.ts");
         let start = Instant::now();
-        let mut pacer = Pacer::new(PacerConfig::default(), start).unwrap();
+        let cfg = PacerConfig {
+            fast_start: false,
+            ..PacerConfig::default()
+        };
+        let mut pacer = Pacer::new(cfg, start).unwrap();
         pacer.push(&data);
         // The driver wakes up 5 s late: one chunk, then the schedule has moved on.
         let late = start + Duration::from_secs(5);

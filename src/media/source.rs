@@ -5,9 +5,11 @@
 //! Two modes: [`SourceMode::Ffmpeg`] runs `ffmpeg -re -stream_loop -1` (copying the codecs into
 //! MPEG-TS when they fit, transcoding with libx264/aac otherwise; ffprobe decides) and cuts its
 //! stdout with the [`Chunker`]; a dead child is restarted with backoff. [`SourceMode::Paced`]
-//! reads a `.ts` file itself and releases it in real time with the [`Pacer`], so a server works
-//! without ffmpeg. A full channel slows the source down (backpressure); a closed channel stops
-//! it.
+//! reads a `.ts` file itself and releases it in real time with the [`Pacer`], starting on a
+//! keyframe, so a server works without ffmpeg and a source starts in a few ms (no ffprobe, no
+//! child). [`SourceMode::auto`] picks the paced reader for MPEG-TS
+//! files it can pass on as they are ([`plays_as_is`]), ffmpeg for the rest. A full channel slows
+//! the source down (backpressure); a closed channel stops it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::child::{self, Backoff, Ended, FfmpegChild, Supervised, VideoPipe, FFPROBE};
 use super::pacer::{Pacer, PacerConfig, PacerError, PacerPoll};
-use super::ts::{Chunk, Chunker, TsError, DEFAULT_PACKETS_PER_CHUNK};
+use super::ts::{
+    Chunk, Chunker, PsiTracker, TsError, DEFAULT_PACKETS_PER_CHUNK, PACKET_LEN, SYNC_BYTE,
+};
 
 /// File extensions the library offers (lower case). `.ts` plays in both modes; the others need
 /// ffmpeg.
@@ -37,6 +41,15 @@ pub const PLAYABLE_EXTENSIONS: &[&str] = &[
 const TS_VIDEO_CODECS: &[&str] = &["h264", "hevc", "mpeg2video", "mpeg1video"];
 /// Audio codecs ffmpeg can copy into MPEG-TS unchanged.
 const TS_AUDIO_CODECS: &[&str] = &["aac", "mp3", "mp2", "ac3", "eac3"];
+
+/// PMT stream types (ISO 13818-1 table 2-34) of video the paced reader passes on as it is, the
+/// ones `ffmpeg -c copy` would keep: MPEG-1/2, H.264, HEVC.
+const PACED_VIDEO_TYPES: &[u8] = &[0x01, 0x02, 0x1B, 0x24];
+/// The other stream types it passes on: MPEG audio, AAC (ADTS), AC-3, E-AC-3, private data
+/// (DVB audio and subtitles), metadata, SCTE-35.
+const PACED_OTHER_TYPES: &[u8] = &[0x03, 0x04, 0x0F, 0x81, 0x87, 0x06, 0x15, 0x86];
+/// Bytes read from the head of a file to find its program tables.
+const SNIFF_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -72,10 +85,13 @@ pub enum SourceMode {
 }
 
 impl SourceMode {
-    /// ffmpeg when installed, else the paced reader for `.ts` files; `None` when the file cannot
-    /// be played at all on this host.
+    /// The paced reader for MPEG-TS files it can play as they are ([`plays_as_is`]: no child,
+    /// no ffprobe, a start in a few ms); ffmpeg for the other files when installed, else the
+    /// paced reader for any `.ts`; `None` when the file cannot be played at all on this host.
     pub fn auto(path: &Path) -> Option<SourceMode> {
-        if child::ffmpeg_available() {
+        if plays_as_is(path) {
+            Some(SourceMode::Paced)
+        } else if child::ffmpeg_available() {
             Some(SourceMode::Ffmpeg)
         } else if is_ts(path) {
             Some(SourceMode::Paced)
@@ -83,6 +99,37 @@ impl SourceMode {
             None
         }
     }
+}
+
+/// Whether the paced reader can play `path` as ffmpeg would with `-c copy`: a `.ts` file of
+/// 188-byte packets (not the 192-byte packets of BDAV `.m2ts`) whose program tables, found in
+/// its first 256 KiB, list a video stream and only stream types that need no transcoding.
+/// Reads the head of the file (blocking; a few hundred µs).
+pub fn plays_as_is(path: &Path) -> bool {
+    use std::io::Read;
+    if !is_ts(path) {
+        return false;
+    }
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(SNIFF_BYTES).read_to_end(&mut head));
+    let whole = head.len() / PACKET_LEN * PACKET_LEN;
+    if read.is_err() || whole < 2 * PACKET_LEN {
+        return false;
+    }
+    let head = &head[..whole];
+    if !head.chunks_exact(PACKET_LEN).all(|p| p[0] == SYNC_BYTE) {
+        return false;
+    }
+    let mut psi = PsiTracker::new();
+    psi.observe(head);
+    let Some(types) = psi.stream_types() else {
+        return false;
+    };
+    let video = |t: &u8| PACED_VIDEO_TYPES.contains(t);
+    types.iter().any(video)
+        && types
+            .iter()
+            .all(|t| video(t) || PACED_OTHER_TYPES.contains(t))
 }
 
 fn is_ts(path: &Path) -> bool {
@@ -683,6 +730,50 @@ mod tests {
         let enc = ffmpeg_source_args(Path::new("x.mkv"), &Transcode::Encode).join(" ");
         assert!(enc.contains("-c:v libx264 -preset veryfast -tune zerolatency -g 25"));
         assert!(!enc.contains("nvenc"));
+    }
+
+    #[test]
+    fn only_plain_mpeg_ts_plays_as_is() {
+        let dir = std::env::temp_dir().join(format!("overlayd-sniff-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let alpha = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("videos")
+                .join("alpha.ts"),
+        )
+        .unwrap();
+        let write = |name: &str, data: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, data).unwrap();
+            p
+        };
+        let ts = write("a.ts", &alpha);
+        assert!(plays_as_is(&ts));
+        assert_eq!(SourceMode::auto(&ts), Some(SourceMode::Paced));
+        // Same bytes, not a .ts name; 192-byte packets (BDAV); garbage; an audio codec that
+        // ffmpeg would transcode (AAC in LATM, stream type 0x11).
+        assert!(!plays_as_is(&write("a.mp4", &alpha)));
+        let bdav: Vec<u8> = alpha
+            .chunks(188)
+            .flat_map(|p| [&[0u8; 4][..], p].concat())
+            .collect();
+        assert!(!plays_as_is(&write("b.m2ts", &bdav)));
+        assert!(!plays_as_is(&write("g.ts", &[0x47; 5000])));
+        let mut latm = alpha.clone();
+        let mut patched = 0;
+        for pkt in latm.chunks_mut(188) {
+            let pid = (u16::from(pkt[1] & 0x1F) << 8) | u16::from(pkt[2]);
+            if pid == 0x1000 {
+                if let Some(i) = pkt.windows(3).position(|w| w == [0x0F, 0xE1, 0x01]) {
+                    pkt[i] = 0x11;
+                    patched += 1;
+                }
+            }
+        }
+        assert!(patched > 0);
+        assert!(!plays_as_is(&write("l.ts", &latm)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

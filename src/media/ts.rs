@@ -386,6 +386,29 @@ impl PsiTracker {
         }
     }
 
+    /// The PMT's PID, once a PAT has been seen.
+    pub fn pmt_pid(&self) -> Option<u16> {
+        self.pmt_pid
+    }
+
+    /// The stream_type of each elementary stream in the last PMT seen (ISO 13818-1 table
+    /// 2-34: 0x1B H.264, 0x0F AAC, ...), in PMT order.
+    pub fn stream_types(&self) -> Option<Vec<u8>> {
+        let pmt = Packet::parse(self.pmt.as_ref()?).ok()?;
+        let s = psi_section(pmt.payload()?)?;
+        let len = (usize::from(s[1] & 0x0F) << 8) | usize::from(s[2]);
+        // 12-byte header with program_info_length in its last two bytes, streams up to the CRC.
+        let info_len = (usize::from(*s.get(10)? & 0x0F) << 8) | usize::from(*s.get(11)?);
+        let mut streams = s.get(12 + info_len..3 + len.checked_sub(4)?)?;
+        let mut types = Vec::new();
+        while streams.len() >= 5 {
+            types.push(streams[0]);
+            let es_info = (usize::from(streams[3] & 0x0F) << 8) | usize::from(streams[4]);
+            streams = streams.get(5 + es_info..)?;
+        }
+        Some(types)
+    }
+
     /// PAT then PMT packets, once both have been seen.
     pub fn tables(&self) -> Option<Bytes> {
         let (pat, pmt) = (self.pat.as_ref()?, self.pmt.as_ref()?);
@@ -645,6 +668,8 @@ pub(crate) mod tests {
         both.extend_from_slice(&pmt);
         t.observe(&both);
         assert_eq!(t.tables().unwrap().to_vec(), both);
+        assert_eq!(t.pmt_pid(), Some(0x1000));
+        assert_eq!(t.stream_types(), Some(vec![0x1B]));
     }
 
     fn clip(name: &str) -> Vec<u8> {
@@ -689,6 +714,8 @@ pub(crate) mod tests {
                 Some(2 * PACKET_LEN),
                 "{name}"
             );
+            // H.264 video and AAC audio.
+            assert_eq!(psi.stream_types(), Some(vec![0x1B, 0x0F]), "{name}");
             let pcrs = chunks.iter().flat_map(|c| {
                 packets(&c.payload)
                     .filter_map(|p| p.pcr())

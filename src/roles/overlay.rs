@@ -45,7 +45,8 @@ pub enum Kind {
 /// How a server turns files into live streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourcePreference {
-    /// ffmpeg when installed, else the built-in paced reader for `.ts` files.
+    /// The built-in paced reader for plain MPEG-TS files, ffmpeg for the rest (see
+    /// [`SourceMode::auto`]).
     Auto,
     Ffmpeg,
     Paced,

@@ -20,6 +20,10 @@ pub struct Received {
     pub epoch: u64,
     pub seq: u64,
     pub at: Instant,
+    /// The chunk is flagged as starting with a keyframe.
+    pub keyframe: bool,
+    /// A video PES (stream_id 0xE0..=0xEF) starts in one of its TS packets.
+    pub video_start: bool,
 }
 
 /// What a consumer's received sequence looks like: the process tests' twin of
@@ -243,7 +247,10 @@ async fn run(
                 match OverlayMsg::decode(frame.freeze()).map_err(|e| e.to_string())? {
                     OverlayMsg::Ping(p) => send(&mut w, OverlayMsg::Pong(Pong { token: p.token })).await?,
                     OverlayMsg::VideoData(d) if *d.video == *video => {
-                        sink.lock().unwrap().push(Received { epoch: d.epoch, seq: d.seq, at: Instant::now() });
+                        let video_start = overlayd::media::ts::packets(&d.payload)
+                            .any(|p| p.pes_stream_id().is_some_and(|id| (0xE0..=0xEF).contains(&id)));
+                        let r = Received { epoch: d.epoch, seq: d.seq, at: Instant::now(), keyframe: d.is_keyframe(), video_start };
+                        sink.lock().unwrap().push(r);
                     }
                     _ => {}
                 }
