@@ -105,9 +105,9 @@ fn join_once(
 }
 
 /// Waits until the server has stopped every source it started (the whole path is idle).
-fn wait_idle(net: &Net) {
+pub fn wait_idle(net: &Net) {
     let s1 = net.daemon("S1");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         let started = s1.matching(&["source started"]).len();
         let stopped = s1.matching(&["source stopped"]).len();

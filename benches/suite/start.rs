@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::BIN;
 use crate::edge::Net;
+use crate::join::wait_idle;
 use crate::report::{f1, median, pct, Report, Table};
 use crate::Opts;
 
@@ -118,21 +119,6 @@ fn start_once(name: &str, bind: IpAddr, file: &Path) -> Option<Start> {
         first_byte_ms,
         first_frame_ms,
     })
-}
-
-/// Waits until the server has stopped every source it started (nothing flows).
-fn wait_idle(net: &Net) {
-    let s1 = net.daemon("S1");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let started = s1.matching(&["source started"]).len();
-        let stopped = s1.matching(&["source stopped"]).len();
-        if started == stopped {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 pub fn run(opts: &Opts, rep: &mut Report) {
