@@ -884,19 +884,8 @@ fn failover_trial(
             .args(["-CONT", &pid.to_string()])
             .status();
     } else {
-        let key = net.dir.path("k");
         let idx = net.daemons.iter().position(|d| d.name == "E1").unwrap();
-        let extra: Vec<&str> = edge_args.iter().map(String::as_str).collect();
-        net.daemons[idx] = device(
-            "edge",
-            "E1",
-            &format!("{prefix}.3"),
-            &format!("{prefix}.100"),
-            &key,
-            &extra,
-        );
-        net.daemons[idx].wait_for(&["edge serving clients"], Duration::from_secs(20));
-        net.daemons[idx].wait_for(&["neighbour up"], Duration::from_secs(20));
+        restart_e1(net, idx, prefix, edge_args);
     }
     // The restored edge is back in the overlay and knows the video's route.
     std::thread::sleep(Duration::from_secs(4));
@@ -1096,18 +1085,7 @@ fn drain_trial(
     let snap = rt.block_on(handle.shutdown());
     let (gap, normal) = failover_measure(&arrivals.lock().unwrap(), fault_at);
     // E1 back, with the next trial's arguments.
-    let key = net.dir.path("k");
-    let extra: Vec<&str> = next.iter().map(String::as_str).collect();
-    net.daemons[idx] = device(
-        "edge",
-        "E1",
-        &format!("{prefix}.3"),
-        &format!("{prefix}.100"),
-        &key,
-        &extra,
-    );
-    net.daemons[idx].wait_for(&["edge serving clients"], Duration::from_secs(20));
-    net.daemons[idx].wait_for(&["neighbour up"], Duration::from_secs(20));
+    restart_e1(net, idx, prefix, next);
     // The restored edge knows the video's route, and its drain notice's bound has passed.
     std::thread::sleep(Duration::from_secs(4));
     if !on_e2 {
@@ -1254,4 +1232,21 @@ pub fn edge_drain(opts: &Opts, rep: &mut Report) {
         t.note(format!("a trial was not measured: {e}"));
     }
     rep.add(t);
+}
+
+/// Starts E1 again (daemon `idx` of `net`) with `args`, and waits until it serves clients and
+/// has a neighbour up.
+fn restart_e1(net: &mut Net, idx: usize, prefix: &str, args: &[String]) {
+    let key = net.dir.path("k");
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    net.daemons[idx] = device(
+        "edge",
+        "E1",
+        &format!("{prefix}.3"),
+        &format!("{prefix}.100"),
+        &key,
+        &extra,
+    );
+    net.daemons[idx].wait_for(&["edge serving clients"], Duration::from_secs(20));
+    net.daemons[idx].wait_for(&["neighbour up"], Duration::from_secs(20));
 }
