@@ -112,7 +112,7 @@ fn a_terminated_middle_node_drains_its_child_away_without_losing_a_chunk() {
     );
     assert!(
         !ov.daemon(&middle)
-            .matching(&["drained: every child moved elsewhere"])
+            .matching(&["drained: every child and local client moved elsewhere"])
             .is_empty(),
         "{middle} exited without draining; its log:\n{}",
         ov.daemon(&middle).log().join("\n")
