@@ -7,6 +7,7 @@
 //! ffprobe, then an ffmpeg child) on a second chain, 127.121.1.x (clients on 127.121.3.x).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,24 +34,26 @@ fn ms(d: Duration) -> f64 {
 
 /// ffprobe's first decoded video frame in `stats.bytes`, and when its last byte arrived.
 /// The frame's data ends where the next video packet starts (or at the end of the file).
-fn first_frame_at(stats: &ClientStats, file: &std::path::Path) -> Option<Instant> {
+/// Byte offsets ffprobe gives for `entry` of the video stream of `file`.
+pub fn probe(file: &Path, what: &str, entry: &str) -> Vec<usize> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", what])
+        .args(["-show_entries", entry, "-of", "csv=p=0"])
+        .arg(file)
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn first_frame_at(stats: &ClientStats, file: &Path) -> Option<Instant> {
     std::fs::write(file, &stats.bytes).ok()?;
-    let probe = |what: &str, entry: &str| -> Vec<usize> {
-        let out = Command::new("ffprobe")
-            .args(["-v", "error", "-select_streams", "v:0", what])
-            .args(["-show_entries", entry, "-of", "csv=p=0"])
-            .arg(file)
-            .output();
-        out.map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.split(',').next()?.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let frame_pos = *probe("-show_frames", "frame=pkt_pos").first()?;
-    let end = probe("-show_packets", "packet=pos")
+    let frame_pos = *probe(file, "-show_frames", "frame=pkt_pos").first()?;
+    let end = probe(file, "-show_packets", "packet=pos")
         .into_iter()
         .find(|&p| p > frame_pos)
         .unwrap_or(stats.bytes.len());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::BIN;
 use crate::edge::Net;
-use crate::join::wait_idle;
+use crate::join::{probe, wait_idle};
 use crate::report::{f1, median, pct, Report, Table};
 use crate::Opts;
 
@@ -56,22 +56,6 @@ fn client_with(
         cmd.arg("--record").arg(r);
     }
     cmd.spawn().expect("overlayd client")
-}
-
-/// Byte offsets ffprobe gives for `entry` of the video stream of `file`.
-fn probe(file: &Path, what: &str, entry: &str) -> Vec<usize> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", what])
-        .args(["-show_entries", entry, "-of", "csv=p=0"])
-        .arg(file)
-        .output();
-    out.map(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.split(',').next()?.trim().parse().ok())
-            .collect()
-    })
-    .unwrap_or_default()
 }
 
 /// Runs one client recording to `file`, watching the file's size every 2 ms; the first
