@@ -53,8 +53,8 @@ pub struct OverlayArgs {
     pub dead_ms: u64,
     /// The old liveness rule: a parent that falls silent is noticed only by the link's dead
     /// timer (--dead-ms). By default a parent silent well beyond its stream's own chunk
-    /// spacing is suspected at once: the stream moves make-before-break to another parent and
-    /// the link is probed fast (3 × 50 ms).
+    /// spacing is suspected at once: the stream moves make-before-break to another parent, or
+    /// (when none can and the parent is a relay) the link is probed fast (3 × 50 ms).
     #[arg(long)]
     pub no_suspicion: bool,
     /// On SIGTERM or SIGINT, first tell the neighbours and let every stream we feed move to

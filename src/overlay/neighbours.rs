@@ -9,7 +9,7 @@
 //! directions, whatever direction floods travel, and any frame heard counts as life; a link
 //! silent for `dead_after` is declared dead, which catches hung processes and silently cut links
 //! that TCP alone would notice only after minutes. A link the streams suspect (a parent silent
-//! beyond its stream's chunk spacing, whose probe went unanswered) is probed fast instead:
+//! beyond its stream's chunk spacing that no other parent can replace) is probed fast instead:
 //! pinged every `probe_interval`, and dead when nothing at all is heard for `probe_count` of
 //! them and the grace the stream gives on a slow machine; any frame clears it. A stream may also ask for one ping at once (a probe).
 

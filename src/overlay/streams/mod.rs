@@ -237,8 +237,9 @@ pub enum StreamAction {
     Unwant(SocketAddr),
     /// A parent on this link is doubted: ping it now, its answer tells whether it lives.
     Probe { link: LinkId },
-    /// A parent on this link is suspected: probe the link fast, so that a dead one is known
-    /// as dead in a few probe intervals.
+    /// A relay parent on this link is suspected and no other parent can take its place:
+    /// probe the link fast, so that a dead one is known as dead in a few probe intervals
+    /// (and its grandfather dialled).
     Suspect {
         link: LinkId,
         /// Extra time before the fast probes declare it dead (the machine is slow now).

@@ -10,9 +10,11 @@
 //!   already came through is no sign of death: a saturated machine makes such pauses), or
 //!   the stream silent for three times its peak gap (at least [`MEND_TIME`]) even though the
 //!   link answers (a stall upstream the parent cannot mend): a make-before-break switch
-//!   starts towards the best
-//!   other parent whose route does not run through the suspect, and the link is probed fast
-//!   ([`StreamAction::Suspect`]: dead after a few unanswered probes).
+//!   starts towards the best other parent whose route does not run through the suspect.
+//!   Only when there is none and the parent is a relay is its link probed fast
+//!   ([`StreamAction::Suspect`]: dead after a few unanswered probes), since its death is what
+//!   sends us to the grandfather; otherwise the link keeps its own dead timer, so a live
+//!   parent descheduled for a while on a saturated machine is never cut off early.
 //!
 //! Both waits are stretched by twice how late our own deadlines have fired lately
 //! ([`Lateness`]): on a saturated machine every process waits for the CPU, the parent too.
@@ -220,12 +222,11 @@ impl Streams {
             }
         }
         let probe_unanswered = matches!(parent.doubt, Doubt::Probed { .. });
+        // A parent that is the stream's own server has nobody above it to turn to.
+        let has_grandfather = parent.server.as_deref() != Some(name.as_str());
         parent.suspected = true;
         st.spacing.restart();
         counters_of(&mut self.counters, video).suspicions += 1;
-        if let Some((link, _, _)) = link {
-            ctx.push(StreamAction::Suspect { link, grace: slack });
-        }
         let target = match &st.pending {
             // A switch already under way: it now completes as soon as its target delivers.
             Some(p) => Some(p.name.clone()),
@@ -238,11 +239,20 @@ impl Streams {
                 to
             }),
         };
+        // Declaring the link dead early only helps when the stream cannot move otherwise:
+        // with a switch target the make-before-break already moves it, and the link's own
+        // dead timer is enough; without one, the link's death is what sends us to the
+        // grandfather. A live parent on a saturated machine is then never cut off early
+        // just because it was descheduled for a few hundred milliseconds.
+        let fast_death = target.is_none() && has_grandfather;
+        if let Some((link, _, _)) = link.filter(|_| fast_death) {
+            ctx.push(StreamAction::Suspect { link, grace: slack });
+        }
         info!(
             video, parent = %name, silent_ms = silent.as_millis() as u64,
             peak_gap_ms = peak.as_millis() as u64, slack_ms = slack.as_millis() as u64,
-            probe_unanswered, to = ?target,
-            "parent stalled: suspected, make-before-break to another parent and a fast probe"
+            probe_unanswered, to = ?target, fast_death,
+            "parent stalled: suspected"
         );
     }
 
@@ -365,7 +375,8 @@ mod tests {
         h.expire(h.cfg.probe_wait);
         let (sent, _) = h.drain();
         assert_eq!(sent, [("X".into(), "video_request")]);
-        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
+        // The switch moves the stream: A's link is left to its own dead timer.
+        assert!(h.probes().is_empty());
         // X brings a chunk beyond a hole: the old path is silent, the gap is accepted.
         h.chunk("X", "v", 1, seq + 3);
         let (sent, delivered) = h.drain();
@@ -404,8 +415,9 @@ mod tests {
         assert_eq!(h.next_deadline_in(), Some(h.cfg.probe_wait + slack));
         h.expire(h.cfg.probe_wait);
         assert!(h.probes().is_empty());
+        assert_eq!(h.drain(), (vec![], vec![]));
         h.expire(slack);
-        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
+        assert_eq!(h.drain().0, [("X".into(), "video_request")]);
     }
 
     #[test]
@@ -433,7 +445,6 @@ mod tests {
         h.expire(peak - doubt - h.cfg.probe_wait);
         let (sent, _) = h.drain();
         assert_eq!(sent, [("X".into(), "video_request")]);
-        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
     }
 
     #[test]
@@ -476,7 +487,6 @@ mod tests {
         assert_eq!(h.next_deadline_in(), Some(MEND_TIME - silent));
         h.expire(MEND_TIME - silent);
         assert_eq!(h.drain().0, [("X".into(), "video_request")]);
-        assert_eq!(h.probes(), [("suspect", "A".to_string())]);
     }
 
     #[test]
@@ -502,7 +512,9 @@ mod tests {
     }
 
     #[test]
-    fn no_other_parent_means_probes_only_and_the_old_rule_suspects_nothing() {
+    fn without_another_parent_a_relay_is_probed_fast_and_the_old_rule_suspects_nothing() {
+        // A relays S's stream and nobody else offers it: only A's death (declared fast by
+        // the probes) sends B to its grandfather.
         let mut h = Harness::new("B");
         h.link("A");
         h.flood("S", &[], "A", 5, &["v"]);
@@ -513,6 +525,25 @@ mod tests {
         assert_eq!(h.probes(), [("suspect", "A".to_string())]);
         // Suspected once: no deadline until it speaks again.
         assert_eq!(h.next_deadline_in(), None);
+        assert_eq!(h.streams.counters("v").unwrap().suspicions, 1);
+
+        // S itself feeds B: there is nobody above it, so its link keeps its own dead timer
+        // (a server descheduled on a saturated machine is not cut off).
+        let mut h = Harness::new("B");
+        h.link("S");
+        h.flood("S", &[], "S", 5, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        for seq in 1..=u64::from(MIN_SAMPLES) + 1 {
+            h.chunk("S", "v", 1, seq);
+            h.advance(GAP);
+        }
+        h.drain();
+        h.expire(h.cfg.doubt_floor - GAP);
+        assert_eq!(h.probes(), [("probe", "S".to_string())]);
+        h.expire(h.cfg.probe_wait);
+        assert_eq!(h.drain(), (vec![], vec![]));
+        assert!(h.probes().is_empty());
+        assert_eq!(h.streams.counters("v").unwrap().suspicions, 1);
 
         let (mut h, _) = flowing();
         h.cfg.suspect = false;
