@@ -1,10 +1,14 @@
 //! GOP cache: per stream, the chunks forwarded since the last keyframe (bounded in bytes and
-//! chunks). A child that joins a stream we already carry gets them first, so its player (and
-//! every relay below it) starts at that keyframe at once instead of waiting up to a whole GOP
-//! for the next one; a child that moves to us (a failover, a switch) says in its request what
-//! it has, and gets only the cached chunks after that: the ones it missed, nothing twice.
-//! Empty, and not filling, until a keyframe; a GOP over the bound is not cached (until the
-//! next keyframe). Only a stream that is being fed replays its cache. Copies share the chunks' payload, so a cached chunk costs no copy.
+//! chunks), and the last few chunks forwarded whatever the keyframes (the recent ring). A child
+//! that joins a stream we already carry gets the GOP first, so its player (and every relay
+//! below it) starts at that keyframe at once instead of waiting up to a whole GOP for the next
+//! one; a child that moves to us (a failover, a switch) says in its request what it has, and
+//! gets only the chunks after that: from the recent ring when it still holds the next one (a
+//! GOP longer than the cache's bound is not cached, and the chunks a dead or hung parent took
+//! with it are usually the last few), else from the GOP. Nothing twice, nothing missed when the
+//! move is quick. The GOP is empty, and not filling, until a keyframe; a GOP over the bound is
+//! not cached (until the next keyframe). Only a stream that is being fed replays its cache.
+//! Copies share the chunks' payload, so a cached chunk costs no copy.
 
 use std::collections::VecDeque;
 
@@ -14,6 +18,10 @@ use crate::wire::overlay::FLAG_REPLAYED;
 /// At most this many chunks are cached per stream: the whole cache goes to a joining child in
 /// one burst, which must fit its link's media queue (256) beside the live chunks.
 pub(super) const MAX_GOP_CHUNKS: usize = 192;
+/// The recent ring holds this many chunks at most (about 2 s of a stream of 30 chunks per
+/// second: a suspicion moves a stream in a tenth of that, the old dead timer in half), and
+/// never more bytes than the GOP's bound.
+pub(super) const MAX_RECENT_CHUNKS: usize = 64;
 
 #[derive(Debug, Default)]
 pub(super) struct GopCache {
@@ -21,12 +29,27 @@ pub(super) struct GopCache {
     bytes: usize,
     /// Filling since a keyframe (else waiting for one).
     filling: bool,
+    /// The last chunks forwarded, of the current epoch.
+    recent: VecDeque<VideoData>,
+    recent_bytes: usize,
 }
 
 impl GopCache {
     /// A chunk was forwarded; `cap` bytes at most are kept (0: off).
     pub(super) fn push(&mut self, data: &VideoData, cap: usize) {
-        let other_epoch = self.chunks.back().is_some_and(|c| c.epoch != data.epoch);
+        let other_epoch = self.recent.back().is_some_and(|c| c.epoch != data.epoch);
+        if other_epoch || cap == 0 {
+            self.recent.clear();
+            self.recent_bytes = 0;
+        }
+        if cap > 0 && data.payload.len() <= cap {
+            self.recent_bytes += data.payload.len();
+            self.recent.push_back(data.clone());
+            while self.recent.len() > MAX_RECENT_CHUNKS || self.recent_bytes > cap {
+                let old = self.recent.pop_front().expect("over a bound, so not empty");
+                self.recent_bytes -= old.payload.len();
+            }
+        }
         if data.is_keyframe() || other_epoch || cap == 0 {
             self.clear();
             self.filling = data.is_keyframe() && cap > 0;
@@ -50,16 +73,39 @@ impl GopCache {
     }
 
     /// The cached chunks, keyframe first.
+    #[cfg(test)]
     pub(super) fn chunks(&self) -> impl Iterator<Item = &VideoData> {
         self.chunks.iter()
+    }
+
+    /// What a child that `has` forwarded up to (epoch, seq) lacks, in order: all of the GOP
+    /// when it has nothing; the chunks after its last from the recent ring when the ring still
+    /// holds the next one, else from the GOP; nothing when it is on another epoch (its
+    /// consumers may have seen ours already: replaying it would repeat them).
+    pub(super) fn lacked_by(
+        &self,
+        has: Option<(u64, u64)>,
+    ) -> Box<dyn Iterator<Item = &VideoData> + '_> {
+        let Some((e, s)) = has else {
+            return Box::new(self.chunks.iter());
+        };
+        let after = move |d: &&VideoData| d.epoch == e && d.seq > s;
+        let next = s.checked_add(1);
+        if self
+            .recent
+            .iter()
+            .any(|d| d.epoch == e && Some(d.seq) == next)
+        {
+            Box::new(self.recent.iter().filter(after))
+        } else {
+            Box::new(self.chunks.iter().filter(after))
+        }
     }
 }
 
 impl Streams {
     /// A new child of a stream that flows here, which `has` forwarded up to (epoch, seq): send
-    /// it the cached chunks it lacks before anything live — all of them when it has nothing,
-    /// those after its last in the same epoch, none when it is on another epoch (its
-    /// consumers may have seen ours already: replaying it would repeat them).
+    /// it the cached chunks it lacks ([`GopCache::lacked_by`]) before anything live.
     pub(super) fn replay_gop(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -79,8 +125,7 @@ impl Streams {
             return;
         }
         let mut sent = 0;
-        let lacks = |d: &VideoData| has.map_or(true, |(e, s)| d.epoch == e && d.seq > s);
-        for data in st.gop.chunks().filter(|d| lacks(d)) {
+        for data in st.gop.lacked_by(has) {
             let copy = VideoData {
                 flags: data.flags | FLAG_REPLAYED,
                 ..data.clone()
@@ -142,6 +187,43 @@ mod tests {
         // Off.
         g.push(&chunk(8, false, 1), 0);
         assert!(seqs(&g).is_empty());
+    }
+
+    #[test]
+    fn a_moving_child_gets_what_it_lacks_from_the_recent_ring_even_when_the_gop_is_too_long() {
+        let mut g = GopCache::default();
+        let lacked = |g: &GopCache, has| g.lacked_by(has).map(|c| c.seq).collect::<Vec<_>>();
+        // A keyframe, then a GOP longer than the bound: the GOP is not cached...
+        g.push(&chunk(1, true, 40), 100);
+        for seq in 2..=5 {
+            g.push(&chunk(seq, false, 40), 100);
+        }
+        assert!(seqs(&g).is_empty());
+        // ...but the last chunks are, within the byte bound (two of 40 bytes in 100).
+        assert_eq!(lacked(&g, Some((1, 3))), [4, 5]);
+        assert_eq!(lacked(&g, Some((1, 4))), [5]);
+        // Up to date, too far behind (3 left the ring), another epoch, nothing yet: nothing.
+        assert!(lacked(&g, Some((1, 5))).is_empty());
+        assert!(lacked(&g, Some((1, 2))).is_empty());
+        assert!(lacked(&g, Some((2, 3))).is_empty());
+        assert!(lacked(&g, None).is_empty());
+        // The ring keeps MAX_RECENT_CHUNKS at most; a new epoch empties it.
+        for seq in 6..200 {
+            g.push(&chunk(seq, seq % 50 == 0, 1), 1 << 20);
+        }
+        assert_eq!(g.recent.len(), MAX_RECENT_CHUNKS);
+        assert_eq!(lacked(&g, Some((1, 197))), [198, 199]);
+        // Behind the ring but within the GOP (keyframe 150): the GOP after it, with its hole.
+        assert_eq!(lacked(&g, Some((1, 120))).first(), Some(&150));
+        g.push(
+            &VideoData {
+                epoch: 2,
+                ..chunk(1, false, 1)
+            },
+            1 << 20,
+        );
+        assert!(lacked(&g, Some((1, 197))).is_empty());
+        assert_eq!(lacked(&g, Some((2, 0))), [1]);
     }
 
     #[test]
