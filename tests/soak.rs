@@ -317,6 +317,16 @@ struct Ended {
     log: PathBuf,
 }
 
+/// Edge switches in a client's log that took it away from an edge it found stalled or dead
+/// (not the ones to a better edge, or away from a busy or draining one).
+fn edge_alarms_in(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("edge chosen"))
+        .filter(|l| l.contains("reason=\"edge stalled\"") || l.contains("reason=\"edge dead\""))
+        .count() as u64
+}
+
 impl Ended {
     fn n(&self, k: &str) -> u64 {
         self.stats[k].as_u64().unwrap_or(u64::MAX)
@@ -902,7 +912,7 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
     // Clients.
     let mut counts = BTreeMap::new();
     let mut rates = Vec::new();
-    let (mut dup, mut reord, mut epochs, mut switches) = (0, 0, 0, 0);
+    let (mut dup, mut reord, mut epochs, mut switches, mut edge_alarms) = (0, 0, 0, 0, 0);
     let mut bad = Vec::new();
     for e in &run.ended {
         let kind = match e.fate {
@@ -933,6 +943,7 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
             reord += e.n("reorderings");
             epochs += e.n("epoch_changes");
             switches += e.n("switches");
+            edge_alarms += edge_alarms_in(&e.log);
         }
     }
     rates.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -940,9 +951,16 @@ fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
     println!("client sessions: {counts:?}");
     if let (Some(lo), Some(mid)) = (rates.first(), rates.get(rates.len() / 2)) {
         println!(
-            "chunks per second watched (sessions that ended by themselves): lowest {:.1} ({} {}), median {:.1}; duplicates {dup}, reorderings {reord}, epoch changes {epochs}, edge switches {switches}",
+            "chunks per second watched (sessions that ended by themselves): lowest {:.1} ({} {}), median {:.1}; duplicates {dup}, reorderings {reord}, epoch changes {epochs}, edge switches {switches} ({edge_alarms} away from an edge found stalled or dead)",
             lo.0, lo.1, lo.2, mid.0
         );
+    }
+    // No edge was faulted either: a client leaving its edge as stalled or dead is a false alarm.
+    if stress > 0 && edge_alarms > 0 {
+        run.fail(format!(
+            "false alarms under load: {edge_alarms} client switches away from an edge found \
+             stalled or dead, with no edge faulted"
+        ));
     }
     for b in bad {
         run.fail(format!("client {b}"));
