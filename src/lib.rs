@@ -8,7 +8,8 @@
 //! pacing, `observe` what a daemon shows of itself (status snapshot, metrics, CLI tables, trace
 //! view, the bootstrapper's live-map model), and `roles` assembles what each `--role` runs (the bootstrapper's TCP server among
 //! them). `topology` is the topology file's model, parser and checks (pure apart from loading
-//! a file), `keyfile` the overlay key on disk, `emulate` CORE scenario generation and the
+//! a file), `keyfile` the overlay key on disk, `lateness` how late a machine's own timers fire (the
+//! slack both suspicions give a saturated host), `emulate` CORE scenario generation and the
 //! network-namespace emulator (which runs `ip` and `nft`), and `cli` the command line: each
 //! role's options and their conversion into that role's configuration.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod crypto;
 pub mod emulate;
 pub mod keyfile;
+pub mod lateness;
 pub mod media;
 pub mod net;
 pub mod observe;

@@ -16,7 +16,9 @@
 //! that the player has not had (framed: newer than the last delivered; raw TS: any) completes
 //! the move; if the old edge speaks first, the suspicion is cleared and the new edge let go,
 //! with no switch. A stall of the source itself therefore never moves the client (no edge
-//! brings anything newer), and a slow machine only raises the peak it measures.
+//! brings anything newer), and a slow machine only raises the peak it measures. The silence
+//! is also stretched by twice how late the client's own timers have fired lately (the shared
+//! [`Lateness`], at most 500 ms): on a saturated host the edge waits for the CPU too.
 //!
 //! What reaches the player: framed datagrams are ordered by `(epoch, seq, part)`. A datagram
 //! at or behind the last one delivered is dropped (duplicate or late), and an epoch left behind
@@ -49,6 +51,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use crate::lateness::Lateness;
 use crate::wire::client::{
     is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Probe, VideoCancel,
     VideoData, VideoRequest, REQUEST_FLAG_CONTINUE,
@@ -610,6 +613,8 @@ pub struct ClientService {
     draining: Option<Attachment>,
     /// The session's edge went silent beyond the stream's rhythm.
     suspect: Option<Suspect>,
+    /// How late our own timers fire: a saturated host stretches the suspicion by it.
+    lateness: Lateness,
     gaps: GapMeter,
     raw_clock: RawClock,
     list_wanted: bool,
@@ -675,6 +680,7 @@ impl ClientService {
             session: None,
             draining: None,
             suspect: None,
+            lateness: Lateness::default(),
             gaps: GapMeter::default(),
             raw_clock: RawClock::default(),
             list_wanted: false,
@@ -868,6 +874,9 @@ impl ClientService {
 
     /// Timers: probes, liveness, edge choice, retransmissions, keepalives.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(due) = self.poll_timeout().filter(|due| *due <= now) {
+            self.lateness.sample(now, due);
+        }
         self.probe(now);
         self.drive(now);
     }
@@ -1239,7 +1248,7 @@ impl ClientService {
             .peak
             .mul_f64(self.settings.suspect_factor)
             .clamp(floor, self.settings.dead_after.max(floor));
-        Some(self.edges[att.edge].last_data? + after)
+        Some(self.edges[att.edge].last_data? + after + self.lateness.slack())
     }
 
     /// Starts a suspicion when the session's edge has been silent too long, and asks the
@@ -2535,8 +2544,37 @@ mod tests {
     /// edges stay alive; 10.0.0.1 gives cookie 9, the other 8); returns the datagrams handed
     /// to the player.
     fn fed(c: &mut ClientService, now: Instant, from: SocketAddr, datagram: Bytes) -> usize {
+        let delivered = on_time(c, now);
         c.handle_datagram(now, from, datagram);
         c.handle_timeout(now);
+        delivered + answer_probes(c, now)
+    }
+
+    /// The timers due before `now` fire on time, as the driver fires them (a timer handled
+    /// late would be read as a slow host: lateness), with every probe answered at once;
+    /// returns the datagrams delivered meanwhile.
+    fn on_time(c: &mut ClientService, now: Instant) -> usize {
+        let mut delivered = 0;
+        for _ in 0..100 {
+            match c.poll_timeout().filter(|t| *t < now) {
+                Some(t) => {
+                    c.handle_timeout(t);
+                    delivered += answer_probes(c, t);
+                }
+                None => break,
+            }
+        }
+        delivered
+    }
+
+    /// [`on_time`], then the timers at `now`, whose outputs are left to the test.
+    fn tick(c: &mut ClientService, now: Instant) {
+        on_time(c, now);
+        c.handle_timeout(now);
+    }
+
+    /// Takes the outputs, answering every probe at once; returns the datagrams delivered.
+    fn answer_probes(c: &mut ClientService, now: Instant) -> usize {
         let mut delivered = 0;
         while let Some(o) = c.poll_output() {
             match o {
@@ -2589,10 +2627,10 @@ mod tests {
         let at = last + 2 * CHUNK_EVERY;
         assert_eq!(c.suspect_at(), Some(at));
         assert!(c.poll_timeout().is_some_and(|t| t <= at));
-        c.handle_timeout(at - Duration::from_millis(1));
+        tick(&mut c, at - Duration::from_millis(1));
         assert_eq!(c.stats(at).suspicions, 0);
         assert!(requests(&mut c).is_empty());
-        c.handle_timeout(at);
+        tick(&mut c, at);
         assert_eq!(c.stats(at).suspicions, 1);
         let sent = requests(&mut c);
         assert!(
@@ -2606,10 +2644,36 @@ mod tests {
     }
 
     #[test]
+    fn timers_fired_late_stretch_the_suspicion_by_twice_their_lateness() {
+        let (mut c, _, b, last) = playing_two(ClientSettings::default(), 30);
+        let plain = last + 2 * CHUNK_EVERY;
+        assert_eq!(c.suspect_at(), Some(plain));
+        // A timer handled 20 ms after it was due: the host is slow.
+        let due = c.poll_timeout().unwrap();
+        let late = Duration::from_millis(20);
+        assert!(
+            due + late < plain,
+            "due {:?} after the last datagram",
+            due - last
+        );
+        c.handle_timeout(due + late);
+        answer_probes(&mut c, due + late);
+        assert_eq!(c.lateness.slack(), 2 * late);
+        let at = plain + 2 * late;
+        assert_eq!(c.suspect_at(), Some(at));
+        tick(&mut c, at - Duration::from_millis(1));
+        assert_eq!(c.stats(at).suspicions, 0);
+        assert!(requests(&mut c).is_empty());
+        tick(&mut c, at);
+        assert_eq!(c.stats(at).suspicions, 1);
+        assert!(matches!(&requests(&mut c)[..], [(to, ClientMsg::VideoRequest(_))] if *to == b));
+    }
+
+    #[test]
     fn the_old_edge_speaking_first_clears_the_suspicion_and_lets_the_standby_go() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
         let at = last + 2 * CHUNK_EVERY;
-        c.handle_timeout(at);
+        tick(&mut c, at);
         requests(&mut c);
         c.handle_datagram(at + TICK, a, framed(1, 1, 30, 0, 1));
         let (n, sent) = drain(&mut c);
@@ -2635,7 +2699,7 @@ mod tests {
     fn newer_video_from_the_standby_completes_the_switch_without_duplicates() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
         let at = last + 2 * CHUNK_EVERY;
-        c.handle_timeout(at);
+        tick(&mut c, at);
         requests(&mut c);
         // The standby's GOP cache: video the player had; dropped, no switch yet.
         let t = at + TICK;
@@ -2856,7 +2920,7 @@ mod tests {
         let (a, b) = (addr("10.0.0.1:7702"), addr("10.0.0.2:7702"));
         let mut c =
             ClientService::new(ClientSettings::default(), vec![a, b], EdgeChoice::Auto, now);
-        c.handle_timeout(now);
+        tick(&mut c, now);
         for (e, token) in [(a, 1), (b, 2)] {
             let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
                 token: probe_token(0, token),
@@ -2864,7 +2928,7 @@ mod tests {
             });
             c.handle_datagram(now, e, ack.to_bytes().unwrap());
         }
-        c.handle_timeout(now);
+        tick(&mut c, now);
         c.play(now, "v1");
         while c.poll_output().is_some() {}
         let mut t = now;
@@ -2881,7 +2945,7 @@ mod tests {
         };
         assert_eq!(got, 30);
         let at = t + 2 * CHUNK_EVERY;
-        c.handle_timeout(at);
+        tick(&mut c, at);
         assert_eq!(c.stats(at).suspicions, 1);
         // The standby's child started 100 ms behind what the player had (PCR 2160).
         c.handle_datagram(at, standby, raw_with_pcr(2060, 7));
@@ -2905,13 +2969,13 @@ mod tests {
         let now = Instant::now();
         let e = addr("10.0.0.1:7702");
         let mut c = ClientService::new(ClientSettings::default(), vec![e], EdgeChoice::Auto, now);
-        c.handle_timeout(now);
+        tick(&mut c, now);
         let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
             token: probe_token(0, 1),
             cookie: 9,
         });
         c.handle_datagram(now, e, ack.to_bytes().unwrap());
-        c.handle_timeout(now);
+        tick(&mut c, now);
         assert_eq!(c.play(now, "v1"), 1);
         while c.poll_output().is_some() {}
         (c, e, now)

@@ -17,7 +17,8 @@
 //!   parent descheduled for a while on a saturated machine is never cut off early.
 //!
 //! Both waits are stretched by twice how late our own deadlines have fired lately
-//! ([`Lateness`]): on a saturated machine every process waits for the CPU, the parent too.
+//! ([`Lateness`], at most 500 ms): on a saturated machine every process waits for the CPU,
+//! the parent too.
 //!
 //! The switch completes as soon as the new parent brings a chunk newer than the last
 //! forwarded (the gap is accepted: the old path is silent). If the old parent speaks first (a
@@ -28,6 +29,8 @@
 use std::time::{Duration, Instant};
 
 use tracing::info;
+
+pub(crate) use crate::lateness::Lateness;
 
 use super::choice::*;
 use super::stream::*;
@@ -46,40 +49,6 @@ pub(super) const MEND_TIME: Duration = Duration::from_millis(250);
 
 /// Weight of a new gap in the mean.
 const MEAN_NEW: f64 = 1.0 / 16.0;
-/// A silence must outlast this many times the peak lateness of our own deadlines before it
-/// suspects a parent ...
-const LATENESS_FACTOR: f64 = 2.0;
-/// ... up to this much more: even a machine that slow notices a death within a second.
-const MAX_SLACK: Duration = Duration::from_millis(500);
-
-/// How late our own deadlines fire: a peak of `now − deadline`, decaying like the spacing's.
-/// On a saturated machine every process waits for the CPU; a parent then answers late and
-/// its stream pauses for as long as our own timers are late, so its silence says less. The
-/// stretch it gives ([`Lateness::slack`]) is nothing on an idle machine and nothing in the
-/// simulator (exact timers).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Lateness {
-    peak_us: f64,
-    at: Option<Instant>,
-}
-
-impl Lateness {
-    /// A deadline due at `due` was handled at `now`.
-    pub(super) fn sample(&mut self, now: Instant, due: Instant) {
-        let decay = self.at.map_or(0.0, |at| {
-            (-now.saturating_duration_since(at).as_secs_f64() / PEAK_DECAY.as_secs_f64()).exp()
-        });
-        let late_us = now.saturating_duration_since(due).as_micros() as f64;
-        self.peak_us = late_us.max(self.peak_us * decay);
-        self.at = Some(now);
-    }
-
-    /// How much longer than on an idle machine a silence must last to suspect a parent.
-    pub(super) fn slack(&self) -> Duration {
-        Duration::from_micros((self.peak_us * LATENESS_FACTOR) as u64).min(MAX_SLACK)
-    }
-}
-
 /// The measured spacing of a stream's chunks (see module docs). Pure: fed arrival instants.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Spacing {
@@ -389,19 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn late_deadlines_stretch_the_suspicion_and_the_stretch_decays() {
-        let mut l = Lateness::default();
-        assert_eq!(l.slack(), Duration::ZERO);
-        let t = Instant::now();
-        l.sample(t, t - Duration::from_millis(30));
-        assert_eq!(l.slack(), Duration::from_millis(60));
-        // On time again: the peak decays with τ = 10 s, and is capped.
-        l.sample(t + Duration::from_secs(10), t + Duration::from_secs(10));
-        let s = l.slack().as_secs_f64() * 1e3;
-        assert!((21.0..23.0).contains(&s), "slack {s} ms");
-        l.sample(t + Duration::from_secs(11), t);
-        assert_eq!(l.slack(), MAX_SLACK);
-
+    fn late_deadlines_stretch_the_suspicion() {
         // A deadline handled 30 ms late: the unanswered probe suspects 60 ms later.
         let (mut h, _) = flowing();
         let now = h.now;
