@@ -2,7 +2,7 @@
 //! is cut silently (nftables drop on loopback, root only): real daemons on loopback in the
 //! diamond of tests/overlay_stream.rs (S1 - O1 - {O2, O3} - O4), a test consumer on O4, a
 //! fresh overlay per trial (addresses 127.74.N.x). Each fault is measured under the default
-//! liveness (stall suspicion and fast probes) and under the old rule (`--no-suspicion`: only
+//! liveness (stall suspicion) and under the old rule (`--no-suspicion`: only
 //! the 1 s dead timer), side by side in one run.
 
 use std::process::Command;
@@ -17,7 +17,8 @@ use crate::Opts;
 const WAIT: Duration = Duration::from_secs(20);
 /// Goal for every fault under the default liveness: BFD's 3 x 50 ms.
 const GOAL_MS: f64 = 150.0;
-/// A later inter-chunk gap over this (and over twice the pre-fault maximum) is a second gap.
+/// One more inter-chunk gap over this (and over twice the pre-fault maximum) after the fault
+/// is a second gap.
 const SECOND_GAP: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq)]
@@ -163,12 +164,22 @@ fn measure(rx: &[Received], fault_at: Instant) -> Trial {
         .filter(|r| fault_at.duration_since(r.at) < Duration::from_secs(1))
         .collect();
     let normal = gaps(&window).into_iter().max().unwrap_or_default();
-    let gap = match (before.last(), after.first()) {
-        (Some(a), Some(b)) => b.at.duration_since(a.at),
-        _ => Duration::MAX,
+    // The gap: the longest silence from the last chunk before the fault on. Not just the
+    // first one across the fault instant: chunks already on their way (in O4's socket, or
+    // read but not yet forwarded) still arrive after it, and the stall comes next.
+    let across: Vec<&Received> = before
+        .last()
+        .into_iter()
+        .chain(after.iter())
+        .copied()
+        .collect();
+    let after_gaps = gaps(&across);
+    let gap = match after.is_empty() {
+        true => Duration::MAX,
+        false => after_gaps.iter().copied().max().unwrap_or_default(),
     };
     let threshold = SECOND_GAP.max(normal * 2);
-    let second_gap = gaps(&after).into_iter().any(|g| g > threshold);
+    let second_gap = after_gaps.iter().filter(|g| **g > threshold).count() > 1;
     let d = analyse(rx);
     let span = window
         .last()
@@ -197,13 +208,16 @@ pub fn run(opts: &Opts, rep: &mut Report) {
          SIGTERM (drain): 0 chunks lost",
         "Real daemons on loopback, diamond S1 - O1 - {O2, O3} - O4 (tests/overlay_stream.rs), a test \
          consumer on O4 records the arrival of every chunk; the fault hits the middle node O4 chose. \
-         Gap = last chunk before the fault to first chunk after it; normal = longest inter-chunk gap \
-         in the second before the fault (the stream's own floor); a second gap is a later \
-         inter-chunk gap over max(100 ms, 2 x normal) in the 3 s observed. A silent cut drops every \
+         Gap = longest inter-chunk gap from the last chunk before the fault (the signal sent, or the \
+         drop rules in place) through the 3 s observed after it (chunks already on their way still \
+         arrive first, so it is never below the stream's own rhythm); normal = longest inter-chunk \
+         gap in the second before the fault (the stream's own floor); a second gap is one more \
+         inter-chunk gap over max(100 ms, 2 x normal) in those 3 s. A silent cut drops every \
          packet between O4 and the middle node with nftables (root). A fresh overlay per trial; \
          default timers (ping 200 ms, dead 1000 ms). \"default\" = stall suspicion (a parent silent \
          for 2 x the stream's mean chunk gap, at least 25 ms, is probed; unanswered for 30 ms + RTT \
-         it is left make-before-break and probed every 50 ms, dead after 3 unanswered) and drain on \
+         it is left make-before-break, its link probed every 50 ms only when no other parent can \
+         take over) and drain on \
          SIGTERM (children moved make-before-break before the exit, at most 2 s); \"old rule\" = \
          --no-suspicion, or --drain-ms=0 for SIGTERM (exit at once).",
         &[
