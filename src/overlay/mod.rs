@@ -12,10 +12,12 @@
 //! grandfathers), drains their actions, and combines their exact deadlines in one timer table
 //! (no scan tick).
 //!
-//! [`trace`] follows a video's tree hop by hop. The node's views (`route_table`,
+//! [`trace`] follows a video's tree hop by hop. [`budget`] is the token bucket that holds a
+//! neighbour's withdrawals and pings to a rate. The node's views (`route_table`,
 //! `parent_table`, `link_traffic`, counters, ...) are plain data; `crate::observe` turns them
 //! into snapshots, metrics and tables.
 
+pub mod budget;
 pub mod neighbours;
 pub mod node;
 pub mod routing;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::budget::Budget;
 use crate::wire::overlay::{Hello, OverlayRole};
 
 /// One overlay connection, numbered by the driver. A reconnection is a new link.
@@ -28,6 +29,12 @@ impl std::fmt::Display for LinkId {
         write!(f, "link#{}", self.0)
     }
 }
+
+/// Pings one neighbour may send us at once, and per second after that. A live peer pings
+/// every `ping_interval` (200 ms), every `probe_interval` (50 ms) while it suspects us, and
+/// once per doubt of a stream: a few dozen per second at most.
+pub const PING_BURST: f64 = 50.0;
+pub const PINGS_PER_SEC: f64 = 50.0;
 
 /// Timers of dialling and keepalive.
 #[derive(Clone, Debug)]
@@ -134,6 +141,8 @@ pub struct Neighbour {
     pub probe_grace: Duration,
     /// It announced it is shutting down (a drain notice): no stream takes it as a parent.
     pub draining: bool,
+    /// What the neighbour's pings may still make us answer.
+    pub ping_budget: Budget,
 }
 
 /// A wanted address without a live link (see [`NeighbourTable::unlinked`]).
@@ -305,6 +314,7 @@ impl NeighbourTable {
                     probing_since: None,
                     probe_grace: Duration::ZERO,
                     draining: false,
+                    ping_budget: Budget::full(PING_BURST, now),
                 },
             );
             self.names.insert(hello.name.clone(), link);
@@ -413,10 +423,17 @@ impl NeighbourTable {
         }
     }
 
-    pub fn handle_ping(&mut self, link: LinkId, token: u64) {
-        if self.links.contains_key(&link) {
-            self.actions.push_back(Action::Pong { link, token });
+    /// A ping on `link`: answered with a pong, within the neighbour's budget; false when it
+    /// was over it (a peer pinging in a loop), and left unanswered.
+    pub fn handle_ping(&mut self, now: Instant, link: LinkId, token: u64) -> bool {
+        let Some(n) = self.links.get_mut(&link) else {
+            return true;
+        };
+        if !n.ping_budget.take(now, PING_BURST, PINGS_PER_SEC) {
+            return false;
         }
+        self.actions.push_back(Action::Pong { link, token });
+        true
     }
 
     /// A pong echoes the token we put in our ping: our own clock, so RTT needs no state.
@@ -573,6 +590,32 @@ mod tests {
 
     fn drain(t: &mut NeighbourTable) -> Vec<Action> {
         std::iter::from_fn(|| t.poll_action()).collect()
+    }
+
+    #[test]
+    fn a_neighbour_pinging_in_a_loop_is_answered_within_its_budget_only() {
+        let t0 = Instant::now();
+        let mut t = NeighbourTable::new("A", LivenessConfig::default(), t0);
+        assert!(t.link_up(
+            t0,
+            LinkId(1),
+            addr("127.0.0.2:7701"),
+            None,
+            &hello("B", 7701)
+        ));
+        t.handle_timeout(t0);
+        drain(&mut t);
+        let answered = (0..80).filter(|i| t.handle_ping(t0, LinkId(1), *i)).count();
+        assert_eq!(answered, PING_BURST as usize);
+        let pongs = drain(&mut t);
+        assert_eq!(pongs.len(), answered);
+        assert!(pongs.iter().all(|a| matches!(a, Action::Pong { .. })));
+        // The budget refills at PINGS_PER_SEC: a live peer's pace is always answered.
+        let mut now = t0;
+        for i in 0..100 {
+            now += Duration::from_millis(50);
+            assert!(t.handle_ping(now, LinkId(1), i), "ping {i}");
+        }
     }
 
     #[test]

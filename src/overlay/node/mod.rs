@@ -181,6 +181,9 @@ pub struct NodeCounters {
     pub drain_notices_received: u64,
     #[serde(default)]
     pub drain_notices_repeated: u64,
+    /// Pings over the neighbour's budget ([`neighbours::PING_BURST`]), left unanswered.
+    #[serde(default)]
+    pub pings_limited: u64,
 }
 
 /// See module docs.
@@ -212,7 +215,7 @@ pub struct Node {
     /// The exact deadline of each kind of timer (see [`timers`]).
     timers: TimerTable,
     /// Per neighbour: withdrawals it may still send (a token bucket) and when it was filled.
-    withdrawal_budget: HashMap<String, (f64, Instant)>,
+    withdrawal_budget: HashMap<String, crate::overlay::budget::Budget>,
     /// An input changed what the neighbour table waits for (a dial wanted or dropped) on a
     /// path that otherwise leaves its deadline alone (a chunk).
     links_touched: bool,
@@ -421,7 +424,11 @@ impl Node {
         self.neighbours.heard(now, link);
         let chunk = msg.is_media();
         match msg {
-            OverlayMsg::Ping(Ping { token }) => self.neighbours.handle_ping(link, token),
+            OverlayMsg::Ping(Ping { token }) => {
+                if !self.neighbours.handle_ping(now, link, token) {
+                    self.counters.pings_limited += 1;
+                }
+            }
             OverlayMsg::Pong(Pong { token }) => self.neighbours.handle_pong(now, link, token),
             OverlayMsg::Flood(f) => self.handle_flood(now, link, &from, f),
             OverlayMsg::Withdrawal(w) => self.handle_withdrawal(now, link, &from, w),
@@ -951,5 +958,28 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         a.handle_message(later, LinkId(2), w("T", 1000));
         assert_eq!(a.counters().withdrawals_limited, burst + 3);
+    }
+
+    #[test]
+    fn a_neighbour_pinging_in_a_loop_gets_pongs_within_its_budget_and_is_counted() {
+        let (mut a, t0) = a_between_s_and_b(true);
+        while a.poll_output().is_some() {}
+        let n = 2 * crate::overlay::neighbours::PING_BURST as u64;
+        for token in 0..n {
+            a.handle_message(t0, LinkId(2), OverlayMsg::Ping(Ping { token }));
+        }
+        let pongs = std::iter::from_fn(|| a.poll_output())
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        msg: OverlayMsg::Pong(_),
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        assert_eq!(pongs, n / 2);
+        assert_eq!(a.counters().pings_limited, n / 2);
     }
 }

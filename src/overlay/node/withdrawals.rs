@@ -9,6 +9,7 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::{Node, Output};
+use crate::overlay::budget::Budget;
 use crate::overlay::neighbours::LinkId;
 use crate::overlay::routing::WithdrawalIgnored;
 use crate::wire::overlay::{OverlayMsg, Withdrawal};
@@ -28,19 +29,16 @@ impl Node {
         w: Withdrawal,
     ) {
         self.counters.withdrawals_received += 1;
-        let (tokens, at) = self
+        let within = self
             .withdrawal_budget
             .entry(from.to_string())
-            .or_insert((WITHDRAWAL_BURST, now));
-        let refill = now.saturating_duration_since(*at).as_secs_f64() * WITHDRAWALS_PER_SEC;
-        *tokens = (*tokens + refill).min(WITHDRAWAL_BURST);
-        *at = now;
-        if *tokens < 1.0 {
+            .or_insert(Budget::full(WITHDRAWAL_BURST, now))
+            .take(now, WITHDRAWAL_BURST, WITHDRAWALS_PER_SEC);
+        if !within {
             self.counters.withdrawals_limited += 1;
             debug!(%link, from, "withdrawal over the neighbour's budget dropped");
             return;
         }
-        *tokens -= 1.0;
         match self.routing.on_withdrawal(now, &w) {
             Ok(changed) => {
                 info!(server = %w.server, neighbour = %w.neighbour, last_seq = w.last_seq, from,
