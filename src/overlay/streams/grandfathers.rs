@@ -1,11 +1,15 @@
 //! Grandfathers: a node whose only provider of a video is one neighbour asks that parent for
 //! its own providers (our grandfathers) and keeps the list current through updates; when the
-//! parent dies with no other route left, the failover dials them ([`super::upstream`]). On the
+//! parent dies with no other route left, the failover dials them ([`super::upstream`]), and
+//! when it drains we move to one make-before-break while it still feeds us. On the
 //! parent's side it answers such requests and tells every child that asked whenever its own
 //! providers change, so grandchildren never hold a stale list.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tracing::info;
+
+use super::stream::Upstream;
 use super::*;
 use crate::wire::overlay::{GrandfatherRequest, Grandfathers, OverlayMsg, PeerAddr};
 
@@ -97,6 +101,42 @@ impl Streams {
         );
     }
 
+    /// Our only parent of `video`, `draining`, is shutting down and no other neighbour offers
+    /// the video: move make-before-break to a grandfather while the parent still feeds us —
+    /// at once when we have a link to it, else once the dial succeeds
+    /// ([`Streams::neighbour_up`]). False when no grandfather is known.
+    pub(super) fn drain_to_grandfather(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        video: &str,
+        draining: &str,
+    ) -> bool {
+        let Some(st) = self.streams.get_mut(video) else {
+            return false;
+        };
+        let down: Vec<String> = st.downstream().into_iter().map(str::to_string).collect();
+        let gfs: Vec<PeerAddr> = st
+            .grandfathers
+            .iter()
+            .filter(|g| g.name != ctx.me && g.name != draining && !down.contains(&g.name))
+            .cloned()
+            .collect();
+        if let Some(gf) = gfs.iter().find(|g| ctx.linked(&g.name)) {
+            info!(video, parent = %draining, grandfather = %gf.name, "parent draining: make-before-break to a grandfather");
+            st.pending = Some(Upstream::new(&gf.name, None, ctx.now));
+            let name = gf.name.clone();
+            self.request(ctx, video, &name);
+            return true;
+        }
+        for gf in &gfs {
+            info!(video, parent = %draining, grandfather = %gf.name, addr = %gf.addr, "parent draining: dialling a grandfather");
+            ctx.push(StreamAction::Want(gf.addr));
+            st.gf_dialing.insert(gf.name.clone(), gf.addr);
+            counters_of(&mut self.counters, video).grandfather_dials += 1;
+        }
+        !gfs.is_empty()
+    }
+
     /// Tell children that asked whenever our providers changed.
     pub(super) fn update_grandchildren(&mut self, ctx: &mut Ctx<'_>) {
         let videos: Vec<String> = self.gf_watch.keys().cloned().collect();
@@ -157,6 +197,48 @@ mod tests {
         assert!(did.contains(&Did::Other(StreamAction::Unwant(g.addr))));
         assert!(did.iter().any(|d| matches!(d,
             Did::Send(to, OverlayMsg::VideoRequest(_)) if to == "G")));
+        assert_eq!(h.streams.parent("v"), Some("G"));
+    }
+
+    #[test]
+    fn an_only_parent_that_drains_is_left_for_a_grandfather_make_before_break() {
+        let mut h = Harness::new("B");
+        h.link("A");
+        h.flood("S", &["G"], "A", 5, &["v"]);
+        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
+        let g = PeerAddr {
+            name: "G".into(),
+            addr: Harness::addr_of("G"),
+        };
+        let reply = Grandfathers {
+            video: "v".into(),
+            grandfathers: vec![g.clone()],
+        };
+        h.run(|s, ctx| s.on_grandfathers(ctx, "A", reply));
+        h.chunk("A", "v", 1, 1);
+        h.did();
+        // A drains: G is dialled while A still feeds us.
+        let link = h.neighbours.by_name("A").unwrap().link;
+        h.neighbours.set_draining(link);
+        h.run(|s, ctx| s.neighbour_draining(ctx, "A"));
+        assert_eq!(h.did(), [Did::Other(StreamAction::Want(g.addr))]);
+        h.chunk("A", "v", 1, 2);
+        assert_eq!(h.drain().1, [(1, 2)]);
+        // G answers the dial: asked as the switch target, A still the parent.
+        h.link("G");
+        h.run(|s, ctx| s.neighbour_up(ctx, "G"));
+        let did = h.did();
+        assert!(did.contains(&Did::Other(StreamAction::Unwant(g.addr))));
+        assert!(did.iter().any(|d| matches!(d,
+            Did::Send(to, OverlayMsg::VideoRequest(r)) if to == "G" && r.has == Some((1, 2)))));
+        assert_eq!(h.streams.parent("v"), Some("A"));
+        // G catches up with A: the switch completes, A is cancelled; nothing twice.
+        h.chunk("A", "v", 1, 3);
+        h.chunk("G", "v", 1, 3);
+        h.chunk("G", "v", 1, 4);
+        let (sent, delivered) = h.drain();
+        assert_eq!(delivered, [(1, 3), (1, 4)]);
+        assert!(sent.contains(&("A".into(), "video_cancel")));
         assert_eq!(h.streams.parent("v"), Some("G"));
     }
 

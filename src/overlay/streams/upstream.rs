@@ -183,6 +183,11 @@ impl Streams {
                 info!(video, parent = %name, "grandfather connected, asked for the stream");
                 st.parent = Some(Upstream::new(name, None, ctx.now));
                 self.request(ctx, &video, name);
+            } else if st.pending.is_none() {
+                // Dialled while the parent drains: it still feeds us, make-before-break.
+                info!(video, parent = %name, "grandfather connected, switching to it (make-before-break)");
+                st.pending = Some(Upstream::new(name, None, ctx.now));
+                self.request(ctx, &video, name);
             }
         }
         self.reconcile(ctx);
@@ -296,6 +301,7 @@ impl Streams {
                     info!(video, parent = %name, to = %c.neighbour, "parent draining: make-before-break to another parent");
                     self.start_switch(ctx, &video, c);
                 }
+                None if self.drain_to_grandfather(ctx, &video, name) => {}
                 None => {
                     info!(video, parent = %name, "parent draining and no other parent: staying until it goes");
                 }
