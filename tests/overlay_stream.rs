@@ -317,3 +317,79 @@ fn kill_of_the_feeding_server_moves_the_consumer_to_the_other_server() {
         old.as_secs_f64() * 1e3
     );
 }
+
+/// A chain S1 - O1 - O2 - O3 on 127.72.`net`.x: O3's only neighbour is O2. SIGTERM of O2: O3
+/// has no other parent, so it dials its grandfather O1 while O2 still feeds it, moves there
+/// make-before-break, and O2 exits drained, well before its bound; the consumer on O3 loses
+/// nothing.
+#[test]
+fn an_only_parent_that_drains_hands_its_child_to_the_grandfather_without_loss() {
+    let net = 6;
+    let ip = |i: u8| format!("127.72.{net}.{i}");
+    let dir = common::TempDir::new("drain-chain");
+    let text = format!(
+        r#"{{
+  "S1": {{ "neighbours": ["{o1}"], "addresses": ["{s1}"] }},
+  "O1": {{ "neighbours": ["{s1}", "{o2}"], "addresses": ["{o1}"] }},
+  "O2": {{ "neighbours": ["{o1}", "{o3}"], "addresses": ["{o2}"] }},
+  "O3": {{ "neighbours": ["{o2}"], "addresses": ["{o3}"] }}
+}}"#,
+        s1 = ip(1),
+        o1 = ip(2),
+        o2 = ip(3),
+        o3 = ip(4)
+    );
+    let topo = dir.path("topology.json");
+    std::fs::write(&topo, text).unwrap();
+    let key = dir.path("k");
+    common::keygen(&key);
+    let boot = ip(100);
+    let _b = common::bootstrapper(&topo, &boot);
+    let mut daemons: Vec<Daemon> = ["S1", "O1", "O2", "O3"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let role = common::role_of(name);
+            common::device(role, name, &ip(i as u8 + 1), &boot, &key, &[])
+        })
+        .collect();
+    daemons[3].wait_for(&["neighbour up", "O2"], WAIT);
+    let video = some_video();
+    let consumer = Consumer::at(&ip(4), &key, "TestConsumer", &video);
+    assert!(
+        consumer.wait_chunks(50, WAIT),
+        "no stream reached O3; its log:\n{}",
+        daemons[3].log().join("\n")
+    );
+    // O2 has told O3 its own provider, O1, by now (asked at the subscription).
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = consumer.received().len();
+    let pid = daemons[2].pid();
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let term_at = Instant::now();
+    let code = daemons[2].wait_exit(Duration::from_secs(10));
+    let exited_after = term_at.elapsed();
+    assert_eq!(code, Some(0), "O2 log:\n{}", daemons[2].log().join("\n"));
+    assert!(
+        !daemons[2]
+            .matching(&["drained: every child and local client moved elsewhere"])
+            .is_empty(),
+        "O2 exited without draining (at its bound?); O3 log:\n{}",
+        daemons[3].log().join("\n")
+    );
+    daemons[3].wait_for(&["grandfather connected, switching to it", "O1"], WAIT);
+    assert!(
+        consumer.wait_chunks(before + 100, WAIT),
+        "the stream did not go on after O2 drained; O3 log:\n{}",
+        daemons[3].log().join("\n")
+    );
+    assert_eq!(current_parent(&daemons[3]).as_deref(), Some("O1"));
+    let rx = consumer.received();
+    let d = analyse(&rx);
+    println!(
+        "SIGTERM of O2, O3's only parent: exited after {:.0} ms; {d}",
+        exited_after.as_secs_f64() * 1e3
+    );
+    assert_eq!((d.missing, d.duplicates, d.reorderings), (0, 0, 0), "{d}");
+    consumer.stop().unwrap();
+}
