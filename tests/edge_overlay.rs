@@ -377,6 +377,24 @@ fn children(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// The recording's audio track as "sample_rate,channels" (ffprobe), empty without one.
+fn audio_track(path: &Path) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0"])
+        .args([
+            "-show_entries",
+            "stream=sample_rate,channels",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe (apt-get install ffmpeg)");
+    // The stream shows under its program and again on its own: the first line.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().next().unwrap_or("").trim().to_string()
+}
+
 fn show(p: &Probe) -> String {
     format!(
         "frames {}, duration {:.2} s, first frame {} (key {}), largest timestamp step {:.3} s, timestamps not increasing {}",
@@ -554,8 +572,9 @@ fn signal(pid: u32, sig: &str) {
 /// The client's edge hangs mid-stream (SIGSTOP: nothing closes, nothing answers): the client
 /// moves to the other edge; the hung edge wakes up (SIGCONT), then the other edge is killed
 /// (kill -9): the client moves back. The recording goes on and decodes; with the built-in relay
-/// it has no duplicate and no reordering; with ffmpeg's raw TS the video repeated at the
-/// switches is measured (PCR) and printed. The time from each fault to the client's first
+/// it has no duplicate and no reordering; with ffmpeg's raw TS what the new edge's child
+/// repeats is trimmed by the client (no video timestamp goes back in the recording), and the
+/// span still repeated (PCR) is printed. The sound is there (the children's short probe). The time from each fault to the client's first
 /// video from the other edge (its log, polled every 5 ms) is printed, not asserted.
 fn edge_hang_then_death_move_the_client(mode: Mode) {
     let t0 = Instant::now();
@@ -589,9 +608,10 @@ fn edge_hang_then_death_move_the_client(mode: Mode) {
 
     let st = finish(&mut c1, &stats, secs);
     let p = probe(&rec);
+    let audio = audio_track(&rec);
     let edges = st["edges"].to_string();
     println!(
-        "[{}] SIGSTOP of {first}: client receiving from {other} after {hang_move:.3} s; kill -9 of {other}: back on {first} after {kill_move:.3} s; recording: {}; client: switches {}, suspicions {} (cleared {}), gap peak {} ms, gaps {}, missing chunks {}, duplicates {}, reorderings {}, raw repeated {} ms, raw datagrams {}, edges {edges}; test {:.1} s",
+        "[{}] SIGSTOP of {first}: client receiving from {other} after {hang_move:.3} s; kill -9 of {other}: back on {first} after {kill_move:.3} s; recording: {}; client: switches {}, suspicions {} (cleared {}), gap peak {} ms, gaps {}, missing chunks {}, duplicates {}, reorderings {}, raw repeated {} ms, raw trimmed {} packets, raw datagrams {}, audio {audio}, edges {edges}; test {:.1} s",
         mode.flag(),
         show(&p),
         st["switches"],
@@ -603,6 +623,7 @@ fn edge_hang_then_death_move_the_client(mode: Mode) {
         st["duplicates"],
         st["reorderings"],
         st["raw_repeated_ms"],
+        st["raw_trimmed_packets"],
         st["raw_datagrams"],
         t0.elapsed().as_secs_f64()
     );
@@ -625,6 +646,13 @@ fn edge_hang_then_death_move_the_client(mode: Mode) {
         assert_eq!(st["duplicates"], 0);
         assert_eq!(st["reorderings"], 0);
     }
+    assert_eq!(
+        p.dts_backwards,
+        0,
+        "video repeated or reordered: {}",
+        show(&p)
+    );
+    assert_eq!(audio, "48000,1", "the recording's sound");
 }
 both_relays!(edge_hang_then_death_move_the_client);
 

@@ -25,6 +25,16 @@ async fn relay_for(
     secs: f64,
     kill_child_midway: bool,
 ) -> (Received, overlayd::media::relay::RelayStats) {
+    relay_from(kind, SourceMode::Paced, secs, kill_child_midway).await
+}
+
+/// As [`relay_for`], from a source in `mode`.
+async fn relay_from(
+    kind: RelayKind,
+    mode: SourceMode,
+    secs: f64,
+    kill_child_midway: bool,
+) -> (Received, overlayd::media::relay::RelayStats) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dest = socket.local_addr().unwrap();
     let relay = Arc::new(match kind {
@@ -56,9 +66,7 @@ async fn relay_for(
         })
     };
     let (tx, mut rx) = mpsc::channel(64);
-    let src = Source::start(clip("charlie.ts"), SourceMode::Paced, tx)
-        .await
-        .unwrap();
+    let src = Source::start(clip("charlie.ts"), mode, tx).await.unwrap();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut killed = None;
     while let Ok(Some(chunk)) = tokio::time::timeout_at(end.into(), rx.recv()).await {
@@ -127,4 +135,62 @@ async fn ffmpeg_relay_restarts_a_killed_child() {
         r.bytes.len()
     );
     assert!(frames >= 50, "{frames} frames");
+}
+
+/// The audio track's PID and its (sample rate, channels) in a TS file, from ffprobe; None
+/// when the file has no audio track with both known.
+fn audio_track(path: &std::path::Path) -> Option<(u16, (String, u64))> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a", "-show_entries"])
+        .args(["stream=id,sample_rate,channels", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (apt-get install ffmpeg)");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = v["streams"].as_array()?.first()?.clone();
+    let pid = u16::from_str_radix(s["id"].as_str()?.trim_start_matches("0x"), 16).ok()?;
+    let rate = s["sample_rate"].as_str()?.to_string();
+    let channels = s["channels"].as_u64().filter(|&c| c > 0)?;
+    Some((pid, (rate, channels)))
+}
+
+/// Packets starting a PES (payload_unit_start) on `pid`.
+fn pes_starts(ts: &[u8], pid: u16) -> usize {
+    ts.chunks_exact(188)
+        .filter(|p| p[0] == 0x47 && u16::from_be_bytes([p[1] & 0x1f, p[2]]) == pid)
+        .filter(|p| p[1] & 0x40 != 0)
+        .count()
+}
+
+/// Audio frames (AAC: 1024 samples) in `secs` of a 48 kHz track, about.
+fn aac_frames(secs: f64) -> f64 {
+    secs * 48_000.0 / 1024.0
+}
+
+/// The ffmpeg relay's short probe still finds the sound (the clips carry one AAC frame per
+/// PES), and its output keeps one frame per PES (no 0.5 s audio bursts), from the paced reader
+/// and from the ffmpeg source alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_relay_keeps_the_sound_one_audio_frame_per_pes() {
+    for mode in [SourceMode::Paced, SourceMode::Ffmpeg] {
+        let (r, stats) = relay_from(RelayKind::Ffmpeg, mode, 4.0, false).await;
+        let dir = TempDir::new("relay-audio");
+        let file = dir.path("received.ts");
+        std::fs::write(&file, &r.bytes).unwrap();
+        let (pid, (rate, channels)) = audio_track(&file).unwrap_or_else(|| {
+            panic!("{mode:?}: no audio track with rate and channels ({stats:?})")
+        });
+        assert_eq!((rate.as_str(), channels), ("48000", 1), "{mode:?}");
+        let starts = pes_starts(&r.bytes, pid);
+        // About 4 s of sound went through (minus the start): a 0.5 s PES would make ~8 starts.
+        eprintln!(
+            "{mode:?}: audio PID {pid:#x}: {starts} PES in {} bytes",
+            r.bytes.len()
+        );
+        assert!(
+            starts as f64 > aac_frames(2.0),
+            "{mode:?}: {starts} audio PES: frames are bundled"
+        );
+        assert!(video_frames(&file) >= 40, "{mode:?}: video missing");
+    }
 }

@@ -908,8 +908,9 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
         "<= 250 ms p95 over 20 trials, both relays (native: 0 duplicates, 0 reorderings; ffmpeg: repeats bounded and counted); no switch before the fault",
         "Real daemons on loopback: S1 - O1 - {E1, E2} (127.94.R.x, one overlay per relay, \
          `--relay native|ffmpeg` on the edges; a third overlay on 127.124.1.x runs the ffmpeg \
-         relay as before, `--ffmpeg-relay-start cold`: a child started with the session, where the \
-         default keeps children started ahead and writes without interleaving delay), video \
+         relay as before, `--ffmpeg-relay-start cold`: a child started with the session, a 0.5 s \
+         probe, ffmpeg's default PES, where the default keeps children started ahead, probes 40 ms \
+         and writes one audio frame per PES without interleaving delay), video \
          alpha. Per trial two clients run in this \
          process (the real ClientService under the real client driver, as `overlayd --role \
          client`), both pinned to E1 with E2 as their other edge: one with the 1 s rule \
@@ -919,7 +920,9 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
          (SIGSTOP); 3 s observed; E1 restarted or continued for the next trial. Gap = longest \
          pause between datagrams handed to the player that ends after the fault; normal = \
          longest pause in the second before. E2 carries the stream only once asked (a cold \
-         subscription one hop away, and a new session's ffmpeg child with the ffmpeg relay).",
+         subscription one hop away, and a new session's ffmpeg child with the ffmpeg relay). \
+         ffmpeg: repeated = video handed to the player twice (PCR span); trimmed = TS packets \
+         the client dropped after the switch as already played (PES timestamps).",
         &[
             "relay",
             "fault",
@@ -930,7 +933,7 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
             "gap max ms",
             "normal p50 ms",
             "chunks lost (total)",
-            "dup+reord (native) / repeated ms (ffmpeg), total",
+            "dup+reord (native) / repeated ms, trimmed packets (ffmpeg), total",
             "suspicions (cleared)",
             "switches before fault",
         ],
@@ -977,7 +980,7 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
                 ) {
                     Ok(tr) => {
                         println!(
-                            "  {relay} {fault} trial {k}: gap old {:.0} ms, new {:.0} ms (normal {:.0} ms, peak {} ms); new: suspicions {} cleared {}, lost {}, dup {} reord {}, repeated {} ms",
+                            "  {relay} {fault} trial {k}: gap old {:.0} ms, new {:.0} ms (normal {:.0} ms, peak {} ms); new: suspicions {} cleared {}, lost {}, dup {} reord {}, repeated {} ms, trimmed {} packets",
                             tr[0].gap.as_secs_f64() * 1e3,
                             tr[1].gap.as_secs_f64() * 1e3,
                             tr[1].normal.as_secs_f64() * 1e3,
@@ -988,6 +991,7 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
                             tr[1].stats.delivered_duplicates,
                             tr[1].stats.delivered_reorderings,
                             tr[1].stats.raw_repeated_ms,
+                            tr[1].stats.raw_trimmed_packets,
                         );
                         trials.push(tr);
                     }
@@ -1004,8 +1008,13 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
                 let sum = |g: &dyn Fn(&Failover) -> u64| of.iter().map(|f| g(f)).sum::<u64>();
                 let dup = if relay == "native" {
                     sum(&|f| f.stats.delivered_duplicates + f.stats.delivered_reorderings)
+                        .to_string()
                 } else {
-                    sum(&|f| f.stats.raw_repeated_ms)
+                    format!(
+                        "{} ms, {} trimmed",
+                        sum(&|f| f.stats.raw_repeated_ms),
+                        sum(&|f| f.stats.raw_trimmed_packets)
+                    )
                 };
                 t.row(vec![
                     relay.into(),
@@ -1021,7 +1030,7 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
                     } else {
                         "-".into()
                     },
-                    dup.to_string(),
+                    dup,
                     format!(
                         "{} ({})",
                         sum(&|f| f.stats.suspicions),

@@ -147,8 +147,10 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             "Real daemons on loopback: S1 - O1 - {{E1, E2, E3}} (127.123.1.x), video alpha (H.264 \
              + AAC, a keyframe every 1 s, about 50 kB/s), default GOP cache. E1: `--relay \
              native`; E2: `--relay ffmpeg` (default `--ffmpeg-relay-start warm`: a child started \
-             ahead per kind of session, `-max_interleave_delta` 20 ms); E3: `--relay ffmpeg --ffmpeg-relay-start cold` (the \
-             behaviour before: a child started per session); both probe 0.5 s of stream. Each client device lists one edge. The clock starts when this \
+             ahead per kind of session, `-max_interleave_delta` 20 ms, a 40 ms input probe, one \
+             audio frame per PES out); E3: `--relay ffmpeg --ffmpeg-relay-start cold` (the \
+             behaviour before: a child started per session, a 0.5 s probe, ffmpeg's default \
+             PES). Each client device lists one edge. The clock starts when this \
              process spawns `overlayd --role client --video alpha --record F --player none \
              --duration {RECORD_SECS}` (bootstrap, probes, edge choice, request included); the \
              recording's size is read every 2 ms; ffprobe on the recording gives the first \

@@ -27,9 +27,10 @@ pub struct NodeArgs {
     #[arg(long, value_enum)]
     pub relay: Option<RelayArg>,
     /// How the ffmpeg relay starts a client's child: `warm` keeps children started ahead, so a
-    /// session does not wait for ffmpeg to start, and has them write packets without holding
-    /// video for audio; `cold` starts one when the session opens (the behaviour before, for
-    /// comparison).
+    /// session does not wait for ffmpeg to start, probes 40 ms of input and has them write
+    /// packets without holding video for audio, one audio frame per PES; `cold` starts one
+    /// when the session opens, with a 0.5 s probe (the behaviour before, for comparison, and
+    /// for sources whose audio comes in long PES, which the short probe misses).
     #[arg(long, value_enum, default_value_t = RelayStartArg::Warm)]
     pub ffmpeg_relay_start: RelayStartArg,
     /// Hitless redundancy for every stream consumed here or below: keep a second parent on

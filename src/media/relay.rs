@@ -51,6 +51,10 @@ pub struct RelayConfig {
     /// Extra ffmpeg options placed after the input and before `-c copy` (e.g. `-copyts`);
     /// ignored by the native relay.
     pub ffmpeg_options: Vec<String>,
+    /// The ffmpeg child's short input probe and one audio frame per output PES (see
+    /// [`ffmpeg_relay_args`]); false: a 0.5 s probe and ffmpeg's default PES (the way before,
+    /// kept for comparison).
+    pub ffmpeg_quick: bool,
 }
 
 impl Default for RelayConfig {
@@ -61,6 +65,7 @@ impl Default for RelayConfig {
             max_datagram: 7 * PACKET_LEN,
             backoff: Backoff::default(),
             ffmpeg_options: Vec::new(),
+            ffmpeg_quick: true,
         }
     }
 }
@@ -129,29 +134,54 @@ impl std::fmt::Debug for Relay {
 
 pub use super::child::ffmpeg_available;
 
+/// The ffmpeg relay's quick input probe: at most this much stream time (microseconds) or
+/// this many bytes, whichever ends first.
+pub const QUICK_PROBE: [&str; 2] = ["40000", "32768"];
+/// The probe before: a child waited 0.5 s of live stream before its first output (the GOP
+/// cache's burst spans less just after a keyframe), at every start and every edge switch.
+pub const LONG_PROBE: [&str; 2] = ["500000", "65536"];
+
 /// The ffmpeg arguments that read MPEG-TS on stdin and send it to `dest` over UDP; `options`
-/// go between the input and the output (see [`RelayConfig::ffmpeg_options`]).
-pub fn ffmpeg_relay_args(dest: SocketAddr, max_datagram: usize, options: &[String]) -> Vec<String> {
+/// go between the input and the output (see [`RelayConfig::ffmpeg_options`]); `quick`: see
+/// [`RelayConfig::ffmpeg_quick`].
+pub fn ffmpeg_relay_args(
+    dest: SocketAddr,
+    max_datagram: usize,
+    options: &[String],
+    quick: bool,
+) -> Vec<String> {
+    let [duration, bytes] = if quick { QUICK_PROBE } else { LONG_PROBE };
+    let fps_probe: &[&str] = if quick { &["-fpsprobesize", "0"] } else { &[] };
     let input = [
         "-hide_banner",
         "-loglevel",
         "error",
         "-nostdin",
-        // Start forwarding after a short look at the input (0.5 s, 64 KiB) instead of the
-        // default 5 s; -c copy needs no decoder parameters. (-fflags nobuffer was tried and
-        // loses the first second of the stream.)
+        // Start forwarding after a short look at the input instead of the default 5 s: -c
+        // copy needs no decoder parameters, only each track's first packet (an AAC track's
+        // sample rate and channels are in its ADTS header). The probe ends when any track
+        // spans the duration, found or not, so it covers a few audio frames of 21 ms: enough
+        // when audio comes one frame per PES, as from our sources (the paced reader passes the
+        // clips' PES as they are, `-pes_payload_size 0`; the ffmpeg source writes them so). A
+        // track whose first PES ends later (audio bundled in 0.5 s PES by a default ffmpeg
+        // muxer) is left out. No frame-rate estimate (it would wait for 20 frames).
+        // (-fflags nobuffer was tried and loses the first second of the stream.)
         "-probesize",
-        "65536",
+        bytes,
         "-analyzeduration",
-        "500000",
-        "-f",
-        "mpegts",
-        "-i",
-        "pipe:0",
+        duration,
     ];
-    let output = ["-c", "copy", "-f", "mpegts"];
-    input
+    let input = input
         .iter()
+        .chain(fps_probe)
+        .chain(&["-f", "mpegts", "-i", "pipe:0"]);
+    // One audio frame per PES on the way out as well: a 0.5 s PES (ffmpeg's default
+    // `pes_payload_size` of 2930 bytes at 48 kbit/s) is sent in one burst every 0.5 s, which a
+    // client's stall rule takes for the stream's rhythm, and a player's short probe ends
+    // before it.
+    let pes = if quick { "0" } else { "2930" };
+    let output = ["-c", "copy", "-pes_payload_size", pes, "-f", "mpegts"];
+    input
         .map(|s| s.to_string())
         .chain(options.iter().cloned())
         .chain(output.iter().map(|s| s.to_string()))
@@ -223,7 +253,7 @@ impl Relay {
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let task = tokio::spawn(run_ffmpeg(
-            ffmpeg_relay_args(dest, max, &cfg.ffmpeg_options),
+            ffmpeg_relay_args(dest, max, &cfg.ffmpeg_options, cfg.ffmpeg_quick),
             dest,
             cfg.backoff,
             rx,
@@ -451,15 +481,19 @@ mod tests {
 
     #[test]
     fn relay_args() {
-        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &[]).join(" ");
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &[], true).join(" ");
         assert!(
-            a.ends_with("-f mpegts -i pipe:0 -c copy -f mpegts udp://127.0.0.1:5000?pkt_size=1316")
+            a.ends_with("-f mpegts -i pipe:0 -c copy -pes_payload_size 0 -f mpegts udp://127.0.0.1:5000?pkt_size=1316")
         );
-        let a = ffmpeg_relay_args("[::1]:5000".parse().unwrap(), 1316, &[]).join(" ");
+        let a = ffmpeg_relay_args("[::1]:5000".parse().unwrap(), 1316, &[], true).join(" ");
         assert!(a.ends_with("udp://[::1]:5000?pkt_size=1316"));
         let opts = vec!["-copyts".to_string()];
-        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &opts).join(" ");
-        assert!(a.contains("-i pipe:0 -copyts -c copy -f mpegts udp://"));
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &opts, true).join(" ");
+        assert!(a.contains("-i pipe:0 -copyts -c copy -pes_payload_size 0 -f mpegts udp://"));
+        assert!(a.contains("-probesize 32768 -analyzeduration 40000 -fpsprobesize 0"));
+        let a = ffmpeg_relay_args("127.0.0.1:5000".parse().unwrap(), 1316, &[], false).join(" ");
+        assert!(a.contains("-probesize 65536 -analyzeduration 500000"));
+        assert!(a.contains("-c copy -pes_payload_size 2930 -f mpegts"));
     }
 
     #[tokio::test]

@@ -207,7 +207,13 @@ pub fn ffmpeg_source_args(path: &Path, transcode: &Transcode) -> Vec<String> {
         ],
     };
     args.extend(codec.iter().map(|s| s.to_string()));
-    args.extend(["-f", "mpegts", "pipe:1"].iter().map(|s| s.to_string()));
+    // One audio frame per PES (as the clips are made): ffmpeg's default bundles 0.5 s of AAC
+    // per PES, which an edge's ffmpeg relay child (short probe) would leave out.
+    args.extend(
+        ["-pes_payload_size", "0", "-f", "mpegts", "pipe:1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     args
 }
 
@@ -725,7 +731,7 @@ mod tests {
         let copy = ffmpeg_source_args(Path::new("/v/a b.ts"), &Transcode::Copy).join(" ");
         assert_eq!(
             copy,
-            "-hide_banner -loglevel error -nostdin -re -stream_loop -1 -i /v/a b.ts -c copy -f mpegts pipe:1"
+            "-hide_banner -loglevel error -nostdin -re -stream_loop -1 -i /v/a b.ts -c copy -pes_payload_size 0 -f mpegts pipe:1"
         );
         let enc = ffmpeg_source_args(Path::new("x.mkv"), &Transcode::Encode).join(" ");
         assert!(enc.contains("-c:v libx264 -preset veryfast -tune zerolatency -g 25"));

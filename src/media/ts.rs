@@ -174,6 +174,34 @@ impl<'a> Packet<'a> {
         }
     }
 
+    /// The decoding timestamp (DTS, else PTS; 90 kHz, 33 bits) of the PES packet that starts
+    /// in this packet, if it carries one.
+    pub fn pes_timestamp(&self) -> Option<u64> {
+        let id = self.pes_stream_id()?;
+        // These stream types have no optional PES header (ISO 13818-1, 2.4.3.7).
+        if matches!(id, 0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xF2 | 0xF8 | 0xFF) {
+            return None;
+        }
+        let pes = self.payload()?;
+        if pes.get(6)? & 0xC0 != 0x80 {
+            return None;
+        }
+        // 00 00 01 id len(2) flags(1), then PTS_DTS_flags in the top bits of byte 7.
+        let at = match pes.get(7)? >> 6 {
+            0b11 => 14,
+            0b10 => 9,
+            _ => return None,
+        };
+        let t = pes.get(at..at + 5)?;
+        Some(
+            (u64::from(t[0] >> 1) & 0x07) << 30
+                | u64::from(t[1]) << 22
+                | (u64::from(t[2]) >> 1) << 15
+                | u64::from(t[3]) << 7
+                | u64::from(t[4]) >> 1,
+        )
+    }
+
     /// Whether a video keyframe starts in this packet (see the module documentation).
     pub fn starts_keyframe(&self) -> bool {
         let Some(id) = self.pes_stream_id() else {
@@ -490,6 +518,63 @@ pub(crate) mod tests {
         p.extend_from_slice(payload);
         p.resize(PACKET_LEN, 0xFF);
         p
+    }
+
+    /// A PES header of stream `id` with a PTS and, if given, a DTS (90 kHz).
+    pub(crate) fn pes_header(id: u8, pts: u64, dts: Option<u64>) -> Vec<u8> {
+        let put = |v: &mut Vec<u8>, marker: u8, t: u64| {
+            v.push(marker << 4 | ((t >> 29) as u8 & 0x0E) | 1);
+            v.push((t >> 22) as u8);
+            v.push(((t >> 14) as u8 & 0xFE) | 1);
+            v.push((t >> 7) as u8);
+            v.push(((t << 1) as u8 & 0xFE) | 1);
+        };
+        let flags = if dts.is_some() { 0xC0 } else { 0x80 };
+        let mut v = vec![
+            0,
+            0,
+            1,
+            id,
+            0,
+            0,
+            0x80,
+            flags,
+            if dts.is_some() { 10 } else { 5 },
+        ];
+        put(&mut v, if dts.is_some() { 3 } else { 2 }, pts);
+        if let Some(d) = dts {
+            put(&mut v, 1, d);
+        }
+        v
+    }
+
+    #[test]
+    fn pes_timestamps_dts_else_pts() {
+        let big = (1u64 << 33) - 5;
+        let p = packet(0x100, true, false, None, &pes_header(0xE0, big, None));
+        assert_eq!(Packet::parse(&p).unwrap().pes_timestamp(), Some(big));
+        let p = packet(
+            0x100,
+            true,
+            false,
+            None,
+            &pes_header(0xE0, 9000, Some(5400)),
+        );
+        assert_eq!(Packet::parse(&p).unwrap().pes_timestamp(), Some(5400));
+        // Not a PES start, or a PES without timestamps: none.
+        let mut cont = packet(0x100, true, false, None, &pes_header(0xC0, 1, None));
+        cont[1] &= !0x40;
+        assert_eq!(Packet::parse(&cont).unwrap().pes_timestamp(), None);
+        let p = packet(0x100, true, false, None, &[0, 0, 1, 0xC0, 0, 0, 0x80, 0, 0]);
+        assert_eq!(Packet::parse(&p).unwrap().pes_timestamp(), None);
+        let p = packet(
+            0x100,
+            true,
+            false,
+            None,
+            &[0, 0, 1, 0xBE, 0, 0, 0x80, 0x80, 5],
+        );
+        assert_eq!(Packet::parse(&p).unwrap().pes_timestamp(), None);
     }
 
     fn video_pes(es: &[u8]) -> Vec<u8> {

@@ -47,13 +47,16 @@
 //! (0.11–0.15 s with the option, offline on alpha re-muxed); a client suspects its edge after
 //! twice the peak gap, so the bursts slowed every edge switch.
 //!
-//! What a child still costs is its probe (`-analyzeduration 0.5 s`, see
-//! [`crate::media::relay::ffmpeg_relay_args`]): ffmpeg's MPEG-TS demuxer never ends its probe
-//! early (streams may appear at any time), so a session waits until 0.5 s of stream has
-//! reached the child, at once for a fresh session whose GOP-cache burst spans that much, else
-//! on the live stream. A shorter probe (16 KiB / 0.1 s) was tried: it starts in about 0.1 s,
-//! but a track whose first whole PES arrives later is left out of the output (AAC from an
-//! ffmpeg muxer comes in PES of about 0.5 s: clients lost the sound), so it is not used.
+//! With `Warm` the child's input probe is short (40 ms of stream, see
+//! [`crate::media::relay::ffmpeg_relay_args`]) and it writes one audio frame per PES. ffmpeg's
+//! MPEG-TS demuxer never ends its probe early (streams may appear at any time), so a session
+//! waits until the probe's span of stream has reached the child: at once for a fresh session
+//! whose GOP-cache burst spans that much, else on the live stream. The probe used to be 0.5 s:
+//! the sources then sent AAC in PES of about 0.5 s, and a shorter probe ended before the first
+//! one (the sound was left out of the output). The clips and the ffmpeg source now carry one
+//! AAC frame (21 ms) per PES, so 40 ms finds both tracks; a stream with audio bundled in long
+//! PES still loses its sound through this relay (use `Cold`, or the native relay). `Cold`
+//! keeps the 0.5 s probe and ffmpeg's default PES.
 //!
 //! Closing a session kills its child; dropping the sink (edge shutdown) kills them all, spares
 //! included, and children die with the daemon in any case (see [`crate::media::child`]).
@@ -205,6 +208,8 @@ impl FfmpegSink {
         let dest = local.local_addr()?;
         let mut cfg = self.config.clone();
         cfg.ffmpeg_options.push("-copyts".into());
+        // `Cold` is the behaviour before in full: the 0.5 s probe and ffmpeg's default PES.
+        cfg.ffmpeg_quick &= self.start == RelayStart::Warm;
         if self.start == RelayStart::Warm {
             // See the module docs: write each packet without waiting for the other track.
             cfg.ffmpeg_options
@@ -493,6 +498,12 @@ mod tests {
         sink.close(client);
     }
 
+    /// A process's command line, arguments joined by spaces.
+    fn cmdline(pid: u32) -> String {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&raw).replace('\0', " ")
+    }
+
     /// Both spare children, once started.
     async fn spares_of(sink: &FfmpegSink) -> [u32; 2] {
         for _ in 0..100 {
@@ -511,6 +522,12 @@ mod tests {
         };
         let [fresh, continuing] = spares_of(&sink).await;
         assert_ne!(fresh, continuing);
+        // Warm children probe 40 ms and write one audio frame per PES.
+        for pid in [fresh, continuing] {
+            let args = cmdline(pid);
+            assert!(args.contains("-analyzeduration 40000 "), "{args}");
+            assert!(args.contains("-pes_payload_size 0 "), "{args}");
+        }
         let (a, b): (SocketAddr, SocketAddr) = (
             "127.0.0.1:9".parse().unwrap(),
             "127.0.0.1:10".parse().unwrap(),
@@ -531,7 +548,9 @@ mod tests {
         let mut cold = FfmpegSink::new(Arc::new(edge.unwrap()), cfg, RelayStart::Cold);
         assert_eq!(cold.spare_pids(), [None, None]);
         cold.open(a, "v", 7, false);
-        child_of(&cold, a).await;
+        let args = cmdline(child_of(&cold, a).await);
+        assert!(args.contains("-analyzeduration 500000 "), "{args}");
+        assert!(args.contains("-pes_payload_size 2930 "), "{args}");
         assert_eq!(cold.counters().warm_starts.load(Ordering::Relaxed), 0);
         assert_eq!(cold.spare_pids(), [None, None]);
         cold.close(a);

@@ -631,7 +631,7 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         "summary video={video} seconds={:.1} bytes={} datagrams={} chunks={} raw_datagrams={} \
          gaps={} missing_chunks={} duplicates={} reorderings={} duplicates_dropped={} \
          reordered_dropped={} stale_dropped={} switches={} suspicions={} suspicions_cleared={} \
-         drain_notices={} drain_notices_repeated={} drain_notices_ignored={} raw_repeated_ms={} gap_peak_ms={} media_dropped={} edges={}",
+         drain_notices={} drain_notices_repeated={} drain_notices_ignored={} raw_repeated_ms={} raw_trimmed_packets={} gap_peak_ms={} media_dropped={} edges={}",
         elapsed.as_secs_f64(),
         st.bytes,
         st.datagrams,
@@ -651,6 +651,7 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         st.drain_notices_repeated,
         st.drain_notices_ignored,
         st.raw_repeated_ms,
+        st.raw_trimmed_packets,
         st.gap_peak_ms,
         s.media_dropped,
         if edges.is_empty() {
@@ -686,6 +687,7 @@ pub fn summary_json(video: &str, s: &ClientSnapshot, elapsed: Duration) -> serde
         "drain_notices_repeated": st.drain_notices_repeated,
         "drain_notices_ignored": st.drain_notices_ignored,
         "raw_repeated_ms": st.raw_repeated_ms,
+        "raw_trimmed_packets": st.raw_trimmed_packets,
         "gap_peak_ms": st.gap_peak_ms,
         "media_dropped": s.media_dropped,
         "edges": st.edges.iter().map(|u| serde_json::json!({

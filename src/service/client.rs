@@ -26,8 +26,13 @@
 //! back to that source, brings it back), so across any number of switches the player sees each
 //! TS packet at most once and in order; holes are counted as gaps. Raw-TS datagrams (an edge relaying through
 //! ffmpeg) carry no numbers: they are taken only from the session's edge (or, until it
-//! delivers, the edge being left), so a switch can repeat or skip a little video there; the
-//! span repeated is measured from the TS packets' PCRs and counted (`raw_repeated_ms`).
+//! delivers, the edge being left), so a switch can repeat or skip a little video there. The
+//! new edge's child often starts behind the player (its input began with a GOP cache replayed
+//! by the overlay), so after a switch each PID's PES are dropped, packet by packet, until one
+//! has a timestamp (DTS, else PTS) newer than the newest handed over on that PID
+//! (`raw_trimmed_packets`); the children of every edge copy the timestamps (`-copyts`), so
+//! they compare. What still repeats is measured from the TS packets' PCRs and counted
+//! (`raw_repeated_ms`).
 //!
 //! An edge that is shutting down says so (a drain notice, accepted only from the session's
 //! edge and only with the session's stream and a cookie the client echoed to that edge): the
@@ -44,7 +49,7 @@
 //! Inputs carry `now`; outputs ([`ClientOutput`]) are polled. No clock, no socket, no panics on
 //! network input.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -54,7 +59,7 @@ use tracing::{debug, info};
 use crate::lateness::Lateness;
 use crate::wire::client::{
     is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Probe, VideoCancel,
-    VideoData, VideoRequest, REQUEST_FLAG_CONTINUE,
+    VideoData, VideoRequest, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
 };
 
 /// How many recent datagram positions are remembered to tell duplicates from late arrivals.
@@ -75,6 +80,11 @@ const PCR_PER_MS: u64 = 27_000;
 /// A PCR step back larger than this across a switch is a new timeline (a restarted source),
 /// not video repeated.
 const PCR_REPEAT_LIMIT: u64 = 10_000 * PCR_PER_MS;
+/// A PES timestamp this far (90 kHz) or less behind the newest played on its PID is video
+/// played already; further back it is a new timeline (as [`PCR_REPEAT_LIMIT`]).
+const PES_REPEAT_LIMIT: u64 = 10 * 90_000;
+/// PES timestamps are 33-bit.
+const PES_TS_MODULUS: u64 = 1 << 33;
 
 /// Tunables of the client.
 #[derive(Debug, Clone)]
@@ -332,6 +342,9 @@ pub struct ClientStats {
     /// Raw TS (ffmpeg relay): video handed to the player twice across edge switches, in
     /// milliseconds of stream time (PCR), all switches together.
     pub raw_repeated_ms: u64,
+    /// Raw TS (ffmpeg relay): TS packets of PES already played, dropped after an edge switch
+    /// (the new edge's child started behind the player: a GOP cache replayed upstream).
+    pub raw_trimmed_packets: u64,
     /// Current peak gap between the session edge's video datagrams, in milliseconds.
     pub gap_peak_ms: u64,
     pub malformed: u64,
@@ -444,6 +457,68 @@ struct RawClock {
     at_switch: Option<u64>,
     /// The edge whose video was handed over last.
     edge: Option<usize>,
+}
+
+/// Raw TS across an edge switch (see the module docs): per PID, the newest PES timestamp
+/// handed to the player, and the PIDs whose new edge has not yet passed it.
+#[derive(Debug, Default)]
+struct RawTrim {
+    newest: HashMap<u16, u64>,
+    /// PID → whether the PES in progress on it is dropped. A PID leaves this map at its first
+    /// PES newer than what was played.
+    trimming: HashMap<u16, bool>,
+    /// The edge whose video was handed over last.
+    edge: Option<usize>,
+}
+
+impl RawTrim {
+    /// The packets of `datagram` (from edge `e`) the player has not had, and how many were
+    /// dropped; `None` when nothing was dropped (the datagram goes on as it is).
+    fn trim(&mut self, e: usize, datagram: &Bytes) -> (Option<Vec<u8>>, u64) {
+        if self.edge.is_some_and(|prev| prev != e) {
+            // A packet before the first PES start on a PID continues a PES the player
+            // cannot use: dropped until a start says whether it is new.
+            self.trimming = self.newest.keys().map(|&pid| (pid, true)).collect();
+        }
+        self.edge = Some(e);
+        let mut kept: Option<Vec<u8>> = None;
+        let mut dropped = 0;
+        for (i, bytes) in datagram.chunks_exact(TS_PACKET_LEN).enumerate() {
+            // A packet that does not parse is passed on, as without trimming.
+            let Ok(p) = crate::media::ts::Packet::parse(bytes) else {
+                if let Some(k) = &mut kept {
+                    k.extend_from_slice(bytes);
+                }
+                continue;
+            };
+            let pid = p.pid();
+            let stamp = p.pes_timestamp();
+            let drop = match (self.trimming.get_mut(&pid), stamp) {
+                (Some(dropping), Some(t)) => {
+                    let newest = self.newest.get(&pid).copied().unwrap_or(t);
+                    let behind = newest.wrapping_sub(t) % PES_TS_MODULUS;
+                    *dropping = behind <= PES_REPEAT_LIMIT;
+                    let d = *dropping;
+                    if !d {
+                        self.trimming.remove(&pid);
+                    }
+                    d
+                }
+                (Some(dropping), None) => *dropping,
+                (None, _) => false,
+            };
+            if let Some(t) = stamp.filter(|_| !drop) {
+                self.newest.insert(pid, t);
+            }
+            if drop {
+                dropped += 1;
+                kept.get_or_insert_with(|| datagram[..i * TS_PACKET_LEN].to_vec());
+            } else if let Some(k) = &mut kept {
+                k.extend_from_slice(bytes);
+            }
+        }
+        (kept, dropped)
+    }
 }
 
 /// Orders framed datagrams by (epoch, seq, part); see the module docs.
@@ -617,6 +692,7 @@ pub struct ClientService {
     lateness: Lateness,
     gaps: GapMeter,
     raw_clock: RawClock,
+    raw_trim: RawTrim,
     list_wanted: bool,
     list_last: Option<Instant>,
     next_token: u64,
@@ -683,6 +759,7 @@ impl ClientService {
             lateness: Lateness::default(),
             gaps: GapMeter::default(),
             raw_clock: RawClock::default(),
+            raw_trim: RawTrim::default(),
             list_wanted: false,
             list_last: None,
             next_token: 1,
@@ -775,6 +852,7 @@ impl ClientService {
         self.audit = None;
         self.gaps = GapMeter::default();
         self.raw_clock = RawClock::default();
+        self.raw_trim = RawTrim::default();
         self.drive(now);
         stream
     }
@@ -1423,6 +1501,16 @@ impl ClientService {
             self.stats.stale_dropped += 1;
             return;
         }
+        let datagram = match self.raw_trim.trim(e, &datagram) {
+            (_, 0) => datagram,
+            (kept, dropped) => {
+                self.stats.raw_trimmed_packets += dropped;
+                match kept.filter(|k| !k.is_empty()) {
+                    Some(k) => Bytes::from(k),
+                    None => return,
+                }
+            }
+        };
         self.stats.raw_datagrams += 1;
         self.raw_clock_update(e, &datagram);
         self.deliver(now, e, datagram);
@@ -2955,6 +3043,115 @@ mod tests {
         let st = c.stats(at);
         assert_eq!(c.current_edge(), Some(standby));
         assert_eq!((st.edge_switches, st.raw_repeated_ms), (1, 100));
+    }
+
+    /// Raw TS: for each `(pid, pts_ms)`, a PES start with that PTS and one continuation
+    /// packet.
+    fn raw_pes(pes: &[(u16, u64)]) -> Bytes {
+        use crate::media::ts::tests::{packet, pes_header};
+        let mut v = Vec::new();
+        for &(pid, ms) in pes {
+            v.extend(packet(
+                pid,
+                true,
+                false,
+                None,
+                &pes_header(0xE0, ms * 90, None),
+            ));
+            v.extend(packet(pid, false, false, None, &[ms as u8; 8]));
+        }
+        Bytes::from(v)
+    }
+
+    /// What the player got, as (pid, PTS in ms) of each PES start and the continuation
+    /// packets' count.
+    fn played(c: &mut ClientService) -> (Vec<(u16, u64)>, usize) {
+        let mut starts = Vec::new();
+        let mut rest = 0;
+        while let Some(o) = c.poll_output() {
+            if let ClientOutput::Deliver(d) = o {
+                for p in crate::media::ts::packets(&d) {
+                    match p.pes_timestamp() {
+                        Some(t) => starts.push((p.pid(), t / 90)),
+                        None => rest += 1,
+                    }
+                }
+            }
+        }
+        (starts, rest)
+    }
+
+    #[test]
+    fn raw_ts_already_played_is_trimmed_after_a_switch_pes_by_pes() {
+        let now = Instant::now();
+        let (a, b) = (addr("10.0.0.1:7702"), addr("10.0.0.2:7702"));
+        let mut c =
+            ClientService::new(ClientSettings::default(), vec![a, b], EdgeChoice::Auto, now);
+        c.handle_timeout(now);
+        for (e, token) in [(a, 1), (b, 2)] {
+            let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+                token: probe_token(0, token),
+                cookie: 9,
+            });
+            c.handle_datagram(now, e, ack.to_bytes().unwrap());
+        }
+        c.handle_timeout(now);
+        c.play(now, "v1");
+        while c.poll_output().is_some() {}
+        let mut t = now;
+        // Video on PID 0x100 every 40 ms, audio on 0x101 at 20 ms steps.
+        let mut got = 0;
+        for i in 0..30u64 {
+            t = now + CHUNK_EVERY * i as u32;
+            let e = c.current_edge().unwrap();
+            let pts = 1000 + 40 * i;
+            let d = raw_pes(&[(0x100, pts), (0x101, pts), (0x101, pts + 20)]);
+            // `fed` answers the probes, so both edges stay alive.
+            got += fed(&mut c, t, e, d);
+        }
+        assert_eq!(got, 30);
+        assert_eq!(
+            c.stats(t).raw_trimmed_packets,
+            0,
+            "nothing trimmed before a switch"
+        );
+        let (old, standby) = if c.current_edge() == Some(a) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let at = t + 2 * CHUNK_EVERY;
+        c.handle_timeout(at);
+        assert_eq!(c.stats(at).suspicions, 1);
+        while c.poll_output().is_some() {}
+        // The standby's child replays a GOP the player had (video up to 2160 ms, audio up to
+        // 2180 ms), then goes on; a continuation packet before any PES start is useless.
+        let mut replay = vec![0x47, 0x01, 0x00, 0x10];
+        replay.resize(TS_PACKET_LEN, 0);
+        c.handle_datagram(at, standby, Bytes::from(replay));
+        c.handle_datagram(at, standby, raw_pes(&[(0x100, 2080), (0x101, 2100)]));
+        c.handle_datagram(at, standby, raw_pes(&[(0x100, 2160), (0x101, 2180)]));
+        assert_eq!(
+            c.current_edge(),
+            Some(standby),
+            "the standby's video moved the client"
+        );
+        c.handle_datagram(at, old, raw_pes(&[(0x100, 2200)]));
+        // One datagram with the last audio played and the first new video.
+        c.handle_datagram(at, standby, raw_pes(&[(0x101, 2180), (0x100, 2200)]));
+        c.handle_datagram(at, standby, raw_pes(&[(0x101, 2200), (0x100, 2240)]));
+        let (starts, rest) = played(&mut c);
+        assert_eq!(starts, [(0x100, 2200), (0x101, 2200), (0x100, 2240)]);
+        assert_eq!(
+            rest, 3,
+            "the continuations of what was played are trimmed too"
+        );
+        let st = c.stats(at);
+        assert_eq!(st.raw_trimmed_packets, 1 + 4 + 4 + 2);
+        assert_eq!(st.edge_switches, 1);
+        // Trimming ends with the switch: a timeline going back (a restarted source) plays.
+        c.handle_datagram(at, standby, raw_pes(&[(0x100, 100)]));
+        assert_eq!(played(&mut c).0, [(0x100, 100)]);
     }
 
     fn framed(stream: u32, epoch: u64, seq: u64, part: u16, parts: u16) -> Bytes {
