@@ -3121,7 +3121,7 @@ mod tests {
             (b, a)
         };
         let at = t + 2 * CHUNK_EVERY;
-        c.handle_timeout(at);
+        tick(&mut c, at);
         assert_eq!(c.stats(at).suspicions, 1);
         while c.poll_output().is_some() {}
         // The standby's child replays a GOP the player had (video up to 2160 ms, audio up to
