@@ -57,10 +57,10 @@ pub struct ClientArgs {
     /// free one.
     #[arg(long, default_value_t = 0)]
     pub player_port: u16,
-    /// The edge is suspected (and the next-best one asked to continue the stream) after a
-    /// silence of twice the stream's peak gap between datagrams, and at least this many
-    /// milliseconds; 0: no suspicion, an edge is left only after 1 s without any sign of life
-    /// (the rule before).
+    /// The edge is probed after a silence of twice the stream's peak gap between datagrams,
+    /// and at least this many milliseconds, and suspected (the next-best one asked to continue
+    /// the stream) when the probe goes unanswered; 0: no suspicion, an edge is left only after
+    /// 1 s without any sign of life (the rule before).
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_SUSPECT_FLOOR_MS)]
     pub edge_suspect_ms: u64,
     #[command(flatten)]

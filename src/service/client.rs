@@ -10,8 +10,11 @@
 //! the player until the new one delivers, then it is cancelled.
 //!
 //! The stream is its own heartbeat: the client follows the peak gap between the video
-//! datagrams of its edge (decaying slowly), and a silence of twice that peak (bounded by
-//! `suspect_floor` and `dead_after`) makes the edge *suspected*: the next-best edge is asked
+//! datagrams of its edge (decaying slowly). A silence of twice that peak (bounded by
+//! `suspect_floor` and `dead_after`) first *doubts* the edge: it is probed at once; an answer
+//! within `suspect_probe_wait` plus its round trip shows it alive (it then gets
+//! `suspect_mend` for a stall above it), and its video coming back ends the doubt. Unanswered,
+//! the edge is *suspected*: the next-best edge is asked
 //! for the stream while the old one is still listened to. The first datagram of the new edge
 //! that the player has not had (framed: newer than the last delivered; raw TS: any) completes
 //! the move; if the old edge speaks first, the suspicion is cleared and the new edge let go,
@@ -147,6 +150,13 @@ pub struct ClientSettings {
     /// pauses between bursts.
     pub suspect_samples: u32,
     pub suspect_warmup: Duration,
+    /// Before suspecting, the silent edge is probed at once: an answer within this long plus
+    /// its round trip shows it alive (a host that was descheduled a moment speaks again by
+    /// then, and nothing moves) ...
+    pub suspect_probe_wait: Duration,
+    /// ... and an edge that answers while its stream stays silent (a stall above it, which
+    /// the overlay mends in about a tenth of a second) is left this long at least.
+    pub suspect_mend: Duration,
     /// The measured peak gap halves in this long (a burst of lateness is remembered a while).
     pub gap_peak_half_life: Duration,
     /// The first stream id; give each run a different one (random) so an edge never mistakes
@@ -184,6 +194,8 @@ impl Default for ClientSettings {
             suspect_factor: 2.0,
             suspect_samples: 16,
             suspect_warmup: Duration::from_secs(1),
+            suspect_probe_wait: Duration::from_millis(30),
+            suspect_mend: Duration::from_millis(250),
             gap_peak_half_life: Duration::from_secs(10),
             first_stream: 1,
             token_key: 0,
@@ -440,6 +452,15 @@ impl GapMeter {
     }
 }
 
+/// The session's edge fell silent beyond its rhythm and was probed at `at`; suspected at
+/// `until` unless it answered (then after the mend time) or its video came back.
+#[derive(Debug, Clone, Copy)]
+struct EdgeDoubt {
+    edge: usize,
+    at: Instant,
+    until: Instant,
+}
+
 /// The session's edge is suspected: since when, and the edge asked for the stream meanwhile.
 #[derive(Debug)]
 struct Suspect {
@@ -688,6 +709,8 @@ pub struct ClientService {
     draining: Option<Attachment>,
     /// The session's edge went silent beyond the stream's rhythm.
     suspect: Option<Suspect>,
+    /// The probe that comes before a suspicion.
+    doubt: Option<EdgeDoubt>,
     /// How late our own timers fire: a saturated host stretches the suspicion by it.
     lateness: Lateness,
     gaps: GapMeter,
@@ -756,6 +779,7 @@ impl ClientService {
             session: None,
             draining: None,
             suspect: None,
+            doubt: None,
             lateness: Lateness::default(),
             gaps: GapMeter::default(),
             raw_clock: RawClock::default(),
@@ -1285,6 +1309,7 @@ impl ClientService {
             return;
         }
         self.gaps.arrival(now, self.settings.gap_peak_half_life);
+        self.doubt = None;
         if let Some(sus) = self.suspect.take() {
             self.stats.suspicions_cleared += 1;
             let silent = now.saturating_duration_since(sus.since);
@@ -1326,7 +1351,19 @@ impl ClientService {
             .peak
             .mul_f64(self.settings.suspect_factor)
             .clamp(floor, self.settings.dead_after.max(floor));
-        Some(self.edges[att.edge].last_data? + after + self.lateness.slack())
+        let edge = &self.edges[att.edge];
+        let last = edge.last_data?;
+        let slack = self.lateness.slack();
+        Some(
+            match self.doubt.filter(|d| d.edge == att.edge && d.at >= last) {
+                // Time to probe it.
+                None => last + after + slack,
+                Some(d) if edge.last_ack.is_some_and(|t| t >= d.at) => d
+                    .until
+                    .max(last + after.max(self.settings.suspect_mend) + slack),
+                Some(d) => d.until + slack,
+            },
+        )
     }
 
     /// Starts a suspicion when the session's edge has been silent too long, and asks the
@@ -1334,6 +1371,22 @@ impl ClientService {
     fn check_suspicion(&mut self, now: Instant) {
         if self.suspect_at().is_some_and(|t| now >= t) {
             let Some(c) = self.current else { return };
+            let last = self.edges[c].last_data;
+            if !self
+                .doubt
+                .is_some_and(|d| d.edge == c && Some(d.at) >= last)
+            {
+                // Doubt first: a live edge answers within its round trip.
+                let rtt = self.edges[c].rtt.unwrap_or_default();
+                self.doubt = Some(EdgeDoubt {
+                    edge: c,
+                    at: now,
+                    until: now + self.settings.suspect_probe_wait + rtt,
+                });
+                self.send_probe(c, now);
+                return;
+            }
+            self.doubt = None;
             self.stats.suspicions += 1;
             let silent = self.edges[c]
                 .last_data
@@ -1658,13 +1711,19 @@ impl ClientService {
                 push_outcome(edge, true, window);
             }
             if now >= edge.next_probe {
-                let token = probe_token(self.settings.token_key, self.next_token);
-                self.next_token += 1;
-                edge.pending.push_back((token, now));
-                edge.next_probe = now + self.settings.probe_interval;
-                self.send(e, ClientMsg::Probe(Probe { token }));
+                self.send_probe(e, now);
             }
         }
+    }
+
+    /// Probes edge `e` now; the next regular probe follows one interval later.
+    fn send_probe(&mut self, e: usize, now: Instant) {
+        let token = probe_token(self.settings.token_key, self.next_token);
+        self.next_token += 1;
+        let edge = &mut self.edges[e];
+        edge.pending.push_back((token, now));
+        edge.next_probe = now + self.settings.probe_interval;
+        self.send(e, ClientMsg::Probe(Probe { token }));
     }
 
     /// Edge choice, session placement, retransmissions and keepalives.
@@ -2661,6 +2720,29 @@ mod tests {
         c.handle_timeout(now);
     }
 
+    /// Takes the outputs; returns how many were probes to `edge` (left unanswered).
+    fn probes_to(c: &mut ClientService, edge: SocketAddr) -> usize {
+        std::iter::from_fn(|| c.poll_output())
+            .filter(|o| {
+                matches!(o, ClientOutput::Send { to, bytes }
+                    if *to == edge && matches!(ClientMsg::decode(bytes.clone()), Ok(ClientMsg::Probe(_))))
+            })
+            .count()
+    }
+
+    /// The session's edge silent until `at`: the client probes it (the doubt) and nothing
+    /// answers; returns the instant it is suspected, whose outputs are left to the test.
+    fn doubt_unanswered(c: &mut ClientService, at: Instant) -> Instant {
+        let edge = c.edges[c.current.unwrap()].addr;
+        tick(c, at);
+        assert_eq!(c.stats(at).suspicions, 0, "a probe comes first");
+        assert_eq!(probes_to(c, edge), 1, "the silent edge is probed");
+        let sus = c.suspect_at().expect("the probe's deadline");
+        tick(c, sus);
+        assert_eq!(c.stats(sus).suspicions, 1);
+        sus
+    }
+
     /// Takes the outputs, answering every probe at once; returns the datagrams delivered.
     fn answer_probes(c: &mut ClientService, now: Instant) -> usize {
         let mut delivered = 0;
@@ -2709,17 +2791,26 @@ mod tests {
     }
 
     #[test]
-    fn suspicion_starts_exactly_at_two_peak_gaps_and_asks_the_next_edge_to_continue() {
+    fn two_peak_gaps_of_silence_probe_the_edge_and_an_unanswered_probe_asks_the_next_edge() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
         assert_eq!(c.gaps.peak, CHUNK_EVERY);
         let at = last + 2 * CHUNK_EVERY;
         assert_eq!(c.suspect_at(), Some(at));
         assert!(c.poll_timeout().is_some_and(|t| t <= at));
         tick(&mut c, at - Duration::from_millis(1));
-        assert_eq!(c.stats(at).suspicions, 0);
-        assert!(requests(&mut c).is_empty());
+        assert!(probes_to(&mut c, a) == 0 && c.stats(at).suspicions == 0);
+        // The doubt: the silent edge is probed at once, nothing else.
         tick(&mut c, at);
-        assert_eq!(c.stats(at).suspicions, 1);
+        assert_eq!(probes_to(&mut c, a), 1);
+        let rtt = c.edges[0].rtt.unwrap_or_default();
+        let sus = at + c.settings.suspect_probe_wait + rtt;
+        assert_eq!(c.suspect_at(), Some(sus));
+        tick(&mut c, sus - Duration::from_millis(1));
+        assert_eq!(c.stats(sus).suspicions, 0);
+        assert!(requests(&mut c).is_empty());
+        // Unanswered: suspected, the next edge asked to continue.
+        tick(&mut c, sus);
+        assert_eq!(c.stats(sus).suspicions, 1);
         let sent = requests(&mut c);
         assert!(
             matches!(&sent[..], [(to, ClientMsg::VideoRequest(r))]
@@ -2728,7 +2819,25 @@ mod tests {
         );
         // Still on the old edge: the suspicion is no switch.
         assert_eq!(c.current_edge(), Some(a));
-        assert_eq!(c.stats(at).edge_switches, 0);
+        assert_eq!(c.stats(sus).edge_switches, 0);
+    }
+
+    #[test]
+    fn an_edge_that_answers_the_probe_is_given_the_mend_time_and_its_video_ends_the_doubt() {
+        let (mut c, a, _, last) = playing_two(ClientSettings::default(), 30);
+        let at = last + 2 * CHUNK_EVERY;
+        tick(&mut c, at);
+        // The edge answers at once (its host is alive; the stream stalls above it).
+        answer_probes(&mut c, at);
+        let mend = last + c.settings.suspect_mend;
+        assert_eq!(c.suspect_at(), Some(mend));
+        tick(&mut c, mend - Duration::from_millis(1));
+        assert_eq!(c.stats(mend).suspicions, 0);
+        // Its video comes back first: no suspicion, and the next silence starts over.
+        c.handle_datagram(mend - Duration::from_millis(1), a, framed(1, 1, 30, 0, 1));
+        assert_eq!(delivered(&mut c), 1);
+        assert!(c.doubt.is_none());
+        assert_eq!(c.stats(mend).suspicions, 0);
     }
 
     #[test]
@@ -2752,16 +2861,14 @@ mod tests {
         tick(&mut c, at - Duration::from_millis(1));
         assert_eq!(c.stats(at).suspicions, 0);
         assert!(requests(&mut c).is_empty());
-        tick(&mut c, at);
-        assert_eq!(c.stats(at).suspicions, 1);
+        doubt_unanswered(&mut c, at);
         assert!(matches!(&requests(&mut c)[..], [(to, ClientMsg::VideoRequest(_))] if *to == b));
     }
 
     #[test]
     fn the_old_edge_speaking_first_clears_the_suspicion_and_lets_the_standby_go() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
-        let at = last + 2 * CHUNK_EVERY;
-        tick(&mut c, at);
+        let at = doubt_unanswered(&mut c, last + 2 * CHUNK_EVERY);
         requests(&mut c);
         c.handle_datagram(at + TICK, a, framed(1, 1, 30, 0, 1));
         let (n, sent) = drain(&mut c);
@@ -2779,15 +2886,14 @@ mod tests {
         c.handle_datagram(at + TICK, b, framed(1, 1, 31, 0, 1));
         assert_eq!(delivered(&mut c), 0);
         assert_eq!(c.current_edge(), Some(a));
-        // The 85 ms silence was the stream's rhythm after all: the peak follows it.
-        assert_eq!(c.gaps.peak, 2 * CHUNK_EVERY + TICK);
+        // The silence was the stream's rhythm after all: the peak follows it.
+        assert_eq!(c.gaps.peak, at + TICK - last);
     }
 
     #[test]
     fn newer_video_from_the_standby_completes_the_switch_without_duplicates() {
         let (mut c, a, b, last) = playing_two(ClientSettings::default(), 30);
-        let at = last + 2 * CHUNK_EVERY;
-        tick(&mut c, at);
+        let at = doubt_unanswered(&mut c, last + 2 * CHUNK_EVERY);
         requests(&mut c);
         // The standby's GOP cache: video the player had; dropped, no switch yet.
         let t = at + TICK;
@@ -3032,9 +3138,7 @@ mod tests {
             (b, a)
         };
         assert_eq!(got, 30);
-        let at = t + 2 * CHUNK_EVERY;
-        tick(&mut c, at);
-        assert_eq!(c.stats(at).suspicions, 1);
+        let at = doubt_unanswered(&mut c, t + 2 * CHUNK_EVERY);
         // The standby's child started 100 ms behind what the player had (PCR 2160).
         c.handle_datagram(at, standby, raw_with_pcr(2060, 7));
         c.handle_datagram(at, standby, raw_with_pcr(2100, 7));
@@ -3120,9 +3224,7 @@ mod tests {
         } else {
             (b, a)
         };
-        let at = t + 2 * CHUNK_EVERY;
-        tick(&mut c, at);
-        assert_eq!(c.stats(at).suspicions, 1);
+        let at = doubt_unanswered(&mut c, t + 2 * CHUNK_EVERY);
         while c.poll_output().is_some() {}
         // The standby's child replays a GOP the player had (video up to 2160 ms, audio up to
         // 2180 ms), then goes on; a continuation packet before any PES start is useless.
