@@ -276,6 +276,7 @@ fn routed(test: &'static str, tag: &str, topo: &str, relay: &str) {
             .collect();
         let marks: Vec<usize> = clients.iter().map(|(_, c)| c.log().len()).collect();
         let (at, at_unix) = (Instant::now(), unix_now());
+        let fault_marks: Vec<usize> = faults.iter().map(|(e, _)| emu.mark(e)).collect();
         for (e, f) in &faults {
             match f {
                 Fault::Kill => emu.ok(&["kill", e]),
@@ -346,7 +347,13 @@ fn routed(test: &'static str, tag: &str, topo: &str, relay: &str) {
         }
         // Bring the stopped edges back; every client that lists one must read it up again.
         let marks: Vec<usize> = clients.iter().map(|(_, c)| c.stdout().len()).collect();
-        for (e, f) in &faults {
+        for ((e, f), fm) in faults.iter().zip(&fault_marks) {
+            if *f == Fault::Isolate {
+                // The cut lasts until the isolated device has given its links up (their dead
+                // timer): its clients move within a fraction of that, and a shorter cut would
+                // leave the links standing (nothing to come "up" again).
+                emu.wait_log(e, *fm, &["neighbour down"], 10.0);
+            }
             let m = emu.mark(e);
             match f {
                 Fault::Kill => emu.ok(&["start", e]),
