@@ -168,8 +168,9 @@ mod tests {
     use super::super::testkit::{Did, Harness};
     use super::*;
 
-    #[test]
-    fn an_only_parent_is_asked_for_its_providers_and_they_are_dialled_when_it_dies() {
+    /// B subscribes to v through A, its only provider, which it asks for its providers (a
+    /// grandfather request) and which names G; returns the harness and G.
+    fn b_below_a_with_grandfather_g() -> (Harness, PeerAddr) {
         let mut h = Harness::new("B");
         h.link("A");
         h.flood("S", &["G"], "A", 5, &["v"]);
@@ -184,6 +185,12 @@ mod tests {
             grandfathers: vec![g.clone()],
         };
         h.run(|s, ctx| s.on_grandfathers(ctx, "A", reply));
+        (h, g)
+    }
+
+    #[test]
+    fn an_only_parent_is_asked_for_its_providers_and_they_are_dialled_when_it_dies() {
+        let (mut h, g) = b_below_a_with_grandfather_g();
         assert_eq!(h.streams.grandfathers("v"), std::slice::from_ref(&g));
         h.unlink("A");
         assert_eq!(h.did(), [Did::Other(StreamAction::Want(g.addr))]);
@@ -202,19 +209,7 @@ mod tests {
 
     #[test]
     fn an_only_parent_that_drains_is_left_for_a_grandfather_make_before_break() {
-        let mut h = Harness::new("B");
-        h.link("A");
-        h.flood("S", &["G"], "A", 5, &["v"]);
-        h.run(|s, ctx| s.subscribe_local(ctx, "v"));
-        let g = PeerAddr {
-            name: "G".into(),
-            addr: Harness::addr_of("G"),
-        };
-        let reply = Grandfathers {
-            video: "v".into(),
-            grandfathers: vec![g.clone()],
-        };
-        h.run(|s, ctx| s.on_grandfathers(ctx, "A", reply));
+        let (mut h, g) = b_below_a_with_grandfather_g();
         h.chunk("A", "v", 1, 1);
         h.did();
         // A drains: G is dialled while A still feeds us.
