@@ -634,7 +634,7 @@ fn near_equal_paths_prefer_fewer_hops_and_do_not_flap() {
     let lan = |us: u64| LinkParams {
         delay: Duration::from_micros(us),
         jitter: Duration::from_micros(200),
-        loss: 0.0,
+        ..LinkParams::default()
     };
     // Short: S-A-C, 2 hops of 300 µs. Long: S-B-D-C, 3 hops of 150 µs: 150 µs faster, which is
     // noise next to the 1 ms switch floor.
@@ -660,4 +660,43 @@ fn near_equal_paths_prefer_fewer_hops_and_do_not_flap() {
     clean(&s, "C", Duration::ZERO);
     let c = s.node("C").stream_counters(V).unwrap();
     assert_eq!(c.switches, 0, "{c:?}");
+}
+
+/// The simulator builds its links from a topology file's link parameters (delays add along
+/// the underlay route): in topology/link-quality.json the branch through O2 (5 + 5 ms) beats
+/// the one through O3 (20 + 20 ms), and slowing O1–O2 in the simulator moves the stream.
+#[test]
+fn a_topology_files_link_delays_choose_the_tree() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/link-quality.json");
+    let t = overlayd::topology::load(&file).unwrap();
+    let mut s = Sim::from_topology(&t, SimConfig::default(), |name| {
+        if name == "S1" {
+            vec![V.to_string()]
+        } else {
+            vec![]
+        }
+    })
+    .unwrap();
+    start_and_subscribe(&mut s, secs(3), &["O4"], secs(2));
+    assert_eq!(s.chain("O4", V), vec!["O4", "O2", "O1", "S1"]);
+    // The floods' one-way delays are the routes' sums: 2 + 5 + 5 ms and 2 + 20 + 20 ms, plus
+    // up to 2 ms (4 ms) of jitter.
+    let delays: Vec<(String, i64)> = s
+        .node("O4")
+        .parent_table(s.instant())
+        .into_iter()
+        .map(|p| (p.neighbour, p.delay_us))
+        .collect();
+    println!("O4's parent delays (us): {delays:?}");
+    let delay_via = |n: &str| delays.iter().find(|(m, _)| m == n).unwrap().1;
+    assert!((12_000..14_500).contains(&delay_via("O2")), "{delays:?}");
+    assert!((42_000..46_500).contains(&delay_via("O3")), "{delays:?}");
+    s.set_link("O1", "O2", LinkParams::ms(60));
+    s.run_until_cond(ms(50), secs(20), |s| {
+        s.chain("O4", V) == ["O4", "O3", "O1", "S1"]
+    })
+    .expect("the stream moved to the branch through O3");
+    s.run_for(secs(1));
+    clean(&s, "O4", Duration::ZERO);
+    assert_eq!(seq_report(s.delivered("O4", V), Duration::ZERO).missing, 0);
 }

@@ -5,7 +5,8 @@
 //! routes that make every address reachable from every host (so grandfather connections to
 //! non-neighbours work), and which host runs the bootstrapper. Two back ends consume it:
 //! [`core`] writes CORE scenario files (CORE 9 XML and legacy .imn) and [`netns`] builds the same
-//! network out of Linux network namespaces and runs the daemons in it.
+//! network out of Linux network namespaces and runs the daemons in it; there, links with
+//! parameters go through the user-space shaper ([`shaper`] the model, [`tap`] the process).
 //!
 //! Derivation rules (documented for users in `topology/README.md`):
 //! - every device is one host; every device must list its own `"addresses"`;
@@ -18,6 +19,10 @@
 //!   shortest path over subnets of the destination's address family (fewest subnets crossed;
 //!   ties broken by host order), so the plan is deterministic; both back ends install these
 //!   same routes (the netns emulator itself, the CORE scenarios in each node's start script);
+//! - link parameters (a device's `"links"`, see [`crate::topology::LinkParams`]) sit on
+//!   ports: a point-to-point link's on its first member's interface, a LAN member's on its own
+//!   interface (its link to the switch, as in CORE); a packet crossing a subnet meets the
+//!   sender's port then the receiver's ([`Underlay::path_params`]);
 //! - the bootstrapper runs on the host of the device marked `"bootstrapper": true` (at most
 //!   one), or else on the first server in name order (else the first device); every device is
 //!   given that host's first address as `--bootstrap`.
@@ -29,13 +34,16 @@
 
 pub mod core;
 pub mod netns;
+pub mod shaper;
+pub mod tap;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{self, DeviceRole, Topology};
+use crate::topology::{self, DeviceRole, LinkParams, Topology};
+pub use crate::topology::{Net, V4_PREFIX, V6_PREFIX};
 
 /// How long a stop waits for a daemon run with `argv` to exit after SIGTERM before SIGKILL:
 /// its drain bound (`--drain-ms`, else the default), in which a relay or an edge lets its
@@ -56,53 +64,6 @@ pub fn stop_wait(argv: &[String]) -> std::time::Duration {
     std::time::Duration::from_millis(drain_ms + 3000)
 }
 
-/// Prefix length used for IPv4 subnets.
-pub const V4_PREFIX: u8 = 24;
-/// Prefix length used for IPv6 subnets.
-pub const V6_PREFIX: u8 = 64;
-
-/// A subnet: network address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Net {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Net {
-    /// The subnet `ip` belongs to under the default prefix lengths.
-    pub fn of(ip: IpAddr) -> Net {
-        match ip {
-            IpAddr::V4(v4) => {
-                let bits = u32::from(v4) & (u32::MAX << (32 - V4_PREFIX));
-                Net {
-                    addr: IpAddr::V4(bits.into()),
-                    prefix: V4_PREFIX,
-                }
-            }
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6) & (u128::MAX << (128 - V6_PREFIX));
-                Net {
-                    addr: IpAddr::V6(bits.into()),
-                    prefix: V6_PREFIX,
-                }
-            }
-        }
-    }
-
-    pub fn is_v4(&self) -> bool {
-        self.addr.is_ipv4()
-    }
-}
-
-impl std::fmt::Display for Net {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.prefix == 0 {
-            return f.write_str("default");
-        }
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
 /// One interface of a host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Iface {
@@ -114,6 +75,10 @@ pub struct Iface {
     pub addrs: Vec<IpAddr>,
     /// A locally administered MAC address, unique in the plan.
     pub mac: String,
+    /// How this port's link behaves, both directions: a point-to-point link's parameters sit
+    /// on its first member's port, a LAN member's on its own port (its link to the switch).
+    #[serde(default)]
+    pub link: LinkParams,
 }
 
 /// A static route of a host.
@@ -257,6 +222,7 @@ impl Underlay {
                             subnet: s,
                             addrs: vec![ip],
                             mac: format!("02:0e:{:02x}:{:02x}:00:{:02x}", h >> 8, h & 0xff, k),
+                            link: LinkParams::default(),
                         });
                         subnets[s].members.push((h, k));
                     }
@@ -265,6 +231,18 @@ impl Underlay {
         }
         for s in &mut subnets {
             s.members.sort();
+        }
+        for (at, params) in topology::resolve_links(t).0 {
+            let s = net_index[&at.net];
+            let (h, i) = match &at.device {
+                None => subnets[s].members[0],
+                Some(name) => *subnets[s]
+                    .members
+                    .iter()
+                    .find(|(h, _)| hosts[*h].name == *name)
+                    .expect("resolve_links only names members of the subnet"),
+            };
+            hosts[h].ifaces[i].link = params;
         }
 
         let mut notes = Vec::new();
@@ -348,6 +326,88 @@ impl Underlay {
             "--bootstrap".into(),
             self.bootstrap_ip.to_string(),
         ]
+    }
+
+    /// The hops a packet from host `from` to `dst` takes under the plan's routes: (host reached,
+    /// subnet crossed), in order; empty when `dst` is `from`'s own.
+    pub fn route(&self, from: usize, dst: IpAddr) -> Result<Vec<(usize, usize)>, String> {
+        let net = Net::of(dst);
+        let mut steps = Vec::new();
+        let mut cur = from;
+        loop {
+            let host = &self.hosts[cur];
+            if let Some(iface) = host
+                .ifaces
+                .iter()
+                .find(|i| self.subnets[i.subnet].net == net)
+            {
+                let s = iface.subnet;
+                let owner = self.subnets[s]
+                    .members
+                    .iter()
+                    .find(|&&(m, k)| self.hosts[m].ifaces[k].addrs.contains(&dst))
+                    .ok_or(format!("{}: nobody has {dst} on its subnet", host.name))?;
+                if owner.0 != cur {
+                    steps.push((owner.0, s));
+                }
+                return Ok(steps);
+            }
+            let r = host
+                .routes
+                .iter()
+                .find(|r| r.dest == net)
+                .or_else(|| {
+                    host.routes
+                        .iter()
+                        .find(|r| r.dest.prefix == 0 && r.dest.is_v4() == dst.is_ipv4())
+                })
+                .ok_or(format!("{} has no route to {dst}", host.name))?;
+            let out = host
+                .ifaces
+                .iter()
+                .find(|i| i.name == r.dev)
+                .ok_or(format!("{}: route via missing {}", host.name, r.dev))?;
+            let next = self.subnets[out.subnet]
+                .members
+                .iter()
+                .find(|&&(m, k)| self.hosts[m].ifaces[k].addrs.contains(&r.via))
+                .ok_or(format!(
+                    "{}: next hop {} is not on {}",
+                    host.name, r.via, r.dev
+                ))?
+                .0;
+            if next == from || steps.iter().any(|&(h, _)| h == next) {
+                return Err(format!(
+                    "routing loop towards {dst} at {}",
+                    self.hosts[next].name
+                ));
+            }
+            steps.push((next, out.subnet));
+            cur = next;
+        }
+    }
+
+    /// The link parameters of host `h`'s port on subnet `s` (ideal when it has none there).
+    pub fn port_params(&self, h: usize, s: usize) -> LinkParams {
+        self.hosts[h]
+            .iface_on(s)
+            .map(|i| self.hosts[h].ifaces[i].link)
+            .unwrap_or_default()
+    }
+
+    /// What a packet from host `from` to `dst` meets along its route: every subnet crossed
+    /// costs the sender's port then the receiver's (a point-to-point link keeps its parameters
+    /// on one of them, a LAN has one per member).
+    pub fn path_params(&self, from: usize, dst: IpAddr) -> Result<LinkParams, String> {
+        let mut at = from;
+        let mut p = LinkParams::default();
+        for (next, s) in self.route(from, dst)? {
+            p = p
+                .then(&self.port_params(at, s))
+                .then(&self.port_params(next, s));
+            at = next;
+        }
+        Ok(p)
     }
 
     /// Host indices in start order: servers, then nodes and edges, then clients (each in name
@@ -596,57 +656,10 @@ mod tests {
     /// subnet's route, then the default route), from host `from` to address `dst`. Returns the
     /// hosts visited, or why the packet is lost.
     fn walk(u: &Underlay, from: usize, dst: IpAddr) -> Result<Vec<usize>, String> {
-        let net = Net::of(dst);
-        let mut path = vec![from];
-        let mut cur = from;
-        loop {
-            let host = &u.hosts[cur];
-            if let Some(i) = host
-                .ifaces
-                .iter()
-                .position(|i| u.subnets[i.subnet].net == net)
-            {
-                let subnet = &u.subnets[host.ifaces[i].subnet];
-                let owner = subnet
-                    .members
-                    .iter()
-                    .find(|&&(m, k)| u.hosts[m].ifaces[k].addrs.contains(&dst))
-                    .ok_or(format!("{}: nobody has {dst} on its subnet", host.name))?;
-                if owner.0 != cur {
-                    path.push(owner.0);
-                }
-                return Ok(path);
-            }
-            let r = host
-                .routes
-                .iter()
-                .find(|r| r.dest == net)
-                .or_else(|| {
-                    host.routes
-                        .iter()
-                        .find(|r| r.dest.prefix == 0 && r.dest.is_v4() == dst.is_ipv4())
-                })
-                .ok_or(format!("{} has no route to {dst}", host.name))?;
-            let out = host
-                .ifaces
-                .iter()
-                .find(|i| i.name == r.dev)
-                .ok_or(format!("{}: route via missing {}", host.name, r.dev))?;
-            let next = u.subnets[out.subnet]
-                .members
-                .iter()
-                .find(|&&(m, k)| u.hosts[m].ifaces[k].addrs.contains(&r.via))
-                .ok_or(format!(
-                    "{}: next hop {} is not on {}",
-                    host.name, r.via, r.dev
-                ))?
-                .0;
-            if path.contains(&next) {
-                return Err(format!("routing loop towards {dst}: {path:?} then {next}"));
-            }
-            path.push(next);
-            cur = next;
-        }
+        let steps = u.route(from, dst)?;
+        Ok(std::iter::once(from)
+            .chain(steps.iter().map(|&(h, _)| h))
+            .collect())
     }
 
     /// Fewest hosts crossed from `a` to `b` (breadth-first over shared subnets).
@@ -665,6 +678,52 @@ mod tests {
             }
         }
         dist[b]
+    }
+
+    #[test]
+    fn link_parameters_sit_on_ports_and_compound_along_routes() {
+        // S1 –5ms– O1 –20ms, 10 % loss– O2, and C1 on O2's LAN with C2, its own attachment
+        // lossy (4 %).
+        let u = Underlay::from_topology(&topo(
+            r#"{
+            "S1": {"addresses": ["10.0.1.10"], "neighbours": ["10.0.1.1"],
+                   "links": {"O1": {"delay": "5ms"}}},
+            "O1": {"addresses": ["10.0.1.1", "10.0.2.1"], "neighbours": ["10.0.1.10", "10.0.2.2"],
+                   "links": {"O2": {"delay": "20ms", "loss": "10%", "rate": "2Mbit"}}},
+            "O2": {"addresses": ["10.0.2.2", "10.0.3.1"], "neighbours": ["10.0.2.1"], "edge": true},
+            "C1": {"addresses": ["10.0.3.20"], "neighbours": ["10.0.3.1"],
+                   "links": {"10.0.3.0/24": {"loss": "4%", "delay": "1ms"}}},
+            "C2": {"addresses": ["10.0.3.21"], "neighbours": ["10.0.3.1"]}
+        }"#,
+        ))
+        .unwrap();
+        let (c1, _) = u.host("C1").unwrap();
+        let (o1, _) = u.host("O1").unwrap();
+        let (s1, _) = u.host("S1").unwrap();
+        let (o2, _) = u.host("O2").unwrap();
+        // Point-to-point: on the first member's port only (C1 sorts first; O1 before O2/S1).
+        let s_o1 = u.shared_subnets(s1, o1)[0];
+        assert_eq!(u.port_params(o1, s_o1), LinkParams::ms(5));
+        assert!(u.port_params(s1, s_o1).is_ideal());
+        // The LAN: C1's own port, nobody else's.
+        let lan = u.shared_subnets(c1, o2)[0];
+        assert!((u.port_params(c1, lan).loss - 0.04).abs() < 1e-12);
+        assert!(u.port_params(o2, lan).is_ideal());
+        // S1 to C1: 5 + 20 + 1 ms; loss 1 - 0.9 * 0.96; the slowest rate.
+        let p = u.path_params(s1, "10.0.3.20".parse().unwrap()).unwrap();
+        assert_eq!(p.delay, std::time::Duration::from_millis(26));
+        assert!((p.loss - (1.0 - 0.9 * 0.96)).abs() < 1e-9, "{p}");
+        assert_eq!(p.rate, Some(2_000_000));
+        // And back, the same.
+        assert_eq!(u.path_params(c1, "10.0.1.10".parse().unwrap()).unwrap(), p);
+        // C2 crosses the LAN without C1's port.
+        let p = u.path_params(s1, "10.0.3.21".parse().unwrap()).unwrap();
+        assert_eq!(p.delay, std::time::Duration::from_millis(25));
+        assert!((p.loss - 0.1).abs() < 1e-9);
+        assert!(u
+            .path_params(s1, "10.0.1.10".parse().unwrap())
+            .unwrap()
+            .is_ideal());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! (time, insertion number), and a model of the network between nodes. Links behave like the
 //! TCP connections the daemon uses: reliable and in order per direction, with a one-way delay,
 //! jitter that never reorders within a connection, and loss modelled as a retransmission delay.
+//! Links are declared one by one, or all at once from a topology file
+//! ([`Sim::from_topology`]): its link parameters compounded along the underlay's routes.
 //! A cut is silent (nothing passes, nothing closes; what was sent waits for the restore); a
 //! crash closes every connection of the node (peers see the close one link delay later); a
 //! hang freezes the node (it handles nothing and sends nothing, and peers must notice by
@@ -32,6 +34,7 @@ use rand::{Rng, SeedableRng};
 pub mod fuzz;
 
 use crate::overlay::{LinkId, Node, NodeConfig, Output};
+use crate::topology::DeviceRole;
 use crate::wire::overlay::{OverlayMsg, OverlayRole, TraceHop};
 
 /// Wall clock (µs since the UNIX epoch) at virtual time zero, before per-node skew.
@@ -39,36 +42,10 @@ const WALL_BASE_US: u64 = 1_700_000_000_000_000;
 /// Overlay port every simulated node listens on.
 const PORT: u16 = 7700;
 
-/// Behaviour of the path between two nodes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LinkParams {
-    /// One-way delay.
-    pub delay: Duration,
-    /// Extra delay drawn uniformly in `0..jitter` per message (never reorders).
-    pub jitter: Duration,
-    /// Probability that a message needs a retransmission (adds an RTO of `max(200 ms, 2 RTT)`).
-    pub loss: f64,
-}
-
-impl LinkParams {
-    pub fn ms(delay_ms: u64) -> Self {
-        LinkParams {
-            delay: Duration::from_millis(delay_ms),
-            jitter: Duration::ZERO,
-            loss: 0.0,
-        }
-    }
-
-    pub fn jitter(mut self, jitter: Duration) -> Self {
-        self.jitter = jitter;
-        self
-    }
-
-    pub fn loss(mut self, loss: f64) -> Self {
-        self.loss = loss;
-        self
-    }
-}
+/// Behaviour of the path between two nodes: the topology's link description. Duplication and
+/// rate are not modelled (TCP hides duplicates; the overlay's streams are far below any rate a
+/// scenario gives), and loss is read per message (see [`LinkParams::loss`]).
+pub use crate::topology::LinkParams;
 
 /// One chunk a local consumer received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,6 +370,56 @@ impl Sim {
         if !self.nodes[ib].config.neighbours.contains(&aa) {
             self.nodes[ib].config.neighbours.push(aa);
         }
+    }
+
+    /// A simulator holding a topology file's overlay: every server, node and edge (clients are
+    /// not simulated; subscribe nodes instead), each linked to the devices its `"neighbours"`
+    /// name, and every pair of them (grandfather connections too) given the parameters of the
+    /// underlay route between them: delays and jitters add along the route, losses compound.
+    /// `videos` gives each server's videos.
+    pub fn from_topology(
+        t: &crate::topology::Topology,
+        cfg: SimConfig,
+        videos: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Sim, String> {
+        let u = crate::emulate::Underlay::from_topology(t)?;
+        let mut sim = Sim::new(cfg);
+        let overlay: Vec<usize> = (0..u.hosts.len())
+            .filter(|&h| u.hosts[h].role.is_overlay())
+            .collect();
+        for &h in &overlay {
+            let host = &u.hosts[h];
+            let role = match host.role {
+                DeviceRole::Server => OverlayRole::Server,
+                DeviceRole::Edge => OverlayRole::Edge,
+                _ => OverlayRole::Node,
+            };
+            let v = videos(&host.name);
+            let v: Vec<&str> = v.iter().map(String::as_str).collect();
+            sim.add(&host.name, role, &v);
+        }
+        for &a in &overlay {
+            for &b in &overlay {
+                if a >= b {
+                    continue;
+                }
+                let to_b = u.path_params(a, u.hosts[b].first_addr())?;
+                let (na, nb) = (&u.hosts[a].name, &u.hosts[b].name);
+                let listed = |x: &str, y: usize| {
+                    t.get(x).is_some_and(|d| {
+                        d.neighbours
+                            .iter()
+                            .any(|n| u.hosts[y].ifaces.iter().any(|f| f.addrs.contains(&n.ip)))
+                    })
+                };
+                if listed(na, b) || listed(nb, a) {
+                    sim.link(na, nb, to_b);
+                } else {
+                    sim.set_link(na, nb, to_b);
+                }
+            }
+        }
+        Ok(sim)
     }
 
     /// Change a path's behaviour from now on.

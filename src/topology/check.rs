@@ -2,7 +2,8 @@
 //!
 //! A file can parse and still be wrong for the people using it: an address listed by two
 //! devices, a client whose "edge" is a plain node, a link listed on one side only, a role that
-//! came from a name by accident, a misspelt field. [`check()`] reports these as [`Finding`]s, errors
+//! came from a name by accident, a misspelt field, link parameters on a link the device does not
+//! have. [`check()`] reports these as [`Finding`]s, errors
 //! (the topology cannot work for some device) and warnings (likely mistakes), grouped by device.
 //! [`run_check`] prints them for the command line; the bootstrapper logs them on every reload.
 
@@ -13,6 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::device::{infer_role_from_name, name_follows_convention, similar_known_field};
+use super::link::resolve_links;
 use super::parse::{load, TopologyError};
 use super::{Device, DeviceRole, Topology};
 
@@ -279,6 +281,11 @@ pub fn check(t: &Topology) -> Vec<Finding> {
         }
     }
 
+    // Link parameters that name no link of their device, or that the two ends disagree on.
+    for (device, problem) in resolve_links(t).1 {
+        push(Severity::Error, &device, problem);
+    }
+
     if !t.devices().any(|d| d.role == DeviceRole::Server) {
         push(
             Severity::Warning,
@@ -365,6 +372,7 @@ pub fn run_check(path: &Path, out: &mut impl Write) -> bool {
 mod tests {
     use super::*;
     use crate::topology::testing::parse_ok;
+    use crate::topology::{LinkAt, Net};
 
     fn findings(text: &str) -> Vec<String> {
         check(&parse_ok(text))
@@ -405,6 +413,84 @@ mod tests {
     }
 
     // --- checks --------------------------------------------------------------------------
+
+    /// S1 – O1 point-to-point (10.0.1), O1 on a LAN with C1 and C2 (10.0.3).
+    const LINKED: &str = r#"{
+        "S1": {"addresses": ["10.0.1.10"], "neighbours": ["10.0.1.1"], LINKS_S1},
+        "O1": {"addresses": ["10.0.1.1", "10.0.3.1"], "neighbours": ["10.0.1.10"], "role": "edge", LINKS_O1},
+        "C1": {"addresses": ["10.0.3.20"], "neighbours": ["10.0.3.1"], LINKS_C1},
+        "C2": {"addresses": ["10.0.3.21"], "neighbours": ["10.0.3.1"]}
+    }"#;
+
+    fn linked(s1: &str, o1: &str, c1: &str) -> String {
+        LINKED
+            .replace("LINKS_S1", &format!("\"links\": {{{s1}}}"))
+            .replace("LINKS_O1", &format!("\"links\": {{{o1}}}"))
+            .replace("LINKS_C1", &format!("\"links\": {{{c1}}}"))
+    }
+
+    #[test]
+    fn link_parameters_name_a_link_of_their_device() {
+        // By peer on a point-to-point link, by subnet on the LAN, the same link from both ends.
+        let ok = linked(
+            r#""O1": {"delay": "20ms"}"#,
+            r#""10.0.1.0/24": {"delay": "20ms"}"#,
+            r#""10.0.3.0/24": {"loss": "5%"}"#,
+        );
+        assert_eq!(findings(&ok), Vec::<String>::new());
+        let t = parse_ok(&ok);
+        let (links, problems) = resolve_links(&t);
+        assert!(problems.is_empty());
+        let lan: Net = "10.0.3.0/24".parse().unwrap();
+        let p2p: Net = "10.0.1.0/24".parse().unwrap();
+        assert_eq!(
+            links.keys().cloned().collect::<Vec<_>>(),
+            [
+                LinkAt {
+                    net: p2p,
+                    device: None
+                },
+                LinkAt {
+                    net: lan,
+                    device: Some("C1".into())
+                }
+            ]
+        );
+
+        let fs = findings(&linked(r#""O9": {}"#, "", ""));
+        assert!(
+            has(&fs, "error: S1: links: no device is named 'O9'"),
+            "{fs:?}"
+        );
+        let fs = findings(&linked(r#""C1": {}"#, "", ""));
+        assert!(has(&fs, "S1 and C1 share no subnet"), "{fs:?}");
+        let fs = findings(&linked("", "", r#""O1": {"delay": "1ms"}"#));
+        assert!(has(&fs, "O1 is on the LAN 10.0.3.0/24 with C1"), "{fs:?}");
+        assert!(has(&fs, "key it by the subnet, \"10.0.3.0/24\""), "{fs:?}");
+        let fs = findings(&linked(r#""10.0.3.0/24": {}"#, "", ""));
+        assert!(has(&fs, "10.0.3.0/24 is not a subnet of S1"), "{fs:?}");
+        let fs = findings(&linked(
+            r#""O1": {"delay": "20ms"}"#,
+            r#""S1": {"delay": "30ms"}"#,
+            "",
+        ));
+        assert!(
+            has(&fs, "the link 10.0.1.0/24 is given twice with different parameters (O1: delay 30ms; S1: delay 20ms)"),
+            "{fs:?}"
+        );
+    }
+
+    #[test]
+    fn link_parameters_need_the_devices_addresses() {
+        let fs = findings(r#"{"S1": {"neighbours": [], "links": {"O1": {"delay": "5ms"}}}}"#);
+        assert!(
+            has(
+                &fs,
+                "error: S1: \"links\" needs the device's own \"addresses\""
+            ),
+            "{fs:?}"
+        );
+    }
 
     #[test]
     fn check_unknown_address() {

@@ -14,12 +14,14 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
+use super::link::{LinkKey, LinkParams};
+
 /// Longest accepted device name, in bytes. Names travel in one bootstrap request line and appear
 /// in every log line, so they are kept short.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The fields this module interprets; every other field of a device is kept untouched in `raw`.
-const KNOWN_FIELDS: [&str; 4] = ["neighbours", "edge", "addresses", "role"];
+const KNOWN_FIELDS: [&str; 5] = ["neighbours", "edge", "addresses", "role", "links"];
 
 /// One entry of a `neighbours` list: an IP address with an optional port.
 ///
@@ -240,6 +242,9 @@ pub struct Device {
     pub role: DeviceRole,
     /// The file has no `"role"` for this device: it came from `"edge"` or from the name.
     pub role_inferred: bool,
+    /// Parameters of the device's underlay links (`"links"`), in file order; which link a key
+    /// names is resolved against the whole topology ([`super::resolve_links`]).
+    pub links: Vec<(LinkKey, LinkParams)>,
     /// The device's original JSON object, extra fields included (the bootstrapper sends this).
     pub raw: Value,
 }
@@ -404,6 +409,33 @@ impl Device {
             }
         };
 
+        let links = match obj.get("links") {
+            None => Vec::new(),
+            Some(Value::Object(entries)) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    let at = || vec![key("links"), key(k)];
+                    let link_key = LinkKey::parse(k).map_err(|r| err(at(), r))?;
+                    let params = LinkParams::from_json(v).map_err(|(field, reason)| {
+                        let mut path = at();
+                        path.extend(field.map(key));
+                        err(path, reason)
+                    })?;
+                    out.push((link_key, params));
+                }
+                out
+            }
+            Some(other) => {
+                return Err(err(
+                    vec![key("links")],
+                    format!(
+                        "\"links\" must be an object keyed by a neighbour device or a subnet, e.g. {{\"O2\": {{\"delay\": \"20ms\"}}}}, found {}",
+                        describe(other)
+                    ),
+                ))
+            }
+        };
+
         let explicit_role = match obj.get("role") {
             None => None,
             Some(Value::String(s)) => Some(
@@ -447,6 +479,7 @@ impl Device {
             addresses,
             role,
             role_inferred,
+            links,
             raw: value.clone(),
         })
     }
@@ -508,7 +541,8 @@ pub(super) fn similar_known_field(key: &str) -> Option<&'static str> {
     }
     let lower = key.to_lowercase();
     let alias = match lower.as_str() {
-        "neighbors" | "neighbor" | "neighbour" | "peers" | "links" => Some("neighbours"),
+        "neighbors" | "neighbor" | "neighbour" | "peers" => Some("neighbours"),
+        "link" | "link_params" | "underlay" => Some("links"),
         "address" | "ip" | "ips" | "addrs" => Some("addresses"),
         "is_edge" | "isedge" | "edge_node" => Some("edge"),
         "type" | "kind" => Some("role"),

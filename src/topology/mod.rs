@@ -6,7 +6,8 @@
 //! bootstrapper sends them ([`Device::from_json`]); `parse` turns a file into a [`Topology`]
 //! with `FILE:LINE:COL` errors; `scan` finds where each key and value starts in the text, so
 //! schema errors can point at them; `check` holds the consistency checks behind
-//! `overlayd check-topology`. Everything public is re-exported here. Parsing and checking work
+//! `overlayd check-topology`; `link` holds the underlay's subnets and the parameters of its links
+//! (a device's `"links"`: delay, jitter, loss, duplication, rate). Everything public is re-exported here. Parsing and checking work
 //! on text and values; only [`load`], [`check_file`] and [`run_check`] read files.
 //!
 //! Roles: a device's role is its `"role"` field when present. Otherwise `"edge": true` makes it an
@@ -20,6 +21,7 @@ use std::net::IpAddr;
 
 mod check;
 mod device;
+mod link;
 mod parse;
 mod scan;
 #[cfg(test)]
@@ -30,6 +32,10 @@ pub use check::{check, check_file, run_check, Finding, Severity};
 pub use device::{
     infer_role_from_name, validate_name, AddrError, Device, DeviceError, DeviceRole, NeighbourAddr,
     ParseRoleError, PathSeg, MAX_NAME_LEN,
+};
+pub use link::{
+    parse_duration_str, parse_percent_str, parse_rate_str, resolve_links, subnet_members, LinkAt,
+    LinkKey, LinkParams, Net, V4_PREFIX, V6_PREFIX,
 };
 pub use parse::{load, parse, parse_bytes, TopologyError};
 

@@ -403,6 +403,31 @@ mod tests {
     }
 
     #[test]
+    fn schema_error_in_link_parameters_points_at_the_value() {
+        let text = concat!(
+            "{\"O1\": {\"neighbours\": [],\n",
+            "  \"links\": {\"O2\": {\"delay\": 20}}}}\n"
+        );
+        let (kind, line, col, reason) = parse_err(text);
+        assert_eq!((kind, line, col), ("schema", 2, 29));
+        assert!(
+            reason.starts_with("device 'O1': links.O2.delay: 20 has no unit"),
+            "{reason}"
+        );
+
+        let (_, line, col, reason) =
+            parse_err("{\"O1\": {\"neighbours\": [], \"links\": {\"10.0.2.1/24\": {}}}}");
+        assert_eq!((line, col), (1, 52)); // the entry of the bad key
+        assert!(
+            reason.contains("host bits set: the subnet is 10.0.2.0/24"),
+            "{reason}"
+        );
+
+        let (_, _, _, reason) = parse_err("{\"O1\": {\"neighbours\": [], \"links\": [\"O2\"]}}");
+        assert!(reason.contains("\"links\" must be an object"), "{reason}");
+    }
+
+    #[test]
     fn schema_error_after_multibyte_text() {
         // Positions in characters also for schema errors.
         let (_, line, col, _) = parse_err("{\"Ó1\": {\"neighbours\": [\"x\"]}}");
