@@ -638,6 +638,8 @@ struct ImnView {
     comments: Vec<String>,
     nodes: BTreeMap<String, ImnNode>,
     links: Vec<(String, String)>,
+    /// (link id, field) -> value, the options the GUI reads.
+    link_options: BTreeMap<(String, String), String>,
 }
 
 /// Run tests/imn_check.tcl on `path` and parse its report.
@@ -706,6 +708,10 @@ fn tcl_view(path: &Path) -> ImnView {
                 assert!(prev.is_none(), "{l}: twice");
             }
             "link" => v.links.push((w[2].into(), w[3].into())),
+            "linkopt" => {
+                v.link_options
+                    .insert((w[1].into(), w[2].into()), w[3].into());
+            }
             other => panic!("imn_check.tcl printed an unknown fact {other}: {l}"),
         }
     }
@@ -1203,4 +1209,115 @@ fn static_routing_lines_alone_connect_every_address() {
         "static routing: {probes} node-to-address connections, all answered; {:.1} s in all",
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// topology/link-quality.json's link parameters, as CORE holds them: (end, end) -> options
+/// in CORE's units. A LAN member's parameters are its link to the switch ("LAN").
+fn link_quality_options() -> BTreeMap<(String, String), BTreeMap<String, String>> {
+    let opts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let key = |a: &str, b: &str| (a.min(b).to_string(), a.max(b).to_string());
+    BTreeMap::from([
+        (
+            key("O1", "S1"),
+            opts(&[("bandwidth", "100000000"), ("delay", "2000")]),
+        ),
+        (
+            key("O1", "O2"),
+            opts(&[("delay", "5000"), ("jitter", "1000")]),
+        ),
+        (
+            key("O1", "O3"),
+            opts(&[("delay", "20000"), ("jitter", "2000")]),
+        ),
+        (
+            key("O2", "O4"),
+            opts(&[("delay", "5000"), ("jitter", "1000")]),
+        ),
+        (
+            key("O3", "O4"),
+            opts(&[("delay", "20000"), ("jitter", "2000")]),
+        ),
+        (
+            key("C1", "LAN"),
+            opts(&[("bandwidth", "10000000"), ("delay", "1000")]),
+        ),
+        (
+            key("C2", "LAN"),
+            opts(&[("bandwidth", "10000000"), ("delay", "1000"), ("loss", "5")]),
+        ),
+        (key("LAN", "O4"), opts(&[])),
+    ])
+}
+
+#[test]
+fn link_parameters_become_cores_own_link_options_in_both_formats() {
+    let f = repo().join("topology/link-quality.json");
+    let (text, _, u) = load(&f);
+    let s = core::generate(&u, "link-quality", &text, &CoreOptions::default()).unwrap();
+    let want = link_quality_options();
+
+    // CORE 9 XML: <options delay=".." .../> inside each <link>.
+    let root = parse_xml(&s.xml);
+    let mut names = BTreeMap::new();
+    for d in root.child("devices").all("device") {
+        names.insert(d.attr("id").to_string(), d.attr("name").to_string());
+    }
+    for n in root.child("networks").all("network") {
+        names.insert(n.attr("id").to_string(), "LAN".to_string());
+    }
+    let mut got = BTreeMap::new();
+    for l in root.child("links").all("link") {
+        let (a, b) = (&names[l.attr("node1")], &names[l.attr("node2")]);
+        let options = l
+            .children
+            .iter()
+            .find(|c| c.name == "options")
+            .map(|o| o.attrs.clone())
+            .unwrap_or_default();
+        got.insert((a.min(b).clone(), a.max(b).clone()), options);
+    }
+    assert_eq!(got, want, "XML link options");
+
+    // The legacy GUI: the link fields as its loader and getLink* read them (loss is `ber`,
+    // duplication `duplicate`).
+    let dir = std::env::temp_dir().join(format!("overlayd-imnlq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("link-quality.imn");
+    std::fs::write(&p, &s.imn).unwrap();
+    let v = tcl_view(&p);
+    let _ = std::fs::remove_dir_all(&dir);
+    let name = |id: &str| -> String {
+        match v.nodes.get(id) {
+            Some(n) if !n.hostname.starts_with("lan") => n.hostname.clone(),
+            _ => "LAN".to_string(),
+        }
+    };
+    let mut got = BTreeMap::new();
+    let mut ids = BTreeMap::new();
+    for (k, (a, b)) in v.links.iter().enumerate() {
+        let (a, b) = (name(a), name(b));
+        ids.insert(format!("l{}", k + 1), (a.clone().min(b.clone()), a.max(b)));
+    }
+    for key in ids.values() {
+        got.insert(key.clone(), BTreeMap::new());
+    }
+    for ((link, field), value) in &v.link_options {
+        let field = if field == "ber" {
+            "loss"
+        } else {
+            field.as_str()
+        };
+        if field == "bandwidth" && value == "0" {
+            continue; // "unlimited", as the GUI writes it
+        }
+        got.get_mut(&ids[link])
+            .unwrap()
+            .insert(field.to_string(), value.clone());
+    }
+    assert_eq!(got, want, "IMN link fields");
 }

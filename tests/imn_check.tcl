@@ -12,6 +12,8 @@
 #   config ID CONFIG-ID N           then N lines: the config {...} lines of a custom-config,
 #                                   joined the way the GUI sends them to the daemon
 #   link ID NODE1 NODE2
+#   linkopt ID FIELD VALUE          bandwidth (bps), delay and jitter (us), ber (loss %),
+#                                   duplicate (%) of a link, as the GUI reads them
 #
 # Anything the GUI would refuse or drop (not a Tcl list, an unknown class or field, a field
 # without a value, a malformed block) is an error: one line on stderr, exit status 1.
@@ -134,6 +136,13 @@ while {$i < $n} {
                 if {$field eq "nodes"} {
                     if {[llength $value] != 2} { fail "link $id: nodes {$value}" }
                     puts "link $id [lindex $value 0] [lindex $value 1]"
+                } elseif {$field in {bandwidth delay jitter ber duplicate}} {
+                    # As the GUI's getLinkDelay etc. read them: one value, or {down up}; the
+                    # GUI shows and sends numbers only.
+                    set down [lindex $value 0]
+                    if {![string is double -strict $down]} { fail "link $id: $field '$value' is not a number" }
+                    if {[llength $value] > 1} { fail "link $id: $field has separate up/down values" }
+                    puts "linkopt $id $field $down"
                 }
             }
             canvas {

@@ -3,7 +3,9 @@
 //!
 //! Both files describe the same network, the [`Underlay`] of the topology: one CORE node per
 //! device (a `router` when it has two or more interfaces, a `PC` otherwise), a direct link per
-//! point-to-point subnet and a switch per LAN, with exactly the topology's addresses. How the
+//! point-to-point subnet and a switch per LAN, with exactly the topology's addresses and its
+//! link parameters as CORE's own link options (the XML `<options>` element, the `.imn` link
+//! fields; [`core_link_options`]). How the
 //! routers learn routes is the [`Routing`]: with [`Routing::Static`] (the default) every node's
 //! script installs the underlay's shortest-path routes and routers turn on forwarding, so no
 //! routing daemon is needed and a stock CORE runs the file; with [`Routing::Ospf`] routers run
@@ -24,7 +26,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::topology::DeviceRole;
+use crate::topology::{DeviceRole, LinkParams};
 
 use super::{shell_quote, Underlay};
 
@@ -592,11 +594,22 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String], routing: R
                 iface_attrs(&f.addrs, subnet.net.prefix)
             )
         };
+        // CORE's <options> element, in CORE's units, only for links that have parameters.
+        let options = |w: &mut String, p: &LinkParams| {
+            let attrs: String = core_link_options(p)
+                .iter()
+                .map(|(k, v)| format!(" {}=\"{v}\"", k.xml))
+                .collect();
+            if !attrs.is_empty() {
+                let _ = writeln!(w, "      <options{attrs}/>");
+            }
+        };
         match switch_ids[s] {
             Some(sw) => {
                 for &m in &subnet.members {
                     let _ = writeln!(w, "    <link node1=\"{}\" node2=\"{sw}\">", ids[m.0]);
                     let _ = writeln!(w, "      {}", iface("iface1", m));
+                    options(&mut w, &u.hosts[m.0].ifaces[m.1].link);
                     let _ = writeln!(w, "    </link>");
                 }
             }
@@ -609,6 +622,7 @@ fn xml(u: &Underlay, name: &str, layout: &Layout, scripts: &[String], routing: R
                 );
                 let _ = writeln!(w, "      {}", iface("iface1", a));
                 let _ = writeln!(w, "      {}", iface("iface2", b));
+                options(&mut w, &u.port_params(a.0, s).then(&u.port_params(b.0, s)));
                 let _ = writeln!(w, "    </link>");
             }
             None => {} // a subnet with one member: the interface has no peer
@@ -744,18 +758,30 @@ fn imn(
     }
     let mut l = 0;
     for (s, subnet) in u.subnets.iter().enumerate() {
-        let pairs: Vec<(usize, usize)> = match switch_ids[s] {
-            Some(sw) => subnet.members.iter().map(|&(h, _)| (ids[h], sw)).collect(),
+        let pairs: Vec<(usize, usize, LinkParams)> = match switch_ids[s] {
+            Some(sw) => subnet
+                .members
+                .iter()
+                .map(|&(h, i)| (ids[h], sw, u.hosts[h].ifaces[i].link))
+                .collect(),
             None if subnet.members.len() == 2 => {
-                vec![(ids[subnet.members[0].0], ids[subnet.members[1].0])]
+                let (a, b) = (subnet.members[0].0, subnet.members[1].0);
+                let p = u.port_params(a, s).then(&u.port_params(b, s));
+                vec![(ids[a], ids[b], p)]
             }
             None => vec![],
         };
-        for (a, b) in pairs {
+        for (a, b, p) in pairs {
             l += 1;
             let _ = writeln!(w, "link l{l} {{");
             let _ = writeln!(w, "    nodes {{n{a} n{b}}}");
-            let _ = writeln!(w, "    bandwidth 0");
+            let fields = core_link_options(&p);
+            if !fields.iter().any(|(k, _)| k.imn == "bandwidth") {
+                let _ = writeln!(w, "    bandwidth 0");
+            }
+            for (k, v) in fields {
+                let _ = writeln!(w, "    {} {v}", k.imn);
+            }
             let _ = writeln!(w, "}}");
             let _ = writeln!(w);
         }
@@ -784,6 +810,41 @@ fn imn(
     let _ = writeln!(w, "option session {{");
     let _ = writeln!(w, "}}");
     Ok(w)
+}
+
+/// One CORE link option: its attribute in the XML `<options>` element and its field in a
+/// legacy `.imn` link block.
+pub struct CoreLinkOption {
+    pub xml: &'static str,
+    pub imn: &'static str,
+}
+
+/// A link's parameters as CORE's link options, in CORE's units (delay and jitter in µs, loss in
+/// percent, duplication in whole percents as CORE stores it, bandwidth in bits/s), only those
+/// that are set.
+pub fn core_link_options(p: &LinkParams) -> Vec<(CoreLinkOption, String)> {
+    let opt = |xml, imn| CoreLinkOption { xml, imn };
+    let mut out = Vec::new();
+    if let Some(rate) = p.rate {
+        out.push((opt("bandwidth", "bandwidth"), rate.to_string()));
+    }
+    if !p.delay.is_zero() {
+        out.push((opt("delay", "delay"), p.delay.as_micros().to_string()));
+    }
+    if !p.jitter.is_zero() {
+        out.push((opt("jitter", "jitter"), p.jitter.as_micros().to_string()));
+    }
+    if p.loss > 0.0 {
+        let pct = format!("{:.3}", p.loss * 100.0);
+        let pct = pct.trim_end_matches('0').trim_end_matches('.');
+        out.push((opt("loss", "ber"), pct.to_string()));
+    }
+    if p.duplicate > 0.0 {
+        // CORE reads `dup` as an integer; the smallest duplication it can express is 1 %.
+        let pct = (p.duplicate * 100.0).round().max(1.0) as u64;
+        out.push((opt("dup", "duplicate"), pct.to_string()));
+    }
+    out
 }
 
 /// The topology files that get scenarios: every `*.json` in `dir` whose devices use no
