@@ -4,12 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::emulate::core;
 use crate::emulate::netns::{self, RunState, UpOptions};
+use crate::topology::{self, LinkParams};
 
 #[derive(Args, Debug)]
 pub struct CoreScenarioArgs {
@@ -125,6 +127,13 @@ pub enum NetnsCmd {
     Isolate { device: String },
     /// Undo `isolate`.
     Rejoin { device: String },
+    /// Show or change a shaped link while the run goes on: B is the device at the other end
+    /// of a point-to-point link, or a subnet of A (A's attachment to a LAN). Options not given
+    /// keep their value; none shows the link.
+    Link(LinkArgs),
+    /// The shaper process of a run (started by `up`; not for direct use).
+    #[command(hide = true)]
+    Shaper,
     /// Run a command inside a device's namespace.
     Exec {
         device: String,
@@ -137,6 +146,73 @@ pub enum NetnsCmd {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct LinkArgs {
+    pub a: String,
+    pub b: String,
+    /// One-way delay, e.g. 40ms, 500us.
+    #[arg(long, value_parser = topology::parse_duration_str)]
+    pub delay: Option<Duration>,
+    /// Extra delay drawn in 0..JITTER per packet (never reorders).
+    #[arg(long, value_parser = topology::parse_duration_str)]
+    pub jitter: Option<Duration>,
+    /// Random loss, e.g. 2%.
+    #[arg(long, value_parser = topology::parse_percent_str)]
+    pub loss: Option<f64>,
+    /// Random duplication, e.g. 1%.
+    #[arg(long, value_parser = topology::parse_percent_str)]
+    pub duplicate: Option<f64>,
+    /// Rate limit, e.g. 10Mbit; `none` removes it.
+    #[arg(long, value_parser = parse_rate_or_none)]
+    pub rate: Option<RateLimit>,
+    /// Reset every parameter first (then apply the options given).
+    #[arg(long)]
+    pub ideal: bool,
+}
+
+/// `--rate`: a rate or `none`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit(Option<u64>);
+
+fn parse_rate_or_none(s: &str) -> Result<RateLimit, String> {
+    if s == "none" {
+        return Ok(RateLimit(None));
+    }
+    topology::parse_rate_str(s).map(|r| RateLimit(Some(r)))
+}
+
+impl LinkArgs {
+    fn changes(&self) -> bool {
+        self.ideal
+            || self.delay.is_some()
+            || self.jitter.is_some()
+            || self.loss.is_some()
+            || self.duplicate.is_some()
+            || self.rate.is_some()
+    }
+
+    fn apply(&self, p: &mut LinkParams) {
+        if self.ideal {
+            *p = LinkParams::default();
+        }
+        if let Some(d) = self.delay {
+            p.delay = d;
+        }
+        if let Some(j) = self.jitter {
+            p.jitter = j;
+        }
+        if let Some(l) = self.loss {
+            p.loss = l;
+        }
+        if let Some(d) = self.duplicate {
+            p.duplicate = d;
+        }
+        if let Some(RateLimit(r)) = self.rate {
+            p.rate = r;
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -168,6 +244,10 @@ pub struct UpArgs {
     /// Extra arguments for clients; {name} and {run_dir} are replaced.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub client_args: Option<String>,
+    /// Put every link through the shaper, so any link can be changed with `netns link`
+    /// (without it, only links with parameters in the topology are shaped).
+    #[arg(long)]
+    pub shape_all: bool,
 }
 
 impl From<UpArgs> for UpOptions {
@@ -186,6 +266,7 @@ impl From<UpArgs> for UpOptions {
             daemon_args: split(a.daemon_args),
             relay: a.relay,
             client_args: split(a.client_args),
+            shape_all: a.shape_all,
         }
     }
 }
@@ -257,6 +338,16 @@ impl NetnsArgs {
                 load(r)?.isolate(&device, false)?;
                 println!("{device} rejoined the network");
             }
+            NetnsCmd::Link(l) => {
+                let mut st = load(r)?;
+                if l.changes() {
+                    let now = st.set_link(&l.a, &l.b, |p| l.apply(p))?;
+                    println!("link {now}");
+                } else {
+                    println!("link {}", st.link(&l.a, &l.b)?);
+                }
+            }
+            NetnsCmd::Shaper => load(r)?.run_shaper()?,
             NetnsCmd::Exec { device, cmd } => return load(r)?.exec(&device, &cmd),
             NetnsCmd::Down { all } => netns::down(r, all)?,
         }

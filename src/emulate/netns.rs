@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::topology::DeviceRole;
+use crate::topology::{DeviceRole, LinkParams};
 
 use super::Underlay;
 
@@ -95,6 +95,13 @@ pub struct RunState {
     /// Isolated devices (`isolate`).
     #[serde(default)]
     pub isolated: Vec<String>,
+    /// Shaped ports, (host, interface): TAP pairs run by the shaper process instead of veths.
+    #[serde(default)]
+    pub shaped: Vec<(usize, usize)>,
+    /// The shaper process (`overlayd netns shaper`), when the run has shaped ports. Its `host`
+    /// is unused: it runs in the root namespace and enters the run's ones to open its TAPs.
+    #[serde(default)]
+    pub shaper: Option<Daemon>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,9 +163,27 @@ fn ip_in(ns: &str, args: &[&str]) -> Vec<String> {
     c
 }
 
-/// Every command that builds the network, in order (namespaces, bridges, veths, addresses,
-/// forwarding, routes).
-pub fn build_commands(u: &Underlay, hub: &str, host_ns: &[String]) -> Vec<Vec<String>> {
+/// The ports that get a shaper: those whose link has parameters, or every port with `all`.
+pub fn shaped_ports(u: &Underlay, all: bool) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    for (h, host) in u.hosts.iter().enumerate() {
+        for (i, f) in host.ifaces.iter().enumerate() {
+            if all || !f.link.is_ideal() {
+                v.push((h, i));
+            }
+        }
+    }
+    v
+}
+
+/// Every command that builds the network, in order (namespaces, bridges, veths or, for the
+/// `shaped` ports, TAP pairs, addresses, forwarding, routes).
+pub fn build_commands(
+    u: &Underlay,
+    hub: &str,
+    host_ns: &[String],
+    shaped: &[(usize, usize)],
+) -> Vec<Vec<String>> {
     let mut c = vec![cmd(&["ip", "netns", "add", hub])];
     for ns in host_ns {
         c.push(cmd(&["ip", "netns", "add", ns]));
@@ -174,12 +199,18 @@ pub fn build_commands(u: &Underlay, hub: &str, host_ns: &[String]) -> Vec<Vec<St
         c.push(ip_in(ns, &["link", "set", "lo", "up"]));
         for (i, f) in host.ifaces.iter().enumerate() {
             let port = hub_port(h, i);
-            c.push(ip_in(
-                hub,
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", &f.name, "netns", ns,
-                ],
-            ));
+            if shaped.contains(&(h, i)) {
+                // Two persistent TAPs; the shaper process attaches to both and moves frames.
+                c.push(ip_in(hub, &["tuntap", "add", "dev", &port, "mode", "tap"]));
+                c.push(ip_in(ns, &["tuntap", "add", "dev", &f.name, "mode", "tap"]));
+            } else {
+                c.push(ip_in(
+                    hub,
+                    &[
+                        "link", "add", &port, "type", "veth", "peer", "name", &f.name, "netns", ns,
+                    ],
+                ));
+            }
             c.push(ip_in(
                 hub,
                 &["link", "set", &port, "master", &bridge(f.subnet), "up"],
@@ -807,7 +838,198 @@ impl RunState {
         for d in &self.isolated {
             s.push_str(&format!("isolated: {d}\n"));
         }
+        if let Some(d) = &self.shaper {
+            let state = match (daemon_state(d), d.pid) {
+                (ProcState::Running, Some(p)) => format!("running pid {p}"),
+                (ProcState::Stopped, Some(p)) => format!("stopped pid {p}"),
+                _ => "dead: shaped links carry nothing".to_string(),
+            };
+            s.push_str(&format!("shaper: {state}, log {}\n", d.log.display()));
+        }
+        for &(h, i) in &self.shaped {
+            s.push_str(&format!("link: {}\n", self.port_description(h, i)));
+        }
         s
+    }
+
+    /// "O1 eth1 (10.0.2.0/24, to O2): delay 20ms loss 1%".
+    fn port_description(&self, h: usize, i: usize) -> String {
+        let u = &self.underlay;
+        let f = &u.hosts[h].ifaces[i];
+        let subnet = &u.subnets[f.subnet];
+        let others: Vec<&str> = subnet
+            .members
+            .iter()
+            .filter(|(m, _)| *m != h)
+            .map(|(m, _)| u.hosts[*m].name.as_str())
+            .collect();
+        let to = if subnet.is_lan() {
+            "the LAN".to_string()
+        } else {
+            format!("to {}", others.join(", "))
+        };
+        format!(
+            "{} {} ({}, {to}): {}",
+            u.hosts[h].name, f.name, subnet.net, f.link
+        )
+    }
+
+    /// Starts the shaper process when the run has shaped ports and waits until it listens.
+    fn start_shaper(&mut self) -> anyhow::Result<()> {
+        if self.shaped.is_empty() {
+            return Ok(());
+        }
+        let exe = std::env::current_exe().context("cannot find the overlayd binary")?;
+        let log_path = self.run_dir.join("logs").join("shaper.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let argv: Vec<String> = vec![
+            "netns".into(),
+            "--run".into(),
+            self.run_dir.display().to_string(),
+            "shaper".into(),
+        ];
+        let sock = super::tap::socket_path(&self.run_dir);
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new(&exe)
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("cannot start the shaper")?;
+        let pid = child.id();
+        self.shaper = Some(Daemon {
+            host: self.underlay.bootstrapper,
+            argv,
+            log: log_path.clone(),
+            pid: Some(pid),
+            start_time: proc_stat(pid).map(|(_, s)| s),
+        });
+        drop(child);
+        self.save()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline
+                || daemon_state(self.shaper.as_ref().expect("set")) == ProcState::Dead
+            {
+                bail!(
+                    "the shaper did not start (see {}): {}",
+                    log_path.display(),
+                    std::fs::read_to_string(&log_path)
+                        .unwrap_or_default()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Kills the shaper if it runs; true if it did.
+    fn stop_shaper(&mut self) -> bool {
+        let Some(d) = self.shaper.as_mut() else {
+            return false;
+        };
+        let alive = daemon_state(d) != ProcState::Dead;
+        if alive {
+            if let Some(pid) = d.pid {
+                let _ = signal_group(pid, "KILL");
+            }
+        }
+        d.pid = None;
+        d.start_time = None;
+        alive
+    }
+
+    /// The shaped port a link change names: `b` a device (the point-to-point link `a` shares
+    /// with it) or a subnet of `a` (its attachment: the whole link if point-to-point).
+    fn link_port(&self, a: &str, b: &str) -> anyhow::Result<(usize, usize)> {
+        let ia = self.host_index(a)?;
+        let u = &self.underlay;
+        let s = match crate::topology::LinkKey::parse(b).map_err(|e| anyhow!(e))? {
+            crate::topology::LinkKey::Subnet(net) => u.hosts[ia]
+                .ifaces
+                .iter()
+                .map(|f| f.subnet)
+                .find(|&s| u.subnets[s].net == net)
+                .ok_or_else(|| anyhow!("{a} has no address in {net}"))?,
+            crate::topology::LinkKey::Peer(peer) => {
+                let ib = self.host_index(&peer)?;
+                match u.shared_subnets(ia, ib).as_slice() {
+                    [] => bail!("{a} and {peer} share no link (a path through routers has one link per hop)"),
+                    [s] if u.subnets[*s].is_lan() => bail!(
+                        "{a} and {peer} meet on the LAN {}: name {a}'s attachment by its subnet, e.g. `netns link {a} {}`",
+                        u.subnets[*s].net, u.subnets[*s].net
+                    ),
+                    [s] => *s,
+                    _ => bail!("{a} and {peer} share several subnets: name one, e.g. `netns link {a} SUBNET`"),
+                }
+            }
+        };
+        let (h, i) = if u.subnets[s].is_lan() {
+            (ia, u.hosts[ia].iface_on(s).expect("a's subnet"))
+        } else {
+            u.subnets[s].members[0]
+        };
+        if !self.shaped.contains(&(h, i)) {
+            bail!(
+                "the link {a}–{b} has no shaper: give it parameters in the topology (\"links\", even {{\"delay\": \"0ms\"}}) or start the run with `netns up --shape-all`"
+            );
+        }
+        Ok((h, i))
+    }
+
+    /// The parameters of a shaped link (see [`RunState::set_link`] for how it is named).
+    pub fn link(&self, a: &str, b: &str) -> anyhow::Result<String> {
+        let (h, i) = self.link_port(a, b)?;
+        Ok(self.port_description(h, i))
+    }
+
+    /// Changes a shaped link's parameters while the run goes on: `change` edits the current
+    /// ones. Returns the link's description after the change.
+    pub fn set_link(
+        &mut self,
+        a: &str,
+        b: &str,
+        change: impl FnOnce(&mut LinkParams),
+    ) -> anyhow::Result<String> {
+        let (h, i) = self.link_port(a, b)?;
+        let mut params = self.underlay.hosts[h].ifaces[i].link;
+        change(&mut params);
+        super::tap::request(
+            &self.run_dir,
+            &super::tap::Request::Set {
+                port: hub_port(h, i),
+                params,
+            },
+        )?;
+        self.underlay.hosts[h].ifaces[i].link = params;
+        self.save()?;
+        Ok(self.port_description(h, i))
+    }
+
+    /// Runs the shaper of this run in the calling process (`overlayd netns shaper`), until the
+    /// run is torn down.
+    pub fn run_shaper(&self) -> anyhow::Result<()> {
+        let ports: Vec<super::tap::ShapedPort> = self
+            .shaped
+            .iter()
+            .map(|&(h, i)| super::tap::ShapedPort {
+                port: hub_port(h, i),
+                host_ns: self.host_ns[h].clone(),
+                iface: self.underlay.hosts[h].ifaces[i].name.clone(),
+                hub_ns: self.hub_ns.clone(),
+                params: self.underlay.hosts[h].ifaces[i].link,
+            })
+            .collect();
+        super::tap::run(&self.run_dir, &self.hub_ns, &ports)
     }
 }
 
@@ -924,6 +1146,9 @@ pub struct UpOptions {
     pub relay: Option<String>,
     /// Extra arguments for clients; {name} and {run_dir} are replaced.
     pub client_args: Vec<String>,
+    /// Give every port a shaper, so any link can be changed at run time (`netns link`);
+    /// otherwise only ports whose link has parameters get one.
+    pub shape_all: bool,
 }
 
 /// `overlayd netns up`: build the run's namespaces and start its daemons.
@@ -938,6 +1163,7 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         daemon_args,
         relay,
         client_args,
+        shape_all,
     } = opts;
     let topology = std::fs::canonicalize(&topology)
         .with_context(|| format!("cannot open topology {}", topology.display()))?;
@@ -976,6 +1202,7 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         None => std::env::current_exe().context("cannot find the overlayd binary")?,
     };
     let host_ns = host_namespaces(&run_id, &u);
+    let shaped = shaped_ports(&u, shape_all);
     let daemons = daemon_table(
         &u,
         &topology,
@@ -998,21 +1225,26 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         daemons,
         cuts: Vec::new(),
         isolated: Vec::new(),
+        shaped,
+        shaper: None,
     };
     // Saved before anything exists, so `down` knows the run whatever happens next.
     st.save()?;
     let started = Instant::now();
-    for c in build_commands(&st.underlay, &st.hub_ns, &st.host_ns) {
-        if let Err(e) = run(&c) {
-            let cleanup = list_namespaces(&st.hub_ns).and_then(|ns| teardown(&ns));
-            let note = match cleanup {
-                Ok(_) => "everything created was removed".to_string(),
-                Err(e2) => {
-                    format!("cleanup failed too ({e2}); run `overlayd netns down --run {run_id}`")
-                }
-            };
-            bail!("building the network failed: {e}; {note}");
-        }
+    let built = build_commands(&st.underlay, &st.hub_ns, &st.host_ns, &st.shaped)
+        .iter()
+        .try_for_each(|c| run(c).map(drop))
+        .and_then(|()| st.start_shaper());
+    if let Err(e) = built {
+        st.stop_shaper();
+        let cleanup = list_namespaces(&st.hub_ns).and_then(|ns| teardown(&ns));
+        let note = match cleanup {
+            Ok(_) => "everything created was removed".to_string(),
+            Err(e2) => {
+                format!("cleanup failed too ({e2}); run `overlayd netns down --run {run_id}`")
+            }
+        };
+        bail!("building the network failed: {e}; {note}");
     }
     println!(
         "run {run_id}: {} hosts, {} subnets built in {:.1} s (namespaces {}-*, state {})",
@@ -1024,6 +1256,13 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
     );
     for n in &st.underlay.notes {
         println!("note: {n}");
+    }
+    if !st.shaped.is_empty() {
+        println!(
+            "shaper: {} port(s) shaped (pid {}); change a link with `overlayd netns link --run {run_id} A B --delay 40ms`",
+            st.shaped.len(),
+            st.shaper.as_ref().and_then(|d| d.pid).unwrap_or(0)
+        );
     }
     if no_start {
         println!("nothing started (--no-start); start devices with `overlayd netns start --run {run_id} NAME`");
@@ -1103,7 +1342,12 @@ pub fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
         outln!(out, "{} ({}) in {}{fwd}", host.name, host.role, host_ns[h]);
         for f in &host.ifaces {
             let a: Vec<String> = f.addrs.iter().map(|a| a.to_string()).collect();
-            outln!(out, "  {} {}", f.name, a.join(" "));
+            let shaped = if f.link.is_ideal() {
+                String::new()
+            } else {
+                format!("  (shaped: {})", f.link)
+            };
+            outln!(out, "  {} {}{shaped}", f.name, a.join(" "));
         }
         for r in &host.routes {
             outln!(out, "  route {} via {} dev {}", r.dest, r.via, r.dev);
@@ -1113,7 +1357,7 @@ pub fn plan(topology: &Path, run_id: &str) -> anyhow::Result<()> {
         outln!(out, "note: {n}");
     }
     outln!(out, "commands:");
-    for c in build_commands(&u, &hub, &host_ns) {
+    for c in build_commands(&u, &hub, &host_ns, &shaped_ports(&u, false)) {
         outln!(
             out,
             "  {}",
@@ -1146,7 +1390,7 @@ pub fn down(run: Option<&str>, all: bool) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let state = RunState::load(&dir).ok();
+    let mut state = RunState::load(&dir).ok();
     let run_id = state.as_ref().map(|s| s.run_id.clone()).unwrap_or(run_id);
     if !valid_run_id(&run_id) {
         bail!(
@@ -1156,7 +1400,10 @@ pub fn down(run: Option<&str>, all: bool) -> anyhow::Result<()> {
     }
     // Daemons first (by pid, in case one left its namespace), then everything in the namespaces.
     let mut killed = 0;
-    if let Some(st) = &state {
+    if let Some(st) = state.as_mut() {
+        if st.stop_shaper() {
+            killed += 1;
+        }
         for d in st.daemons.values() {
             if daemon_state(d) != ProcState::Dead {
                 if let Some(pid) = d.pid {
@@ -1217,7 +1464,7 @@ mod tests {
     fn build_commands_cover_every_interface_and_route() {
         let u = underlay();
         let ns = host_namespaces("t", &u);
-        let c = build_commands(&u, "ovld-t", &ns);
+        let c = build_commands(&u, "ovld-t", &ns, &[]);
         let joined: Vec<String> = c.iter().map(|c| c.join(" ")).collect();
         assert_eq!(joined[0], "ip netns add ovld-t");
         for h in &u.hosts {
@@ -1267,7 +1514,7 @@ mod tests {
             }
         }
         let ns = host_namespaces("t", &u);
-        let c = build_commands(&u, "ovld-t", &ns);
+        let c = build_commands(&u, "ovld-t", &ns, &[]);
         let (o1, _) = u.host("O1").unwrap();
         assert!(c
             .iter()
