@@ -143,23 +143,30 @@ const PAIR: &str = r#"{
     "O1": {"role": "node", "addresses": ["10.0.1.1"], "neighbours": ["10.0.1.10"]}
 }"#;
 
+/// Builds [`PAIR`] (nothing started) with more `netns up` arguments; returns `up`'s output.
+fn pair(test: &'static str, tag: &str, extra: &[&str]) -> (Emu, String) {
+    let emu = Emu::new(test, tag);
+    let topo = emu.base.join("pair.json");
+    std::fs::write(&topo, PAIR).unwrap();
+    let mut args = vec![
+        "up",
+        topo.to_str().unwrap(),
+        "--run-id",
+        &emu.id,
+        "--no-start",
+    ];
+    args.extend(extra);
+    let out = emu.ok(&args);
+    (emu, out)
+}
+
 #[test]
 fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
     let test = "the_shaper_delays_drops_duplicates_and_limits_as_configured";
     if skip(test) {
         return;
     }
-    let emu = Emu::new(test, "shp");
-    let topo = emu.base.join("pair.json");
-    std::fs::write(&topo, PAIR).unwrap();
-    let out = emu.ok(&[
-        "up",
-        topo.to_str().unwrap(),
-        "--run-id",
-        &emu.id,
-        "--no-start",
-        "--shape-all",
-    ]);
+    let (emu, out) = pair(test, "shp", &["--shape-all"]);
     assert!(out.contains("shaper: 2 port(s) shaped"), "{out}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(emu.run_dir().join("state.json")).unwrap())
@@ -197,18 +204,24 @@ fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
     pinger.send_to(b"stop", "10.0.1.1:9000").unwrap();
     echoer.join().unwrap();
 
+    // `n` datagrams of `size` bytes from S1 to `to` on O1, `burst` at a time every `pause_ms`.
+    let through = |to: &str, n, size, burst, pause_ms| {
+        let rx = udp_in(&ns("O1"), to);
+        blast(
+            &pinger,
+            rx,
+            to,
+            n,
+            size,
+            burst,
+            Duration::from_millis(pause_ms),
+        )
+    };
+
     // Loss and duplication over 10 000 datagrams, S1 -> O1 (paced: no queue ever fills).
     emu.ok(&["link", "O1", "S1", "--ideal", "--loss", "5%"]);
     let to = "10.0.1.1:9100";
-    let (got, twice, _, _) = blast(
-        &pinger,
-        udp_in(&ns("O1"), to),
-        to,
-        10_000,
-        64,
-        50,
-        Duration::from_millis(2),
-    );
+    let (got, twice, _, _) = through(to, 10_000, 64, 50, 2);
     let loss = 100.0 * (10_000 - got) as f64 / 10_000.0;
     println!("loss: configured 5 %, measured {loss:.2} % over 10 000 datagrams");
     assert!((loss - 5.0).abs() <= 1.0, "measured loss {loss} %");
@@ -216,15 +229,7 @@ fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
 
     emu.ok(&["link", "O1", "S1", "--loss", "0%", "--duplicate", "2%"]);
     let to = "10.0.1.1:9101";
-    let (got, twice, _, _) = blast(
-        &pinger,
-        udp_in(&ns("O1"), to),
-        to,
-        10_000,
-        64,
-        50,
-        Duration::from_millis(2),
-    );
+    let (got, twice, _, _) = through(to, 10_000, 64, 50, 2);
     let dup = 100.0 * twice as f64 / 10_000.0;
     println!("duplication: configured 2 %, measured {dup:.2} % over 10 000 datagrams");
     assert_eq!(got, 10_000);
@@ -236,15 +241,7 @@ fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
     emu.ok(&["link", "O1", "S1", "--duplicate", "0%", "--rate", "10Mbit"]);
     let to = "10.0.1.1:9102";
     let ticks = cpu_ticks(shaper_pid);
-    let (got, _, span, bytes) = blast(
-        &pinger,
-        udp_in(&ns("O1"), to),
-        to,
-        4000,
-        1000,
-        20,
-        Duration::from_millis(10),
-    );
+    let (got, _, span, bytes) = through(to, 4000, 1000, 20, 10);
     let cpu = cpu_ticks(shaper_pid) - ticks;
     let measured = (bytes - 1000) as f64 * 8.0 / span.as_secs_f64();
     let expected = 10e6 * 1000.0 / 1042.0;
@@ -292,16 +289,7 @@ fn changing_an_unshaped_link_says_how_to_shape_it() {
     if skip(test) {
         return;
     }
-    let emu = Emu::new(test, "shn");
-    let topo = emu.base.join("pair.json");
-    std::fs::write(&topo, PAIR).unwrap();
-    let out = emu.ok(&[
-        "up",
-        topo.to_str().unwrap(),
-        "--run-id",
-        &emu.id,
-        "--no-start",
-    ]);
+    let (emu, out) = pair(test, "shn", &[]);
     assert!(!out.contains("shaper:"), "{out}");
     let o = emu.cmd(&["link", "O1", "S1", "--delay", "5ms", "--run", &emu.id]);
     assert!(!o.status.success());
