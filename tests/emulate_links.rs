@@ -373,7 +373,7 @@ fn the_stream_takes_the_fast_branch_and_moves_when_it_slows() {
     std::thread::sleep(Duration::from_secs(2));
     let mark = emu.mark("O4");
     let lossy_from = Instant::now();
-    emu.ok(&["link", "O1", "O3", "--loss", "3%"]);
+    emu.ok(&["link", "O1", "O3", "--loss", "10%"]);
     std::thread::sleep(Duration::from_secs(8));
     let lossy_until = Instant::now();
     emu.ok(&["link", "O1", "O3", "--loss", "0%"]);
@@ -400,7 +400,7 @@ fn the_stream_takes_the_fast_branch_and_moves_when_it_slows() {
     let r = client.finish();
     r.check(test, 300);
     println!(
-        "3 % loss on the active overlay link O1–O3 for 8 s: C1's longest stall {:?} (normal {:?}), O4 switched or failed over {switches} time(s)",
+        "10 % loss on the active overlay link O1–O3 for 8 s: C1's longest stall {:?} (normal {:?}), O4 switched or failed over {switches} time(s)",
         r.stall_across(lossy_from, Some(lossy_until)),
         r.normal_stall(t)
     );
