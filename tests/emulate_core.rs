@@ -1212,13 +1212,18 @@ fn static_routing_lines_alone_connect_every_address() {
 }
 
 /// topology/link-quality.json's link parameters, as CORE holds them: (end, end) -> options
-/// in CORE's units. A LAN member's parameters are its link to the switch ("LAN").
+/// in CORE's units. A LAN member's parameters are its link to the switch ("LAN"). Our jitter
+/// adds 0..J, CORE's netem D ± J: CORE gets D + J/2 ± J/2. The queue is the shaper's.
 fn link_quality_options() -> BTreeMap<(String, String), BTreeMap<String, String>> {
     let opts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
+        let mut m: BTreeMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+            .collect();
+        if !m.is_empty() {
+            m.insert("buffer".into(), "1000".into());
+        }
+        m
     };
     let key = |a: &str, b: &str| (a.min(b).to_string(), a.max(b).to_string());
     BTreeMap::from([
@@ -1228,19 +1233,19 @@ fn link_quality_options() -> BTreeMap<(String, String), BTreeMap<String, String>
         ),
         (
             key("O1", "O2"),
-            opts(&[("delay", "5000"), ("jitter", "1000")]),
+            opts(&[("delay", "5500"), ("jitter", "500")]),
         ),
         (
             key("O1", "O3"),
-            opts(&[("delay", "20000"), ("jitter", "2000")]),
+            opts(&[("delay", "21000"), ("jitter", "1000")]),
         ),
         (
             key("O2", "O4"),
-            opts(&[("delay", "5000"), ("jitter", "1000")]),
+            opts(&[("delay", "5500"), ("jitter", "500")]),
         ),
         (
             key("O3", "O4"),
-            opts(&[("delay", "20000"), ("jitter", "2000")]),
+            opts(&[("delay", "21000"), ("jitter", "1000")]),
         ),
         (
             key("C1", "LAN"),
@@ -1318,6 +1323,11 @@ fn link_parameters_become_cores_own_link_options_in_both_formats() {
         got.get_mut(&ids[link])
             .unwrap()
             .insert(field.to_string(), value.clone());
+    }
+    // The legacy format has no queue field.
+    let mut want = want;
+    for o in want.values_mut() {
+        o.remove("buffer");
     }
     assert_eq!(got, want, "IMN link fields");
 }

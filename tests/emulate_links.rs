@@ -339,7 +339,7 @@ fn the_stream_takes_the_fast_branch_and_moves_when_it_slows() {
     // Floods every second: a few for the EWMA.
     std::thread::sleep(Duration::from_secs(4));
     let delays = parent_delays(&emu, "O4");
-    println!("O4's parents (configured one-way 2 + 5 + 5 = 12 ms via O2, 2 + 20 + 20 = 42 ms via O3): {delays:?}");
+    println!("O4's parents (configured one-way 2 + 5 + 5 = 12 ms plus up to 2 ms of jitter via O2, 2 + 20 + 20 = 42 ms plus up to 4 ms via O3): {delays:?}");
     let via = |n: &str| {
         delays
             .iter()

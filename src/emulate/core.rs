@@ -779,7 +779,7 @@ fn imn(
             if !fields.iter().any(|(k, _)| k.imn == "bandwidth") {
                 let _ = writeln!(w, "    bandwidth 0");
             }
-            for (k, v) in fields {
+            for (k, v) in fields.iter().filter(|(k, _)| !k.imn.is_empty()) {
                 let _ = writeln!(w, "    {} {v}", k.imn);
             }
             let _ = writeln!(w, "}}");
@@ -813,7 +813,7 @@ fn imn(
 }
 
 /// One CORE link option: its attribute in the XML `<options>` element and its field in a
-/// legacy `.imn` link block.
+/// legacy `.imn` link block (empty: the legacy format has none).
 pub struct CoreLinkOption {
     pub xml: &'static str,
     pub imn: &'static str,
@@ -822,20 +822,28 @@ pub struct CoreLinkOption {
 /// A link's parameters as CORE's link options, in CORE's units (delay and jitter in µs, loss in
 /// percent, duplication in whole percents as CORE stores it, bandwidth in bits/s), only those
 /// that are set.
+///
+/// Jitter: ours adds `0..jitter` to the delay, CORE's netem draws `delay ± jitter`; CORE is
+/// given `delay + jitter/2 ± jitter/2`, the same range and mean. The queue (`buffer`, XML
+/// only: the legacy format has no field for it) is the netns shaper's 1000 frames; without it
+/// CORE sizes netem's queue from rate × delay, 2 packets on a 10 Mbit, 1 ms link, and drops a
+/// burst the emulator would carry.
 pub fn core_link_options(p: &LinkParams) -> Vec<(CoreLinkOption, String)> {
     let opt = |xml, imn| CoreLinkOption { xml, imn };
     let mut out = Vec::new();
     if let Some(rate) = p.rate {
         out.push((opt("bandwidth", "bandwidth"), rate.to_string()));
     }
-    if !p.delay.is_zero() {
-        out.push((opt("delay", "delay"), p.delay.as_micros().to_string()));
+    let half_jitter = p.jitter.as_micros() / 2;
+    let delay = p.delay.as_micros() + half_jitter;
+    if delay > 0 {
+        out.push((opt("delay", "delay"), delay.to_string()));
     }
-    if !p.jitter.is_zero() {
-        out.push((opt("jitter", "jitter"), p.jitter.as_micros().to_string()));
+    if half_jitter > 0 {
+        out.push((opt("jitter", "jitter"), half_jitter.to_string()));
     }
     if p.loss > 0.0 {
-        let pct = format!("{:.3}", p.loss * 100.0);
+        let pct = format!("{:.6}", p.loss * 100.0);
         let pct = pct.trim_end_matches('0').trim_end_matches('.');
         out.push((opt("loss", "ber"), pct.to_string()));
     }
@@ -843,6 +851,9 @@ pub fn core_link_options(p: &LinkParams) -> Vec<(CoreLinkOption, String)> {
         // CORE reads `dup` as an integer; the smallest duplication it can express is 1 %.
         let pct = (p.duplicate * 100.0).round().max(1.0) as u64;
         out.push((opt("dup", "duplicate"), pct.to_string()));
+    }
+    if !out.is_empty() {
+        out.push((opt("buffer", ""), super::shaper::QUEUE_LIMIT.to_string()));
     }
     out
 }

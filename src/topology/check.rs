@@ -285,6 +285,21 @@ pub fn check(t: &Topology) -> Vec<Finding> {
     for (device, problem) in resolve_links(t).1 {
         push(Severity::Error, &device, problem);
     }
+    for d in t.devices() {
+        for (key, p) in &d.links {
+            let pct = p.duplicate * 100.0;
+            if pct > 0.0 && (pct - pct.round()).abs() > 1e-9 {
+                push(
+                    Severity::Warning,
+                    &d.name,
+                    format!(
+                        "links: {key}: duplicate {pct}% is not a whole percent; CORE stores whole percents (core-scenario writes {}%), the netns emulator and the simulator use {pct}%",
+                        pct.round().max(1.0)
+                    ),
+                );
+            }
+        }
+    }
 
     if !t.devices().any(|d| d.role == DeviceRole::Server) {
         push(
@@ -477,6 +492,19 @@ mod tests {
         assert!(
             has(&fs, "the link 10.0.1.0/24 is given twice with different parameters (O1: delay 30ms; S1: delay 20ms)"),
             "{fs:?}"
+        );
+    }
+
+    #[test]
+    fn a_duplication_core_cannot_hold_is_a_warning() {
+        let fs = findings(&linked(r#""O1": {"duplicate": "0.5%"}"#, "", ""));
+        assert!(
+            has(&fs, "warning: S1: links: O1: duplicate 0.5% is not a whole percent; CORE stores whole percents (core-scenario writes 1%)"),
+            "{fs:?}"
+        );
+        assert_eq!(
+            findings(&linked(r#""O1": {"duplicate": "2%"}"#, "", "")),
+            Vec::<String>::new()
         );
     }
 
