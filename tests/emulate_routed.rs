@@ -472,11 +472,12 @@ fn ipv6_copy(topo: &str) -> String {
 }
 
 /// The topology files of topology/ these tests build, and those they cannot (loopback).
-const COVERED: [&str; 4] = [
+const COVERED: [&str; 5] = [
     "report-example.json",
     "scenario1.json",
     "scenario2.json",
     "complex.json",
+    "link-quality.json",
 ];
 const LOOPBACK: [&str; 2] = ["demo.json", "loopback-diamond.json"];
 
@@ -531,6 +532,8 @@ routed_test!(scenario2_native, "xc", "scenario2.json", "native");
 routed_test!(scenario2_ffmpeg, "xd", "scenario2.json", "ffmpeg");
 routed_test!(complex_native, "xe", "complex.json", "native");
 routed_test!(complex_ffmpeg, "xf", "complex.json", "ffmpeg");
+routed_test!(link_quality_native, "xq", "link-quality.json", "native");
+routed_test!(link_quality_ffmpeg, "xl", "link-quality.json", "ffmpeg");
 
 #[test]
 fn scenario1_ipv6_native() {
