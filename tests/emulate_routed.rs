@@ -22,9 +22,10 @@
 //!   0 reorderings (the edges number their datagrams; ffmpeg's raw TS cannot be counted, so
 //!   there it must go on and decode).
 //!
-//! Clients with one edge (report-example's client1, and complex's C1, C5, C6, C8) are checked
-//! for what makes sense: their edge reads up with a finite RTT and they receive video that
-//! decodes; they are stopped before the first fault, which would leave them nothing.
+//! Clients with one edge (report-example's client1, complex's C1, C5, C6, C8, link-quality's C1
+//! and C2) are checked for what makes sense: their edge reads up with a finite RTT and they
+//! receive video that decodes; they are stopped before the first fault, which would leave them
+//! nothing.
 //!
 //! `topology/demo.json` and `topology/loopback-diamond.json` use 127.x addresses: they run on
 //! one machine without emulation (the emulator refuses them), each daemon bound to its own
@@ -34,7 +35,7 @@
 //! Needs root and `ip netns` (CI runs as root); otherwise every test prints SKIPPED and
 //! returns. The silent cut needs nftables (bin/test installs it; without it every fault is a
 //! kill -9 and the test says so). Each test takes 7 s (one edge per client) to 20 s (complex),
-//! about 130 s in all.
+//! about 140 s in all.
 
 mod common;
 
