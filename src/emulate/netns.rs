@@ -4,7 +4,10 @@
 //! Design (the user guide is `topology/README.md`):
 //! - one namespace per host, named `ovld-<run>-<device>`, plus one *hub* namespace `ovld-<run>`
 //!   holding one bridge per subnet. Each host interface is a veth pair: `ethN` in the host,
-//!   `h<host>e<N>` in the hub, enslaved to the subnet's bridge. Nothing is created in the root
+//!   `h<host>e<N>` in the hub, enslaved to the subnet's bridge. A *shaped* port (its link has
+//!   parameters, or `up --shape-all`) is a pair of TAP devices with the same names instead,
+//!   and the run's shaper process (`overlayd netns shaper`, [`super::tap`]) carries its frames
+//!   with the link's delay, jitter, loss, duplication and rate; `link` changes them at run time. Nothing is created in the root
 //!   namespace, so deleting the namespaces removes every link, and names never collide
 //!   between runs (the run id is random unless given);
 //! - hosts carry the plan's static shortest-path routes, so any host reaches any address through
@@ -986,14 +989,15 @@ impl RunState {
         Ok((h, i))
     }
 
-    /// The parameters of a shaped link (see [`RunState::set_link`] for how it is named).
+    /// The description of a shaped link, named as for [`RunState::set_link`].
     pub fn link(&self, a: &str, b: &str) -> anyhow::Result<String> {
         let (h, i) = self.link_port(a, b)?;
         Ok(self.port_description(h, i))
     }
 
-    /// Changes a shaped link's parameters while the run goes on: `change` edits the current
-    /// ones. Returns the link's description after the change.
+    /// Changes a shaped link's parameters while the run goes on: `b` is the device at the other
+    /// end of a point-to-point link, or a subnet of `a` (its attachment to a LAN); `change`
+    /// edits the current parameters. Returns the link's description after the change.
     pub fn set_link(
         &mut self,
         a: &str,
@@ -1485,6 +1489,33 @@ mod tests {
         assert!(c
             .iter()
             .all(|c| c[1] == "netns" || c.contains(&"-n".to_string())));
+    }
+
+    #[test]
+    fn shaped_ports_are_tap_pairs_and_the_others_veths() {
+        let u = underlay();
+        assert!(
+            shaped_ports(&u, false).is_empty(),
+            "SCEN has no link parameters"
+        );
+        let all = shaped_ports(&u, true);
+        assert_eq!(
+            all.len(),
+            u.hosts.iter().map(|h| h.ifaces.len()).sum::<usize>()
+        );
+        let ns = host_namespaces("t", &u);
+        let (o1, _) = u.host("O1").unwrap();
+        let c = build_commands(&u, "ovld-t", &ns, &[(o1, 1)]);
+        let joined: Vec<String> = c.iter().map(|v| v.join(" ")).collect();
+        let port = hub_port(o1, 1);
+        assert!(joined.contains(&format!("ip -n ovld-t tuntap add dev {port} mode tap")));
+        assert!(joined.contains(&format!("ip -n {} tuntap add dev eth1 mode tap", ns[o1])));
+        assert!(!joined
+            .iter()
+            .any(|l| l.contains(&format!("add {port} type veth"))));
+        // Every other port is still a veth pair.
+        let veths = joined.iter().filter(|l| l.contains("type veth")).count();
+        assert_eq!(veths, all.len() - 1);
     }
 
     #[test]
