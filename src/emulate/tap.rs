@@ -143,7 +143,6 @@ struct PortState {
 /// control socket.
 pub fn run(run_dir: &Path, hub_ns: &str, ports: &[ShapedPort]) -> anyhow::Result<()> {
     let mut states: BTreeMap<String, Arc<PortState>> = BTreeMap::new();
-    let mut threads = Vec::new();
     for (k, p) in ports.iter().enumerate() {
         let host = Arc::new(open_tap(&p.host_ns, &p.iface)?);
         let hub = Arc::new(open_tap(&p.hub_ns, &p.port)?);
@@ -155,18 +154,17 @@ pub fn run(run_dir: &Path, hub_ns: &str, ports: &[ShapedPort]) -> anyhow::Result
         for (dir, from, to) in [(0, host.clone(), hub.clone()), (1, hub, host)] {
             let state = state.clone();
             let seed = (k as u64) << 1 | dir;
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!(
-                        "{}-{}",
-                        p.port,
-                        if dir == 0 { "out" } else { "in" }
-                    ))
-                    .spawn(move || {
-                        let d = if dir == 0 { &state.out } else { &state.inward };
-                        forward(&from, &to, d, seed)
-                    })?,
-            );
+            // Each runs until the process exits (the run torn down, or killed).
+            std::thread::Builder::new()
+                .name(format!(
+                    "{}-{}",
+                    p.port,
+                    if dir == 0 { "out" } else { "in" }
+                ))
+                .spawn(move || {
+                    let d = if dir == 0 { &state.out } else { &state.inward };
+                    forward(&from, &to, d, seed)
+                })?;
         }
     }
     println!(
