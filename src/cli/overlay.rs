@@ -44,6 +44,11 @@ pub struct OverlayArgs {
     /// delay spike of a loaded host does not move streams back and forth.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub switch_sustain_ms: u64,
+    /// A parent left because it stalled (a lossy or hung path) is not switched back to for
+    /// this long (milliseconds), doubled for each further stall within 2 minutes; 0: off (the
+    /// old rule: its delay alone brings the stream back).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub stall_damping_ms: u64,
     /// Old behaviour: when a link to a server goes down, do not flood a withdrawal of the
     /// routes over it (they expire after about 3.5 s of missed floods instead).
     #[arg(long)]
@@ -107,6 +112,7 @@ impl OverlayArgs {
             source: SourcePreference::Auto,
             switch_margin: self.switch_margin,
             switch_sustain: Duration::from_millis(self.switch_sustain_ms),
+            stall_damping: Duration::from_millis(self.stall_damping_ms),
             suspicion: !self.no_suspicion,
             drain: Duration::from_millis(self.drain_ms),
             route_withdrawal: !self.no_route_withdrawal,

@@ -81,6 +81,9 @@ pub struct OverlayRoleConfig {
     pub switch_margin: f64,
     /// How long a better parent must stay better before a switch (`--switch-sustain-ms`).
     pub switch_sustain: Duration,
+    /// A parent left because it stalled is not switched back to for this long (see
+    /// [`crate::overlay::streams::StreamConfig::stall_damping`]).
+    pub stall_damping: Duration,
     /// Suspect a parent silent beyond its stream's spacing (off: `--no-suspicion`).
     pub suspicion: bool,
     /// On SIGTERM, let children move elsewhere for at most this long (`--drain-ms`).
@@ -165,6 +168,7 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
     node_cfg.flood_interval = cfg.flood_interval;
     node_cfg.streams.switch_margin = cfg.switch_margin;
     node_cfg.streams.switch_sustain = cfg.switch_sustain;
+    node_cfg.streams.stall_damping = cfg.stall_damping;
     node_cfg.streams.suspect = cfg.suspicion;
     node_cfg.streams.gop_cache_bytes = cfg.gop_cache_bytes;
     node_cfg.route_withdrawal = cfg.route_withdrawal;

@@ -89,6 +89,26 @@ pub struct StreamConfig {
     /// leaves a live parent the time to mend a stall upstream itself; at most
     /// `stall_timeout`).
     pub suspect_factor: f64,
+    /// A parent left because it stalled is not switched back to for this long (the stream
+    /// goes back to it only if it is needed: a failover), doubled for each further stall
+    /// within [`STALL_MEMORY`], at most 32 times: a lossy link stalls its TCP again and
+    /// again, and its delay alone keeps looking better ([`suspicion`]). Zero: off.
+    pub stall_damping: Duration,
+}
+
+/// Stalls of one neighbour further apart than this start its damping afresh.
+pub const STALL_MEMORY: Duration = Duration::from_secs(120);
+
+/// How long a neighbour that stalled as a parent is not switched back to (see
+/// [`StreamConfig::stall_damping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Damping {
+    /// Stalls within `STALL_MEMORY` of each other.
+    strikes: u32,
+    last: Instant,
+    until: Instant,
+    /// A switch to it was held back in this period (counted once).
+    held: bool,
 }
 
 impl StreamConfig {
@@ -117,6 +137,7 @@ impl Default for StreamConfig {
             doubt_floor: Duration::from_millis(25),
             probe_wait: Duration::from_millis(30),
             suspect_factor: 3.0,
+            stall_damping: Duration::from_secs(10),
         }
     }
 }
@@ -172,6 +193,10 @@ pub struct StreamCounters {
     /// Switches (in `switches`) that left a suspected parent.
     #[serde(default)]
     pub suspected_switches: u64,
+    /// Times a better-looking parent was not switched to because it had stalled lately
+    /// (counted once per candidate and damping period).
+    #[serde(default)]
+    pub damped_switches: u64,
     /// Cached chunks (since the last keyframe) sent to joining children.
     #[serde(default)]
     pub gop_chunks_sent: u64,
@@ -323,6 +348,8 @@ pub struct Streams {
     stray_cancelled: BTreeMap<(String, String), Instant>,
     /// How late our own deadlines fire: how slow this machine is now.
     lateness: suspicion::Lateness,
+    /// Neighbours that stalled as parents lately, by name (all videos: a stall is the link's).
+    damped: BTreeMap<String, Damping>,
 }
 impl Streams {
     pub fn new(local_videos: Vec<String>) -> Self {

@@ -16,6 +16,14 @@
 //!   sends us to the grandfather; otherwise the link keeps its own dead timer, so a live
 //!   parent descheduled for a while on a saturated machine is never cut off early.
 //!
+//! A parent left because it stalled is *damped*: not switched back to, however good its
+//! delay looks, for `stall_damping` (10 s), doubled for each further stall within two
+//! minutes (route-flap damping): a lossy link stalls its TCP stream again and again while its
+//! floods, rarely delayed, keep its delay low. It can still be chosen when it is needed
+//! (a failover). From a parent's second stall in that memory, the switch its suspicion started
+//! is not let go when it speaks again (such a parent always catches up first): it goes on as
+//! an ordinary make-before-break switch.
+//!
 //! Both waits are stretched by twice how late our own deadlines have fired lately
 //! ([`Lateness`], at most 500 ms): on a saturated machine every process waits for the CPU,
 //! the parent too.
@@ -35,6 +43,57 @@ pub(crate) use crate::lateness::Lateness;
 use super::choice::*;
 use super::stream::*;
 use super::*;
+
+impl Streams {
+    /// `name` stalled as our parent and we move away: it is not switched back to for the
+    /// damping period, doubled for each stall since the last within [`STALL_MEMORY`]
+    /// (at most 32 times). Returns the period (zero: damping is off).
+    fn damp(&mut self, ctx: &Ctx<'_>, name: &str) -> Duration {
+        let base = ctx.cfg.stall_damping;
+        if base.is_zero() {
+            return Duration::ZERO;
+        }
+        let now = ctx.now;
+        let strikes = match self.damped.get(name) {
+            Some(d) if now.saturating_duration_since(d.last) < STALL_MEMORY => {
+                (d.strikes + 1).min(6)
+            }
+            _ => 1,
+        };
+        let period = base * (1 << (strikes - 1));
+        self.damped.insert(
+            name.to_string(),
+            Damping {
+                strikes,
+                last: now,
+                until: now + period,
+                held: false,
+            },
+        );
+        period
+    }
+
+    /// Whether a switch to `name` is held back now because it stalled lately; the first
+    /// hold of a period is counted for `video`.
+    pub(super) fn damped(&mut self, now: Instant, video: &str, name: &str) -> bool {
+        let Some(d) = self.damped.get_mut(name) else {
+            return false;
+        };
+        if now >= d.until {
+            if now.saturating_duration_since(d.last) >= STALL_MEMORY {
+                self.damped.remove(name);
+            }
+            return false;
+        }
+        if !std::mem::replace(&mut d.held, true) {
+            counters_of(&mut self.counters, video).damped_switches += 1;
+            info!(video, neighbour = %name, strikes = d.strikes,
+                  for_ms = d.until.saturating_duration_since(now).as_millis() as u64,
+                  "not switching back to a parent that stalled lately");
+        }
+        true
+    }
+}
 
 /// Gaps measured before the spacing is trusted; until then only the link's dead timer
 /// watches the parent.
@@ -208,6 +267,7 @@ impl Streams {
                 to
             }),
         };
+        let damped_for = target.as_ref().map(|_| self.damp(ctx, &name));
         // Declaring the link dead early only helps when the stream cannot move otherwise:
         // with a switch target the make-before-break already moves it, and the link's own
         // dead timer is enough; without one, the link's death is what sends us to the
@@ -221,6 +281,7 @@ impl Streams {
             video, parent = %name, silent_ms = silent.as_millis() as u64,
             peak_gap_ms = peak.as_millis() as u64, slack_ms = slack.as_millis() as u64,
             probe_unanswered, to = ?target, fast_death,
+            damped_ms = ?damped_for.map(|d| d.as_millis() as u64),
             "parent stalled: suspected"
         );
     }
@@ -244,8 +305,23 @@ impl Streams {
         let name = parent.name.clone();
         counters_of(&mut self.counters, video).suspicions_cleared += 1;
         let by_suspicion = st.pending.as_ref().is_some_and(|p| p.by_suspicion);
-        info!(video, parent = %name, abandoned_switch = by_suspicion, "suspected parent spoke again: suspicion cleared");
-        if by_suspicion {
+        // A parent that stalls again and again (a lossy link: each loss stalls its TCP stream
+        // for a retransmission timeout, then it catches up) always speaks again first; from
+        // its second stall within the memory the switch goes on as an ordinary
+        // make-before-break one (it completes once the new parent has caught up, or at the
+        // switch timeout).
+        let repeated = self
+            .damped
+            .get(&name)
+            .is_some_and(|d| d.strikes >= 2 && ctx.now < d.until);
+        let keep = by_suspicion && repeated;
+        info!(video, parent = %name, abandoned_switch = by_suspicion && !keep, kept_switch = keep,
+              "suspected parent spoke again: suspicion cleared");
+        if keep {
+            if let Some(p) = self.streams.get_mut(video).and_then(|s| s.pending.as_mut()) {
+                p.by_suspicion = false;
+            }
+        } else if by_suspicion {
             self.abandon_switch(ctx, video, false);
         }
     }
@@ -253,7 +329,7 @@ impl Streams {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::Harness;
+    use super::super::testkit::{Harness, Sent};
     use super::*;
 
     const GAP: Duration = Duration::from_millis(10);
@@ -355,6 +431,67 @@ mod tests {
         let c = h.streams.counters("v").unwrap();
         assert_eq!((c.suspicions, c.switches, c.gap_chunks), (1, 1, 2));
         assert_eq!(c.suspected_switches, 1);
+    }
+
+    /// Floods say A (5 ms) beats X (8 ms) again; the node looks for a better parent.
+    fn a_looks_better(h: &mut Harness) -> Sent {
+        h.flood("S", &[], "A", 5, &["v"]);
+        h.flood("S", &[], "X", 8, &["v"]);
+        h.run(|s, ctx| s.routes_updated(ctx));
+        h.drain().0
+    }
+
+    #[test]
+    fn a_parent_left_for_a_stall_is_not_switched_back_to_until_its_damping_ends() {
+        let (mut h, seq) = flowing();
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
+        h.drain();
+        h.chunk("X", "v", 1, seq + 1);
+        h.drain();
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        // A's delay still looks better (a lossy link delays few floods), but it stalled: held.
+        for _ in 0..3 {
+            h.advance(Duration::from_secs(1));
+            assert!(a_looks_better(&mut h).is_empty());
+        }
+        assert_eq!(
+            h.streams.counters("v").unwrap().damped_switches,
+            1,
+            "counted once"
+        );
+        // After the 10 s of damping the delay rules again.
+        h.advance(h.cfg.stall_damping);
+        assert_eq!(a_looks_better(&mut h), [("A".into(), "video_request")]);
+        // With damping off (the old rule) the stream goes back at once.
+        let (mut h, seq) = flowing();
+        h.cfg.stall_damping = Duration::ZERO;
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
+        h.drain();
+        h.chunk("X", "v", 1, seq + 1);
+        h.drain();
+        h.advance(Duration::from_secs(1));
+        assert_eq!(a_looks_better(&mut h), [("A".into(), "video_request")]);
+    }
+
+    #[test]
+    fn a_parent_that_stalls_again_soon_is_damped_twice_as_long() {
+        let (mut h, _) = flowing();
+        let stall = |h: &mut Harness| h.run(|s, ctx| s.damp(ctx, "A"));
+        assert_eq!(stall(&mut h), Duration::from_secs(10));
+        h.advance(Duration::from_secs(30));
+        assert_eq!(stall(&mut h), Duration::from_secs(20));
+        h.advance(Duration::from_secs(30));
+        assert_eq!(stall(&mut h), Duration::from_secs(40));
+        for _ in 0..5 {
+            h.advance(Duration::from_secs(30));
+            stall(&mut h);
+        }
+        assert_eq!(stall(&mut h), Duration::from_secs(320), "at most 32 times");
+        // Quiet for longer than the memory: it starts afresh.
+        h.advance(STALL_MEMORY + Duration::from_secs(320));
+        assert_eq!(stall(&mut h), Duration::from_secs(10));
     }
 
     #[test]
@@ -466,6 +603,40 @@ mod tests {
         h.expire(h.cfg.doubt_floor);
         h.expire(h.cfg.probe_wait);
         assert_eq!(h.drain().0, [("X".into(), "video_request")]);
+    }
+
+    #[test]
+    fn a_parent_that_stalls_again_and_speaks_first_is_still_left_make_before_break() {
+        let (mut h, seq) = flowing();
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
+        assert_eq!(h.drain().0, [("X".into(), "video_request")]);
+        // First stall: A speaks first, the switch is let go (a hiccup is forgiven).
+        h.chunk("A", "v", 1, seq + 1);
+        assert_eq!(h.drain().0, [("X".into(), "video_cancel")]);
+        // Second stall soon after (a lossy link): A speaks first again, but this time the
+        // switch goes on and completes at the switch timeout (X's path lags behind A's).
+        h.chunk("A", "v", 1, seq + 2);
+        h.drain();
+        h.expire(h.cfg.doubt_floor);
+        h.expire(h.cfg.probe_wait);
+        assert_eq!(h.drain().0, [("X".into(), "video_request")]);
+        h.chunk("A", "v", 1, seq + 3);
+        let (sent, delivered) = h.drain();
+        assert_eq!(delivered, [(1, seq + 3)]);
+        assert!(sent.is_empty(), "the switch to X stays: {sent:?}");
+        h.chunk("X", "v", 1, seq + 2);
+        h.chunk("A", "v", 1, seq + 4);
+        h.drain();
+        h.expire(h.cfg.switch_timeout);
+        let (sent, _) = h.drain();
+        assert!(sent.contains(&("A".into(), "video_cancel")), "{sent:?}");
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        let c = h.streams.counters("v").unwrap();
+        // (A silent again during the 2 s is suspected a third time: the switch under way
+        // then completes at X's next chunk, here the timeout came first.)
+        assert_eq!((c.suspicions_cleared, c.switches), (2, 1));
+        assert!(c.suspicions >= 2);
     }
 
     #[test]

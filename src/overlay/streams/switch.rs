@@ -145,6 +145,17 @@ impl Streams {
             st.better_since = None;
             return;
         };
+        if self.damped(ctx.now, video, &cand.neighbour) {
+            // It stalled as our parent lately: its delay does not tell of its stalls. Looked
+            // at again with the next flood after the damping ends.
+            if let Some(st) = self.streams.get_mut(video) {
+                st.better_since = None;
+            }
+            return;
+        }
+        let Some(st) = self.streams.get_mut(video) else {
+            return;
+        };
         let cur = st.parent.as_ref().expect("a candidate needs a parent");
         let swap = st.is_second(&cand.neighbour);
         let mut withdrawn = false;
