@@ -278,8 +278,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         t.note("SRT not measured: this ffmpeg has no srt protocol.");
     }
     let mut plan = vec![(0, Mode::NoRecovery), (0, Mode::Recovery)];
-    // 20 %: beyond the goals, where the session's allowance (a quarter of its stream) and
-    // the rounds a budget allows start to show.
+    // 20 %: beyond the goals, where the rounds a budget allows start to show.
     for loss in [5, 10, 20] {
         plan.push((loss, Mode::Recovery));
         plan.push((loss, Mode::NoRecovery));

@@ -114,7 +114,7 @@ impl Default for EdgeConfig {
             ts_per_datagram: MAX_TS_PER_DATAGRAM,
             drain_notice_interval: Duration::from_millis(250),
             retransmit_chunks: Self::DEFAULT_RETRANSMIT_CHUNKS,
-            retransmit_ratio: 0.25,
+            retransmit_ratio: 0.5,
             retransmit_burst_bytes: 48 * 1024,
         }
     }
