@@ -395,10 +395,10 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         t.note(format!(
             "Without any loss our recordings show {} continuity break(s) and {} decode error(s) \
              too, with no chunk missing by number: S1's paced reader starts the 10 s clip when \
-             the client subscribes and, at each loop of it, one video packet goes missing (the \
-             counter of PID 0x100 jumps by one at ~10 s, one frame damaged; src/media/pacer.rs, \
-             not part of this change). That is the source's, not the link's: about 1-2 packets \
-             of our residual column. SRT's sender is ffmpeg re-muxing the clip, which has no such \
+             the client subscribes and, where it loops this clip, the counter of PID 0x100 \
+             jumps by one (~10 s into the recording) and ffmpeg reports one damaged frame \
+             (src/media/pacer.rs, not investigated here). That is the source's, not the link's: \
+             about 1-2 packets of our residual column. SRT's sender is ffmpeg re-muxing the clip, which has no such \
              break.",
             breaks.join(" and "),
             errors.join(" and ")
