@@ -3874,4 +3874,41 @@ mod tests {
         assert!(st.gaps > 20, "{st:?}");
         assert_eq!((st.nacks_sent, st.held_for_recovery), (0, 0));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever the loss (up to 40 %, any pattern the seed gives) and the budget, the
+        /// player gets every TS packet at most once and in order, and recovery never holds a
+        /// datagram longer than its budget (plus a tick of the simulation).
+        #[test]
+        fn prop_recovery_keeps_the_order_and_its_budget(
+            seed in 1u64..u64::MAX,
+            loss in 0u64..40,
+            budget_ms in proptest::prop_oneof![proptest::prelude::Just(0u64), 20u64..300],
+            delay_ms in 1u64..40,
+        ) {
+            let settings = ClientSettings {
+                latency: Some(Duration::from_millis(budget_ms)),
+                ..ClientSettings::default()
+            };
+            let mut net = Net::new(&[delay_ms], EdgeChoice::Auto, settings);
+            net.rng = seed;
+            net.run(Duration::from_millis(500));
+            net.play("v1");
+            net.loss_percent = loss;
+            net.run(Duration::from_secs(4));
+            net.loss_percent = 0;
+            net.run(Duration::from_secs(1));
+            net.assert_in_order();
+            let st = net.client.stats(net.now);
+            proptest::prop_assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+            proptest::prop_assert!(
+                st.recovery_delay_max_us <= (budget_ms + 5) * 1000,
+                "{:?}", st
+            );
+            if budget_ms == 0 {
+                proptest::prop_assert_eq!((st.nacks_sent, st.held_for_recovery), (0, 0));
+            }
+        }
+    }
 }
