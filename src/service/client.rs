@@ -3911,4 +3911,30 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn with_loss_an_edge_death_still_moves_the_client_in_order_and_recovery_resumes_on_the_new_edge(
+    ) {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.loss_percent = 10;
+        net.run(Duration::from_secs(3));
+        let before = net.client.stats(net.now);
+        assert!(before.recovered > 0, "{before:?}");
+        assert_eq!((before.gaps, before.missing_chunks), (0, 0), "{before:?}");
+        net.edges[0].up = false; // silent death, on a lossy link
+        net.run(Duration::from_secs(3));
+        let at_switch = net.client.stats(net.now);
+        assert_eq!(net.client.current_edge(), Some(net.edges[1].addr));
+        // Recovery goes on with the new edge: no hole after the move.
+        net.run(Duration::from_secs(4));
+        net.assert_in_order();
+        let st = net.client.stats(net.now);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        assert_eq!(st.gaps, at_switch.gaps, "{st:?}");
+        assert!(st.recovered > at_switch.recovered, "{st:?}");
+        let k = net.edges[1].svc.counters();
+        assert!(k.nacks > 0 && k.retransmit_datagrams > 0, "{k:?}");
+    }
 }
