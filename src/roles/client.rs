@@ -708,6 +708,7 @@ pub fn summary_json(video: &str, s: &ClientSnapshot, elapsed: Duration) -> serde
         "retransmits_received": st.retransmits_received,
         "recovered": st.recovered,
         "unrecovered_holes": st.unrecovered_holes,
+        "nack_missed_chunks": st.nack_missed_chunks,
         "held_for_recovery": st.held_for_recovery,
         "recovery_delay_max_us": st.recovery_delay_max_us,
         "recovery_delay_total_us": st.recovery_delay_total_us,

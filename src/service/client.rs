@@ -73,8 +73,9 @@ use tracing::{debug, info};
 use super::recovery::{Held, Recovery};
 use crate::lateness::Lateness;
 use crate::wire::client::{
-    is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Nack, Probe, VideoCancel,
-    VideoData, VideoRequest, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN, VIDEO_FLAG_RETRANSMIT,
+    is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Nack, NackMiss, Probe,
+    VideoCancel, VideoData, VideoRequest, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
+    VIDEO_FLAG_RETRANSMIT,
 };
 
 /// How many recent datagram positions are remembered to tell duplicates from late arrivals.
@@ -403,8 +404,11 @@ pub struct ClientStats {
     /// Datagrams the edge sent again (flagged), and those of them that filled a hole in time.
     pub retransmits_received: u64,
     pub recovered: u64,
-    /// Holes given up (the budget ran out, or recovery had to stop) before their video came.
+    /// Holes given up (the budget ran out, the edge said it cannot send them, or recovery had
+    /// to stop) before their video came.
     pub unrecovered_holes: u64,
+    /// Chunks the edge said it cannot send (a hole upstream of it): given up at once.
+    pub nack_missed_chunks: u64,
     /// Datagrams held behind a hole, and the time they were held (the delay recovery adds):
     /// the longest, and all together.
     pub held_for_recovery: u64,
@@ -1153,6 +1157,7 @@ impl ClientService {
             }
             ClientMsg::Error(err) => self.edge_error(now, e, err.code, err.stream),
             ClientMsg::Drain(n) => self.drain_notice(now, e, n),
+            ClientMsg::NackMiss(m) => self.nack_miss(now, e, m),
             ClientMsg::VideoData(d) => self.framed_video(now, e, d),
             other => {
                 self.stats.malformed += 1;
@@ -1633,6 +1638,25 @@ impl ClientService {
                 holes,
             }),
         );
+    }
+
+    /// The edge asked for the holes cannot send these chunks: they are given up as soon as
+    /// they are the first hole, without waiting for the budget.
+    fn nack_miss(&mut self, now: Instant, e: usize, m: NackMiss) {
+        if self.want.as_ref().is_none_or_stream(m.stream)
+            || self.seq.epoch != Some(m.epoch)
+            || self.recovery_edge != Some(e)
+        {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        self.stats.nack_missed_chunks += m.seqs.len() as u64;
+        for seq in m.seqs {
+            self.recovery.abandon(seq);
+        }
+        while self.recovery.first_hole_abandoned(self.seq.last) {
+            self.give_up_hole(now);
+        }
     }
 
     /// Hands over the held datagrams that now follow the last one handed over.
@@ -3936,5 +3960,59 @@ mod tests {
         assert!(st.recovered > at_switch.recovered, "{st:?}");
         let k = net.edges[1].svc.counters();
         assert!(k.nacks > 0 && k.retransmit_datagrams > 0, "{k:?}");
+    }
+
+    #[test]
+    fn a_hole_the_edge_never_had_is_given_up_as_soon_as_it_says_so() {
+        let (mut c, e, now) = playing();
+        let ms = Duration::from_millis;
+        for seq in 0..3 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        let t1 = now + ms(1);
+        c.handle_datagram(t1, e, framed(1, 1, 4, 0, 1));
+        let (nacks, seqs) = nacks_and_seqs(&mut c);
+        assert_eq!((nacks.len(), seqs.len()), (1, 3));
+        let miss = |stream, epoch| {
+            ClientMsg::NackMiss(NackMiss {
+                stream,
+                epoch,
+                seqs: vec![3],
+            })
+            .to_bytes()
+            .unwrap()
+        };
+        // Not for this stream, not this epoch, not from the edge asked: ignored.
+        c.handle_datagram(t1, e, miss(2, 1));
+        c.handle_datagram(t1, e, miss(1, 2));
+        c.handle_datagram(t1, addr("10.0.0.9:7702"), miss(1, 1));
+        assert!(nacks_and_seqs(&mut c).1.is_empty());
+        // The edge never had chunk 3: 4 goes at once, not after the budget.
+        c.handle_datagram(t1 + ms(2), e, miss(1, 1));
+        assert_eq!(nacks_and_seqs(&mut c).1, [4]);
+        let st = c.stats(t1);
+        assert_eq!((st.unrecovered_holes, st.nack_missed_chunks), (1, 1));
+        assert_eq!(st.recovery_delay_max_us, 2_000);
+    }
+
+    #[test]
+    fn a_chunk_lost_upstream_of_the_edge_costs_a_round_trip_not_the_budget() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        // The source skips a chunk: no edge ever gets it.
+        net.seq += 1;
+        net.run(Duration::from_secs(1));
+        net.assert_in_order();
+        let st = net.client.stats(net.now);
+        assert_eq!((st.gaps, st.missing_chunks), (1, 1), "{st:?}");
+        assert_eq!(
+            (st.unrecovered_holes, st.nack_missed_chunks),
+            (1, 1),
+            "{st:?}"
+        );
+        // One round trip (10 ms) and the simulation's ticks, far below the 120 ms budget.
+        assert!(st.recovery_delay_max_us <= 25_000, "{st:?}");
     }
 }

@@ -27,7 +27,10 @@
 //!   bucket (the same bucket its requests spend), and bytes of the session's allowance, which
 //!   grows by `retransmit_ratio` of every byte of video sent to it up to
 //!   `retransmit_burst_bytes`. So a session can never draw more than its own stream times
-//!   `1 + retransmit_ratio` (plus one burst), however it NACKs.
+//!   `1 + retransmit_ratio` (plus one burst), however it NACKs. Chunks a NACK asks for that
+//!   the session will never get from here (older than a chunk it was sent, and not held: the
+//!   edge never had them, or no longer has them) are named back in one `NackMiss`, so the
+//!   client stops waiting for them.
 //! - **Drain.** An edge told to stop ([`EdgeService::start_drain`]) sends each session a
 //!   drain notice (again every `drain_notice_interval` while it stays), refuses new sessions
 //!   as busy, and keeps feeding the ones it has until their clients cancel (they moved to
@@ -44,7 +47,7 @@ use tracing::{debug, info};
 
 use crate::wire::client::{
     put_video_header, Challenge, ClientMsg, DrainNotice, ErrorCode, ErrorMsg, ListReply, Nack,
-    ProbeAck, VideoOk, MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
+    NackMiss, ProbeAck, VideoOk, MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
     VIDEO_FLAG_CACHED, VIDEO_FLAG_KEYFRAME, VIDEO_FLAG_RETRANSMIT, VIDEO_HEADER_LEN,
 };
 use crate::wire::DecodeError;
@@ -223,6 +226,8 @@ pub struct EdgeCounters {
     pub retransmit_bytes: u64,
     /// Holes asked for whose chunk the session's buffer no longer (or never) held.
     pub retransmit_not_buffered: u64,
+    /// Chunks named back in a NACK miss (they will not come from this edge).
+    pub nack_missed_chunks: u64,
     /// NACKs cut short because the session's retransmission allowance was spent.
     pub retransmit_over_allowance: u64,
     /// NACKs cut short because the source's rate bucket was empty.
@@ -880,6 +885,7 @@ impl EdgeService {
             return;
         };
         let part_len = self.part_len();
+        let mut missed: Vec<u64> = Vec::new();
         'holes: for hole in &nack.holes {
             let Some(chunk) = session
                 .sent
@@ -889,6 +895,14 @@ impl EdgeService {
                 .cloned()
             else {
                 self.counters.retransmit_not_buffered += 1;
+                // Sent something newer of this epoch, and not this: it will never come.
+                let passed = session
+                    .sent
+                    .iter()
+                    .any(|c| c.epoch == nack.epoch && c.seq > hole.seq);
+                if passed && missed.last() != Some(&hole.seq) {
+                    missed.push(hole.seq);
+                }
                 continue;
             };
             let parts = chunk.payload.len().div_ceil(part_len);
@@ -920,7 +934,17 @@ impl EdgeService {
                 self.push_video(peer.addr, &mut session, bytes);
             }
         }
+        let stream = session.stream;
         self.sessions.insert(peer.addr, session);
+        if !missed.is_empty() {
+            self.counters.nack_missed_chunks += missed.len() as u64;
+            let miss = NackMiss {
+                stream,
+                epoch: nack.epoch,
+                seqs: missed,
+            };
+            self.control(peer, ClientMsg::NackMiss(miss));
+        }
     }
 
     /// Start draining (see the module docs): every session is told to move elsewhere; the
@@ -1926,5 +1950,46 @@ mod tests {
         let cookie = h.cookie(c);
         h.send(c, nack(cookie, 3, 1, vec![NackHole::whole(11)]));
         assert!(video_of(&h.outputs(), c).is_empty());
+    }
+
+    #[test]
+    fn chunks_a_session_will_never_get_are_named_back_in_a_nack_miss() {
+        let mut h = Harness::new();
+        h.edge.config.retransmit_chunks = 4;
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 1, REQUEST_FLAG_CONTINUE);
+        // Chunk 3 never reached this edge (a hole upstream).
+        for seq in [0, 1, 2, 4, 5, 6, 7] {
+            h.chunk("v1", seq, seq == 0);
+        }
+        h.outputs();
+        let cookie = h.cookie(a);
+        let holes = [1, 3, 5, 9].map(NackHole::whole).to_vec();
+        let ask = nack(cookie, 1, 1, holes);
+        let ask_len = ask.to_bytes().unwrap().len();
+        h.send(a, ask);
+        let out = h.outputs();
+        // 5 is held: sent again. 1 is no longer held and 3 never was: named back. 9 has not
+        // been sent yet: nothing is said of it.
+        let seqs: Vec<u64> = video_of(&out, a).iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [5]);
+        let control: Vec<&Bytes> = out
+            .iter()
+            .filter_map(|o| match o {
+                EdgeOutput::Control { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(control.len(), 1);
+        assert!(control[0].len() <= ask_len, "no larger than the NACK");
+        assert_eq!(
+            ClientMsg::decode(control[0].clone()),
+            Ok(ClientMsg::NackMiss(NackMiss {
+                stream: 1,
+                epoch: 1,
+                seqs: vec![1, 3]
+            }))
+        );
+        assert_eq!(h.edge.counters().nack_missed_chunks, 2);
     }
 }

@@ -13,12 +13,14 @@
 //!   but a hole is never asked twice within one round trip);
 //! - **when to give up** ([`Recovery::deadline`]): the first hole was seen when the earliest
 //!   of the held datagrams arrived (every held one is beyond it); when that plus the latency
-//!   budget has passed, the client releases the held datagrams in order past the hole.
+//!   budget has passed, the client releases the held datagrams in order past the hole. Sooner
+//!   when the edge said it cannot send that chunk ([`Recovery::abandon`]): a hole upstream of
+//!   the edge costs no budget.
 //!
 //! Nothing here reads a clock or sends anything; it is bounded by the caller (which refuses to
 //! hold more than a fixed number of datagrams or to wait across a jump of many chunks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::wire::client::{NackHole, VideoData, MAX_NACK_HOLES};
@@ -40,6 +42,8 @@ pub struct Recovery {
     held: BTreeMap<(u64, u16), Held>,
     /// Missing chunk (by seq) → when it was last asked for.
     asked: BTreeMap<u64, Instant>,
+    /// Missing chunks the edge said it cannot send: not asked again, given up at once.
+    abandoned: BTreeSet<u64>,
 }
 
 /// The position right after `last`.
@@ -65,6 +69,22 @@ impl Recovery {
     pub fn clear(&mut self) {
         self.held.clear();
         self.asked.clear();
+        self.abandoned.clear();
+    }
+
+    /// The edge cannot send chunk `seq`: it is not asked for again, and a hole of it is given
+    /// up as soon as it is the first (see [`Recovery::first_hole_abandoned`]).
+    pub fn abandon(&mut self, seq: u64) {
+        if !self.held.is_empty() {
+            self.abandoned.insert(seq);
+        }
+    }
+
+    /// Whether the first hole after `last` is in a chunk the edge cannot send.
+    pub fn first_hole_abandoned(&self, last: Position) -> bool {
+        self.holes(last, 1)
+            .first()
+            .is_some_and(|h| self.abandoned.contains(&h.seq))
     }
 
     /// Holds `data`, which arrived at `now` from edge `edge` ahead of a hole. False (and
@@ -101,8 +121,10 @@ impl Recovery {
         // Chunks before this one are settled: delivered or given up.
         let seq = held.data.seq;
         self.asked.retain(|&s, _| s >= seq);
+        self.abandoned.retain(|&s| s >= seq);
         if self.held.is_empty() {
             self.asked.clear();
+            self.abandoned.clear();
         }
         Some(held)
     }
@@ -174,6 +196,9 @@ impl Recovery {
         for h in holes {
             if out.len() == MAX_NACK_HOLES {
                 break;
+            }
+            if self.abandoned.contains(&h.seq) {
+                continue;
             }
             let ask = match self.asked.get(&h.seq) {
                 None => true,

@@ -23,6 +23,7 @@
 //! | `0x0A` | [`ErrorMsg`]       | edge → client | `code: u8` ([`ErrorCode`]), `stream: u32`                           | 6      |
 //! | `0x0B` | [`DrainNotice`]    | edge → client | `cookie: u64`, `stream: u32`, `within_ms: u32`                      | 17     |
 //! | `0x0C` | [`Nack`]           | client → edge | `cookie: u64`, `stream: u32`, `epoch: u64`, `holes: list<hole>`; hole = `seq: u64`, `first: u16`, `last: u16` | 23 + 12·n |
+//! | `0x0D` | [`NackMiss`]       | edge → client | `stream: u32`, `epoch: u64`, `seqs: list<u64>`                      | 15 + 8·n |
 //! | `0x10` | [`VideoData`]      | edge → client | `stream: u32`, `flags: u8`, `epoch: u64`, `seq: u64`, `part: u16`, `parts: u16`, then whole 188-byte TS packets to the end | 26 + 188·k |
 //!
 //! A datagram whose first byte is `0x47` (the MPEG-TS sync byte) is *raw* TS, as an ffmpeg
@@ -48,7 +49,9 @@
 //!   parts (`first..=last`; `last` = [`NACK_TO_LAST_PART`] when the client does not know how
 //!   many parts the chunk has). The edge answers only a session whose cookie the NACK echoes
 //!   and sends what it still holds, flagged [`VIDEO_FLAG_RETRANSMIT`]. A NACK names at most
-//!   [`MAX_NACK_HOLES`] holes and at least one.
+//!   [`MAX_NACK_HOLES`] holes and at least one. Chunks the edge cannot send (it never had
+//!   them: a hole upstream of it; or no longer holds them) it names in a [`NackMiss`], never
+//!   larger than the NACK it answers, so the client stops waiting for them at once.
 //! - **Drain notices are tied to the session.** An edge that is shutting down tells each
 //!   client in a [`DrainNotice`] carrying the session's `stream` and the cookie the client
 //!   last echoed for it: a host that did not see the session's traffic cannot forge one, and
@@ -75,6 +78,7 @@ pub const TAG_VIDEO_OK: u8 = 0x09;
 pub const TAG_ERROR: u8 = 0x0A;
 pub const TAG_DRAIN: u8 = 0x0B;
 pub const TAG_NACK: u8 = 0x0C;
+pub const TAG_NACK_MISS: u8 = 0x0D;
 pub const TAG_VIDEO_DATA: u8 = 0x10;
 
 /// Padding after a probe's token, so a probe is exactly as large as its ack.
@@ -259,6 +263,16 @@ pub struct Nack {
     pub holes: Vec<NackHole>,
 }
 
+/// "These chunks of session `stream`'s `epoch` will not come": the edge's answer to the
+/// holes of a [`Nack`] it cannot fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackMiss {
+    pub stream: u32,
+    pub epoch: u64,
+    /// One to [`MAX_NACK_HOLES`] chunk numbers.
+    pub seqs: Vec<u64>,
+}
+
 /// One datagram of video: part `part` of `parts` of chunk `(epoch, seq)`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VideoData {
@@ -314,6 +328,7 @@ pub enum ClientMsg {
     Error(ErrorMsg),
     Drain(DrainNotice),
     Nack(Nack),
+    NackMiss(NackMiss),
     VideoData(VideoData),
 }
 
@@ -333,6 +348,7 @@ impl ClientMsg {
             ClientMsg::Error(_) => "error",
             ClientMsg::Drain(_) => "drain",
             ClientMsg::Nack(_) => "nack",
+            ClientMsg::NackMiss(_) => "nack_miss",
             ClientMsg::VideoData(_) => "video_data",
         }
     }
@@ -422,6 +438,23 @@ impl ClientMsg {
                     dst.put_u64(h.seq);
                     dst.put_u16(h.first);
                     dst.put_u16(h.last);
+                }
+            }
+            ClientMsg::NackMiss(m) => {
+                if m.seqs.is_empty() || m.seqs.len() > MAX_NACK_HOLES {
+                    return Err(EncodeError::TooLong {
+                        what: "nack_miss.seqs (1 to 64)",
+                        len: m.seqs.len(),
+                        max: MAX_NACK_HOLES,
+                    });
+                }
+                dst.put_u8(TAG_NACK_MISS);
+                dst.put_u32(m.stream);
+                dst.put_u64(m.epoch);
+                // Checked above: at most MAX_NACK_HOLES.
+                dst.put_u16(m.seqs.len() as u16);
+                for s in &m.seqs {
+                    dst.put_u64(*s);
                 }
             }
             ClientMsg::VideoData(m) => {
@@ -539,6 +572,31 @@ impl ClientMsg {
                     stream,
                     epoch,
                     holes,
+                })
+            }
+            TAG_NACK_MISS => {
+                let stream = r.u32("nack_miss.stream")?;
+                let epoch = r.u64("nack_miss.epoch")?;
+                let count = usize::from(r.u16("nack_miss.seqs")?);
+                if count == 0 || count > MAX_NACK_HOLES {
+                    return Err(DecodeError::BadValue {
+                        what: "nack_miss.seqs",
+                        value: count as u64,
+                    });
+                }
+                if count * 8 > r.remaining() {
+                    return Err(DecodeError::Truncated {
+                        what: "nack_miss.seqs",
+                    });
+                }
+                let mut seqs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    seqs.push(r.u64("nack_miss.seq")?);
+                }
+                ClientMsg::NackMiss(NackMiss {
+                    stream,
+                    epoch,
+                    seqs,
                 })
             }
             TAG_VIDEO_DATA => {
@@ -761,6 +819,14 @@ mod tests {
                 "0c a1a2a3a4a5a6a7a8 00000007 1122334455667788 0002 \
                  000000000000002a 0001 0002 000000000000002c 0000 ffff",
             ),
+            (
+                ClientMsg::NackMiss(NackMiss {
+                    stream: 7,
+                    epoch: 0x1122334455667788,
+                    seqs: vec![42, 44],
+                }),
+                "0d 00000007 1122334455667788 0002 000000000000002a 000000000000002c",
+            ),
         ]
     }
 
@@ -965,6 +1031,26 @@ mod tests {
             dec(&with("0001", "0000000000000001 0000 0000 00")),
             Err(DecodeError::TrailingBytes(1))
         );
+        // A miss names 1 to 64 chunks, and is never larger than the NACK it answers.
+        let miss = |seqs: Vec<u64>| {
+            ClientMsg::NackMiss(NackMiss {
+                stream: 2,
+                epoch: 3,
+                seqs,
+            })
+        };
+        assert!(miss(vec![]).encode(&mut buf).is_err());
+        assert!(miss((0..=MAX_NACK_HOLES as u64).collect())
+            .encode(&mut buf)
+            .is_err());
+        assert!(matches!(
+            dec(&hex("0d 00000002 0000000000000003 0000")),
+            Err(DecodeError::BadValue { .. })
+        ));
+        for n in 1..=MAX_NACK_HOLES as u64 {
+            let asked = enc(&nack((0..n).map(NackHole::whole).collect())).len();
+            assert!(enc(&miss((0..n).collect())).len() <= asked);
+        }
     }
 
     #[test]
@@ -1062,6 +1148,16 @@ mod tests {
                 })),
             (
                 any::<u32>(),
+                any::<u64>(),
+                prop::collection::vec(any::<u64>(), 1..=MAX_NACK_HOLES)
+            )
+                .prop_map(|(stream, epoch, seqs)| ClientMsg::NackMiss(NackMiss {
+                    stream,
+                    epoch,
+                    seqs
+                })),
+            (
+                any::<u32>(),
                 any::<u8>(),
                 any::<u64>(),
                 any::<u64>(),
@@ -1101,7 +1197,7 @@ mod tests {
 
         #[test]
         fn prop_bytes_after_a_known_tag_never_panic(
-            tag in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x10]),
+            tag in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0x10]),
             body in prop::collection::vec(any::<u8>(), 0..420),
         ) {
             let mut bytes = vec![tag];
