@@ -5,8 +5,8 @@
 //!
 //! Arguments (after `--`): `--quick` (fewer trials, shorter runs), `--out FILE` (default
 //! BENCHMARKS.md in the crate root), `--only NAME[,NAME]` (failover, throughput, latency,
-//! record, control, edge, edgefail, join, start, fanout, scale; server-death is the server-death
-//! part of failover alone, edgedrain the edge-drain part of edgefail alone).
+//! record, control, edge, edgefail, join, start, fanout, scale, lastmile; server-death is the
+//! server-death part of failover alone, edgedrain the edge-drain part of edgefail alone).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -17,6 +17,7 @@ mod failover;
 mod fanout;
 mod idle;
 mod join;
+mod lastmile;
 mod record;
 mod report;
 mod scale;
@@ -103,6 +104,9 @@ fn main() {
     }
     if opts.wants("scale") {
         scale::run(&opts, &mut rep);
+    }
+    if opts.wants("lastmile") {
+        lastmile::run(&opts, &mut rep);
     }
     rep.finish(started.elapsed(), &out);
     println!("wrote {}", out.display());

@@ -63,6 +63,12 @@ pub struct ClientArgs {
     /// 1 s without any sign of life (the rule before).
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_SUSPECT_FLOOR_MS)]
     pub edge_suspect_ms: u64,
+    /// Latency budget of loss recovery with the built-in relay: a hole in the stream holds
+    /// back the video behind it at most this long while the edge is asked to send it again.
+    /// Default: 4 x the edge's round trip, at least 120 ms. 0: no recovery (holes are passed
+    /// over at once).
+    #[arg(long, value_name = "MS")]
+    pub latency_ms: Option<u64>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -109,6 +115,7 @@ impl TryFrom<ClientArgs> for ClientConfig {
             },
             player_port: a.player_port,
             edge_suspect: (a.edge_suspect_ms > 0).then(|| Duration::from_millis(a.edge_suspect_ms)),
+            latency: a.latency_ms.map(Duration::from_millis),
         })
     }
 }
@@ -144,10 +151,20 @@ mod tests {
             Some(Duration::from_millis(DEFAULT_SUSPECT_FLOOR_MS))
         );
         assert_eq!(config("--edge-suspect-ms 0").unwrap().edge_suspect, None);
+        assert_eq!(cfg_latency(""), None);
+        assert_eq!(cfg_latency("--latency-ms 0"), Some(Duration::ZERO));
+        assert_eq!(
+            cfg_latency("--latency-ms 250"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(
             config("--edge-suspect-ms 150").unwrap().edge_suspect,
             Some(Duration::from_millis(150))
         );
+    }
+
+    fn cfg_latency(extra: &str) -> Option<Duration> {
+        config(extra).unwrap().latency
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct ClientConfig {
     pub player_port: u16,
     /// Shortest stream silence that makes the edge suspected; `None`: only the 1 s dead rule.
     pub edge_suspect: Option<Duration>,
+    /// Latency budget of last-mile loss recovery (`--latency-ms`); `None`: from the edge's
+    /// RTT; zero: off.
+    pub latency: Option<Duration>,
 }
 
 /// How the ordered TS reaches ffplay (`--player-input`).
@@ -271,6 +274,7 @@ pub async fn run(cfg: ClientConfig) -> anyhow::Result<()> {
 
     let settings = ClientSettings {
         suspect_floor: cfg.edge_suspect,
+        latency: cfg.latency,
         first_stream: rand::random(),
         token_key: rand::random(),
         ..ClientSettings::default()
@@ -631,7 +635,9 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         "summary video={video} seconds={:.1} bytes={} datagrams={} chunks={} raw_datagrams={} \
          gaps={} missing_chunks={} duplicates={} reorderings={} duplicates_dropped={} \
          reordered_dropped={} stale_dropped={} switches={} suspicions={} suspicions_cleared={} \
-         drain_notices={} drain_notices_repeated={} drain_notices_ignored={} raw_repeated_ms={} raw_trimmed_packets={} gap_peak_ms={} media_dropped={} edges={}",
+         drain_notices={} drain_notices_repeated={} drain_notices_ignored={} raw_repeated_ms={} raw_trimmed_packets={} gap_peak_ms={} \
+         latency_budget_ms={} nacks_sent={} retransmits_received={} recovered={} unrecovered_holes={} held_for_recovery={} recovery_delay_max_ms={:.1} \
+         media_dropped={} edges={}",
         elapsed.as_secs_f64(),
         st.bytes,
         st.datagrams,
@@ -653,6 +659,13 @@ pub fn summary_line(video: &str, s: &ClientSnapshot, elapsed: Duration) -> Strin
         st.raw_repeated_ms,
         st.raw_trimmed_packets,
         st.gap_peak_ms,
+        st.latency_budget_ms,
+        st.nacks_sent,
+        st.retransmits_received,
+        st.recovered,
+        st.unrecovered_holes,
+        st.held_for_recovery,
+        st.recovery_delay_max_us as f64 / 1000.0,
         s.media_dropped,
         if edges.is_empty() {
             "-".into()
@@ -689,6 +702,16 @@ pub fn summary_json(video: &str, s: &ClientSnapshot, elapsed: Duration) -> serde
         "raw_repeated_ms": st.raw_repeated_ms,
         "raw_trimmed_packets": st.raw_trimmed_packets,
         "gap_peak_ms": st.gap_peak_ms,
+        "latency_budget_ms": st.latency_budget_ms,
+        "nacks_sent": st.nacks_sent,
+        "nack_holes": st.nack_holes,
+        "retransmits_received": st.retransmits_received,
+        "recovered": st.recovered,
+        "unrecovered_holes": st.unrecovered_holes,
+        "nack_missed_chunks": st.nack_missed_chunks,
+        "held_for_recovery": st.held_for_recovery,
+        "recovery_delay_max_us": st.recovery_delay_max_us,
+        "recovery_delay_total_us": st.recovery_delay_total_us,
         "media_dropped": s.media_dropped,
         "edges": st.edges.iter().map(|u| serde_json::json!({
             "edge": u.edge.to_string(),

@@ -211,6 +211,13 @@ pub async fn run(cfg: OverlayRoleConfig) -> anyhow::Result<()> {
             service: EdgeConfig {
                 gop_cache_bytes: cfg.gop_cache_bytes,
                 max_sessions: cfg.max_clients,
+                // An ffmpeg relay's clients get raw TS without numbers: nothing to NACK, and a
+                // retransmission would be fed to the client's ffmpeg child as new video.
+                retransmit_chunks: if mode == RelayMode::Ffmpeg {
+                    0
+                } else {
+                    EdgeConfig::DEFAULT_RETRANSMIT_CHUNKS
+                },
                 ..EdgeConfig::default()
             },
             relay,

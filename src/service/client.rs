@@ -37,6 +37,17 @@
 //! they compare. What still repeats is measured from the TS packets' PCRs and counted
 //! (`raw_repeated_ms`).
 //!
+//! Loss on the last mile is recovered within a latency budget, as SRT and RIST do it
+//! ([`ClientSettings::latency`]): a framed datagram of the current epoch that arrives ahead of
+//! a hole is held ([`Recovery`]) instead of handed over, and the edge is asked for the missing
+//! parts at once in a NACK, and again every round trip (at least `nack_floor`) while they are
+//! missing. When the hole is filled, the held datagrams follow it in order; when the first
+//! hole has waited the budget, it is given up (counted unrecovered) and the held datagrams go
+//! to the player in order past it. Without loss nothing is held, so recovery adds no delay;
+//! with loss it adds at most the budget. The budget is `latency_rtt_factor` × the edge's RTT,
+//! at least `latency_floor`, unless set; zero turns recovery off (holes are handed over at
+//! once, the rule before). Raw TS carries no numbers: nothing is recovered there.
+//!
 //! An edge that is shutting down says so (a drain notice, accepted only from the session's
 //! edge and only with the session's stream and a cookie the client echoed to that edge): the
 //! client moves to the next-best edge at once, make-before-break like any move (the leaving
@@ -59,10 +70,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use super::recovery::{Held, Recovery};
 use crate::lateness::Lateness;
 use crate::wire::client::{
-    is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Probe, VideoCancel,
-    VideoData, VideoRequest, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
+    is_raw_ts, ClientMsg, DrainNotice, ErrorCode, Keepalive, ListRequest, Nack, NackMiss, Probe,
+    VideoCancel, VideoData, VideoRequest, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
+    VIDEO_FLAG_RETRANSMIT,
 };
 
 /// How many recent datagram positions are remembered to tell duplicates from late arrivals.
@@ -88,6 +101,14 @@ const PCR_REPEAT_LIMIT: u64 = 10_000 * PCR_PER_MS;
 const PES_REPEAT_LIMIT: u64 = 10 * 90_000;
 /// PES timestamps are 33-bit.
 const PES_TS_MODULUS: u64 = 1 << 33;
+/// Most datagrams held behind holes for recovery (about ten seconds of a 1 Mbit/s stream);
+/// beyond, the first hole is given up at once.
+const MAX_RECOVERY_HELD: usize = 1024;
+/// A datagram this many chunks or more ahead of the last one handed over is a jump (an outage,
+/// not a loss): nothing is waited for.
+const MAX_RECOVERY_SPAN: u64 = 512;
+/// Default of [`ClientSettings::latency_floor`], in milliseconds (SRT's default latency).
+pub const DEFAULT_LATENCY_FLOOR_MS: u64 = 120;
 
 /// Tunables of the client.
 #[derive(Debug, Clone)]
@@ -166,6 +187,14 @@ pub struct ClientSettings {
     /// when it answers from another address than the one probed (see
     /// [`ClientService::handle_datagram`]), so it must not be guessable.
     pub token_key: u64,
+    /// Latency budget of loss recovery (`--latency-ms`, see the module docs): how long a hole
+    /// may hold back the datagrams behind it. `None`: `latency_rtt_factor` × the edge's RTT,
+    /// at least `latency_floor`; zero: no recovery.
+    pub latency: Option<Duration>,
+    pub latency_floor: Duration,
+    pub latency_rtt_factor: f64,
+    /// A hole is asked for again after 1.5 × the edge's RTT, and not sooner than this.
+    pub nack_floor: Duration,
 }
 
 impl Default for ClientSettings {
@@ -199,6 +228,10 @@ impl Default for ClientSettings {
             gap_peak_half_life: Duration::from_secs(10),
             first_stream: 1,
             token_key: 0,
+            latency: None,
+            latency_floor: Duration::from_millis(DEFAULT_LATENCY_FLOOR_MS),
+            latency_rtt_factor: 4.0,
+            nack_floor: Duration::from_millis(20),
         }
     }
 }
@@ -365,6 +398,24 @@ pub struct ClientStats {
     pub reply_addresses_learned: u64,
     /// Edges that served the session, in first-use order.
     pub edges: Vec<EdgeUse>,
+    /// Loss recovery: NACK datagrams sent, and the holes they named.
+    pub nacks_sent: u64,
+    pub nack_holes: u64,
+    /// Datagrams the edge sent again (flagged), and those of them that filled a hole in time.
+    pub retransmits_received: u64,
+    pub recovered: u64,
+    /// Holes given up (the budget ran out, the edge said it cannot send them, or recovery had
+    /// to stop) before their video came.
+    pub unrecovered_holes: u64,
+    /// Chunks the edge said it cannot send (a hole upstream of it): given up at once.
+    pub nack_missed_chunks: u64,
+    /// Datagrams held behind a hole, and the time they were held (the delay recovery adds):
+    /// the longest, and all together.
+    pub held_for_recovery: u64,
+    pub recovery_delay_max_us: u64,
+    pub recovery_delay_total_us: u64,
+    /// The latency budget in force (0: recovery off).
+    pub latency_budget_ms: u64,
 }
 
 #[derive(Debug)]
@@ -725,6 +776,10 @@ pub struct ClientService {
     hold_until: Option<Instant>,
     /// Output audit: the last framed position handed over.
     audit: Option<(u64, u64, u16)>,
+    /// Datagrams held behind holes while the edge is asked for what is missing.
+    recovery: Recovery,
+    /// The edge the latest datagram of the recovered stream came from: NACKs go there.
+    recovery_edge: Option<usize>,
     stats: ClientStats,
     accounted_at: Instant,
     outputs: VecDeque<ClientOutput>,
@@ -791,6 +846,8 @@ impl ClientService {
             held: VecDeque::new(),
             hold_until: None,
             audit: None,
+            recovery: Recovery::default(),
+            recovery_edge: None,
             stats: ClientStats::default(),
             accounted_at: now,
             outputs: VecDeque::new(),
@@ -841,6 +898,7 @@ impl ClientService {
             .collect();
         used.sort();
         stats.gap_peak_ms = self.gaps.peak.as_millis() as u64;
+        stats.latency_budget_ms = self.budget().as_millis() as u64;
         stats.edges = used
             .into_iter()
             .map(|(_, i)| EdgeUse {
@@ -873,6 +931,8 @@ impl ClientService {
         });
         // A new stream starts a new sequence: an old video's epochs mean nothing to it.
         self.seq = Sequencer::new(self.settings.stale_epoch_return);
+        self.recovery.clear();
+        self.recovery_edge = None;
         self.audit = None;
         self.gaps = GapMeter::default();
         self.raw_clock = RawClock::default();
@@ -886,6 +946,7 @@ impl ClientService {
         self.account(now);
         self.held.clear();
         self.hold_until = None;
+        self.recovery.clear();
         if let Some(want) = self.want.take() {
             let standby = self.suspect.take().and_then(|s| s.standby);
             for att in [self.session.take(), self.draining.take(), standby]
@@ -964,6 +1025,12 @@ impl ClientService {
             at(d.since + s.drain_limit);
         }
         if let Some(t) = self.hold_until {
+            at(t);
+        }
+        if let Some(t) = self.recovery.deadline(self.budget()) {
+            at(t);
+        }
+        if let Some(t) = self.recovery.next_ask(self.nack_interval()) {
             at(t);
         }
         if self.list_wanted {
@@ -1090,6 +1157,7 @@ impl ClientService {
             }
             ClientMsg::Error(err) => self.edge_error(now, e, err.code, err.stream),
             ClientMsg::Drain(n) => self.drain_notice(now, e, n),
+            ClientMsg::NackMiss(m) => self.nack_miss(now, e, m),
             ClientMsg::VideoData(d) => self.framed_video(now, e, d),
             other => {
                 self.stats.malformed += 1;
@@ -1257,6 +1325,9 @@ impl ClientService {
         if self.want.as_ref().is_none_or_stream(d.stream) {
             self.stats.stale_dropped += 1;
             return;
+        }
+        if d.flags & VIDEO_FLAG_RETRANSMIT != 0 {
+            self.stats.retransmits_received += 1;
         }
         self.session_edge_heard(now, e);
         if self.standby_mut(e).is_some() {
@@ -1478,8 +1549,164 @@ impl ClientService {
         }
     }
 
-    /// Orders one datagram from an edge allowed to feed the player.
+    /// One datagram from an edge allowed to feed the player: through loss recovery when it is
+    /// on and the datagram is of the current epoch (see the module docs), else straight to
+    /// the sequencer (after whatever recovery held, in order).
     fn sequence(&mut self, now: Instant, e: usize, d: VideoData) {
+        if self.budget().is_zero() || self.seq.epoch != Some(d.epoch) {
+            // A datagram of an abandoned epoch changes nothing (the sequencer drops it, unless
+            // a run of them brings that epoch back); anything else goes after what was held.
+            if !self.seq.retired.contains(&d.epoch) {
+                self.flush_recovery(now);
+            }
+            self.sequence_now(now, e, d);
+            return;
+        }
+        self.recovery_edge = Some(e);
+        if !self.seq.would_gap(&d) {
+            // The next datagram (perhaps filling a hole), or one at or behind the last handed
+            // over (the sequencer drops it).
+            self.sequence_now(now, e, d);
+            self.release_recovered(now);
+            return;
+        }
+        if d.seq.saturating_sub(self.seq.last.0) >= MAX_RECOVERY_SPAN {
+            self.flush_recovery(now);
+            self.sequence_now(now, e, d);
+            return;
+        }
+        if self.recovery.len() >= MAX_RECOVERY_HELD {
+            self.give_up_hole(now);
+        }
+        if !self.recovery.hold(now, e, d) {
+            self.stats.duplicates_dropped += 1;
+            return;
+        }
+        self.stats.held_for_recovery += 1;
+        self.send_nacks(now);
+    }
+
+    /// The latency budget of recovery now (zero: off).
+    fn budget(&self) -> Duration {
+        let s = &self.settings;
+        s.latency.unwrap_or_else(|| {
+            let rtt = self
+                .current
+                .and_then(|c| self.edges[c].rtt)
+                .unwrap_or_default();
+            rtt.mul_f64(s.latency_rtt_factor).max(s.latency_floor)
+        })
+    }
+
+    /// How long a hole asked for waits before it is asked again: 1.5 round trips of the edge
+    /// asked, at least `nack_floor`.
+    fn nack_interval(&self) -> Duration {
+        let rtt = self
+            .recovery_edge
+            .or(self.current)
+            .and_then(|e| self.edges[e].rtt)
+            .unwrap_or_default();
+        rtt.mul_f64(1.5).max(self.settings.nack_floor)
+    }
+
+    /// Asks the edge for the holes due now (one NACK datagram).
+    fn send_nacks(&mut self, now: Instant) {
+        let (Some(e), Some(stream), Some(epoch)) = (
+            self.recovery_edge,
+            self.want.as_ref().map(|w| w.stream),
+            self.seq.epoch,
+        ) else {
+            return;
+        };
+        // Without a cookie the edge would only challenge; the next tick asks again.
+        let Some(cookie) = self.edges[e].cookie else {
+            return;
+        };
+        let interval = self.nack_interval();
+        let holes = self.recovery.due(now, self.seq.last, interval);
+        if holes.is_empty() {
+            return;
+        }
+        self.stats.nacks_sent += 1;
+        self.stats.nack_holes += holes.len() as u64;
+        self.send(
+            e,
+            ClientMsg::Nack(Nack {
+                cookie,
+                stream,
+                epoch,
+                holes,
+            }),
+        );
+    }
+
+    /// The edge asked for the holes cannot send these chunks: they are given up as soon as
+    /// they are the first hole, without waiting for the budget.
+    fn nack_miss(&mut self, now: Instant, e: usize, m: NackMiss) {
+        if self.want.as_ref().is_none_or_stream(m.stream)
+            || self.seq.epoch != Some(m.epoch)
+            || self.recovery_edge != Some(e)
+        {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        self.stats.nack_missed_chunks += m.seqs.len() as u64;
+        for seq in m.seqs {
+            self.recovery.abandon(seq);
+        }
+        while self.recovery.first_hole_abandoned(self.seq.last) {
+            self.give_up_hole(now);
+        }
+    }
+
+    /// Hands over the held datagrams that now follow the last one handed over.
+    fn release_recovered(&mut self, now: Instant) {
+        while let Some(h) = self.recovery.pop_next(self.seq.last) {
+            self.release(now, h);
+        }
+    }
+
+    /// Gives up the first hole: the held datagrams go to the player in order past it.
+    fn give_up_hole(&mut self, now: Instant) {
+        if let Some(h) = self.recovery.pop_first() {
+            if self.seq.would_gap(&h.data) {
+                self.stats.unrecovered_holes += 1;
+            }
+            self.release(now, h);
+        }
+        self.release_recovered(now);
+    }
+
+    /// Hands over everything held, in order (recovery stops: another epoch, or recovery off).
+    fn flush_recovery(&mut self, now: Instant) {
+        while !self.recovery.is_empty() {
+            self.give_up_hole(now);
+        }
+    }
+
+    fn release(&mut self, now: Instant, h: Held) {
+        let held = now.saturating_duration_since(h.arrived);
+        let us = held.as_micros() as u64;
+        self.stats.recovery_delay_max_us = self.stats.recovery_delay_max_us.max(us);
+        self.stats.recovery_delay_total_us += us;
+        self.sequence_now(now, h.edge, h.data);
+    }
+
+    /// Recovery's timers: holes whose budget ran out are given up; holes due are asked again.
+    fn recovery_tick(&mut self, now: Instant) {
+        while self
+            .recovery
+            .deadline(self.budget())
+            .is_some_and(|t| now >= t)
+        {
+            self.give_up_hole(now);
+        }
+        self.send_nacks(now);
+    }
+
+    /// Orders one datagram for the player (duplicates, late datagrams and abandoned epochs
+    /// are dropped and counted; holes counted).
+    fn sequence_now(&mut self, now: Instant, e: usize, d: VideoData) {
         let at = Arrival {
             now,
             from_session: self.session.as_ref().is_some_and(|a| a.edge == e),
@@ -1512,6 +1739,9 @@ impl ClientService {
                 }
                 if new_chunk {
                     self.stats.chunks += 1;
+                }
+                if d.flags & VIDEO_FLAG_RETRANSMIT != 0 {
+                    self.stats.recovered += 1;
                 }
                 self.mark_session_data(e);
                 self.deliver(now, e, d.payload);
@@ -1736,6 +1966,7 @@ impl ClientService {
         self.choose(now);
         self.place_session(now);
         self.retransmit(now);
+        self.recovery_tick(now);
     }
 
     fn choose(&mut self, now: Instant) {
@@ -1999,7 +2230,7 @@ fn push_outcome(e: &mut EdgeState, lost: bool, window: usize) {
 mod tests {
     use super::*;
     use crate::service::edge::{EdgeConfig, EdgeOutput, EdgeService};
-    use crate::wire::client::{put_video_header, TS_PACKET_LEN, TS_SYNC};
+    use crate::wire::client::{put_video_header, NackHole, TS_PACKET_LEN, TS_SYNC};
     use bytes::BytesMut;
 
     const TICK: Duration = Duration::from_millis(5);
@@ -2056,6 +2287,10 @@ mod tests {
         seq: u64,
         subscribes: Vec<(SocketAddr, String)>,
         unsubscribes: Vec<(SocketAddr, String)>,
+        /// Percent of the edges' datagrams to the client lost on the way (xorshift state).
+        loss_percent: u64,
+        rng: u64,
+        lost: u64,
     }
 
     impl Net {
@@ -2100,7 +2335,20 @@ mod tests {
                 seq: 0,
                 subscribes: Vec::new(),
                 unsubscribes: Vec::new(),
+                loss_percent: 0,
+                rng: 0x9E37_79B9_7F4A_7C15,
+                lost: 0,
             }
+        }
+
+        /// Whether the next datagram from an edge is lost.
+        fn lose(&mut self) -> bool {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let lost = self.rng % 100 < self.loss_percent;
+            self.lost += u64::from(lost);
+            lost
         }
 
         fn edge_index(&self, a: SocketAddr) -> Option<usize> {
@@ -2126,7 +2374,7 @@ mod tests {
                     match o {
                         EdgeOutput::Control { to, bytes, .. }
                         | EdgeOutput::Video { to, bytes, .. }
-                            if self.edges[i].up =>
+                            if self.edges[i].up && !self.lose() =>
                         {
                             let at = self.now + self.edges[i].delay;
                             self.flights.push((at, from, to, bytes));
@@ -3257,17 +3505,26 @@ mod tests {
     }
 
     fn framed(stream: u32, epoch: u64, seq: u64, part: u16, parts: u16) -> Bytes {
+        framed_flags(stream, 0, epoch, seq, part, parts)
+    }
+
+    fn framed_flags(stream: u32, flags: u8, epoch: u64, seq: u64, part: u16, parts: u16) -> Bytes {
         let mut b = BytesMut::new();
-        put_video_header(&mut b, stream, 0, epoch, seq, part, parts);
+        put_video_header(&mut b, stream, flags, epoch, seq, part, parts);
         b.extend_from_slice(&chunk(seq, 1));
         b.freeze()
     }
 
     /// A client already playing stream 1 on its only edge, with a cookie.
     fn playing() -> (ClientService, SocketAddr, Instant) {
+        playing_with(ClientSettings::default())
+    }
+
+    /// [`playing`] with these settings (the probe is answered at once: RTT 0).
+    fn playing_with(settings: ClientSettings) -> (ClientService, SocketAddr, Instant) {
         let now = Instant::now();
         let e = addr("10.0.0.1:7702");
-        let mut c = ClientService::new(ClientSettings::default(), vec![e], EdgeChoice::Auto, now);
+        let mut c = ClientService::new(settings, vec![e], EdgeChoice::Auto, now);
         tick(&mut c, now);
         let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
             token: probe_token(0, 1),
@@ -3323,7 +3580,11 @@ mod tests {
 
     #[test]
     fn sequencer_drops_duplicates_late_datagrams_and_abandoned_epochs() {
-        let (mut c, e, now) = playing();
+        // The sequencer alone: no loss recovery holding the datagrams after a hole.
+        let (mut c, e, now) = playing_with(ClientSettings {
+            latency: Some(Duration::ZERO),
+            ..ClientSettings::default()
+        });
         for (epoch, seq, part, parts) in [
             (1, 10, 0, 2),
             (1, 10, 1, 2),
@@ -3416,5 +3677,342 @@ mod tests {
                 .any(|m| matches!(m, ClientMsg::VideoRequest(r) if r.cookie == 77)),
             "{sent:?}"
         );
+    }
+
+    /// Takes the outputs: the datagrams delivered (their seqs) and the NACKs sent.
+    fn nacks_and_seqs(c: &mut ClientService) -> (Vec<Nack>, Vec<u64>) {
+        let (mut nacks, mut seqs) = (Vec::new(), Vec::new());
+        while let Some(o) = c.poll_output() {
+            match o {
+                ClientOutput::Deliver(d) => seqs.push(stamps(&[d])[0].0),
+                ClientOutput::Send { bytes, .. } => {
+                    if let Ok(ClientMsg::Nack(n)) = ClientMsg::decode(bytes) {
+                        nacks.push(n);
+                    }
+                }
+                ClientOutput::Event(_) => {}
+            }
+        }
+        (nacks, seqs)
+    }
+
+    #[test]
+    fn a_hole_is_nacked_at_once_then_once_per_round_trip_and_its_retransmission_releases_the_rest_in_order(
+    ) {
+        let (mut c, e, now) = playing();
+        let ms = Duration::from_millis;
+        for seq in 0..3 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        assert_eq!(nacks_and_seqs(&mut c).1, [0, 1, 2]);
+        // 3 is lost: 4 and 5 wait, and the edge is asked for 3 once.
+        let t1 = now + ms(1);
+        c.handle_datagram(t1, e, framed(1, 1, 4, 0, 1));
+        c.handle_datagram(t1, e, framed(1, 1, 5, 0, 1));
+        let (nacks, seqs) = nacks_and_seqs(&mut c);
+        assert!(seqs.is_empty(), "held behind the hole: {seqs:?}");
+        assert_eq!(
+            nacks,
+            [Nack {
+                cookie: 9,
+                stream: 1,
+                epoch: 1,
+                holes: vec![NackHole::whole(3)]
+            }]
+        );
+        // Not again within a round trip (RTT 0 here: the 20 ms floor)...
+        c.handle_timeout(t1 + ms(19));
+        assert!(nacks_and_seqs(&mut c).0.is_empty());
+        // ...then again, on a timer the client asks for.
+        assert!(c.poll_timeout().unwrap() <= t1 + ms(20));
+        c.handle_timeout(t1 + ms(20));
+        assert_eq!(nacks_and_seqs(&mut c).0.len(), 1);
+        // The retransmission fills the hole: 3, 4, 5 in order, nothing counted lost.
+        let t2 = t1 + ms(25);
+        c.handle_datagram(t2, e, framed_flags(1, VIDEO_FLAG_RETRANSMIT, 1, 3, 0, 1));
+        assert_eq!(nacks_and_seqs(&mut c).1, [3, 4, 5]);
+        // A second copy of it changes nothing.
+        c.handle_datagram(t2, e, framed_flags(1, VIDEO_FLAG_RETRANSMIT, 1, 3, 0, 1));
+        assert!(nacks_and_seqs(&mut c).1.is_empty());
+        let st = c.stats(t2);
+        assert_eq!(
+            (st.gaps, st.missing_chunks, st.unrecovered_holes),
+            (0, 0, 0)
+        );
+        assert_eq!((st.retransmits_received, st.recovered), (2, 1));
+        assert_eq!(
+            (st.nacks_sent, st.nack_holes, st.held_for_recovery),
+            (2, 2, 2)
+        );
+        assert_eq!(st.recovery_delay_max_us, 25_000);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        assert_eq!(c.poll_timeout().map(|t| t > t2 + ms(100)), Some(true));
+    }
+
+    #[test]
+    fn a_hole_not_filled_within_the_budget_is_given_up_and_the_rest_released_in_order() {
+        let (mut c, e, now) = playing();
+        let ms = Duration::from_millis;
+        for seq in 0..3 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        let t1 = now + ms(10);
+        c.handle_datagram(t1, e, framed(1, 1, 4, 0, 1));
+        // Parts: chunk 5 has three, its middle one lost too.
+        c.handle_datagram(t1 + ms(5), e, framed(1, 1, 5, 0, 3));
+        c.handle_datagram(t1 + ms(5), e, framed(1, 1, 5, 2, 3));
+        let (nacks, seqs) = nacks_and_seqs(&mut c);
+        assert_eq!(seqs, [0, 1, 2]);
+        let holes: Vec<NackHole> = nacks.into_iter().flat_map(|n| n.holes).collect();
+        let middle = NackHole {
+            seq: 5,
+            first: 1,
+            last: 1,
+        };
+        assert_eq!(holes, [NackHole::whole(3), middle]);
+        // The budget (RTT 0: the 120 ms floor) runs from the first hole's discovery.
+        assert_eq!(c.stats(t1).latency_budget_ms, DEFAULT_LATENCY_FLOOR_MS);
+        let mut t = t1;
+        while t < t1 + ms(119) {
+            t += ms(1);
+            tick(&mut c, t);
+            assert!(
+                nacks_and_seqs(&mut c).1.is_empty(),
+                "released early at {t:?}"
+            );
+        }
+        tick(&mut c, t1 + ms(120));
+        // 3 is given up: 4 and part 0 of 5 go; the second hole waits for its own budget.
+        assert_eq!(nacks_and_seqs(&mut c).1, [4, 5]);
+        tick(&mut c, t1 + ms(125));
+        assert_eq!(nacks_and_seqs(&mut c).1, [5]);
+        // A retransmission too late is dropped: the player's order is kept.
+        c.handle_datagram(
+            t1 + ms(130),
+            e,
+            framed_flags(1, VIDEO_FLAG_RETRANSMIT, 1, 3, 0, 1),
+        );
+        assert!(nacks_and_seqs(&mut c).1.is_empty());
+        let st = c.stats(t1 + ms(130));
+        assert_eq!(
+            (st.unrecovered_holes, st.gaps, st.missing_chunks),
+            (2, 2, 1)
+        );
+        assert_eq!((st.recovered, st.reordered_dropped), (0, 1));
+        assert_eq!(st.recovery_delay_max_us, 120_000);
+        // Each hole asked once per 20 ms while it waited (at 0, 20, ... 100 ms), never more.
+        assert_eq!(st.nack_holes, 12, "{st:?}");
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+    }
+
+    #[test]
+    fn with_latency_zero_holes_are_handed_over_at_once_and_nothing_is_asked() {
+        let (mut c, e, now) = playing_with(ClientSettings {
+            latency: Some(Duration::ZERO),
+            ..ClientSettings::default()
+        });
+        for seq in [0, 1, 3, 4] {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        let (nacks, seqs) = nacks_and_seqs(&mut c);
+        assert_eq!((nacks.len(), seqs), (0, vec![0, 1, 3, 4]));
+        c.handle_timeout(now + Duration::from_millis(500));
+        assert!(nacks_and_seqs(&mut c).0.is_empty());
+        let st = c.stats(now);
+        assert_eq!(
+            (st.gaps, st.missing_chunks, st.held_for_recovery),
+            (1, 1, 0)
+        );
+        assert_eq!(st.latency_budget_ms, 0);
+    }
+
+    #[test]
+    fn the_default_budget_is_four_round_trips_with_a_floor() {
+        let now = Instant::now();
+        let e = addr("10.0.0.1:7702");
+        let mut c = ClientService::new(ClientSettings::default(), vec![e], EdgeChoice::Auto, now);
+        c.handle_timeout(now);
+        // The probe's answer comes 50 ms later: 4 x 50 ms.
+        let ack = ClientMsg::ProbeAck(crate::wire::client::ProbeAck {
+            token: probe_token(0, 1),
+            cookie: 9,
+        });
+        let t = now + Duration::from_millis(50);
+        c.handle_datagram(t, e, ack.to_bytes().unwrap());
+        c.handle_timeout(t);
+        assert_eq!(c.stats(t).latency_budget_ms, 200);
+        let fixed = ClientSettings {
+            latency: Some(Duration::from_millis(300)),
+            ..ClientSettings::default()
+        };
+        let (c, _, now) = playing_with(fixed);
+        assert_eq!(c.stats(now).latency_budget_ms, 300);
+    }
+
+    #[test]
+    fn ten_percent_loss_on_the_last_mile_is_recovered_in_order_and_without_recovery_it_is_not() {
+        let run = |latency: Option<Duration>| {
+            let settings = ClientSettings {
+                latency,
+                ..ClientSettings::default()
+            };
+            let mut net = Net::new(&[5], EdgeChoice::Auto, settings);
+            net.run(Duration::from_millis(500));
+            net.play("v1");
+            net.run(Duration::from_secs(1));
+            net.loss_percent = 10;
+            net.run(Duration::from_secs(20));
+            net.loss_percent = 0;
+            net.run(Duration::from_secs(1));
+            net.assert_in_order();
+            let k = net.edges[0].svc.counters().clone();
+            (net.client.stats(net.now), net.lost, k)
+        };
+        let (st, lost, k) = run(None);
+        println!(
+            "with recovery: {lost} datagrams lost on the way, {} holes unrecovered, {} chunks \
+             missing, {} retransmitted ({:.1} % of the video bytes), {} NACKs, longest hold {} ms",
+            st.unrecovered_holes,
+            st.missing_chunks,
+            k.retransmit_datagrams,
+            100.0 * k.retransmit_bytes as f64 / (k.video_bytes_out - k.retransmit_bytes) as f64,
+            st.nacks_sent,
+            st.recovery_delay_max_us / 1000
+        );
+        assert!(lost > 60, "{lost}");
+        assert_eq!(
+            (st.gaps, st.missing_chunks, st.unrecovered_holes),
+            (0, 0, 0),
+            "{st:?}"
+        );
+        assert!(st.recovered > 50, "{st:?}");
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        assert!(st.recovery_delay_max_us <= 125_000, "{st:?}");
+        assert!(k.retransmit_bytes * 10 <= 3 * (k.video_bytes_out - k.retransmit_bytes));
+        assert_eq!(st.edge_switches, 0);
+        let (st, lost, _) = run(Some(Duration::ZERO));
+        println!(
+            "without recovery: {lost} lost, {} holes ({} whole chunks)",
+            st.gaps, st.missing_chunks
+        );
+        assert!(st.gaps > 20, "{st:?}");
+        assert_eq!((st.nacks_sent, st.held_for_recovery), (0, 0));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever the loss (up to 40 %, any pattern the seed gives) and the budget, the
+        /// player gets every TS packet at most once and in order, and recovery never holds a
+        /// datagram longer than its budget (plus a tick of the simulation).
+        #[test]
+        fn prop_recovery_keeps_the_order_and_its_budget(
+            seed in 1u64..u64::MAX,
+            loss in 0u64..40,
+            budget_ms in proptest::prop_oneof![proptest::prelude::Just(0u64), 20u64..300],
+            delay_ms in 1u64..40,
+        ) {
+            let settings = ClientSettings {
+                latency: Some(Duration::from_millis(budget_ms)),
+                ..ClientSettings::default()
+            };
+            let mut net = Net::new(&[delay_ms], EdgeChoice::Auto, settings);
+            net.rng = seed;
+            net.run(Duration::from_millis(500));
+            net.play("v1");
+            net.loss_percent = loss;
+            net.run(Duration::from_secs(4));
+            net.loss_percent = 0;
+            net.run(Duration::from_secs(1));
+            net.assert_in_order();
+            let st = net.client.stats(net.now);
+            proptest::prop_assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+            proptest::prop_assert!(
+                st.recovery_delay_max_us <= (budget_ms + 5) * 1000,
+                "{:?}", st
+            );
+            if budget_ms == 0 {
+                proptest::prop_assert_eq!((st.nacks_sent, st.held_for_recovery), (0, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn with_loss_an_edge_death_still_moves_the_client_in_order_and_recovery_resumes_on_the_new_edge(
+    ) {
+        let mut net = Net::new(&[5, 15], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.loss_percent = 10;
+        net.run(Duration::from_secs(3));
+        let before = net.client.stats(net.now);
+        assert!(before.recovered > 0, "{before:?}");
+        assert_eq!((before.gaps, before.missing_chunks), (0, 0), "{before:?}");
+        net.edges[0].up = false; // silent death, on a lossy link
+        net.run(Duration::from_secs(3));
+        let at_switch = net.client.stats(net.now);
+        assert_eq!(net.client.current_edge(), Some(net.edges[1].addr));
+        // Recovery goes on with the new edge: no hole after the move.
+        net.run(Duration::from_secs(4));
+        net.assert_in_order();
+        let st = net.client.stats(net.now);
+        assert_eq!((st.delivered_duplicates, st.delivered_reorderings), (0, 0));
+        assert_eq!(st.gaps, at_switch.gaps, "{st:?}");
+        assert!(st.recovered > at_switch.recovered, "{st:?}");
+        let k = net.edges[1].svc.counters();
+        assert!(k.nacks > 0 && k.retransmit_datagrams > 0, "{k:?}");
+    }
+
+    #[test]
+    fn a_hole_the_edge_never_had_is_given_up_as_soon_as_it_says_so() {
+        let (mut c, e, now) = playing();
+        let ms = Duration::from_millis;
+        for seq in 0..3 {
+            c.handle_datagram(now, e, framed(1, 1, seq, 0, 1));
+        }
+        let t1 = now + ms(1);
+        c.handle_datagram(t1, e, framed(1, 1, 4, 0, 1));
+        let (nacks, seqs) = nacks_and_seqs(&mut c);
+        assert_eq!((nacks.len(), seqs.len()), (1, 3));
+        let miss = |stream, epoch| {
+            ClientMsg::NackMiss(NackMiss {
+                stream,
+                epoch,
+                seqs: vec![3],
+            })
+            .to_bytes()
+            .unwrap()
+        };
+        // Not for this stream, not this epoch, not from the edge asked: ignored.
+        c.handle_datagram(t1, e, miss(2, 1));
+        c.handle_datagram(t1, e, miss(1, 2));
+        c.handle_datagram(t1, addr("10.0.0.9:7702"), miss(1, 1));
+        assert!(nacks_and_seqs(&mut c).1.is_empty());
+        // The edge never had chunk 3: 4 goes at once, not after the budget.
+        c.handle_datagram(t1 + ms(2), e, miss(1, 1));
+        assert_eq!(nacks_and_seqs(&mut c).1, [4]);
+        let st = c.stats(t1);
+        assert_eq!((st.unrecovered_holes, st.nack_missed_chunks), (1, 1));
+        assert_eq!(st.recovery_delay_max_us, 2_000);
+    }
+
+    #[test]
+    fn a_chunk_lost_upstream_of_the_edge_costs_a_round_trip_not_the_budget() {
+        let mut net = Net::new(&[5], EdgeChoice::Auto, ClientSettings::default());
+        net.run(Duration::from_millis(500));
+        net.play("v1");
+        net.run(Duration::from_secs(2));
+        // The source skips a chunk: no edge ever gets it.
+        net.seq += 1;
+        net.run(Duration::from_secs(1));
+        net.assert_in_order();
+        let st = net.client.stats(net.now);
+        assert_eq!((st.gaps, st.missing_chunks), (1, 1), "{st:?}");
+        assert_eq!(
+            (st.unrecovered_holes, st.nack_missed_chunks),
+            (1, 1),
+            "{st:?}"
+        );
+        // One round trip (10 ms) and the simulation's ticks, far below the 120 ms budget.
+        assert!(st.recovery_delay_max_us <= 25_000, "{st:?}");
     }
 }

@@ -19,6 +19,18 @@
 //! - **GOP cache.** Per subscribed video, the chunks since the last keyframe (bounded in
 //!   bytes): a client joining a running stream gets them first, so its player starts on a
 //!   keyframe at once; a client joining before any cache waits for the next keyframe.
+//! - **Retransmission within the session's allowance.** Each session keeps the last
+//!   `retransmit_chunks` chunks it was sent (the payloads are shared with the other sessions,
+//!   not copied). A client's NACK, with a valid cookie and the session's stream, gets the parts
+//!   it names that are still held, flagged as retransmitted. Retransmissions only go to an
+//!   address that proved it receives, and each costs twice: a token of the source's rate
+//!   bucket (the same bucket its requests spend), and bytes of the session's allowance, which
+//!   grows by `retransmit_ratio` of every byte of video sent to it up to
+//!   `retransmit_burst_bytes`. So a session can never draw more than its own stream times
+//!   `1 + retransmit_ratio` (plus one burst), however it NACKs. Chunks a NACK asks for that
+//!   the session will never get from here (older than a chunk it was sent, and not held: the
+//!   edge never had them, or no longer has them) are named back in one `NackMiss`, so the
+//!   client stops waiting for them.
 //! - **Drain.** An edge told to stop ([`EdgeService::start_drain`]) sends each session a
 //!   drain notice (again every `drain_notice_interval` while it stays), refuses new sessions
 //!   as busy, and keeps feeding the ones it has until their clients cancel (they moved to
@@ -34,9 +46,9 @@ use ring::hmac;
 use tracing::{debug, info};
 
 use crate::wire::client::{
-    put_video_header, Challenge, ClientMsg, DrainNotice, ErrorCode, ErrorMsg, ListReply, ProbeAck,
-    VideoOk, MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN, VIDEO_FLAG_CACHED,
-    VIDEO_FLAG_KEYFRAME,
+    put_video_header, Challenge, ClientMsg, DrainNotice, ErrorCode, ErrorMsg, ListReply, Nack,
+    NackMiss, ProbeAck, VideoOk, MAX_TS_PER_DATAGRAM, REQUEST_FLAG_CONTINUE, TS_PACKET_LEN,
+    VIDEO_FLAG_CACHED, VIDEO_FLAG_KEYFRAME, VIDEO_FLAG_RETRANSMIT, VIDEO_HEADER_LEN,
 };
 use crate::wire::DecodeError;
 
@@ -70,6 +82,14 @@ pub struct EdgeConfig {
     /// While draining, a session still here is sent the drain notice again this often (a
     /// notice is one datagram and may be lost).
     pub drain_notice_interval: Duration,
+    /// Chunks each session keeps for retransmission (the newest ones sent to it); 0: NACKs
+    /// are counted and not answered.
+    pub retransmit_chunks: usize,
+    /// A session's retransmission allowance grows by this fraction of every video byte sent
+    /// to it...
+    pub retransmit_ratio: f64,
+    /// ...up to this many bytes (also its allowance when it opens).
+    pub retransmit_burst_bytes: usize,
 }
 
 impl EdgeConfig {
@@ -77,6 +97,9 @@ impl EdgeConfig {
     pub const DEFAULT_GOP_CACHE_BYTES: usize = 4 << 20;
     /// Default of [`EdgeConfig::max_sessions`] (`--max-clients`).
     pub const DEFAULT_MAX_SESSIONS: usize = 512;
+    /// Default of [`EdgeConfig::retransmit_chunks`]: about 2.5 s of a 1 Mbit/s stream in
+    /// 7-packet chunks, far more than any client's latency budget.
+    pub const DEFAULT_RETRANSMIT_CHUNKS: usize = 256;
 }
 
 impl Default for EdgeConfig {
@@ -93,6 +116,9 @@ impl Default for EdgeConfig {
             keyframe_wait: Duration::from_secs(3),
             ts_per_datagram: MAX_TS_PER_DATAGRAM,
             drain_notice_interval: Duration::from_millis(250),
+            retransmit_chunks: Self::DEFAULT_RETRANSMIT_CHUNKS,
+            retransmit_ratio: 0.5,
+            retransmit_burst_bytes: 48 * 1024,
         }
     }
 }
@@ -191,6 +217,21 @@ pub struct EdgeCounters {
     pub drain_notices_sent: u64,
     /// Video requests refused (busy) because the edge is draining.
     pub drain_refused: u64,
+    /// NACKs received (valid cookie or not).
+    pub nacks: u64,
+    /// NACKs with a valid cookie but no session of that stream from that address.
+    pub nack_unknown_session: u64,
+    /// Datagrams sent again on a NACK (also counted in `video_datagrams_out`/`_bytes_out`).
+    pub retransmit_datagrams: u64,
+    pub retransmit_bytes: u64,
+    /// Holes asked for whose chunk the session's buffer no longer (or never) held.
+    pub retransmit_not_buffered: u64,
+    /// Chunks named back in a NACK miss (they will not come from this edge).
+    pub nack_missed_chunks: u64,
+    /// NACKs cut short because the session's retransmission allowance was spent.
+    pub retransmit_over_allowance: u64,
+    /// NACKs cut short because the source's rate bucket was empty.
+    pub retransmit_rate_limited: u64,
 }
 
 impl EdgeCounters {
@@ -227,6 +268,10 @@ struct Session {
     /// Until a keyframe (or this deadline) the session gets no live chunks.
     wait_keyframe_until: Option<Instant>,
     datagrams_sent: u64,
+    /// The newest chunks sent to this session, oldest first (at most `retransmit_chunks`).
+    sent: VecDeque<CachedChunk>,
+    /// Bytes this session may still be sent again (see the module docs).
+    retransmit_allowance: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +300,13 @@ struct VideoState {
 struct Peer {
     addr: SocketAddr,
     local: Option<IpAddr>,
+}
+
+/// What [`EdgeService::take_token`] found.
+enum Token {
+    Taken,
+    Empty,
+    TableFull,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -370,6 +422,21 @@ impl EdgeService {
 
     /// True when `from` may send one more datagram now.
     fn admit(&mut self, now: Instant, from: IpAddr) -> bool {
+        match self.take_token(now, from) {
+            Token::Taken => true,
+            Token::Empty => {
+                self.counters.rate_limited += 1;
+                false
+            }
+            Token::TableFull => {
+                self.counters.rate_table_full += 1;
+                false
+            }
+        }
+    }
+
+    /// Spends one token of `from`'s rate bucket, if it has one.
+    fn take_token(&mut self, now: Instant, from: IpAddr) -> Token {
         let (rate, burst) = (self.config.rate_per_sec, self.config.rate_burst);
         if !self.buckets.contains_key(&from) && self.buckets.len() >= self.config.max_sources {
             // Forget sources whose bucket has refilled: they are idle, a fresh bucket is the same.
@@ -377,8 +444,7 @@ impl EdgeService {
                 b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
             });
             if self.buckets.len() >= self.config.max_sources {
-                self.counters.rate_table_full += 1;
-                return false;
+                return Token::TableFull;
             }
         }
         let b = self.buckets.entry(from).or_insert(TokenBucket {
@@ -390,10 +456,9 @@ impl EdgeService {
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            true
+            Token::Taken
         } else {
-            self.counters.rate_limited += 1;
-            false
+            Token::Empty
         }
     }
 
@@ -504,6 +569,12 @@ impl EdgeService {
                     self.close_session(from, CloseReason::Cancelled);
                 }
                 // A cancel for a session we do not have (a retransmission) needs no answer.
+            }
+            ClientMsg::Nack(n) => {
+                self.counters.nacks += 1;
+                if self.check_cookie(now, peer, n.cookie) {
+                    self.retransmit(now, peer, n);
+                }
             }
             other => {
                 self.counters.unexpected_kind += 1;
@@ -628,6 +699,8 @@ impl EdgeService {
             lease_until: now + self.config.lease,
             wait_keyframe_until: None,
             datagrams_sent: 0,
+            sent: VecDeque::new(),
+            retransmit_allowance: self.config.retransmit_burst_bytes as f64,
         };
         if !cached.is_empty() {
             // The cache starts on a keyframe: the player can start at once.
@@ -759,31 +832,118 @@ impl EdgeService {
         flags: u8,
         payload: &Bytes,
     ) {
-        let part_len = TS_PACKET_LEN * self.config.ts_per_datagram.max(1);
+        let part_len = self.part_len();
         let parts = payload.len().div_ceil(part_len);
-        // handle_chunk checked that `parts` fits a u16.
-        let parts16 = u16::try_from(parts).unwrap_or(u16::MAX);
         for (i, piece) in payload.chunks(part_len).enumerate() {
-            let mut buf =
-                BytesMut::with_capacity(crate::wire::client::VIDEO_HEADER_LEN + piece.len());
-            put_video_header(
-                &mut buf,
-                session.stream,
-                flags,
+            let bytes = frame(session.stream, flags, epoch, seq, i, parts, piece);
+            session.retransmit_allowance = (session.retransmit_allowance
+                + bytes.len() as f64 * self.config.retransmit_ratio)
+                .min(self.config.retransmit_burst_bytes as f64);
+            self.push_video(to, session, bytes);
+        }
+        if self.config.retransmit_chunks > 0 {
+            if session.sent.len() >= self.config.retransmit_chunks {
+                session.sent.pop_front();
+            }
+            session.sent.push_back(CachedChunk {
                 epoch,
                 seq,
-                u16::try_from(i).unwrap_or(u16::MAX),
-                parts16,
-            );
-            buf.extend_from_slice(piece);
-            self.counters.video_datagrams_out += 1;
-            self.counters.video_bytes_out += buf.len() as u64;
-            session.datagrams_sent += 1;
-            self.outputs.push_back(EdgeOutput::Video {
-                to,
-                from: session.local,
-                bytes: buf.freeze(),
+                flags: flags & !VIDEO_FLAG_CACHED,
+                payload: payload.clone(),
             });
+        }
+    }
+
+    /// TS bytes of one video datagram.
+    fn part_len(&self) -> usize {
+        TS_PACKET_LEN * self.config.ts_per_datagram.max(1)
+    }
+
+    fn push_video(&mut self, to: SocketAddr, session: &mut Session, bytes: Bytes) {
+        self.counters.video_datagrams_out += 1;
+        self.counters.video_bytes_out += bytes.len() as u64;
+        session.datagrams_sent += 1;
+        self.outputs.push_back(EdgeOutput::Video {
+            to,
+            from: session.local,
+            bytes,
+        });
+    }
+
+    /// Answers a NACK of `peer` (cookie checked): the parts it names that the session still
+    /// holds, while its allowance and its source's rate bucket last.
+    fn retransmit(&mut self, now: Instant, peer: Peer, nack: Nack) {
+        if !self
+            .sessions
+            .get(&peer.addr)
+            .is_some_and(|s| s.stream == nack.stream)
+        {
+            self.counters.nack_unknown_session += 1;
+            return;
+        }
+        let Some(mut session) = self.sessions.remove(&peer.addr) else {
+            return;
+        };
+        let part_len = self.part_len();
+        let mut missed: Vec<u64> = Vec::new();
+        'holes: for hole in &nack.holes {
+            let Some(chunk) = session
+                .sent
+                .iter()
+                .rev()
+                .find(|c| c.epoch == nack.epoch && c.seq == hole.seq)
+                .cloned()
+            else {
+                self.counters.retransmit_not_buffered += 1;
+                // Sent something newer of this epoch, and not this: it will never come.
+                let passed = session
+                    .sent
+                    .iter()
+                    .any(|c| c.epoch == nack.epoch && c.seq > hole.seq);
+                if passed && missed.last() != Some(&hole.seq) {
+                    missed.push(hole.seq);
+                }
+                continue;
+            };
+            let parts = chunk.payload.len().div_ceil(part_len);
+            let last = usize::from(hole.last).min(parts.saturating_sub(1));
+            for part in usize::from(hole.first)..=last {
+                let start = part * part_len;
+                let end = (start + part_len).min(chunk.payload.len());
+                let size = VIDEO_HEADER_LEN + (end - start);
+                if session.retransmit_allowance < size as f64 {
+                    self.counters.retransmit_over_allowance += 1;
+                    break 'holes;
+                }
+                if !matches!(self.take_token(now, peer.addr.ip()), Token::Taken) {
+                    self.counters.retransmit_rate_limited += 1;
+                    break 'holes;
+                }
+                session.retransmit_allowance -= size as f64;
+                let bytes = frame(
+                    session.stream,
+                    chunk.flags | VIDEO_FLAG_RETRANSMIT,
+                    chunk.epoch,
+                    chunk.seq,
+                    part,
+                    parts,
+                    &chunk.payload[start..end],
+                );
+                self.counters.retransmit_datagrams += 1;
+                self.counters.retransmit_bytes += bytes.len() as u64;
+                self.push_video(peer.addr, &mut session, bytes);
+            }
+        }
+        let stream = session.stream;
+        self.sessions.insert(peer.addr, session);
+        if !missed.is_empty() {
+            self.counters.nack_missed_chunks += missed.len() as u64;
+            let miss = NackMiss {
+                stream,
+                epoch: nack.epoch,
+                seqs: missed,
+            };
+            self.control(peer, ClientMsg::NackMiss(miss));
         }
     }
 
@@ -874,11 +1034,37 @@ impl EdgeService {
     }
 }
 
+/// One framed video datagram: part `part` of `parts` of chunk `(epoch, seq)`. `parts` fits a
+/// `u16`: [`EdgeService::handle_chunk`] drops chunks with more.
+fn frame(
+    stream: u32,
+    flags: u8,
+    epoch: u64,
+    seq: u64,
+    part: usize,
+    parts: usize,
+    piece: &[u8],
+) -> Bytes {
+    let mut buf = BytesMut::with_capacity(VIDEO_HEADER_LEN + piece.len());
+    put_video_header(
+        &mut buf,
+        stream,
+        flags,
+        epoch,
+        seq,
+        u16::try_from(part).unwrap_or(u16::MAX),
+        u16::try_from(parts).unwrap_or(u16::MAX),
+    );
+    buf.extend_from_slice(piece);
+    buf.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::client::{
-        Keepalive, ListRequest, Probe, VideoCancel, VideoData, VideoRequest,
+        Keepalive, ListRequest, NackHole, Probe, VideoCancel, VideoData, VideoRequest,
+        NACK_TO_LAST_PART,
     };
 
     fn addr(s: &str) -> SocketAddr {
@@ -1559,5 +1745,251 @@ mod tests {
             .contains(&EdgeOutput::Unsubscribe { video: "v1".into() }));
         assert!(h.edge.drained());
         assert_eq!(h.edge.poll_timeout(), None, "no notice timer once drained");
+    }
+
+    fn nack(cookie: u64, stream: u32, epoch: u64, holes: Vec<NackHole>) -> ClientMsg {
+        ClientMsg::Nack(Nack {
+            cookie,
+            stream,
+            epoch,
+            holes,
+        })
+    }
+
+    #[test]
+    fn a_nack_gets_the_parts_it_names_again_flagged_from_the_session_buffer() {
+        let mut h = Harness::new();
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 7, REQUEST_FLAG_CONTINUE);
+        for seq in 1..=5 {
+            h.chunk("v1", seq, seq == 1);
+        }
+        // A chunk of three parts (7 + 7 + 2 packets).
+        h.edge.handle_chunk(h.now, "v1", 1, 6, false, ts(16, 6));
+        h.outputs();
+        let cookie = h.cookie(a);
+        let holes = vec![NackHole::whole(2), NackHole::whole(4), NackHole::whole(99)];
+        h.send(a, nack(cookie, 7, 1, holes));
+        let again = video_of(&h.outputs(), a);
+        let got: Vec<(u64, u16)> = again.iter().map(|d| (d.seq, d.part)).collect();
+        assert_eq!(got, [(2, 0), (4, 0)]);
+        assert!(again
+            .iter()
+            .all(|d| d.stream == 7 && d.flags & VIDEO_FLAG_RETRANSMIT != 0));
+        assert_eq!(again[0].payload, ts(3, 2));
+        // Parts of a chunk: a range, and "to the last part".
+        let some = NackHole {
+            seq: 6,
+            first: 1,
+            last: 1,
+        };
+        let tail = NackHole {
+            seq: 6,
+            first: 2,
+            last: NACK_TO_LAST_PART,
+        };
+        h.send(a, nack(cookie, 7, 1, vec![some, tail]));
+        let parts: Vec<(u16, u16, usize)> = video_of(&h.outputs(), a)
+            .iter()
+            .map(|d| (d.part, d.parts, d.payload.len() / TS_PACKET_LEN))
+            .collect();
+        assert_eq!(parts, [(1, 3, 7), (2, 3, 2)]);
+        // Another epoch's chunk of the same number is not this one.
+        h.send(a, nack(cookie, 7, 2, vec![NackHole::whole(3)]));
+        assert!(video_of(&h.outputs(), a).is_empty());
+        let k = h.edge.counters();
+        assert_eq!(k.nacks, 3);
+        assert_eq!(k.retransmit_datagrams, 4);
+        assert_eq!(k.retransmit_not_buffered, 2);
+        assert_eq!(
+            k.retransmit_bytes,
+            2 * (VIDEO_HEADER_LEN + 3 * TS_PACKET_LEN) as u64
+                + (VIDEO_HEADER_LEN * 2 + 9 * TS_PACKET_LEN) as u64
+        );
+    }
+
+    #[test]
+    fn a_nack_without_a_valid_cookie_or_without_a_session_of_its_stream_gets_no_video() {
+        let mut h = Harness::new();
+        let (a, other) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "v1", 7, REQUEST_FLAG_CONTINUE);
+        h.chunk("v1", 1, true);
+        h.outputs();
+        // A forged NACK (no cookie of a's): a challenge no larger than it, and no video.
+        let forged = nack(0xdead, 7, 1, vec![NackHole::whole(1)]);
+        let forged_len = forged.to_bytes().unwrap().len();
+        h.send(a, forged);
+        let out = h.outputs();
+        assert!(video_of(&out, a).is_empty());
+        let [EdgeOutput::Control { bytes, .. }] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert!(matches!(
+            ClientMsg::decode(bytes.clone()),
+            Ok(ClientMsg::Challenge(_))
+        ));
+        assert!(bytes.len() <= forged_len);
+        // A proven address without a session, and a's address with another stream.
+        let cookie = h.cookie(other);
+        h.send(other, nack(cookie, 7, 1, vec![NackHole::whole(1)]));
+        let cookie = h.cookie(a);
+        h.send(a, nack(cookie, 8, 1, vec![NackHole::whole(1)]));
+        assert!(h
+            .outputs()
+            .iter()
+            .all(|o| !matches!(o, EdgeOutput::Video { .. })));
+        let k = h.edge.counters();
+        assert_eq!(
+            (k.nacks, k.cookie_rejected, k.nack_unknown_session),
+            (3, 1, 2)
+        );
+        assert_eq!(k.retransmit_datagrams, 0);
+        // The session is untouched: the right NACK still works.
+        h.send(a, nack(cookie, 7, 1, vec![NackHole::whole(1)]));
+        assert_eq!(video_of(&h.outputs(), a).len(), 1);
+    }
+
+    #[test]
+    fn retransmissions_spend_the_sources_rate_bucket() {
+        let mut h = Harness::new();
+        h.edge.config.rate_burst = 10.0;
+        h.edge.config.rate_per_sec = 0.0;
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 7, REQUEST_FLAG_CONTINUE); // probe + request: 2 tokens
+        for seq in 0..20 {
+            h.chunk("v1", seq, seq == 0);
+        }
+        h.outputs();
+        let cookie = h.edge.cookie_for(a, h.now);
+        // The NACK takes one token, leaving 7 for retransmissions.
+        h.send(
+            a,
+            nack(cookie, 7, 1, (0..20).map(NackHole::whole).collect()),
+        );
+        assert_eq!(video_of(&h.outputs(), a).len(), 7);
+        let k = h.edge.counters();
+        assert_eq!((k.retransmit_datagrams, k.retransmit_rate_limited), (7, 1));
+        // Nothing left: the next NACK is not even read.
+        h.send(a, nack(cookie, 7, 1, vec![NackHole::whole(0)]));
+        assert!(h.outputs().is_empty());
+        assert_eq!(h.edge.counters().rate_limited, 1);
+    }
+
+    #[test]
+    fn retransmissions_are_bounded_by_the_sessions_allowance_which_grows_with_its_stream() {
+        let mut h = Harness::new();
+        let size = (VIDEO_HEADER_LEN + 3 * TS_PACKET_LEN) as f64;
+        h.edge.config.retransmit_burst_bytes = 3 * size as usize;
+        h.edge.config.retransmit_ratio = 0.5;
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 7, REQUEST_FLAG_CONTINUE);
+        for seq in 0..10 {
+            h.chunk("v1", seq, seq == 0);
+        }
+        h.outputs();
+        let cookie = h.cookie(a);
+        let all = || (0..10).map(NackHole::whole).collect::<Vec<_>>();
+        h.send(a, nack(cookie, 7, 1, all()));
+        assert_eq!(video_of(&h.outputs(), a).len(), 3, "one burst");
+        h.send(a, nack(cookie, 7, 1, all()));
+        assert!(video_of(&h.outputs(), a).is_empty());
+        // Two more chunks of live video earn half their bytes: one more datagram.
+        h.chunk("v1", 10, false);
+        h.chunk("v1", 11, false);
+        h.outputs();
+        h.send(a, nack(cookie, 7, 1, all()));
+        assert_eq!(video_of(&h.outputs(), a).len(), 1);
+        let k = h.edge.counters();
+        assert_eq!(
+            (k.retransmit_datagrams, k.retransmit_over_allowance),
+            (4, 3)
+        );
+        // Whatever it NACKs, a session is sent at most its stream x 1.5 plus one burst.
+        let live = (k.video_bytes_out - k.retransmit_bytes) as f64;
+        assert!(k.retransmit_bytes as f64 <= 0.5 * live + 3.0 * size);
+    }
+
+    #[test]
+    fn the_retransmit_buffer_keeps_only_the_newest_chunks_of_each_session() {
+        let mut h = Harness::new();
+        h.edge.config.retransmit_chunks = 4;
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.2:1"));
+        h.request(a, "v1", 1, REQUEST_FLAG_CONTINUE);
+        for seq in 0..10 {
+            h.chunk("v1", seq, seq == 0);
+        }
+        // b joins late: its buffer holds only what it was sent (the GOP cache replay, then
+        // chunk 10).
+        h.request(b, "v1", 2, 0);
+        h.chunk("v1", 10, false);
+        h.outputs();
+        let cookie = h.cookie(a);
+        h.send(
+            a,
+            nack(cookie, 1, 1, (0..11).map(NackHole::whole).collect()),
+        );
+        let seqs: Vec<u64> = video_of(&h.outputs(), a).iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [7, 8, 9, 10]);
+        let cookie = h.cookie(b);
+        h.send(
+            b,
+            nack(cookie, 2, 1, (0..11).map(NackHole::whole).collect()),
+        );
+        let again = video_of(&h.outputs(), b);
+        let seqs: Vec<u64> = again.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [7, 8, 9, 10]);
+        // Sent again as what they are (not as a cache replay).
+        assert!(again.iter().all(|d| d.flags & VIDEO_FLAG_CACHED == 0));
+        assert_eq!(h.edge.counters().retransmit_not_buffered, 14);
+        // No buffer at all: NACKs are counted and go unanswered.
+        h.edge.config.retransmit_chunks = 0;
+        let c = addr("127.0.0.3:1");
+        h.request(c, "v1", 3, REQUEST_FLAG_CONTINUE);
+        h.chunk("v1", 11, false);
+        h.outputs();
+        let cookie = h.cookie(c);
+        h.send(c, nack(cookie, 3, 1, vec![NackHole::whole(11)]));
+        assert!(video_of(&h.outputs(), c).is_empty());
+    }
+
+    #[test]
+    fn chunks_a_session_will_never_get_are_named_back_in_a_nack_miss() {
+        let mut h = Harness::new();
+        h.edge.config.retransmit_chunks = 4;
+        let a = addr("127.0.0.1:1");
+        h.request(a, "v1", 1, REQUEST_FLAG_CONTINUE);
+        // Chunk 3 never reached this edge (a hole upstream).
+        for seq in [0, 1, 2, 4, 5, 6, 7] {
+            h.chunk("v1", seq, seq == 0);
+        }
+        h.outputs();
+        let cookie = h.cookie(a);
+        let holes = [1, 3, 5, 9].map(NackHole::whole).to_vec();
+        let ask = nack(cookie, 1, 1, holes);
+        let ask_len = ask.to_bytes().unwrap().len();
+        h.send(a, ask);
+        let out = h.outputs();
+        // 5 is held: sent again. 1 is no longer held and 3 never was: named back. 9 has not
+        // been sent yet: nothing is said of it.
+        let seqs: Vec<u64> = video_of(&out, a).iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [5]);
+        let control: Vec<&Bytes> = out
+            .iter()
+            .filter_map(|o| match o {
+                EdgeOutput::Control { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(control.len(), 1);
+        assert!(control[0].len() <= ask_len, "no larger than the NACK");
+        assert_eq!(
+            ClientMsg::decode(control[0].clone()),
+            Ok(ClientMsg::NackMiss(NackMiss {
+                stream: 1,
+                epoch: 1,
+                seqs: vec![1, 3]
+            }))
+        );
+        assert_eq!(h.edge.counters().nack_missed_chunks, 2);
     }
 }

@@ -1,5 +1,5 @@
 //! Sans-IO state machines of the edge ↔ client service: the edge side ([`edge`]) and the
-//! client side ([`client`]).
+//! client side ([`client`], with its loss-recovery buffer [`recovery`]).
 //!
 //! Like `crate::overlay`, nothing here touches a socket or reads a clock: every input carries
 //! `now`, outputs (datagrams to send, events) are polled, and each machine says when it next
@@ -8,3 +8,4 @@
 
 pub mod client;
 pub mod edge;
+pub mod recovery;

@@ -22,6 +22,8 @@
 //! | `0x09` | [`VideoOk`]        | edge → client | `stream: u32`, `video: str`                                         | ≥ 7    |
 //! | `0x0A` | [`ErrorMsg`]       | edge → client | `code: u8` ([`ErrorCode`]), `stream: u32`                           | 6      |
 //! | `0x0B` | [`DrainNotice`]    | edge → client | `cookie: u64`, `stream: u32`, `within_ms: u32`                      | 17     |
+//! | `0x0C` | [`Nack`]           | client → edge | `cookie: u64`, `stream: u32`, `epoch: u64`, `holes: list<hole>`; hole = `seq: u64`, `first: u16`, `last: u16` | 23 + 12·n |
+//! | `0x0D` | [`NackMiss`]       | edge → client | `stream: u32`, `epoch: u64`, `seqs: list<u64>`                      | 15 + 8·n |
 //! | `0x10` | [`VideoData`]      | edge → client | `stream: u32`, `flags: u8`, `epoch: u64`, `seq: u64`, `part: u16`, `parts: u16`, then whole 188-byte TS packets to the end | 26 + 188·k |
 //!
 //! A datagram whose first byte is `0x47` (the MPEG-TS sync byte) is *raw* TS, as an ffmpeg
@@ -42,6 +44,14 @@
 //!   switching edges mid-stream drops duplicates and late datagrams by `(epoch, seq, part)` and
 //!   hands the player only the TS packets, in order. `stream` is the client's id for one
 //!   request, so datagrams of a video it has just left are told apart from the new one.
+//! - **Retransmission on request.** A client that sees a hole in the `(seq, part)` numbers
+//!   asks its edge for the missing parts in a [`Nack`]: per hole, a chunk and a range of its
+//!   parts (`first..=last`; `last` = [`NACK_TO_LAST_PART`] when the client does not know how
+//!   many parts the chunk has). The edge answers only a session whose cookie the NACK echoes
+//!   and sends what it still holds, flagged [`VIDEO_FLAG_RETRANSMIT`]. A NACK names at most
+//!   [`MAX_NACK_HOLES`] holes and at least one. Chunks the edge cannot send (it never had
+//!   them: a hole upstream of it; or no longer holds them) it names in a [`NackMiss`], never
+//!   larger than the NACK it answers, so the client stops waiting for them at once.
 //! - **Drain notices are tied to the session.** An edge that is shutting down tells each
 //!   client in a [`DrainNotice`] carrying the session's `stream` and the cookie the client
 //!   last echoed for it: a host that did not see the session's traffic cannot forge one, and
@@ -67,6 +77,8 @@ pub const TAG_CHALLENGE: u8 = 0x08;
 pub const TAG_VIDEO_OK: u8 = 0x09;
 pub const TAG_ERROR: u8 = 0x0A;
 pub const TAG_DRAIN: u8 = 0x0B;
+pub const TAG_NACK: u8 = 0x0C;
+pub const TAG_NACK_MISS: u8 = 0x0D;
 pub const TAG_VIDEO_DATA: u8 = 0x10;
 
 /// Padding after a probe's token, so a probe is exactly as large as its ack.
@@ -76,6 +88,14 @@ pub const PROBE_PAD_LEN: usize = 8;
 pub const VIDEO_FLAG_KEYFRAME: u8 = 0x01;
 /// [`VideoData::flags`] bit: replayed from the edge's GOP cache, not live.
 pub const VIDEO_FLAG_CACHED: u8 = 0x02;
+/// [`VideoData::flags`] bit: sent again because the client asked for it in a [`Nack`].
+pub const VIDEO_FLAG_RETRANSMIT: u8 = 0x04;
+
+/// Most holes one [`Nack`] names (its datagram stays under 800 bytes).
+pub const MAX_NACK_HOLES: usize = 64;
+/// [`NackHole::last`] value meaning "to the chunk's last part" (never a valid part index:
+/// `part < parts <= u16::MAX`).
+pub const NACK_TO_LAST_PART: u16 = u16::MAX;
 
 /// [`VideoRequest::flags`] bit: the client is moving here from another edge mid-stream; start
 /// at once (with the GOP cache) instead of waiting for the next keyframe.
@@ -212,6 +232,47 @@ pub struct DrainNotice {
     pub within_ms: u32,
 }
 
+/// One hole of a [`Nack`]: parts `first..=last` of chunk `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NackHole {
+    pub seq: u64,
+    pub first: u16,
+    /// Inclusive; [`NACK_TO_LAST_PART`]: up to the chunk's last part.
+    pub last: u16,
+}
+
+impl NackHole {
+    /// Every part of chunk `seq` (the client has seen none of it, so it cannot know how many).
+    pub fn whole(seq: u64) -> NackHole {
+        NackHole {
+            seq,
+            first: 0,
+            last: NACK_TO_LAST_PART,
+        }
+    }
+}
+
+/// "Send these parts of session `stream`'s chunks of `epoch` again": the client's negative
+/// acknowledgement of holes in what it received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub cookie: u64,
+    pub stream: u32,
+    pub epoch: u64,
+    /// One to [`MAX_NACK_HOLES`] holes, each with `first <= last`.
+    pub holes: Vec<NackHole>,
+}
+
+/// "These chunks of session `stream`'s `epoch` will not come": the edge's answer to the
+/// holes of a [`Nack`] it cannot fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackMiss {
+    pub stream: u32,
+    pub epoch: u64,
+    /// One to [`MAX_NACK_HOLES`] chunk numbers.
+    pub seqs: Vec<u64>,
+}
+
 /// One datagram of video: part `part` of `parts` of chunk `(epoch, seq)`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VideoData {
@@ -266,6 +327,8 @@ pub enum ClientMsg {
     VideoOk(VideoOk),
     Error(ErrorMsg),
     Drain(DrainNotice),
+    Nack(Nack),
+    NackMiss(NackMiss),
     VideoData(VideoData),
 }
 
@@ -284,6 +347,8 @@ impl ClientMsg {
             ClientMsg::VideoOk(_) => "video_ok",
             ClientMsg::Error(_) => "error",
             ClientMsg::Drain(_) => "drain",
+            ClientMsg::Nack(_) => "nack",
+            ClientMsg::NackMiss(_) => "nack_miss",
             ClientMsg::VideoData(_) => "video_data",
         }
     }
@@ -356,6 +421,41 @@ impl ClientMsg {
                 dst.put_u64(m.cookie);
                 dst.put_u32(m.stream);
                 dst.put_u32(m.within_ms);
+            }
+            ClientMsg::Nack(m) => {
+                check_nack_holes(&m.holes).map_err(|(what, len, max)| EncodeError::TooLong {
+                    what,
+                    len,
+                    max,
+                })?;
+                dst.put_u8(TAG_NACK);
+                dst.put_u64(m.cookie);
+                dst.put_u32(m.stream);
+                dst.put_u64(m.epoch);
+                // Checked above: at most MAX_NACK_HOLES, so it fits a u16.
+                dst.put_u16(m.holes.len() as u16);
+                for h in &m.holes {
+                    dst.put_u64(h.seq);
+                    dst.put_u16(h.first);
+                    dst.put_u16(h.last);
+                }
+            }
+            ClientMsg::NackMiss(m) => {
+                if m.seqs.is_empty() || m.seqs.len() > MAX_NACK_HOLES {
+                    return Err(EncodeError::TooLong {
+                        what: "nack_miss.seqs (1 to 64)",
+                        len: m.seqs.len(),
+                        max: MAX_NACK_HOLES,
+                    });
+                }
+                dst.put_u8(TAG_NACK_MISS);
+                dst.put_u32(m.stream);
+                dst.put_u64(m.epoch);
+                // Checked above: at most MAX_NACK_HOLES.
+                dst.put_u16(m.seqs.len() as u16);
+                for s in &m.seqs {
+                    dst.put_u64(*s);
+                }
             }
             ClientMsg::VideoData(m) => {
                 check_ts_payload(m.payload.len()).map_err(|len| EncodeError::TooLong {
@@ -440,6 +540,65 @@ impl ClientMsg {
                 stream: r.u32("drain.stream")?,
                 within_ms: r.u32("drain.within_ms")?,
             }),
+            TAG_NACK => {
+                let cookie = r.u64("nack.cookie")?;
+                let stream = r.u32("nack.stream")?;
+                let epoch = r.u64("nack.epoch")?;
+                let count = usize::from(r.u16("nack.holes")?);
+                if count == 0 || count > MAX_NACK_HOLES {
+                    return Err(DecodeError::BadValue {
+                        what: "nack.holes",
+                        value: count as u64,
+                    });
+                }
+                if count * NACK_HOLE_LEN > r.remaining() {
+                    return Err(DecodeError::Truncated { what: "nack.holes" });
+                }
+                let mut holes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let seq = r.u64("nack.hole.seq")?;
+                    let first = r.u16("nack.hole.first")?;
+                    let last = r.u16("nack.hole.last")?;
+                    if first > last {
+                        return Err(DecodeError::BadValue {
+                            what: "nack.hole.first",
+                            value: u64::from(first),
+                        });
+                    }
+                    holes.push(NackHole { seq, first, last });
+                }
+                ClientMsg::Nack(Nack {
+                    cookie,
+                    stream,
+                    epoch,
+                    holes,
+                })
+            }
+            TAG_NACK_MISS => {
+                let stream = r.u32("nack_miss.stream")?;
+                let epoch = r.u64("nack_miss.epoch")?;
+                let count = usize::from(r.u16("nack_miss.seqs")?);
+                if count == 0 || count > MAX_NACK_HOLES {
+                    return Err(DecodeError::BadValue {
+                        what: "nack_miss.seqs",
+                        value: count as u64,
+                    });
+                }
+                if count * 8 > r.remaining() {
+                    return Err(DecodeError::Truncated {
+                        what: "nack_miss.seqs",
+                    });
+                }
+                let mut seqs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    seqs.push(r.u64("nack_miss.seq")?);
+                }
+                ClientMsg::NackMiss(NackMiss {
+                    stream,
+                    epoch,
+                    seqs,
+                })
+            }
             TAG_VIDEO_DATA => {
                 let stream = r.u32("video_data.stream")?;
                 let flags = r.u8("video_data.flags")?;
@@ -472,6 +631,21 @@ impl ClientMsg {
         };
         r.finish()?;
         Ok(msg)
+    }
+}
+
+/// Bytes of one [`NackHole`].
+const NACK_HOLE_LEN: usize = 8 + 2 + 2;
+
+/// A NACK's holes must be 1 to [`MAX_NACK_HOLES`], each with `first <= last`; otherwise the
+/// field, its value and the limit.
+fn check_nack_holes(holes: &[NackHole]) -> Result<(), (&'static str, usize, usize)> {
+    if holes.is_empty() || holes.len() > MAX_NACK_HOLES {
+        return Err(("nack.holes (1 to 64)", holes.len(), MAX_NACK_HOLES));
+    }
+    match holes.iter().find(|h| h.first > h.last) {
+        Some(h) => Err(("nack.hole (first > last)", h.first.into(), h.last.into())),
+        None => Ok(()),
     }
 }
 
@@ -628,6 +802,31 @@ mod tests {
                 }),
                 "0b a1a2a3a4a5a6a7a8 00000007 000007d0",
             ),
+            (
+                ClientMsg::Nack(Nack {
+                    cookie: 0xa1a2a3a4a5a6a7a8,
+                    stream: 7,
+                    epoch: 0x1122334455667788,
+                    holes: vec![
+                        NackHole {
+                            seq: 42,
+                            first: 1,
+                            last: 2,
+                        },
+                        NackHole::whole(44),
+                    ],
+                }),
+                "0c a1a2a3a4a5a6a7a8 00000007 1122334455667788 0002 \
+                 000000000000002a 0001 0002 000000000000002c 0000 ffff",
+            ),
+            (
+                ClientMsg::NackMiss(NackMiss {
+                    stream: 7,
+                    epoch: 0x1122334455667788,
+                    seqs: vec![42, 44],
+                }),
+                "0d 00000007 1122334455667788 0002 000000000000002a 000000000000002c",
+            ),
         ]
     }
 
@@ -697,6 +896,12 @@ mod tests {
                 cookie: 0,
                 stream: 0,
             }),
+            ClientMsg::Nack(Nack {
+                cookie: 0,
+                stream: 0,
+                epoch: 0,
+                holes: vec![NackHole::whole(0)],
+            }),
         ] {
             assert!(challenge <= enc(&req).len(), "{}", req.kind());
         }
@@ -764,6 +969,88 @@ mod tests {
             dec(&header(0, 1)),
             Err(DecodeError::BadValue { .. })
         ));
+    }
+
+    #[test]
+    fn nack_needs_one_to_64_well_formed_holes() {
+        let nack = |holes: Vec<NackHole>| {
+            ClientMsg::Nack(Nack {
+                cookie: 1,
+                stream: 2,
+                epoch: 3,
+                holes,
+            })
+        };
+        let max = nack((0..MAX_NACK_HOLES as u64).map(NackHole::whole).collect());
+        let bytes = enc(&max);
+        assert_eq!(bytes.len(), 23 + 12 * MAX_NACK_HOLES);
+        assert_eq!(dec(&bytes), Ok(max));
+        // Encode refuses none, too many, and a hole whose range is backwards.
+        let mut buf = BytesMut::new();
+        assert!(nack(vec![]).encode(&mut buf).is_err());
+        let too_many = (0..=MAX_NACK_HOLES as u64).map(NackHole::whole).collect();
+        assert!(nack(too_many).encode(&mut buf).is_err());
+        let backwards = NackHole {
+            seq: 1,
+            first: 3,
+            last: 2,
+        };
+        assert!(nack(vec![backwards]).encode(&mut buf).is_err());
+        assert!(buf.is_empty());
+        // Decode refuses the same, and a count promising more holes than the datagram holds.
+        let header = hex("0c 0000000000000001 00000002 0000000000000003");
+        let with = |count: &str, holes: &str| {
+            let mut v = header.clone();
+            v.extend(hex(count));
+            v.extend(hex(holes));
+            v
+        };
+        assert_eq!(
+            dec(&with("0000", "")),
+            Err(DecodeError::BadValue {
+                what: "nack.holes",
+                value: 0
+            })
+        );
+        assert!(matches!(
+            dec(&with("0041", "")),
+            Err(DecodeError::BadValue { .. })
+        ));
+        assert_eq!(
+            dec(&with("0002", "0000000000000001 0000 0000")),
+            Err(DecodeError::Truncated { what: "nack.holes" })
+        );
+        assert_eq!(
+            dec(&with("0001", "0000000000000001 0003 0002")),
+            Err(DecodeError::BadValue {
+                what: "nack.hole.first",
+                value: 3
+            })
+        );
+        assert_eq!(
+            dec(&with("0001", "0000000000000001 0000 0000 00")),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        // A miss names 1 to 64 chunks, and is never larger than the NACK it answers.
+        let miss = |seqs: Vec<u64>| {
+            ClientMsg::NackMiss(NackMiss {
+                stream: 2,
+                epoch: 3,
+                seqs,
+            })
+        };
+        assert!(miss(vec![]).encode(&mut buf).is_err());
+        assert!(miss((0..=MAX_NACK_HOLES as u64).collect())
+            .encode(&mut buf)
+            .is_err());
+        assert!(matches!(
+            dec(&hex("0d 00000002 0000000000000003 0000")),
+            Err(DecodeError::BadValue { .. })
+        ));
+        for n in 1..=MAX_NACK_HOLES as u64 {
+            let asked = enc(&nack((0..n).map(NackHole::whole).collect())).len();
+            assert!(enc(&miss((0..n).collect())).len() <= asked);
+        }
     }
 
     #[test]
@@ -839,6 +1126,37 @@ mod tests {
                 })
             }),
             (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                prop::collection::vec(
+                    (any::<u64>(), any::<u16>(), any::<u16>()).prop_map(|(seq, a, b)| {
+                        NackHole {
+                            seq,
+                            first: a.min(b),
+                            last: a.max(b),
+                        }
+                    }),
+                    1..=MAX_NACK_HOLES
+                )
+            )
+                .prop_map(|(cookie, stream, epoch, holes)| ClientMsg::Nack(Nack {
+                    cookie,
+                    stream,
+                    epoch,
+                    holes
+                })),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                prop::collection::vec(any::<u64>(), 1..=MAX_NACK_HOLES)
+            )
+                .prop_map(|(stream, epoch, seqs)| ClientMsg::NackMiss(NackMiss {
+                    stream,
+                    epoch,
+                    seqs
+                })),
+            (
                 any::<u32>(),
                 any::<u8>(),
                 any::<u64>(),
@@ -879,7 +1197,7 @@ mod tests {
 
         #[test]
         fn prop_bytes_after_a_known_tag_never_panic(
-            tag in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x10]),
+            tag in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0x10]),
             body in prop::collection::vec(any::<u8>(), 0..420),
         ) {
             let mut bytes = vec![tag];

@@ -6,6 +6,7 @@ pub mod consumer;
 pub mod diamond;
 pub mod edge;
 pub mod emu;
+pub mod lastmile;
 pub mod media;
 pub mod pair;
 pub mod sim;
@@ -92,8 +93,21 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(name: &str, args: &[&str]) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Daemon::spawn_command(name, cmd)
+    }
+
+    /// [`Daemon::spawn`] inside network namespace `ns` (`ip netns exec` execs the daemon, so
+    /// the pid is the daemon's).
+    pub fn spawn_in(ns: &str, name: &str, args: &[&str]) -> Daemon {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, BIN]).args(args);
+        Daemon::spawn_command(name, cmd)
+    }
+
+    fn spawn_command(name: &str, mut cmd: Command) -> Daemon {
+        let mut child = cmd
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
