@@ -104,8 +104,8 @@ pub(super) fn choose_avoiding(
     })
 }
 
-/// [`choose`] over the routes `ok` accepts.
-fn choose_among(
+/// [`choose`] over the routes `ok` accepts (`ok` gets the neighbour and its route).
+pub(super) fn choose_among(
     ctx: &Ctx<'_>,
     video: &str,
     st: &Stream,

@@ -476,6 +476,22 @@ mod tests {
     }
 
     #[test]
+    fn past_a_damped_neighbour_a_better_third_parent_is_still_taken() {
+        let (mut h, seq) = flowing();
+        doubt_a(&mut h);
+        h.expire(h.cfg.probe_wait);
+        h.drain();
+        h.chunk("X", "v", 1, seq + 1);
+        h.drain();
+        assert_eq!(h.streams.parent("v"), Some("X"));
+        // Y (6 ms) appears: A (5 ms) is damped, but Y beats X (8 ms) by the margin.
+        h.link("Y");
+        h.advance(Duration::from_secs(1));
+        h.flood("S", &[], "Y", 6, &["v"]);
+        assert_eq!(a_looks_better(&mut h), [("Y".into(), "video_request")]);
+    }
+
+    #[test]
     fn a_parent_that_stalls_again_soon_is_damped_twice_as_long() {
         let (mut h, _) = flowing();
         let stall = |h: &mut Harness| h.run(|s, ctx| s.damp(ctx, "A"));

@@ -145,14 +145,31 @@ impl Streams {
             st.better_since = None;
             return;
         };
-        if self.damped(ctx.now, video, &cand.neighbour) {
-            // It stalled as our parent lately: its delay does not tell of its stalls. Looked
-            // at again with the next flood after the damping ends.
-            if let Some(st) = self.streams.get_mut(video) {
-                st.better_since = None;
+        // A candidate that stalled as our parent lately: its delay does not tell of its
+        // stalls. The best neighbour that has not stalled lately may still be worth moving to
+        // (the damped ones are looked at again with the first flood after their damping).
+        let cand = if self.damped(ctx.now, video, &cand.neighbour) {
+            let (damped, now) = (&self.damped, ctx.now);
+            let Some(st) = self.streams.get(video) else {
+                return;
+            };
+            let cur = st.parent.as_ref().map(|p| p.name.as_str());
+            let undamped = choose_among(ctx, video, st, |n, _| {
+                damped.get(n).is_none_or(|d| now >= d.until)
+            })
+            .filter(|c| Some(c.neighbour.as_str()) != cur);
+            match undamped {
+                Some(c) => c,
+                None => {
+                    if let Some(st) = self.streams.get_mut(video) {
+                        st.better_since = None;
+                    }
+                    return;
+                }
             }
-            return;
-        }
+        } else {
+            cand
+        };
         let Some(st) = self.streams.get_mut(video) else {
             return;
         };
