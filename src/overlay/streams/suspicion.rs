@@ -441,15 +441,22 @@ mod tests {
         h.drain().0
     }
 
-    #[test]
-    fn a_parent_left_for_a_stall_is_not_switched_back_to_until_its_damping_ends() {
+    /// A stalls (an unanswered probe) and the stream moves to X, with `damping`.
+    fn moved_from_a_to_x(damping: Duration) -> Harness {
         let (mut h, seq) = flowing();
+        h.cfg.stall_damping = damping;
         doubt_a(&mut h);
         h.expire(h.cfg.probe_wait);
         h.drain();
         h.chunk("X", "v", 1, seq + 1);
         h.drain();
         assert_eq!(h.streams.parent("v"), Some("X"));
+        h
+    }
+
+    #[test]
+    fn a_parent_left_for_a_stall_is_not_switched_back_to_until_its_damping_ends() {
+        let mut h = moved_from_a_to_x(StreamConfig::default().stall_damping);
         // A's delay still looks better (a lossy link delays few floods), but it stalled: held.
         for _ in 0..3 {
             h.advance(Duration::from_secs(1));
@@ -464,26 +471,14 @@ mod tests {
         h.advance(h.cfg.stall_damping);
         assert_eq!(a_looks_better(&mut h), [("A".into(), "video_request")]);
         // With damping off (the old rule) the stream goes back at once.
-        let (mut h, seq) = flowing();
-        h.cfg.stall_damping = Duration::ZERO;
-        doubt_a(&mut h);
-        h.expire(h.cfg.probe_wait);
-        h.drain();
-        h.chunk("X", "v", 1, seq + 1);
-        h.drain();
+        let mut h = moved_from_a_to_x(Duration::ZERO);
         h.advance(Duration::from_secs(1));
         assert_eq!(a_looks_better(&mut h), [("A".into(), "video_request")]);
     }
 
     #[test]
     fn past_a_damped_neighbour_a_better_third_parent_is_still_taken() {
-        let (mut h, seq) = flowing();
-        doubt_a(&mut h);
-        h.expire(h.cfg.probe_wait);
-        h.drain();
-        h.chunk("X", "v", 1, seq + 1);
-        h.drain();
-        assert_eq!(h.streams.parent("v"), Some("X"));
+        let mut h = moved_from_a_to_x(StreamConfig::default().stall_damping);
         // Y (6 ms) appears: A (5 ms) is damped, but Y beats X (8 ms) by the margin.
         h.link("Y");
         h.advance(Duration::from_secs(1));
