@@ -271,12 +271,7 @@ fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
     emu.ok(&["down"]);
     assert!(emu.namespaces().is_empty(), "{:?}", emu.namespaces());
     let deadline = Instant::now() + Duration::from_secs(3);
-    while std::path::Path::new(&format!("/proc/{shaper_pid}")).exists() {
-        let zombie = std::fs::read_to_string(format!("/proc/{shaper_pid}/stat"))
-            .is_ok_and(|s| s.contains(") Z"));
-        if zombie {
-            break;
-        }
+    while common::media::alive(shaper_pid) {
         assert!(
             Instant::now() < deadline,
             "the shaper (pid {shaper_pid}) outlived the run"

@@ -457,6 +457,28 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// A log file opened for appending.
+fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Starts `cmd` detached (its own process group, no stdin, stdout and stderr appended to
+/// `log`), so it outlives this command; its pid and `/proc` start time.
+fn spawn_detached(mut cmd: Command, log: std::fs::File) -> std::io::Result<(u32, Option<u64>)> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id();
+    Ok((pid, proc_stat(pid).map(|(_, s)| s)))
+}
+
 /// Whether a recorded daemon is alive (and still the same process).
 pub fn daemon_state(d: &Daemon) -> ProcState {
     let (Some(pid), Some(start)) = (d.pid, d.start_time) else {
@@ -629,11 +651,7 @@ impl RunState {
         if let Some(parent) = d.log.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&d.log)
-            .with_context(|| format!("cannot open {}", d.log.display()))?;
+        let mut log = open_log(&d.log)?;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -644,19 +662,10 @@ impl RunState {
             self.bin.display(),
             d.argv.join(" ")
         )?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&self.bin)
-            .args(&d.argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {device}"))?;
-        let pid = child.id();
-        let start_time = proc_stat(pid).map(|(_, s)| s);
-        drop(child); // detached: it outlives this command
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(&self.bin).args(&d.argv);
+        let (pid, start_time) =
+            spawn_detached(cmd, log).with_context(|| format!("cannot start {device}"))?;
         let entry = self.daemons.get_mut(device).expect("exists");
         entry.pid = Some(pid);
         entry.start_time = start_time;
@@ -884,11 +893,7 @@ impl RunState {
         }
         let exe = std::env::current_exe().context("cannot find the overlayd binary")?;
         let log_path = self.run_dir.join("logs").join("shaper.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let log = open_log(&log_path)?;
         let argv: Vec<String> = vec![
             "netns".into(),
             "--run".into(),
@@ -897,23 +902,16 @@ impl RunState {
         ];
         let sock = super::tap::socket_path(&self.run_dir);
         let _ = std::fs::remove_file(&sock);
-        let child = Command::new(&exe)
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start the shaper")?;
-        let pid = child.id();
+        let mut cmd = Command::new(&exe);
+        cmd.args(&argv);
+        let (pid, start_time) = spawn_detached(cmd, log).context("cannot start the shaper")?;
         self.shaper = Some(Daemon {
             host: self.underlay.bootstrapper,
             argv,
             log: log_path.clone(),
             pid: Some(pid),
-            start_time: proc_stat(pid).map(|(_, s)| s),
+            start_time,
         });
-        drop(child);
         self.save()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {

@@ -111,6 +111,13 @@ struct Damping {
     held: bool,
 }
 
+impl Damping {
+    /// Whether switches to the neighbour are held back at `now`.
+    fn holds(&self, now: Instant) -> bool {
+        now < self.until
+    }
+}
+
 impl StreamConfig {
     /// Whether `video` takes two parents here.
     pub fn redundant_for(&self, video: &str) -> bool {

@@ -79,7 +79,7 @@ impl Streams {
         let Some(d) = self.damped.get_mut(name) else {
             return false;
         };
-        if now >= d.until {
+        if !d.holds(now) {
             if now.saturating_duration_since(d.last) >= STALL_MEMORY {
                 self.damped.remove(name);
             }
@@ -313,7 +313,7 @@ impl Streams {
         let repeated = self
             .damped
             .get(&name)
-            .is_some_and(|d| d.strikes >= 2 && ctx.now < d.until);
+            .is_some_and(|d| d.strikes >= 2 && d.holds(ctx.now));
         let keep = by_suspicion && repeated;
         info!(video, parent = %name, abandoned_switch = by_suspicion && !keep, kept_switch = keep,
               "suspected parent spoke again: suspicion cleared");

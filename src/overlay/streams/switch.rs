@@ -155,7 +155,7 @@ impl Streams {
             };
             let cur = st.parent.as_ref().map(|p| p.name.as_str());
             let undamped = choose_among(ctx, video, st, |n, _| {
-                !damped.get(n).is_some_and(|d| now < d.until)
+                !damped.get(n).is_some_and(|d| d.holds(now))
             })
             .filter(|c| Some(c.neighbour.as_str()) != cur);
             match undamped {
