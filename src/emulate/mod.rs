@@ -129,6 +129,14 @@ impl Subnet {
     pub fn is_lan(&self) -> bool {
         self.members.len() > 2
     }
+
+    /// The port (host, interface) that carries the parameters of member `h`'s link on this
+    /// subnet: a point-to-point link's sit on its first member's port, a LAN member's on its
+    /// own (its link to the switch). None when `h` is not a member.
+    pub fn parameter_port(&self, h: usize) -> Option<(usize, usize)> {
+        let own = self.members.iter().find(|(m, _)| *m == h).copied()?;
+        Some(if self.is_lan() { own } else { self.members[0] })
+    }
 }
 
 /// The whole emulated network of one topology file.
@@ -233,15 +241,17 @@ impl Underlay {
             s.members.sort();
         }
         for (at, params) in topology::resolve_links(t).0 {
-            let s = net_index[&at.net];
-            let (h, i) = match &at.device {
-                None => subnets[s].members[0],
-                Some(name) => *subnets[s]
-                    .members
+            let subnet = &subnets[net_index[&at.net]];
+            let member = match &at.device {
+                None => subnet.members[0].0,
+                Some(name) => devices
                     .iter()
-                    .find(|(h, _)| hosts[*h].name == *name)
-                    .expect("resolve_links only names members of the subnet"),
+                    .position(|d| d.name == *name)
+                    .expect("a device"),
             };
+            let (h, i) = subnet
+                .parameter_port(member)
+                .expect("resolve_links only names members of the subnet");
             hosts[h].ifaces[i].link = params;
         }
 

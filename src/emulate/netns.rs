@@ -974,11 +974,7 @@ impl RunState {
                 }
             }
         };
-        let (h, i) = if u.subnets[s].is_lan() {
-            (ia, u.hosts[ia].iface_on(s).expect("a's subnet"))
-        } else {
-            u.subnets[s].members[0]
-        };
+        let (h, i) = u.subnets[s].parameter_port(ia).expect("a's subnet");
         if !self.shaped.contains(&(h, i)) {
             bail!(
                 "the link {a}–{b} has no shaper: give it parameters in the topology (\"links\", even {{\"delay\": \"0ms\"}}) or start the run with `netns up --shape-all`"
