@@ -713,13 +713,17 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         }
     }
     match best_native {
-        Some((n, per_core)) if per_core >= 2000.0 => t.note(format!(
-            "Built-in relay: {per_core:.0} clients per core at N = {n} (the largest N that kept the stream's rate): meets the goal (2000)."
-        )),
-        Some((n, per_core)) => t.note(format!(
-            "Built-in relay: {per_core:.0} clients per core at N = {n} (the largest N that kept the stream's rate): misses the goal (2000)."
-        )),
-        None => t.note("Built-in relay: no N where every client received video at the stream's rate: goal missed."),
+        Some((n, per_core)) => t.verdict(
+            per_core >= 2000.0,
+            format!(
+                "built-in relay: {per_core:.0} clients per core at N = {n}, the largest N that \
+                 kept the stream's rate (goal 2000)."
+            ),
+        ),
+        None => t.verdict(
+            false,
+            "built-in relay: no N where every client received video at the stream's rate.",
+        ),
     }
     t.note(
         "CPU comes from /proc in 10 ms ticks: at N = 10 the edge uses a few ticks per window, so \
@@ -1039,11 +1043,23 @@ pub fn failover(opts: &Opts, rep: &mut Report) {
                     sum(&|f| f.early_switches).to_string(),
                 ]);
                 let p95 = pct(&gaps, 95.0);
-                if i == 1 && !p95.is_nan() {
-                    t.note(format!(
-                        "{relay}, {fault}, stream rule: p95 {p95:.0} ms {} the goal (250 ms).",
-                        if p95 <= 250.0 { "meets" } else { "misses" }
-                    ));
+                if i == 1 {
+                    let dups =
+                        sum(&|f| f.stats.delivered_duplicates + f.stats.delivered_reorderings);
+                    let early = sum(&|f| f.early_switches);
+                    t.verdict(
+                        of.len() == n && p95 <= 250.0 && early == 0 && (relay != "native" || dups == 0),
+                        format!(
+                            "{relay}, {fault}, stream rule: {}/{n} trials measured, p95 {p95:.0} ms \
+                             (goal 250 ms), {early} switches before the fault{}.",
+                            of.len(),
+                            if relay == "native" {
+                                format!(", {dups} duplicates or reorderings")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    );
                 }
             }
             for e in failed {
@@ -1231,6 +1247,31 @@ pub fn edge_drain(opts: &Opts, rep: &mut Report) {
             f1(crate::report::max(&exits)),
         ]);
         let killed = of.iter().filter(|(_, e)| e.is_none()).count();
+        if m == 0 {
+            let lost = sum(&|f| f.stats.missing_chunks);
+            let dups = sum(&|f| f.stats.delivered_duplicates + f.stats.delivered_reorderings);
+            // The stream's own rhythm: twice the longest pause of the second before the fault.
+            let long = of.iter().filter(|(f, _)| f.gap > 2 * f.normal).count();
+            let exit_max = crate::report::max(&exits);
+            t.verdict(
+                of.len() == n && lost == 0 && dups == 0 && long == 0,
+                format!(
+                    "{name}: {}/{n} trials measured, {lost} chunks lost, {dups} duplicates or \
+                     reorderings, {long} trials with a gap over twice the stream's own longest \
+                     pause in the second before.",
+                    of.len()
+                ),
+            );
+            t.verdict(
+                killed == 0 && exit_max < 2000.0,
+                format!(
+                    "{name}: E1 exited by itself in {}/{} trials, at most {exit_max:.0} ms after \
+                     SIGTERM (bound 2000 ms).",
+                    of.len() - killed,
+                    of.len()
+                ),
+            );
+        }
         if killed > 0 {
             t.note(format!(
                 "{name}: E1 did not exit within 10 s of SIGTERM in {killed} trial(s) (killed)."

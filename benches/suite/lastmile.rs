@@ -254,7 +254,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
         Ok(l) => l,
         Err(why) => {
             println!("  skipped: {why}");
-            t.note(format!("Not measured: {why}."));
+            t.verdict(false, format!("not measured: {why}."));
             rep.add(t);
             return;
         }
@@ -264,7 +264,7 @@ pub fn run(opts: &Opts, rep: &mut Report) {
     std::fs::create_dir_all(&videos).unwrap();
     if !crate::fanout::make_clip(&videos, VIDEO, 1250) {
         println!("  ffmpeg could not make the 1.1 Mbit/s clip; skipped");
-        t.note("Not measured: ffmpeg could not make the clip.");
+        t.verdict(false, "not measured: ffmpeg could not make the clip.");
         rep.add(t);
         return;
     }
@@ -362,23 +362,21 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             .find(|(l, m, _)| *l == loss && *m == Mode::Recovery)
         {
             let res = r.residual();
-            t.note(format!(
-                "{loss} % loss, recovery: residual {res:.3} % {} the goal (0.1 %){}",
-                if res <= 0.1 { "meets" } else { "misses" },
-                if loss == 10 {
+            t.verdict(
+                res <= 0.1,
+                format!("{loss} % loss, recovery: residual {res:.3} % (goal 0.1 %)."),
+            );
+            if loss == 10 {
+                t.verdict(
+                    r.overhead() <= 1.3,
                     format!(
-                        "; bytes {:.2} x the stream {} the goal (1.3 x)",
-                        r.overhead(),
-                        if r.overhead() <= 1.3 {
-                            "meets"
-                        } else {
-                            "misses"
-                        }
-                    )
-                } else {
-                    String::new()
-                }
-            ));
+                        "10 % loss, recovery: bytes on the link {:.2} x the stream (goal 1.3 x).",
+                        r.overhead()
+                    ),
+                );
+            }
+        } else {
+            t.verdict(false, format!("{loss} % loss, recovery: not measured."));
         }
     }
     let zero: Vec<&Run> = results
@@ -394,12 +392,9 @@ pub fn run(opts: &Opts, rep: &mut Report) {
             .collect();
         t.note(format!(
             "Without any loss our recordings show {} continuity break(s) and {} decode error(s) \
-             too, with no chunk missing by number: S1's paced reader starts the 10 s clip when \
-             the client subscribes and, where it loops this clip, the counter of PID 0x100 \
-             jumps by one (~10 s into the recording) and ffmpeg reports one damaged frame \
-             (src/media/pacer.rs, not investigated here). That is the source's, not the link's: \
-             about 1-2 packets of our residual column. SRT's sender is ffmpeg re-muxing the clip, which has no such \
-             break.",
+             too, with no chunk missing by number: they come from the source, not the link (S1's \
+             paced reader loops the clip and the counter of PID 0x100 jumps where it does; \
+             src/media/pacer.rs). SRT's sender is ffmpeg re-muxing the clip.",
             breaks.join(" and "),
             errors.join(" and ")
         ));

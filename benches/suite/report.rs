@@ -1,5 +1,6 @@
-//! Statistics (median, percentiles) and the BENCHMARKS.md writer: one table per metric, the
-//! machine, the command, the date and the commit.
+//! Statistics (median, percentiles) and the BENCHMARKS.md writer: the run (command, start,
+//! commit, whether the tree was clean), the machine, a summary of the goal verdicts, then one
+//! table per metric with its verdicts and notes. The file holds only what this run measured.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -32,8 +33,16 @@ pub struct Table {
     pub method: String,
     pub headers: Vec<String>,
     pub rows: Vec<Vec<String>>,
-    /// Verdict against the goal, and what would improve the figure when it is missed.
+    /// Verdicts against the goal, each computed from this run's figures.
+    pub verdicts: Vec<Verdict>,
+    /// Remarks on the figures (coarse clocks, trials not measured, what would improve them).
     pub notes: Vec<String>,
+}
+
+/// Whether a figure of this run meets its goal, and the figure in words.
+pub struct Verdict {
+    pub met: bool,
+    pub what: String,
 }
 
 impl Table {
@@ -44,6 +53,7 @@ impl Table {
             method: method.into(),
             headers: headers.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
+            verdicts: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -58,28 +68,67 @@ impl Table {
         println!("  note: {n}");
         self.notes.push(n);
     }
+
+    /// A verdict against the goal: `met` is computed by the caller from this run's figures and
+    /// `what` states them; the file says "meets" or "misses" from `met` alone.
+    pub fn verdict(&mut self, met: bool, what: impl Into<String>) {
+        let v = Verdict {
+            met,
+            what: what.into(),
+        };
+        println!("  {}: {}", word(v.met), v.what);
+        self.verdicts.push(v);
+    }
+}
+
+fn word(met: bool) -> &'static str {
+    if met {
+        "meets the goal"
+    } else {
+        "misses the goal"
+    }
+}
+
+/// The run that wrote a file: its command, start, commit and whether the tree was clean.
+pub struct Run {
+    pub command: String,
+    pub date: String,
+    pub commit: String,
+    /// `git status --porcelain` was empty when the run started and when it ended.
+    pub clean: bool,
+}
+
+impl Run {
+    /// Taken when the run starts; [`Report::finish`] checks the tree again at the end.
+    pub fn start(command: String) -> Run {
+        Run {
+            command,
+            date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            commit: sh("git", &["rev-parse", "--short", "HEAD"]),
+            clean: tree_clean(),
+        }
+    }
+}
+
+/// No change to tracked files and no untracked file outside .gitignore.
+pub fn tree_clean() -> bool {
+    Command::new("git")
+        .args(["status", "--porcelain"])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
 }
 
 pub struct Report {
-    quick: bool,
+    run: Run,
     tables: Vec<Table>,
-    /// `--only` sections: the other sections of an existing BENCHMARKS.md are kept.
-    only: Option<Vec<String>>,
 }
 
 impl Report {
-    pub fn new(quick: bool) -> Report {
+    pub fn new(run: Run) -> Report {
         Report {
-            quick,
+            run,
             tables: Vec::new(),
-            only: None,
         }
-    }
-
-    /// A partial run (`--only`): sections of the existing file that this run does not produce
-    /// are kept, each still marked with the run that measured it.
-    pub fn set_only(&mut self, only: Option<Vec<String>>) {
-        self.only = only;
     }
 
     pub fn start(&self, title: &str) {
@@ -87,92 +136,86 @@ impl Report {
     }
 
     pub fn add(&mut self, t: Table) {
+        if t.verdicts.is_empty() {
+            println!("  (no verdict against the goal: {})", t.goal);
+        }
         self.tables.push(t);
     }
 
-    pub fn finish(&self, elapsed: Duration, out: &Path) {
+    /// Writes every table of this run, and nothing else, to `out`.
+    pub fn finish(&mut self, elapsed: Duration, out: &Path) {
+        let run = &mut self.run;
+        let now_commit = sh("git", &["rev-parse", "--short", "HEAD"]);
+        // Files the run itself left untracked do not change what was measured.
+        let tracked_clean = Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.is_empty());
+        run.clean = run.clean && tracked_clean && now_commit == run.commit;
         let mut md = String::new();
-        let mut cmd = if self.quick {
-            "bin/bench --quick".to_string()
-        } else {
-            "bin/bench".to_string()
-        };
-        if let Some(o) = &self.only {
-            cmd.push_str(&format!(" --only {}", o.join(",")));
-        }
-        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-        let commit = sh("git", &["rev-parse", "--short", "HEAD"]);
-        // Sections of the previous file this run does not redo (partial runs only).
-        let kept: Vec<String> = match (&self.only, std::fs::read_to_string(out)) {
-            (Some(_), Ok(old)) => {
-                // Sections written before per-section provenance get the old file's header.
-                let field = |name: &str| {
-                    old.lines()
-                        .find_map(|l| l.strip_prefix(&format!("- {name}: ")))
-                        .unwrap_or("?")
-                        .to_string()
-                };
-                let provenance = format!(
-                    "Measured by {} on {}, commit {}.",
-                    field("command").split(" (").next().unwrap_or("?"),
-                    field("date"),
-                    field("commit")
-                );
-                old.split("\n## ")
-                    .skip(1)
-                    .filter(|sec| {
-                        let title = sec.lines().next().unwrap_or("");
-                        // These two are written fresh at the end of every run.
-                        title != "Not measured yet"
-                            && !title.starts_with("Before / after")
-                            && !self.tables.iter().any(|t| t.title == title)
-                    })
-                    .map(|sec| {
-                        let sec = sec.trim_end();
-                        match sec.split_once("\n\n") {
-                            Some((title, rest)) if !rest.starts_with("Measured by") => {
-                                format!("{title}\n\n{provenance}\n\n{rest}")
-                            }
-                            _ => sec.to_string(),
-                        }
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
         let _ = writeln!(md, "# Benchmarks\n");
         let _ = writeln!(
             md,
-            "Written by `{cmd}` (the suite is `benches/suite/`, run as `cargo bench --bench suite`). \
-             Figures are medians (and percentiles where asked) of several runs on a shared, noisy \
-             machine; compare the ratios to the baselines measured in the same run rather than \
-             absolute numbers. Benchmarks never run in CI and never fail on timing.\n"
+            "Written by `{}` (the suite is `benches/suite/`, run as `cargo bench --bench suite`); \
+             nothing in this file is typed by hand, and every verdict is computed from the figures \
+             of this run. What was changed because of earlier runs, with their figures, is in \
+             BENCHMARKS-HISTORY.md (hand-written). Figures are medians (and percentiles where \
+             asked) of several runs on a shared, noisy machine; compare the ratios to the \
+             baselines measured in the same run rather than absolute numbers. Benchmarks never \
+             run in CI and never fail on timing.\n",
+            run.command
         );
-        let _ = writeln!(md, "- command: `{cmd}` ({:.0} s)", elapsed.as_secs_f64());
-        let _ = writeln!(md, "- date: {date}");
+        let _ = writeln!(
+            md,
+            "- command: `{}` ({:.0} s, {:.0} min)",
+            run.command,
+            elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() / 60.0
+        );
+        let _ = writeln!(md, "- started: {}", run.date);
         let _ = writeln!(
             md,
             "- commit: {}{}",
-            commit,
-            if sh("git", &["status", "--porcelain"]).is_empty() {
-                ""
+            run.commit,
+            if run.clean {
+                " (clean tree)"
             } else {
-                " (with uncommitted changes)"
+                " (with uncommitted changes, or HEAD moved during the run)"
             }
         );
         let _ = writeln!(md, "- machine: {}", machine());
         let _ = writeln!(md, "- rustc: {}", sh("rustc", &["--version"]));
         let _ = writeln!(md, "- socat: {}", socat_version());
-        if self.only.is_some() {
-            let _ = writeln!(
-                md,
-                "- partial run: sections not listed in `--only` are kept from the previous file, \
-                 each marked with the run that measured it"
-            );
+        let _ = writeln!(md, "- ffmpeg: {}", ffmpeg_version());
+
+        let met = self
+            .tables
+            .iter()
+            .flat_map(|t| &t.verdicts)
+            .filter(|v| v.met)
+            .count();
+        let all = self.tables.iter().map(|t| t.verdicts.len()).sum::<usize>();
+        let _ = writeln!(md, "\n## Goals\n");
+        let _ = writeln!(md, "{met} of {all} verdicts meet their goal in this run.\n");
+        let _ = writeln!(md, "| section | goal | verdict |");
+        let _ = writeln!(md, "|---|---|---|");
+        for t in &self.tables {
+            if t.verdicts.is_empty() {
+                let _ = writeln!(md, "| {} | {} | no verdict |", t.title, t.goal);
+            }
+            for v in &t.verdicts {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {}: {} |",
+                    t.title,
+                    t.goal,
+                    word(v.met),
+                    v.what
+                );
+            }
         }
         for t in &self.tables {
             let _ = writeln!(md, "\n## {}\n", t.title);
-            let _ = writeln!(md, "Measured by `{cmd}` on {date}, commit {commit}.\n");
             let _ = writeln!(md, "Goal: {}. {}\n", t.goal, t.method);
             let _ = writeln!(md, "| {} |", t.headers.join(" | "));
             let _ = writeln!(
@@ -183,63 +226,24 @@ impl Report {
             for r in &t.rows {
                 let _ = writeln!(md, "| {} |", r.join(" | "));
             }
-            if !t.notes.is_empty() {
+            if !t.verdicts.is_empty() || !t.notes.is_empty() {
                 md.push('\n');
+            }
+            for v in &t.verdicts {
+                let _ = writeln!(md, "- **{}**: {}", word(v.met), v.what);
             }
             for n in &t.notes {
                 let _ = writeln!(md, "- {n}");
             }
         }
-        for sec in &kept {
-            let _ = writeln!(md, "\n## {sec}");
+        if let Some(dir) = out.parent() {
+            let _ = std::fs::create_dir_all(dir);
         }
-        md.push_str(BEFORE_AFTER);
-        md.push_str(NOT_MEASURED);
         if let Err(e) = std::fs::write(out, md) {
             eprintln!("cannot write {}: {e}", out.display());
         }
     }
 }
-
-/// What changed because of these benchmarks, with the figures before and after (ratios to the
-/// same-run baseline; absolute figures moved with the machine's load, 2 to 27 runnable tasks).
-const BEFORE_AFTER: &str = "
-## Before / after (changes made from these figures)
-
-- Cipher: `aes-gcm` 0.10 replaced by `ring` 0.17 AES-256-GCM behind the same Sealer / Opener
-  (src/crypto.rs; same HKDF keys, nonces, tags: `tests/crypto_golden.rs` checks records byte for
-  byte against aes-gcm and against vectors recorded from the aes-gcm build). Record layer,
-  seal+open (full run 2026-11-23 01:10): 16 KiB aes-gcm 621 MB/s, ring 3406 MB/s (5.5x);
-  1 KiB 3.6x; 64 KiB 6.0x. `aes-gcm` is now a dev-dependency only (this baseline and the
-  golden test); DESIGN.md names it, the wire format is unchanged.
-- Relay chain, MB per relay-CPU-s (ratio to socat in the same run), 1 / 3 relays:
-  before (bceb1cf, aes-gcm, full run) 429 (0.38) / 456 (0.33); ring only (quick run) 959 (0.71)
-  / 915 (0.73); ring + vectored frame writes (src/net/transport.rs: sealed records go to
-  `writev` from their own buffers instead of being copied into FramedWrite's buffer; the node
-  driver allocates message + tag up front): quick run 839 (0.75) / 915 (0.70), full run 1013
-  (0.92) / 1067 (0.93), meeting the 1000 goal narrowly. The cipher was the big lever; the copy
-  removal's share is within this machine's noise (load 5 to 27 during these runs).
-- Profile of the relay at 1000 children (perf record -g on O1 of the fan-out bench, 5 s while
-  streaming): about 25% of its CPU is `NeighbourTable::by_name` (a linear scan with string
-  compares, src/overlay/neighbours.rs) called by `Ctx::send` (src/overlay/streams.rs) once per
-  child per chunk, so the per-chunk cost grows with N squared (quick run, both at the full
-  rate: relay CPU 0.042 cores at 100 children, 0.81 at 1000, 19x for 10x children; the
-  us per child-chunk at N = 1000 ranged 7.4-12.0 over three runs, i.e. 800-1300 children per
-  core, against 4.3-4.9 at N = 100); another 3-5% is the per-chunk
-  `copies` / `traffic` BTreeMap updates keyed by owned strings. Not fixed here (src/overlay/ is
-  outside this change): indexing neighbours by name (HashMap) and keeping link ids in the child
-  lists should bring 1000 children to about N x the 100-child cost.
-";
-
-const NOT_MEASURED: &str = "
-## Not measured yet
-
-- silent link cut (nftables drop / `ip link set down` in the netns emulator, needs root): only
-  the hung relay (SIGSTOP) is measured here.
-- relay throughput and per-hop latency through real daemons (the figures above use the
-  transport layer - the daemons' own record layer and framing - in relay threads; the node's
-  message decoding and fan-out are not in them).
-";
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
@@ -249,6 +253,14 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "?".into())
+}
+
+fn ffmpeg_version() -> String {
+    sh("ffmpeg", &["-version"])
+        .lines()
+        .next()
+        .unwrap_or("?")
+        .to_string()
 }
 
 fn socat_version() -> String {
