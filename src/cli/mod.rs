@@ -48,9 +48,9 @@ Examples:
   overlayd keygen --out overlayd.key
   overlayd check-topology topology/loopback-diamond.json
   overlayd --role bootstrapper --topology topology/loopback-diamond.json --bind 127.0.1.100
-  overlayd --role node --name O1 --bootstrap 127.0.1.100 --bind 127.0.1.1
-  overlayd status --node 127.0.1.1          # what O1 knows (its control endpoint)
-  overlayd trace VIDEO --from 127.0.1.1     # the video's tree below O1, hop by hop
+  overlayd --role node --name O1 --bootstrap 127.0.1.100 --bind 127.0.1.2
+  overlayd status --node 127.0.1.2          # what O1 knows (its control endpoint)
+  overlayd trace VIDEO --from 127.0.1.2     # the video's tree below O1, hop by hop
   overlayd --role bootstrapper --topology T.json --bind 127.0.1.100 --map-port 7790
                                             # live map at http://127.0.1.100:7790/
 
