@@ -1088,7 +1088,10 @@ fn ipv6_topologies_get_ipv6_routes_and_forwarding() {
 /// trip), through up to five routers in complex.json. Root only (SKIPPED otherwise).
 #[test]
 fn static_routing_lines_alone_connect_every_address() {
-    if common::emu::skip("static_routing_lines_alone_connect_every_address") {
+    if common::prereq::lacking(
+        "static_routing_lines_alone_connect_every_address",
+        &[common::prereq::Need::Netns],
+    ) {
         return;
     }
     let t0 = std::time::Instant::now();

@@ -442,7 +442,10 @@ macro_rules! routed_test {
     ($name:ident, $tag:literal, $topo:literal, $relay:literal) => {
         #[test]
         fn $name() {
-            if skip(stringify!($name)) {
+            if skip(stringify!($name))
+                || ($relay == "ffmpeg"
+                    && common::prereq::lacking(stringify!($name), &[common::prereq::FFMPEG]))
+            {
                 return;
             }
             routed(stringify!($name), $tag, $topo, $relay);

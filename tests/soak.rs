@@ -552,6 +552,13 @@ impl Drop for Stress {
 
 #[test]
 fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
+    // The servers run ffmpeg sources (`--source ffmpeg`), which probe with ffprobe.
+    if common::prereq::lacking(
+        "soak_churn_keeps_memory_fds_flat_and_stops_every_stream",
+        &[common::prereq::FFMPEG, common::prereq::FFPROBE],
+    ) {
+        return;
+    }
     let secs = env_u64("SOAK_SECS").unwrap_or(75).max(30) as f64;
     let seed = env_u64("SOAK_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
