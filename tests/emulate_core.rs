@@ -1085,7 +1085,8 @@ fn ipv6_topologies_get_ipv6_routes_and_forwarding() {
 /// forwarding off and reverse-path filtering to strict, and runs only the routing lines
 /// (`sysctl`, `ip route`) of each node's generated script. Then every node opens a TCP
 /// connection to every other node's every address (a closed port: the refusal proves the round
-/// trip), through up to five routers in complex.json. Root only (SKIPPED otherwise).
+/// trip), through up to five routers in complex.json. Root only (else a failure under CI, a skip
+/// elsewhere: `common::prereq`).
 #[test]
 fn static_routing_lines_alone_connect_every_address() {
     if common::prereq::lacking(

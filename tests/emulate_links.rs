@@ -12,8 +12,9 @@
 //!   longest stall, O4's switches); the clients' edge tables show their links' delay and loss,
 //!   and the client on the 5 % lossy link gets every chunk (the last mile's NACKs).
 //!
-//! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
-//! the reason and returns.
+//! Needs root, `ip netns` and ffprobe (CI runs as root; bin/test installs ffmpeg). Without
+//! them a test fails under CI and elsewhere prints SKIPPED with the reason, returns and is
+//! counted as skipped (`common::prereq`).
 
 use std::collections::BTreeSet;
 use std::fs::File;

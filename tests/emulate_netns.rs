@@ -5,8 +5,9 @@
 //! namespaces the way CORE runs them, start every device; routers forward and PCs do not, as
 //! in CORE; an isolated device is silent while the routes through its host still work.
 //!
-//! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
-//! the reason and returns.
+//! Needs root and `ip netns` (CI runs as root), some also nft or setpriv (bin/test installs
+//! them). Without them a test fails under CI and elsewhere prints SKIPPED with the reason,
+//! returns and is counted as skipped (`common::prereq`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
