@@ -892,6 +892,12 @@ fn check_imn_view(
 
 #[test]
 fn the_legacy_gui_reads_every_generated_imn() {
+    if common::prereq::lacking(
+        "the_legacy_gui_reads_every_generated_imn",
+        &[common::prereq::TCLSH],
+    ) {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("overlayd-imn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in topologies() {
@@ -910,6 +916,12 @@ fn the_legacy_gui_reads_every_generated_imn() {
 
 #[test]
 fn the_legacy_gui_reads_every_committed_imn() {
+    if common::prereq::lacking(
+        "the_legacy_gui_reads_every_committed_imn",
+        &[common::prereq::TCLSH],
+    ) {
+        return;
+    }
     let mut n = 0;
     for e in std::fs::read_dir(repo().join("core-scenarios")).unwrap() {
         let p = e.unwrap().path();
@@ -936,6 +948,12 @@ fn the_legacy_gui_reads_every_committed_imn() {
 /// class, a field without its value.
 #[test]
 fn the_imn_checker_refuses_what_the_gui_cannot_read() {
+    if common::prereq::lacking(
+        "the_imn_checker_refuses_what_the_gui_cannot_read",
+        &[common::prereq::TCLSH],
+    ) {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("overlayd-imnbad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good = core::generate_file(

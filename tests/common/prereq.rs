@@ -1,10 +1,10 @@
 //! The one policy for a test that cannot run here (not root, a tool missing): it fails under
 //! CI and is counted as skipped elsewhere, never passes silently. A test that needs root, `ip
-//! netns`, nft, tc, setpriv, raw sockets, ffmpeg/ffprobe or chromium asks [`lacking`] (or, for
-//! a prerequisite found missing some other way, calls [`skip`]) before it starts, and returns at
-//! once when told to:
+//! netns`, nft, tc, setpriv, raw sockets, ffmpeg/ffprobe, chromium or tclsh asks [`lacking`]
+//! (or, for a prerequisite found missing some other way, calls [`skip`]) before it starts, and
+//! returns at once when told to:
 //!
-//! - under CI — the environment variable `CI` is `true` or `1` (any case), as GitHub Actions,
+//! - under CI — the environment variable `CI` is `true` (any case) or `1`, as GitHub Actions,
 //!   GitLab CI and most others set it; unset, empty, `false`, `0` or anything else is not CI —
 //!   the test panics with one line: `<test>: cannot run here: <why>; <how>`, where *how* names
 //!   the package to install or says to run as root;
@@ -40,6 +40,7 @@ pub const TC: Need = Need::Tool("tc", "iproute2");
 pub const IP: Need = Need::Tool("ip", "iproute2");
 pub const SETPRIV: Need = Need::Tool("setpriv", "util-linux");
 pub const CHROMIUM: Need = Need::Tool("chromium", "chromium");
+pub const TCLSH: Need = Need::Tool("tclsh", "tcl");
 
 /// Whether this run is CI's (see the module text for the values that count).
 pub fn is_ci() -> bool {
