@@ -194,8 +194,8 @@ const HELPER_ENV: &str = "OVERLAYD_MEDIA_HELPER";
 /// The helper process of `ffmpeg_child_dies_with_its_parent` (that same test run again, with
 /// [`HELPER_ENV`] set): starts a source, prints its ffmpeg pid and waits to be killed.
 fn helper_source_process() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A current-thread runtime, as the #[tokio::test] this helper used to be.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
