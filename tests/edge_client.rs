@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::edge::{edge, sa, stamped_chunk};
+use common::prereq::{lacking, FFMPEG, FFPROBE};
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
 use overlayd::net::edge_driver::{EdgeEvent, EdgeHandle, EdgeInput};
 use overlayd::service::client::{ClientEvent, ClientService, ClientSettings, EdgeChoice};
@@ -280,8 +281,10 @@ async fn stop_cancels_at_once_and_the_video_list_is_served() {
 /// its very first frame thanks to the GOP cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_joining_mid_stream_records_a_clip_that_decodes_from_a_keyframe() {
-    if !has("ffmpeg") || !has("ffprobe") {
-        eprintln!("skipped: ffmpeg/ffprobe not installed (apt-get install ffmpeg)");
+    if lacking(
+        "a_client_joining_mid_stream_records_a_clip_that_decodes_from_a_keyframe",
+        &[FFMPEG, FFPROBE],
+    ) {
         return;
     }
     let dir = std::env::temp_dir().join(format!("overlayd-edge-client-{}", std::process::id()));
@@ -387,15 +390,6 @@ async fn wait_counters(e: &EdgeHandle, ok: impl Fn(&EdgeCounters) -> bool) {
     let mut rx = e.counters.clone();
     let res = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|k| ok(k))).await;
     assert!(res.is_ok(), "counters: {:?}", *e.counters.borrow());
-}
-
-fn has(tool: &str) -> bool {
-    std::process::Command::new(tool)
-        .arg("-version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Cuts a TS file into chunks of up to 7 packets. A packet with the random access indicator

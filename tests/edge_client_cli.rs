@@ -428,12 +428,10 @@ async fn interactive_client_says_what_to_type_after_the_list() {
 /// counts bytes, datagrams and stalls, and never shows "chunks 0".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_client_counts_raw_ts_from_an_ffmpeg_relay() {
-    if std::process::Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: ffmpeg not installed (apt-get install ffmpeg)");
+    if common::prereq::lacking(
+        "interactive_client_counts_raw_ts_from_an_ffmpeg_relay",
+        &[common::prereq::FFMPEG],
+    ) {
         return;
     }
     use overlayd::media::relay::RelayConfig;

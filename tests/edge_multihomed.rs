@@ -16,8 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::edge::{feed_v1, sa};
+use common::prereq::{lacking, Need, FFMPEG, IP};
 use common::veth::{sh, VethHost};
-use overlayd::media::relay::{ffmpeg_available, RelayConfig};
+use overlayd::media::relay::RelayConfig;
 use overlayd::net::edge_driver::{self, EdgeDriverConfig, EdgeInput, Relay};
 use overlayd::net::edge_ffmpeg;
 use overlayd::service::edge::EdgeConfig;
@@ -51,13 +52,9 @@ impl Addrs {
     }
 }
 
-/// The edge host; None (test skipped) when not root. As root, a set-up that fails fails the
-/// test. Routes we add in the root namespace go with the veth pair when the host drops.
-fn edge_host(tag: &str, a: &Addrs) -> Option<VethHost> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
+/// The edge host (the test has checked it runs as root): a set-up that fails fails the test.
+/// Routes we add in the root namespace go with the veth pair when the host drops.
+fn edge_host(tag: &str, a: &Addrs) -> VethHost {
     let n = std::process::id() % 100_000;
     let host = VethHost::new(
         &format!("ovh-mh{tag}{n}"),
@@ -128,11 +125,7 @@ fn edge_host(tag: &str, a: &Addrs) -> Option<VethHost> {
         ok,
         "setting up the edge host's addresses and routes failed (see above)"
     );
-    Some(host)
-}
-
-fn skipped(test: &str) {
-    println!("SKIPPED {test}: needs root (ip netns, veth)");
+    host
 }
 
 /// A chunk feed for the ffmpeg relay: a clip of the repository cut as a server cuts it (7
@@ -305,10 +298,14 @@ fn assert_all_from(seen: &Seen, edge: IpAddr, what: &str) {
 
 #[test]
 fn native_relay_answers_from_the_addressed_ip_v4_and_v6() {
+    if lacking(
+        "native_relay_answers_from_the_addressed_ip_v4_and_v6",
+        &[Need::Root, IP],
+    ) {
+        return;
+    }
     let a = Addrs { k: 0 };
-    let Some(host) = edge_host("n", &a) else {
-        return skipped("native_relay_answers_from_the_addressed_ip_v4_and_v6");
-    };
+    let host = edge_host("n", &a);
     let (lan_v4, lan_v6) = (a.lan_v4(), a.lan_v6());
     let link_v4: IpAddr = a.link_v4().parse().unwrap();
     let (root_v4, root_v6) = (format!("{}:0", a.root_v4()), format!("[{}]:0", a.root_v6()));
@@ -340,16 +337,14 @@ fn native_relay_answers_from_the_addressed_ip_v4_and_v6() {
 
 #[test]
 fn ffmpeg_relay_answers_from_the_addressed_ip_v4_and_v6() {
-    if !ffmpeg_available() {
-        println!(
-            "SKIPPED ffmpeg_relay_answers_from_the_addressed_ip_v4_and_v6: ffmpeg not installed"
-        );
+    if lacking(
+        "ffmpeg_relay_answers_from_the_addressed_ip_v4_and_v6",
+        &[Need::Root, IP, FFMPEG],
+    ) {
         return;
     }
     let a = Addrs { k: 1 };
-    let Some(host) = edge_host("f", &a) else {
-        return skipped("ffmpeg_relay_answers_from_the_addressed_ip_v4_and_v6");
-    };
+    let host = edge_host("f", &a);
     let (lan_v4, lan_v6) = (a.lan_v4(), a.lan_v6());
     let (root_v4, root_v6) = (format!("{}:0", a.root_v4()), format!("[{}]:0", a.root_v6()));
     let seen = run(

@@ -49,16 +49,24 @@ impl Mode {
     }
 }
 
-/// Runs a test body once per relay mode.
+/// Runs a test body once per relay mode (each decodes its recordings: ffprobe is needed, and
+/// ffmpeg for the ffmpeg relay).
 macro_rules! both_relays {
     ($name:ident) => {
         mod $name {
+            use crate::common::prereq::{lacking, FFMPEG, FFPROBE};
             #[test]
             fn native() {
+                if lacking(concat!(stringify!($name), "::native"), &[FFPROBE]) {
+                    return;
+                }
                 super::$name(super::Mode::Native)
             }
             #[test]
             fn ffmpeg() {
+                if lacking(concat!(stringify!($name), "::ffmpeg"), &[FFMPEG, FFPROBE]) {
+                    return;
+                }
                 super::$name(super::Mode::Ffmpeg)
             }
         }
@@ -665,6 +673,12 @@ both_relays!(edge_hang_then_death_move_the_client);
 /// exit) are printed, not asserted.
 #[test]
 fn edge_drain_moves_the_client_without_loss_and_a_restart_costs_nothing() {
+    if common::prereq::lacking(
+        "edge_drain_moves_the_client_without_loss_and_a_restart_costs_nothing",
+        &[common::prereq::FFPROBE],
+    ) {
+        return;
+    }
     let t0 = Instant::now();
     let mode = Mode::Native;
     let mut net = Net::start_on(125, 1, mode, &["E1", "E2"]);

@@ -6,15 +6,18 @@
 //! does not claim that the recordings decode.
 //!
 //! Uses the test build of overlayd (`OVERLAYD_BIN`), so it needs no release build; takes about
-//! 35 s and 20 s. Needs no root. Each test has its own addresses (`OVERLAYD_DEMO_NET`: 127.0.91.x
-//! and 127.0.92.x), so they run side by side and never meet a user's demo on 127.0.9.x; a second
-//! run of the same test on this machine waits for the first (bin/demo's lock).
+//! 35 s and 20 s. Needs no root; the first needs ffprobe (`common::prereq`). Each test has its
+//! own addresses (`OVERLAYD_DEMO_NET`: 127.0.91.x and 127.0.92.x), so they run side by side and
+//! never meet a user's demo on 127.0.9.x; a second run of the same test on this machine waits
+//! for the first (bin/demo's lock).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_overlayd");
+mod common;
+
+use common::BIN;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,10 +40,6 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     v
-}
-
-fn has(cmd: &str) -> bool {
-    Command::new(cmd).arg("-version").output().is_ok()
 }
 
 /// Runs `bin/demo ARGS` headless with the test build on 127.0.`net`.x, its run directory under
@@ -100,6 +99,13 @@ fn client_rows(stdout: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn demo_tells_the_story_and_leaves_nothing_running() {
+    // The story's decode claims are checked: ffprobe is needed (the other test runs without).
+    if common::prereq::lacking(
+        "demo_tells_the_story_and_leaves_nothing_running",
+        &[common::prereq::FFPROBE],
+    ) {
+        return;
+    }
     let base = std::env::temp_dir().join(format!("overlayd-demo-test-{}", std::process::id()));
     let (ok, stdout) = demo(&[], 91, &base, None);
     assert!(ok, "bin/demo failed: {stdout}");
@@ -173,15 +179,11 @@ fn demo_tells_the_story_and_leaves_nothing_running() {
         assert!(chunks > 300, "too few chunks: {r}");
         assert_eq!(f[7], "0", "duplicates: {r}");
         assert_eq!(f[8], "0", "reorderings: {r}");
-        if has("ffprobe") {
-            assert_eq!(f[10], "yes", "the recording does not decode: {r}");
-        }
+        assert_eq!(f[10], "yes", "the recording does not decode: {r}");
         println!("client row: {r}");
     }
     assert!(stdout.contains("RESULT: ok"), "{stdout}");
-    if has("ffprobe") {
-        assert!(stdout.contains("every recording decodes"), "{stdout}");
-    }
+    assert!(stdout.contains("every recording decodes"), "{stdout}");
     assert!(stdout.contains("nothing left running"), "{stdout}");
 
     // Independently of the demo's own check: nothing of it runs any more, and it cleaned up.

@@ -16,8 +16,9 @@
 //! A failed test keeps its run directory (logs, recordings, stats) and says where;
 //! `OVERLAYD_TEST_KEEP=1` keeps it always.
 //!
-//! Needs root and `ip netns` (CI runs as root); otherwise every test prints SKIPPED and
-//! returns. Each test streams for 10 to 20 s; they are independent and run in parallel.
+//! Needs root, `ip netns` and ffprobe (CI runs as root; bin/test installs ffmpeg); without
+//! them a test fails under CI and elsewhere prints SKIPPED, returns and is counted as skipped
+//! (`common::prereq`). Each test streams for 10 to 20 s; they are independent and run in parallel.
 
 mod common;
 

@@ -12,8 +12,9 @@
 //!   longest stall, O4's switches); the clients' edge tables show their links' delay and loss,
 //!   and the client on the 5 % lossy link gets every chunk (the last mile's NACKs).
 //!
-//! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
-//! the reason and returns.
+//! Needs root and `ip netns`, the recording test also ffprobe (CI runs as root; bin/test
+//! installs ffmpeg). Without them a test fails under CI and elsewhere prints SKIPPED with the
+//! reason, returns and is counted as skipped (`common::prereq`).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::emu::{skip, Emu};
+use common::prereq::{lacking, Need};
 use common::BIN;
 
 /// A UDP socket bound to `addr` inside namespace `ns` (a socket keeps the namespace it was
@@ -165,7 +167,8 @@ fn pair(test: &'static str, tag: &str, extra: &[&str]) -> (Emu, String) {
 #[test]
 fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
     let test = "the_shaper_delays_drops_duplicates_and_limits_as_configured";
-    if skip(test) {
+    // Records nothing: no ffprobe needed.
+    if lacking(test, &[Need::Netns]) {
         return;
     }
     let (emu, out) = pair(test, "shp", &["--shape-all"]);
@@ -283,7 +286,8 @@ fn the_shaper_delays_drops_duplicates_and_limits_as_configured() {
 #[test]
 fn changing_an_unshaped_link_says_how_to_shape_it() {
     let test = "changing_an_unshaped_link_says_how_to_shape_it";
-    if skip(test) {
+    // Records nothing: no ffprobe needed.
+    if lacking(test, &[Need::Netns]) {
         return;
     }
     let (emu, out) = pair(test, "shn", &[]);

@@ -5,8 +5,9 @@
 //! namespaces the way CORE runs them, start every device; routers forward and PCs do not, as
 //! in CORE; an isolated device is silent while the routes through its host still work.
 //!
-//! Needs root and `ip netns` (CI runs as root). Without them every test prints SKIPPED with
-//! the reason and returns.
+//! Needs root and `ip netns` (CI runs as root), some also nft or setpriv (bin/test installs
+//! them). Without them a test fails under CI and elsewhere prints SKIPPED with the reason,
+//! returns and is counted as skipped (`common::prereq`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ use overlayd::topology::{self, Topology};
 
 mod common;
 
-use common::emu::{repo, skip, Emu};
+use common::emu::{repo, Emu};
+use common::prereq::{lacking, Need, NFT, SETPRIV};
 use common::BIN;
 
 /// A device's log in a run.
@@ -191,7 +193,7 @@ fn assert_torn_down(emu: &Emu, u: &Underlay, links_before: &BTreeSet<String>) {
 
 #[test]
 fn scenario1_neighbours_faults_and_teardown() {
-    if skip("scenario1_neighbours_faults_and_teardown") {
+    if lacking("scenario1_neighbours_faults_and_teardown", &[Need::Netns]) {
         return;
     }
     let links_before = root_links();
@@ -304,7 +306,10 @@ fn scenario1_neighbours_faults_and_teardown() {
 
 #[test]
 fn down_works_from_any_state_and_commands_explain_errors() {
-    if skip("down_works_from_any_state_and_commands_explain_errors") {
+    if lacking(
+        "down_works_from_any_state_and_commands_explain_errors",
+        &[Need::Netns, SETPRIV],
+    ) {
         return;
     }
     let links_before = root_links();
@@ -340,25 +345,21 @@ fn down_works_from_any_state_and_commands_explain_errors() {
     emu.ok(&["down"]);
 
     // Without root: one line, non-zero exit.
-    if Command::new("setpriv").arg("--version").output().is_ok() {
-        let o = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                BIN,
-                "netns",
-                "status",
-            ])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("needs root"), "{err}");
-    } else {
-        println!("SKIPPED the non-root check: setpriv is not installed");
-    }
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "netns",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
 }
 
 /// The start script of every node, as CORE would write it: from the XML templates, or from the
@@ -509,7 +510,10 @@ fn core_scripts_start_every_device(topo: &str, tag: &str, legacy: bool) {
 
 #[test]
 fn core9_start_scripts_start_every_device_in_namespaces() {
-    if skip("core9_start_scripts_start_every_device_in_namespaces") {
+    if lacking(
+        "core9_start_scripts_start_every_device_in_namespaces",
+        &[Need::Netns],
+    ) {
         return;
     }
     core_scripts_start_every_device("scenario1.json", "c", false);
@@ -517,7 +521,10 @@ fn core9_start_scripts_start_every_device_in_namespaces() {
 
 #[test]
 fn legacy_imn_start_scripts_start_every_device_in_namespaces() {
-    if skip("legacy_imn_start_scripts_start_every_device_in_namespaces") {
+    if lacking(
+        "legacy_imn_start_scripts_start_every_device_in_namespaces",
+        &[Need::Netns],
+    ) {
         return;
     }
     core_scripts_start_every_device("scenario2.json", "d", true);
@@ -525,12 +532,7 @@ fn legacy_imn_start_scripts_start_every_device_in_namespaces() {
 
 #[test]
 fn lan_cut_drops_only_the_cut_pair() {
-    if skip("lan_cut_drops_only_the_cut_pair") {
-        return;
-    }
-    if Command::new("nft").arg("--version").output().is_err() {
-        println!("SKIPPED lan_cut_drops_only_the_cut_pair: nft (nftables) is not installed");
-        eprintln!("SKIPPED lan_cut_drops_only_the_cut_pair: nft (nftables) is not installed");
+    if lacking("lan_cut_drops_only_the_cut_pair", &[Need::Netns, NFT]) {
         return;
     }
     let links_before = root_links();
@@ -566,12 +568,7 @@ fn lan_cut_drops_only_the_cut_pair() {
 #[test]
 fn isolate_silences_a_device_but_not_the_routes_through_it() {
     let test = "isolate_silences_a_device_but_not_the_routes_through_it";
-    if skip(test) {
-        return;
-    }
-    if Command::new("nft").arg("--version").output().is_err() {
-        println!("SKIPPED {test}: nft (nftables) is not installed");
-        eprintln!("SKIPPED {test}: nft (nftables) is not installed");
+    if lacking(test, &[Need::Netns, NFT]) {
         return;
     }
     let links_before = root_links();

@@ -32,9 +32,9 @@
 //! address, and tests/emulate_demo.rs and the loopback tests cover them. A check without root
 //! fails when a topology file is added that neither these tests build nor is loopback.
 //!
-//! Needs root and `ip netns` (CI runs as root); otherwise every test prints SKIPPED and
-//! returns. The silent cut needs nftables (bin/test installs it; without it every fault is a
-//! kill -9 and the test says so). Each test takes 7 s (one edge per client) to 20 s (complex),
+//! Needs root, `ip netns`, ffprobe and nftables (the silent cut), and ffmpeg for the ffmpeg
+//! relay (CI runs as root and bin/test installs them); without them a test fails under CI and
+//! is reported as skipped elsewhere (`common::prereq`). Each test takes 7 s (one edge per client) to 20 s (complex),
 //! about 140 s in all.
 
 mod common;
@@ -43,6 +43,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::emu::*;
+use common::prereq::{lacking, Need, FFMPEG, NFT};
 use overlayd::emulate::{Net, Underlay};
 use overlayd::topology::Topology;
 
@@ -251,22 +252,13 @@ fn routed(test: &'static str, tag: &str, topo: &str, relay: &str) {
     // The switches each client made ("O2 -> O3").
     let mut history: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut kind = if native { Fault::Kill } else { Fault::Isolate };
-    let nft = std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !nft {
-        let why = "nft (nftables) is not installed; every fault is a kill -9";
-        println!("SKIPPED the silent cuts of {test}: {why}");
-        eprintln!("SKIPPED the silent cuts of {test}: {why}");
-    }
     let mut fault_times = Vec::new();
     for (p, phase) in phases.iter().enumerate() {
         sleep(2.0); // the recordings grow before the fault, too
         let faults: Vec<(String, Fault)> = phase
             .iter()
             .map(|e| {
-                let f = (e.clone(), if nft { kind } else { Fault::Kill });
+                let f = (e.clone(), kind);
                 kind = if kind == Fault::Kill {
                     Fault::Isolate
                 } else {
@@ -442,7 +434,9 @@ macro_rules! routed_test {
     ($name:ident, $tag:literal, $topo:literal, $relay:literal) => {
         #[test]
         fn $name() {
-            if skip(stringify!($name)) {
+            // The silent cuts are nftables rules; the ffmpeg relay needs ffmpeg.
+            let ffmpeg: &[Need] = if $relay == "ffmpeg" { &[FFMPEG] } else { &[] };
+            if skip(stringify!($name)) || lacking(stringify!($name), &[&[NFT], ffmpeg].concat()) {
                 return;
             }
             routed(stringify!($name), $tag, $topo, $relay);
@@ -539,7 +533,7 @@ routed_test!(link_quality_ffmpeg, "xl", "link-quality.json", "ffmpeg");
 #[test]
 fn scenario1_ipv6_native() {
     let test = "scenario1_ipv6_native";
-    if skip(test) {
+    if skip(test) || lacking(test, &[NFT]) {
         return;
     }
     let path = ipv6_copy("scenario1.json");

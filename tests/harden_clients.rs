@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::edge::{edge, feed_v1, sa};
+use common::prereq::{lacking, Need, IP};
 use common::veth::VethHost;
 use overlayd::net::client_driver::{self, ClientCommand, ClientDriverConfig, ClientHandle};
 use overlayd::net::edge_driver::EdgeHandle;
@@ -199,10 +200,11 @@ fn request(cookie: u64, stream: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_requests_send_no_video_to_the_victim() {
-    let Some(spoofer) = Spoofer::new() else {
-        println!("SKIPPED: raw sockets need root");
+    let test = "spoofed_requests_send_no_video_to_the_victim";
+    if lacking(test, &[Need::Root]) {
         return;
-    };
+    }
+    let spoofer = Spoofer::new().expect("a raw socket, as root");
     let e = edge("127.76.20.1:7702", EdgeConfig::default()).await;
     let edge_addr = e.local_addr();
     let feeder = feed(&e);
@@ -427,7 +429,7 @@ async fn garbage_floods_and_2000_fake_clients_leave_the_real_client_whole() {
 // ---- spoofing from another host (a network namespace) ----
 
 /// `ovh-spoof<N>`: a host behind a veth pair, 10.76.20.1/24 on our side, 10.76.20.2/24 and
-/// the victim's 10.76.20.66/24 on its side. Deleted on drop.
+/// the victim's 10.76.20.66/24 on its side. Deleted on drop; None when a step failed.
 fn other_host() -> Option<VethHost> {
     let n = std::process::id() % 100_000;
     VethHost::new(
@@ -441,10 +443,11 @@ fn other_host() -> Option<VethHost> {
 
 #[test]
 fn spoofed_requests_from_another_host_send_no_video_to_the_victim() {
-    let Some(host) = other_host() else {
-        println!("SKIPPED: needs root (ip netns, veth)");
+    let test = "spoofed_requests_from_another_host_send_no_video_to_the_victim";
+    if lacking(test, &[Need::Root, IP]) {
         return;
-    };
+    }
+    let host = other_host().expect("the veth host, as root (the failing command is above)");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

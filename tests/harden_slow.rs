@@ -222,7 +222,7 @@ struct SlowLink {
 
 impl SlowLink {
     /// `ovh-slow<N>` with 10.76.10.2/24 inside, 10.76.10.1/24 on the root side, and a tbf of
-    /// `rate` on the root side (the direction towards the namespace).
+    /// `rate` on the root side (the direction towards the namespace). None when a step failed.
     fn new(rate: &str) -> Option<SlowLink> {
         let n = std::process::id() % 100_000;
         let host = VethHost::new(
@@ -305,14 +305,15 @@ mod udp {
 #[test]
 fn tbf_limited_client_loses_alone() {
     use crate::common::edge::{edge, feed_v1};
+    use crate::common::prereq::{Need, IP, TC};
     use overlayd::service::edge::EdgeConfig;
 
     const WATCH: Duration = Duration::from_secs(5);
     const CHUNK_EVERY: Duration = Duration::from_millis(25);
-    let Some(link) = SlowLink::new("200kbit") else {
-        println!("SKIPPED: needs root (ip netns, veth, tc)");
+    if crate::common::prereq::lacking("tbf_limited_client_loses_alone", &[Need::Root, IP, TC]) {
         return;
-    };
+    }
+    let link = SlowLink::new("200kbit").expect("the tbf-limited veth host, as root (see above)");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

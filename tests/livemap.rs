@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::consumer::Consumer;
+use common::prereq::{lacking, CHROMIUM, FFMPEG};
 use common::{device, keygen, role_of, some_video, Daemon, TempDir};
 use overlayd::net::control::http_get;
 use overlayd::observe::map::MapModel;
@@ -251,6 +252,13 @@ const DEAD_RED: &str = "#d62728";
 
 #[test]
 fn live_map_in_chromium_shows_the_tree_and_a_death() {
+    // Screenshots are decoded by ffmpeg.
+    if lacking(
+        "live_map_in_chromium_shows_the_tree_and_a_death",
+        &[CHROMIUM, FFMPEG],
+    ) {
+        return;
+    }
     let dir = TempDir::new("livemap");
     let topo = topology(&dir);
     let key = dir.path("k");
@@ -689,6 +697,12 @@ fn legend_of(dom: &str, video: &str) -> (String, String) {
 /// and the page's legend name the server the consumer is fed from at each moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legend_names_the_server_a_stream_comes_from_now() {
+    if lacking(
+        "legend_names_the_server_a_stream_comes_from_now",
+        &[CHROMIUM],
+    ) {
+        return;
+    }
     use overlayd::wire::report::{encode_report, Report, ReportNeighbour, ReportStream};
     let dir = TempDir::new("livemap-servers");
     let net = "127.75.3";

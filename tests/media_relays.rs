@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::media::*;
+use common::prereq::{lacking, FFMPEG, FFPROBE};
 use common::TempDir;
 use overlayd::media::relay::{Relay, RelayConfig, RelayKind};
 use overlayd::media::source::{Source, SourceMode};
@@ -114,16 +115,25 @@ async fn check(kind: RelayKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_relay_delivers_decodable_ts() {
+    if lacking("native_relay_delivers_decodable_ts", &[FFPROBE]) {
+        return;
+    }
     check(RelayKind::Native).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_relay_delivers_decodable_ts() {
+    if lacking("ffmpeg_relay_delivers_decodable_ts", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     check(RelayKind::Ffmpeg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_relay_restarts_a_killed_child() {
+    if lacking("ffmpeg_relay_restarts_a_killed_child", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     let (r, stats) = relay_for(RelayKind::Ffmpeg, 6.0, true).await;
     assert!(stats.restarts >= 1, "{stats:?}");
     let dir = TempDir::new("relay-restart");
@@ -172,6 +182,12 @@ fn aac_frames(secs: f64) -> f64 {
 /// and from the ffmpeg source alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_relay_keeps_the_sound_one_audio_frame_per_pes() {
+    if lacking(
+        "ffmpeg_relay_keeps_the_sound_one_audio_frame_per_pes",
+        &[FFMPEG, FFPROBE],
+    ) {
+        return;
+    }
     for mode in [SourceMode::Paced, SourceMode::Ffmpeg] {
         let (r, stats) = relay_from(RelayKind::Ffmpeg, mode, 4.0, false).await;
         let dir = TempDir::new("relay-audio");

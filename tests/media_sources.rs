@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::media::*;
+use common::prereq::{lacking, FFMPEG, FFPROBE};
 use common::TempDir;
 use overlayd::media::source::{Source, SourceError, SourceMode};
 use overlayd::media::ts::{Chunk, PACKET_LEN, SYNC_BYTE};
@@ -63,11 +64,17 @@ async fn real_time_rate(mode: SourceMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_source_runs_in_real_time() {
+    if lacking("ffmpeg_source_runs_in_real_time", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     real_time_rate(SourceMode::Ffmpeg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_source_runs_in_real_time() {
+    if lacking("paced_source_runs_in_real_time", &[FFPROBE]) {
+        return;
+    }
     real_time_rate(SourceMode::Paced).await;
 }
 
@@ -95,16 +102,25 @@ async fn loops(mode: SourceMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_source_loops_a_short_clip() {
+    if lacking("ffmpeg_source_loops_a_short_clip", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     loops(SourceMode::Ffmpeg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_source_loops_a_short_clip() {
+    if lacking("paced_source_loops_a_short_clip", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     loops(SourceMode::Paced).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_ffmpeg_child_is_restarted() {
+    if lacking("killed_ffmpeg_child_is_restarted", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     let (tx, mut rx) = mpsc::channel(64);
     let src = Source::start(clip("bravo.ts"), SourceMode::Ffmpeg, tx)
         .await
@@ -133,6 +149,9 @@ async fn killed_ffmpeg_child_is_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_handle_kills_the_child() {
+    if lacking("dropping_the_handle_kills_the_child", &[FFMPEG, FFPROBE]) {
+        return;
+    }
     let (tx, mut rx) = mpsc::channel(64);
     let src = Source::start(clip("alpha.ts"), SourceMode::Ffmpeg, tx)
         .await
@@ -149,6 +168,9 @@ async fn dropping_the_handle_kills_the_child() {
 
 #[tokio::test]
 async fn unplayable_files_are_refused() {
+    if lacking("unplayable_files_are_refused", &[FFPROBE]) {
+        return;
+    }
     let dir = TempDir::new("unplayable");
     let text = dir.path("notes.mp4");
     std::fs::write(&text, "not a video").unwrap();
@@ -169,13 +191,18 @@ async fn unplayable_files_are_refused() {
 
 const HELPER_ENV: &str = "OVERLAYD_MEDIA_HELPER";
 
-/// Runs only inside the helper process started by `ffmpeg_child_dies_with_its_parent`: starts
-/// a source, prints its ffmpeg pid and waits to be killed.
-#[tokio::test]
-async fn helper_source_process() {
-    if std::env::var_os(HELPER_ENV).is_none() {
-        return;
-    }
+/// The helper process of `ffmpeg_child_dies_with_its_parent` (that same test run again, with
+/// [`HELPER_ENV`] set): starts a source, prints its ffmpeg pid and waits to be killed.
+fn helper_source_process() {
+    // A current-thread runtime, as the #[tokio::test] this helper used to be.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(helper_source());
+}
+
+async fn helper_source() {
     let (tx, mut rx) = mpsc::channel(64);
     let src = Source::start(clip("alpha.ts"), SourceMode::Ffmpeg, tx)
         .await
@@ -197,15 +224,19 @@ async fn helper_source_process() {
     }
 }
 
+/// The test binary re-runs this very test with [`HELPER_ENV`] set as the parent to kill: no
+/// separate helper "test" is listed, and the helper never runs on its own.
 #[test]
 fn ffmpeg_child_dies_with_its_parent() {
+    let test = "ffmpeg_child_dies_with_its_parent";
+    if std::env::var_os(HELPER_ENV).is_some() {
+        return helper_source_process();
+    }
+    if lacking(test, &[FFMPEG, FFPROBE]) {
+        return;
+    }
     let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "helper_source_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

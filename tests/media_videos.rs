@@ -3,6 +3,7 @@
 mod common;
 
 use common::media::*;
+use common::prereq::{lacking, FFMPEG, FFPROBE};
 use common::TempDir;
 use std::process::Command;
 
@@ -50,6 +51,9 @@ fn check_clip(path: &std::path::Path, name: &str) {
 
 #[test]
 fn committed_clips_are_small_labelled_h264_ts() {
+    if lacking("committed_clips_are_small_labelled_h264_ts", &[FFPROBE]) {
+        return;
+    }
     for name in ["alpha", "bravo", "charlie"] {
         check_clip(&clip(&format!("{name}.ts")), name);
     }
@@ -57,6 +61,12 @@ fn committed_clips_are_small_labelled_h264_ts() {
 
 #[test]
 fn make_videos_script_builds_the_same_clips() {
+    if lacking(
+        "make_videos_script_builds_the_same_clips",
+        &[FFMPEG, FFPROBE],
+    ) {
+        return;
+    }
     let dir = TempDir::new("make-videos");
     let run = || {
         Command::new(repo().join("bin/make-videos"))

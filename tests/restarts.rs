@@ -16,8 +16,9 @@
 //! Each test prints `RESUME role=... device=... client=... without_video=...` (the longest time
 //! the client's recording did not grow after the kill; for a new device, the time from the
 //! bootstrapper's start to it joining; for a restarted client, from the kill to the new life's
-//! first byte) and the usual `GAP` lines. Needs root and `ip netns`
-//! (CI runs as root); otherwise every test prints SKIPPED. Each takes about 20-25 s.
+//! first byte) and the usual `GAP` lines. Needs root, `ip netns`
+//! and ffprobe (CI runs as root); otherwise a test fails under CI and is counted as skipped
+//! elsewhere (`common::prereq`). Each takes about 20-25 s.
 
 mod common;
 

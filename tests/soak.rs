@@ -555,6 +555,13 @@ const CI_SEED: u64 = 20261202;
 
 #[test]
 fn soak_churn_keeps_memory_fds_flat_and_stops_every_stream() {
+    // The servers run ffmpeg sources (`--source ffmpeg`), which probe with ffprobe.
+    if common::prereq::lacking(
+        "soak_churn_keeps_memory_fds_flat_and_stops_every_stream",
+        &[common::prereq::FFMPEG, common::prereq::FFPROBE],
+    ) {
+        return;
+    }
     let secs = env_u64("SOAK_SECS").unwrap_or(75).max(30) as f64;
     // The suite's run (no SOAK_SECS) always replays the same seed, so a CI failure repeats; a
     // long run by hand draws one from the clock unless SOAK_SEED is given (printed either way).

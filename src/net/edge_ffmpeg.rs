@@ -419,16 +419,22 @@ pub fn relay(config: RelayConfig, start: RelayStart) -> EdgeRelay {
     }))
 }
 
+/// The tests' one skip policy (see its `//!`), shared with tests/.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/prereq.rs"]
+mod prereq;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::client::put_video_header;
     use bytes::BytesMut;
 
-    /// A sink on a loopback edge socket; None (test skipped) without ffmpeg.
-    async fn sink() -> Option<FfmpegSink> {
-        if !crate::media::relay::ffmpeg_available() {
-            eprintln!("ffmpeg not installed; skipped");
+    /// A sink on a loopback edge socket for `test`; None when `test` cannot run here (no
+    /// ffmpeg: a failure under CI, a skip elsewhere, see [`super::prereq`]).
+    async fn sink(test: &str) -> Option<FfmpegSink> {
+        if super::prereq::lacking(test, &[super::prereq::FFMPEG]) {
             return None;
         }
         let edge = ReplySocket::bind("127.0.0.1:0".parse().unwrap()).await;
@@ -464,7 +470,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_epoch_gets_a_new_child() {
-        let Some(mut sink) = sink().await else {
+        let Some(mut sink) = sink("net::edge_ffmpeg::tests::a_new_epoch_gets_a_new_child").await
+        else {
             return;
         };
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -517,7 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_take_the_spare_child_of_their_kind_and_another_is_started() {
-        let Some(mut sink) = sink().await else {
+        let Some(mut sink) = sink("net::edge_ffmpeg::tests::sessions_take_the_spare_child_of_their_kind_and_another_is_started").await else {
             return;
         };
         let [fresh, continuing] = spares_of(&sink).await;
@@ -558,7 +565,7 @@ mod tests {
 
     #[tokio::test]
     async fn continuing_sessions_skip_the_gop_cache_and_close_kills_the_child() {
-        let Some(mut sink) = sink().await else {
+        let Some(mut sink) = sink("net::edge_ffmpeg::tests::continuing_sessions_skip_the_gop_cache_and_close_kills_the_child").await else {
             return;
         };
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();

@@ -23,15 +23,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// True when `test` cannot run here (not root, no `ip netns`, or no ffprobe, with which the
+/// recordings of [`Received::check`] are decoded): reported by the one skip policy of
+/// [`super::prereq`] (a failure under CI), and the test returns at once. Tests that record
+/// nothing ask `prereq` for [`Need::Netns`](super::prereq::Need::Netns) alone.
 pub fn skip(test: &str) -> bool {
-    match netns::unavailable_reason() {
-        Some(why) => {
-            println!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
-            eprintln!("SKIPPED {test}: the netns emulator is unavailable here: {why}");
-            true
-        }
-        None => false,
-    }
+    use super::prereq::{lacking, Need, FFPROBE};
+    lacking(test, &[Need::Netns, FFPROBE])
 }
 
 pub fn sleep(s: f64) {

@@ -30,7 +30,8 @@ pub const CLIENT_HOSTS: [u8; 3] = [2, 5, 6];
 
 impl LastMile {
     /// Builds the link for test or bench `tag` (a few letters) on 10.77.`k`.x; `Err` says why
-    /// it cannot here (the caller prints SKIPPED).
+    /// it cannot here (the bench notes it as not measured; the test has checked root and nft
+    /// through `prereq` first, so an `Err` fails it).
     pub fn new(tag: &str, k: u8) -> Result<LastMile, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {

@@ -9,6 +9,7 @@ pub mod emu;
 pub mod lastmile;
 pub mod media;
 pub mod pair;
+pub mod prereq;
 pub mod sim;
 pub mod veth;
 
